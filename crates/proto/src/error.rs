@@ -1,0 +1,115 @@
+//! Stable error codes, shared by every front end.
+
+use std::fmt;
+
+/// A stable, documented error code. Every error a client can see carries
+/// one, on the msgpack wire as `code` beside the human-readable `error`
+/// text; the REST API uses the same strings. Codes are never renamed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request is malformed: a missing or mistyped field, a bad path.
+    BadRequest,
+    /// The `action` is not one the server knows.
+    UnknownAction,
+    /// A new request reused the seq of one still outstanding.
+    SeqInUse,
+    /// A message exceeded the maximum size; the connection is closed.
+    TooLarge,
+    /// Too many requests outstanding on this connection.
+    TooManyRequests,
+    /// A data request named a path under the reserved (nil) root.
+    ReservedPath,
+    /// The server requires a login before this request.
+    AuthRequired,
+    /// The login failed (unknown user and wrong credentials look the same).
+    AuthFailed,
+    /// The auth method is unknown or not accepted by this server.
+    AuthMethod,
+    /// Too many failed logins on this connection; it is closed.
+    TooManyAttempts,
+    /// The caller lacks the capability or ACL mode this needs.
+    PermissionDenied,
+    /// A conditional write's condition did not hold.
+    Conflict,
+    /// The named record, stream or item does not exist.
+    NotFound,
+    /// A watch asked to resume from a tock older than the kept history.
+    HistoryGone,
+    /// The storage backend failed; nothing was changed.
+    StoreFailed,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// An unexpected internal failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownAction => "unknown_action",
+            ErrorCode::SeqInUse => "seq_in_use",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::ReservedPath => "reserved_path",
+            ErrorCode::AuthRequired => "auth_required",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::AuthMethod => "auth_method",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::HistoryGone => "history_gone",
+            ErrorCode::StoreFailed => "store_failed",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownAction,
+        ErrorCode::SeqInUse,
+        ErrorCode::TooLarge,
+        ErrorCode::TooManyRequests,
+        ErrorCode::ReservedPath,
+        ErrorCode::AuthRequired,
+        ErrorCode::AuthFailed,
+        ErrorCode::AuthMethod,
+        ErrorCode::TooManyAttempts,
+        ErrorCode::PermissionDenied,
+        ErrorCode::Conflict,
+        ErrorCode::NotFound,
+        ErrorCode::HistoryGone,
+        ErrorCode::StoreFailed,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Internal,
+    ];
+
+    /// The code for a wire string.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_roundtrip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()));
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+        }
+    }
+}

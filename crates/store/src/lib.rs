@@ -1,0 +1,56 @@
+//! keycard's storage layer.
+//!
+//! One [`Store`] trait — get, atomic conditional batch writes, ordered
+//! subtree scans with depth limits, a strictly increasing [`Tock`] and a
+//! change feed to serve watches from a tock — and its embedded backend,
+//! [`RedbStore`]: a single ACID file with group commit. The store knows
+//! paths and values only; it knows nothing of auth, ACLs or the protocol.
+
+mod redb_store;
+mod types;
+
+pub use redb_store::{RedbOptions, RedbStore};
+pub use types::{Change, Cond, Entry, Op, Outcome, ScanOpts, StoreError, Tock};
+
+use async_trait::async_trait;
+use keycard_proto::Path;
+use tokio::sync::broadcast;
+
+/// The storage interface every backend implements.
+///
+/// Writes are atomic per call and durable when the call returns `Ok`.
+/// Each changed node gets a fresh tock; tocks never repeat or go back, also
+/// across restarts.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The node at `path`, if it holds a value.
+    async fn get(&self, path: &Path) -> Result<Option<Entry>, StoreError>;
+
+    /// Applies `ops` atomically: either every condition holds and every op
+    /// is applied (and durable) or nothing changes and the error names the
+    /// first op whose condition failed.
+    async fn write(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError>;
+
+    /// Up to `limit` valued nodes in `prefix`'s subtree, in path order,
+    /// strictly after `after` (when given), within the depth bounds of
+    /// `opts` (depth 0 is `prefix` itself).
+    async fn scan(
+        &self,
+        prefix: &Path,
+        opts: ScanOpts,
+        after: Option<&Path>,
+        limit: usize,
+    ) -> Result<Vec<(Path, Entry)>, StoreError>;
+
+    /// Up to `limit` changes with tock greater than `after`, oldest first.
+    /// [`StoreError::HistoryGone`] when changes after `after` are no longer
+    /// kept.
+    async fn changes_since(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError>;
+
+    /// The tock of the last committed change.
+    fn tock(&self) -> Tock;
+
+    /// Live changes, as they commit. A receiver that lags behind gets
+    /// `Lagged` and catches up with [`Store::changes_since`].
+    fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Change>>;
+}

@@ -1,0 +1,493 @@
+//! The embedded backend: one redb file, written by one thread that groups
+//! concurrent writes into shared commits.
+//!
+//! Why redb: pure Rust (no C toolchain, no unsafe in our build), a single
+//! file, ACID with copy-on-write B-trees and checksummed commit slots, so a
+//! commit that returned survives `kill -9` and power loss (it is fsync'd by
+//! `Durability::Immediate`), and MVCC readers that never block the writer.
+//! Its write transactions are serialised, which is why writes go through one
+//! thread that batches whatever is queued into one transaction: one fsync
+//! then covers every writer that was waiting (group commit).
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keycard_proto::{decode_one, encode_into, Limits, Path, Value, KEY_END};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::types::{Change, Cond, Entry, Op, Outcome, ScanOpts, StoreError, Tock};
+use crate::Store;
+
+/// Path key → tock (8 bytes, big-endian) ++ msgpack value.
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+/// Tock → change record: flag (1 put, 0 delete), key length (u32 BE), key,
+/// then the msgpack value for a put.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Counters: "tock" (last tock), "pruned" (highest tock dropped from LOG).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Stored values were accepted under the wire limits; decode them with
+/// generous ones so a lowered limit never makes old data unreadable.
+const STORED_LIMITS: Limits = Limits {
+    max_message: 1 << 30,
+    max_depth: 128,
+};
+
+/// Tuning for [`RedbStore`].
+#[derive(Clone, Debug)]
+pub struct RedbOptions {
+    /// How many changes the change log keeps for watches resuming from a
+    /// tock.
+    pub history: u64,
+    /// redb's page cache, in bytes.
+    pub cache_bytes: usize,
+    /// The most write requests grouped into one commit.
+    pub max_group: usize,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            history: 100_000,
+            cache_bytes: 64 << 20,
+            max_group: 1024,
+        }
+    }
+}
+
+struct WriteReq {
+    ops: Vec<Op>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+}
+
+struct Shared {
+    db: Database,
+    tock: AtomicU64,
+    pruned: AtomicU64,
+    commits: AtomicU64,
+    feed: broadcast::Sender<Arc<Change>>,
+}
+
+/// The embedded, single-file store.
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<WriteReq>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store file at `file`. Blocks while
+    /// redb opens or recovers the file; call it before serving.
+    pub fn open(file: &FsPath, opts: RedbOptions) -> Result<RedbStore, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .create(file)
+            .map_err(backend)?;
+        let (tock, pruned) = {
+            let txn = db.begin_write().map_err(backend)?;
+            let counters = {
+                txn.open_table(DATA).map_err(backend)?;
+                txn.open_table(LOG).map_err(backend)?;
+                let meta = txn.open_table(META).map_err(backend)?;
+                let get = |k: &str| -> Result<u64, StoreError> {
+                    Ok(meta.get(k).map_err(backend)?.map(|g| g.value()).unwrap_or(0))
+                };
+                (get("tock")?, get("pruned")?)
+            };
+            txn.commit().map_err(backend)?;
+            counters
+        };
+        let (feed, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            db,
+            tock: AtomicU64::new(tock),
+            pruned: AtomicU64::new(pruned),
+            commits: AtomicU64::new(0),
+            feed,
+        });
+        let (writer, rx) = mpsc::channel(4096);
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("keycard-store-writer".into())
+            .spawn(move || writer_loop(worker, rx, opts))
+            .map_err(backend)?;
+        Ok(RedbStore { shared, writer })
+    }
+
+    /// How many transactions this store has committed since it was opened
+    /// (each covers one or more write requests).
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+}
+
+fn encode_entry(value: &Value, tock: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(&tock.to_be_bytes());
+    encode_into(value, &mut out);
+    out
+}
+
+fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
+    match decode_one(bytes, &STORED_LIMITS) {
+        Ok(Some((v, n))) if n == bytes.len() => Ok(v),
+        Ok(_) => Err(StoreError::Corrupt("truncated stored value".into())),
+        Err(e) => Err(StoreError::Corrupt(e.to_string())),
+    }
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
+    let (tock, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| StoreError::Corrupt("short entry".into()))?;
+    Ok(Entry {
+        tock: Tock(u64::from_be_bytes(*tock)),
+        value: decode_value(rest)?,
+    })
+}
+
+fn encode_change(key: &[u8], value: Option<&Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 32);
+    out.push(u8::from(value.is_some()));
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    if let Some(v) = value {
+        encode_into(v, &mut out);
+    }
+    out
+}
+
+fn decode_change(tock: u64, bytes: &[u8]) -> Result<Change, StoreError> {
+    let corrupt = || StoreError::Corrupt("bad change record".into());
+    let (&flag, rest) = bytes.split_first().ok_or_else(corrupt)?;
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    let key = rest.get(..len).ok_or_else(corrupt)?;
+    let path = Path::from_key(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let value = match flag {
+        1 => Some(decode_value(&rest[len..])?),
+        0 => None,
+        _ => return Err(corrupt()),
+    };
+    Ok(Change {
+        path,
+        value,
+        tock: Tock(tock),
+    })
+}
+
+/// One accepted change, before commit.
+struct Planned {
+    key: Vec<u8>,
+    path: Path,
+    value: Option<Value>,
+    tock: u64,
+}
+
+/// Checks a batch's conditions against the table and plans its changes,
+/// without writing: a failing batch leaves nothing behind.
+fn plan(
+    data: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ops: &[Op],
+    mut tock: u64,
+) -> Result<(Vec<Outcome>, Vec<Planned>), StoreError> {
+    // Later ops in a batch see earlier ones.
+    let mut overlay: HashMap<Vec<u8>, Option<Entry>> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(ops.len());
+    let mut planned = Vec::with_capacity(ops.len());
+    for (index, op) in ops.iter().enumerate() {
+        let key = op.path().to_key();
+        let current = match overlay.get(&key) {
+            Some(e) => e.clone(),
+            None => match data.get(key.as_slice()).map_err(backend)? {
+                Some(g) => Some(decode_entry(g.value())?),
+                None => None,
+            },
+        };
+        let cond = match op {
+            Op::Put { cond, .. } | Op::Delete { cond, .. } => cond,
+        };
+        let conflict = |reason| StoreError::Conflict { index, reason };
+        match (cond, &current) {
+            (Cond::Any, _) => {}
+            (Cond::Absent, None) => {}
+            (Cond::Absent, Some(_)) => return Err(conflict("the node exists")),
+            (Cond::Equals(_), None) => return Err(conflict("the node has no value")),
+            (Cond::Equals(want), Some(e)) if *want != e.value => {
+                return Err(conflict("the node holds a different value"))
+            }
+            (Cond::Equals(_), Some(_)) => {}
+            (Cond::TockIs(_), None) => return Err(conflict("the node has no value")),
+            (Cond::TockIs(t), Some(e)) if *t != e.tock => {
+                return Err(conflict("the node was changed at another tock"))
+            }
+            (Cond::TockIs(_), Some(_)) => {}
+        }
+        let prev = current.as_ref().map(|e| e.value.clone());
+        let new_value = match op {
+            Op::Put { value, idem, .. } => {
+                if *idem && prev.as_ref() == Some(value) {
+                    outcomes.push(Outcome {
+                        changed: false,
+                        prev,
+                        tock: Tock(tock),
+                    });
+                    continue;
+                }
+                Some(value.clone())
+            }
+            Op::Delete { .. } => {
+                if current.is_none() {
+                    outcomes.push(Outcome {
+                        changed: false,
+                        prev: None,
+                        tock: Tock(tock),
+                    });
+                    continue;
+                }
+                None
+            }
+        };
+        tock += 1;
+        overlay.insert(
+            key.clone(),
+            new_value.clone().map(|value| Entry {
+                value,
+                tock: Tock(tock),
+            }),
+        );
+        outcomes.push(Outcome {
+            changed: true,
+            prev,
+            tock: Tock(tock),
+        });
+        planned.push(Planned {
+            key,
+            path: op.path().clone(),
+            value: new_value,
+            tock,
+        });
+    }
+    Ok((outcomes, planned))
+}
+
+type Reply = (
+    oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+    Result<Vec<Outcome>, StoreError>,
+);
+
+/// Applies one group of requests in one transaction. Returns each
+/// request's reply and the committed changes, or the error that failed the
+/// whole commit (then nothing of the group was written).
+fn commit_group(
+    shared: &Shared,
+    reqs: Vec<WriteReq>,
+    opts: &RedbOptions,
+) -> Result<(Vec<Reply>, Vec<Change>, u64, u64), (Vec<WriteReq>, StoreError)> {
+    let start = shared.tock.load(Ordering::Acquire);
+    let mut tock = start;
+    let mut pruned = shared.pruned.load(Ordering::Acquire);
+    let txn = match shared.db.begin_write() {
+        Ok(t) => t,
+        Err(e) => return Err((reqs, backend(e))),
+    };
+    let mut results: Vec<Result<Vec<Outcome>, StoreError>> = Vec::with_capacity(reqs.len());
+    let mut changes = Vec::new();
+    let applied: Result<(), StoreError> = (|| {
+        let mut data = txn.open_table(DATA).map_err(backend)?;
+        let mut log = txn.open_table(LOG).map_err(backend)?;
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        for req in &reqs {
+            match plan(&data, &req.ops, tock) {
+                Err(e) => results.push(Err(e)),
+                Ok((outcomes, planned)) => {
+                    for p in planned {
+                        match &p.value {
+                            Some(v) => {
+                                data.insert(p.key.as_slice(), encode_entry(v, p.tock).as_slice())
+                                    .map_err(backend)?;
+                            }
+                            None => {
+                                data.remove(p.key.as_slice()).map_err(backend)?;
+                            }
+                        }
+                        log.insert(p.tock, encode_change(&p.key, p.value.as_ref()).as_slice())
+                            .map_err(backend)?;
+                        tock = p.tock;
+                        changes.push(Change {
+                            path: p.path,
+                            value: p.value,
+                            tock: Tock(p.tock),
+                        });
+                    }
+                    results.push(Ok(outcomes));
+                }
+            }
+        }
+        if tock != start {
+            meta.insert("tock", tock).map_err(backend)?;
+            // Keep the last `history` changes.
+            let floor = tock.saturating_sub(opts.history);
+            if floor > pruned {
+                loop {
+                    let first = log.first().map_err(backend)?.map(|(k, _)| k.value());
+                    match first {
+                        Some(t) if t <= floor => {
+                            log.remove(t).map_err(backend)?;
+                        }
+                        _ => break,
+                    }
+                }
+                pruned = floor;
+                meta.insert("pruned", pruned).map_err(backend)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = applied {
+        drop(txn);
+        return Err((reqs, e));
+    }
+    if let Err(e) = txn.commit() {
+        return Err((reqs, backend(e)));
+    }
+    let replies = reqs.into_iter().map(|r| r.reply).zip(results).collect();
+    Ok((replies, changes, tock, pruned))
+}
+
+fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteReq>, opts: RedbOptions) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < opts.max_group {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        match commit_group(&shared, group, &opts) {
+            Ok((replies, changes, tock, pruned)) => {
+                shared.tock.store(tock, Ordering::Release);
+                shared.pruned.store(pruned, Ordering::Release);
+                shared.commits.fetch_add(1, Ordering::Relaxed);
+                for c in changes {
+                    // No receivers is fine.
+                    let _ = shared.feed.send(Arc::new(c));
+                }
+                for (tx, result) in replies {
+                    let _ = tx.send(result);
+                }
+            }
+            Err((reqs, e)) => {
+                tracing::error!(error = %e, "store commit failed; {} write requests refused", reqs.len());
+                for r in reqs {
+                    let _ = r.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn get(&self, path: &Path) -> Result<Option<Entry>, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(backend)?;
+        let data = txn.open_table(DATA).map_err(backend)?;
+        let got = data.get(path.to_key().as_slice()).map_err(backend)?;
+        got.map(|g| decode_entry(g.value())).transpose()
+    }
+
+    async fn write(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteReq { ops, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn scan(
+        &self,
+        prefix: &Path,
+        opts: ScanOpts,
+        after: Option<&Path>,
+        limit: usize,
+    ) -> Result<Vec<(Path, Entry)>, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(backend)?;
+        let data = txn.open_table(DATA).map_err(backend)?;
+        let base = prefix.len();
+        let mut end = prefix.to_key();
+        end.push(KEY_END);
+        let mut lower: Bound<Vec<u8>> = match after {
+            Some(a) => Bound::Excluded(a.to_key()),
+            None => Bound::Included(prefix.to_key()),
+        };
+        let mut out = Vec::new();
+        'seek: loop {
+            let range = (
+                lower.as_ref().map(Vec::as_slice),
+                Bound::Excluded(end.as_slice()),
+            );
+            for item in data.range::<&[u8]>(range).map_err(backend)? {
+                let (k, v) = item.map_err(backend)?;
+                let path = Path::from_key(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let depth = path.len() - base;
+                if let Some(max) = opts.max_depth {
+                    if depth > max {
+                        // Skip the rest of the subtree of the ancestor at
+                        // the deepest allowed level.
+                        let mut skip = Path::new(path.elems()[..base + max].to_vec()).to_key();
+                        skip.push(KEY_END);
+                        lower = Bound::Excluded(skip);
+                        continue 'seek;
+                    }
+                }
+                if depth < opts.min_depth {
+                    continue;
+                }
+                out.push((path, decode_entry(v.value())?));
+                if out.len() >= limit {
+                    break 'seek;
+                }
+            }
+            break;
+        }
+        Ok(out)
+    }
+
+    async fn changes_since(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(backend)?;
+        let pruned = self.shared.pruned.load(Ordering::Acquire);
+        if after.0 < pruned {
+            return Err(StoreError::HistoryGone { oldest: pruned + 1 });
+        }
+        let log = txn.open_table(LOG).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in log.range(after.0 + 1..).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            out.push(decode_change(k.value(), v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn tock(&self) -> Tock {
+        Tock(self.shared.tock.load(Ordering::Acquire))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.shared.feed.subscribe()
+    }
+}
