@@ -1,1 +1,71 @@
+//! keycard's auth methods.
+//!
+//! A deterministic implementation of login and record-setting exchanges.
+//! It contains no networking code, no storage access and no clocks: a
+//! method's server half takes the client's messages (and the stored record
+//! the front end looked up) and answers with the next message to send or a
+//! verdict; its client half does the mirror image. The front ends (the
+//! msgpack server, later REST) carry the messages and store the records.
+//!
+//! Methods here: `root` (DistKV's: one user `*`, super-root), `_anon` (seed
+//! 000: a name, no secret, one message) and `_test` (DistKV's test method,
+//! with its multi-step record exchange).
 
+mod anon;
+mod exchange;
+mod registry;
+mod root;
+mod schema;
+mod test_method;
+
+pub use exchange::{AuthError, ClientLogin, Exchange, Step, Verdict};
+pub use registry::{ClientRegistry, Registry};
+pub use schema::{Field, FieldType, Kind, GROUP, USER};
+
+use keycard_proto::{Msg, Value};
+
+/// The server half of an auth method.
+pub trait Method: Send + Sync + 'static {
+    /// The method's name on the wire (`typ`).
+    fn name(&self) -> &'static str;
+
+    /// The record kinds this method stores (`user` is the one logins use).
+    fn kinds(&self) -> &'static [Kind];
+
+    /// Whether a user logged in with this method holds the super-root
+    /// capability. Only DistKV's `root` method does.
+    fn super_root(&self) -> bool {
+        false
+    }
+
+    /// Begins a login. `request` is the client's `auth` message; `record`
+    /// the stored `user` record for its `ident`, or `None` for an unknown
+    /// user. An unknown user must fail exactly as a wrong credential does.
+    fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict>;
+
+    /// Begins setting a record (`auth_set`). The finished value is the
+    /// record to store; it must never hold a password or its equivalent.
+    fn set_record(&self, kind: &Kind, ident: &str, request: &Value) -> Step<Value>;
+
+    /// What `auth_get` may show of a stored record: never secret material.
+    fn show_record(&self, _kind: &Kind, _record: &Value) -> Msg {
+        Msg::new()
+    }
+}
+
+/// The client half of an auth method.
+pub trait ClientMethod: Send + Sync {
+    /// The method's name on the wire (`typ`).
+    fn name(&self) -> &'static str;
+
+    /// The user name this client logs in as (`ident`).
+    fn ident(&self) -> String;
+
+    /// Starts a login: the fields of the `auth` request beyond `action`,
+    /// `seq`, `typ` and `ident`, and how to answer the server's messages.
+    fn login(&self) -> ClientLogin;
+
+    /// Starts creating or updating this user's record (`auth_set`): the
+    /// request's extra fields and how to answer the server's messages.
+    fn set_record(&self) -> ClientLogin;
+}

@@ -1,1 +1,21 @@
+//! An async client for keycard (and DistKV) servers.
+//!
+//! One TCP connection carries many requests at once: each gets a fresh
+//! `seq`, replies are routed back by it, and streams (`get_tree`, `watch`)
+//! are async iterators that acknowledge what they consumed, so a slow
+//! consumer stalls only its own stream.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keycard_client::ClientError> {
+//! use keycard_client::Client;
+//! use keycard_proto::Path;
+//! let client = Client::connect("127.0.0.1:27586").await?;
+//! let path = Path::parse("hello.world").expect("valid path");
+//! client.set(&path, "hi".into()).await?;
+//! assert_eq!(client.get(&path).await?.map(|n| n.value), Some("hi".into()));
+//! # Ok(()) }
+//! ```
 
+mod conn;
+
+pub use conn::{Client, ClientError, Event, Greeting, Node, SetResult, Stream, TreeItem};

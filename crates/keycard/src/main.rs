@@ -1,1 +1,10 @@
-fn main(){}
+//! `keycard`: the server (`keycard serve`) and a command-line client for it.
+
+mod cli;
+mod render;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}

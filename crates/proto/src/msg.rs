@@ -32,6 +32,11 @@ impl Msg {
         }
     }
 
+    /// Whether `key` is set.
+    pub fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| matches!(k, Value::Str(s) if s == key))
+    }
+
     /// Builder form of [`Msg::set`].
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Msg {
         self.set(key, value);

@@ -1,1 +1,18 @@
+//! keycard's msgpack front end.
+//!
+//! A TCP server speaking DistKV's client protocol: the greeting, seq-tagged
+//! requests, single replies and flow-controlled streams. It drives the
+//! [`keycard_store::Store`] for data and the [`keycard_auth`] methods for
+//! logins; all protocol state lives per connection in [`conn`].
 
+mod actions;
+mod config;
+mod conn;
+mod error;
+mod server;
+mod state;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use server::{Server, ServerHandle, StartError, STORE_FILE};
+pub use state::{AuthConfig, ServerState};

@@ -10,7 +10,7 @@ mod redb_store;
 mod types;
 
 pub use redb_store::{RedbOptions, RedbStore};
-pub use types::{Change, Cond, Entry, Op, Outcome, ScanOpts, StoreError, Tock};
+pub use types::{After, Change, Cond, Entry, Op, Outcome, ScanOpts, StoreError, Tock};
 
 use async_trait::async_trait;
 use keycard_proto::Path;
@@ -32,13 +32,13 @@ pub trait Store: Send + Sync + 'static {
     async fn write(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError>;
 
     /// Up to `limit` valued nodes in `prefix`'s subtree, in path order,
-    /// strictly after `after` (when given), within the depth bounds of
-    /// `opts` (depth 0 is `prefix` itself).
+    /// from where `after` says, within the depth bounds of `opts` (depth 0
+    /// is `prefix` itself).
     async fn scan(
         &self,
         prefix: &Path,
         opts: ScanOpts,
-        after: Option<&Path>,
+        after: After<'_>,
         limit: usize,
     ) -> Result<Vec<(Path, Entry)>, StoreError>;
 

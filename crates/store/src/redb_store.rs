@@ -20,7 +20,7 @@ use keycard_proto::{decode_one, encode_into, Limits, Path, Value, KEY_END};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::types::{Change, Cond, Entry, Op, Outcome, ScanOpts, StoreError, Tock};
+use crate::types::{After, Change, Cond, Entry, Op, Outcome, ScanOpts, StoreError, Tock};
 use crate::Store;
 
 /// Path key → tock (8 bytes, big-endian) ++ msgpack value.
@@ -420,7 +420,7 @@ impl Store for RedbStore {
         &self,
         prefix: &Path,
         opts: ScanOpts,
-        after: Option<&Path>,
+        after: After<'_>,
         limit: usize,
     ) -> Result<Vec<(Path, Entry)>, StoreError> {
         let txn = self.shared.db.begin_read().map_err(backend)?;
@@ -429,8 +429,13 @@ impl Store for RedbStore {
         let mut end = prefix.to_key();
         end.push(KEY_END);
         let mut lower: Bound<Vec<u8>> = match after {
-            Some(a) => Bound::Excluded(a.to_key()),
-            None => Bound::Included(prefix.to_key()),
+            After::Start => Bound::Included(prefix.to_key()),
+            After::Node(a) => Bound::Excluded(a.to_key()),
+            After::Subtree(a) => {
+                let mut k = a.to_key();
+                k.push(KEY_END);
+                Bound::Excluded(k)
+            }
         };
         let mut out = Vec::new();
         'seek: loop {

@@ -101,6 +101,17 @@ pub struct Change {
     pub tock: Tock,
 }
 
+/// Where a scan resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After<'a> {
+    /// From the prefix itself.
+    Start,
+    /// Strictly after this node (paging).
+    Node(&'a Path),
+    /// After this node's whole subtree.
+    Subtree(&'a Path),
+}
+
 /// Depth bounds for a scan, relative to the scanned prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ScanOpts {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use keycard_proto::{Elem, Path, Value};
-use keycard_store::{Cond, Op, RedbOptions, RedbStore, ScanOpts, Store, StoreError, Tock};
+use keycard_store::{After, Cond, Op, RedbOptions, RedbStore, ScanOpts, Store, StoreError, Tock};
 use proptest::prelude::*;
 
 fn p(s: &str) -> Path {
@@ -128,7 +128,7 @@ fn tock_and_data_survive_reopen() {
         assert_eq!(s.tock(), Tock(10));
         let out = s.write(vec![Op::put(p("k.new"), 1.into())]).await.expect("put");
         assert_eq!(out[0].tock, Tock(11));
-        assert_eq!(s.scan(&p("k"), ScanOpts::default(), None, 100).await.expect("scan").len(), 11);
+        assert_eq!(s.scan(&p("k"), ScanOpts::default(), After::Start, 100).await.expect("scan").len(), 11);
     });
 }
 
@@ -190,16 +190,18 @@ fn scan_depth_limits_skip_subtrees() {
         let paths = ["r", "r.a", "r.a.x", "r.a.x.deep", "r.b", "r.b.y", "s"];
         s.write(paths.iter().map(|x| Op::put(p(x), 0.into())).collect()).await.expect("put");
         let names = |v: Vec<(Path, keycard_store::Entry)>| v.into_iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>();
-        let all = s.scan(&p("r"), ScanOpts::default(), None, 100).await.expect("scan");
+        let all = s.scan(&p("r"), ScanOpts::default(), After::Start, 100).await.expect("scan");
         assert_eq!(names(all), ["r", "r.a", "r.a.x", "r.a.x.deep", "r.b", "r.b.y"]);
-        let one = s.scan(&p("r"), ScanOpts { min_depth: 1, max_depth: Some(1) }, None, 100).await.expect("scan");
+        let one = s.scan(&p("r"), ScanOpts { min_depth: 1, max_depth: Some(1) }, After::Start, 100).await.expect("scan");
         assert_eq!(names(one), ["r.a", "r.b"]);
-        let two = s.scan(&p("r"), ScanOpts { min_depth: 2, max_depth: Some(2) }, None, 100).await.expect("scan");
+        let two = s.scan(&p("r"), ScanOpts { min_depth: 2, max_depth: Some(2) }, After::Start, 100).await.expect("scan");
         assert_eq!(names(two), ["r.a.x", "r.b.y"]);
         // Paging.
-        let first = s.scan(&p("r"), ScanOpts::default(), None, 2).await.expect("scan");
-        let rest = s.scan(&p("r"), ScanOpts::default(), Some(&first[1].0), 100).await.expect("scan");
+        let first = s.scan(&p("r"), ScanOpts::default(), After::Start, 2).await.expect("scan");
+        let rest = s.scan(&p("r"), ScanOpts::default(), After::Node(&first[1].0), 100).await.expect("scan");
         assert_eq!(names(rest), ["r.a.x", "r.a.x.deep", "r.b", "r.b.y"]);
+        let skip = s.scan(&p("r"), ScanOpts::default(), After::Subtree(&p("r.a")), 100).await.expect("scan");
+        assert_eq!(names(skip), ["r.b", "r.b.y"]);
     });
 }
 
@@ -262,7 +264,7 @@ proptest! {
                 prop_assert_eq!(s.tock(), Tock(tock));
             }
             for (prefix, min, max) in scans {
-                let got = s.scan(&prefix, ScanOpts { min_depth: min, max_depth: max }, None, 1000).await.expect("scan");
+                let got = s.scan(&prefix, ScanOpts { min_depth: min, max_depth: max }, After::Start, 1000).await.expect("scan");
                 let want: Vec<_> = model.iter()
                     .filter(|(k, _)| k.starts_with(&prefix))
                     .filter(|(k, _)| { let d = k.len() - prefix.len(); d >= min && max.is_none_or(|m| d <= m) })

@@ -1,0 +1,82 @@
+//! `_anon` (seed 000): a user name and nothing else. Not anonymous — a name
+//! is needed — but no secret: one message, and the name must have a record.
+//! It does not support access control of its own.
+
+use keycard_proto::{Msg, Value};
+
+use crate::exchange::{AuthError, ClientLogin, Step, Verdict};
+use crate::root::require_empty_data;
+use crate::schema::{Kind, GROUP, USER};
+use crate::{ClientMethod, Method};
+
+/// Server half of `_anon`.
+pub struct Anon;
+
+impl Method for Anon {
+    fn name(&self) -> &'static str {
+        "_anon"
+    }
+
+    fn kinds(&self) -> &'static [Kind] {
+        &[USER, GROUP]
+    }
+
+    fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
+        if let Err(e) = require_empty_data(request) {
+            return Step::Fail(e);
+        }
+        match record {
+            Some(_) => Step::Done(Verdict { user: ident.into() }),
+            None => Step::Fail(AuthError::Failed),
+        }
+    }
+
+    fn set_record(&self, _kind: &Kind, _ident: &str, request: &Value) -> Step<Value> {
+        match require_empty_data(request) {
+            Ok(()) => Step::Done(Value::Map(Vec::new())),
+            Err(e) => Step::Fail(e),
+        }
+    }
+}
+
+/// Client half of `_anon`.
+pub struct AnonClient {
+    /// The name to log in as.
+    pub name: String,
+}
+
+impl ClientMethod for AnonClient {
+    fn name(&self) -> &'static str {
+        "_anon"
+    }
+
+    fn ident(&self) -> String {
+        self.name.clone()
+    }
+
+    fn login(&self) -> ClientLogin {
+        ClientLogin {
+            request: Msg::new(),
+            exchange: None,
+        }
+    }
+
+    fn set_record(&self) -> ClientLogin {
+        ClientLogin {
+            request: Msg::new(),
+            exchange: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_name_logs_in_unknown_fails() {
+        let req = Msg::new().into_value();
+        assert!(matches!(Anon.login("joe", &req, Some(&Value::Map(vec![]))), Step::Done(v) if v.user == "joe"));
+        assert!(matches!(Anon.login("joe", &req, None), Step::Fail(AuthError::Failed)));
+    }
+}

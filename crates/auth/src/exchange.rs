@@ -1,0 +1,70 @@
+//! The shape of every exchange: a chain of steps, each consuming the state
+//! it came from, so a challenge can be answered once only.
+
+use keycard_proto::{Msg, Value};
+
+/// Why an exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong credentials or unknown user: deliberately the same.
+    #[error("login failed")]
+    Failed,
+    /// A message did not have the shape this method expects.
+    #[error("malformed auth message: {0}")]
+    Malformed(String),
+    /// The request asks for something this method does not do.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// One step of an exchange producing a `T`.
+pub enum Step<T> {
+    /// Send this message to the peer; feed its answer to the exchange.
+    Send(Msg, Box<dyn Exchange<T>>),
+    /// The exchange is over and produced this.
+    Done(T),
+    /// The exchange failed.
+    Fail(AuthError),
+}
+
+impl<T> std::fmt::Debug for Step<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Send(m, _) => write!(f, "Send({m:?})"),
+            Step::Done(_) => f.write_str("Done"),
+            Step::Fail(e) => write!(f, "Fail({e:?})"),
+        }
+    }
+}
+
+/// An exchange waiting for the peer's next message.
+pub trait Exchange<T>: Send {
+    /// Consumes this state with the peer's message.
+    fn next(self: Box<Self>, msg: &Value) -> Step<T>;
+}
+
+impl<T, F> Exchange<T> for F
+where
+    F: FnOnce(&Value) -> Step<T> + Send,
+{
+    fn next(self: Box<Self>, msg: &Value) -> Step<T> {
+        (*self)(msg)
+    }
+}
+
+/// A successful login's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The user's name.
+    pub user: String,
+}
+
+/// How a client starts an exchange: the request's extra fields, then what
+/// to do with the server's messages (`None`: there is nothing to answer;
+/// the request's reply decides).
+pub struct ClientLogin {
+    /// Extra fields of the request.
+    pub request: Msg,
+    /// Answers to the server's messages, if the exchange has several steps.
+    pub exchange: Option<Box<dyn Exchange<()>>>,
+}

@@ -1,0 +1,122 @@
+//! DistKV's `root` method: one user, `*`, who may do everything. It exists
+//! to bootstrap a server; there is no secret, so only enable it where the
+//! network is trusted (DistKV: "No access control").
+
+use keycard_proto::{Msg, Value};
+
+use crate::exchange::{AuthError, ClientLogin, Step, Verdict};
+use crate::schema::{Kind, USER};
+use crate::{ClientMethod, Method};
+
+/// The only user name the `root` method knows.
+pub const ROOT_USER: &str = "*";
+
+/// Server half of `root`.
+pub struct Root;
+
+pub(crate) fn require_empty_data(request: &Value) -> Result<(), AuthError> {
+    match request.get("data") {
+        None | Some(Value::Nil) => Ok(()),
+        Some(Value::Map(m)) if m.is_empty() => Ok(()),
+        Some(_) => Err(AuthError::Malformed(
+            "this method takes no data (its schema is empty)".into(),
+        )),
+    }
+}
+
+
+impl Method for Root {
+    fn name(&self) -> &'static str {
+        "root"
+    }
+
+    fn kinds(&self) -> &'static [Kind] {
+        &[USER]
+    }
+
+    fn super_root(&self) -> bool {
+        true
+    }
+
+    fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
+        if let Err(e) = require_empty_data(request) {
+            return Step::Fail(e);
+        }
+        match record {
+            Some(_) if ident == ROOT_USER => Step::Done(Verdict {
+                user: ROOT_USER.into(),
+            }),
+            _ => Step::Fail(AuthError::Failed),
+        }
+    }
+
+    fn set_record(&self, kind: &Kind, ident: &str, request: &Value) -> Step<Value> {
+        if kind.name == "user" && ident != ROOT_USER {
+            return Step::Fail(AuthError::Unsupported(format!(
+                "the root method has one user, {ROOT_USER:?}"
+            )));
+        }
+        match require_empty_data(request) {
+            Ok(()) => Step::Done(Value::Map(Vec::new())),
+            Err(e) => Step::Fail(e),
+        }
+    }
+}
+
+/// Client half of `root`.
+pub struct RootClient;
+
+impl ClientMethod for RootClient {
+    fn name(&self) -> &'static str {
+        "root"
+    }
+
+    fn ident(&self) -> String {
+        ROOT_USER.into()
+    }
+
+    fn login(&self) -> ClientLogin {
+        ClientLogin {
+            request: Msg::new().with("data", Value::Map(Vec::new())),
+            exchange: None,
+        }
+    }
+
+    fn set_record(&self) -> ClientLogin {
+        ClientLogin {
+            request: Msg::new().with("data", Value::Map(Vec::new())),
+            exchange: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> Value {
+        Msg::new().with("data", Value::Map(vec![])).into_value()
+    }
+
+    #[test]
+    fn star_with_a_record_logs_in() {
+        let rec = Value::Map(vec![]);
+        assert!(matches!(Root.login("*", &req(), Some(&rec)), Step::Done(v) if v.user == "*"));
+    }
+
+    #[test]
+    fn missing_record_or_other_name_fails_the_same_way() {
+        let rec = Value::Map(vec![]);
+        assert!(matches!(Root.login("*", &req(), None), Step::Fail(AuthError::Failed)));
+        assert!(matches!(Root.login("bob", &req(), Some(&rec)), Step::Fail(AuthError::Failed)));
+    }
+
+    #[test]
+    fn data_must_be_empty() {
+        let bad = Msg::new().with("data", 5).into_value();
+        assert!(matches!(Root.login("*", &bad, Some(&Value::Nil)), Step::Fail(AuthError::Malformed(_))));
+        assert!(matches!(Root.set_record(&USER, "*", &bad), Step::Fail(AuthError::Malformed(_))));
+        assert!(matches!(Root.set_record(&USER, "x", &req()), Step::Fail(AuthError::Unsupported(_))));
+        assert!(matches!(Root.set_record(&USER, "*", &req()), Step::Done(Value::Map(m)) if m.is_empty()));
+    }
+}

@@ -1,0 +1,651 @@
+//! The connection, its reader task and request routing.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use keycard_auth::{AuthError, ClientMethod, Step};
+use keycard_proto::{
+    encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Path, Value,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc;
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{text} ({})", code.map_or("no code", ErrorCode::as_str))]
+    Server {
+        /// The stable code, when the server sent a known one.
+        code: Option<ErrorCode>,
+        /// The server's text.
+        text: String,
+    },
+    /// The connection is gone.
+    #[error("connection closed{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Closed(Option<String>),
+    /// Connecting or writing failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// The server sent something this client cannot use.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The login exchange failed on this side.
+    #[error("login failed: {0}")]
+    Auth(String),
+}
+
+impl ClientError {
+    /// The server's error code, if this is a server error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+/// What the server said when the connection opened.
+#[derive(Debug, Clone)]
+pub struct Greeting {
+    /// The protocol version.
+    pub version: Vec<i64>,
+    /// The server's node name.
+    pub node: String,
+    /// The server's tock when it greeted.
+    pub tock: u64,
+    /// The methods the server accepts, current first (`None` = no login
+    /// needed), or `None` when auth was never configured.
+    pub auth: Option<Vec<Option<String>>>,
+    /// The whole greeting message.
+    pub raw: Value,
+}
+
+impl Greeting {
+    fn parse(v: Value) -> Result<Greeting, ClientError> {
+        if v.seq() != Some(0) {
+            return Err(ClientError::Protocol("the first message is not a greeting".into()));
+        }
+        let version = match v.get("version") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
+            _ => Vec::new(),
+        };
+        let auth = match v.get("auth") {
+            Some(Value::Array(a)) => Some(a.iter().map(|m| m.as_str().map(str::to_owned)).collect()),
+            _ => None,
+        };
+        Ok(Greeting {
+            version,
+            node: v.get("node").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            tock: v.get("tock").and_then(Value::as_u64).unwrap_or(0),
+            auth,
+            raw: v,
+        })
+    }
+
+    /// Whether the server requires a login before data requests.
+    pub fn login_required(&self) -> bool {
+        matches!(&self.auth, Some(list) if list.first().is_some_and(Option::is_some))
+    }
+}
+
+type Routes = Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Value>>>>;
+
+struct Inner {
+    out: mpsc::UnboundedSender<Value>,
+    routes: Routes,
+    next_seq: AtomicI64,
+    qlen: u64,
+    /// Why the reader stopped, once it has.
+    closed: Arc<Mutex<Option<String>>>,
+}
+
+/// A connection to a keycard server.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    greeting: Arc<Greeting>,
+}
+
+/// A node's value and the tock of its last change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// The value.
+    pub value: Value,
+    /// When it changed.
+    pub tock: u64,
+}
+
+/// What a `set_value` or `delete_value` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetResult {
+    /// Whether the value changed.
+    pub changed: bool,
+    /// The tock of the write.
+    pub tock: u64,
+    /// The value it replaced, if any.
+    pub prev: Option<Value>,
+}
+
+/// One item of a `get_tree` or `watch` stream, with its path restored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeItem {
+    /// The path relative to the request's path.
+    pub path: Path,
+    /// The value; `None` for a deletion (watch) or a value-less node.
+    pub value: Option<Value>,
+    /// The tock of the change.
+    pub tock: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn server_error(v: &Value) -> Option<ClientError> {
+    let text = v.get("error")?;
+    let text = match text {
+        Value::Str(s) => s.clone(),
+        other => format!("{other:?}"),
+    };
+    let code = v.get("code").and_then(Value::as_str).and_then(ErrorCode::parse);
+    Some(ClientError::Server { code, text })
+}
+
+impl Client {
+    /// Connects, reads the greeting and announces a flow-control window of
+    /// 64 stream messages.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        Self::connect_with_qlen(addr, 64).await
+    }
+
+    /// Like [`Client::connect`] with the given window (0: no flow control).
+    pub async fn connect_with_qlen(addr: impl ToSocketAddrs, qlen: u64) -> Result<Client, ClientError> {
+        let socket = TcpStream::connect(addr).await.map_err(|e| ClientError::Io(e.to_string()))?;
+        let _ = socket.set_nodelay(true);
+        let (mut rd, mut wr) = socket.into_split();
+        let mut decoder = Decoder::new(Limits {
+            max_message: 64 << 20,
+            max_depth: 64,
+        });
+        let mut chunk = vec![0u8; 64 * 1024];
+        let greeting = loop {
+            if let Some(v) = decoder.next_value().map_err(|e| ClientError::Protocol(e.to_string()))? {
+                break Greeting::parse(v)?;
+            }
+            let n = rd.read(&mut chunk).await.map_err(|e| ClientError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(ClientError::Closed(Some("before the greeting".into())));
+            }
+            decoder.feed(&chunk[..n]);
+        };
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Value>();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(16 * 1024);
+            while let Some(first) = out_rx.recv().await {
+                buf.clear();
+                encode_into(&first, &mut buf);
+                while buf.len() < 256 * 1024 {
+                    match out_rx.try_recv() {
+                        Ok(v) => encode_into(&v, &mut buf),
+                        Err(_) => break,
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
+        let closed = Arc::new(Mutex::new(None));
+        let inner = Arc::new(Inner {
+            out,
+            routes: routes.clone(),
+            next_seq: AtomicI64::new(1),
+            qlen,
+            closed: closed.clone(),
+        });
+        tokio::spawn(async move {
+            let why = read_loop(&mut rd, &mut decoder, &mut chunk, &routes).await;
+            *lock(&closed) = Some(why);
+            // Dropping the senders ends every pending request and stream.
+            lock(&routes).clear();
+        });
+        if qlen > 0 {
+            let _ = inner.out.send(Msg::seq(0).with("qlen", qlen).into_value());
+        }
+        Ok(Client {
+            inner,
+            greeting: Arc::new(greeting),
+        })
+    }
+
+    /// The server's greeting.
+    pub fn greeting(&self) -> &Greeting {
+        &self.greeting
+    }
+
+    fn closed_error(&self) -> ClientError {
+        ClientError::Closed(lock(&self.inner.closed).clone())
+    }
+
+    /// Sends a request and returns the channel its replies arrive on.
+    async fn send(&self, mut msg: Msg) -> Result<(i64, mpsc::UnboundedReceiver<Value>), ClientError> {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.routes).insert(seq, tx);
+        msg.set("seq", seq);
+        if self.inner.out.send(msg.into_value()).is_err() {
+            lock(&self.inner.routes).remove(&seq);
+            return Err(self.closed_error());
+        }
+        Ok((seq, rx))
+    }
+
+    /// Sends `msg` (an action and its fields) and returns its one reply.
+    /// A streamed reply is read to its end; its last item is returned.
+    pub async fn request(&self, msg: Msg) -> Result<Value, ClientError> {
+        let (seq, mut rx) = self.send(msg).await?;
+        let result = self.collect_reply(seq, &mut rx).await;
+        lock(&self.inner.routes).remove(&seq);
+        result
+    }
+
+    async fn collect_reply(&self, seq: i64, rx: &mut mpsc::UnboundedReceiver<Value>) -> Result<Value, ClientError> {
+        let mut last = None;
+        let mut acked = 0u64;
+        loop {
+            let Some(v) = rx.recv().await else {
+                return Err(self.closed_error());
+            };
+            if let Some(e) = server_error(&v) {
+                return Err(e);
+            }
+            self.ack(seq, &v, &mut acked);
+            match v.state() {
+                Some("start") => {}
+                Some("end") => return Ok(last.unwrap_or(v)),
+                _ if v.get("wseq").is_some() => last = Some(v),
+                _ => return Ok(v),
+            }
+        }
+    }
+
+    fn ack(&self, seq: i64, v: &Value, acked: &mut u64) {
+        let Some(wseq) = v.get("wseq").and_then(Value::as_u64) else {
+            return;
+        };
+        if self.inner.qlen > 0 && wseq >= *acked + (self.inner.qlen / 2).max(1) {
+            *acked = wseq;
+            let ack = Msg::seq(seq).with("state", "ack").with("ack", wseq);
+            let _ = self.inner.out.send(ack.into_value());
+        }
+    }
+
+    /// Sends `msg` and returns its reply stream.
+    pub async fn stream(&self, msg: Msg) -> Result<Stream, ClientError> {
+        let (seq, rx) = self.send(msg).await?;
+        Ok(Stream {
+            client: self.clone(),
+            seq,
+            rx,
+            acked: 0,
+            prev: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// Logs in with `method`, answering the server's messages as the
+    /// method's client half says.
+    pub async fn login(&self, method: &dyn ClientMethod) -> Result<(), ClientError> {
+        let start = method.login();
+        let msg = start
+            .request
+            .with("action", "auth")
+            .with("typ", method.name())
+            .with("ident", method.ident());
+        self.exchange(msg, start.exchange).await.map(|_| ())
+    }
+
+    /// Creates or replaces `method`'s user record for its ident (needs the
+    /// super-root capability).
+    pub async fn set_user(&self, method: &dyn ClientMethod) -> Result<Value, ClientError> {
+        let start = method.set_record();
+        let msg = start
+            .request
+            .with("action", "auth_set")
+            .with("typ", method.name())
+            .with("kind", "user")
+            .with("ident", method.ident());
+        self.exchange(msg, start.exchange).await
+    }
+
+    /// Runs a request that may be a multi-step exchange.
+    async fn exchange(&self, msg: Msg, mut ex: Option<Box<dyn keycard_auth::Exchange<()>>>) -> Result<Value, ClientError> {
+        let (seq, mut rx) = self.send(msg).await?;
+        let result = async {
+            let mut last = Value::Nil;
+            let mut acked = 0u64;
+            loop {
+                let Some(v) = rx.recv().await else {
+                    return Err(self.closed_error());
+                };
+                if let Some(e) = server_error(&v) {
+                    return Err(e);
+                }
+                self.ack(seq, &v, &mut acked);
+                match v.state() {
+                    Some("start") => continue,
+                    Some("end") => return Ok(last),
+                    _ => {}
+                }
+                let streamed = v.get("wseq").is_some();
+                match ex.take() {
+                    Some(step) => match step.next(&v) {
+                        Step::Send(answer, next) => {
+                            ex = Some(next);
+                            let answer = answer.with("seq", seq);
+                            self.inner.out.send(answer.into_value()).map_err(|_| self.closed_error())?;
+                        }
+                        Step::Done(()) => last = v,
+                        Step::Fail(AuthError::Failed) => return Err(ClientError::Auth("the server could not be verified".into())),
+                        Step::Fail(e) => return Err(ClientError::Auth(e.to_string())),
+                    },
+                    None => last = v,
+                }
+                if !streamed {
+                    return Ok(last);
+                }
+            }
+        }
+        .await;
+        lock(&self.inner.routes).remove(&seq);
+        result
+    }
+
+    /// The value at `path`, if any.
+    pub async fn get(&self, path: &Path) -> Result<Option<Node>, ClientError> {
+        let v = self
+            .request(Msg::new().with("action", "get_value").with_path("path", path).with("nchain", 0))
+            .await?;
+        Ok(v.get("value").map(|value| Node {
+            value: value.clone(),
+            tock: v.get("tock").and_then(Value::as_u64).unwrap_or(0),
+        }))
+    }
+
+    /// Sets `path` to `value`.
+    pub async fn set(&self, path: &Path, value: Value) -> Result<SetResult, ClientError> {
+        self.write(Msg::new().with("action", "set_value").with_path("path", path).with("value", value))
+            .await
+    }
+
+    /// Sets `path` to `value` only if it holds no value yet.
+    pub async fn create(&self, path: &Path, value: Value) -> Result<SetResult, ClientError> {
+        self.write(
+            Msg::new()
+                .with("action", "set_value")
+                .with_path("path", path)
+                .with("value", value)
+                .with("chain", Value::Nil),
+        )
+        .await
+    }
+
+    /// Removes the value at `path`.
+    pub async fn delete(&self, path: &Path) -> Result<SetResult, ClientError> {
+        self.write(Msg::new().with("action", "delete_value").with_path("path", path)).await
+    }
+
+    /// Sends a set/delete-shaped request and reads its reply.
+    pub async fn write(&self, msg: Msg) -> Result<SetResult, ClientError> {
+        let v = self.request(msg.with("nchain", 0)).await?;
+        Ok(SetResult {
+            changed: v.get("changed").is_some_and(Value::truthy),
+            tock: v.get("tock").and_then(Value::as_u64).unwrap_or(0),
+            prev: v.get("prev").cloned(),
+        })
+    }
+
+    /// Streams the subtree at `path` (`min_depth`/`max_depth` bound it).
+    pub async fn get_tree(&self, path: &Path, min_depth: Option<usize>, max_depth: Option<usize>) -> Result<Stream, ClientError> {
+        let mut msg = Msg::new().with("action", "get_tree").with_path("path", path).with("long_path", true);
+        if let Some(d) = min_depth {
+            msg.set("min_depth", d);
+        }
+        if let Some(d) = max_depth {
+            msg.set("max_depth", d);
+        }
+        self.stream(msg).await
+    }
+
+    /// Watches the subtree at `path`; with `fetch`, its current state comes
+    /// first, then an `uptodate` marker (see [`Stream::uptodate`]).
+    pub async fn watch(&self, path: &Path, fetch: bool) -> Result<Stream, ClientError> {
+        let msg = Msg::new()
+            .with("action", "watch")
+            .with_path("path", path)
+            .with("fetch", fetch)
+            .with("long_path", true);
+        self.stream(msg).await
+    }
+
+    /// Stops a stream of this connection.
+    pub async fn stop(&self, seq: i64) -> Result<bool, ClientError> {
+        let v = self.request(Msg::new().with("action", "stop").with("task", seq)).await?;
+        Ok(v.get("result").is_some_and(Value::truthy))
+    }
+}
+
+async fn read_loop(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    decoder: &mut Decoder,
+    chunk: &mut [u8],
+    routes: &Routes,
+) -> String {
+    loop {
+        loop {
+            match decoder.next_value() {
+                Ok(Some(v)) => route(routes, v),
+                Ok(None) => break,
+                Err(e) => return decode_failure(e),
+            }
+        }
+        match rd.read(chunk).await {
+            Ok(0) => return "the server closed the connection".into(),
+            Ok(n) => decoder.feed(&chunk[..n]),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+fn decode_failure(e: DecodeError) -> String {
+    format!("undecodable data from the server: {e}")
+}
+
+fn route(routes: &Routes, v: Value) {
+    match v.seq() {
+        Some(seq) => {
+            let routes = lock(routes);
+            if let Some(tx) = routes.get(&seq) {
+                let _ = tx.send(v);
+            }
+        }
+        None => {
+            if let Some(e) = server_error(&v) {
+                tracing::warn!(error = %e, "connection-level error from the server");
+            }
+        }
+    }
+}
+
+/// A reply stream: `get_tree` or `watch` items, in order.
+pub struct Stream {
+    client: Client,
+    seq: i64,
+    rx: mpsc::UnboundedReceiver<Value>,
+    acked: u64,
+    prev: Vec<keycard_proto::Elem>,
+    done: bool,
+}
+
+/// What [`Stream::next_event`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A node (or, in a watch, a change).
+    Item(TreeItem),
+    /// A watch finished sending the current state.
+    UpToDate,
+}
+
+impl Stream {
+    /// The request's seq (for [`Client::stop`]).
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    /// The next item, skipping markers; `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Result<TreeItem, ClientError>> {
+        loop {
+            match self.next_event().await? {
+                Ok(Event::Item(i)) => return Some(Ok(i)),
+                Ok(Event::UpToDate) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next message of the stream as the server sent it (markers
+    /// skipped), for streams whose items are not tree nodes.
+    pub async fn next_raw(&mut self) -> Option<Result<Value, ClientError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let Some(v) = self.rx.recv().await else {
+                self.done = true;
+                return Some(Err(self.client.closed_error()));
+            };
+            self.client.ack(self.seq, &v, &mut self.acked);
+            if let Some(e) = server_error(&v) {
+                return Some(Err(e));
+            }
+            match v.state() {
+                Some("end") => {
+                    self.done = true;
+                    return None;
+                }
+                Some(_) => continue,
+                None => return Some(Ok(v)),
+            }
+        }
+    }
+
+    /// Reads items until the `uptodate` marker; returns them.
+    pub async fn uptodate(&mut self) -> Result<Vec<TreeItem>, ClientError> {
+        let mut items = Vec::new();
+        loop {
+            match self.next_event().await {
+                Some(Ok(Event::Item(i))) => items.push(i),
+                Some(Ok(Event::UpToDate)) => return Ok(items),
+                Some(Err(e)) => return Err(e),
+                None => return Err(ClientError::Protocol("stream ended before uptodate".into())),
+            }
+        }
+    }
+
+    /// The next item or marker; `None` when the stream ended.
+    pub async fn next_event(&mut self) -> Option<Result<Event, ClientError>> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Event, ClientError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let Some(v) = std::task::ready!(self.rx.poll_recv(cx)) else {
+                self.done = true;
+                return Poll::Ready(Some(Err(self.client.closed_error())));
+            };
+            if let Some(event) = self.handle(&v) {
+                return Poll::Ready(event);
+            }
+        }
+    }
+
+    /// Interprets one message of the stream; `None` for ones that carry
+    /// nothing for the caller.
+    fn handle(&mut self, v: &Value) -> Option<Option<Result<Event, ClientError>>> {
+        self.client.ack(self.seq, v, &mut self.acked);
+        if let Some(e) = server_error(v) {
+            return Some(Some(Err(e)));
+        }
+        match v.state() {
+            Some("end") => {
+                self.done = true;
+                lock(&self.client.inner.routes).remove(&self.seq);
+                Some(None)
+            }
+            Some("uptodate") => Some(Some(Ok(Event::UpToDate))),
+            Some(_) => None,
+            None => Some(Some(self.item(v).map(Event::Item))),
+        }
+    }
+
+    fn item(&mut self, v: &Value) -> Result<TreeItem, ClientError> {
+        let depth = v.get("depth").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let tail = v
+            .get("path")
+            .map(Path::from_value)
+            .transpose()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .unwrap_or_default();
+        if depth > self.prev.len() {
+            return Err(ClientError::Protocol("path depth beyond the previous path".into()));
+        }
+        let mut rel: Vec<_> = self.prev[..depth].to_vec();
+        rel.extend(tail.elems().iter().cloned());
+        self.prev = rel.clone();
+        Ok(TreeItem {
+            path: Path::new(rel),
+            value: v.get("value").cloned(),
+            tock: v.get("tock").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+
+    /// Collects the remaining items.
+    pub async fn collect(mut self) -> Result<Vec<TreeItem>, ClientError> {
+        let mut out = Vec::new();
+        while let Some(i) = self.next().await {
+            out.push(i?);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        lock(&self.client.inner.routes).remove(&self.seq);
+    }
+}
+
+impl futures_core::Stream for Stream {
+    type Item = Result<TreeItem, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            return match std::task::ready!(self.poll_event(cx)) {
+                None => Poll::Ready(None),
+                Some(Ok(Event::UpToDate)) => continue,
+                Some(Ok(Event::Item(i))) => Poll::Ready(Some(Ok(i))),
+                Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            };
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Auth actions: `auth` (log in), `auth_get`, `auth_set`, `auth_list`,
+//! `auth_info`, `set_auth_typ`. The exchanges themselves are the methods'
+//! sans-IO state machines; this module carries their messages, looks up and
+//! stores their records, and keeps the session.
+
+use std::time::Duration;
+
+use keycard_auth::{AuthError, Kind, Method, Step};
+use keycard_proto::{ErrorCode, Msg, MsgExt, Path, Value};
+use keycard_store::{After, Cond, Op, ScanOpts};
+
+use super::data::write_value;
+use super::{chain, opt_usize, require_login, require_super_root, str_field};
+use crate::conn::{LoggedIn, Responder};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{auth_root, record_path, ServerState};
+
+/// How long the server waits for the client's next message in a
+/// multi-step exchange.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn method<'a>(state: &'a ServerState, msg: &Value) -> ApiResult<&'a std::sync::Arc<dyn Method>> {
+    let typ = str_field(msg, "typ")?;
+    state.methods.get(typ).ok_or_else(|| {
+        ApiError::new(ErrorCode::AuthMethod, format!("unknown auth method {typ:?}"))
+    })
+}
+
+fn kind(m: &dyn Method, msg: &Value) -> ApiResult<&'static Kind> {
+    let name = match msg.get("kind") {
+        None | Some(Value::Nil) => "user",
+        Some(Value::Str(s)) => s.as_str(),
+        Some(_) => return Err(ApiError::bad("'kind' must be a string")),
+    };
+    m.kinds().iter().find(|k| k.name == name).ok_or_else(|| {
+        ApiError::bad(format!("method {} has no record kind {name:?}", m.name()))
+    })
+}
+
+/// Runs an exchange to its end, carrying its messages as stream items and
+/// the client's answers as continuations under the request's seq.
+async fn drive<T>(r: &mut Responder, mut step: Step<T>) -> Result<T, AuthError> {
+    let mut cont = None;
+    loop {
+        match step {
+            Step::Done(t) => return Ok(t),
+            Step::Fail(e) => return Err(e),
+            Step::Send(msg, next) => {
+                let rx = cont.get_or_insert_with(|| r.conn().open_continuation(r.seq()));
+                r.item(msg).await;
+                let answer = match tokio::time::timeout(EXCHANGE_TIMEOUT, rx.recv()).await {
+                    Ok(Some(a)) => a,
+                    Ok(None) => return Err(AuthError::Malformed("the exchange was abandoned".into())),
+                    Err(_) => {
+                        return Err(AuthError::Malformed(format!(
+                            "no answer within {}s",
+                            EXCHANGE_TIMEOUT.as_secs()
+                        )))
+                    }
+                };
+                step = next.next(&answer);
+            }
+        }
+    }
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Failed => ApiError::new(ErrorCode::AuthFailed, "login failed"),
+        AuthError::Malformed(t) => ApiError::bad(t),
+        AuthError::Unsupported(t) => ApiError::bad(t),
+    }
+}
+
+/// Logs the connection in.
+pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
+    let state = r.conn().state.clone();
+    let m = method(&state, msg)?.clone();
+    let cfg = state.auth();
+    if let Some(current) = &cfg.current {
+        if current != m.name() {
+            return Err(ApiError::new(
+                ErrorCode::AuthMethod,
+                format!("method {:?} is not accepted here; the current method is {current:?}", m.name()),
+            ));
+        }
+    }
+    match msg.get("chroot") {
+        None | Some(Value::Nil) => {}
+        Some(v) if Path::from_value(v).is_ok_and(|p| p.is_empty()) => {}
+        Some(_) => {
+            return Err(ApiError::bad(
+                "logging in to a domain (chroot) is not supported yet; log in at the root",
+            ))
+        }
+    }
+    let ident = match msg.get("ident") {
+        Some(Value::Str(s)) => s.clone(),
+        _ => return Err(ApiError::bad("'ident' (the user name) must be a string")),
+    };
+    let root = r.conn().session().root;
+    let record_at = root.join(&record_path(m.name(), "user", &ident));
+    let record = state.store.get(&record_at).await?.map(|e| e.value);
+    let step = m.login(&ident, msg, record.as_ref());
+    let conn = r.conn().clone();
+    match drive(r, step).await {
+        Ok(verdict) => {
+            tracing::info!(
+                target: "keycard::audit",
+                conn = conn.id, peer = %conn.peer, method = m.name(), user = %verdict.user,
+                outcome = "success", "login"
+            );
+            conn.update_session(|s| {
+                s.user = Some(LoggedIn {
+                    method: m.name().into(),
+                    name: verdict.user.clone(),
+                    super_root: m.super_root(),
+                });
+                s.failed_logins = 0;
+            });
+            if !r.is_done() {
+                // Single-message logins answer like DistKV's `_anon`.
+                r.start().await;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let failures = conn.update_session(|s| {
+                s.failed_logins += 1;
+                s.failed_logins
+            });
+            tracing::info!(
+                target: "keycard::audit",
+                conn = conn.id, peer = %conn.peer, method = m.name(), user = %ident,
+                outcome = "failure", reason = %e, failures, "login"
+            );
+            if failures >= state.config.max_auth_attempts {
+                conn.close();
+                return Err(ApiError::new(
+                    ErrorCode::TooManyAttempts,
+                    format!("{failures} failed logins; closing the connection"),
+                ));
+            }
+            Err(auth_error(e))
+        }
+    }
+}
+
+/// Creates or replaces an auth record.
+pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_super_root(r)?;
+    let state = r.conn().state.clone();
+    let m = method(&state, msg)?.clone();
+    let k = kind(m.as_ref(), msg)?;
+    let ident = str_field(msg, "ident")?.to_owned();
+    let step = m.set_record(k, &ident, msg);
+    let record = drive(r, step).await.map_err(auth_error)?;
+    let path = session.root.join(&record_path(m.name(), k.name, &ident));
+    let reply = write_value(&state, msg, path, Some(record)).await?;
+    state.refresh_auth().await?;
+    tracing::info!(
+        target: "keycard::audit",
+        conn = r.conn().id, method = m.name(), kind = k.name, ident = %ident, "auth record set"
+    );
+    if r.is_done() {
+        return Ok(());
+    }
+    if msg.state() == Some("start") {
+        r.item(reply).await;
+    } else {
+        r.reply(reply).await;
+    }
+    Ok(())
+}
+
+/// Shows what may be shown of an auth record.
+pub(super) async fn auth_get(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_super_root(r)?;
+    let state = r.conn().state.clone();
+    let m = method(&state, msg)?.clone();
+    let k = kind(m.as_ref(), msg)?;
+    let ident = str_field(msg, "ident")?;
+    let path = session.root.join(&record_path(m.name(), k.name, ident));
+    let Some(entry) = state.store.get(&path).await? else {
+        return Err(ApiError::new(ErrorCode::NotFound, format!("no {} record {ident:?} for method {}", k.name, m.name())));
+    };
+    let mut reply = m.show_record(k, &entry.value);
+    if opt_usize(msg, "nchain")?.unwrap_or(0) > 0 {
+        reply.set("chain", chain(&state, entry.tock));
+    }
+    r.reply(reply).await;
+    Ok(())
+}
+
+/// Lists auth records: one (`ident` given) or all of a method's kind as a
+/// stream.
+pub(super) async fn auth_list(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_super_root(r)?;
+    let state = r.conn().state.clone();
+    if msg.get("typ").is_none() {
+        r.start().await;
+        for name in state.methods.names() {
+            r.item(Msg::new().with("typ", name)).await;
+        }
+        return Ok(());
+    }
+    let m = method(&state, msg)?.clone();
+    let k = kind(m.as_ref(), msg)?;
+    let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
+    let item = |ident: Value, tock| {
+        let mut it = Msg::new()
+            .with("typ", m.name())
+            .with("kind", k.name)
+            .with("ident", ident);
+        if nchain > 0 {
+            it.set("chain", chain(&state, tock));
+        }
+        it
+    };
+    if let Some(ident) = msg.get("ident") {
+        let ident = ident.as_str().ok_or_else(|| ApiError::bad("'ident' must be a string"))?;
+        let path = session.root.join(&record_path(m.name(), k.name, ident));
+        let Some(entry) = state.store.get(&path).await? else {
+            return Err(ApiError::new(ErrorCode::NotFound, format!("no {} record {ident:?}", k.name)));
+        };
+        r.reply(item(Value::from(ident), entry.tock)).await;
+        return Ok(());
+    }
+    let base = session.root.join(&auth_root().child(m.name()).child(k.name));
+    let opts = ScanOpts {
+        min_depth: 1,
+        max_depth: Some(1),
+    };
+    r.start().await;
+    let mut after: Option<Path> = None;
+    loop {
+        let from = after.as_ref().map_or(After::Start, After::Node);
+        let page = state.store.scan(&base, opts, from, 256).await?;
+        for (p, e) in &page {
+            if let Some(last) = p.elems().last() {
+                r.item(item(last.to_value(), e.tock)).await;
+            }
+        }
+        match page.last() {
+            Some((p, _)) if page.len() == 256 => after = Some(p.clone()),
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// `(nil, "auth")`, as DistKV's `auth_info` returns it.
+pub(super) async fn auth_info(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_login(r)?;
+    let state = r.conn().state.clone();
+    let entry = state.store.get(&session.root.join(&auth_root())).await?;
+    let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
+    r.reply(super::entry_msg(&state, entry.as_ref(), nchain)).await;
+    Ok(())
+}
+
+/// Makes a method current (`typ: nil` opens the server again). The method
+/// must have a user first, so nobody locks themselves out.
+pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_super_root(r)?;
+    let state = r.conn().state.clone();
+    let typ = match msg.get("typ") {
+        None => return Err(ApiError::bad("missing field 'typ'")),
+        Some(Value::Nil) => None,
+        Some(_) => Some(method(&state, msg)?.name()),
+    };
+    let at = session.root.join(&auth_root());
+    if let Some(t) = typ {
+        let users = at.child(t).child("user");
+        let opts = ScanOpts {
+            min_depth: 1,
+            max_depth: Some(1),
+        };
+        if state.store.scan(&users, opts, After::Start, 1).await?.is_empty() {
+            return Err(ApiError::bad(format!(
+                "method {t:?} has no user yet: create one with auth_set before making it current"
+            )));
+        }
+    }
+    // Keep whatever else the record holds.
+    let old = state.store.get(&at).await?;
+    let mut fields: Vec<(Value, Value)> = match old.as_ref().map(|e| &e.value) {
+        Some(Value::Map(m)) => m.iter().filter(|(k, _)| k.as_str() != Some("current")).cloned().collect(),
+        _ => Vec::new(),
+    };
+    fields.push(("current".into(), Value::from(typ)));
+    let cond = match &old {
+        Some(e) => Cond::TockIs(e.tock),
+        None => Cond::Absent,
+    };
+    let out = state
+        .store
+        .write(vec![Op::Put {
+            path: at,
+            value: Value::Map(fields),
+            cond,
+            idem: false,
+        }])
+        .await?;
+    state.refresh_auth().await?;
+    match typ {
+        Some(t) => tracing::warn!(method = t, "auth is now required: method {t} is current"),
+        None => tracing::warn!("auth switched off: the server is open to every client"),
+    }
+    let tock = out.first().map_or(0, |o| o.tock.0);
+    r.reply(Msg::new().with("changed", true).with("tock", tock)).await;
+    Ok(())
+}
+
+/// Who this connection is logged in as (keycard's own action).
+pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
+    let session = r.conn().session();
+    let open = r.conn().state.auth().current.is_none();
+    let mut m = Msg::new().with("root", session.root.to_value());
+    match &session.user {
+        Some(u) => {
+            m.set("user", u.name.as_str());
+            m.set("method", u.method.as_str());
+            m.set("super_root", u.super_root || open);
+        }
+        None => m.set("super_root", open),
+    }
+    r.reply(m).await;
+    Ok(())
+}

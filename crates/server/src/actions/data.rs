@@ -1,0 +1,113 @@
+//! Single-node data actions: get_value, set_value, delete_value, plus
+//! get_tock, root and stop.
+
+use keycard_proto::{Msg, Value};
+use keycard_proto::Path;
+use keycard_store::{Cond, Op};
+
+use super::{chain, condition, data_path, entry_msg, flag, opt_usize, require_login};
+use crate::conn::{stop_task, Responder};
+use crate::error::{ApiError, ApiResult};
+use crate::state::ServerState;
+
+pub(super) async fn get_value(msg: &Value, r: &mut Responder) -> ApiResult {
+    let path = data_path(msg, r)?;
+    let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
+    let state = r.conn().state.clone();
+    let entry = state.store.get(&path).await?;
+    r.reply(entry_msg(&state, entry.as_ref(), nchain)).await;
+    Ok(())
+}
+
+pub(super) async fn set_value(msg: &Value, r: &mut Responder) -> ApiResult {
+    let path = data_path(msg, r)?;
+    let Some(value) = msg.get("value") else {
+        return Err(ApiError::bad("set_value needs a 'value' (use delete_value to clear one)"));
+    };
+    let state = r.conn().state.clone();
+    let reply = write_value(&state, msg, path, Some(value.clone())).await?;
+    r.reply(reply).await;
+    Ok(())
+}
+
+pub(super) async fn delete_value(msg: &Value, r: &mut Responder) -> ApiResult {
+    let path = data_path(msg, r)?;
+    if msg.get("value").is_some() {
+        return Err(ApiError::bad("delete_value takes no 'value'"));
+    }
+    let state = r.conn().state.clone();
+    let reply = write_value(&state, msg, path, None).await?;
+    r.reply(reply).await;
+    Ok(())
+}
+
+/// Sets (or with `None` deletes) one node, honouring DistKV's `prev`,
+/// `chain` and `idem`, and builds DistKV's reply.
+pub(crate) async fn write_value(state: &ServerState, msg: &Value, path: Path, value: Option<Value>) -> ApiResult<Msg> {
+    let cond = condition(state, msg)?;
+    // DistKV sends `prev` back only when the client gave no condition.
+    let send_prev = cond == Cond::Any;
+    let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
+    let op = match &value {
+        Some(v) => Op::Put {
+            path,
+            value: v.clone(),
+            cond,
+            idem: flag(msg, "idem"),
+        },
+        None => Op::Delete { path, cond },
+    };
+    let out = state
+        .store
+        .write(vec![op])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::new(keycard_proto::ErrorCode::Internal, "store returned no outcome"))?;
+    let changed = out.changed && out.prev != value;
+    let mut m = Msg::new().with("changed", changed).with("tock", out.tock.0);
+    if send_prev {
+        if let Some(prev) = out.prev {
+            m.set("prev", prev);
+        }
+    }
+    if nchain > 0 {
+        m.set("chain", chain(state, out.tock));
+    }
+    Ok(m)
+}
+
+pub(super) async fn get_tock(r: &mut Responder) -> ApiResult {
+    let tock = r.conn().state.store.tock().0;
+    r.reply(Msg::new().with("tock", tock)).await;
+    Ok(())
+}
+
+/// Moves the connection's root down to `path`; from then on every data
+/// path is relative to it and nothing outside it can be named.
+pub(super) async fn root(msg: &Value, r: &mut Responder) -> ApiResult {
+    let path = data_path(msg, r)?;
+    let state = r.conn().state.clone();
+    let entry = state.store.get(&path).await?;
+    r.conn().update_session(|s| s.root = path.clone());
+    tracing::debug!(conn = r.conn().id, root = %path, "connection re-rooted");
+    let reply = entry_msg(&state, entry.as_ref(), opt_usize(msg, "nchain")?.unwrap_or(0))
+        .with("path", Value::Array(Vec::new()));
+    r.reply(reply).await;
+    Ok(())
+}
+
+/// Cancels a stream of this connection (`task` = its seq).
+pub(super) async fn stop(msg: &Value, r: &mut Responder) -> ApiResult {
+    require_login(r)?;
+    let task = msg
+        .get("task")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| ApiError::bad("stop needs 'task', the seq of the stream to stop"))?;
+    if task == r.seq() {
+        return Err(ApiError::bad("a stop request cannot stop itself"));
+    }
+    let conn = r.conn().clone();
+    let found = stop_task(&conn, task).await;
+    r.reply(Msg::new().with("result", found)).await;
+    Ok(())
+}

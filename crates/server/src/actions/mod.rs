@@ -1,0 +1,211 @@
+//! Request handlers, one function per action, and the helpers they share.
+//!
+//! Each handler reads its fields from the request, checks the caller's
+//! session, calls the store or an auth method, and answers through the
+//! [`Responder`]. Handlers return `Err(ApiError)` for every failure; the
+//! connection turns it into the error reply.
+
+mod auth;
+mod data;
+mod internal;
+mod tree;
+
+use keycard_proto::{ErrorCode, Msg, Path, Value};
+use keycard_store::{Cond, Entry, Tock};
+
+use crate::conn::{Responder, Session};
+use crate::error::{ApiError, ApiResult};
+use crate::state::ServerState;
+
+/// The DistKV protocol version keycard speaks; DistKV's client reads it.
+pub const DISTKV_VERSION: [u32; 3] = [0, 65, 0];
+
+/// The greeting, sent at seq 0 when a connection opens.
+pub(crate) async fn greeting(state: &ServerState) -> Value {
+    let tock = state.store.tock().0;
+    let mut m = Msg::seq(0)
+        .with(
+            "version",
+            Value::Array(DISTKV_VERSION.iter().map(|v| Value::from(*v)).collect()),
+        )
+        .with("node", state.config.node.as_str())
+        .with("tick", tock)
+        .with("tock", tock)
+        .with("qlen", state.config.qlen)
+        .with("server", concat!("keycard ", env!("CARGO_PKG_VERSION")));
+    let auth = state.auth();
+    if auth.configured {
+        let mut list = vec![Value::from(auth.current.clone())];
+        list.extend(auth.others.iter().map(|m| Value::from(m.as_str())));
+        m.set("auth", Value::Array(list));
+    }
+    m.into_value()
+}
+
+/// Runs the handler for `action`.
+pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> ApiResult {
+    match action {
+        "get_value" => data::get_value(msg, r).await,
+        "set_value" => data::set_value(msg, r).await,
+        "delete_value" => data::delete_value(msg, r).await,
+        "get_tock" => data::get_tock(r).await,
+        "root" => data::root(msg, r).await,
+        "stop" => data::stop(msg, r).await,
+        "get_tree" => tree::get_tree(msg, r).await,
+        "enum" => tree::enumerate(msg, r).await,
+        "watch" => tree::watch(msg, r).await,
+        "delete_tree" => tree::delete_tree(msg, r).await,
+        "get_internal" => internal::get_internal(msg, r).await,
+        "set_internal" => internal::set_internal(msg, r).await,
+        "delete_internal" => internal::delete_internal(msg, r).await,
+        "enum_internal" => internal::enum_internal(msg, r).await,
+        "get_tree_internal" => internal::get_tree_internal(msg, r).await,
+        "auth" => auth::auth(msg, r).await,
+        "auth_get" => auth::auth_get(msg, r).await,
+        "auth_set" => auth::auth_set(msg, r).await,
+        "auth_list" => auth::auth_list(msg, r).await,
+        "auth_info" => auth::auth_info(msg, r).await,
+        "set_auth_typ" => auth::set_auth_typ(msg, r).await,
+        "whoami" => auth::whoami(r).await,
+        other => Err(ApiError::new(
+            ErrorCode::UnknownAction,
+            format!("unknown action {other:?}"),
+        )),
+    }
+}
+
+/// The caller's session, if it may run data actions: logged in, or the
+/// server has no current auth method.
+pub(crate) fn require_login(r: &Responder) -> ApiResult<Session> {
+    let session = r.conn().session();
+    if r.conn().state.auth().current.is_some() && session.user.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::AuthRequired,
+            "this server requires a login (action 'auth') first",
+        ));
+    }
+    Ok(session)
+}
+
+/// The caller's session, if it holds the super-root capability: every
+/// connection while the server is open, else a `root`-method login.
+pub(crate) fn require_super_root(r: &Responder) -> ApiResult<Session> {
+    let session = r.conn().session();
+    if r.conn().state.auth().current.is_none() {
+        return Ok(session);
+    }
+    match &session.user {
+        None => Err(ApiError::new(
+            ErrorCode::AuthRequired,
+            "this server requires a login (action 'auth') first",
+        )),
+        Some(u) if u.super_root => Ok(session),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "this needs the super-root capability",
+        )),
+    }
+}
+
+/// A required path field.
+pub(crate) fn path_field(msg: &Value, key: &str) -> ApiResult<Path> {
+    match msg.get(key) {
+        Some(v) => Ok(Path::from_value(v)?),
+        None => Err(ApiError::bad(format!("missing field '{key}'"))),
+    }
+}
+
+/// The full path of a data request: logged in, not reserved, under the
+/// connection's root.
+pub(crate) fn data_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
+    let session = require_login(r)?;
+    let p = path_field(msg, "path")?;
+    if p.is_reserved() {
+        return Err(ApiError::new(
+            ErrorCode::ReservedPath,
+            "paths starting with nil are reserved; ordinary requests cannot name them",
+        ));
+    }
+    Ok(session.root.join(&p))
+}
+
+/// An optional non-negative integer field.
+pub(crate) fn opt_usize(msg: &Value, key: &str) -> ApiResult<Option<usize>> {
+    match msg.get(key) {
+        None | Some(Value::Nil) => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(i) if i >= 0 => Ok(Some(i as usize)),
+            // DistKV uses -1 for "no limit".
+            Some(-1) => Ok(None),
+            _ => Err(ApiError::bad(format!("'{key}' must be a non-negative integer"))),
+        },
+    }
+}
+
+/// An optional flag (Python truthiness, as DistKV reads it).
+pub(crate) fn flag(msg: &Value, key: &str) -> bool {
+    msg.get(key).is_some_and(Value::truthy)
+}
+
+/// A required str field.
+pub(crate) fn str_field<'a>(msg: &'a Value, key: &str) -> ApiResult<&'a str> {
+    match msg.get(key) {
+        Some(Value::Str(s)) => Ok(s),
+        Some(_) => Err(ApiError::bad(format!("'{key}' must be a string"))),
+        None => Err(ApiError::bad(format!("missing field '{key}'"))),
+    }
+}
+
+/// DistKV's change chain for a node, as far as keycard keeps one: this
+/// node and the node's tock as its tick.
+pub(crate) fn chain(state: &ServerState, tock: Tock) -> Value {
+    Msg::new()
+        .with("node", state.config.node.as_str())
+        .with("tick", tock.0)
+        .with("prev", Value::Nil)
+        .into_value()
+}
+
+/// The write condition a request's `prev` / `chain` fields ask for.
+pub(crate) fn condition(state: &ServerState, msg: &Value) -> ApiResult<Cond> {
+    if let Some(prev) = msg.get("prev") {
+        return Ok(Cond::Equals(prev.clone()));
+    }
+    match msg.get("chain") {
+        None => Ok(Cond::Any),
+        Some(Value::Nil) => Ok(Cond::Absent),
+        Some(c) => {
+            let node = c.get("node").and_then(Value::as_str);
+            let tick = c.get("tick").and_then(Value::as_u64);
+            match (node, tick) {
+                (Some(n), Some(t)) if n == state.config.node => Ok(Cond::TockIs(Tock(t))),
+                (Some(_), Some(_)) => Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "condition failed: the chain names another node",
+                )),
+                _ => Err(ApiError::bad("'chain' must be nil or {node, tick}")),
+            }
+        }
+    }
+}
+
+/// The reply for a node: its value (if any), tock and, with `nchain`, its
+/// chain.
+pub(crate) fn entry_msg(state: &ServerState, entry: Option<&Entry>, nchain: usize) -> Msg {
+    let mut m = Msg::new();
+    match entry {
+        Some(e) => {
+            m.set("value", e.value.clone());
+            m.set("tock", e.tock.0);
+            if nchain > 0 {
+                m.set("chain", chain(state, e.tock));
+            }
+        }
+        None => {
+            if nchain > 0 {
+                m.set("chain", Value::Nil);
+            }
+        }
+    }
+    m
+}

@@ -1,0 +1,279 @@
+//! Subtree actions: get_tree, enum, watch, delete_tree.
+
+use keycard_proto::{Elem, ErrorCode, Msg, Path, Value};
+use keycard_store::{After, Change, Entry, Op, ScanOpts, StoreError, Tock};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{chain, data_path, flag, opt_usize};
+use crate::conn::Responder;
+use crate::error::{ApiError, ApiResult};
+use crate::state::ServerState;
+
+/// Nodes read from the store per round trip.
+const PAGE: usize = 512;
+
+/// DistKV's path compression: each item's `path` omits the first `depth`
+/// elements it shares with the previous item's (relative) path.
+#[derive(Default)]
+struct Shortener {
+    prev: Vec<Elem>,
+}
+
+impl Shortener {
+    fn shorten(&mut self, rel: &[Elem]) -> (usize, Value) {
+        let common = rel
+            .iter()
+            .zip(&self.prev)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.prev = rel.to_vec();
+        let rest = rel[common..].iter().map(Elem::to_value).collect();
+        (common, Value::Array(rest))
+    }
+}
+
+/// Streams nodes of one subtree as DistKV's tree items.
+struct TreeItems<'a> {
+    state: &'a ServerState,
+    base: Path,
+    min_depth: usize,
+    max_depth: Option<usize>,
+    /// Also send interior nodes that hold no value.
+    empty: bool,
+    nchain: usize,
+    short: Shortener,
+    /// The last node sent (relative), to know which ancestors are new.
+    last: Option<Vec<Elem>>,
+}
+
+impl<'a> TreeItems<'a> {
+    fn new(state: &'a ServerState, msg: &Value, base: Path) -> ApiResult<TreeItems<'a>> {
+        Ok(TreeItems {
+            state,
+            base,
+            min_depth: opt_usize(msg, "min_depth")?.unwrap_or(0),
+            max_depth: opt_usize(msg, "max_depth")?,
+            empty: flag(msg, "empty"),
+            nchain: opt_usize(msg, "nchain")?.unwrap_or(0),
+            short: Shortener::default(),
+            last: None,
+        })
+    }
+
+    fn in_depth(&self, depth: usize) -> bool {
+        depth >= self.min_depth && self.max_depth.is_none_or(|m| depth <= m)
+    }
+
+    fn item(&mut self, rel: &[Elem], value: Option<&Value>, tock: Tock) -> Msg {
+        let (depth, path) = self.short.shorten(rel);
+        let mut m = Msg::new();
+        if let Some(v) = value {
+            m.set("value", v.clone());
+        }
+        m.set("tock", tock.0);
+        if self.nchain > 0 {
+            m.set("chain", chain(self.state, tock));
+        }
+        m.with("path", path).with("depth", depth)
+    }
+
+    /// Sends the node at `rel` (and, with `empty`, its value-less ancestors
+    /// not sent yet).
+    async fn node(&mut self, r: &mut Responder, rel: &[Elem], entry: &Entry) {
+        if self.empty {
+            let first_new = match &self.last {
+                None => 0,
+                Some(last) => rel.iter().zip(last).take_while(|(a, b)| a == b).count() + 1,
+            };
+            for len in first_new..rel.len() {
+                if self.in_depth(len) {
+                    let m = self.item(&rel[..len], None, entry.tock);
+                    r.item(m).await;
+                }
+            }
+            self.last = Some(rel.to_vec());
+        }
+        if self.in_depth(rel.len()) {
+            let m = self.item(rel, Some(&entry.value), entry.tock);
+            r.item(m).await;
+        }
+    }
+
+    /// Streams the current subtree; with `upto`, skips nodes changed after
+    /// that tock (a watch gets those from its change feed).
+    async fn walk(&mut self, r: &mut Responder, upto: Option<Tock>) -> ApiResult {
+        let opts = ScanOpts {
+            min_depth: if self.empty { 0 } else { self.min_depth },
+            // Value-less interior nodes above deeper values must still be
+            // found when `empty` is set, so the store cannot prune then.
+            max_depth: if self.empty { None } else { self.max_depth },
+        };
+        let store = self.state.store.clone();
+        let mut after: Option<Path> = None;
+        loop {
+            let from = after.as_ref().map_or(After::Start, After::Node);
+            let page = store.scan(&self.base, opts, from, PAGE).await?;
+            let Some((last, _)) = page.last() else { break };
+            let next = last.clone();
+            for (path, entry) in &page {
+                if upto.is_some_and(|t| entry.tock > t) {
+                    continue;
+                }
+                let rel = &path.elems()[self.base.len()..];
+                self.node(r, rel, entry).await;
+            }
+            if page.len() < PAGE {
+                break;
+            }
+            after = Some(next);
+        }
+        Ok(())
+    }
+}
+
+pub(super) async fn get_tree(msg: &Value, r: &mut Responder) -> ApiResult {
+    let base = data_path(msg, r)?;
+    get_tree_at(msg, r, base).await
+}
+
+/// Streams the subtree at `base` (already resolved and checked).
+pub(super) async fn get_tree_at(msg: &Value, r: &mut Responder, base: Path) -> ApiResult {
+    let state = r.conn().state.clone();
+    let mut items = TreeItems::new(&state, msg, base)?;
+    r.start().await;
+    items.walk(r, None).await
+}
+
+/// The children of a node: names (`[…]`) or, with `with_data`, a map of
+/// name → value. Without `empty`, only children that hold a value.
+pub(super) async fn enumerate(msg: &Value, r: &mut Responder) -> ApiResult {
+    let base = data_path(msg, r)?;
+    let state = r.conn().state.clone();
+    let reply = enumerate_at(&state, &base, flag(msg, "with_data"), flag(msg, "empty")).await?;
+    r.reply(Msg::new().with("result", reply)).await;
+    Ok(())
+}
+
+/// `enum`'s result for the children of `base`.
+pub(crate) async fn enumerate_at(state: &ServerState, base: &Path, with_data: bool, empty: bool) -> ApiResult<Value> {
+    let store = &state.store;
+    let mut names = Vec::new();
+    let mut data = Vec::new();
+    let mut cursor: Option<Path> = None;
+    loop {
+        // One child per round: its first valued node, then skip its subtree.
+        let from = cursor.as_ref().map_or(After::Start, After::Subtree);
+        let opts = ScanOpts {
+            min_depth: 1,
+            max_depth: if empty { None } else { Some(1) },
+        };
+        let limit = if empty { 1 } else { PAGE };
+        let page = store.scan(base, opts, from, limit).await?;
+        if page.is_empty() {
+            break;
+        }
+        for (path, entry) in &page {
+            let name = path.elems()[base.len()].clone();
+            let child = base.child(name.clone());
+            let value = if path.len() == base.len() + 1 {
+                Some(entry.value.clone())
+            } else {
+                None
+            };
+            if with_data {
+                data.push((name.to_value(), value.unwrap_or(Value::Nil)));
+            } else {
+                names.push(name.to_value());
+            }
+            cursor = Some(child);
+        }
+        if !empty && page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(if with_data { Value::Map(data) } else { Value::Array(names) })
+}
+
+/// Streams a subtree's changes: with `fetch`, first its current state and
+/// `state: uptodate`; then every change as it commits (a deletion is an
+/// item without `value`), until `stop` or disconnect.
+pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
+    let base = data_path(msg, r)?;
+    let state = r.conn().state.clone();
+    // Subscribe before reading, so no change falls between the two.
+    let mut feed = state.store.subscribe();
+    let start = state.store.tock();
+    let mut items = TreeItems::new(&state, msg, base.clone())?;
+    r.start().await;
+    if flag(msg, "fetch") {
+        items.walk(r, Some(start)).await?;
+        r.state("uptodate").await;
+    }
+    // Value-less interior nodes make no sense for single changes.
+    items.empty = false;
+    let mut seen = start;
+    loop {
+        match feed.recv().await {
+            Ok(change) => {
+                if change.tock > seen {
+                    seen = change.tock;
+                    send_change(&mut items, r, &change).await;
+                }
+            }
+            Err(RecvError::Lagged(_)) => {
+                // Catch up from the change log, then resume the feed.
+                loop {
+                    let batch = match state.store.changes_since(seen, PAGE).await {
+                        Ok(b) => b,
+                        Err(e @ StoreError::HistoryGone { .. }) => return Err(e.into()),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let Some(last) = batch.last() else { break };
+                    let last_tock = last.tock;
+                    for change in &batch {
+                        send_change(&mut items, r, change).await;
+                    }
+                    seen = last_tock;
+                    if batch.len() < PAGE {
+                        break;
+                    }
+                }
+            }
+            Err(RecvError::Closed) => {
+                return Err(ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down"));
+            }
+        }
+    }
+}
+
+async fn send_change(items: &mut TreeItems<'_>, r: &mut Responder, change: &Change) {
+    if !change.path.starts_with(&items.base) {
+        return;
+    }
+    let rel = &change.path.elems()[items.base.len()..];
+    if !items.in_depth(rel.len()) {
+        return;
+    }
+    let m = items.item(rel, change.value.as_ref(), change.tock);
+    r.item(m).await;
+}
+
+/// Deletes every value in a subtree; replies `{changed: N}`.
+pub(super) async fn delete_tree(msg: &Value, r: &mut Responder) -> ApiResult {
+    let base = data_path(msg, r)?;
+    if base.is_empty() {
+        return Err(ApiError::bad("the root node cannot be deleted"));
+    }
+    let state = r.conn().state.clone();
+    let mut count = 0u64;
+    loop {
+        let page = state.store.scan(&base, ScanOpts::default(), After::Start, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        let ops = page.into_iter().map(|(p, _)| Op::delete(p)).collect();
+        count += state.store.write(ops).await?.iter().filter(|o| o.changed).count() as u64;
+    }
+    r.reply(Msg::new().with("changed", count)).await;
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Server configuration: one struct, read from TOML, overridable from the
+//! command line. Every field has a documented default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Everything `keycard serve` can be told.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the msgpack listener. Default `127.0.0.1:27586`
+    /// (DistKV's port).
+    pub listen: SocketAddr,
+    /// Data directory holding the store file. Default `./keycard-data`.
+    pub data: PathBuf,
+    /// This node's name, sent in the greeting. Default `keycard`.
+    pub node: String,
+    /// Largest message accepted, in bytes. Default 1 MiB. A larger one is
+    /// answered with `too_large` and the connection is closed (the byte
+    /// stream cannot be resynchronised).
+    pub max_message: usize,
+    /// Most requests outstanding per connection (streams included).
+    /// Default 1024; more are answered with `too_many_requests`.
+    pub max_outstanding: usize,
+    /// Messages queued for a client that is not reading before the server
+    /// stops reading its requests. Default 1024.
+    pub out_queue: usize,
+    /// The flow-control window announced in the greeting. Default 10
+    /// (DistKV's); each client answers with its own.
+    pub qlen: u64,
+    /// Failed logins allowed per connection before it is closed. Default 5.
+    pub max_auth_attempts: u32,
+    /// Changes kept for watches resuming from a tock. Default 100000.
+    pub history: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 27586)),
+            data: PathBuf::from("keycard-data"),
+            node: "keycard".into(),
+            max_message: 1 << 20,
+            max_outstanding: 1024,
+            out_queue: 1024,
+            qlen: 10,
+            max_auth_attempts: 5,
+            history: 100_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file; fields it omits keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml_from_str(text)
+    }
+}
+
+fn toml_from_str(text: &str) -> Result<Config, String> {
+    // Kept in one place so the binary need not depend on toml itself.
+    toml::from_str(text).map_err(|e| e.to_string())
+}

@@ -1,0 +1,478 @@
+//! One client connection: the reader that decodes and routes messages, the
+//! writer that batches replies onto the socket, the table of outstanding
+//! requests, and per-stream flow control.
+//!
+//! Routing follows DistKV: a message with an `action` starts a request under
+//! its `seq`; a message without one is the `{seq:0, qlen}` flow-control
+//! answer, an `{seq, state:"ack", ack:N}` for a stream, or the continuation
+//! of a multi-step exchange under the request's seq.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use keycard_proto::{encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Path, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+
+use crate::actions;
+use crate::error::ApiError;
+use crate::state::ServerState;
+
+/// Who is on the other end, and where they are confined.
+#[derive(Clone, Debug, Default)]
+pub struct Session {
+    /// The connection's root (`root` action): every data path is under it.
+    pub root: Path,
+    /// The logged-in user, once an `auth` succeeded.
+    pub user: Option<LoggedIn>,
+    /// Failed logins so far on this connection.
+    pub failed_logins: u32,
+}
+
+/// A successful login.
+#[derive(Clone, Debug)]
+pub struct LoggedIn {
+    /// The method that logged the user in.
+    pub method: String,
+    /// The user's name.
+    pub name: String,
+    /// Whether the user holds the super-root capability.
+    pub super_root: bool,
+}
+
+/// Acknowledgement state of one stream.
+struct Window {
+    acked: watch::Sender<u64>,
+}
+
+/// An outstanding request.
+struct Slot {
+    /// Tells this slot from a later one reusing its seq.
+    gen: u64,
+    window: Arc<Window>,
+    /// Where continuation messages of a multi-step exchange go.
+    cont: Option<mpsc::Sender<Value>>,
+    task: Option<AbortHandle>,
+}
+
+/// State shared by the reader, the writer and the request tasks.
+pub(crate) struct ConnShared {
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) state: Arc<ServerState>,
+    out: mpsc::Sender<Value>,
+    slots: Mutex<HashMap<i64, Slot>>,
+    /// The client's flow-control window; 0 = none.
+    qlen: AtomicU64,
+    next_gen: AtomicU64,
+    session: Mutex<Session>,
+    /// Set when the connection must close (after a fatal error).
+    closing: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug; the data is still
+    // consistent (single assignments), so keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ConnShared {
+    /// A copy of the session as it is now.
+    pub(crate) fn session(&self) -> Session {
+        lock(&self.session).clone()
+    }
+
+    /// Changes the session.
+    pub(crate) fn update_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> R {
+        f(&mut lock(&self.session))
+    }
+
+    /// Asks the connection to close once queued replies are written.
+    pub(crate) fn close(&self) {
+        let _ = self.closing.send(true);
+    }
+
+    /// Registers a continuation channel for `seq`, for multi-step exchanges.
+    pub(crate) fn open_continuation(&self, seq: i64) -> mpsc::Receiver<Value> {
+        let (tx, rx) = mpsc::channel(8);
+        if let Some(slot) = lock(&self.slots).get_mut(&seq) {
+            slot.cont = Some(tx);
+        }
+        rx
+    }
+
+    async fn send(&self, v: Value) -> bool {
+        self.out.send(v).await.is_ok()
+    }
+}
+
+/// Replies to one request: a single message, or a stream with `wseq`
+/// numbering and flow control.
+pub(crate) struct Responder {
+    seq: i64,
+    conn: Arc<ConnShared>,
+    window: Arc<Window>,
+    /// This stream's own window (a request's `qlen` field), if it set one.
+    qlen: Option<u64>,
+    wseq: u64,
+    started: bool,
+    done: bool,
+}
+
+impl Responder {
+    /// The request's seq.
+    pub(crate) fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    /// The connection.
+    pub(crate) fn conn(&self) -> &Arc<ConnShared> {
+        &self.conn
+    }
+
+    fn finish(&self, mut msg: Msg) -> Value {
+        msg.set("seq", self.seq);
+        if !msg.has("tock") {
+            msg.set("tock", self.conn.state.store.tock().0);
+        }
+        msg.into_value()
+    }
+
+    /// Sends the one reply of a single-message request.
+    pub(crate) async fn reply(&mut self, msg: Msg) {
+        let v = self.finish(msg);
+        self.done = true;
+        self.conn.send(v).await;
+    }
+
+    /// Sends a stream message, waiting for the client's acks when its
+    /// window is full.
+    async fn stream_msg(&mut self, msg: Msg) {
+        self.wseq += 1;
+        let qlen = self.qlen.unwrap_or_else(|| self.conn.qlen.load(Ordering::Relaxed));
+        if qlen > 0 {
+            let mut acked = self.window.acked.subscribe();
+            let wseq = self.wseq;
+            // DistKV's rule: message n waits while n - acked >= qlen, so at
+            // most qlen-1 are unacknowledged (and at least one may be).
+            let window = qlen.saturating_sub(1).max(1);
+            let _ = acked.wait_for(|a| wseq - (*a).min(wseq) <= window).await;
+        }
+        let v = self.finish(msg.with("wseq", self.wseq));
+        self.conn.send(v).await;
+    }
+
+    /// Starts a stream.
+    pub(crate) async fn start(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.stream_msg(Msg::new().with("state", "start")).await;
+        }
+    }
+
+    /// Sends one stream item (starting the stream if needed).
+    pub(crate) async fn item(&mut self, msg: Msg) {
+        self.start().await;
+        self.stream_msg(msg).await;
+    }
+
+    /// Sends a non-item stream marker such as `uptodate`.
+    pub(crate) async fn state(&mut self, state: &str) {
+        self.start().await;
+        self.stream_msg(Msg::new().with("state", state)).await;
+    }
+
+    /// Ends the stream.
+    pub(crate) async fn end(&mut self) {
+        if self.started && !self.done {
+            self.done = true;
+            self.stream_msg(Msg::new().with("state", "end")).await;
+        }
+    }
+
+    /// Reports an error: as the single reply, or inside a started stream
+    /// (then the stream ends).
+    pub(crate) async fn error(&mut self, e: ApiError) {
+        if self.done {
+            return;
+        }
+        let msg = Msg::new()
+            .with("error", e.text)
+            .with("code", e.code.as_str());
+        if self.started {
+            self.stream_msg(msg).await;
+            self.end().await;
+        } else {
+            self.reply(msg).await;
+        }
+    }
+
+    /// Whether a reply or the stream's end has been sent.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: SocketAddr, id: u64) {
+    let _ = socket.set_nodelay(true);
+    let (mut rd, mut wr) = socket.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Value>(state.config.out_queue.max(1));
+    let (closing, mut closing_rx) = watch::channel(false);
+    let conn = Arc::new(ConnShared {
+        id,
+        peer,
+        state: state.clone(),
+        out: out_tx,
+        slots: Mutex::new(HashMap::new()),
+        qlen: AtomicU64::new(0),
+        next_gen: AtomicU64::new(1),
+        session: Mutex::new(Session::default()),
+        closing,
+    });
+
+    // Writer: drains the queue, writing everything queued in one syscall.
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(first) = out_rx.recv().await {
+            buf.clear();
+            encode_into(&first, &mut buf);
+            while buf.len() < 256 * 1024 {
+                match out_rx.try_recv() {
+                    Ok(v) => encode_into(&v, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+
+    conn.send(actions::greeting(&state).await).await;
+
+    let limits = Limits {
+        max_message: state.config.max_message,
+        max_depth: 64,
+    };
+    let mut decoder = Decoder::new(limits);
+    let mut chunk = vec![0u8; 64 * 1024];
+    'read: loop {
+        // Decode everything buffered before reading more.
+        loop {
+            match decoder.next_value() {
+                Ok(Some(msg)) => route(&conn, msg).await,
+                Ok(None) => break,
+                Err(e) => {
+                    fatal(&conn, e).await;
+                    break 'read;
+                }
+            }
+            if *closing_rx.borrow() {
+                break 'read;
+            }
+        }
+        tokio::select! {
+            n = rd.read(&mut chunk) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => decoder.feed(&chunk[..n]),
+            },
+            _ = closing_rx.wait_for(|c| *c) => break,
+        }
+    }
+
+    // Stop every request still running; their replies have nowhere to go.
+    let slots: Vec<Slot> = lock(&conn.slots).drain().map(|(_, s)| s).collect();
+    for s in slots {
+        if let Some(t) = s.task {
+            t.abort();
+        }
+    }
+    drop(conn);
+    let _ = writer.await;
+    tracing::debug!(conn = id, "connection closed");
+}
+
+/// An error that ends the connection: say why, then close.
+async fn fatal(conn: &Arc<ConnShared>, e: DecodeError) {
+    let code = match e {
+        DecodeError::TooLarge { .. } | DecodeError::TooDeep { .. } => ErrorCode::TooLarge,
+        _ => ErrorCode::BadRequest,
+    };
+    tracing::info!(conn = conn.id, peer = %conn.peer, error = %e, "closing connection after undecodable input");
+    let msg = Msg::new()
+        .with("error", format!("{e}; closing the connection"))
+        .with("code", code.as_str());
+    conn.send(msg.into_value()).await;
+    conn.close();
+}
+
+/// An error about a message that cannot be tied to a request.
+async fn stray_error(conn: &ConnShared, seq: Option<i64>, e: ApiError) {
+    let mut msg = Msg::new()
+        .with("error", e.text)
+        .with("code", e.code.as_str())
+        .with("tock", conn.state.store.tock().0);
+    if let Some(seq) = seq {
+        msg.set("seq", seq);
+    }
+    conn.send(msg.into_value()).await;
+}
+
+async fn route(conn: &Arc<ConnShared>, msg: Value) {
+    if !matches!(msg, Value::Map(_)) {
+        return stray_error(conn, None, ApiError::bad("a message must be a map")).await;
+    }
+    let seq = match msg.get("seq") {
+        None => return stray_error(conn, None, ApiError::bad("message without 'seq'")).await,
+        Some(v) => match v.as_i64() {
+            Some(s) => s,
+            None => return stray_error(conn, None, ApiError::bad("'seq' must be an integer")).await,
+        },
+    };
+    match msg.get("action") {
+        Some(Value::Str(_)) => start_request(conn, seq, msg).await,
+        Some(_) => stray_error(conn, Some(seq), ApiError::bad("'action' must be a string")).await,
+        None => control(conn, seq, msg).await,
+    }
+}
+
+/// A message without an action: flow control or a continuation.
+async fn control(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
+    if seq == 0 {
+        match msg.get("qlen").and_then(Value::as_u64) {
+            Some(q) => conn.qlen.store(q, Ordering::Relaxed),
+            None => stray_error(conn, Some(0), ApiError::bad("seq 0 carries only 'qlen'")).await,
+        }
+        return;
+    }
+    if msg.state() == Some("ack") {
+        let Some(n) = msg.get("ack").and_then(Value::as_u64) else {
+            return stray_error(conn, Some(seq), ApiError::bad("'ack' must be a non-negative integer")).await;
+        };
+        // An ack for a stream that already ended is harmless.
+        if let Some(slot) = lock(&conn.slots).get(&seq) {
+            slot.window.acked.send_if_modified(|a| {
+                let grew = n > *a;
+                *a = (*a).max(n);
+                grew
+            });
+        }
+        return;
+    }
+    let cont = lock(&conn.slots).get(&seq).and_then(|s| s.cont.clone());
+    match cont {
+        Some(tx) => {
+            if tx.try_send(msg).is_err() {
+                stray_error(conn, Some(seq), ApiError::bad("unexpected message in this exchange")).await;
+            }
+        }
+        // DistKV's client ends its side of an exchange with a bare
+        // {seq, state:"end"} after the server's end; ignore it.
+        None if msg.state() == Some("end") => {}
+        None => {
+            stray_error(
+                conn,
+                Some(seq),
+                ApiError::bad("message without 'action' for no outstanding request"),
+            )
+            .await
+        }
+    }
+}
+
+async fn start_request(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
+    let window = Arc::new(Window {
+        acked: watch::channel(0).0,
+    });
+    let gen = conn.next_gen.fetch_add(1, Ordering::Relaxed);
+    let refused = {
+        let mut slots = lock(&conn.slots);
+        if slots.contains_key(&seq) {
+            Some(ApiError::new(
+                ErrorCode::SeqInUse,
+                format!("seq {seq} is still in use by an outstanding request"),
+            ))
+        } else if slots.len() >= conn.state.config.max_outstanding {
+            Some(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "more than {} requests outstanding on this connection",
+                    conn.state.config.max_outstanding
+                ),
+            ))
+        } else {
+            slots.insert(
+                seq,
+                Slot {
+                    gen,
+                    window: window.clone(),
+                    cont: None,
+                    task: None,
+                },
+            );
+            None
+        }
+    };
+    if let Some(e) = refused {
+        return stray_error(conn, Some(seq), e).await;
+    }
+    let mut r = Responder {
+        seq,
+        conn: conn.clone(),
+        window,
+        qlen: msg.get("qlen").and_then(Value::as_u64),
+        wseq: 0,
+        started: false,
+        done: false,
+    };
+    let action = msg.action().unwrap_or_default().to_owned();
+    let span = tracing::debug_span!("request", conn = conn.id, seq, action = %action);
+    let task_conn = conn.clone();
+    let handle = tokio::spawn(
+        async move {
+            let result = actions::dispatch(&action, &msg, &mut r).await;
+            match result {
+                Ok(()) => r.end().await,
+                Err(e) => r.error(e).await,
+            }
+            let mut slots = lock(&task_conn.slots);
+            if slots.get(&seq).is_some_and(|s| s.gen == gen) {
+                slots.remove(&seq);
+            }
+        }
+        .instrument(span),
+    );
+    if let Some(slot) = lock(&conn.slots).get_mut(&seq) {
+        if slot.gen == gen {
+            slot.task = Some(handle.abort_handle());
+        }
+    }
+}
+
+/// Cancels the stream running under `seq` (the `stop` action). Returns
+/// whether there was one.
+pub(crate) async fn stop_task(conn: &Arc<ConnShared>, seq: i64) -> bool {
+    let slot = lock(&conn.slots).remove(&seq);
+    match slot {
+        Some(slot) => {
+            if let Some(t) = slot.task {
+                t.abort();
+            }
+            // Tell the client its stream is over, as DistKV does.
+            let msg = Msg::new()
+                .with("seq", seq)
+                .with("state", "end")
+                .with("tock", conn.state.store.tock().0);
+            conn.send(msg.into_value()).await;
+            true
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,134 @@
+//! Binding, accepting, and the handle tests and the binary hold.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keycard_auth::Registry;
+use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::conn;
+use crate::config::Config;
+use crate::state::ServerState;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory or the listening socket.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store would not open.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A bound server, ready to accept.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<ServerState>,
+}
+
+/// The file in the data directory holding the embedded store.
+pub const STORE_FILE: &str = "keycard.redb";
+
+impl Server {
+    /// Opens the embedded store in `config.data` and binds `config.listen`.
+    pub async fn open(config: Config) -> Result<Server, StartError> {
+        std::fs::create_dir_all(&config.data).map_err(|source| StartError::Io {
+            what: format!("cannot create data directory {}", config.data.display()),
+            source,
+        })?;
+        let file = config.data.join(STORE_FILE);
+        let opts = RedbOptions {
+            history: config.history,
+            ..RedbOptions::default()
+        };
+        let store = tokio::task::spawn_blocking(move || RedbStore::open(&file, opts))
+            .await
+            .map_err(|e| StartError::Store(StoreError::Backend(e.to_string())))??;
+        Self::with_store(config, Arc::new(store)).await
+    }
+
+    /// Binds `config.listen` serving `store`.
+    pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, StartError> {
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Io {
+            what: format!("cannot listen on {}", config.listen),
+            source,
+        })?;
+        let state = ServerState::new(config, store, Registry::builtin()).await?;
+        let auth = state.auth();
+        match &auth.current {
+            None => tracing::warn!(
+                "no auth method is current: this server is OPEN, every client may read and write everything \
+                 (create a user and run set_auth_typ, e.g. `keycard auth init root`)"
+            ),
+            Some(m) => tracing::info!(method = %m, "logins required"),
+        }
+        Ok(Server { listener, state })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    /// Accepts connections until the task is dropped or aborted.
+    pub async fn run(self) {
+        loop {
+            match self.listener.accept().await {
+                Ok((socket, peer)) => {
+                    let id = self.state.next_conn_id();
+                    tracing::debug!(conn = id, %peer, "connection accepted");
+                    tokio::spawn(conn::serve(self.state.clone(), socket, peer, id));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep
+                    // serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Runs the server in a task.
+    pub fn spawn(self) -> std::io::Result<ServerHandle> {
+        let addr = self.local_addr()?;
+        let state = self.state.clone();
+        let task = tokio::spawn(self.run());
+        Ok(ServerHandle { addr, state, task })
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub state: Arc<ServerState>,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops accepting connections.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

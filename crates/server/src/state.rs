@@ -1,0 +1,101 @@
+//! State shared by every connection: config, store, methods, and the auth
+//! configuration cached from the reserved root.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use keycard_auth::Registry;
+use keycard_proto::{Elem, Path, Value};
+use keycard_store::{After, ScanOpts, Store, StoreError};
+
+use crate::config::Config;
+
+/// What `(nil, "auth")` and the stored user records say about logins.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuthConfig {
+    /// Whether `(nil, "auth")` exists at all (then the greeting has `auth`).
+    pub configured: bool,
+    /// The current method; `None` leaves the server open.
+    pub current: Option<String>,
+    /// Loaded methods other than the current one that hold user records.
+    pub others: Vec<String>,
+}
+
+/// Shared server state.
+pub struct ServerState {
+    /// The configuration the server started with.
+    pub config: Config,
+    /// The tree.
+    pub store: Arc<dyn Store>,
+    /// The loaded auth methods.
+    pub methods: Registry,
+    auth: RwLock<AuthConfig>,
+    next_conn: AtomicU64,
+}
+
+/// `(nil, "auth")`.
+pub fn auth_root() -> Path {
+    Path::new(vec![Elem::Nil, "auth".into()])
+}
+
+/// `(nil, "auth", METHOD, KIND, IDENT)`.
+pub fn record_path(method: &str, kind: &str, ident: &str) -> Path {
+    auth_root().child(method).child(kind).child(ident)
+}
+
+impl ServerState {
+    /// State for a server over `store`; reads the auth configuration.
+    pub async fn new(config: Config, store: Arc<dyn Store>, methods: Registry) -> Result<Arc<ServerState>, StoreError> {
+        let state = Arc::new(ServerState {
+            config,
+            store,
+            methods,
+            auth: RwLock::new(AuthConfig::default()),
+            next_conn: AtomicU64::new(1),
+        });
+        state.refresh_auth().await?;
+        Ok(state)
+    }
+
+    /// The cached auth configuration.
+    pub fn auth(&self) -> AuthConfig {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the auth configuration after a write under the reserved
+    /// root.
+    pub async fn refresh_auth(&self) -> Result<AuthConfig, StoreError> {
+        let entry = self.store.get(&auth_root()).await?;
+        let current = entry
+            .as_ref()
+            .and_then(|e| e.value.get("current"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut others = Vec::new();
+        for m in self.methods.names() {
+            if Some(m) == current.as_deref() {
+                continue;
+            }
+            let users = auth_root().child(m).child("user");
+            let opts = ScanOpts {
+                min_depth: 1,
+                max_depth: Some(1),
+            };
+            if !self.store.scan(&users, opts, After::Start, 1).await?.is_empty() {
+                others.push(m.to_owned());
+            }
+        }
+        let cfg = AuthConfig {
+            configured: entry.is_some(),
+            current,
+            others,
+        };
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
+        Ok(cfg)
+    }
+
+    /// A fresh connection id, for logs.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
