@@ -76,7 +76,12 @@ mod tests {
     #[test]
     fn known_name_logs_in_unknown_fails() {
         let req = Msg::new().into_value();
-        assert!(matches!(Anon.login("joe", &req, Some(&Value::Map(vec![]))), Step::Done(v) if v.user == "joe"));
-        assert!(matches!(Anon.login("joe", &req, None), Step::Fail(AuthError::Failed)));
+        assert!(
+            matches!(Anon.login("joe", &req, Some(&Value::Map(vec![]))), Step::Done(v) if v.user == "joe")
+        );
+        assert!(matches!(
+            Anon.login("joe", &req, None),
+            Step::Fail(AuthError::Failed)
+        ));
     }
 }

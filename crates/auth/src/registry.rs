@@ -53,7 +53,11 @@ impl ClientRegistry {
             "root" => Box::new(RootClient),
             "_anon" => Box::new(AnonClient { name: need_user()? }),
             "_test" => Box::new(TestClient { name: need_user()? }),
-            other => return Err(AuthError::Unsupported(format!("unknown auth method {other:?}"))),
+            other => {
+                return Err(AuthError::Unsupported(format!(
+                    "unknown auth method {other:?}"
+                )))
+            }
         })
     }
 }

@@ -24,7 +24,6 @@ pub(crate) fn require_empty_data(request: &Value) -> Result<(), AuthError> {
     }
 }
 
-
 impl Method for Root {
     fn name(&self) -> &'static str {
         "root"
@@ -107,16 +106,33 @@ mod tests {
     #[test]
     fn missing_record_or_other_name_fails_the_same_way() {
         let rec = Value::Map(vec![]);
-        assert!(matches!(Root.login("*", &req(), None), Step::Fail(AuthError::Failed)));
-        assert!(matches!(Root.login("bob", &req(), Some(&rec)), Step::Fail(AuthError::Failed)));
+        assert!(matches!(
+            Root.login("*", &req(), None),
+            Step::Fail(AuthError::Failed)
+        ));
+        assert!(matches!(
+            Root.login("bob", &req(), Some(&rec)),
+            Step::Fail(AuthError::Failed)
+        ));
     }
 
     #[test]
     fn data_must_be_empty() {
         let bad = Msg::new().with("data", 5).into_value();
-        assert!(matches!(Root.login("*", &bad, Some(&Value::Nil)), Step::Fail(AuthError::Malformed(_))));
-        assert!(matches!(Root.set_record(&USER, "*", &bad), Step::Fail(AuthError::Malformed(_))));
-        assert!(matches!(Root.set_record(&USER, "x", &req()), Step::Fail(AuthError::Unsupported(_))));
-        assert!(matches!(Root.set_record(&USER, "*", &req()), Step::Done(Value::Map(m)) if m.is_empty()));
+        assert!(matches!(
+            Root.login("*", &bad, Some(&Value::Nil)),
+            Step::Fail(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            Root.set_record(&USER, "*", &bad),
+            Step::Fail(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            Root.set_record(&USER, "x", &req()),
+            Step::Fail(AuthError::Unsupported(_))
+        ));
+        assert!(
+            matches!(Root.set_record(&USER, "*", &req()), Step::Done(Value::Map(m)) if m.is_empty())
+        );
     }
 }

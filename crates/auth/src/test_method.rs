@@ -33,7 +33,9 @@ fn valid_name(name: &str) -> bool {
 
 fn record_for(ident: &str, name: &Value) -> Step<Value> {
     match name.as_str() {
-        Some(n) if n == ident && valid_name(n) => Step::Done(Msg::new().with("name", n).into_value()),
+        Some(n) if n == ident && valid_name(n) => {
+            Step::Done(Msg::new().with("name", n).into_value())
+        }
         Some(n) if n != ident => Step::Fail(AuthError::Malformed(
             "the name in the record differs from the record's ident".into(),
         )),
@@ -178,10 +180,18 @@ mod tests {
             panic!("expected a question")
         };
         let wrong = Msg::new().with("step", "Nope").into_value();
-        assert!(matches!(next.next(&wrong), Step::Fail(AuthError::Malformed(_))));
+        assert!(matches!(
+            next.next(&wrong),
+            Step::Fail(AuthError::Malformed(_))
+        ));
         for bad in ["9x", "", "a b", "jo"] {
-            let data = Msg::new().with("data", Msg::new().with("name", bad)).into_value();
-            assert!(matches!(Test.set_record(&TEST_USER, "joe", &data), Step::Fail(_)), "{bad}");
+            let data = Msg::new()
+                .with("data", Msg::new().with("name", bad))
+                .into_value();
+            assert!(
+                matches!(Test.set_record(&TEST_USER, "joe", &data), Step::Fail(_)),
+                "{bad}"
+            );
         }
     }
 }

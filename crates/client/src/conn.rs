@@ -68,19 +68,27 @@ pub struct Greeting {
 impl Greeting {
     fn parse(v: Value) -> Result<Greeting, ClientError> {
         if v.seq() != Some(0) {
-            return Err(ClientError::Protocol("the first message is not a greeting".into()));
+            return Err(ClientError::Protocol(
+                "the first message is not a greeting".into(),
+            ));
         }
         let version = match v.get("version") {
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_i64).collect(),
             _ => Vec::new(),
         };
         let auth = match v.get("auth") {
-            Some(Value::Array(a)) => Some(a.iter().map(|m| m.as_str().map(str::to_owned)).collect()),
+            Some(Value::Array(a)) => {
+                Some(a.iter().map(|m| m.as_str().map(str::to_owned)).collect())
+            }
             _ => None,
         };
         Ok(Greeting {
             version,
-            node: v.get("node").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            node: v
+                .get("node")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             tock: v.get("tock").and_then(Value::as_u64).unwrap_or(0),
             auth,
             raw: v,
@@ -152,7 +160,10 @@ fn server_error(v: &Value) -> Option<ClientError> {
         Value::Str(s) => s.clone(),
         other => format!("{other:?}"),
     };
-    let code = v.get("code").and_then(Value::as_str).and_then(ErrorCode::parse);
+    let code = v
+        .get("code")
+        .and_then(Value::as_str)
+        .and_then(ErrorCode::parse);
     Some(ClientError::Server { code, text })
 }
 
@@ -164,8 +175,13 @@ impl Client {
     }
 
     /// Like [`Client::connect`] with the given window (0: no flow control).
-    pub async fn connect_with_qlen(addr: impl ToSocketAddrs, qlen: u64) -> Result<Client, ClientError> {
-        let socket = TcpStream::connect(addr).await.map_err(|e| ClientError::Io(e.to_string()))?;
+    pub async fn connect_with_qlen(
+        addr: impl ToSocketAddrs,
+        qlen: u64,
+    ) -> Result<Client, ClientError> {
+        let socket = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))?;
         let _ = socket.set_nodelay(true);
         let (mut rd, mut wr) = socket.into_split();
         let mut decoder = Decoder::new(Limits {
@@ -174,10 +190,16 @@ impl Client {
         });
         let mut chunk = vec![0u8; 64 * 1024];
         let greeting = loop {
-            if let Some(v) = decoder.next_value().map_err(|e| ClientError::Protocol(e.to_string()))? {
+            if let Some(v) = decoder
+                .next_value()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
                 break Greeting::parse(v)?;
             }
-            let n = rd.read(&mut chunk).await.map_err(|e| ClientError::Io(e.to_string()))?;
+            let n = rd
+                .read(&mut chunk)
+                .await
+                .map_err(|e| ClientError::Io(e.to_string()))?;
             if n == 0 {
                 return Err(ClientError::Closed(Some("before the greeting".into())));
             }
@@ -235,7 +257,10 @@ impl Client {
     }
 
     /// Sends a request and returns the channel its replies arrive on.
-    async fn send(&self, mut msg: Msg) -> Result<(i64, mpsc::UnboundedReceiver<Value>), ClientError> {
+    async fn send(
+        &self,
+        mut msg: Msg,
+    ) -> Result<(i64, mpsc::UnboundedReceiver<Value>), ClientError> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.inner.routes).insert(seq, tx);
@@ -256,7 +281,11 @@ impl Client {
         result
     }
 
-    async fn collect_reply(&self, seq: i64, rx: &mut mpsc::UnboundedReceiver<Value>) -> Result<Value, ClientError> {
+    async fn collect_reply(
+        &self,
+        seq: i64,
+        rx: &mut mpsc::UnboundedReceiver<Value>,
+    ) -> Result<Value, ClientError> {
         let mut last = None;
         let mut acked = 0u64;
         loop {
@@ -326,7 +355,11 @@ impl Client {
     }
 
     /// Runs a request that may be a multi-step exchange.
-    async fn exchange(&self, msg: Msg, mut ex: Option<Box<dyn keycard_auth::Exchange<()>>>) -> Result<Value, ClientError> {
+    async fn exchange(
+        &self,
+        msg: Msg,
+        mut ex: Option<Box<dyn keycard_auth::Exchange<()>>>,
+    ) -> Result<Value, ClientError> {
         let (seq, mut rx) = self.send(msg).await?;
         let result = async {
             let mut last = Value::Nil;
@@ -350,10 +383,17 @@ impl Client {
                         Step::Send(answer, next) => {
                             ex = Some(next);
                             let answer = answer.with("seq", seq);
-                            self.inner.out.send(answer.into_value()).map_err(|_| self.closed_error())?;
+                            self.inner
+                                .out
+                                .send(answer.into_value())
+                                .map_err(|_| self.closed_error())?;
                         }
                         Step::Done(()) => last = v,
-                        Step::Fail(AuthError::Failed) => return Err(ClientError::Auth("the server could not be verified".into())),
+                        Step::Fail(AuthError::Failed) => {
+                            return Err(ClientError::Auth(
+                                "the server could not be verified".into(),
+                            ))
+                        }
                         Step::Fail(e) => return Err(ClientError::Auth(e.to_string())),
                     },
                     None => last = v,
@@ -371,7 +411,12 @@ impl Client {
     /// The value at `path`, if any.
     pub async fn get(&self, path: &Path) -> Result<Option<Node>, ClientError> {
         let v = self
-            .request(Msg::new().with("action", "get_value").with_path("path", path).with("nchain", 0))
+            .request(
+                Msg::new()
+                    .with("action", "get_value")
+                    .with_path("path", path)
+                    .with("nchain", 0),
+            )
             .await?;
         Ok(v.get("value").map(|value| Node {
             value: value.clone(),
@@ -381,8 +426,13 @@ impl Client {
 
     /// Sets `path` to `value`.
     pub async fn set(&self, path: &Path, value: Value) -> Result<SetResult, ClientError> {
-        self.write(Msg::new().with("action", "set_value").with_path("path", path).with("value", value))
-            .await
+        self.write(
+            Msg::new()
+                .with("action", "set_value")
+                .with_path("path", path)
+                .with("value", value),
+        )
+        .await
     }
 
     /// Sets `path` to `value` only if it holds no value yet.
@@ -399,7 +449,12 @@ impl Client {
 
     /// Removes the value at `path`.
     pub async fn delete(&self, path: &Path) -> Result<SetResult, ClientError> {
-        self.write(Msg::new().with("action", "delete_value").with_path("path", path)).await
+        self.write(
+            Msg::new()
+                .with("action", "delete_value")
+                .with_path("path", path),
+        )
+        .await
     }
 
     /// Sends a set/delete-shaped request and reads its reply.
@@ -413,8 +468,16 @@ impl Client {
     }
 
     /// Streams the subtree at `path` (`min_depth`/`max_depth` bound it).
-    pub async fn get_tree(&self, path: &Path, min_depth: Option<usize>, max_depth: Option<usize>) -> Result<Stream, ClientError> {
-        let mut msg = Msg::new().with("action", "get_tree").with_path("path", path).with("long_path", true);
+    pub async fn get_tree(
+        &self,
+        path: &Path,
+        min_depth: Option<usize>,
+        max_depth: Option<usize>,
+    ) -> Result<Stream, ClientError> {
+        let mut msg = Msg::new()
+            .with("action", "get_tree")
+            .with_path("path", path)
+            .with("long_path", true);
         if let Some(d) = min_depth {
             msg.set("min_depth", d);
         }
@@ -437,7 +500,9 @@ impl Client {
 
     /// Stops a stream of this connection.
     pub async fn stop(&self, seq: i64) -> Result<bool, ClientError> {
-        let v = self.request(Msg::new().with("action", "stop").with("task", seq)).await?;
+        let v = self
+            .request(Msg::new().with("action", "stop").with("task", seq))
+            .await?;
         Ok(v.get("result").is_some_and(Value::truthy))
     }
 }
@@ -607,7 +672,9 @@ impl Stream {
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .unwrap_or_default();
         if depth > self.prev.len() {
-            return Err(ClientError::Protocol("path depth beyond the previous path".into()));
+            return Err(ClientError::Protocol(
+                "path depth beyond the previous path".into(),
+            ));
         }
         let mut rel: Vec<_> = self.prev[..depth].to_vec();
         rel.extend(tail.elems().iter().cloned());

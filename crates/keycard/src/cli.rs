@@ -153,7 +153,12 @@ enum AuthCmd {
 #[derive(Args, Debug, Clone)]
 struct ConnArgs {
     /// The server's msgpack address.
-    #[arg(long, short = 's', env = "KEYCARD_SERVER", default_value = "127.0.0.1:27586")]
+    #[arg(
+        long,
+        short = 's',
+        env = "KEYCARD_SERVER",
+        default_value = "127.0.0.1:27586"
+    )]
     server: String,
     /// Log in with this method (default: the server's current one).
     #[arg(long, env = "KEYCARD_AUTH")]
@@ -198,7 +203,10 @@ struct ServeArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -246,8 +254,16 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             };
             let c = connect(&conn).await?;
             let path = parse_path(&path)?;
-            let r = if new { c.create(&path, value).await? } else { c.set(&path, value).await? };
-            eprintln!("tock {}{}", r.tock, if r.changed { "" } else { " (unchanged)" });
+            let r = if new {
+                c.create(&path, value).await?
+            } else {
+                c.set(&path, value).await?
+            };
+            eprintln!(
+                "tock {}{}",
+                r.tock,
+                if r.changed { "" } else { " (unchanged)" }
+            );
             Ok(())
         }
         Command::Rm { conn, path } => {
@@ -297,14 +313,18 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?,
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut config = match &args.config {
         Some(file) => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-            Config::from_toml(&text).map_err(|e| anyhow::anyhow!("bad config file {}: {e}", file.display()))?
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            Config::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("bad config file {}: {e}", file.display()))?
         }
         None => Config::default(),
     };
@@ -376,7 +396,9 @@ async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
     if let Some(method) = method {
         let m = ClientRegistry::make(&method, args.user.as_deref())
             .map_err(|e| anyhow::anyhow!("{e} (use --user, or KEYCARD_USER)"))?;
-        c.login(m.as_ref()).await.with_context(|| format!("login with method {method} failed"))?;
+        c.login(m.as_ref())
+            .await
+            .with_context(|| format!("login with method {method} failed"))?;
     }
     Ok(c)
 }
@@ -406,9 +428,18 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
         }
         UserCmd::Rm { conn, method, name } => {
             let c = connect(&conn).await?;
-            let path = Path::new(vec!["auth".into(), method.as_str().into(), "user".into(), name.as_str().into()]);
+            let path = Path::new(vec![
+                "auth".into(),
+                method.as_str().into(),
+                "user".into(),
+                name.as_str().into(),
+            ]);
             let r = c
-                .write(Msg::new().with("action", "delete_internal").with_path("path", &path))
+                .write(
+                    Msg::new()
+                        .with("action", "delete_internal")
+                        .with_path("path", &path),
+                )
                 .await?;
             if !r.changed {
                 bail!("method {method} has no user {name:?}");
@@ -420,7 +451,11 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
 
 async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
     match cmd {
-        AuthCmd::Init { conn, method, new_user } => {
+        AuthCmd::Init {
+            conn,
+            method,
+            new_user,
+        } => {
             let c = connect(&conn).await?;
             let m = ClientRegistry::make(&method, new_user.as_deref())?;
             match c.set_user(m.as_ref()).await {
@@ -430,8 +465,12 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            c.request(Msg::new().with("action", "set_auth_typ").with("typ", method.as_str()))
-                .await?;
+            c.request(
+                Msg::new()
+                    .with("action", "set_auth_typ")
+                    .with("typ", method.as_str()),
+            )
+            .await?;
             eprintln!("method {method} is now required; log in with --auth {method}");
             Ok(())
         }

@@ -4,8 +4,9 @@ use keycard_proto::Value;
 
 /// Reads a JSON document as a msgpack value (objects keep their order).
 pub fn from_json(text: &str) -> anyhow::Result<Value> {
-    let j: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| anyhow::anyhow!("not valid JSON ({e}); without --json the value is stored as a string"))?;
+    let j: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        anyhow::anyhow!("not valid JSON ({e}); without --json the value is stored as a string")
+    })?;
     Ok(json_to_value(j))
 }
 
@@ -34,16 +35,9 @@ fn json_to_value(j: serde_json::Value) -> Value {
 
 /// Reads hex digits as bytes.
 pub fn from_hex(text: &str) -> anyhow::Result<Value> {
-    let text = text.trim();
-    if text.len() % 2 != 0 {
-        anyhow::bail!("odd number of hex digits");
-    }
-    let bytes = (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2).unwrap_or("zz"), 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| anyhow::anyhow!("not hex: {text:?}"))?;
-    Ok(Value::Bin(bytes))
+    keycard_proto::hex::decode(text.trim())
+        .map(Value::Bin)
+        .ok_or_else(|| anyhow::anyhow!("not an even number of hex digits: {text:?}"))
 }
 
 /// A value for humans: JSON where the value is JSON, Rust-like otherwise

@@ -381,11 +381,11 @@ fn parse_at(buf: &[u8], pos: &mut usize) -> Result<Value, DecodeError> {
         0xc1 => return Err(DecodeError::BadMarker(m)),
         0xc2 => Value::Bool(false),
         0xc3 => Value::Bool(true),
-        0xc4 | 0xc5 | 0xc6 => {
+        0xc4..=0xc6 => {
             let n = take_len(buf, pos, 1 << (m - 0xc4))?;
             Value::Bin(take(buf, pos, n)?.to_vec())
         }
-        0xc7 | 0xc8 | 0xc9 => {
+        0xc7..=0xc9 => {
             let n = take_len(buf, pos, 1 << (m - 0xc7))?;
             parse_ext(buf, pos, n)?
         }
@@ -400,7 +400,7 @@ fn parse_at(buf: &[u8], pos: &mut usize) -> Result<Value, DecodeError> {
         0xd2 => Value::Int(i32::from_be_bytes(arr(take(buf, pos, 4)?)) as i128),
         0xd3 => Value::Int(i64::from_be_bytes(arr(take(buf, pos, 8)?)) as i128),
         0xd4..=0xd8 => parse_ext(buf, pos, 1 << (m - 0xd4))?,
-        0xd9 | 0xda | 0xdb => {
+        0xd9..=0xdb => {
             let n = take_len(buf, pos, 1 << (m - 0xd9))?;
             parse_str(buf, pos, n)?
         }
@@ -626,7 +626,10 @@ mod tests {
 
     #[test]
     fn decoder_splits_a_stream_fed_byte_by_byte() {
-        let a = Value::Map(vec![("seq".into(), 1.into()), ("x".into(), Value::Bin(vec![1; 300]))]);
+        let a = Value::Map(vec![
+            ("seq".into(), 1.into()),
+            ("x".into(), Value::Bin(vec![1; 300])),
+        ]);
         let b = Value::Array(vec![Value::Nil, Value::F32(1.5)]);
         let mut bytes = encode(&a);
         bytes.extend(encode(&b));

@@ -8,6 +8,7 @@
 
 mod codec;
 mod error;
+pub mod hex;
 mod msg;
 mod path;
 mod value;

@@ -34,7 +34,9 @@ impl Msg {
 
     /// Whether `key` is set.
     pub fn has(&self, key: &str) -> bool {
-        self.0.iter().any(|(k, _)| matches!(k, Value::Str(s) if s == key))
+        self.0
+            .iter()
+            .any(|(k, _)| matches!(k, Value::Str(s) if s == key))
     }
 
     /// Builder form of [`Msg::set`].

@@ -174,7 +174,11 @@ impl Elem {
             Elem::Int(i) => out.extend_from_slice(&((*i as u128) ^ (1u128 << 127)).to_be_bytes()),
             Elem::Float(f) => {
                 let bits = f.to_bits();
-                let ordered = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
+                let ordered = if bits >> 63 == 1 {
+                    !bits
+                } else {
+                    bits | (1 << 63)
+                };
                 out.extend_from_slice(&ordered.to_be_bytes());
             }
             Elem::Str(s) => escape_into(s.as_bytes(), out),
@@ -314,7 +318,9 @@ impl Path {
 
     /// The rest of this path after `prefix`, if it starts with it.
     pub fn strip_prefix(&self, prefix: &Path) -> Option<Path> {
-        self.0.strip_prefix(prefix.0.as_slice()).map(|r| Path(r.to_vec()))
+        self.0
+            .strip_prefix(prefix.0.as_slice())
+            .map(|r| Path(r.to_vec()))
     }
 
     /// The path without its last element (the root's parent is the root).
@@ -481,9 +487,7 @@ mod text {
                         escape(&String::from_utf8_lossy(b), &mut out);
                     } else {
                         out.push_str(":y");
-                        for c in b {
-                            out.push_str(&format!("{c:02x}"));
-                        }
+                        out.push_str(&crate::hex::encode(b));
                     }
                 }
             }
@@ -515,7 +519,10 @@ mod text {
     pub(super) fn parse(text: &str) -> Result<Path, PathError> {
         let err = |at: usize, why: &'static str| PathError::Syntax { at, why };
         if text.is_empty() {
-            return Err(err(0, "the empty string is not a path (use ':' for the root)"));
+            return Err(err(
+                0,
+                "the empty string is not a path (use ':' for the root)",
+            ));
         }
         if text == ":" {
             return Ok(Path::root());
@@ -525,29 +532,19 @@ mod text {
         // The element being read: its kind and its unescaped text.
         let mut cur: Option<(Kind, String, usize)> = None;
         let mut i = 0;
-        let finish = |cur: Option<(Kind, String, usize)>, elems: &mut Vec<Elem>| -> Result<(), PathError> {
+        let finish = |cur: Option<(Kind, String, usize)>,
+                      elems: &mut Vec<Elem>|
+         -> Result<(), PathError> {
             let Some((kind, s, at)) = cur else {
                 return Ok(());
             };
             let e = match kind {
                 Kind::Str => Elem::Str(s),
-                Kind::Hex => Elem::Int(
-                    parse_radix(&s, 16).ok_or(err(at, "bad hex integer"))?,
-                ),
-                Kind::Binary => Elem::Int(
-                    parse_radix(&s, 2).ok_or(err(at, "bad binary integer"))?,
-                ),
+                Kind::Hex => Elem::Int(parse_radix(&s, 16).ok_or(err(at, "bad hex integer"))?),
+                Kind::Binary => Elem::Int(parse_radix(&s, 2).ok_or(err(at, "bad binary integer"))?),
                 Kind::Ascii => Elem::Bin(s.into_bytes()),
                 Kind::HexBytes => {
-                    if s.len() % 2 != 0 {
-                        return Err(err(at, "odd number of hex digits"));
-                    }
-                    let b = (0..s.len())
-                        .step_by(2)
-                        .map(|k| u8::from_str_radix(s.get(k..k + 2).unwrap_or(""), 16))
-                        .collect::<Result<Vec<u8>, _>>()
-                        .map_err(|_| err(at, "bad hex bytes"))?;
-                    Elem::Bin(b)
+                    Elem::Bin(crate::hex::decode(&s).ok_or(err(at, "bad hex bytes"))?)
                 }
                 Kind::Eval => eval(&s).ok_or(err(at, "not a number"))?,
             };
@@ -606,7 +603,8 @@ mod text {
                             let at = i;
                             i += 1;
                             let simple = |e: Elem| Some(e);
-                            let next_is_end = |k: usize| k >= bytes.len() || bytes[k] == b'.' || bytes[k] == b':';
+                            let next_is_end =
+                                |k: usize| k >= bytes.len() || bytes[k] == b'.' || bytes[k] == b':';
                             let single = match t {
                                 b'n' if next_is_end(i + 1) => simple(Elem::Nil),
                                 b't' if next_is_end(i + 1) => simple(Elem::Bool(true)),
@@ -738,12 +736,23 @@ mod tests {
             (":", Path::root()),
             ("a.b.c", p(vec!["a".into(), "b".into(), "c".into()])),
             (":n.auth", p(vec![Elem::Nil, "auth".into()])),
-            ("a:t:f:n", p(vec!["a".into(), Elem::Bool(true), Elem::Bool(false), Elem::Nil])),
+            (
+                "a:t:f:n",
+                p(vec![
+                    "a".into(),
+                    Elem::Bool(true),
+                    Elem::Bool(false),
+                    Elem::Nil,
+                ]),
+            ),
             ("a:12:-3", p(vec!["a".into(), Elem::Int(12), Elem::Int(-3)])),
             ("a:1:.5", p(vec!["a".into(), Elem::Float(1.5)])),
             ("x::y:.z:_w", p(vec!["x:y.z w".into()])),
             (":e", p(vec!["".into()])),
-            (":vab:y00ff", p(vec![Elem::Bin(b"ab".to_vec()), Elem::Bin(vec![0, 255])])),
+            (
+                ":vab:y00ff",
+                p(vec![Elem::Bin(b"ab".to_vec()), Elem::Bin(vec![0, 255])]),
+            ),
         ];
         for (text, path) in cases {
             assert_eq!(Path::parse(text).as_ref(), Ok(&path), "{text}");
@@ -751,7 +760,10 @@ mod tests {
         }
         assert_eq!(Path::parse(":xff"), Ok(p(vec![Elem::Int(255)])));
         assert_eq!(Path::parse(":b101"), Ok(p(vec![Elem::Int(5)])));
-        assert_eq!(Path::parse("a.:t"), Ok(p(vec!["a".into(), Elem::Bool(true)])));
+        assert_eq!(
+            Path::parse("a.:t"),
+            Ok(p(vec!["a".into(), Elem::Bool(true)]))
+        );
         for bad in ["", "a..b", ".a", "a.", ":q", ":y0", ":tx", "a:", ":zz"] {
             assert!(Path::parse(bad).is_err(), "{bad:?} should not parse");
         }
@@ -765,8 +777,11 @@ mod tests {
             (0i128..i128::MAX).prop_map(Elem::Int),
             any::<f64>().prop_map(Elem::Float),
             "[a-c\\.: \\x00é]{0,4}".prop_map(Elem::Str),
-            proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0xff), any::<u8>()], 0..4)
-                .prop_map(Elem::Bin),
+            proptest::collection::vec(
+                prop_oneof![Just(0u8), Just(1), Just(0xff), any::<u8>()],
+                0..4
+            )
+            .prop_map(Elem::Bin),
         ]
     }
 

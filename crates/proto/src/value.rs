@@ -150,7 +150,10 @@ impl fmt::Debug for Value {
                 f.write_str("\"")
             }
             Value::Array(a) => f.debug_list().entries(a).finish(),
-            Value::Map(m) => f.debug_map().entries(m.iter().map(|(k, v)| (k, v))).finish(),
+            Value::Map(m) => f
+                .debug_map()
+                .entries(m.iter().map(|(k, v)| (k, v)))
+                .finish(),
             Value::Ext(t, b) => write!(f, "Ext({t}, {} bytes)", b.len()),
         }
     }

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use keycard_proto::{encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Path, Value};
+use keycard_proto::{
+    encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Path, Value,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -154,7 +156,9 @@ impl Responder {
     /// window is full.
     async fn stream_msg(&mut self, msg: Msg) {
         self.wseq += 1;
-        let qlen = self.qlen.unwrap_or_else(|| self.conn.qlen.load(Ordering::Relaxed));
+        let qlen = self
+            .qlen
+            .unwrap_or_else(|| self.conn.qlen.load(Ordering::Relaxed));
         if qlen > 0 {
             let mut acked = self.window.acked.subscribe();
             let wseq = self.wseq;
@@ -333,7 +337,9 @@ async fn route(conn: &Arc<ConnShared>, msg: Value) {
         None => return stray_error(conn, None, ApiError::bad("message without 'seq'")).await,
         Some(v) => match v.as_i64() {
             Some(s) => s,
-            None => return stray_error(conn, None, ApiError::bad("'seq' must be an integer")).await,
+            None => {
+                return stray_error(conn, None, ApiError::bad("'seq' must be an integer")).await
+            }
         },
     };
     match msg.get("action") {
@@ -354,7 +360,12 @@ async fn control(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
     }
     if msg.state() == Some("ack") {
         let Some(n) = msg.get("ack").and_then(Value::as_u64) else {
-            return stray_error(conn, Some(seq), ApiError::bad("'ack' must be a non-negative integer")).await;
+            return stray_error(
+                conn,
+                Some(seq),
+                ApiError::bad("'ack' must be a non-negative integer"),
+            )
+            .await;
         };
         // An ack for a stream that already ended is harmless.
         if let Some(slot) = lock(&conn.slots).get(&seq) {
@@ -370,7 +381,12 @@ async fn control(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
     match cont {
         Some(tx) => {
             if tx.try_send(msg).is_err() {
-                stray_error(conn, Some(seq), ApiError::bad("unexpected message in this exchange")).await;
+                stray_error(
+                    conn,
+                    Some(seq),
+                    ApiError::bad("unexpected message in this exchange"),
+                )
+                .await;
             }
         }
         // DistKV's client ends its side of an exchange with a bare
@@ -457,22 +473,21 @@ async fn start_request(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
 }
 
 /// Cancels the stream running under `seq` (the `stop` action). Returns
-/// whether there was one.
-pub(crate) async fn stop_task(conn: &Arc<ConnShared>, seq: i64) -> bool {
-    let slot = lock(&conn.slots).remove(&seq);
-    match slot {
-        Some(slot) => {
-            if let Some(t) = slot.task {
-                t.abort();
-            }
-            // Tell the client its stream is over, as DistKV does.
-            let msg = Msg::new()
-                .with("seq", seq)
-                .with("state", "end")
-                .with("tock", conn.state.store.tock().0);
-            conn.send(msg.into_value()).await;
-            true
-        }
-        None => false,
+/// `None` if there was none, else a future that tells the client the
+/// stream is over (to await after answering the stop itself).
+pub(crate) fn stop_task(
+    conn: &Arc<ConnShared>,
+    seq: i64,
+) -> Option<impl std::future::Future<Output = ()> + '_> {
+    let slot = lock(&conn.slots).remove(&seq)?;
+    if let Some(t) = slot.task {
+        t.abort();
     }
+    Some(async move {
+        let msg = Msg::new()
+            .with("seq", seq)
+            .with("state", "end")
+            .with("tock", conn.state.store.tock().0);
+        conn.send(msg.into_value()).await;
+    })
 }

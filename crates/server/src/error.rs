@@ -44,7 +44,9 @@ impl From<StoreError> for ApiError {
                 ErrorCode::HistoryGone,
                 format!("changes before tock {oldest} are no longer kept; fetch the current state"),
             ),
-            StoreError::Closed => ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down"),
+            StoreError::Closed => {
+                ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
+            }
             StoreError::Backend(_) | StoreError::Corrupt(_) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(ErrorCode::StoreFailed, format!("storage failed: {e}"))

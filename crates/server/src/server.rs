@@ -8,8 +8,8 @@ use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::conn;
 use crate::config::Config;
+use crate::conn;
 use crate::state::ServerState;
 
 /// Why a server could not start.
@@ -57,10 +57,12 @@ impl Server {
 
     /// Binds `config.listen` serving `store`.
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, StartError> {
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Io {
-            what: format!("cannot listen on {}", config.listen),
-            source,
-        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Io {
+                what: format!("cannot listen on {}", config.listen),
+                source,
+            })?;
         let state = ServerState::new(config, store, Registry::builtin()).await?;
         let auth = state.auth();
         match &auth.current {

@@ -45,7 +45,11 @@ pub fn record_path(method: &str, kind: &str, ident: &str) -> Path {
 
 impl ServerState {
     /// State for a server over `store`; reads the auth configuration.
-    pub async fn new(config: Config, store: Arc<dyn Store>, methods: Registry) -> Result<Arc<ServerState>, StoreError> {
+    pub async fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        methods: Registry,
+    ) -> Result<Arc<ServerState>, StoreError> {
         let state = Arc::new(ServerState {
             config,
             store,
@@ -81,7 +85,12 @@ impl ServerState {
                 min_depth: 1,
                 max_depth: Some(1),
             };
-            if !self.store.scan(&users, opts, After::Start, 1).await?.is_empty() {
+            if !self
+                .store
+                .scan(&users, opts, After::Start, 1)
+                .await?
+                .is_empty()
+            {
                 others.push(m.to_owned());
             }
         }

@@ -98,7 +98,11 @@ impl RedbStore {
                 txn.open_table(LOG).map_err(backend)?;
                 let meta = txn.open_table(META).map_err(backend)?;
                 let get = |k: &str| -> Result<u64, StoreError> {
-                    Ok(meta.get(k).map_err(backend)?.map(|g| g.value()).unwrap_or(0))
+                    Ok(meta
+                        .get(k)
+                        .map_err(backend)?
+                        .map(|g| g.value())
+                        .unwrap_or(0))
                 };
                 (get("tock")?, get("pruned")?)
             };
@@ -284,6 +288,18 @@ type Reply = (
     Result<Vec<Outcome>, StoreError>,
 );
 
+/// What one committed group produced.
+struct Committed {
+    /// Each request's reply channel and result.
+    replies: Vec<Reply>,
+    /// The changes, in tock order, for the change feed.
+    changes: Vec<Change>,
+    /// The last tock now.
+    tock: u64,
+    /// The highest tock dropped from the change log now.
+    pruned: u64,
+}
+
 /// Applies one group of requests in one transaction. Returns each
 /// request's reply and the committed changes, or the error that failed the
 /// whole commit (then nothing of the group was written).
@@ -291,7 +307,7 @@ fn commit_group(
     shared: &Shared,
     reqs: Vec<WriteReq>,
     opts: &RedbOptions,
-) -> Result<(Vec<Reply>, Vec<Change>, u64, u64), (Vec<WriteReq>, StoreError)> {
+) -> Result<Committed, (Vec<WriteReq>, StoreError)> {
     let start = shared.tock.load(Ordering::Acquire);
     let mut tock = start;
     let mut pruned = shared.pruned.load(Ordering::Acquire);
@@ -360,7 +376,12 @@ fn commit_group(
         return Err((reqs, backend(e)));
     }
     let replies = reqs.into_iter().map(|r| r.reply).zip(results).collect();
-    Ok((replies, changes, tock, pruned))
+    Ok(Committed {
+        replies,
+        changes,
+        tock,
+        pruned,
+    })
 }
 
 fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteReq>, opts: RedbOptions) {
@@ -373,7 +394,12 @@ fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteReq>, opts: Redb
             }
         }
         match commit_group(&shared, group, &opts) {
-            Ok((replies, changes, tock, pruned)) => {
+            Ok(Committed {
+                replies,
+                changes,
+                tock,
+                pruned,
+            }) => {
                 shared.tock.store(tock, Ordering::Release);
                 shared.pruned.store(pruned, Ordering::Release);
                 shared.commits.fetch_add(1, Ordering::Relaxed);
@@ -445,7 +471,8 @@ impl Store for RedbStore {
             );
             for item in data.range::<&[u8]>(range).map_err(backend)? {
                 let (k, v) = item.map_err(backend)?;
-                let path = Path::from_key(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let path =
+                    Path::from_key(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let depth = path.len() - base;
                 if let Some(max) = opts.max_depth {
                     if depth > max {

@@ -29,7 +29,10 @@ fn put_get_delete_and_conditions() {
     rt().block_on(async {
         let s = open(&dir);
         assert_eq!(s.get(&p("a.b")).await, Ok(None));
-        let out = s.write(vec![Op::put(p("a.b"), 1.into())]).await.expect("put");
+        let out = s
+            .write(vec![Op::put(p("a.b"), 1.into())])
+            .await
+            .expect("put");
         assert!(out[0].changed);
         assert_eq!(out[0].prev, None);
         assert_eq!(out[0].tock, Tock(1));
@@ -38,40 +41,69 @@ fn put_get_delete_and_conditions() {
 
         // Must-be-new fails on an existing node, and changes nothing.
         let err = s
-            .write(vec![Op::Put { path: p("a.b"), value: 2.into(), cond: Cond::Absent, idem: false }])
+            .write(vec![Op::Put {
+                path: p("a.b"),
+                value: 2.into(),
+                cond: Cond::Absent,
+                idem: false,
+            }])
             .await;
         assert!(matches!(err, Err(StoreError::Conflict { index: 0, .. })));
         // prev must match.
         let err = s
-            .write(vec![Op::Put { path: p("a.b"), value: 2.into(), cond: Cond::Equals(5.into()), idem: false }])
+            .write(vec![Op::Put {
+                path: p("a.b"),
+                value: 2.into(),
+                cond: Cond::Equals(5.into()),
+                idem: false,
+            }])
             .await;
         assert!(matches!(err, Err(StoreError::Conflict { .. })));
         let out = s
-            .write(vec![Op::Put { path: p("a.b"), value: 2.into(), cond: Cond::Equals(1.into()), idem: false }])
+            .write(vec![Op::Put {
+                path: p("a.b"),
+                value: 2.into(),
+                cond: Cond::Equals(1.into()),
+                idem: false,
+            }])
             .await
             .expect("cond put");
         assert_eq!(out[0].prev, Some(1.into()));
         assert_eq!(s.tock(), Tock(2));
         // idem: unchanged value is not written.
         let out = s
-            .write(vec![Op::Put { path: p("a.b"), value: 2.into(), cond: Cond::Any, idem: true }])
+            .write(vec![Op::Put {
+                path: p("a.b"),
+                value: 2.into(),
+                cond: Cond::Any,
+                idem: true,
+            }])
             .await
             .expect("idem");
         assert!(!out[0].changed);
         assert_eq!(s.tock(), Tock(2));
         // TockIs.
         let err = s
-            .write(vec![Op::Delete { path: p("a.b"), cond: Cond::TockIs(Tock(1)) }])
+            .write(vec![Op::Delete {
+                path: p("a.b"),
+                cond: Cond::TockIs(Tock(1)),
+            }])
             .await;
         assert!(matches!(err, Err(StoreError::Conflict { .. })));
         let out = s
-            .write(vec![Op::Delete { path: p("a.b"), cond: Cond::TockIs(Tock(2)) }])
+            .write(vec![Op::Delete {
+                path: p("a.b"),
+                cond: Cond::TockIs(Tock(2)),
+            }])
             .await
             .expect("delete");
         assert!(out[0].changed);
         assert_eq!(out[0].prev, Some(2.into()));
         // Deleting a missing node is not an error and changes nothing.
-        let out = s.write(vec![Op::delete(p("a.b"))]).await.expect("delete missing");
+        let out = s
+            .write(vec![Op::delete(p("a.b"))])
+            .await
+            .expect("delete missing");
         assert!(!out[0].changed);
         assert_eq!(s.tock(), Tock(3));
     });
@@ -86,7 +118,12 @@ fn batches_are_atomic() {
             .write(vec![
                 Op::put(p("x"), 1.into()),
                 Op::put(p("y"), 2.into()),
-                Op::Put { path: p("x"), value: 3.into(), cond: Cond::Absent, idem: false },
+                Op::Put {
+                    path: p("x"),
+                    value: 3.into(),
+                    cond: Cond::Absent,
+                    idem: false,
+                },
             ])
             .await;
         assert!(matches!(err, Err(StoreError::Conflict { index: 2, .. })));
@@ -97,13 +134,21 @@ fn batches_are_atomic() {
         let out = s
             .write(vec![
                 Op::put(p("x"), 1.into()),
-                Op::Put { path: p("x"), value: 3.into(), cond: Cond::Equals(1.into()), idem: false },
+                Op::Put {
+                    path: p("x"),
+                    value: 3.into(),
+                    cond: Cond::Equals(1.into()),
+                    idem: false,
+                },
             ])
             .await
             .expect("batch");
         assert_eq!(out[1].prev, Some(1.into()));
         assert_eq!(out[1].tock, Tock(2));
-        assert_eq!(s.get(&p("x")).await.expect("get").map(|e| e.value), Some(3.into()));
+        assert_eq!(
+            s.get(&p("x")).await.expect("get").map(|e| e.value),
+            Some(3.into())
+        );
     });
 }
 
@@ -114,7 +159,9 @@ fn tock_and_data_survive_reopen() {
         {
             let s = open(&dir);
             for i in 0..10 {
-                s.write(vec![Op::put(p("k").child(Elem::Int(i)), i.into())]).await.expect("put");
+                s.write(vec![Op::put(p("k").child(Elem::Int(i)), i.into())])
+                    .await
+                    .expect("put");
             }
             assert_eq!(s.tock(), Tock(10));
         }
@@ -126,9 +173,18 @@ fn tock_and_data_survive_reopen() {
             }
         };
         assert_eq!(s.tock(), Tock(10));
-        let out = s.write(vec![Op::put(p("k.new"), 1.into())]).await.expect("put");
+        let out = s
+            .write(vec![Op::put(p("k.new"), 1.into())])
+            .await
+            .expect("put");
         assert_eq!(out[0].tock, Tock(11));
-        assert_eq!(s.scan(&p("k"), ScanOpts::default(), After::Start, 100).await.expect("scan").len(), 11);
+        assert_eq!(
+            s.scan(&p("k"), ScanOpts::default(), After::Start, 100)
+                .await
+                .expect("scan")
+                .len(),
+            11
+        );
     });
 }
 
@@ -136,13 +192,19 @@ fn tock_and_data_survive_reopen() {
 fn change_log_serves_history_and_reports_what_is_gone() {
     let dir = tempfile::tempdir().expect("tmp");
     rt().block_on(async {
-        let opts = RedbOptions { history: 5, ..RedbOptions::default() };
+        let opts = RedbOptions {
+            history: 5,
+            ..RedbOptions::default()
+        };
         let s = RedbStore::open(&dir.path().join("kc.redb"), opts).expect("open");
         let mut feed = s.subscribe();
         s.write(vec![Op::put(p("a"), 1.into())]).await.expect("put");
         s.write(vec![Op::delete(p("a"))]).await.expect("del");
         let live = feed.recv().await.expect("feed");
-        assert_eq!((live.path.clone(), live.value.clone(), live.tock), (p("a"), Some(1.into()), Tock(1)));
+        assert_eq!(
+            (live.path.clone(), live.value.clone(), live.tock),
+            (p("a"), Some(1.into()), Tock(1))
+        );
         let live = feed.recv().await.expect("feed");
         assert_eq!(live.value, None);
         let ch = s.changes_since(Tock(0), 10).await.expect("changes");
@@ -152,9 +214,15 @@ fn change_log_serves_history_and_reports_what_is_gone() {
             s.write(vec![Op::put(p("b"), i.into())]).await.expect("put");
         }
         assert_eq!(s.tock(), Tock(12));
-        assert!(matches!(s.changes_since(Tock(0), 10).await, Err(StoreError::HistoryGone { oldest: 8 })));
+        assert!(matches!(
+            s.changes_since(Tock(0), 10).await,
+            Err(StoreError::HistoryGone { oldest: 8 })
+        ));
         let ch = s.changes_since(Tock(7), 100).await.expect("kept");
-        assert_eq!(ch.iter().map(|c| c.tock.0).collect::<Vec<_>>(), vec![8, 9, 10, 11, 12]);
+        assert_eq!(
+            ch.iter().map(|c| c.tock.0).collect::<Vec<_>>(),
+            vec![8, 9, 10, 11, 12]
+        );
     });
 }
 
@@ -167,7 +235,8 @@ fn concurrent_writers_share_commits() {
         for i in 0..256i64 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                s.write(vec![Op::put(p("w").child(Elem::Int(i as i128)), i.into())]).await
+                s.write(vec![Op::put(p("w").child(Elem::Int(i as i128)), i.into())])
+                    .await
             }));
         }
         let mut tocks = Vec::new();
@@ -178,7 +247,11 @@ fn concurrent_writers_share_commits() {
         tocks.dedup();
         assert_eq!(tocks.len(), 256, "every write got its own tock");
         assert_eq!(s.tock(), Tock(256));
-        assert!(s.commits() < 256, "group commit: {} commits for 256 writes", s.commits());
+        assert!(
+            s.commits() < 256,
+            "group commit: {} commits for 256 writes",
+            s.commits()
+        );
     });
 }
 
@@ -188,19 +261,62 @@ fn scan_depth_limits_skip_subtrees() {
     rt().block_on(async {
         let s = open(&dir);
         let paths = ["r", "r.a", "r.a.x", "r.a.x.deep", "r.b", "r.b.y", "s"];
-        s.write(paths.iter().map(|x| Op::put(p(x), 0.into())).collect()).await.expect("put");
-        let names = |v: Vec<(Path, keycard_store::Entry)>| v.into_iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>();
-        let all = s.scan(&p("r"), ScanOpts::default(), After::Start, 100).await.expect("scan");
-        assert_eq!(names(all), ["r", "r.a", "r.a.x", "r.a.x.deep", "r.b", "r.b.y"]);
-        let one = s.scan(&p("r"), ScanOpts { min_depth: 1, max_depth: Some(1) }, After::Start, 100).await.expect("scan");
+        s.write(paths.iter().map(|x| Op::put(p(x), 0.into())).collect())
+            .await
+            .expect("put");
+        let names = |v: Vec<(Path, keycard_store::Entry)>| {
+            v.into_iter()
+                .map(|(p, _)| p.to_string())
+                .collect::<Vec<_>>()
+        };
+        let all = s
+            .scan(&p("r"), ScanOpts::default(), After::Start, 100)
+            .await
+            .expect("scan");
+        assert_eq!(
+            names(all),
+            ["r", "r.a", "r.a.x", "r.a.x.deep", "r.b", "r.b.y"]
+        );
+        let one = s
+            .scan(
+                &p("r"),
+                ScanOpts {
+                    min_depth: 1,
+                    max_depth: Some(1),
+                },
+                After::Start,
+                100,
+            )
+            .await
+            .expect("scan");
         assert_eq!(names(one), ["r.a", "r.b"]);
-        let two = s.scan(&p("r"), ScanOpts { min_depth: 2, max_depth: Some(2) }, After::Start, 100).await.expect("scan");
+        let two = s
+            .scan(
+                &p("r"),
+                ScanOpts {
+                    min_depth: 2,
+                    max_depth: Some(2),
+                },
+                After::Start,
+                100,
+            )
+            .await
+            .expect("scan");
         assert_eq!(names(two), ["r.a.x", "r.b.y"]);
         // Paging.
-        let first = s.scan(&p("r"), ScanOpts::default(), After::Start, 2).await.expect("scan");
-        let rest = s.scan(&p("r"), ScanOpts::default(), After::Node(&first[1].0), 100).await.expect("scan");
+        let first = s
+            .scan(&p("r"), ScanOpts::default(), After::Start, 2)
+            .await
+            .expect("scan");
+        let rest = s
+            .scan(&p("r"), ScanOpts::default(), After::Node(&first[1].0), 100)
+            .await
+            .expect("scan");
         assert_eq!(names(rest), ["r.a.x", "r.a.x.deep", "r.b", "r.b.y"]);
-        let skip = s.scan(&p("r"), ScanOpts::default(), After::Subtree(&p("r.a")), 100).await.expect("scan");
+        let skip = s
+            .scan(&p("r"), ScanOpts::default(), After::Subtree(&p("r.a")), 100)
+            .await
+            .expect("scan");
         assert_eq!(names(skip), ["r.b", "r.b.y"]);
     });
 }

@@ -22,7 +22,10 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 fn method<'a>(state: &'a ServerState, msg: &Value) -> ApiResult<&'a std::sync::Arc<dyn Method>> {
     let typ = str_field(msg, "typ")?;
     state.methods.get(typ).ok_or_else(|| {
-        ApiError::new(ErrorCode::AuthMethod, format!("unknown auth method {typ:?}"))
+        ApiError::new(
+            ErrorCode::AuthMethod,
+            format!("unknown auth method {typ:?}"),
+        )
     })
 }
 
@@ -32,9 +35,10 @@ fn kind(m: &dyn Method, msg: &Value) -> ApiResult<&'static Kind> {
         Some(Value::Str(s)) => s.as_str(),
         Some(_) => return Err(ApiError::bad("'kind' must be a string")),
     };
-    m.kinds().iter().find(|k| k.name == name).ok_or_else(|| {
-        ApiError::bad(format!("method {} has no record kind {name:?}", m.name()))
-    })
+    m.kinds()
+        .iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| ApiError::bad(format!("method {} has no record kind {name:?}", m.name())))
 }
 
 /// Runs an exchange to its end, carrying its messages as stream items and
@@ -50,7 +54,9 @@ async fn drive<T>(r: &mut Responder, mut step: Step<T>) -> Result<T, AuthError> 
                 r.item(msg).await;
                 let answer = match tokio::time::timeout(EXCHANGE_TIMEOUT, rx.recv()).await {
                     Ok(Some(a)) => a,
-                    Ok(None) => return Err(AuthError::Malformed("the exchange was abandoned".into())),
+                    Ok(None) => {
+                        return Err(AuthError::Malformed("the exchange was abandoned".into()))
+                    }
                     Err(_) => {
                         return Err(AuthError::Malformed(format!(
                             "no answer within {}s",
@@ -81,7 +87,10 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         if current != m.name() {
             return Err(ApiError::new(
                 ErrorCode::AuthMethod,
-                format!("method {:?} is not accepted here; the current method is {current:?}", m.name()),
+                format!(
+                    "method {:?} is not accepted here; the current method is {current:?}",
+                    m.name()
+                ),
             ));
         }
     }
@@ -182,7 +191,10 @@ pub(super) async fn auth_get(msg: &Value, r: &mut Responder) -> ApiResult {
     let ident = str_field(msg, "ident")?;
     let path = session.root.join(&record_path(m.name(), k.name, ident));
     let Some(entry) = state.store.get(&path).await? else {
-        return Err(ApiError::new(ErrorCode::NotFound, format!("no {} record {ident:?} for method {}", k.name, m.name())));
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no {} record {ident:?} for method {}", k.name, m.name()),
+        ));
     };
     let mut reply = m.show_record(k, &entry.value);
     if opt_usize(msg, "nchain")?.unwrap_or(0) > 0 {
@@ -218,15 +230,22 @@ pub(super) async fn auth_list(msg: &Value, r: &mut Responder) -> ApiResult {
         it
     };
     if let Some(ident) = msg.get("ident") {
-        let ident = ident.as_str().ok_or_else(|| ApiError::bad("'ident' must be a string"))?;
+        let ident = ident
+            .as_str()
+            .ok_or_else(|| ApiError::bad("'ident' must be a string"))?;
         let path = session.root.join(&record_path(m.name(), k.name, ident));
         let Some(entry) = state.store.get(&path).await? else {
-            return Err(ApiError::new(ErrorCode::NotFound, format!("no {} record {ident:?}", k.name)));
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no {} record {ident:?}", k.name),
+            ));
         };
         r.reply(item(Value::from(ident), entry.tock)).await;
         return Ok(());
     }
-    let base = session.root.join(&auth_root().child(m.name()).child(k.name));
+    let base = session
+        .root
+        .join(&auth_root().child(m.name()).child(k.name));
     let opts = ScanOpts {
         min_depth: 1,
         max_depth: Some(1),
@@ -255,7 +274,8 @@ pub(super) async fn auth_info(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
     let entry = state.store.get(&session.root.join(&auth_root())).await?;
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
-    r.reply(super::entry_msg(&state, entry.as_ref(), nchain)).await;
+    r.reply(super::entry_msg(&state, entry.as_ref(), nchain))
+        .await;
     Ok(())
 }
 
@@ -276,7 +296,12 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
             min_depth: 1,
             max_depth: Some(1),
         };
-        if state.store.scan(&users, opts, After::Start, 1).await?.is_empty() {
+        if state
+            .store
+            .scan(&users, opts, After::Start, 1)
+            .await?
+            .is_empty()
+        {
             return Err(ApiError::bad(format!(
                 "method {t:?} has no user yet: create one with auth_set before making it current"
             )));
@@ -285,7 +310,11 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
     // Keep whatever else the record holds.
     let old = state.store.get(&at).await?;
     let mut fields: Vec<(Value, Value)> = match old.as_ref().map(|e| &e.value) {
-        Some(Value::Map(m)) => m.iter().filter(|(k, _)| k.as_str() != Some("current")).cloned().collect(),
+        Some(Value::Map(m)) => m
+            .iter()
+            .filter(|(k, _)| k.as_str() != Some("current"))
+            .cloned()
+            .collect(),
         _ => Vec::new(),
     };
     fields.push(("current".into(), Value::from(typ)));
@@ -308,7 +337,8 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
         None => tracing::warn!("auth switched off: the server is open to every client"),
     }
     let tock = out.first().map_or(0, |o| o.tock.0);
-    r.reply(Msg::new().with("changed", true).with("tock", tock)).await;
+    r.reply(Msg::new().with("changed", true).with("tock", tock))
+        .await;
     Ok(())
 }
 

@@ -1,8 +1,8 @@
 //! Single-node data actions: get_value, set_value, delete_value, plus
 //! get_tock, root and stop.
 
-use keycard_proto::{Msg, Value};
 use keycard_proto::Path;
+use keycard_proto::{Msg, Value};
 use keycard_store::{Cond, Op};
 
 use super::{chain, condition, data_path, entry_msg, flag, opt_usize, require_login};
@@ -22,7 +22,9 @@ pub(super) async fn get_value(msg: &Value, r: &mut Responder) -> ApiResult {
 pub(super) async fn set_value(msg: &Value, r: &mut Responder) -> ApiResult {
     let path = data_path(msg, r)?;
     let Some(value) = msg.get("value") else {
-        return Err(ApiError::bad("set_value needs a 'value' (use delete_value to clear one)"));
+        return Err(ApiError::bad(
+            "set_value needs a 'value' (use delete_value to clear one)",
+        ));
     };
     let state = r.conn().state.clone();
     let reply = write_value(&state, msg, path, Some(value.clone())).await?;
@@ -43,7 +45,12 @@ pub(super) async fn delete_value(msg: &Value, r: &mut Responder) -> ApiResult {
 
 /// Sets (or with `None` deletes) one node, honouring DistKV's `prev`,
 /// `chain` and `idem`, and builds DistKV's reply.
-pub(crate) async fn write_value(state: &ServerState, msg: &Value, path: Path, value: Option<Value>) -> ApiResult<Msg> {
+pub(crate) async fn write_value(
+    state: &ServerState,
+    msg: &Value,
+    path: Path,
+    value: Option<Value>,
+) -> ApiResult<Msg> {
     let cond = condition(state, msg)?;
     // DistKV sends `prev` back only when the client gave no condition.
     let send_prev = cond == Cond::Any;
@@ -57,12 +64,12 @@ pub(crate) async fn write_value(state: &ServerState, msg: &Value, path: Path, va
         },
         None => Op::Delete { path, cond },
     };
-    let out = state
-        .store
-        .write(vec![op])
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::new(keycard_proto::ErrorCode::Internal, "store returned no outcome"))?;
+    let out = state.store.write(vec![op]).await?.pop().ok_or_else(|| {
+        ApiError::new(
+            keycard_proto::ErrorCode::Internal,
+            "store returned no outcome",
+        )
+    })?;
     let changed = out.changed && out.prev != value;
     let mut m = Msg::new().with("changed", changed).with("tock", out.tock.0);
     if send_prev {
@@ -90,8 +97,12 @@ pub(super) async fn root(msg: &Value, r: &mut Responder) -> ApiResult {
     let entry = state.store.get(&path).await?;
     r.conn().update_session(|s| s.root = path.clone());
     tracing::debug!(conn = r.conn().id, root = %path, "connection re-rooted");
-    let reply = entry_msg(&state, entry.as_ref(), opt_usize(msg, "nchain")?.unwrap_or(0))
-        .with("path", Value::Array(Vec::new()));
+    let reply = entry_msg(
+        &state,
+        entry.as_ref(),
+        opt_usize(msg, "nchain")?.unwrap_or(0),
+    )
+    .with("path", Value::Array(Vec::new()));
     r.reply(reply).await;
     Ok(())
 }
@@ -107,7 +118,11 @@ pub(super) async fn stop(msg: &Value, r: &mut Responder) -> ApiResult {
         return Err(ApiError::bad("a stop request cannot stop itself"));
     }
     let conn = r.conn().clone();
-    let found = stop_task(&conn, task).await;
-    r.reply(Msg::new().with("result", found)).await;
+    // DistKV answers the stop first, then ends the stopped stream.
+    let found = stop_task(&conn, task);
+    r.reply(Msg::new().with("result", found.is_some())).await;
+    if let Some(end) = found {
+        end.await;
+    }
     Ok(())
 }

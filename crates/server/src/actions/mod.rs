@@ -137,7 +137,9 @@ pub(crate) fn opt_usize(msg: &Value, key: &str) -> ApiResult<Option<usize>> {
             Some(i) if i >= 0 => Ok(Some(i as usize)),
             // DistKV uses -1 for "no limit".
             Some(-1) => Ok(None),
-            _ => Err(ApiError::bad(format!("'{key}' must be a non-negative integer"))),
+            _ => Err(ApiError::bad(format!(
+                "'{key}' must be a non-negative integer"
+            ))),
         },
     }
 }

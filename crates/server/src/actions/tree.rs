@@ -155,7 +155,12 @@ pub(super) async fn enumerate(msg: &Value, r: &mut Responder) -> ApiResult {
 }
 
 /// `enum`'s result for the children of `base`.
-pub(crate) async fn enumerate_at(state: &ServerState, base: &Path, with_data: bool, empty: bool) -> ApiResult<Value> {
+pub(crate) async fn enumerate_at(
+    state: &ServerState,
+    base: &Path,
+    with_data: bool,
+    empty: bool,
+) -> ApiResult<Value> {
     let store = &state.store;
     let mut names = Vec::new();
     let mut data = Vec::new();
@@ -191,7 +196,11 @@ pub(crate) async fn enumerate_at(state: &ServerState, base: &Path, with_data: bo
             break;
         }
     }
-    Ok(if with_data { Value::Map(data) } else { Value::Array(names) })
+    Ok(if with_data {
+        Value::Map(data)
+    } else {
+        Value::Array(names)
+    })
 }
 
 /// Streams a subtree's changes: with `fetch`, first its current state and
@@ -240,7 +249,10 @@ pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
                 }
             }
             Err(RecvError::Closed) => {
-                return Err(ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down"));
+                return Err(ApiError::new(
+                    ErrorCode::ShuttingDown,
+                    "the server is shutting down",
+                ));
             }
         }
     }
@@ -267,12 +279,21 @@ pub(super) async fn delete_tree(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
     let mut count = 0u64;
     loop {
-        let page = state.store.scan(&base, ScanOpts::default(), After::Start, PAGE).await?;
+        let page = state
+            .store
+            .scan(&base, ScanOpts::default(), After::Start, PAGE)
+            .await?;
         if page.is_empty() {
             break;
         }
         let ops = page.into_iter().map(|(p, _)| Op::delete(p)).collect();
-        count += state.store.write(ops).await?.iter().filter(|o| o.changed).count() as u64;
+        count += state
+            .store
+            .write(ops)
+            .await?
+            .iter()
+            .filter(|o| o.changed)
+            .count() as u64;
     }
     r.reply(Msg::new().with("changed", count)).await;
     Ok(())
