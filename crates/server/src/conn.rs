@@ -8,17 +8,20 @@
 //! of a multi-step exchange under the request's seq.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use keycard_proto::{
     encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Path, Value,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
-use tokio::task::AbortHandle;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::actions;
@@ -59,7 +62,8 @@ struct Slot {
     window: Arc<Window>,
     /// Where continuation messages of a multi-step exchange go.
     cont: Option<mpsc::Sender<Value>>,
-    task: Option<AbortHandle>,
+    /// Dropping or firing this cancels the request.
+    cancel: Option<oneshot::Sender<()>>,
 }
 
 /// State shared by the reader, the writer and the request tasks.
@@ -222,7 +226,26 @@ impl Responder {
     }
 }
 
+/// A request being handled, polled by its connection's task.
+type Running = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Encodes every queued outgoing message into `wbuf`.
+fn drain(out_rx: &mut mpsc::Receiver<Value>, wbuf: &mut Vec<u8>) {
+    while let Ok(v) = out_rx.try_recv() {
+        encode_into(&v, wbuf);
+    }
+}
+
+/// Messages routed before the running requests get to run.
+const BATCH: usize = 64;
+
 /// Serves one accepted connection until it closes.
+///
+/// One task does everything for a connection: it reads and decodes,
+/// routes, polls the connection's running requests (they are futures in a
+/// `FuturesUnordered`, not spawned tasks, so a request costs no thread
+/// hand-off), and writes their replies in batches. Only store commits leave
+/// the task (to the store's writer thread).
 pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: SocketAddr, id: u64) {
     let _ = socket.set_nodelay(true);
     let (mut rd, mut wr) = socket.into_split();
@@ -239,27 +262,9 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
         session: Mutex::new(Session::default()),
         closing,
     });
-
-    // Writer: drains the queue, writing everything queued in one syscall.
-    let writer = tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        while let Some(first) = out_rx.recv().await {
-            buf.clear();
-            encode_into(&first, &mut buf);
-            while buf.len() < 256 * 1024 {
-                match out_rx.try_recv() {
-                    Ok(v) => encode_into(&v, &mut buf),
-                    Err(_) => break,
-                }
-            }
-            if wr.write_all(&buf).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
-
-    conn.send(actions::greeting(&state).await).await;
+    let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+    let mut wbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    encode_into(&actions::greeting(&state).await, &mut wbuf);
 
     let limits = Limits {
         max_message: state.config.max_message,
@@ -267,44 +272,66 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
     };
     let mut decoder = Decoder::new(limits);
     let mut chunk = vec![0u8; 64 * 1024];
-    'read: loop {
-        // Decode everything buffered before reading more.
-        loop {
+    loop {
+        // Route a batch of the buffered messages, then let the requests run
+        // as far as they can before taking more: a client pipelining
+        // thousands of cheap requests is answered as it goes.
+        let mut routed = 0;
+        let mut more = false;
+        while !*closing_rx.borrow() {
+            if routed == BATCH {
+                more = true;
+                break;
+            }
             match decoder.next_value() {
-                Ok(Some(msg)) => route(&conn, msg).await,
+                Ok(Some(msg)) => {
+                    routed += 1;
+                    if let Some(fut) = route(&conn, msg, &mut wbuf) {
+                        running.push(fut);
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
-                    fatal(&conn, e).await;
-                    break 'read;
+                    fatal(&conn, e, &mut wbuf);
+                    break;
                 }
             }
-            if *closing_rx.borrow() {
-                break 'read;
+        }
+        while let Some(Some(())) = running.next().now_or_never() {}
+        drain(&mut out_rx, &mut wbuf);
+        if !wbuf.is_empty() {
+            if wr.write_all(&wbuf).await.is_err() {
+                break;
             }
+            wbuf.clear();
+        }
+        if *closing_rx.borrow() {
+            break;
+        }
+        if more {
+            continue;
         }
         tokio::select! {
+            biased;
+            Some(v) = out_rx.recv() => encode_into(&v, &mut wbuf),
+            Some(()) = running.next(), if !running.is_empty() => {}
             n = rd.read(&mut chunk) => match n {
                 Ok(0) | Err(_) => break,
                 Ok(n) => decoder.feed(&chunk[..n]),
             },
-            _ = closing_rx.wait_for(|c| *c) => break,
+            _ = closing_rx.changed() => {}
         }
     }
 
-    // Stop every request still running; their replies have nowhere to go.
-    let slots: Vec<Slot> = lock(&conn.slots).drain().map(|(_, s)| s).collect();
-    for s in slots {
-        if let Some(t) = s.task {
-            t.abort();
-        }
-    }
-    drop(conn);
-    let _ = writer.await;
+    // Cancel every request still running; their replies have nowhere to go.
+    drop(running);
+    lock(&conn.slots).clear();
+    let _ = wr.shutdown().await;
     tracing::debug!(conn = id, "connection closed");
 }
 
 /// An error that ends the connection: say why, then close.
-async fn fatal(conn: &Arc<ConnShared>, e: DecodeError) {
+fn fatal(conn: &ConnShared, e: DecodeError, wbuf: &mut Vec<u8>) {
     let code = match e {
         DecodeError::TooLarge { .. } | DecodeError::TooDeep { .. } => ErrorCode::TooLarge,
         _ => ErrorCode::BadRequest,
@@ -313,12 +340,14 @@ async fn fatal(conn: &Arc<ConnShared>, e: DecodeError) {
     let msg = Msg::new()
         .with("error", format!("{e}; closing the connection"))
         .with("code", code.as_str());
-    conn.send(msg.into_value()).await;
+    encode_into(&msg.into_value(), wbuf);
     conn.close();
 }
 
-/// An error about a message that cannot be tied to a request.
-async fn stray_error(conn: &ConnShared, seq: Option<i64>, e: ApiError) {
+/// An error about a message that cannot be tied to a running request.
+/// Written straight into the outgoing buffer: the connection's own task
+/// must never wait on its own queue.
+fn stray_error(conn: &ConnShared, seq: Option<i64>, e: ApiError, wbuf: &mut Vec<u8>) {
     let mut msg = Msg::new()
         .with("error", e.text)
         .with("code", e.code.as_str())
@@ -326,35 +355,55 @@ async fn stray_error(conn: &ConnShared, seq: Option<i64>, e: ApiError) {
     if let Some(seq) = seq {
         msg.set("seq", seq);
     }
-    conn.send(msg.into_value()).await;
+    encode_into(&msg.into_value(), wbuf);
 }
 
-async fn route(conn: &Arc<ConnShared>, msg: Value) {
+/// Routes one message; a new request comes back as the future to run.
+fn route(conn: &Arc<ConnShared>, msg: Value, wbuf: &mut Vec<u8>) -> Option<Running> {
     if !matches!(msg, Value::Map(_)) {
-        return stray_error(conn, None, ApiError::bad("a message must be a map")).await;
+        stray_error(conn, None, ApiError::bad("a message must be a map"), wbuf);
+        return None;
     }
-    let seq = match msg.get("seq") {
-        None => return stray_error(conn, None, ApiError::bad("message without 'seq'")).await,
-        Some(v) => match v.as_i64() {
-            Some(s) => s,
-            None => {
-                return stray_error(conn, None, ApiError::bad("'seq' must be an integer")).await
-            }
-        },
+    let seq = match msg.get("seq").map(Value::as_i64) {
+        Some(Some(s)) => s,
+        Some(None) => {
+            stray_error(conn, None, ApiError::bad("'seq' must be an integer"), wbuf);
+            return None;
+        }
+        None => {
+            stray_error(conn, None, ApiError::bad("message without 'seq'"), wbuf);
+            return None;
+        }
     };
     match msg.get("action") {
-        Some(Value::Str(_)) => start_request(conn, seq, msg).await,
-        Some(_) => stray_error(conn, Some(seq), ApiError::bad("'action' must be a string")).await,
-        None => control(conn, seq, msg).await,
+        Some(Value::Str(_)) => start_request(conn, seq, msg, wbuf),
+        Some(_) => {
+            stray_error(
+                conn,
+                Some(seq),
+                ApiError::bad("'action' must be a string"),
+                wbuf,
+            );
+            None
+        }
+        None => {
+            control(conn, seq, msg, wbuf);
+            None
+        }
     }
 }
 
 /// A message without an action: flow control or a continuation.
-async fn control(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
+fn control(conn: &ConnShared, seq: i64, msg: Value, wbuf: &mut Vec<u8>) {
     if seq == 0 {
         match msg.get("qlen").and_then(Value::as_u64) {
             Some(q) => conn.qlen.store(q, Ordering::Relaxed),
-            None => stray_error(conn, Some(0), ApiError::bad("seq 0 carries only 'qlen'")).await,
+            None => stray_error(
+                conn,
+                Some(0),
+                ApiError::bad("seq 0 carries only 'qlen'"),
+                wbuf,
+            ),
         }
         return;
     }
@@ -364,8 +413,8 @@ async fn control(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
                 conn,
                 Some(seq),
                 ApiError::bad("'ack' must be a non-negative integer"),
-            )
-            .await;
+                wbuf,
+            );
         };
         // An ack for a stream that already ended is harmless.
         if let Some(slot) = lock(&conn.slots).get(&seq) {
@@ -385,29 +434,33 @@ async fn control(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
                     conn,
                     Some(seq),
                     ApiError::bad("unexpected message in this exchange"),
-                )
-                .await;
+                    wbuf,
+                );
             }
         }
         // DistKV's client ends its side of an exchange with a bare
         // {seq, state:"end"} after the server's end; ignore it.
         None if msg.state() == Some("end") => {}
-        None => {
-            stray_error(
-                conn,
-                Some(seq),
-                ApiError::bad("message without 'action' for no outstanding request"),
-            )
-            .await
-        }
+        None => stray_error(
+            conn,
+            Some(seq),
+            ApiError::bad("message without 'action' for no outstanding request"),
+            wbuf,
+        ),
     }
 }
 
-async fn start_request(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
+fn start_request(
+    conn: &Arc<ConnShared>,
+    seq: i64,
+    msg: Value,
+    wbuf: &mut Vec<u8>,
+) -> Option<Running> {
     let window = Arc::new(Window {
         acked: watch::channel(0).0,
     });
     let gen = conn.next_gen.fetch_add(1, Ordering::Relaxed);
+    let (cancel, cancelled) = oneshot::channel::<()>();
     let refused = {
         let mut slots = lock(&conn.slots);
         if slots.contains_key(&seq) {
@@ -430,14 +483,15 @@ async fn start_request(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
                     gen,
                     window: window.clone(),
                     cont: None,
-                    task: None,
+                    cancel: Some(cancel),
                 },
             );
             None
         }
     };
     if let Some(e) = refused {
-        return stray_error(conn, Some(seq), e).await;
+        stray_error(conn, Some(seq), e, wbuf);
+        return None;
     }
     let mut r = Responder {
         seq,
@@ -451,12 +505,18 @@ async fn start_request(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
     let action = msg.action().unwrap_or_default().to_owned();
     let span = tracing::debug_span!("request", conn = conn.id, seq, action = %action);
     let task_conn = conn.clone();
-    let handle = tokio::spawn(
+    Some(Box::pin(
         async move {
-            let result = actions::dispatch(&action, &msg, &mut r).await;
-            match result {
-                Ok(()) => r.end().await,
-                Err(e) => r.error(e).await,
+            let work = async {
+                match actions::dispatch(&action, &msg, &mut r).await {
+                    Ok(()) => r.end().await,
+                    Err(e) => r.error(e).await,
+                }
+            };
+            tokio::select! {
+                _ = work => {}
+                // Fired by `stop`; the slot is gone already then.
+                _ = cancelled => {}
             }
             let mut slots = lock(&task_conn.slots);
             if slots.get(&seq).is_some_and(|s| s.gen == gen) {
@@ -464,12 +524,7 @@ async fn start_request(conn: &Arc<ConnShared>, seq: i64, msg: Value) {
             }
         }
         .instrument(span),
-    );
-    if let Some(slot) = lock(&conn.slots).get_mut(&seq) {
-        if slot.gen == gen {
-            slot.task = Some(handle.abort_handle());
-        }
-    }
+    ))
 }
 
 /// Cancels the stream running under `seq` (the `stop` action). Returns
@@ -480,8 +535,8 @@ pub(crate) fn stop_task(
     seq: i64,
 ) -> Option<impl std::future::Future<Output = ()> + '_> {
     let slot = lock(&conn.slots).remove(&seq)?;
-    if let Some(t) = slot.task {
-        t.abort();
+    if let Some(cancel) = slot.cancel {
+        let _ = cancel.send(());
     }
     Some(async move {
         let msg = Msg::new()

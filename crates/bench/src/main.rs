@@ -1,0 +1,481 @@
+//! `keycard-bench`: one load generator, two servers, same run.
+//!
+//! Starts `keycard serve` (durable embedded store, on a temp dir) and the
+//! real DistKV 0.65 server (../shared/tools/distkv-serve.py, in memory,
+//! MQTT backend), then drives both with the same raw msgpack client over
+//! loopback: get_value and set_value with 1 and 16 clients, one request in
+//! flight per client or pipelined, and one get_tree over N entries. Prints
+//! a Markdown table with ops/s and the keycard/DistKV ratio.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use keycard_proto::{encode_into, Decoder, Elem, Limits, Msg, Path, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser, Debug)]
+#[command(about = "keycard vs DistKV 0.65, side by side")]
+struct Args {
+    /// The keycard binary [default: next to this one].
+    #[arg(long)]
+    keycard: Option<PathBuf>,
+    /// Measure an already running keycard at this address instead of
+    /// starting one (e.g. to profile it).
+    #[arg(long)]
+    keycard_addr: Option<SocketAddr>,
+    /// Python with distkv 0.65 installed (scripts/test.sh makes one).
+    #[arg(long, env = "KEYCARD_DISTKV_PYTHON")]
+    distkv_python: Option<PathBuf>,
+    /// DistKV's launcher script.
+    #[arg(long, default_value = "../shared/tools/distkv-serve.py")]
+    distkv_serve: PathBuf,
+    /// Skip DistKV (keycard numbers only, no ratios).
+    #[arg(long)]
+    no_distkv: bool,
+    /// Seconds per throughput measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Entries for the get_tree measurement.
+    #[arg(long, default_value_t = 100_000)]
+    tree_entries: u64,
+    /// Requests in flight per client when pipelining.
+    #[arg(long, default_value_t = 32)]
+    depth: usize,
+}
+
+/// A server under test.
+struct Peer {
+    name: &'static str,
+    addr: SocketAddr,
+    child: Option<Child>,
+    _dir: Option<tempdir::Dir>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_for_greeting(addr: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("server exited early: {status}");
+        }
+        if let Ok(c) = Conn::connect(addr).await {
+            drop(c);
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("server at {addr} did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn start_keycard(args: &Args) -> anyhow::Result<Peer> {
+    if let Some(addr) = args.keycard_addr {
+        return Ok(Peer {
+            name: "keycard",
+            addr,
+            child: None,
+            _dir: None,
+        });
+    }
+    let bin = match &args.keycard {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("keycard"),
+    };
+    let dir = std::env::temp_dir().join(format!("keycard-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut child = Command::new(&bin)
+        .args([
+            "serve",
+            "--log",
+            "warn",
+            "--listen",
+            &addr.to_string(),
+            "--data",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    wait_for_greeting(addr, &mut child).await?;
+    Ok(Peer {
+        name: "keycard",
+        addr,
+        child: Some(child),
+        _dir: Some(tempdir::Dir(dir)),
+    })
+}
+
+async fn start_distkv(args: &Args) -> anyhow::Result<Peer> {
+    let python = args
+        .distkv_python
+        .clone()
+        .context("--distkv-python (or KEYCARD_DISTKV_PYTHON) is needed, or pass --no-distkv")?;
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut child = Command::new(&python)
+        .arg(&args.distkv_serve)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start DistKV with {}", python.display()))?;
+    wait_for_greeting(addr, &mut child).await?;
+    Ok(Peer {
+        name: "DistKV 0.65",
+        addr,
+        child: Some(child),
+        _dir: None,
+    })
+}
+
+/// A raw protocol connection (no flow control, as the server allows).
+struct Conn {
+    stream: TcpStream,
+    dec: Decoder,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut c = Conn {
+            stream,
+            dec: Decoder::new(Limits {
+                max_message: 64 << 20,
+                max_depth: 64,
+            }),
+            buf: vec![0; 1 << 16],
+        };
+        let g = tokio::time::timeout(Duration::from_secs(5), c.recv()).await??;
+        if g.get("seq").and_then(Value::as_i64) != Some(0) {
+            bail!("no greeting");
+        }
+        Ok(c)
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<Value> {
+        loop {
+            if let Some(v) = self.dec.next_value()? {
+                return Ok(v);
+            }
+            let n = self.stream.read(&mut self.buf).await?;
+            if n == 0 {
+                bail!("server closed the connection");
+            }
+            self.dec.feed(&self.buf[..n]);
+        }
+    }
+}
+
+fn path(elems: Vec<Elem>) -> Path {
+    Path::new(elems)
+}
+
+/// What one request of a workload looks like.
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Set,
+}
+
+fn request(op: Op, client: usize, n: u64, seq: i64, out: &mut Vec<u8>) {
+    let m = match op {
+        Op::Get => Msg::seq(seq)
+            .with("action", "get_value")
+            .with_path("path", &path(vec!["bench".into(), "g".into()]))
+            .with("nchain", 0),
+        Op::Set => Msg::seq(seq)
+            .with("action", "set_value")
+            .with_path(
+                "path",
+                &path(vec![
+                    "bench".into(),
+                    "s".into(),
+                    Elem::Int(client as i128),
+                    Elem::Int((n % 1000) as i128),
+                ]),
+            )
+            .with("value", n)
+            .with("nchain", 0),
+    };
+    encode_into(&m.into_value(), out);
+}
+
+/// Runs `clients` connections, each keeping `depth` requests in flight,
+/// for `secs`; returns completed requests per second.
+async fn throughput(
+    addr: SocketAddr,
+    op: Op,
+    clients: usize,
+    depth: usize,
+    secs: f64,
+) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(Conn::connect(addr).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (client, mut c) in conns.into_iter().enumerate() {
+        let done = done.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 1i64;
+            let mut out = Vec::new();
+            for _ in 0..depth {
+                request(op, client, seq as u64, seq, &mut out);
+                seq += 1;
+            }
+            c.stream.write_all(&out).await?;
+            let mut in_flight = depth;
+            while in_flight > 0 {
+                let v = c.recv().await?;
+                if let Some(e) = v.get("error") {
+                    bail!("server error: {e:?}");
+                }
+                in_flight -= 1;
+                done.fetch_add(1, Ordering::Relaxed);
+                if !stop.load(Ordering::Relaxed) {
+                    out.clear();
+                    request(op, client, seq as u64, seq, &mut out);
+                    seq += 1;
+                    c.stream.write_all(&out).await?;
+                    in_flight += 1;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let counted = done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    Ok(counted as f64 / elapsed)
+}
+
+/// Writes `n` entries under ("tree", i), pipelined.
+async fn load_tree(addr: SocketAddr, n: u64) -> anyhow::Result<()> {
+    let mut c = Conn::connect(addr).await?;
+    let depth = 256u64;
+    let mut sent = 0u64;
+    let mut got = 0u64;
+    let mut out = Vec::new();
+    while got < n {
+        out.clear();
+        while sent < n && sent - got < depth {
+            let m = Msg::seq(sent as i64 + 1)
+                .with("action", "set_value")
+                .with_path("path", &path(vec!["tree".into(), Elem::Int(sent as i128)]))
+                .with("value", sent)
+                .with("nchain", 0);
+            encode_into(&m.into_value(), &mut out);
+            sent += 1;
+        }
+        if !out.is_empty() {
+            c.stream.write_all(&out).await?;
+        }
+        let v = c.recv().await?;
+        if let Some(e) = v.get("error") {
+            bail!("server error while loading: {e:?}");
+        }
+        got += 1;
+    }
+    Ok(())
+}
+
+/// One get_tree over the loaded entries; returns (seconds, items).
+async fn tree_walk(addr: SocketAddr) -> anyhow::Result<(f64, u64)> {
+    let mut c = Conn::connect(addr).await?;
+    let mut out = Vec::new();
+    let m = Msg::seq(1)
+        .with("action", "get_tree")
+        .with_path("path", &path(vec!["tree".into()]));
+    encode_into(&m.into_value(), &mut out);
+    let start = Instant::now();
+    c.stream.write_all(&out).await?;
+    let mut items = 0u64;
+    loop {
+        let v = c.recv().await?;
+        if let Some(e) = v.get("error") {
+            bail!("server error: {e:?}");
+        }
+        match v.get("state").and_then(Value::as_str) {
+            Some("end") => break,
+            Some(_) => {}
+            None => items += 1,
+        }
+    }
+    Ok((start.elapsed().as_secs_f64(), items))
+}
+
+async fn setup(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut c = Conn::connect(addr).await?;
+    let mut out = Vec::new();
+    let m = Msg::seq(1)
+        .with("action", "set_value")
+        .with_path("path", &path(vec!["bench".into(), "g".into()]))
+        .with("value", "a value of some thirty-two bytes")
+        .with("nchain", 0);
+    encode_into(&m.into_value(), &mut out);
+    c.stream.write_all(&out).await?;
+    c.recv().await?;
+    Ok(())
+}
+
+struct Row {
+    name: String,
+    results: Vec<f64>,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut peers = vec![start_keycard(&args).await?];
+    if !args.no_distkv {
+        peers.push(start_distkv(&args).await?);
+    }
+    let workloads: Vec<(String, Op, usize, usize)> = vec![
+        ("get_value, 1 client, 1 in flight".into(), Op::Get, 1, 1),
+        (
+            "get_value, 16 clients, 1 in flight each".into(),
+            Op::Get,
+            16,
+            1,
+        ),
+        (
+            format!("get_value, 1 client, {} pipelined", args.depth),
+            Op::Get,
+            1,
+            args.depth,
+        ),
+        (
+            format!("get_value, 16 clients, {} pipelined each", args.depth),
+            Op::Get,
+            16,
+            args.depth,
+        ),
+        ("set_value, 1 client, 1 in flight".into(), Op::Set, 1, 1),
+        (
+            "set_value, 16 clients, 1 in flight each".into(),
+            Op::Set,
+            16,
+            1,
+        ),
+        (
+            format!("set_value, 1 client, {} pipelined", args.depth),
+            Op::Set,
+            1,
+            args.depth,
+        ),
+        (
+            format!("set_value, 16 clients, {} pipelined each", args.depth),
+            Op::Set,
+            16,
+            args.depth,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for p in &peers {
+        setup(p.addr).await?;
+    }
+    for (name, op, clients, depth) in &workloads {
+        let mut results = Vec::new();
+        for p in &peers {
+            let r = throughput(p.addr, *op, *clients, *depth, args.seconds).await?;
+            eprintln!("{:<12} {name}: {r:.0} ops/s", p.name);
+            results.push(r);
+        }
+        rows.push(Row {
+            name: format!("{name} (ops/s)"),
+            results,
+        });
+    }
+    let mut tree = Vec::new();
+    for p in &peers {
+        let t0 = Instant::now();
+        load_tree(p.addr, args.tree_entries).await?;
+        eprintln!(
+            "{:<12} loaded {} entries in {:.1}s",
+            p.name,
+            args.tree_entries,
+            t0.elapsed().as_secs_f64()
+        );
+        let (secs, items) = tree_walk(p.addr).await?;
+        if items != args.tree_entries {
+            bail!(
+                "{} returned {items} of {} entries",
+                p.name,
+                args.tree_entries
+            );
+        }
+        eprintln!("{:<12} get_tree over {items} entries: {secs:.3}s", p.name);
+        tree.push(items as f64 / secs);
+    }
+    rows.push(Row {
+        name: format!("get_tree over {} entries (entries/s)", args.tree_entries),
+        results: tree,
+    });
+
+    let names: Vec<&str> = peers.iter().map(|p| p.name).collect();
+    print!("| workload | {} |", names.join(" | "));
+    if peers.len() > 1 {
+        print!(" keycard / DistKV |");
+    }
+    println!();
+    println!(
+        "|---|{}",
+        "---:|".repeat(names.len() + usize::from(peers.len() > 1))
+    );
+    for r in rows {
+        print!("| {} |", r.name);
+        for v in &r.results {
+            print!(" {v:.0} |");
+        }
+        if r.results.len() > 1 && r.results[1] > 0.0 {
+            print!(" {:.1}× |", r.results[0] / r.results[1]);
+        }
+        println!();
+    }
+    Ok(())
+}
