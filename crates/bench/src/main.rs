@@ -371,10 +371,6 @@ struct Row {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut peers = vec![start_keycard(&args).await?];
-    if !args.no_distkv {
-        peers.push(start_distkv(&args).await?);
-    }
     let workloads: Vec<(String, Op, usize, usize)> = vec![
         ("get_value, 1 client, 1 in flight".into(), Op::Get, 1, 1),
         (
@@ -415,24 +411,38 @@ async fn main() -> anyhow::Result<()> {
             args.depth,
         ),
     ];
-    let mut rows = Vec::new();
-    for p in &peers {
+    let mut rows: Vec<Row> = workloads
+        .iter()
+        .map(|(name, ..)| Row {
+            name: format!("{name} (ops/s)"),
+            results: Vec::new(),
+        })
+        .collect();
+    rows.push(Row {
+        name: format!("get_tree over {} entries (entries/s)", args.tree_entries),
+        results: Vec::new(),
+    });
+    // One server at a time, so neither measurement shares the machine with
+    // the other server.
+    let mut names = Vec::new();
+    let which: &[bool] = if args.no_distkv {
+        &[true]
+    } else {
+        &[true, false]
+    };
+    for &is_keycard in which {
+        let p = if is_keycard {
+            start_keycard(&args).await?
+        } else {
+            start_distkv(&args).await?
+        };
+        names.push(p.name);
         setup(p.addr).await?;
-    }
-    for (name, op, clients, depth) in &workloads {
-        let mut results = Vec::new();
-        for p in &peers {
+        for (i, (name, op, clients, depth)) in workloads.iter().enumerate() {
             let r = throughput(p.addr, *op, *clients, *depth, args.seconds).await?;
             eprintln!("{:<12} {name}: {r:.0} ops/s", p.name);
-            results.push(r);
+            rows[i].results.push(r);
         }
-        rows.push(Row {
-            name: format!("{name} (ops/s)"),
-            results,
-        });
-    }
-    let mut tree = Vec::new();
-    for p in &peers {
         let t0 = Instant::now();
         load_tree(p.addr, args.tree_entries).await?;
         eprintln!(
@@ -450,22 +460,19 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         eprintln!("{:<12} get_tree over {items} entries: {secs:.3}s", p.name);
-        tree.push(items as f64 / secs);
+        if let Some(last) = rows.last_mut() {
+            last.results.push(items as f64 / secs);
+        }
     }
-    rows.push(Row {
-        name: format!("get_tree over {} entries (entries/s)", args.tree_entries),
-        results: tree,
-    });
 
-    let names: Vec<&str> = peers.iter().map(|p| p.name).collect();
     print!("| workload | {} |", names.join(" | "));
-    if peers.len() > 1 {
+    if names.len() > 1 {
         print!(" keycard / DistKV |");
     }
     println!();
     println!(
         "|---|{}",
-        "---:|".repeat(names.len() + usize::from(peers.len() > 1))
+        "---:|".repeat(names.len() + usize::from(names.len() > 1))
     );
     for r in rows {
         print!("| {} |", r.name);

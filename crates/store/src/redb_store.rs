@@ -13,12 +13,14 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path as FsPath;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keycard_proto::{decode_one, encode_into, Limits, Path, Value, KEY_END};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::types::{After, Change, Cond, Entry, Op, Outcome, ScanOpts, StoreError, Tock};
 use crate::Store;
@@ -48,6 +50,12 @@ pub struct RedbOptions {
     pub cache_bytes: usize,
     /// The most write requests grouped into one commit.
     pub max_group: usize,
+    /// How long the writer may wait for more requests before committing,
+    /// when fewer have arrived than went into the previous commit. Several
+    /// writers waiting on one commit then share the next one too, instead of
+    /// alternating between a big group and a group of one. A lone writer
+    /// never waits.
+    pub linger: Duration,
 }
 
 impl Default for RedbOptions {
@@ -56,6 +64,7 @@ impl Default for RedbOptions {
             history: 100_000,
             cache_bytes: 64 << 20,
             max_group: 1024,
+            linger: Duration::from_micros(200),
         }
     }
 }
@@ -76,7 +85,7 @@ struct Shared {
 /// The embedded, single-file store.
 pub struct RedbStore {
     shared: Arc<Shared>,
-    writer: mpsc::Sender<WriteReq>,
+    writer: std_mpsc::Sender<WriteReq>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -117,7 +126,9 @@ impl RedbStore {
             commits: AtomicU64::new(0),
             feed,
         });
-        let (writer, rx) = mpsc::channel(4096);
+        // Unbounded, but every sender waits for its reply, so it holds at
+        // most one request per outstanding client request.
+        let (writer, rx) = std_mpsc::channel();
         let worker = shared.clone();
         std::thread::Builder::new()
             .name("keycard-store-writer".into())
@@ -384,15 +395,35 @@ fn commit_group(
     })
 }
 
-fn writer_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<WriteReq>, opts: RedbOptions) {
-    while let Some(first) = rx.blocking_recv() {
+fn writer_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<WriteReq>, opts: RedbOptions) {
+    // How many requests the previous commit carried: as many are likely to
+    // come back for the next one.
+    let mut expect = 1usize;
+    while let Ok(first) = rx.recv() {
         let mut group = vec![first];
-        while group.len() < opts.max_group {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
+        let gather = |group: &mut Vec<WriteReq>| {
+            while group.len() < opts.max_group {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+        };
+        gather(&mut group);
+        if group.len() < expect {
+            let deadline = Instant::now() + opts.linger;
+            while group.len() < expect.min(opts.max_group) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(r) => {
+                        group.push(r);
+                        gather(&mut group);
+                    }
+                    Err(_) => break,
+                }
             }
         }
+        expect = group.len();
         match commit_group(&shared, group, &opts) {
             Ok(Committed {
                 replies,
@@ -437,7 +468,6 @@ impl Store for RedbStore {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(WriteReq { ops, reply })
-            .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
