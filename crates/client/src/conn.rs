@@ -341,6 +341,30 @@ impl Client {
         self.exchange(msg, start.exchange).await.map(|_| ())
     }
 
+    /// Logs in if the greeting asks for it, with whichever of `candidates`
+    /// the server accepts (its current method). Returns the method used,
+    /// or `None` when the server needs no login.
+    pub async fn login_as_needed(
+        &self,
+        candidates: &[&dyn ClientMethod],
+    ) -> Result<Option<&'static str>, ClientError> {
+        let Some(wanted) = self
+            .greeting
+            .auth
+            .as_ref()
+            .and_then(|a| a.first().cloned().flatten())
+        else {
+            return Ok(None);
+        };
+        let Some(m) = candidates.iter().find(|m| m.name() == wanted) else {
+            return Err(ClientError::Auth(format!(
+                "the server requires method {wanted:?}, which none of the given credentials are for"
+            )));
+        };
+        self.login(*m).await?;
+        Ok(Some(m.name()))
+    }
+
     /// Creates or replaces `method`'s user record for its ident (needs the
     /// super-root capability).
     pub async fn set_user(&self, method: &dyn ClientMethod) -> Result<Value, ClientError> {

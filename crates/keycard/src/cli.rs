@@ -388,6 +388,8 @@ async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
     let c = Client::connect(args.server.as_str())
         .await
         .with_context(|| format!("cannot reach keycard at {}", args.server))?;
+    // An explicit --auth is tried as given; otherwise the server's current
+    // method, if it asks for one.
     let method = match (&args.auth, c.greeting().auth.as_ref()) {
         (Some(m), _) => Some(m.clone()),
         (None, Some(list)) => list.first().cloned().flatten(),
@@ -396,9 +398,12 @@ async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
     if let Some(method) = method {
         let m = ClientRegistry::make(&method, args.user.as_deref())
             .map_err(|e| anyhow::anyhow!("{e} (use --user, or KEYCARD_USER)"))?;
-        c.login(m.as_ref())
-            .await
-            .with_context(|| format!("login with method {method} failed"))?;
+        if args.auth.is_some() {
+            c.login(m.as_ref()).await
+        } else {
+            c.login_as_needed(&[m.as_ref()]).await.map(|_| ())
+        }
+        .with_context(|| format!("login with method {method} failed"))?;
     }
     Ok(c)
 }
