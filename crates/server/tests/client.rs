@@ -40,7 +40,7 @@ async fn many_requests_in_flight_on_one_connection() {
     assert_eq!(items.len(), 500);
     // Path order: ints sort numerically.
     let order: Vec<_> = items.iter().map(|i| i.path.elems()[0].clone()).collect();
-    assert_eq!(order, (0..500).map(|i| Elem::Int(i)).collect::<Vec<_>>());
+    assert_eq!(order, (0..500).map(Elem::Int).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +129,8 @@ async fn a_watch_behind_the_kept_history_is_told_so() {
     .await;
     let start = w.recv().await.expect("start");
     assert_eq!(start.get("wseq"), Some(&Value::from(1)));
-    w.send(Msg::seq(1).with("state", "ack").with("ack", 1)).await;
+    w.send(Msg::seq(1).with("state", "ack").with("ack", 1))
+        .await;
     let c = Client::connect(s.addr()).await.expect("writer");
     for n in 0..2000i64 {
         c.set(&p("h.k"), Value::from(n)).await.expect("set");
