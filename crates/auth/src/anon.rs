@@ -4,8 +4,8 @@
 
 use keycard_proto::{Msg, Value};
 
-use crate::exchange::{AuthError, ClientLogin, Step, Verdict};
-use crate::root::require_empty_data;
+use crate::exchange::{ClientLogin, Step, Verdict};
+use crate::root::{empty_record, known_user};
 use crate::schema::{Kind, GROUP, USER};
 use crate::{ClientMethod, Method};
 
@@ -22,20 +22,11 @@ impl Method for Anon {
     }
 
     fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
-        if let Err(e) = require_empty_data(request) {
-            return Step::Fail(e);
-        }
-        match record {
-            Some(_) => Step::Done(Verdict { user: ident.into() }),
-            None => Step::Fail(AuthError::Failed),
-        }
+        known_user(ident, request, record)
     }
 
     fn set_record(&self, _kind: &Kind, _ident: &str, request: &Value) -> Step<Value> {
-        match require_empty_data(request) {
-            Ok(()) => Step::Done(Value::Map(Vec::new())),
-            Err(e) => Step::Fail(e),
-        }
+        empty_record(request)
     }
 }
 
@@ -72,6 +63,7 @@ impl ClientMethod for AnonClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange::AuthError;
 
     #[test]
     fn known_name_logs_in_unknown_fails() {

@@ -14,6 +14,8 @@ pub const ROOT_USER: &str = "*";
 /// Server half of `root`.
 pub struct Root;
 
+/// Methods without a secret take no method data: an absent, nil or empty
+/// `data`.
 pub(crate) fn require_empty_data(request: &Value) -> Result<(), AuthError> {
     match request.get("data") {
         None | Some(Value::Nil) => Ok(()),
@@ -21,6 +23,26 @@ pub(crate) fn require_empty_data(request: &Value) -> Result<(), AuthError> {
         Some(_) => Err(AuthError::Malformed(
             "this method takes no data (its schema is empty)".into(),
         )),
+    }
+}
+
+/// The login of a method without a secret: the user exists, or the login
+/// fails exactly as a wrong credential would.
+pub(crate) fn known_user(ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
+    if let Err(e) = require_empty_data(request) {
+        return Step::Fail(e);
+    }
+    match record {
+        Some(_) => Step::Done(Verdict { user: ident.into() }),
+        None => Step::Fail(AuthError::Failed),
+    }
+}
+
+/// The record of a method without a secret: empty.
+pub(crate) fn empty_record(request: &Value) -> Step<Value> {
+    match require_empty_data(request) {
+        Ok(()) => Step::Done(Value::Map(Vec::new())),
+        Err(e) => Step::Fail(e),
     }
 }
 
@@ -38,15 +60,7 @@ impl Method for Root {
     }
 
     fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
-        if let Err(e) = require_empty_data(request) {
-            return Step::Fail(e);
-        }
-        match record {
-            Some(_) if ident == ROOT_USER => Step::Done(Verdict {
-                user: ROOT_USER.into(),
-            }),
-            _ => Step::Fail(AuthError::Failed),
-        }
+        known_user(ident, request, record.filter(|_| ident == ROOT_USER))
     }
 
     fn set_record(&self, kind: &Kind, ident: &str, request: &Value) -> Step<Value> {
@@ -55,10 +69,7 @@ impl Method for Root {
                 "the root method has one user, {ROOT_USER:?}"
             )));
         }
-        match require_empty_data(request) {
-            Ok(()) => Step::Done(Value::Map(Vec::new())),
-            Err(e) => Step::Fail(e),
-        }
+        empty_record(request)
     }
 }
 

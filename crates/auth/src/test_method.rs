@@ -6,7 +6,7 @@
 use keycard_proto::{Msg, Value};
 
 use crate::exchange::{AuthError, ClientLogin, Step, Verdict};
-use crate::root::require_empty_data;
+use crate::root::{empty_record, known_user};
 use crate::schema::{Field, FieldType, Kind, GROUP};
 use crate::{ClientMethod, Method};
 
@@ -55,21 +55,12 @@ impl Method for Test {
     }
 
     fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
-        if let Err(e) = require_empty_data(request) {
-            return Step::Fail(e);
-        }
-        match record {
-            Some(_) => Step::Done(Verdict { user: ident.into() }),
-            None => Step::Fail(AuthError::Failed),
-        }
+        known_user(ident, request, record)
     }
 
     fn set_record(&self, kind: &Kind, ident: &str, request: &Value) -> Step<Value> {
         if kind.name != "user" {
-            return match require_empty_data(request) {
-                Ok(()) => Step::Done(Value::Map(Vec::new())),
-                Err(e) => Step::Fail(e),
-            };
+            return empty_record(request);
         }
         // The name may come in the request's data (keycard's CLI) or, as
         // DistKV's client does it, through the dialogue.

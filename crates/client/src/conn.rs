@@ -273,36 +273,10 @@ impl Client {
     }
 
     /// Sends `msg` (an action and its fields) and returns its one reply.
-    /// A streamed reply is read to its end; its last item is returned.
+    /// A streamed reply is read to its end; its last item (or the end
+    /// marker, when it has none) is returned.
     pub async fn request(&self, msg: Msg) -> Result<Value, ClientError> {
-        let (seq, mut rx) = self.send(msg).await?;
-        let result = self.collect_reply(seq, &mut rx).await;
-        lock(&self.inner.routes).remove(&seq);
-        result
-    }
-
-    async fn collect_reply(
-        &self,
-        seq: i64,
-        rx: &mut mpsc::UnboundedReceiver<Value>,
-    ) -> Result<Value, ClientError> {
-        let mut last = None;
-        let mut acked = 0u64;
-        loop {
-            let Some(v) = rx.recv().await else {
-                return Err(self.closed_error());
-            };
-            if let Some(e) = server_error(&v) {
-                return Err(e);
-            }
-            self.ack(seq, &v, &mut acked);
-            match v.state() {
-                Some("start") => {}
-                Some("end") => return Ok(last.unwrap_or(v)),
-                _ if v.get("wseq").is_some() => last = Some(v),
-                _ => return Ok(v),
-            }
-        }
+        self.exchange(msg, None).await
     }
 
     fn ack(&self, seq: i64, v: &Value, acked: &mut u64) {
@@ -386,7 +360,7 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let (seq, mut rx) = self.send(msg).await?;
         let result = async {
-            let mut last = Value::Nil;
+            let mut last = None;
             let mut acked = 0u64;
             loop {
                 let Some(v) = rx.recv().await else {
@@ -398,7 +372,7 @@ impl Client {
                 self.ack(seq, &v, &mut acked);
                 match v.state() {
                     Some("start") => continue,
-                    Some("end") => return Ok(last),
+                    Some("end") => return Ok(last.unwrap_or(v)),
                     _ => {}
                 }
                 let streamed = v.get("wseq").is_some();
@@ -412,7 +386,7 @@ impl Client {
                                 .send(answer.into_value())
                                 .map_err(|_| self.closed_error())?;
                         }
-                        Step::Done(()) => last = v,
+                        Step::Done(()) => last = Some(v),
                         Step::Fail(AuthError::Failed) => {
                             return Err(ClientError::Auth(
                                 "the server could not be verified".into(),
@@ -420,10 +394,10 @@ impl Client {
                         }
                         Step::Fail(e) => return Err(ClientError::Auth(e.to_string())),
                     },
-                    None => last = v,
+                    None => last = Some(v),
                 }
                 if !streamed {
-                    return Ok(last);
+                    return Ok(last.unwrap_or(Value::Nil));
                 }
             }
         }
