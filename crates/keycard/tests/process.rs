@@ -295,6 +295,16 @@ fn cli_commands_and_exit_codes() {
     let (code, _, err) = run(&["set", "--json", "x", "{oops"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("JSON"), "{err}");
+    // JSON objects keep their key order (msgpack maps are ordered).
+    assert_eq!(
+        run(&["set", "--json", "obj", r#"{"b": 1, "a": [true, null]}"#]).0,
+        Some(0)
+    );
+    let (_, out, _) = run(&["get", "obj"]);
+    assert_eq!(out.trim(), r#"{"b": 1, "a": [true, nil]}"#);
+    assert_eq!(run(&["set", "--hex", "raw", "00ff"]).0, Some(0));
+    let (_, out, _) = run(&["get", "raw"]);
+    assert_eq!(out.trim(), r#"b"\x00\xff""#);
     assert_eq!(run(&["rm", "app.name"]).0, Some(0));
     assert_eq!(run(&["rm", "app.name"]).0, Some(1));
     // Users and auth.

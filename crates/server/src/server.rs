@@ -7,6 +7,7 @@ use keycard_auth::Registry;
 use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::conn;
@@ -91,8 +92,11 @@ impl Server {
             match self.listener.accept().await {
                 Ok((socket, peer)) => {
                     let id = self.state.next_conn_id();
-                    tracing::debug!(conn = id, %peer, "connection accepted");
-                    tokio::spawn(conn::serve(self.state.clone(), socket, peer, id));
+                    let span = tracing::info_span!("conn", id, %peer);
+                    tracing::debug!(parent: &span, "connection accepted");
+                    tokio::spawn(
+                        conn::serve(self.state.clone(), socket, peer, id).instrument(span),
+                    );
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep
