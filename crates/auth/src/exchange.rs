@@ -53,10 +53,26 @@ where
 }
 
 /// A successful login's outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Verdict {
     /// The user's name.
     pub user: String,
+    /// A last message for the client (SCRAM's server-final), sent before
+    /// the exchange ends.
+    pub reply: Option<Msg>,
+    /// A key both sides now share (SCRAM, OPAQUE), for signing requests.
+    pub session_key: Option<crate::secret::SecretKey>,
+}
+
+impl Verdict {
+    /// A verdict naming `user`, with nothing else to send or keep.
+    pub fn user(user: impl Into<String>) -> Verdict {
+        Verdict {
+            user: user.into(),
+            reply: None,
+            session_key: None,
+        }
+    }
 }
 
 /// How a client starts an exchange: the request's extra fields, then what

@@ -16,11 +16,15 @@ mod exchange;
 mod registry;
 mod root;
 mod schema;
+mod scram;
+mod secret;
 mod test_method;
 
 pub use exchange::{AuthError, ClientLogin, Exchange, Step, Verdict};
-pub use registry::{ClientRegistry, Registry};
+pub use registry::{ClientRegistry, MethodSecrets, Registry};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};
+pub use scram::{Scram, ScramClient, Verifier, MIN_ITERATIONS, SCRAM_SHA_256};
+pub use secret::{Password, SecretKey};
 
 use keycard_proto::{Msg, Value};
 

@@ -6,6 +6,8 @@ use crate::anon::{Anon, AnonClient};
 use crate::exchange::AuthError;
 use crate::root::{Root, RootClient};
 use crate::schema::Kind;
+use crate::scram::{Scram, ScramClient, MIN_ITERATIONS, SCRAM_SHA_256};
+use crate::secret::{Password, SecretKey};
 use crate::test_method::{Test, TestClient};
 use crate::{ClientMethod, Method};
 
@@ -15,11 +17,25 @@ pub struct Registry {
     methods: Vec<Arc<dyn Method>>,
 }
 
+/// What the server gives its methods: a secret to derive the answers for
+/// unknown users from, and the iteration count real SCRAM users have.
+pub struct MethodSecrets {
+    /// Server secret for mock salts and keys (stable per user name).
+    pub mock_key: SecretKey,
+    /// Iterations announced to unknown SCRAM users.
+    pub scram_iterations: u32,
+}
+
 impl Registry {
     /// Every built-in method.
-    pub fn builtin() -> Registry {
+    pub fn builtin(secrets: MethodSecrets) -> Registry {
         Registry {
-            methods: vec![Arc::new(Root), Arc::new(Anon), Arc::new(Test)],
+            methods: vec![
+                Arc::new(Root),
+                Arc::new(Anon),
+                Arc::new(Test),
+                Arc::new(Scram::new(secrets.mock_key, secrets.scram_iterations)),
+            ],
         }
     }
 
@@ -43,6 +59,32 @@ impl Registry {
 pub struct ClientRegistry;
 
 impl ClientRegistry {
+    /// The client half of `method` for user `user` (ignored by `root`),
+    /// with `password` for the methods that need one.
+    pub fn make_with_password(
+        method: &str,
+        user: Option<&str>,
+        password: Option<Password>,
+    ) -> Result<Box<dyn ClientMethod>, AuthError> {
+        if method == SCRAM_SHA_256 {
+            let user = user.ok_or_else(|| {
+                AuthError::Unsupported(format!("method {method} needs a user name"))
+            })?;
+            let password = password.ok_or_else(|| {
+                AuthError::Unsupported(format!("method {method} needs a password"))
+            })?;
+            let mut c = ScramClient::new(user, password);
+            c.iterations = MIN_ITERATIONS;
+            return Ok(Box::new(c));
+        }
+        Self::make(method, user)
+    }
+
+    /// Whether `method`'s client needs a password.
+    pub fn needs_password(method: &str) -> bool {
+        method == SCRAM_SHA_256
+    }
+
     /// The client half of `method` for user `user` (ignored by `root`).
     pub fn make(method: &str, user: Option<&str>) -> Result<Box<dyn ClientMethod>, AuthError> {
         let need_user = || {

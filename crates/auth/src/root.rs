@@ -33,7 +33,7 @@ pub(crate) fn known_user(ident: &str, request: &Value, record: Option<&Value>) -
         return Step::Fail(e);
     }
     match record {
-        Some(_) => Step::Done(Verdict { user: ident.into() }),
+        Some(_) => Step::Done(Verdict::user(ident)),
         None => Step::Fail(AuthError::Failed),
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use keycard_auth::ClientRegistry;
+use keycard_auth::{ClientRegistry, Password};
 use keycard_client::{Client, Event};
 use keycard_proto::{Msg, Path, Value};
 use keycard_server::{Config, Server};
@@ -102,14 +102,19 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum UserCmd {
-    /// Create (or re-create) a user of METHOD.
+    /// Create (or re-create) a user of METHOD. For password methods the
+    /// new password comes from --new-password-file, KEYCARD_NEW_PASSWORD or
+    /// a prompt; only a verifier derived from it is sent.
     Add {
         #[command(flatten)]
         conn: ConnArgs,
-        /// The auth method (root, _anon, _test).
+        /// The auth method (root, _anon, _test, scram-sha-256).
         method: String,
         /// The user name (`root` has one user, `*`; may be omitted).
         name: Option<String>,
+        /// Read the new user's password from this file (its first line).
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
     },
     /// List the users of METHOD.
     Ls {
@@ -141,6 +146,9 @@ enum AuthCmd {
         /// Its first user (not needed for root).
         #[arg(long = "new-user")]
         new_user: Option<String>,
+        /// Read that user's password from this file (its first line).
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
     },
     /// Show the current method and the methods the server offers.
     Show {
@@ -166,6 +174,48 @@ struct ConnArgs {
     /// Log in as this user (not needed for `root`).
     #[arg(long, short = 'u', env = "KEYCARD_USER")]
     user: Option<String>,
+    /// Read the password from this file (its first line). Without it the
+    /// password comes from KEYCARD_PASSWORD, else a prompt (no echo).
+    #[arg(long, env = "KEYCARD_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+}
+
+/// The login password: --password-file, KEYCARD_PASSWORD, or a prompt.
+fn login_password(args: &ConnArgs) -> anyhow::Result<Password> {
+    read_password(
+        args.password_file.as_ref(),
+        "KEYCARD_PASSWORD",
+        "password: ",
+        false,
+    )
+}
+
+/// A secret from a file's first line, an environment variable, or a
+/// prompt on the terminal without echo (asked twice when `confirm`).
+fn read_password(
+    file: Option<&PathBuf>,
+    var: &str,
+    prompt: &str,
+    confirm: bool,
+) -> anyhow::Result<Password> {
+    if let Some(f) = file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        return Ok(Password::new(text.lines().next().unwrap_or_default()));
+    }
+    if let Ok(p) = std::env::var(var) {
+        return Ok(Password::new(p));
+    }
+    let first =
+        rpassword::prompt_password(prompt).context("cannot read a password from the terminal")?;
+    if confirm {
+        let again = rpassword::prompt_password("again: ")
+            .context("cannot read a password from the terminal")?;
+        if again != first {
+            bail!("the passwords differ");
+        }
+    }
+    Ok(Password::new(first))
 }
 
 /// `keycard serve` options. Each overrides the config file; the config
@@ -396,7 +446,12 @@ async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
         (None, None) => None,
     };
     if let Some(method) = method {
-        let m = ClientRegistry::make(&method, args.user.as_deref())
+        let password = if ClientRegistry::needs_password(&method) {
+            Some(login_password(args)?)
+        } else {
+            None
+        };
+        let m = ClientRegistry::make_with_password(&method, args.user.as_deref(), password)
             .map_err(|e| anyhow::anyhow!("{e} (use --user, or KEYCARD_USER)"))?;
         if args.auth.is_some() {
             c.login(m.as_ref()).await
@@ -410,9 +465,24 @@ async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
 
 async fn user(cmd: UserCmd) -> anyhow::Result<()> {
     match cmd {
-        UserCmd::Add { conn, method, name } => {
+        UserCmd::Add {
+            conn,
+            method,
+            name,
+            new_password_file,
+        } => {
             let c = connect(&conn).await?;
-            let m = ClientRegistry::make(&method, name.as_deref())?;
+            let password = if ClientRegistry::needs_password(&method) {
+                Some(read_password(
+                    new_password_file.as_ref(),
+                    "KEYCARD_NEW_PASSWORD",
+                    "new password: ",
+                    true,
+                )?)
+            } else {
+                None
+            };
+            let m = ClientRegistry::make_with_password(&method, name.as_deref(), password)?;
             c.set_user(m.as_ref()).await?;
             eprintln!("user {} of method {method} created", m.ident());
             Ok(())
@@ -460,9 +530,20 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
             conn,
             method,
             new_user,
+            new_password_file,
         } => {
             let c = connect(&conn).await?;
-            let m = ClientRegistry::make(&method, new_user.as_deref())?;
+            let password = if ClientRegistry::needs_password(&method) {
+                Some(read_password(
+                    new_password_file.as_ref(),
+                    "KEYCARD_NEW_PASSWORD",
+                    "new password: ",
+                    true,
+                )?)
+            } else {
+                None
+            };
+            let m = ClientRegistry::make_with_password(&method, new_user.as_deref(), password)?;
             match c.set_user(m.as_ref()).await {
                 Ok(_) => eprintln!("user {} of method {method} created", m.ident()),
                 Err(e) if e.code() == Some(keycard_proto::ErrorCode::Conflict) => {

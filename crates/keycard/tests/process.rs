@@ -331,27 +331,24 @@ fn cli_commands_and_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 }
 
-/// DistKV's own client library, unchanged, against the binary. Needs the
-/// venv the test script creates (KEYCARD_DISTKV_PYTHON points at its
-/// python); set KEYCARD_SKIP_PEERS=1 to skip explicitly.
-#[test]
-fn distkv_python_client_works_unchanged() {
+/// Runs a peer's script from tests/compat against a fresh server: it must
+/// exit 0 and print ALL OK. The scripts need the venv that scripts/test.sh
+/// creates (KEYCARD_DISTKV_PYTHON points at its python); set
+/// KEYCARD_SKIP_PEERS=1 to skip them explicitly.
+fn run_peer_script(script: &str) {
     if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
         eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
         return;
     }
     let python = std::env::var("KEYCARD_DISTKV_PYTHON").expect(
-        "KEYCARD_DISTKV_PYTHON must point at a python with distkv 0.65 installed: run the tests with \
-         scripts/test.sh (it creates the venv), or set KEYCARD_SKIP_PEERS=1 to skip",
+        "KEYCARD_DISTKV_PYTHON must point at a python with distkv 0.65 and scramp installed: run the \
+         tests with scripts/test.sh (it creates the venv), or set KEYCARD_SKIP_PEERS=1 to skip",
     );
     let dir = tempfile::tempdir().expect("tmp");
     let server = Proc::start(dir.path());
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/compat/distkv_client.py"
-    );
+    let path = format!("{}/../../tests/compat/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(python)
-        .arg(script)
+        .arg(path)
         .arg(server.addr.ip().to_string())
         .arg(server.addr.port().to_string())
         .output()
@@ -359,7 +356,20 @@ fn distkv_python_client_works_unchanged() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("ALL OK"),
-        "DistKV client failed:\n{stdout}\n{}",
+        "{script} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// DistKV's own client library, unchanged, against the binary.
+#[test]
+fn distkv_python_client_works_unchanged() {
+    run_peer_script("distkv_client.py");
+}
+
+/// A SCRAM implementation nobody here wrote (PyPI scramp) sets a verifier
+/// and logs in.
+#[test]
+fn scramp_logs_in_unchanged() {
+    run_peer_script("scramp_login.py");
 }

@@ -34,6 +34,10 @@ pub struct Config {
     pub max_auth_attempts: u32,
     /// Changes kept for watches resuming from a tock. Default 100000.
     pub history: u64,
+    /// The SCRAM iteration count announced for unknown users; set it to
+    /// what your users' verifiers use so a prober cannot tell them apart.
+    /// Default 4096 (PostgreSQL's).
+    pub scram_iterations: u32,
 }
 
 impl Default for Config {
@@ -48,6 +52,7 @@ impl Default for Config {
             qlen: 10,
             max_auth_attempts: 5,
             history: 100_000,
+            scram_iterations: 4096,
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct LoggedIn {
     pub name: String,
     /// Whether the user holds the super-root capability.
     pub super_root: bool,
+    /// The key the login agreed (SCRAM, OPAQUE), for signed requests.
+    pub session_key: Option<keycard_auth::SecretKey>,
 }
 
 /// Acknowledgement state of one stream.

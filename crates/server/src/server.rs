@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use keycard_auth::Registry;
+use keycard_auth::{MethodSecrets, Registry};
 use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -64,7 +64,11 @@ impl Server {
                 what: format!("cannot listen on {}", config.listen),
                 source,
             })?;
-        let state = ServerState::new(config, store, Registry::builtin()).await?;
+        let secrets = MethodSecrets {
+            mock_key: crate::state::server_secret(store.as_ref()).await?,
+            scram_iterations: config.scram_iterations,
+        };
+        let state = ServerState::new(config, store, Registry::builtin(secrets)).await?;
         let auth = state.auth();
         match &auth.current {
             None => tracing::warn!(

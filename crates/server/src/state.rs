@@ -4,9 +4,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use keycard_auth::Registry;
+use keycard_auth::{Registry, SecretKey};
 use keycard_proto::{Elem, Path, Value};
-use keycard_store::{After, ScanOpts, Store, StoreError};
+use keycard_store::{After, Cond, Op, ScanOpts, Store, StoreError};
+use rand::RngCore;
 
 use crate::config::Config;
 
@@ -36,6 +37,42 @@ pub struct ServerState {
 /// `(nil, "auth")`.
 pub fn auth_root() -> Path {
     Path::new(vec![Elem::Nil, "auth".into()])
+}
+
+/// `(nil, "server", "secret")`: the server's own random secret.
+pub fn secret_path() -> Path {
+    Path::new(vec![Elem::Nil, "server".into(), "secret".into()])
+}
+
+/// The server's secret (32 random bytes under the reserved root), created
+/// on first start. Methods derive what they answer for unknown users from
+/// it, so those answers are stable across restarts.
+pub async fn server_secret(store: &dyn Store) -> Result<SecretKey, StoreError> {
+    for _ in 0..2 {
+        if let Some(e) = store.get(&secret_path()).await? {
+            let bytes: Option<[u8; 32]> = e.value.as_bin().and_then(|b| b.try_into().ok());
+            return bytes
+                .map(SecretKey::new)
+                .ok_or_else(|| StoreError::Corrupt("the server secret is not 32 bytes".into()));
+        }
+        let mut fresh = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut fresh);
+        let op = Op::Put {
+            path: secret_path(),
+            value: Value::Bin(fresh.to_vec()),
+            cond: Cond::Absent,
+            idem: false,
+        };
+        match store.write(vec![op]).await {
+            Ok(_) => return Ok(SecretKey::new(fresh)),
+            // Another node created it first: read theirs.
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Corrupt(
+        "the server secret could not be created".into(),
+    ))
 }
 
 /// `(nil, "auth", METHOD, KIND, IDENT)`.

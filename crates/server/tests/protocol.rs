@@ -34,7 +34,8 @@ async fn greeting_has_distkv_fields_and_no_auth_until_configured() {
     );
     assert_eq!(g.get("node"), Some(&Value::from("test-node")));
     assert!(g.get("tick").and_then(Value::as_u64).is_some());
-    assert_eq!(g.get("tock"), Some(&Value::from(0)));
+    // The only write so far: the server secret created at first start.
+    assert_eq!(g.get("tock"), Some(&Value::from(1)));
     assert_eq!(g.get("qlen"), Some(&Value::from(10)));
     assert!(g.get("auth").is_none(), "no auth key on a fresh server");
 }
@@ -43,6 +44,7 @@ async fn greeting_has_distkv_fields_and_no_auth_until_configured() {
 async fn set_get_delete_with_conditions() {
     let s = start().await;
     let mut c = Raw::connect(s.addr()).await;
+    let t0 = c.greeting.get("tock").and_then(Value::as_u64).expect("tock");
     let r = c
         .call(
             req(1, "set_value")
@@ -52,12 +54,12 @@ async fn set_get_delete_with_conditions() {
         )
         .await;
     assert_eq!(r.get("changed"), Some(&Value::Bool(true)));
-    assert_eq!(r.get("tock"), Some(&Value::from(1)));
+    assert_eq!(r.get("tock"), Some(&Value::from(t0 + 1)));
     assert!(r.get("prev").is_none() && r.get("chain").is_none());
 
     let r = c.call(req(2, "get_value").with("path", path("a.b"))).await;
     assert_eq!(r.get("value"), Some(&Value::from(1)));
-    assert_eq!(r.get("tock"), Some(&Value::from(1)));
+    assert_eq!(r.get("tock"), Some(&Value::from(t0 + 1)));
     let r = c
         .call(req(3, "get_value").with("path", path("a.nope")))
         .await;

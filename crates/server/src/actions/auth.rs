@@ -119,17 +119,20 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 conn = conn.id, peer = %conn.peer, method = m.name(), user = %verdict.user,
                 outcome = "success", "login"
             );
+            let reply = verdict.reply;
             conn.update_session(|s| {
                 s.user = Some(LoggedIn {
                     method: m.name().into(),
-                    name: verdict.user.clone(),
+                    name: verdict.user,
                     super_root: m.super_root(),
+                    session_key: verdict.session_key,
                 });
                 s.failed_logins = 0;
             });
-            if !r.is_done() {
-                // Single-message logins answer like DistKV's `_anon`.
-                r.start().await;
+            // The method's last word (SCRAM's server signature), then end.
+            match reply {
+                Some(msg) => r.item(msg).await,
+                None => r.start().await,
             }
             Ok(())
         }
@@ -352,6 +355,8 @@ pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
             m.set("user", u.name.as_str());
             m.set("method", u.method.as_str());
             m.set("super_root", u.super_root || open);
+            // Whether the login agreed a key for signing requests.
+            m.set("session_key", u.session_key.is_some());
         }
         None => m.set("super_root", open),
     }
