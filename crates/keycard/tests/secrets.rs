@@ -1,0 +1,260 @@
+//! No password or password-equivalent at rest or on the wire (DESIGN §7.1):
+//! users with known passwords are created and log in; then every byte of
+//! the data directory and every byte that crossed the wire is searched for
+//! the password, its SHA-256 and its SHA-1 (raw, hex and base64), and the
+//! stored values are presented as passwords and must fail.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use keycard_auth::{ClientMethod, Password, ScramClient};
+use keycard_client::Client;
+use keycard_proto::{ErrorCode, Msg, Path, Value};
+use sha1::Digest as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keycard");
+
+struct Server(Child, SocketAddr);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(data: &std::path::Path) -> Server {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "info",
+            "--data",
+        ])
+        .arg(data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server output").expect("line");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .expect("addr")
+                .parse()
+                .expect("addr");
+        }
+    };
+    // Keep draining the log, and keep it for the log search below.
+    let log = data.join("server.log.copy");
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for l in lines.map_while(Result::ok) {
+            all.push_str(&l);
+            all.push('\n');
+            let _ = std::fs::write(&log, &all);
+        }
+    });
+    Server(child, addr)
+}
+
+/// A TCP proxy that records every byte in both directions.
+async fn recording_proxy(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rec = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(target).await.expect("connect");
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let r1 = rec.clone();
+            let r2 = rec.clone();
+            tokio::spawn(async move {
+                let mut b = vec![0u8; 65536];
+                while let Ok(n) = cr.read(&mut b).await {
+                    if n == 0 || sw.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                    r1.lock().expect("lock").extend_from_slice(&b[..n]);
+                }
+            });
+            tokio::spawn(async move {
+                let mut b = vec![0u8; 65536];
+                while let Ok(n) = sr.read(&mut b).await {
+                    if n == 0 || cw.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                    r2.lock().expect("lock").extend_from_slice(&b[..n]);
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The byte strings that must never appear: the password and its SHA-256
+/// and SHA-1 digests, raw, hex and base64.
+fn forbidden(password: &str) -> Vec<(String, Vec<u8>)> {
+    let sha256 = sha2::Sha256::digest(password.as_bytes()).to_vec();
+    let sha1 = sha1::Sha1::digest(password.as_bytes()).to_vec();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = vec![("password".to_owned(), password.as_bytes().to_vec())];
+    for (name, d) in [("sha256", sha256), ("sha1", sha1)] {
+        out.push((
+            format!("{name} hex"),
+            keycard_proto::hex::encode(&d).into_bytes(),
+        ));
+        out.push((format!("{name} base64"), b64.encode(&d).into_bytes()));
+        out.push((name.to_owned(), d));
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn all_bytes(dir: &std::path::Path, skip: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == skip) {
+            continue;
+        }
+        if p.is_dir() {
+            out.extend(all_bytes(&p, skip));
+        } else {
+            out.extend(std::fs::read(&p).expect("read file"));
+        }
+    }
+    out
+}
+
+const USERS: [(&str, &str); 3] = [
+    ("alice", "correct horse battery staple"),
+    ("bob", "Tr0ub4dor&3-but-longer"),
+    ("carol", "pässwörd ünïcode"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_or_equivalent_at_rest_on_the_wire_or_in_logs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let server = start(&data);
+    let (proxy, wire) = recording_proxy(server.1).await;
+
+    let admin = Client::connect(proxy).await.expect("connect");
+    for (user, pw) in USERS {
+        admin
+            .set_user(&ScramClient::new(user, Password::new(pw)))
+            .await
+            .expect("create");
+    }
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "scram-sha-256"),
+        )
+        .await
+        .expect("current");
+    for (user, pw) in USERS {
+        let c = Client::connect(proxy).await.expect("connect");
+        c.login(&ScramClient::new(user, Password::new(pw)))
+            .await
+            .expect("login");
+        c.set(&Path::parse("x").expect("p"), 1.into())
+            .await
+            .expect("data");
+        // And a failed attempt with a near miss.
+        let c = Client::connect(proxy).await.expect("connect");
+        let e = c
+            .login(&ScramClient::new(user, Password::new(format!("{pw}!"))))
+            .await
+            .expect_err("wrong");
+        assert_eq!(e.code(), Some(ErrorCode::AuthFailed));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(server);
+
+    let at_rest = all_bytes(&data, "server.log.copy");
+    let on_wire = wire.lock().expect("lock").clone();
+    let log = std::fs::read(data.join("server.log.copy")).unwrap_or_default();
+    assert!(
+        at_rest.len() > 10_000,
+        "the store file was read ({} bytes)",
+        at_rest.len()
+    );
+    assert!(
+        on_wire.len() > 1_000,
+        "the wire was recorded ({} bytes)",
+        on_wire.len()
+    );
+    for (_, pw) in USERS {
+        for (what, needle) in forbidden(pw) {
+            assert!(
+                !contains(&at_rest, &needle),
+                "{what} of a password found at rest"
+            );
+            assert!(
+                !contains(&on_wire, &needle),
+                "{what} of a password found on the wire"
+            );
+            assert!(
+                !contains(&log, &needle),
+                "{what} of a password found in the log"
+            );
+        }
+    }
+
+    // Presenting what is stored as the password does not log in. Read
+    // alice's record straight from the store file (the server is stopped).
+    let record = {
+        use keycard_store::Store;
+        let store = keycard_store::RedbStore::open(&data.join("keycard.redb"), Default::default())
+            .expect("open store");
+        let rec_path = Path::parse(":n.auth.scram-sha-256.user.alice").expect("path");
+        store
+            .get(&rec_path)
+            .await
+            .expect("get")
+            .expect("alice's record")
+            .value
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server = start(&data);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut candidates = Vec::new();
+    for field in ["stored_key", "server_key", "salt"] {
+        let bytes = record
+            .get(field)
+            .and_then(Value::as_bin)
+            .expect("field")
+            .to_vec();
+        candidates.push(b64.encode(&bytes));
+        candidates.push(keycard_proto::hex::encode(&bytes));
+    }
+    for candidate in candidates {
+        let c = Client::connect(server.1).await.expect("connect");
+        let m = ScramClient::new("alice", Password::new(candidate));
+        assert_eq!(m.name(), "scram-sha-256");
+        let e = c
+            .login(&m)
+            .await
+            .expect_err("a stored value is not a password");
+        assert_eq!(e.code(), Some(ErrorCode::AuthFailed));
+    }
+}
