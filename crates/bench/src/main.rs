@@ -179,6 +179,7 @@ impl Conn {
             dec: Decoder::new(Limits {
                 max_message: 64 << 20,
                 max_depth: 64,
+                max_items: 1 << 24,
             }),
             buf: vec![0; 1 << 16],
         };

@@ -187,6 +187,7 @@ impl Client {
         let mut decoder = Decoder::new(Limits {
             max_message: 64 << 20,
             max_depth: 64,
+            max_items: 1 << 24,
         });
         let mut chunk = vec![0u8; 64 * 1024];
         let greeting = loop {

@@ -15,6 +15,10 @@ pub struct Limits {
     pub max_message: usize,
     /// Deepest nesting of arrays and maps.
     pub max_depth: usize,
+    /// Most values in one message (every scalar, array and map counts).
+    /// Decoded values take ~32 bytes each whatever their wire size, so this
+    /// bounds what a message can cost in memory.
+    pub max_items: usize,
 }
 
 impl Default for Limits {
@@ -22,6 +26,7 @@ impl Default for Limits {
         Limits {
             max_message: 1 << 20,
             max_depth: 64,
+            max_items: 1 << 17,
         }
     }
 }
@@ -39,6 +44,12 @@ pub enum DecodeError {
     /// Arrays and maps nest deeper than allowed.
     #[error("message nests deeper than {max} levels")]
     TooDeep {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The message holds more values than allowed.
+    #[error("message holds more than {max} values")]
+    TooMany {
         /// The configured maximum.
         max: usize,
     },
@@ -279,25 +290,35 @@ fn head(buf: &[u8], pos: usize) -> Result<Option<Head>, DecodeError> {
     })
 }
 
-/// Walks the value starting at `buf[0]` without allocating.
-fn measure(buf: &[u8], limits: &Limits) -> Result<Measure, DecodeError> {
+/// How far the headers of a partly received value have been walked, so
+/// that more bytes continue the walk instead of starting it over.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Start of the next item to read.
+    pos: usize,
+    /// Items still to read, per open container.
+    pending: Vec<usize>,
+    /// Items counted so far.
+    items: usize,
+}
+
+/// Walks the value starting at `buf[0]` without allocating, continuing
+/// from `st`.
+fn measure(buf: &[u8], limits: &Limits, st: &mut Scan) -> Result<Measure, DecodeError> {
     let too_large = DecodeError::TooLarge {
         max: limits.max_message,
     };
-    // Stack of "items still to read" per open container.
-    let mut pending: Vec<usize> = Vec::new();
-    let mut pos = 0usize;
     loop {
-        let Some(h) = head(buf, pos)? else {
-            return Ok(Measure::Incomplete(pos + 1));
+        let Some(h) = head(buf, st.pos)? else {
+            return Ok(Measure::Incomplete(st.pos + 1));
         };
         let end = match h {
-            Head::Fixed(n) => pos + n,
+            Head::Fixed(n) => st.pos + n,
             Head::Sized { h, n } => {
                 if n > limits.max_message {
                     return Err(too_large);
                 }
-                pos + h + n
+                st.pos + h + n
             }
             Head::Container { h, count } => {
                 // Every item takes at least one byte.
@@ -305,19 +326,25 @@ fn measure(buf: &[u8], limits: &Limits) -> Result<Measure, DecodeError> {
                     return Err(too_large);
                 }
                 if count > 0 {
-                    if pending.len() >= limits.max_depth {
+                    if st.pending.len() >= limits.max_depth {
                         return Err(DecodeError::TooDeep {
                             max: limits.max_depth,
                         });
                     }
-                    pending.push(count);
-                    pos += h;
-                    if pos > limits.max_message {
+                    st.items += 1;
+                    if st.items > limits.max_items {
+                        return Err(DecodeError::TooMany {
+                            max: limits.max_items,
+                        });
+                    }
+                    st.pending.push(count);
+                    st.pos += h;
+                    if st.pos > limits.max_message {
                         return Err(too_large);
                     }
                     continue;
                 }
-                pos + h
+                st.pos + h
             }
         };
         if end > limits.max_message {
@@ -326,17 +353,23 @@ fn measure(buf: &[u8], limits: &Limits) -> Result<Measure, DecodeError> {
         if end > buf.len() {
             return Ok(Measure::Incomplete(end));
         }
-        pos = end;
+        st.items += 1;
+        if st.items > limits.max_items {
+            return Err(DecodeError::TooMany {
+                max: limits.max_items,
+            });
+        }
+        st.pos = end;
         // One item finished: close every container it completes.
         loop {
-            match pending.last_mut() {
-                None => return Ok(Measure::Complete(pos)),
+            match st.pending.last_mut() {
+                None => return Ok(Measure::Complete(st.pos)),
                 Some(left) => {
                     *left -= 1;
                     if *left > 0 {
                         break;
                     }
-                    pending.pop();
+                    st.pending.pop();
                 }
             }
         }
@@ -458,7 +491,7 @@ fn parse_ext(buf: &[u8], pos: &mut usize, n: usize) -> Result<Value, DecodeError
 /// Decodes the first value in `buf`: `Ok(None)` if it is not complete yet,
 /// else the value and how many bytes it took.
 pub fn decode_one(buf: &[u8], limits: &Limits) -> Result<Option<(Value, usize)>, DecodeError> {
-    match measure(buf, limits)? {
+    match measure(buf, limits, &mut Scan::default())? {
         Measure::Incomplete(_) => Ok(None),
         Measure::Complete(n) => Ok(Some((parse(&buf[..n])?, n))),
     }
@@ -472,6 +505,10 @@ pub struct Decoder {
     start: usize,
     /// Do not re-measure until the buffer holds this many bytes past `start`.
     need: usize,
+    /// The walk over the partial value at `start`.
+    scan: Scan,
+    /// Wire bytes and values of the last value returned.
+    last: (usize, usize),
     limits: Limits,
 }
 
@@ -482,6 +519,8 @@ impl Decoder {
             buf: Vec::new(),
             start: 0,
             need: 1,
+            scan: Scan::default(),
+            last: (0, 0),
             limits,
         }
     }
@@ -504,18 +543,26 @@ impl Decoder {
         if avail.len() < self.need {
             return Ok(None);
         }
-        match measure(avail, &self.limits)? {
+        match measure(avail, &self.limits, &mut self.scan)? {
             Measure::Incomplete(need) => {
                 self.need = need;
                 Ok(None)
             }
             Measure::Complete(n) => {
                 let v = parse(&avail[..n])?;
+                self.last = (n, self.scan.items);
+                self.scan = Scan::default();
                 self.start += n;
                 self.need = 1;
                 Ok(Some(v))
             }
         }
+    }
+
+    /// What the last value returned cost: its wire bytes plus ~32 bytes per
+    /// decoded value, an estimate of the memory it holds.
+    pub fn last_cost(&self) -> usize {
+        self.last.0 + 32 * self.last.1
     }
 
     /// Bytes received but not yet returned as a value.
@@ -593,6 +640,40 @@ mod tests {
             decode_one(&bytes, &Limits::default()),
             Err(DecodeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn too_many_values_are_rejected() {
+        let v = Value::Array(vec![Value::Nil; 200_000]);
+        assert_eq!(
+            decode_one(&encode(&v), &Limits::default()),
+            Err(DecodeError::TooMany { max: 1 << 17 })
+        );
+    }
+
+    #[test]
+    fn a_trickled_message_is_walked_once() {
+        // 100k small values, fed a byte at a time after the first chunk:
+        // each new byte continues the walk where it stopped.
+        let v = Value::Array((0..100_000).map(Value::Int).collect());
+        let bytes = encode(&v);
+        let mut d = Decoder::new(Limits::default());
+        let head = bytes.len() - 1000;
+        d.feed(&bytes[..head]);
+        assert_eq!(d.next_value(), Ok(None));
+        // The walk stopped at the first incomplete item, not at the start.
+        assert!(
+            d.scan.pos > head - 10,
+            "walk resumes at {} of {head}",
+            d.scan.pos
+        );
+        for (i, b) in bytes[head..bytes.len() - 1].iter().enumerate() {
+            d.feed(std::slice::from_ref(b));
+            assert_eq!(d.next_value(), Ok(None));
+            assert!(d.scan.pos + 10 > head + i, "the walk keeps its place");
+        }
+        d.feed(&bytes[bytes.len() - 1..]);
+        assert_eq!(d.next_value(), Ok(Some(v)));
     }
 
     #[test]
@@ -676,7 +757,7 @@ mod tests {
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let mut d = Decoder::new(Limits { max_message: 150, max_depth: 8 });
+            let mut d = Decoder::new(Limits { max_message: 150, max_depth: 8, max_items: 100 });
             d.feed(&bytes);
             for _ in 0..bytes.len() + 1 {
                 match d.next_value() {

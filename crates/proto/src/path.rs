@@ -380,6 +380,7 @@ impl Path {
                 let limits = Limits {
                     max_message: payload.len().max(1),
                     max_depth: 2,
+                    max_items: usize::MAX,
                 };
                 let mut elems = Vec::new();
                 let mut rest = payload.as_slice();

@@ -24,6 +24,13 @@ pub struct Config {
     /// Most requests outstanding per connection (streams included).
     /// Default 1024; more are answered with `too_many_requests`.
     pub max_outstanding: usize,
+    /// Most values (scalars, arrays, maps) in one message. Default 131072.
+    /// A decoded value takes ~32 bytes whatever its wire size.
+    pub max_items: usize,
+    /// Most memory the requests running on one connection may hold (wire
+    /// bytes plus ~32 bytes per decoded value), in bytes. Default 16 MiB;
+    /// more is answered with `too_many_requests`.
+    pub max_inflight_bytes: usize,
     /// Messages queued for a client that is not reading before the server
     /// stops reading its requests. Default 1024.
     pub out_queue: usize,
@@ -48,6 +55,8 @@ impl Default for Config {
             node: "keycard".into(),
             max_message: 1 << 20,
             max_outstanding: 1024,
+            max_items: 1 << 17,
+            max_inflight_bytes: 16 << 20,
             out_queue: 1024,
             qlen: 10,
             max_auth_attempts: 5,

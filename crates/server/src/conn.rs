@@ -66,6 +66,17 @@ struct Slot {
     cont: Option<mpsc::Sender<Value>>,
     /// Dropping or firing this cancels the request.
     cancel: Option<oneshot::Sender<()>>,
+    /// Shared with the request's responder.
+    flags: Arc<StreamFlags>,
+}
+
+/// What the connection and a request's responder both need to know.
+#[derive(Default)]
+struct StreamFlags {
+    /// The request answers with a stream (only streams can be stopped).
+    streaming: std::sync::atomic::AtomicBool,
+    /// `stop` ended it: send nothing more.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// State shared by the reader, the writer and the request tasks.
@@ -78,6 +89,12 @@ pub(crate) struct ConnShared {
     /// The client's flow-control window; 0 = none.
     qlen: AtomicU64,
     next_gen: AtomicU64,
+    /// A login is running: logins on one connection go one at a time, so
+    /// pipelined guesses cannot outrun the attempt limit.
+    login_busy: std::sync::atomic::AtomicBool,
+    /// What the running requests' messages cost in memory (see
+    /// `Decoder::last_cost`).
+    inflight: std::sync::atomic::AtomicUsize,
     session: Mutex<Session>,
     /// Set when the connection must close (after a fatal error).
     closing: watch::Sender<bool>,
@@ -125,6 +142,7 @@ pub(crate) struct Responder {
     seq: i64,
     conn: Arc<ConnShared>,
     window: Arc<Window>,
+    flags: Arc<StreamFlags>,
     /// This stream's own window (a request's `qlen` field), if it set one.
     qlen: Option<u64>,
     wseq: u64,
@@ -155,7 +173,9 @@ impl Responder {
     pub(crate) async fn reply(&mut self, msg: Msg) {
         let v = self.finish(msg);
         self.done = true;
-        self.conn.send(v).await;
+        if !self.flags.stopped.load(Ordering::Acquire) {
+            self.conn.send(v).await;
+        }
     }
 
     /// Sends a stream message, waiting for the client's acks when its
@@ -173,14 +193,24 @@ impl Responder {
             let window = qlen.saturating_sub(1).max(1);
             let _ = acked.wait_for(|a| wseq - (*a).min(wseq) <= window).await;
         }
+        // A stopped stream has had its end sent for it.
+        if self.flags.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let v = self.finish(msg.with("wseq", self.wseq));
         self.conn.send(v).await;
+    }
+
+    /// Whether the reply is a stream that has started.
+    pub(crate) fn is_started(&self) -> bool {
+        self.started
     }
 
     /// Starts a stream.
     pub(crate) async fn start(&mut self) {
         if !self.started {
             self.started = true;
+            self.flags.streaming.store(true, Ordering::Release);
             self.stream_msg(Msg::new().with("state", "start")).await;
         }
     }
@@ -261,6 +291,8 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
         slots: Mutex::new(HashMap::new()),
         qlen: AtomicU64::new(0),
         next_gen: AtomicU64::new(1),
+        login_busy: std::sync::atomic::AtomicBool::new(false),
+        inflight: std::sync::atomic::AtomicUsize::new(0),
         session: Mutex::new(Session::default()),
         closing,
     });
@@ -271,6 +303,7 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
     let limits = Limits {
         max_message: state.config.max_message,
         max_depth: 64,
+        max_items: state.config.max_items,
     };
     let mut decoder = Decoder::new(limits);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -288,7 +321,7 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
             match decoder.next_value() {
                 Ok(Some(msg)) => {
                     routed += 1;
-                    if let Some(fut) = route(&conn, msg, &mut wbuf) {
+                    if let Some(fut) = route(&conn, msg, decoder.last_cost(), &mut wbuf) {
                         running.push(fut);
                     }
                 }
@@ -335,7 +368,9 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
 /// An error that ends the connection: say why, then close.
 fn fatal(conn: &ConnShared, e: DecodeError, wbuf: &mut Vec<u8>) {
     let code = match e {
-        DecodeError::TooLarge { .. } | DecodeError::TooDeep { .. } => ErrorCode::TooLarge,
+        DecodeError::TooLarge { .. }
+        | DecodeError::TooDeep { .. }
+        | DecodeError::TooMany { .. } => ErrorCode::TooLarge,
         _ => ErrorCode::BadRequest,
     };
     tracing::info!(conn = conn.id, peer = %conn.peer, error = %e, "closing connection after undecodable input");
@@ -361,7 +396,7 @@ fn stray_error(conn: &ConnShared, seq: Option<i64>, e: ApiError, wbuf: &mut Vec<
 }
 
 /// Routes one message; a new request comes back as the future to run.
-fn route(conn: &Arc<ConnShared>, msg: Value, wbuf: &mut Vec<u8>) -> Option<Running> {
+fn route(conn: &Arc<ConnShared>, msg: Value, cost: usize, wbuf: &mut Vec<u8>) -> Option<Running> {
     if !matches!(msg, Value::Map(_)) {
         stray_error(conn, None, ApiError::bad("a message must be a map"), wbuf);
         return None;
@@ -378,7 +413,16 @@ fn route(conn: &Arc<ConnShared>, msg: Value, wbuf: &mut Vec<u8>) -> Option<Runni
         }
     };
     match msg.get("action") {
-        Some(Value::Str(_)) => start_request(conn, seq, msg, wbuf),
+        Some(Value::Str(_)) if seq == 0 => {
+            stray_error(
+                conn,
+                Some(0),
+                ApiError::bad("seq 0 is reserved for the greeting and flow control"),
+                wbuf,
+            );
+            None
+        }
+        Some(Value::Str(_)) => start_request(conn, seq, msg, cost, wbuf),
         Some(_) => {
             stray_error(
                 conn,
@@ -456,6 +500,7 @@ fn start_request(
     conn: &Arc<ConnShared>,
     seq: i64,
     msg: Value,
+    cost: usize,
     wbuf: &mut Vec<u8>,
 ) -> Option<Running> {
     let window = Arc::new(Window {
@@ -463,6 +508,8 @@ fn start_request(
     });
     let gen = conn.next_gen.fetch_add(1, Ordering::Relaxed);
     let (cancel, cancelled) = oneshot::channel::<()>();
+    let flags = Arc::new(StreamFlags::default());
+    let is_login = msg.action() == Some("auth");
     let refused = {
         let mut slots = lock(&conn.slots);
         if slots.contains_key(&seq) {
@@ -478,7 +525,22 @@ fn start_request(
                     conn.state.config.max_outstanding
                 ),
             ))
+        } else if conn.inflight.load(Ordering::Acquire) + cost
+            > conn.state.config.max_inflight_bytes
+        {
+            Some(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "more than {} bytes of requests running on this connection",
+                    conn.state.config.max_inflight_bytes
+                ),
+            ))
+        } else if is_login && conn.login_busy.swap(true, Ordering::AcqRel) {
+            Some(ApiError::bad(
+                "a login is already running on this connection; wait for its answer",
+            ))
         } else {
+            conn.inflight.fetch_add(cost, Ordering::AcqRel);
             slots.insert(
                 seq,
                 Slot {
@@ -486,6 +548,7 @@ fn start_request(
                     window: window.clone(),
                     cont: None,
                     cancel: Some(cancel),
+                    flags: flags.clone(),
                 },
             );
             None
@@ -499,6 +562,7 @@ fn start_request(
         seq,
         conn: conn.clone(),
         window,
+        flags,
         qlen: msg.get("qlen").and_then(Value::as_u64),
         wseq: 0,
         started: false,
@@ -516,10 +580,15 @@ fn start_request(
                 }
             };
             tokio::select! {
-                _ = work => {}
+                biased;
                 // Fired by `stop`; the slot is gone already then.
                 _ = cancelled => {}
+                _ = work => {}
             }
+            if is_login {
+                task_conn.login_busy.store(false, Ordering::Release);
+            }
+            task_conn.inflight.fetch_sub(cost, Ordering::AcqRel);
             let mut slots = lock(&task_conn.slots);
             if slots.get(&seq).is_some_and(|s| s.gen == gen) {
                 slots.remove(&seq);
@@ -530,13 +599,25 @@ fn start_request(
 }
 
 /// Cancels the stream running under `seq` (the `stop` action). Returns
-/// `None` if there was none, else a future that tells the client the
-/// stream is over (to await after answering the stop itself).
+/// `None` if there is no such stream — single-reply requests cannot be
+/// stopped, so a committed write never loses its reply — else a future
+/// that tells the client the stream is over (to await after answering the
+/// stop itself).
 pub(crate) fn stop_task(
     conn: &Arc<ConnShared>,
     seq: i64,
 ) -> Option<impl std::future::Future<Output = ()> + '_> {
-    let slot = lock(&conn.slots).remove(&seq)?;
+    let slot = {
+        let mut slots = lock(&conn.slots);
+        let streaming = slots
+            .get(&seq)
+            .is_some_and(|s| s.flags.streaming.load(Ordering::Acquire));
+        if !streaming {
+            return None;
+        }
+        slots.remove(&seq)?
+    };
+    slot.flags.stopped.store(true, Ordering::Release);
     if let Some(cancel) = slot.cancel {
         let _ = cancel.send(());
     }

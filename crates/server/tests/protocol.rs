@@ -44,7 +44,11 @@ async fn greeting_has_distkv_fields_and_no_auth_until_configured() {
 async fn set_get_delete_with_conditions() {
     let s = start().await;
     let mut c = Raw::connect(s.addr()).await;
-    let t0 = c.greeting.get("tock").and_then(Value::as_u64).expect("tock");
+    let t0 = c
+        .greeting
+        .get("tock")
+        .and_then(Value::as_u64)
+        .expect("tock");
     let r = c
         .call(
             req(1, "set_value")

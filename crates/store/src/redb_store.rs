@@ -38,6 +38,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const STORED_LIMITS: Limits = Limits {
     max_message: 1 << 30,
     max_depth: 128,
+    max_items: usize::MAX,
 };
 
 /// Tuning for [`RedbStore`].

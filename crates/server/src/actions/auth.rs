@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use keycard_auth::{AuthError, Kind, Method, Step};
-use keycard_proto::{ErrorCode, Msg, MsgExt, Path, Value};
+use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{After, Cond, Op, ScanOpts};
 
 use super::data::write_value;
@@ -177,7 +177,8 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     if r.is_done() {
         return Ok(());
     }
-    if msg.state() == Some("start") {
+    // After a dialogue the result is the stream's last item.
+    if r.is_started() {
         r.item(reply).await;
     } else {
         r.reply(reply).await;
@@ -361,5 +362,78 @@ pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
         None => m.set("super_root", open),
     }
     r.reply(m).await;
+    Ok(())
+}
+
+/// How many users (at most `limit`) method `method` has under the auth
+/// root `at`.
+async fn count_users(
+    state: &ServerState,
+    at: &Path,
+    method: &str,
+    limit: usize,
+) -> ApiResult<usize> {
+    let users = at.child(method).child("user");
+    let opts = ScanOpts {
+        min_depth: 1,
+        max_depth: Some(1),
+    };
+    Ok(state
+        .store
+        .scan(&users, opts, After::Start, limit)
+        .await?
+        .len())
+}
+
+/// Refuses a management write that would leave nobody able to log in: a
+/// current method that is unknown or has no user. `value` is the node's new
+/// value, `None` for a deletion. (Deleting `(nil, "auth")` itself is not a
+/// lock-out: it opens the server.)
+pub(super) async fn guard_lockout(
+    state: &ServerState,
+    auth_at: &Path,
+    path: &Path,
+    value: Option<&Value>,
+) -> ApiResult {
+    let lockout = |why: String| {
+        Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("refused: {why}; nobody could log in"),
+        ))
+    };
+    if path == auth_at {
+        if let Some(m) = value.and_then(|v| v.get("current")).and_then(Value::as_str) {
+            if state.methods.get(m).is_none() {
+                return lockout(format!("{m:?} is not a loaded auth method"));
+            }
+            if count_users(state, auth_at, m, 1).await? == 0 {
+                return lockout(format!("method {m:?} has no user"));
+            }
+        }
+        return Ok(());
+    }
+    let Some(rest) = path.strip_prefix(auth_at) else {
+        return Ok(());
+    };
+    if value.is_some() || rest.len() != 3 || rest.elems()[1] != keycard_proto::Elem::from("user") {
+        return Ok(());
+    }
+    let current = state.store.get(auth_at).await?.and_then(|e| {
+        e.value
+            .get("current")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let method = match &rest.elems()[0] {
+        keycard_proto::Elem::Str(m) => m.clone(),
+        _ => return Ok(()),
+    };
+    if current.as_deref() == Some(method.as_str())
+        && count_users(state, auth_at, &method, 2).await? < 2
+    {
+        return lockout(format!(
+            "that is the last user of the current method {method:?}"
+        ));
+    }
     Ok(())
 }

@@ -32,6 +32,8 @@ pub(super) async fn set_internal(msg: &Value, r: &mut Responder) -> ApiResult {
         return Err(ApiError::bad("set_internal needs a 'value'"));
     };
     let state = r.conn().state.clone();
+    let auth_at = r.conn().session().root.join(&crate::state::auth_root());
+    super::auth::guard_lockout(&state, &auth_at, &path, Some(value)).await?;
     let reply = write_value(&state, msg, path, Some(value.clone())).await?;
     state.refresh_auth().await?;
     r.reply(reply).await;
@@ -41,6 +43,8 @@ pub(super) async fn set_internal(msg: &Value, r: &mut Responder) -> ApiResult {
 pub(super) async fn delete_internal(msg: &Value, r: &mut Responder) -> ApiResult {
     let path = internal_path(msg, r)?;
     let state = r.conn().state.clone();
+    let auth_at = r.conn().session().root.join(&crate::state::auth_root());
+    super::auth::guard_lockout(&state, &auth_at, &path, None).await?;
     let reply = write_value(&state, msg, path, None).await?;
     state.refresh_auth().await?;
     r.reply(reply).await;

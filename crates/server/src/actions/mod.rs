@@ -115,18 +115,36 @@ pub(crate) fn path_field(msg: &Value, key: &str) -> ApiResult<Path> {
     }
 }
 
-/// The full path of a data request: logged in, not reserved, under the
-/// connection's root.
+/// Longest full path (the connection's root plus the request's path), in
+/// elements and in key bytes.
+const MAX_FULL_PATH: usize = keycard_proto::MAX_PATH_LEN;
+const MAX_KEY_BYTES: usize = 16 * 1024;
+
+/// Whether a data request may name this path: no element is nil. A nil
+/// element starts a reserved subtree — the server's own at the root, a
+/// domain's below it — that only management actions reach.
+pub(crate) fn is_data_path(rel: &[keycard_proto::Elem]) -> bool {
+    !rel.iter().any(|e| matches!(e, keycard_proto::Elem::Nil))
+}
+
+/// The full path of a data request: logged in, nothing reserved in it,
+/// under the connection's root, and not too long.
 pub(crate) fn data_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
     let session = require_login(r)?;
     let p = path_field(msg, "path")?;
-    if p.is_reserved() {
+    if !is_data_path(p.elems()) {
         return Err(ApiError::new(
             ErrorCode::ReservedPath,
-            "paths starting with nil are reserved; ordinary requests cannot name them",
+            "paths with a nil element are reserved; ordinary requests cannot name them",
         ));
     }
-    Ok(session.root.join(&p))
+    let full = session.root.join(&p);
+    if full.len() > MAX_FULL_PATH || full.to_key().len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad(format!(
+            "path too long: at most {MAX_FULL_PATH} elements and {MAX_KEY_BYTES} bytes, counting the connection's root"
+        )));
+    }
+    Ok(full)
 }
 
 /// An optional non-negative integer field.

@@ -41,6 +41,9 @@ struct TreeItems<'a> {
     /// Also send interior nodes that hold no value.
     empty: bool,
     nchain: usize,
+    /// Leave out every node below a nil element (reserved subtrees): set
+    /// for data actions, clear for the management ones.
+    hide_reserved: bool,
     short: Shortener,
     /// The last node sent (relative), to know which ancestors are new.
     last: Option<Vec<Elem>>,
@@ -48,6 +51,8 @@ struct TreeItems<'a> {
 
 impl<'a> TreeItems<'a> {
     fn new(state: &'a ServerState, msg: &Value, base: Path) -> ApiResult<TreeItems<'a>> {
+        // A data request's base has no nil (management bases do).
+        let hide_reserved = super::is_data_path(base.elems());
         Ok(TreeItems {
             state,
             base,
@@ -55,6 +60,7 @@ impl<'a> TreeItems<'a> {
             max_depth: opt_usize(msg, "max_depth")?,
             empty: flag(msg, "empty"),
             nchain: opt_usize(msg, "nchain")?.unwrap_or(0),
+            hide_reserved,
             short: Shortener::default(),
             last: None,
         })
@@ -109,20 +115,34 @@ impl<'a> TreeItems<'a> {
             max_depth: if self.empty { None } else { self.max_depth },
         };
         let store = self.state.store.clone();
-        let mut after: Option<Path> = None;
+        let mut after: Option<(Path, bool)> = None;
         loop {
-            let from = after.as_ref().map_or(After::Start, After::Node);
+            let from = match &after {
+                None => After::Start,
+                Some((p, false)) => After::Node(p),
+                Some((p, true)) => After::Subtree(p),
+            };
             let page = store.scan(&self.base, opts, from, PAGE).await?;
             let Some((last, _)) = page.last() else { break };
-            let next = last.clone();
+            let mut next = (last.clone(), false);
             for (path, entry) in &page {
+                let rel = &path.elems()[self.base.len()..];
+                if self.hide_reserved {
+                    if let Some(i) = rel.iter().position(|e| matches!(e, Elem::Nil)) {
+                        // Skip the whole reserved subtree, not node by node.
+                        next = (
+                            Path::new(path.elems()[..self.base.len() + i + 1].to_vec()),
+                            true,
+                        );
+                        break;
+                    }
+                }
                 if upto.is_some_and(|t| entry.tock > t) {
                     continue;
                 }
-                let rel = &path.elems()[self.base.len()..];
                 self.node(r, rel, entry).await;
             }
-            if page.len() < PAGE {
+            if page.len() < PAGE && !next.1 {
                 break;
             }
             after = Some(next);
@@ -161,6 +181,8 @@ pub(crate) async fn enumerate_at(
     with_data: bool,
     empty: bool,
 ) -> ApiResult<Value> {
+    // A data request's base has no nil; its nil child is a reserved root.
+    let hide_reserved = super::is_data_path(base.elems());
     let store = &state.store;
     let mut names = Vec::new();
     let mut data = Vec::new();
@@ -180,6 +202,10 @@ pub(crate) async fn enumerate_at(
         for (path, entry) in &page {
             let name = path.elems()[base.len()].clone();
             let child = base.child(name.clone());
+            if hide_reserved && matches!(name, Elem::Nil) {
+                cursor = Some(child);
+                continue;
+            }
             let value = if path.len() == base.len() + 1 {
                 Some(entry.value.clone())
             } else {
@@ -263,7 +289,7 @@ async fn send_change(items: &mut TreeItems<'_>, r: &mut Responder, change: &Chan
         return;
     }
     let rel = &change.path.elems()[items.base.len()..];
-    if !items.in_depth(rel.len()) {
+    if !items.in_depth(rel.len()) || (items.hide_reserved && !super::is_data_path(rel)) {
         return;
     }
     let m = items.item(rel, change.value.as_ref(), change.tock);

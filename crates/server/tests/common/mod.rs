@@ -57,6 +57,7 @@ impl Raw {
             dec: Decoder::new(Limits {
                 max_message: 64 << 20,
                 max_depth: 64,
+                max_items: 1 << 24,
             }),
             greeting: Value::Nil,
             buf: vec![0u8; 65536],
