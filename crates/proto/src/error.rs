@@ -17,6 +17,8 @@ pub enum ErrorCode {
     TooLarge,
     /// Too many requests outstanding on this connection.
     TooManyRequests,
+    /// The server has as many connections as it takes; this one is closed.
+    TooManyConnections,
     /// A data request named a path under the reserved (nil) root.
     ReservedPath,
     /// The server requires a login before this request.
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::SeqInUse => "seq_in_use",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::ReservedPath => "reserved_path",
             ErrorCode::AuthRequired => "auth_required",
             ErrorCode::AuthFailed => "auth_failed",
@@ -68,12 +71,13 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownAction,
         ErrorCode::SeqInUse,
         ErrorCode::TooLarge,
         ErrorCode::TooManyRequests,
+        ErrorCode::TooManyConnections,
         ErrorCode::ReservedPath,
         ErrorCode::AuthRequired,
         ErrorCode::AuthFailed,

@@ -21,6 +21,9 @@ pub struct Config {
     /// answered with `too_large` and the connection is closed (the byte
     /// stream cannot be resynchronised).
     pub max_message: usize,
+    /// Most client connections at once. Default 10000; one more gets a
+    /// `too_many_connections` error and is closed.
+    pub max_connections: usize,
     /// Most requests outstanding per connection (streams included).
     /// Default 1024; more are answered with `too_many_requests`.
     pub max_outstanding: usize,
@@ -54,6 +57,7 @@ impl Default for Config {
             data: PathBuf::from("keycard-data"),
             node: "keycard".into(),
             max_message: 1 << 20,
+            max_connections: 10_000,
             max_outstanding: 1024,
             max_items: 1 << 17,
             max_inflight_bytes: 16 << 20,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use keycard_auth::{MethodSecrets, Registry};
 use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -92,14 +93,25 @@ impl Server {
 
     /// Accepts connections until the task is dropped or aborted.
     pub async fn run(self) {
+        let slots = Arc::new(Semaphore::new(self.state.config.max_connections));
         loop {
             match self.listener.accept().await {
                 Ok((socket, peer)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "connection refused: max_connections reached");
+                        tokio::spawn(refuse(socket));
+                        continue;
+                    };
                     let id = self.state.next_conn_id();
                     let span = tracing::info_span!("conn", id, %peer);
                     tracing::debug!(parent: &span, "connection accepted");
+                    let served = conn::serve(self.state.clone(), socket, peer, id);
                     tokio::spawn(
-                        conn::serve(self.state.clone(), socket, peer, id).instrument(span),
+                        async move {
+                            served.await;
+                            drop(permit);
+                        }
+                        .instrument(span),
                     );
                 }
                 Err(e) => {
@@ -119,6 +131,23 @@ impl Server {
         let task = tokio::spawn(self.run());
         Ok(ServerHandle { addr, state, task })
     }
+}
+
+/// Tells a connection over the limit why it is closed, then closes it.
+async fn refuse(mut socket: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let msg = keycard_proto::Msg::new()
+        .with(
+            "error",
+            "the server has too many connections; try again later",
+        )
+        .with(
+            "code",
+            keycard_proto::ErrorCode::TooManyConnections.as_str(),
+        );
+    let bytes = keycard_proto::encode(&msg.into_value());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.write_all(&bytes)).await;
+    let _ = socket.shutdown().await;
 }
 
 /// A running server.

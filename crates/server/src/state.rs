@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use keycard_auth::{Registry, SecretKey};
 use keycard_proto::{Elem, Path, Value};
-use keycard_store::{After, Cond, Op, ScanOpts, Store, StoreError};
+use keycard_store::{Cond, Op, ScanOpts, Store, StoreError};
 use rand::RngCore;
 
 use crate::config::Config;
@@ -122,12 +122,7 @@ impl ServerState {
                 min_depth: 1,
                 max_depth: Some(1),
             };
-            if !self
-                .store
-                .scan(&users, opts, After::Start, 1)
-                .await?
-                .is_empty()
-            {
+            if !self.store.scan_up_to(&users, opts, 1).await?.is_empty() {
                 others.push(m.to_owned());
             }
         }

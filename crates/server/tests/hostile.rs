@@ -923,3 +923,34 @@ async fn ok_non_reading_client_does_not_stall_others() {
     assert!(t.elapsed() < Duration::from_secs(2));
     let _lazy = writer.await;
 }
+
+/// Found in review (fixed): there was no limit on connections. One past
+/// `max_connections` is told so and closed; the others keep working.
+#[tokio::test]
+async fn fixed_connections_are_limited() {
+    let s = start_with(|c| c.max_connections = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Raw::connect(s.addr()).await);
+    }
+    let mut extra = tokio::net::TcpStream::connect(s.addr())
+        .await
+        .expect("tcp connect");
+    let mut buf = Vec::new();
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut buf))
+        .await
+        .expect("closed promptly")
+        .expect("read");
+    let (v, _) = keycard_proto::decode_one(&buf, &Limits::default())
+        .expect("valid")
+        .expect("a message");
+    assert_eq!(code(&v), Some("too_many_connections"));
+    let r = held[0].call(req(1, "get_tock")).await;
+    assert!(r.get("tock").is_some());
+    // A slot frees when a connection closes.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Raw::connect(s.addr()).await;
+    assert!(again.call(req(1, "get_tock")).await.get("tock").is_some());
+}

@@ -10,7 +10,9 @@ mod redb_store;
 mod types;
 
 pub use redb_store::{RedbOptions, RedbStore};
-pub use types::{After, Change, Cond, Entry, Op, Outcome, ScanOpts, StoreError, Tock};
+pub use types::{
+    After, Change, Cond, Cursor, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock,
+};
 
 use async_trait::async_trait;
 use keycard_proto::Path;
@@ -33,14 +35,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` valued nodes in `prefix`'s subtree, in path order,
     /// from where `after` says, within the depth bounds of `opts` (depth 0
-    /// is `prefix` itself).
+    /// is `prefix` itself), and where to go on from.
     async fn scan(
         &self,
         prefix: &Path,
         opts: ScanOpts,
         after: After<'_>,
         limit: usize,
-    ) -> Result<Vec<(Path, Entry)>, StoreError>;
+    ) -> Result<ScanPage, StoreError>;
+
+    /// Like [`Store::scan`], but follows cursors until `limit` nodes are
+    /// found or the subtree ends. For small limits (is there a user? the
+    /// first two children); use `scan` pages for large walks.
+    async fn scan_up_to(
+        &self,
+        prefix: &Path,
+        opts: ScanOpts,
+        limit: usize,
+    ) -> Result<Vec<(Path, Entry)>, StoreError> {
+        let mut out = Vec::new();
+        let mut page = self.scan(prefix, opts, After::Start, limit).await?;
+        loop {
+            out.append(&mut page.items);
+            let Some(next) = page.next.filter(|_| out.len() < limit) else {
+                out.truncate(limit);
+                return Ok(out);
+            };
+            page = self
+                .scan(prefix, opts, After::Cursor(&next), limit - out.len())
+                .await?;
+        }
+    }
 
     /// Up to `limit` changes with tock greater than `after`, oldest first.
     /// [`StoreError::HistoryGone`] when changes after `after` are no longer

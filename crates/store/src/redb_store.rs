@@ -22,7 +22,9 @@ use keycard_proto::{decode_one, encode_into, Limits, Path, Value, KEY_END};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::types::{After, Change, Cond, Entry, Op, Outcome, ScanOpts, StoreError, Tock};
+use crate::types::{
+    After, Change, Cond, Cursor, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock,
+};
 use crate::Store;
 
 /// Path key → tock (8 bytes, big-endian) ++ msgpack value.
@@ -479,7 +481,10 @@ impl Store for RedbStore {
         opts: ScanOpts,
         after: After<'_>,
         limit: usize,
-    ) -> Result<Vec<(Path, Entry)>, StoreError> {
+    ) -> Result<ScanPage, StoreError> {
+        // Bound the work of one call: a depth filter can skip millions of
+        // nodes between two results.
+        let examine_max = limit.saturating_mul(8).max(4096);
         let txn = self.shared.db.begin_read().map_err(backend)?;
         let data = txn.open_table(DATA).map_err(backend)?;
         let base = prefix.len();
@@ -493,8 +498,10 @@ impl Store for RedbStore {
                 k.push(KEY_END);
                 Bound::Excluded(k)
             }
+            After::Cursor(c) => Bound::Excluded(c.0.clone()),
         };
-        let mut out = Vec::new();
+        let mut items = Vec::new();
+        let mut examined = 0usize;
         'seek: loop {
             let range = (
                 lower.as_ref().map(Vec::as_slice),
@@ -502,8 +509,9 @@ impl Store for RedbStore {
             );
             for item in data.range::<&[u8]>(range).map_err(backend)? {
                 let (k, v) = item.map_err(backend)?;
-                let path =
-                    Path::from_key(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let key = k.value();
+                examined += 1;
+                let path = Path::from_key(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let depth = path.len() - base;
                 if let Some(max) = opts.max_depth {
                     if depth > max {
@@ -512,20 +520,31 @@ impl Store for RedbStore {
                         let mut skip = Path::new(path.elems()[..base + max].to_vec()).to_key();
                         skip.push(KEY_END);
                         lower = Bound::Excluded(skip);
+                        if examined >= examine_max {
+                            break 'seek;
+                        }
                         continue 'seek;
                     }
                 }
-                if depth < opts.min_depth {
-                    continue;
+                lower = Bound::Excluded(key.to_vec());
+                if depth >= opts.min_depth {
+                    items.push((path, decode_entry(v.value())?));
+                    if items.len() >= limit {
+                        break 'seek;
+                    }
                 }
-                out.push((path, decode_entry(v.value())?));
-                if out.len() >= limit {
+                if examined >= examine_max {
                     break 'seek;
                 }
             }
-            break;
+            // The range is exhausted.
+            return Ok(ScanPage { items, next: None });
         }
-        Ok(out)
+        let next = match lower {
+            Bound::Excluded(k) => Some(Cursor(k)),
+            _ => None,
+        };
+        Ok(ScanPage { items, next })
     }
 
     async fn changes_since(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError> {

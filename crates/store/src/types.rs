@@ -110,6 +110,24 @@ pub enum After<'a> {
     Node(&'a Path),
     /// After this node's whole subtree.
     Subtree(&'a Path),
+    /// Where an earlier page stopped.
+    Cursor(&'a Cursor),
+}
+
+/// Where a scan page stopped: pass it back as [`After::Cursor`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor(pub(crate) Vec<u8>);
+
+/// One page of a scan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanPage {
+    /// The nodes found, in path order.
+    pub items: Vec<(Path, Entry)>,
+    /// Where to continue, or `None` when the subtree is exhausted. A page
+    /// may hold fewer items than asked for (even none) and still have a
+    /// `next`: a scan stops after examining a bounded number of nodes, so
+    /// that one call never walks a huge subtree at once.
+    pub next: Option<Cursor>,
 }
 
 /// Depth bounds for a scan, relative to the scanned prefix.

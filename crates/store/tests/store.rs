@@ -182,6 +182,7 @@ fn tock_and_data_survive_reopen() {
             s.scan(&p("k"), ScanOpts::default(), After::Start, 100)
                 .await
                 .expect("scan")
+                .items
                 .len(),
             11
         );
@@ -272,7 +273,8 @@ fn scan_depth_limits_skip_subtrees() {
         let all = s
             .scan(&p("r"), ScanOpts::default(), After::Start, 100)
             .await
-            .expect("scan");
+            .expect("scan")
+            .items;
         assert_eq!(
             names(all),
             ["r", "r.a", "r.a.x", "r.a.x.deep", "r.b", "r.b.y"]
@@ -288,7 +290,8 @@ fn scan_depth_limits_skip_subtrees() {
                 100,
             )
             .await
-            .expect("scan");
+            .expect("scan")
+            .items;
         assert_eq!(names(one), ["r.a", "r.b"]);
         let two = s
             .scan(
@@ -301,22 +304,26 @@ fn scan_depth_limits_skip_subtrees() {
                 100,
             )
             .await
-            .expect("scan");
+            .expect("scan")
+            .items;
         assert_eq!(names(two), ["r.a.x", "r.b.y"]);
         // Paging.
         let first = s
             .scan(&p("r"), ScanOpts::default(), After::Start, 2)
             .await
-            .expect("scan");
+            .expect("scan")
+            .items;
         let rest = s
             .scan(&p("r"), ScanOpts::default(), After::Node(&first[1].0), 100)
             .await
-            .expect("scan");
+            .expect("scan")
+            .items;
         assert_eq!(names(rest), ["r.a.x", "r.a.x.deep", "r.b", "r.b.y"]);
         let skip = s
             .scan(&p("r"), ScanOpts::default(), After::Subtree(&p("r.a")), 100)
             .await
-            .expect("scan");
+            .expect("scan")
+            .items;
         assert_eq!(names(skip), ["r.b", "r.b.y"]);
     });
 }
@@ -380,7 +387,7 @@ proptest! {
                 prop_assert_eq!(s.tock(), Tock(tock));
             }
             for (prefix, min, max) in scans {
-                let got = s.scan(&prefix, ScanOpts { min_depth: min, max_depth: max }, After::Start, 1000).await.expect("scan");
+                let got = s.scan(&prefix, ScanOpts { min_depth: min, max_depth: max }, After::Start, 1000).await.expect("scan").items;
                 let want: Vec<_> = model.iter()
                     .filter(|(k, _)| k.starts_with(&prefix))
                     .filter(|(k, _)| { let d = k.len() - prefix.len(); d >= min && max.is_none_or(|m| d <= m) })
@@ -392,4 +399,55 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[test]
+fn a_scan_page_stops_after_bounded_work_and_resumes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    rt().block_on(async {
+        let s = open(&dir);
+        // 10000 nodes too deep and one at the wanted depth, at the end: the
+        // depth filter has to wade through the deep ones.
+        for chunk in 0..10 {
+            let ops = (0..1000)
+                .map(|i| {
+                    Op::put(
+                        p("d.x").child(Elem::Int(chunk * 1000 + i)).child("leaf"),
+                        0.into(),
+                    )
+                })
+                .collect();
+            s.write(ops).await.expect("write");
+        }
+        s.write(vec![Op::put(p("d.y.z"), 1.into())])
+            .await
+            .expect("write");
+        let opts = ScanOpts {
+            min_depth: 2,
+            max_depth: Some(2),
+        };
+        let first = s.scan(&p("d"), opts, After::Start, 10).await.expect("scan");
+        assert!(
+            first.items.is_empty(),
+            "no result within the first bounded stretch"
+        );
+        let mut next = first.next;
+        let mut pages = 1;
+        let mut found = Vec::new();
+        while let Some(c) = next {
+            let page = s
+                .scan(&p("d"), opts, After::Cursor(&c), 10)
+                .await
+                .expect("scan");
+            found.extend(page.items.into_iter().map(|(p, _)| p.to_string()));
+            next = page.next;
+            pages += 1;
+        }
+        assert_eq!(found, ["d.y.z"]);
+        assert!(pages >= 3, "the walk took several bounded pages: {pages}");
+        assert_eq!(
+            s.scan_up_to(&p("d"), opts, 5).await.expect("up to").len(),
+            1
+        );
+    });
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keycard_auth::{AuthError, Kind, Method, Step};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
-use keycard_store::{After, Cond, Op, ScanOpts};
+use keycard_store::{Cond, Op, ScanOpts};
 
 use super::data::write_value;
 use super::{chain, opt_usize, require_login, require_super_root, str_field};
@@ -255,19 +255,19 @@ pub(super) async fn auth_list(msg: &Value, r: &mut Responder) -> ApiResult {
         max_depth: Some(1),
     };
     r.start().await;
-    let mut after: Option<Path> = None;
+    let mut pos = super::tree::Pos::Start;
     loop {
-        let from = after.as_ref().map_or(After::Start, After::Node);
-        let page = state.store.scan(&base, opts, from, 256).await?;
-        for (p, e) in &page {
+        let page = state.store.scan(&base, opts, pos.after(), 256).await?;
+        for (p, e) in &page.items {
             if let Some(last) = p.elems().last() {
                 r.item(item(last.to_value(), e.tock)).await;
             }
         }
-        match page.last() {
-            Some((p, _)) if page.len() == 256 => after = Some(p.clone()),
-            _ => break,
+        match page.next {
+            Some(c) => pos = super::tree::Pos::Cursor(c),
+            None => break,
         }
+        tokio::task::yield_now().await;
     }
     Ok(())
 }
@@ -295,17 +295,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
     };
     let at = session.root.join(&auth_root());
     if let Some(t) = typ {
-        let users = at.child(t).child("user");
-        let opts = ScanOpts {
-            min_depth: 1,
-            max_depth: Some(1),
-        };
-        if state
-            .store
-            .scan(&users, opts, After::Start, 1)
-            .await?
-            .is_empty()
-        {
+        if count_users(&state, &at, t, 1).await? == 0 {
             return Err(ApiError::bad(format!(
                 "method {t:?} has no user yet: create one with auth_set before making it current"
             )));
@@ -378,11 +368,7 @@ async fn count_users(
         min_depth: 1,
         max_depth: Some(1),
     };
-    Ok(state
-        .store
-        .scan(&users, opts, After::Start, limit)
-        .await?
-        .len())
+    Ok(state.store.scan_up_to(&users, opts, limit).await?.len())
 }
 
 /// Refuses a management write that would leave nobody able to log in: a

@@ -1,7 +1,7 @@
 //! Subtree actions: get_tree, enum, watch, delete_tree.
 
 use keycard_proto::{Elem, ErrorCode, Msg, Path, Value};
-use keycard_store::{After, Change, Entry, Op, ScanOpts, StoreError, Tock};
+use keycard_store::{After, Change, Cursor, Entry, Op, ScanOpts, StoreError, Tock};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{chain, data_path, flag, opt_usize};
@@ -11,6 +11,26 @@ use crate::state::ServerState;
 
 /// Nodes read from the store per round trip.
 const PAGE: usize = 512;
+
+/// Where a paged walk goes on from.
+pub(super) enum Pos {
+    /// From the top.
+    Start,
+    /// After this node's subtree.
+    Subtree(Path),
+    /// Where the last page stopped.
+    Cursor(Cursor),
+}
+
+impl Pos {
+    pub(super) fn after(&self) -> After<'_> {
+        match self {
+            Pos::Start => After::Start,
+            Pos::Subtree(p) => After::Subtree(p),
+            Pos::Cursor(c) => After::Cursor(c),
+        }
+    }
+}
 
 /// DistKV's path compression: each item's `path` omits the first `depth`
 /// elements it shares with the previous item's (relative) path.
@@ -115,25 +135,18 @@ impl<'a> TreeItems<'a> {
             max_depth: if self.empty { None } else { self.max_depth },
         };
         let store = self.state.store.clone();
-        let mut after: Option<(Path, bool)> = None;
+        let mut pos = Pos::Start;
         loop {
-            let from = match &after {
-                None => After::Start,
-                Some((p, false)) => After::Node(p),
-                Some((p, true)) => After::Subtree(p),
-            };
-            let page = store.scan(&self.base, opts, from, PAGE).await?;
-            let Some((last, _)) = page.last() else { break };
-            let mut next = (last.clone(), false);
-            for (path, entry) in &page {
+            let page = store.scan(&self.base, opts, pos.after(), PAGE).await?;
+            let mut skip = None;
+            for (path, entry) in &page.items {
                 let rel = &path.elems()[self.base.len()..];
                 if self.hide_reserved {
                     if let Some(i) = rel.iter().position(|e| matches!(e, Elem::Nil)) {
                         // Skip the whole reserved subtree, not node by node.
-                        next = (
-                            Path::new(path.elems()[..self.base.len() + i + 1].to_vec()),
-                            true,
-                        );
+                        skip = Some(Pos::Subtree(Path::new(
+                            path.elems()[..self.base.len() + i + 1].to_vec(),
+                        )));
                         break;
                     }
                 }
@@ -142,10 +155,13 @@ impl<'a> TreeItems<'a> {
                 }
                 self.node(r, rel, entry).await;
             }
-            if page.len() < PAGE && !next.1 {
-                break;
-            }
-            after = Some(next);
+            pos = match (skip, page.next) {
+                (Some(s), _) => s,
+                (None, Some(c)) => Pos::Cursor(c),
+                (None, None) => break,
+            };
+            // Other requests on this thread get a turn between pages.
+            tokio::task::yield_now().await;
         }
         Ok(())
     }
@@ -186,24 +202,21 @@ pub(crate) async fn enumerate_at(
     let store = &state.store;
     let mut names = Vec::new();
     let mut data = Vec::new();
-    let mut cursor: Option<Path> = None;
+    let mut pos = Pos::Start;
     loop {
-        // One child per round: its first valued node, then skip its subtree.
-        let from = cursor.as_ref().map_or(After::Start, After::Subtree);
+        // Without `empty`: the valued children, a page at a time. With it:
+        // one child per round (its first valued node), then skip its subtree.
         let opts = ScanOpts {
             min_depth: 1,
             max_depth: if empty { None } else { Some(1) },
         };
         let limit = if empty { 1 } else { PAGE };
-        let page = store.scan(base, opts, from, limit).await?;
-        if page.is_empty() {
-            break;
-        }
-        for (path, entry) in &page {
+        let page = store.scan(base, opts, pos.after(), limit).await?;
+        let mut last_child = None;
+        for (path, entry) in &page.items {
             let name = path.elems()[base.len()].clone();
-            let child = base.child(name.clone());
+            last_child = Some(base.child(name.clone()));
             if hide_reserved && matches!(name, Elem::Nil) {
-                cursor = Some(child);
                 continue;
             }
             let value = if path.len() == base.len() + 1 {
@@ -216,11 +229,13 @@ pub(crate) async fn enumerate_at(
             } else {
                 names.push(name.to_value());
             }
-            cursor = Some(child);
         }
-        if !empty && page.len() < PAGE {
-            break;
-        }
+        pos = match (last_child, page.next) {
+            (Some(c), _) => Pos::Subtree(c),
+            (None, Some(c)) => Pos::Cursor(c),
+            (None, None) => break,
+        };
+        tokio::task::yield_now().await;
     }
     Ok(if with_data {
         Value::Map(data)
@@ -309,10 +324,10 @@ pub(super) async fn delete_tree(msg: &Value, r: &mut Responder) -> ApiResult {
             .store
             .scan(&base, ScanOpts::default(), After::Start, PAGE)
             .await?;
-        if page.is_empty() {
+        if page.items.is_empty() {
             break;
         }
-        let ops = page.into_iter().map(|(p, _)| Op::delete(p)).collect();
+        let ops = page.items.into_iter().map(|(p, _)| Op::delete(p)).collect();
         count += state
             .store
             .write(ops)
