@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """DistKV's own Python client (distkv 0.65, unchanged) against a keycard server.
 
-Usage: python distkv_client.py HOST PORT
-Run on a fresh, empty keycard server: the script creates the root user and
-switches auth on. Exits non-zero with a traceback on the first failure.
+Usage: python distkv_client.py HOST PORT [all|password]
+Run on a fresh, empty keycard server: the script creates users and
+switches auth on (each mode needs its own fresh server). Exits non-zero with a traceback on the first failure.
 Every check is an assert on what the real client library returned.
 """
 import sys
@@ -147,9 +147,48 @@ async def auth_actions():
         step("login with _test")
 
 
+
+async def password_actions():
+    """On a fresh server: DistKV's password method, whose client agrees a
+    key with its own finite-field Diffie-Hellman and sends SHA-256(password)
+    sealed in a secretbox, for creating the user and for logging in."""
+    async with conn() as c:
+        u = loader("password", "user", make=True, server=False).build(
+            {"name": "pat", "password": "correct-horse"}, _initial=False
+        )
+        u._chain = None
+        await u.send(c)
+        await c._request(action="set_auth_typ", typ="password")
+        step("password user created through DistKV's DH; password made current")
+
+    async with conn(auth="password name=pat password=correct-horse") as c:
+        await c.set(P("compat.pw"), value="password-login")
+        assert (await c.get(P("compat.pw"))).value == "password-login"
+        step("login with password")
+    try:
+        async with conn(auth="password name=pat password=wrong-horse") as c:
+            raise AssertionError("a wrong password logged in")
+    except AssertionError:
+        raise
+    except Exception as e:  # the library raises the server's error
+        assert "login failed" in repr(e), repr(e)
+    try:
+        async with conn(auth="password name=nobody password=correct-horse") as c:
+            raise AssertionError("an unknown user logged in")
+    except AssertionError:
+        raise
+    except Exception as e:
+        assert "login failed" in repr(e), repr(e)
+    step("wrong password and unknown user refused")
+
+
 async def main():
-    await data_actions()
-    await auth_actions()
+    mode = sys.argv[3] if len(sys.argv) > 3 else "all"
+    if mode == "password":
+        await password_actions()
+    else:
+        await data_actions()
+        await auth_actions()
     print("ALL OK", flush=True)
 
 

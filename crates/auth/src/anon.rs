@@ -4,9 +4,10 @@
 
 use keycard_proto::{Msg, Value};
 
-use crate::exchange::{ClientLogin, Step, Verdict};
+use crate::exchange::{ClientLogin, LoginCtx, Step, Verdict};
 use crate::root::{empty_record, known_user};
 use crate::schema::{Kind, GROUP, USER};
+use crate::secret::SecretKey;
 use crate::{ClientMethod, Method};
 
 /// Server half of `_anon`.
@@ -21,11 +22,23 @@ impl Method for Anon {
         &[USER, GROUP]
     }
 
-    fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
+    fn login(
+        &self,
+        _ctx: &LoginCtx<'_>,
+        ident: &str,
+        request: &Value,
+        record: Option<&Value>,
+    ) -> Step<Verdict> {
         known_user(ident, request, record)
     }
 
-    fn set_record(&self, _kind: &Kind, _ident: &str, request: &Value) -> Step<Value> {
+    fn set_record(
+        &self,
+        _ctx: &LoginCtx<'_>,
+        _kind: &Kind,
+        _ident: &str,
+        request: &Value,
+    ) -> Step<Value> {
         empty_record(request)
     }
 }
@@ -45,14 +58,14 @@ impl ClientMethod for AnonClient {
         self.name.clone()
     }
 
-    fn login(&self) -> ClientLogin {
+    fn login(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         ClientLogin {
             request: Msg::new(),
             exchange: None,
         }
     }
 
-    fn set_record(&self) -> ClientLogin {
+    fn set_record(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         ClientLogin {
             request: Msg::new(),
             exchange: None,
@@ -69,10 +82,10 @@ mod tests {
     fn known_name_logs_in_unknown_fails() {
         let req = Msg::new().into_value();
         assert!(
-            matches!(Anon.login("joe", &req, Some(&Value::Map(vec![]))), Step::Done(v) if v.user == "joe")
+            matches!(Anon.login(&LoginCtx::default(), "joe", &req, Some(&Value::Map(vec![]))), Step::Done(v) if v.user == "joe")
         );
         assert!(matches!(
-            Anon.login("joe", &req, None),
+            Anon.login(&LoginCtx::default(), "joe", &req, None),
             Step::Fail(AuthError::Failed)
         ));
     }

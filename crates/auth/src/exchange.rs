@@ -21,6 +21,9 @@ pub enum AuthError {
 pub enum Step<T> {
     /// Send this message to the peer; feed its answer to the exchange.
     Send(Msg, Box<dyn Exchange<T>>),
+    /// Run this CPU-heavy work (a password hash) where it cannot stall the
+    /// event loop, then go on with the step it returns.
+    Work(Box<dyn FnOnce() -> Step<T> + Send>),
     /// The exchange is over and produced this.
     Done(T),
     /// The exchange failed.
@@ -31,6 +34,7 @@ impl<T> std::fmt::Debug for Step<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Step::Send(m, _) => write!(f, "Send({m:?})"),
+            Step::Work(_) => f.write_str("Work"),
             Step::Done(_) => f.write_str("Done"),
             Step::Fail(e) => write!(f, "Fail({e:?})"),
         }
@@ -50,6 +54,13 @@ where
     fn next(self: Box<Self>, msg: &Value) -> Step<T> {
         (*self)(msg)
     }
+}
+
+/// What the front end knows about the connection an exchange runs on.
+#[derive(Clone, Copy, Default)]
+pub struct LoginCtx<'a> {
+    /// The key agreed with `diffie_hellman` on this connection, if any.
+    pub channel_key: Option<&'a crate::secret::SecretKey>,
 }
 
 /// A successful login's outcome.

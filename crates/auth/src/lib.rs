@@ -12,7 +12,9 @@
 //! with its multi-step record exchange).
 
 mod anon;
+pub mod channel;
 mod exchange;
+mod password;
 mod registry;
 mod root;
 mod schema;
@@ -20,7 +22,8 @@ mod scram;
 mod secret;
 mod test_method;
 
-pub use exchange::{AuthError, ClientLogin, Exchange, Step, Verdict};
+pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, Step, Verdict};
+pub use password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD};
 pub use registry::{ClientRegistry, MethodSecrets, Registry};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};
 pub use scram::{Scram, ScramClient, Verifier, MIN_ITERATIONS, SCRAM_SHA_256};
@@ -45,11 +48,23 @@ pub trait Method: Send + Sync + 'static {
     /// Begins a login. `request` is the client's `auth` message; `record`
     /// the stored `user` record for its `ident`, or `None` for an unknown
     /// user. An unknown user must fail exactly as a wrong credential does.
-    fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict>;
+    fn login(
+        &self,
+        ctx: &LoginCtx<'_>,
+        ident: &str,
+        request: &Value,
+        record: Option<&Value>,
+    ) -> Step<Verdict>;
 
     /// Begins setting a record (`auth_set`). The finished value is the
     /// record to store; it must never hold a password or its equivalent.
-    fn set_record(&self, kind: &Kind, ident: &str, request: &Value) -> Step<Value>;
+    fn set_record(
+        &self,
+        ctx: &LoginCtx<'_>,
+        kind: &Kind,
+        ident: &str,
+        request: &Value,
+    ) -> Step<Value>;
 
     /// What `auth_get` may show of a stored record: never secret material.
     fn show_record(&self, _kind: &Kind, _record: &Value) -> Msg {
@@ -65,11 +80,18 @@ pub trait ClientMethod: Send + Sync {
     /// The user name this client logs in as (`ident`).
     fn ident(&self) -> String;
 
+    /// Whether the method needs a key agreed with `diffie_hellman` first
+    /// (the client library does that before `login` / `set_record`).
+    fn needs_channel(&self) -> bool {
+        false
+    }
+
     /// Starts a login: the fields of the `auth` request beyond `action`,
     /// `seq`, `typ` and `ident`, and how to answer the server's messages.
-    fn login(&self) -> ClientLogin;
+    /// `channel` is the agreed key, when `needs_channel`.
+    fn login(&self, channel: Option<&SecretKey>) -> ClientLogin;
 
     /// Starts creating or updating this user's record (`auth_set`): the
     /// request's extra fields and how to answer the server's messages.
-    fn set_record(&self) -> ClientLogin;
+    fn set_record(&self, channel: Option<&SecretKey>) -> ClientLogin;
 }

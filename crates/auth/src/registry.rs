@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::anon::{Anon, AnonClient};
 use crate::exchange::AuthError;
+use crate::password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD};
 use crate::root::{Root, RootClient};
 use crate::schema::Kind;
 use crate::scram::{Scram, ScramClient, MIN_ITERATIONS, SCRAM_SHA_256};
@@ -18,25 +19,29 @@ pub struct Registry {
 }
 
 /// What the server gives its methods: a secret to derive the answers for
-/// unknown users from, and the iteration count real SCRAM users have.
+/// unknown users from, the iteration count real SCRAM users have, and the
+/// Argon2id cost for new `password` users.
 pub struct MethodSecrets {
     /// Server secret for mock salts and keys (stable per user name).
     pub mock_key: SecretKey,
     /// Iterations announced to unknown SCRAM users.
     pub scram_iterations: u32,
+    /// Argon2id parameters for new `password` hashes.
+    pub argon2: Argon2Params,
 }
 
 impl Registry {
-    /// Every built-in method.
-    pub fn builtin(secrets: MethodSecrets) -> Registry {
-        Registry {
+    /// Every built-in method. Fails on unusable Argon2id parameters.
+    pub fn builtin(secrets: MethodSecrets) -> Result<Registry, AuthError> {
+        Ok(Registry {
             methods: vec![
                 Arc::new(Root),
                 Arc::new(Anon),
                 Arc::new(Test),
+                Arc::new(PasswordMethod::new(secrets.argon2)?),
                 Arc::new(Scram::new(secrets.mock_key, secrets.scram_iterations)),
             ],
-        }
+        })
     }
 
     /// The method called `name`.
@@ -66,6 +71,18 @@ impl ClientRegistry {
         user: Option<&str>,
         password: Option<Password>,
     ) -> Result<Box<dyn ClientMethod>, AuthError> {
+        if method == PASSWORD {
+            let user = user.ok_or_else(|| {
+                AuthError::Unsupported(format!("method {method} needs a user name"))
+            })?;
+            let password = password.ok_or_else(|| {
+                AuthError::Unsupported(format!("method {method} needs a password"))
+            })?;
+            return Ok(Box::new(PasswordClient {
+                user: user.to_owned(),
+                password,
+            }));
+        }
         if method == SCRAM_SHA_256 {
             let user = user.ok_or_else(|| {
                 AuthError::Unsupported(format!("method {method} needs a user name"))
@@ -82,7 +99,7 @@ impl ClientRegistry {
 
     /// Whether `method`'s client needs a password.
     pub fn needs_password(method: &str) -> bool {
-        method == SCRAM_SHA_256
+        method == SCRAM_SHA_256 || method == PASSWORD
     }
 
     /// The client half of `method` for user `user` (ignored by `root`).

@@ -4,8 +4,9 @@
 
 use keycard_proto::{Msg, Value};
 
-use crate::exchange::{AuthError, ClientLogin, Step, Verdict};
+use crate::exchange::{AuthError, ClientLogin, LoginCtx, Step, Verdict};
 use crate::schema::{Kind, USER};
+use crate::secret::SecretKey;
 use crate::{ClientMethod, Method};
 
 /// The only user name the `root` method knows.
@@ -59,11 +60,23 @@ impl Method for Root {
         true
     }
 
-    fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
+    fn login(
+        &self,
+        _ctx: &LoginCtx<'_>,
+        ident: &str,
+        request: &Value,
+        record: Option<&Value>,
+    ) -> Step<Verdict> {
         known_user(ident, request, record.filter(|_| ident == ROOT_USER))
     }
 
-    fn set_record(&self, kind: &Kind, ident: &str, request: &Value) -> Step<Value> {
+    fn set_record(
+        &self,
+        _ctx: &LoginCtx<'_>,
+        kind: &Kind,
+        ident: &str,
+        request: &Value,
+    ) -> Step<Value> {
         if kind.name == "user" && ident != ROOT_USER {
             return Step::Fail(AuthError::Unsupported(format!(
                 "the root method has one user, {ROOT_USER:?}"
@@ -85,14 +98,14 @@ impl ClientMethod for RootClient {
         ROOT_USER.into()
     }
 
-    fn login(&self) -> ClientLogin {
+    fn login(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         ClientLogin {
             request: Msg::new().with("data", Value::Map(Vec::new())),
             exchange: None,
         }
     }
 
-    fn set_record(&self) -> ClientLogin {
+    fn set_record(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         ClientLogin {
             request: Msg::new().with("data", Value::Map(Vec::new())),
             exchange: None,
@@ -111,18 +124,20 @@ mod tests {
     #[test]
     fn star_with_a_record_logs_in() {
         let rec = Value::Map(vec![]);
-        assert!(matches!(Root.login("*", &req(), Some(&rec)), Step::Done(v) if v.user == "*"));
+        assert!(
+            matches!(Root.login(&LoginCtx::default(), "*", &req(), Some(&rec)), Step::Done(v) if v.user == "*")
+        );
     }
 
     #[test]
     fn missing_record_or_other_name_fails_the_same_way() {
         let rec = Value::Map(vec![]);
         assert!(matches!(
-            Root.login("*", &req(), None),
+            Root.login(&LoginCtx::default(), "*", &req(), None),
             Step::Fail(AuthError::Failed)
         ));
         assert!(matches!(
-            Root.login("bob", &req(), Some(&rec)),
+            Root.login(&LoginCtx::default(), "bob", &req(), Some(&rec)),
             Step::Fail(AuthError::Failed)
         ));
     }
@@ -131,19 +146,19 @@ mod tests {
     fn data_must_be_empty() {
         let bad = Msg::new().with("data", 5).into_value();
         assert!(matches!(
-            Root.login("*", &bad, Some(&Value::Nil)),
+            Root.login(&LoginCtx::default(), "*", &bad, Some(&Value::Nil)),
             Step::Fail(AuthError::Malformed(_))
         ));
         assert!(matches!(
-            Root.set_record(&USER, "*", &bad),
+            Root.set_record(&LoginCtx::default(), &USER, "*", &bad),
             Step::Fail(AuthError::Malformed(_))
         ));
         assert!(matches!(
-            Root.set_record(&USER, "x", &req()),
+            Root.set_record(&LoginCtx::default(), &USER, "x", &req()),
             Step::Fail(AuthError::Unsupported(_))
         ));
         assert!(
-            matches!(Root.set_record(&USER, "*", &req()), Step::Done(Value::Map(m)) if m.is_empty())
+            matches!(Root.set_record(&LoginCtx::default(), &USER, "*", &req()), Step::Done(Value::Map(m)) if m.is_empty())
         );
     }
 }

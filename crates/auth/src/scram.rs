@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::exchange::{AuthError, ClientLogin, Step, Verdict};
+use crate::exchange::{AuthError, ClientLogin, LoginCtx, Step, Verdict};
 use crate::schema::{Field, FieldType, Kind, GROUP};
 use crate::secret::{Password, SecretKey};
 use crate::{ClientMethod, Method};
@@ -347,7 +347,13 @@ impl Method for Scram {
         &[SCRAM_USER, GROUP]
     }
 
-    fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
+    fn login(
+        &self,
+        _ctx: &LoginCtx<'_>,
+        ident: &str,
+        request: &Value,
+        record: Option<&Value>,
+    ) -> Step<Verdict> {
         let first = match data_str(request).and_then(parse_client_first) {
             Ok(f) => f,
             Err(e) => return Step::Fail(e),
@@ -376,7 +382,13 @@ impl Method for Scram {
         )
     }
 
-    fn set_record(&self, kind: &Kind, _ident: &str, request: &Value) -> Step<Value> {
+    fn set_record(
+        &self,
+        _ctx: &LoginCtx<'_>,
+        kind: &Kind,
+        _ident: &str,
+        request: &Value,
+    ) -> Step<Value> {
         if kind.name != "user" {
             return crate::root::empty_record(request);
         }
@@ -490,7 +502,7 @@ impl ClientMethod for ScramClient {
         self.user.clone()
     }
 
-    fn login(&self) -> ClientLogin {
+    fn login(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         let cnonce = random_nonce();
         let bare = format!("n={},r={cnonce}", encode_saslname(&self.user));
         let first = format!("n,,{bare}");
@@ -503,7 +515,7 @@ impl ClientMethod for ScramClient {
         }
     }
 
-    fn set_record(&self) -> ClientLogin {
+    fn set_record(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         let request = match Verifier::generate(&self.password, self.iterations) {
             Ok(v) => Msg::new().with("data", Msg::new().with("verifier", v.to_text())),
             // An unusable password: send nothing the server would accept.
@@ -621,10 +633,10 @@ mod tests {
         record: Option<&Value>,
         tamper: impl Fn(&mut Value),
     ) -> Result<Verdict, String> {
-        let start = client.login();
+        let start = client.login(None);
         let request = start.request.into_value();
         let mut cx = start.exchange.expect("multi-step");
-        let mut step = server().login(&client.user, &request, record);
+        let mut step = server().login(&LoginCtx::default(), &client.user, &request, record);
         loop {
             match step {
                 Step::Send(msg, next) => {
@@ -637,6 +649,7 @@ mod tests {
                         }
                         Step::Fail(e) => return Err(format!("client: {e}")),
                         Step::Done(()) => return Err("client done early".into()),
+                        Step::Work(_) => return Err("client wants work".into()),
                     }
                 }
                 Step::Done(v) => {
@@ -646,10 +659,11 @@ mod tests {
                     return match cx.next(&f) {
                         Step::Done(()) => Ok(v),
                         Step::Fail(e) => Err(format!("client refused the server: {e}")),
-                        Step::Send(..) => Err("client wants more".into()),
+                        Step::Send(..) | Step::Work(_) => Err("client wants more".into()),
                     };
                 }
                 Step::Fail(e) => return Err(format!("server: {e}")),
+                Step::Work(w) => step = w(),
             }
         }
     }
@@ -688,7 +702,7 @@ mod tests {
         let req = Msg::new()
             .with("data", "n,,n=ghost,r=abcdefgh")
             .into_value();
-        let first = |s: &Scram| match s.login("ghost", &req, None) {
+        let first = |s: &Scram| match s.login(&LoginCtx::default(), "ghost", &req, None) {
             Step::Send(m, _) => m
                 .into_value()
                 .get("data")
@@ -744,14 +758,24 @@ mod tests {
             "n,,n=other,r=abc",
         ] {
             let req = Msg::new().with("data", bad).into_value();
-            assert!(matches!(s.login("a", &req, None), Step::Fail(_)), "{bad:?}");
+            assert!(
+                matches!(
+                    s.login(&LoginCtx::default(), "a", &req, None),
+                    Step::Fail(_)
+                ),
+                "{bad:?}"
+            );
         }
         let req = Msg::new().with("data", 5).into_value();
-        assert!(matches!(s.login("a", &req, None), Step::Fail(_)));
+        assert!(matches!(
+            s.login(&LoginCtx::default(), "a", &req, None),
+            Step::Fail(_)
+        ));
         // A bad client-final after a good start.
         let req = Msg::new().with("data", "n,,n=a,r=abc").into_value();
         for bad in ["", "c=biws,r=abc,p=AAAA", "c=eSws,r=abc,p=", "p=xyz"] {
-            let Step::Send(_, next) = s.login("a", &req, Some(&record("x"))) else {
+            let Step::Send(_, next) = s.login(&LoginCtx::default(), "a", &req, Some(&record("x")))
+            else {
                 panic!("start")
             };
             let m = Msg::new().with("data", bad).into_value();

@@ -5,9 +5,10 @@
 
 use keycard_proto::{Msg, Value};
 
-use crate::exchange::{AuthError, ClientLogin, Step, Verdict};
+use crate::exchange::{AuthError, ClientLogin, LoginCtx, Step, Verdict};
 use crate::root::{empty_record, known_user};
 use crate::schema::{Field, FieldType, Kind, GROUP};
+use crate::secret::SecretKey;
 use crate::{ClientMethod, Method};
 
 /// `_test`'s user kind: the record holds the name.
@@ -54,11 +55,23 @@ impl Method for Test {
         &[TEST_USER, GROUP]
     }
 
-    fn login(&self, ident: &str, request: &Value, record: Option<&Value>) -> Step<Verdict> {
+    fn login(
+        &self,
+        _ctx: &LoginCtx<'_>,
+        ident: &str,
+        request: &Value,
+        record: Option<&Value>,
+    ) -> Step<Verdict> {
         known_user(ident, request, record)
     }
 
-    fn set_record(&self, kind: &Kind, ident: &str, request: &Value) -> Step<Value> {
+    fn set_record(
+        &self,
+        _ctx: &LoginCtx<'_>,
+        kind: &Kind,
+        ident: &str,
+        request: &Value,
+    ) -> Step<Value> {
         if kind.name != "user" {
             return empty_record(request);
         }
@@ -105,14 +118,14 @@ impl ClientMethod for TestClient {
         self.name.clone()
     }
 
-    fn login(&self) -> ClientLogin {
+    fn login(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         ClientLogin {
             request: Msg::new().with("data", Value::Map(Vec::new())),
             exchange: None,
         }
     }
 
-    fn set_record(&self) -> ClientLogin {
+    fn set_record(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         let name = self.name.clone();
         ClientLogin {
             request: Msg::new().with("state", "start"),
@@ -141,9 +154,9 @@ mod tests {
     #[test]
     fn record_dialogue_client_against_server() {
         let client = TestClient { name: "joe".into() };
-        let start = client.set_record();
+        let start = client.set_record(None);
         let request = start.request.into_value();
-        let mut server = Test.set_record(&TEST_USER, "joe", &request);
+        let mut server = Test.set_record(&LoginCtx::default(), &TEST_USER, "joe", &request);
         let mut client_ex = start.exchange.expect("multi-step");
         let record = loop {
             match server {
@@ -159,6 +172,7 @@ mod tests {
                 }
                 Step::Done(rec) => break rec,
                 Step::Fail(e) => panic!("server failed: {e}"),
+                Step::Work(w) => server = w(),
             }
         };
         assert_eq!(record, Msg::new().with("name", "joe").into_value());
@@ -167,7 +181,8 @@ mod tests {
     #[test]
     fn bad_names_and_wrong_steps_are_refused() {
         let req = Msg::new().with("state", "start").into_value();
-        let Step::Send(_, next) = Test.set_record(&TEST_USER, "joe", &req) else {
+        let Step::Send(_, next) = Test.set_record(&LoginCtx::default(), &TEST_USER, "joe", &req)
+        else {
             panic!("expected a question")
         };
         let wrong = Msg::new().with("step", "Nope").into_value();
@@ -180,7 +195,10 @@ mod tests {
                 .with("data", Msg::new().with("name", bad))
                 .into_value();
             assert!(
-                matches!(Test.set_record(&TEST_USER, "joe", &data), Step::Fail(_)),
+                matches!(
+                    Test.set_record(&LoginCtx::default(), &TEST_USER, "joe", &data),
+                    Step::Fail(_)
+                ),
                 "{bad}"
             );
         }

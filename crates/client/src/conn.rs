@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use keycard_auth::{AuthError, ClientMethod, Step};
+use keycard_auth::channel::X25519Client;
+use keycard_auth::{AuthError, ClientMethod, SecretKey, Step};
 use keycard_proto::{
     encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Path, Value,
 };
@@ -110,6 +111,8 @@ struct Inner {
     qlen: u64,
     /// Why the reader stopped, once it has.
     closed: Arc<Mutex<Option<String>>>,
+    /// The key agreed with the server for sealing passwords.
+    channel: tokio::sync::Mutex<Option<SecretKey>>,
 }
 
 /// A connection to a keycard server.
@@ -232,6 +235,7 @@ impl Client {
             next_seq: AtomicI64::new(1),
             qlen,
             closed: closed.clone(),
+            channel: tokio::sync::Mutex::new(None),
         });
         tokio::spawn(async move {
             let why = read_loop(&mut rd, &mut decoder, &mut chunk, &routes).await;
@@ -307,13 +311,47 @@ impl Client {
     /// Logs in with `method`, answering the server's messages as the
     /// method's client half says.
     pub async fn login(&self, method: &dyn ClientMethod) -> Result<(), ClientError> {
-        let start = method.login();
+        let key = self.channel_for(method).await?;
+        let start = method.login(key.as_ref());
         let msg = start
             .request
             .with("action", "auth")
             .with("typ", method.name())
             .with("ident", method.ident());
         self.exchange(msg, start.exchange).await.map(|_| ())
+    }
+
+    /// The connection's sealing key, agreed (X25519) on first use, if
+    /// `method` needs one.
+    async fn channel_for(
+        &self,
+        method: &dyn ClientMethod,
+    ) -> Result<Option<SecretKey>, ClientError> {
+        if !method.needs_channel() {
+            return Ok(None);
+        }
+        let mut slot = self.inner.channel.lock().await;
+        if let Some(k) = slot.as_ref() {
+            return Ok(Some(k.clone()));
+        }
+        let me = X25519Client::new();
+        let reply = self
+            .request(
+                Msg::new()
+                    .with("action", "diffie_hellman")
+                    .with("typ", "x25519")
+                    .with("pubkey", me.public.to_vec()),
+            )
+            .await?;
+        let server = reply
+            .get("pubkey")
+            .and_then(Value::as_bin)
+            .ok_or_else(|| ClientError::Protocol("diffie_hellman reply without pubkey".into()))?;
+        let key = me
+            .finish(server)
+            .map_err(|e| ClientError::Auth(e.to_string()))?;
+        *slot = Some(key.clone());
+        Ok(Some(key))
     }
 
     /// Logs in if the greeting asks for it, with whichever of `candidates`
@@ -343,7 +381,8 @@ impl Client {
     /// Creates or replaces `method`'s user record for its ident (needs the
     /// super-root capability).
     pub async fn set_user(&self, method: &dyn ClientMethod) -> Result<Value, ClientError> {
-        let start = method.set_record();
+        let key = self.channel_for(method).await?;
+        let start = method.set_record(key.as_ref());
         let msg = start
             .request
             .with("action", "auth_set")
@@ -394,6 +433,20 @@ impl Client {
                             ))
                         }
                         Step::Fail(e) => return Err(ClientError::Auth(e.to_string())),
+                        // Client halves do their work inline (a client is one
+                        // user; there is no event loop to protect).
+                        Step::Work(w) => match w() {
+                            Step::Send(answer, next) => {
+                                ex = Some(next);
+                                let answer = answer.with("seq", seq);
+                                self.inner
+                                    .out
+                                    .send(answer.into_value())
+                                    .map_err(|_| self.closed_error())?;
+                            }
+                            Step::Done(()) => last = Some(v),
+                            _ => return Err(ClientError::Auth("the client method failed".into())),
+                        },
                     },
                     None => last = Some(v),
                 }

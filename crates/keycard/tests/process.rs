@@ -335,7 +335,7 @@ fn cli_commands_and_exit_codes() {
 /// exit 0 and print ALL OK. The scripts need the venv that scripts/test.sh
 /// creates (KEYCARD_DISTKV_PYTHON points at its python); set
 /// KEYCARD_SKIP_PEERS=1 to skip them explicitly.
-fn run_peer_script(script: &str) {
+fn run_peer_script(script: &str, args: &[&str]) {
     if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
         eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
         return;
@@ -351,6 +351,7 @@ fn run_peer_script(script: &str) {
         .arg(path)
         .arg(server.addr.ip().to_string())
         .arg(server.addr.port().to_string())
+        .args(args)
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -364,12 +365,19 @@ fn run_peer_script(script: &str) {
 /// DistKV's own client library, unchanged, against the binary.
 #[test]
 fn distkv_python_client_works_unchanged() {
-    run_peer_script("distkv_client.py");
+    run_peer_script("distkv_client.py", &[]);
+}
+
+/// DistKV's client creates a `password` user and logs in with it, through
+/// its own finite-field Diffie-Hellman and secretbox.
+#[test]
+fn distkv_python_client_password_method() {
+    run_peer_script("distkv_client.py", &["password"]);
 }
 
 /// A SCRAM implementation nobody here wrote (PyPI scramp) sets a verifier
 /// and logs in.
 #[test]
 fn scramp_logs_in_unchanged() {
-    run_peer_script("scramp_login.py");
+    run_peer_script("scramp_login.py", &[]);
 }

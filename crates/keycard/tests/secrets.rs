@@ -1,5 +1,6 @@
 //! No password or password-equivalent at rest or on the wire (DESIGN §7.1):
-//! users with known passwords are created and log in; then every byte of
+//! users with known passwords are created (scram-sha-256 and password) and
+//! log in; then every byte of
 //! the data directory and every byte that crossed the wire is searched for
 //! the password, its SHA-256 and its SHA-1 (raw, hex and base64), and the
 //! stored values are presented as passwords and must fail.
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use keycard_auth::{ClientMethod, Password, ScramClient};
+use keycard_auth::{ClientMethod, Password, PasswordClient, ScramClient};
 use keycard_client::Client;
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use sha1::Digest as _;
@@ -143,6 +144,13 @@ fn all_bytes(dir: &std::path::Path, skip: &str) -> Vec<u8> {
     out
 }
 
+fn pw_client(user: &str, pw: &str) -> PasswordClient {
+    PasswordClient {
+        user: user.into(),
+        password: Password::new(pw),
+    }
+}
+
 const USERS: [(&str, &str); 3] = [
     ("alice", "correct horse battery staple"),
     ("bob", "Tr0ub4dor&3-but-longer"),
@@ -162,6 +170,18 @@ async fn no_password_or_equivalent_at_rest_on_the_wire_or_in_logs() {
             .set_user(&ScramClient::new(user, Password::new(pw)))
             .await
             .expect("create");
+        admin.set_user(&pw_client(user, pw)).await.expect("create");
+    }
+    // `password` logins while the server is open (any method is accepted).
+    for (user, pw) in USERS {
+        let c = Client::connect(proxy).await.expect("connect");
+        c.login(&pw_client(user, pw)).await.expect("password login");
+        let c = Client::connect(proxy).await.expect("connect");
+        let e = c
+            .login(&pw_client(user, &format!("{pw}!")))
+            .await
+            .expect_err("wrong");
+        assert_eq!(e.code(), Some(ErrorCode::AuthFailed));
     }
     admin
         .request(

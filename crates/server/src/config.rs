@@ -44,6 +44,16 @@ pub struct Config {
     pub max_auth_attempts: u32,
     /// Changes kept for watches resuming from a tock. Default 100000.
     pub history: u64,
+    /// Argon2id memory for new `password` hashes, KiB. Default 19456
+    /// (OWASP's minimum: m = 19 MiB, t = 2, p = 1).
+    pub argon2_m_kib: u32,
+    /// Argon2id passes. Default 2.
+    pub argon2_t: u32,
+    /// Argon2id lanes. Default 1.
+    pub argon2_p: u32,
+    /// Threads for password hashing and key agreement, so a login storm
+    /// never blocks the event loop. Default 0: one per CPU.
+    pub hash_workers: usize,
     /// The SCRAM iteration count announced for unknown users; set it to
     /// what your users' verifiers use so a prober cannot tell them apart.
     /// Default 4096 (PostgreSQL's).
@@ -66,6 +76,10 @@ impl Default for Config {
             max_auth_attempts: 5,
             history: 100_000,
             scram_iterations: 4096,
+            argon2_m_kib: 19 * 1024,
+            argon2_t: 2,
+            argon2_p: 1,
+            hash_workers: 0,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Session {
     pub user: Option<LoggedIn>,
     /// Failed logins so far on this connection.
     pub failed_logins: u32,
+    /// The key agreed with `diffie_hellman` (once per connection).
+    pub channel_key: Option<keycard_auth::SecretKey>,
 }
 
 /// A successful login.

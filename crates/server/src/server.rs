@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use keycard_auth::{MethodSecrets, Registry};
+use keycard_auth::{Argon2Params, MethodSecrets, Registry};
 use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -28,6 +28,9 @@ pub enum StartError {
     /// The store would not open.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// A configuration value is unusable.
+    #[error("bad configuration: {0}")]
+    Config(String),
 }
 
 /// A bound server, ready to accept.
@@ -68,8 +71,17 @@ impl Server {
         let secrets = MethodSecrets {
             mock_key: crate::state::server_secret(store.as_ref()).await?,
             scram_iterations: config.scram_iterations,
+            argon2: Argon2Params {
+                m_kib: config.argon2_m_kib,
+                t: config.argon2_t,
+                p: config.argon2_p,
+            },
         };
-        let state = ServerState::new(config, store, Registry::builtin(secrets)).await?;
+        let methods = tokio::task::spawn_blocking(move || Registry::builtin(secrets))
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))?
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let state = ServerState::new(config, store, methods).await?;
         let auth = state.auth();
         match &auth.current {
             None => tracing::warn!(

@@ -32,6 +32,8 @@ pub struct ServerState {
     pub methods: Registry,
     auth: RwLock<AuthConfig>,
     next_conn: AtomicU64,
+    /// Permits for CPU-heavy work (password hashes, key agreement).
+    workers: tokio::sync::Semaphore,
 }
 
 /// `(nil, "auth")`.
@@ -87,12 +89,17 @@ impl ServerState {
         store: Arc<dyn Store>,
         methods: Registry,
     ) -> Result<Arc<ServerState>, StoreError> {
+        let workers = match config.hash_workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
         let state = Arc::new(ServerState {
             config,
             store,
             methods,
             auth: RwLock::new(AuthConfig::default()),
             next_conn: AtomicU64::new(1),
+            workers: tokio::sync::Semaphore::new(workers),
         });
         state.refresh_auth().await?;
         Ok(state)
@@ -133,6 +140,16 @@ impl ServerState {
         };
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
         Ok(cfg)
+    }
+
+    /// Runs CPU-heavy `work` on a blocking thread, at most `hash_workers`
+    /// at a time; callers queue for a permit instead of piling up threads.
+    pub async fn run_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let _permit = self.workers.acquire().await.ok()?;
+        tokio::task::spawn_blocking(work).await.ok()
     }
 
     /// A fresh connection id, for logs.

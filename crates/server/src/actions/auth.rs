@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use keycard_auth::{AuthError, Kind, Method, Step};
+use keycard_auth::{AuthError, Kind, LoginCtx, Method, Step};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Op, ScanOpts};
 
@@ -41,32 +41,59 @@ fn kind(m: &dyn Method, msg: &Value) -> ApiResult<&'static Kind> {
         .ok_or_else(|| ApiError::bad(format!("method {} has no record kind {name:?}", m.name())))
 }
 
+/// Why an exchange did not finish.
+enum Failure {
+    /// The method said no (counts as a failed login).
+    Auth(AuthError),
+    /// The server could not run it (never counts as a failed login).
+    Server(ApiError),
+}
+
 /// Runs an exchange to its end, carrying its messages as stream items and
-/// the client's answers as continuations under the request's seq.
-async fn drive<T>(r: &mut Responder, mut step: Step<T>) -> Result<T, AuthError> {
+/// the client's answers as continuations under the request's seq, and its
+/// heavy work on the server's bounded worker pool.
+async fn drive<T: Send + 'static>(r: &mut Responder, mut step: Step<T>) -> Result<T, Failure> {
     let mut cont = None;
     loop {
         match step {
             Step::Done(t) => return Ok(t),
-            Step::Fail(e) => return Err(e),
+            Step::Fail(e) => return Err(Failure::Auth(e)),
+            Step::Work(work) => {
+                let state = r.conn().state.clone();
+                step = state.run_work(work).await.ok_or_else(|| {
+                    Failure::Server(ApiError::new(
+                        ErrorCode::Internal,
+                        "the hashing workers are unavailable",
+                    ))
+                })?;
+            }
             Step::Send(msg, next) => {
                 let rx = cont.get_or_insert_with(|| r.conn().open_continuation(r.seq()));
                 r.item(msg).await;
                 let answer = match tokio::time::timeout(EXCHANGE_TIMEOUT, rx.recv()).await {
                     Ok(Some(a)) => a,
                     Ok(None) => {
-                        return Err(AuthError::Malformed("the exchange was abandoned".into()))
+                        return Err(Failure::Auth(AuthError::Malformed(
+                            "the exchange was abandoned".into(),
+                        )))
                     }
                     Err(_) => {
-                        return Err(AuthError::Malformed(format!(
+                        return Err(Failure::Auth(AuthError::Malformed(format!(
                             "no answer within {}s",
                             EXCHANGE_TIMEOUT.as_secs()
-                        )))
+                        ))))
                     }
                 };
                 step = next.next(&answer);
             }
         }
+    }
+}
+
+fn failure(f: Failure) -> ApiError {
+    match f {
+        Failure::Auth(e) => auth_error(e),
+        Failure::Server(e) => e,
     }
 }
 
@@ -110,7 +137,11 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let root = r.conn().session().root;
     let record_at = root.join(&record_path(m.name(), "user", &ident));
     let record = state.store.get(&record_at).await?.map(|e| e.value);
-    let step = m.login(&ident, msg, record.as_ref());
+    let session = r.conn().session();
+    let ctx = LoginCtx {
+        channel_key: session.channel_key.as_ref(),
+    };
+    let step = m.login(&ctx, &ident, msg, record.as_ref());
     let conn = r.conn().clone();
     match drive(r, step).await {
         Ok(verdict) => {
@@ -136,7 +167,11 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             }
             Ok(())
         }
-        Err(e) => {
+        Err(Failure::Server(e)) => {
+            tracing::error!(target: "keycard::audit", conn = conn.id, peer = %conn.peer, method = m.name(), user = %ident, outcome = "error", error = %e.text, "login");
+            Err(e)
+        }
+        Err(Failure::Auth(e)) => {
             let failures = conn.update_session(|s| {
                 s.failed_logins += 1;
                 s.failed_logins
@@ -165,8 +200,11 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     let m = method(&state, msg)?.clone();
     let k = kind(m.as_ref(), msg)?;
     let ident = str_field(msg, "ident")?.to_owned();
-    let step = m.set_record(k, &ident, msg);
-    let record = drive(r, step).await.map_err(auth_error)?;
+    let ctx = LoginCtx {
+        channel_key: session.channel_key.as_ref(),
+    };
+    let step = m.set_record(&ctx, k, &ident, msg);
+    let record = drive(r, step).await.map_err(failure)?;
     let path = session.root.join(&record_path(m.name(), k.name, &ident));
     let reply = write_value(&state, msg, path, Some(record)).await?;
     state.refresh_auth().await?;
@@ -421,5 +459,61 @@ pub(super) async fn guard_lockout(
             "that is the last user of the current method {method:?}"
         ));
     }
+    Ok(())
+}
+
+/// Agrees a key for sealing passwords (once per connection): DistKV's
+/// finite-field Diffie-Hellman (`pubkey`, `length`), or X25519 with
+/// `typ: "x25519"`. Needs no login, as in DistKV.
+pub(super) async fn diffie_hellman(msg: &Value, r: &mut Responder) -> ApiResult {
+    if r.conn().session().channel_key.is_some() {
+        return Err(ApiError::bad("diffie_hellman runs once per connection"));
+    }
+    let pubkey = msg
+        .get("pubkey")
+        .and_then(Value::as_bin)
+        .ok_or_else(|| ApiError::bad("'pubkey' must be bytes"))?
+        .to_vec();
+    let x25519 = match msg.get("typ") {
+        None | Some(Value::Nil) => false,
+        Some(Value::Str(t)) if t == "modp" => false,
+        Some(Value::Str(t)) if t == "x25519" => true,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "'typ' must be \"modp\" (DistKV's) or \"x25519\"",
+            ))
+        }
+    };
+    let length = match msg.get("length") {
+        None => 1024,
+        Some(v) => v
+            .as_u64()
+            .filter(|l| *l <= 65536)
+            .ok_or_else(|| ApiError::bad("'length' must be an integer up to 65536"))?,
+    };
+    let state = r.conn().state.clone();
+    let agreed = state
+        .run_work(move || {
+            if x25519 {
+                keycard_auth::channel::x25519_respond(&pubkey)
+            } else {
+                keycard_auth::channel::modp_respond(&pubkey, length)
+            }
+        })
+        .await
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "the crypto workers are unavailable"))?;
+    let (server_public, key) = agreed.map_err(auth_error)?;
+    let fresh = r.conn().update_session(|s| match s.channel_key {
+        Some(_) => false,
+        None => {
+            s.channel_key = Some(key);
+            true
+        }
+    });
+    if !fresh {
+        return Err(ApiError::bad("diffie_hellman runs once per connection"));
+    }
+    r.reply(Msg::new().with("pubkey", Value::Bin(server_public)))
+        .await;
     Ok(())
 }
