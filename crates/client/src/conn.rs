@@ -185,6 +185,27 @@ impl Client {
         let socket = TcpStream::connect(addr)
             .await
             .map_err(|e| ClientError::Io(e.to_string()))?;
+        Self::start(socket, qlen).await
+    }
+
+    /// Connects from a chosen local address (on a host with several).
+    pub async fn connect_from(
+        local: std::net::IpAddr,
+        addr: std::net::SocketAddr,
+    ) -> Result<Client, ClientError> {
+        let io = |e: std::io::Error| ClientError::Io(e.to_string());
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(io)?;
+        sock.bind(std::net::SocketAddr::new(local, 0)).map_err(io)?;
+        let socket = sock.connect(addr).await.map_err(io)?;
+        Self::start(socket, 64).await
+    }
+
+    async fn start(socket: TcpStream, qlen: u64) -> Result<Client, ClientError> {
         let _ = socket.set_nodelay(true);
         let (mut rd, mut wr) = socket.into_split();
         let mut decoder = Decoder::new(Limits {

@@ -381,3 +381,44 @@ fn distkv_python_client_password_method() {
 fn scramp_logs_in_unchanged() {
     run_peer_script("scramp_login.py", &[]);
 }
+
+/// Throttling counters live in the store: a restart does not forgive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_survives_a_restart() {
+    use keycard_auth::{Password, ScramClient};
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("keycard.toml");
+    std::fs::write(
+        &config,
+        "max_auth_attempts = 100\n[throttle]\nfree = 1\nescalate = 1\nbase_delay_secs = 1\ncooldown_secs = 600\n",
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let cfg = config.to_string_lossy().into_owned();
+    let mut server = Proc::start_with(&data, &["-c", &cfg]);
+    let c = Client::connect(server.addr).await.expect("connect");
+    c.set_user(&ScramClient::new("alice", Password::new("right")))
+        .await
+        .expect("create");
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "scram-sha-256"),
+    )
+    .await
+    .expect("current");
+    for _ in 0..2 {
+        let c = Client::connect(server.addr).await.expect("connect");
+        let _ = c
+            .login(&ScramClient::new("alice", Password::new("wrong")))
+            .await;
+    }
+    server.kill9();
+    let server = Proc::start_with(&data, &["-c", &cfg]);
+    let c = Client::connect(server.addr).await.expect("connect");
+    let e = c
+        .login(&ScramClient::new("alice", Password::new("right")))
+        .await
+        .expect_err("still throttled after the restart");
+    assert_eq!(e.code(), Some(keycard_proto::ErrorCode::Throttled));
+}

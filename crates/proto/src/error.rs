@@ -29,6 +29,9 @@ pub enum ErrorCode {
     AuthMethod,
     /// Too many failed logins on this connection; it is closed.
     TooManyAttempts,
+    /// Too many recent failed logins from this address (or for this user
+    /// from it); retry later. Says nothing about whether the user exists.
+    Throttled,
     /// The caller lacks the capability or ACL mode this needs.
     PermissionDenied,
     /// A conditional write's condition did not hold.
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::AuthFailed => "auth_failed",
             ErrorCode::AuthMethod => "auth_method",
             ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::Throttled => "throttled",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Conflict => "conflict",
             ErrorCode::NotFound => "not_found",
@@ -71,7 +75,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownAction,
         ErrorCode::SeqInUse,
@@ -83,6 +87,7 @@ impl ErrorCode {
         ErrorCode::AuthFailed,
         ErrorCode::AuthMethod,
         ErrorCode::TooManyAttempts,
+        ErrorCode::Throttled,
         ErrorCode::PermissionDenied,
         ErrorCode::Conflict,
         ErrorCode::NotFound,

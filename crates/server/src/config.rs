@@ -54,6 +54,10 @@ pub struct Config {
     /// Threads for password hashing and key agreement, so a login storm
     /// never blocks the event loop. Default 0: one per CPU.
     pub hash_workers: usize,
+    /// Login throttling (a `[throttle]` table; see `ThrottleConfig`).
+    pub throttle: crate::throttle::ThrottleConfig,
+    /// The audit log (JSON lines). Default `DATA/audit.log`.
+    pub audit_log: Option<PathBuf>,
     /// The SCRAM iteration count announced for unknown users; set it to
     /// what your users' verifiers use so a prober cannot tell them apart.
     /// Default 4096 (PostgreSQL's).
@@ -80,6 +84,8 @@ impl Default for Config {
             argon2_t: 2,
             argon2_p: 1,
             hash_workers: 0,
+            throttle: crate::throttle::ThrottleConfig::default(),
+            audit_log: None,
         }
     }
 }

@@ -6,13 +6,16 @@
 //! logins; all protocol state lives per connection in [`conn`].
 
 mod actions;
+mod audit;
 mod config;
 mod conn;
 mod error;
 mod server;
 mod state;
+mod throttle;
 
 pub use config::Config;
 pub use error::ApiError;
 pub use server::{Server, ServerHandle, StartError, STORE_FILE};
 pub use state::{AuthConfig, ServerState};
+pub use throttle::ThrottleConfig;

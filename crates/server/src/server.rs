@@ -81,7 +81,21 @@ impl Server {
             .await
             .map_err(|e| StartError::Config(e.to_string()))?
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let state = ServerState::new(config, store, methods).await?;
+        let audit_path = config
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| config.data.join("audit.log"));
+        std::fs::create_dir_all(&config.data).map_err(|source| StartError::Io {
+            what: format!("cannot create data directory {}", config.data.display()),
+            source,
+        })?;
+        let audit = crate::audit::Audit::open(&audit_path)
+            .await
+            .map_err(|source| StartError::Io {
+                what: format!("cannot open the audit log {}", audit_path.display()),
+                source,
+            })?;
+        let state = ServerState::new(config, store, methods, audit).await?;
         let auth = state.auth();
         match &auth.current {
             None => tracing::warn!(

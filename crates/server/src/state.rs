@@ -34,6 +34,8 @@ pub struct ServerState {
     next_conn: AtomicU64,
     /// Permits for CPU-heavy work (password hashes, key agreement).
     workers: tokio::sync::Semaphore,
+    /// The audit log.
+    pub audit: crate::audit::Audit,
 }
 
 /// `(nil, "auth")`.
@@ -88,6 +90,7 @@ impl ServerState {
         config: Config,
         store: Arc<dyn Store>,
         methods: Registry,
+        audit: crate::audit::Audit,
     ) -> Result<Arc<ServerState>, StoreError> {
         let workers = match config.hash_workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -100,6 +103,7 @@ impl ServerState {
             auth: RwLock::new(AuthConfig::default()),
             next_conn: AtomicU64::new(1),
             workers: tokio::sync::Semaphore::new(workers),
+            audit,
         });
         state.refresh_auth().await?;
         Ok(state)

@@ -14,6 +14,7 @@ use super::{chain, opt_usize, require_login, require_super_root, str_field};
 use crate::conn::{LoggedIn, Responder};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
+use crate::throttle;
 
 /// How long the server waits for the client's next message in a
 /// multi-step exchange.
@@ -134,22 +135,46 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         Some(Value::Str(s)) => s.clone(),
         _ => return Err(ApiError::bad("'ident' (the user name) must be a string")),
     };
-    let root = r.conn().session().root;
-    let record_at = root.join(&record_path(m.name(), "user", &ident));
+    let conn = r.conn().clone();
+    let source = conn.peer.ip();
+    let event = |outcome: &'static str| crate::audit::LoginEvent {
+        conn: conn.id,
+        source: conn.peer,
+        method: m.name(),
+        user: &ident,
+        outcome,
+        reason: None,
+    };
+    // Throttling comes first: a refused attempt costs no hashing.
+    let counters = throttle::load(state.store.as_ref(), &ident, source).await?;
+    let now = crate::audit::now_millis();
+    match throttle::decide(&state.config.throttle, &counters, now) {
+        throttle::Decision::Refuse(retry) => {
+            state.audit.login(event("throttled")).await;
+            return Err(ApiError::new(
+                ErrorCode::Throttled,
+                format!(
+                    "too many failed logins from this address; retry in {} s",
+                    retry.as_secs()
+                ),
+            ));
+        }
+        throttle::Decision::Proceed(wait) if !wait.is_zero() => {
+            tokio::time::sleep(wait).await;
+        }
+        throttle::Decision::Proceed(_) => {}
+    }
+    let session = conn.session();
+    let record_at = session.root.join(&record_path(m.name(), "user", &ident));
     let record = state.store.get(&record_at).await?.map(|e| e.value);
-    let session = r.conn().session();
     let ctx = LoginCtx {
         channel_key: session.channel_key.as_ref(),
     };
     let step = m.login(&ctx, &ident, msg, record.as_ref());
-    let conn = r.conn().clone();
     match drive(r, step).await {
         Ok(verdict) => {
-            tracing::info!(
-                target: "keycard::audit",
-                conn = conn.id, peer = %conn.peer, method = m.name(), user = %verdict.user,
-                outcome = "success", "login"
-            );
+            throttle::record_success(state.store.as_ref(), &ident, source, &counters).await?;
+            state.audit.login(event("success")).await;
             let reply = verdict.reply;
             conn.update_session(|s| {
                 s.user = Some(LoggedIn {
@@ -168,19 +193,40 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             Ok(())
         }
         Err(Failure::Server(e)) => {
-            tracing::error!(target: "keycard::audit", conn = conn.id, peer = %conn.peer, method = m.name(), user = %ident, outcome = "error", error = %e.text, "login");
+            state
+                .audit
+                .login(crate::audit::LoginEvent {
+                    reason: Some(&e.text),
+                    ..event("error")
+                })
+                .await;
             Err(e)
         }
         Err(Failure::Auth(e)) => {
+            // Now, not when the attempt began: a delayed attempt's failure
+            // must start the next wait from its end.
+            let at = crate::audit::now_millis();
+            throttle::record_failure(
+                state.store.as_ref(),
+                &state.config.throttle,
+                &ident,
+                source,
+                &counters,
+                at,
+            )
+            .await?;
+            let reason = e.to_string();
+            state
+                .audit
+                .login(crate::audit::LoginEvent {
+                    reason: Some(&reason),
+                    ..event("failure")
+                })
+                .await;
             let failures = conn.update_session(|s| {
                 s.failed_logins += 1;
                 s.failed_logins
             });
-            tracing::info!(
-                target: "keycard::audit",
-                conn = conn.id, peer = %conn.peer, method = m.name(), user = %ident,
-                outcome = "failure", reason = %e, failures, "login"
-            );
             if failures >= state.config.max_auth_attempts {
                 conn.close();
                 return Err(ApiError::new(
@@ -515,5 +561,25 @@ pub(super) async fn diffie_hellman(msg: &Value, r: &mut Responder) -> ApiResult 
     }
     r.reply(Msg::new().with("pubkey", Value::Bin(server_public)))
         .await;
+    Ok(())
+}
+
+/// The last `n` audit events (default 100, at most 10000), oldest first,
+/// each a JSON text. Needs the super-root capability.
+pub(super) async fn audit_tail(msg: &Value, r: &mut Responder) -> ApiResult {
+    require_super_root(r)?;
+    let n = opt_usize(msg, "n")?.unwrap_or(100).min(10_000);
+    let state = r.conn().state.clone();
+    let lines = state.audit.tail(n).await.map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("cannot read the audit log: {e}"),
+        )
+    })?;
+    r.reply(Msg::new().with(
+        "result",
+        Value::Array(lines.into_iter().map(Value::from).collect()),
+    ))
+    .await;
     Ok(())
 }

@@ -68,6 +68,7 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
         "set_auth_typ" => auth::set_auth_typ(msg, r).await,
         "whoami" => auth::whoami(r).await,
         "diffie_hellman" => auth::diffie_hellman(msg, r).await,
+        "audit_tail" => auth::audit_tail(msg, r).await,
         other => Err(ApiError::new(
             ErrorCode::UnknownAction,
             format!("unknown action {other:?}"),

@@ -1,0 +1,120 @@
+//! The audit log: one JSON object per line, appended to a file in the data
+//! directory by one writer task. Every login success, failure, throttle
+//! and error is an event. It never holds a password, digest, proof or key:
+//! events are built from names, addresses and outcomes only.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// A login event.
+pub struct LoginEvent<'a> {
+    /// The connection.
+    pub conn: u64,
+    /// The client's address.
+    pub source: SocketAddr,
+    /// The auth method.
+    pub method: &'a str,
+    /// The user name as given (it may not exist).
+    pub user: &'a str,
+    /// `success`, `failure`, `throttled` or `error`.
+    pub outcome: &'static str,
+    /// Why, for humans (never a secret).
+    pub reason: Option<&'a str>,
+}
+
+/// Appends events to the audit file.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<String>,
+    path: PathBuf,
+}
+
+/// Unix time in seconds.
+pub fn now_secs() -> u64 {
+    now_millis() / 1000
+}
+
+/// Unix time in milliseconds.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Audit {
+    /// Opens (creating) the log at `path` and starts its writer task.
+    pub async fn open(path: &Path) -> std::io::Result<Audit> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        let (tx, mut rx) = mpsc::channel::<String>(4096);
+        tokio::spawn(async move {
+            let mut buf = String::new();
+            while let Some(line) = rx.recv().await {
+                buf.clear();
+                buf.push_str(&line);
+                while let Ok(more) = rx.try_recv() {
+                    buf.push_str(&more);
+                }
+                if let Err(e) = file.write_all(buf.as_bytes()).await {
+                    tracing::error!(error = %e, "cannot write the audit log");
+                    continue;
+                }
+                let _ = file.sync_data().await;
+            }
+        });
+        Ok(Audit {
+            tx,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Records a login event (also as a tracing event).
+    pub async fn login(&self, e: LoginEvent<'_>) {
+        tracing::info!(
+            target: "keycard::audit",
+            conn = e.conn, source = %e.source, method = e.method, user = %e.user,
+            outcome = e.outcome, reason = e.reason.unwrap_or(""), "login"
+        );
+        let mut obj = serde_json::json!({
+            "time": now_secs(),
+            "event": "login",
+            "outcome": e.outcome,
+            "user": e.user,
+            "method": e.method,
+            "source": e.source.to_string(),
+            "conn": e.conn,
+        });
+        if let Some(r) = e.reason {
+            obj["reason"] = serde_json::Value::from(r);
+        }
+        let mut line = obj.to_string();
+        line.push('\n');
+        let _ = self.tx.send(line).await;
+    }
+
+    /// The last `n` events, oldest first.
+    pub async fn tail(&self, n: usize) -> std::io::Result<Vec<String>> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut f = tokio::fs::File::open(&self.path).await?;
+        let len = f.metadata().await?.len();
+        let want = (n as u64).saturating_mul(1024).min(len);
+        f.seek(std::io::SeekFrom::Start(len - want)).await?;
+        let mut bytes = Vec::with_capacity(want as usize);
+        f.read_to_end(&mut bytes).await?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        // The first line may be cut by the seek.
+        if want < len && !lines.is_empty() {
+            lines.remove(0);
+        }
+        let skip = lines.len().saturating_sub(n);
+        Ok(lines.split_off(skip))
+    }
+}
