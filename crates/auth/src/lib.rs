@@ -14,6 +14,7 @@
 mod anon;
 pub mod channel;
 mod exchange;
+mod opaque;
 mod password;
 mod registry;
 mod root;
@@ -23,6 +24,7 @@ mod secret;
 mod test_method;
 
 pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, Step, Verdict};
+pub use opaque::{new_server_setup, Opaque, OpaqueClient, OPAQUE, OPAQUE_SUITE};
 pub use password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD};
 pub use registry::{ClientRegistry, MethodSecrets, Registry};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::anon::{Anon, AnonClient};
 use crate::exchange::AuthError;
+use crate::opaque::{Opaque, OpaqueClient, OPAQUE};
 use crate::password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD};
 use crate::root::{Root, RootClient};
 use crate::schema::Kind;
@@ -28,6 +29,8 @@ pub struct MethodSecrets {
     pub scram_iterations: u32,
     /// Argon2id parameters for new `password` hashes.
     pub argon2: Argon2Params,
+    /// The serialized OPAQUE server setup (see `new_server_setup`).
+    pub opaque_setup: Vec<u8>,
 }
 
 impl Registry {
@@ -40,6 +43,7 @@ impl Registry {
                 Arc::new(Test),
                 Arc::new(PasswordMethod::new(secrets.argon2)?),
                 Arc::new(Scram::new(secrets.mock_key, secrets.scram_iterations)),
+                Arc::new(Opaque::new(&secrets.opaque_setup)?),
             ],
         })
     }
@@ -71,6 +75,18 @@ impl ClientRegistry {
         user: Option<&str>,
         password: Option<Password>,
     ) -> Result<Box<dyn ClientMethod>, AuthError> {
+        if method == OPAQUE {
+            let user = user.ok_or_else(|| {
+                AuthError::Unsupported(format!("method {method} needs a user name"))
+            })?;
+            let password = password.ok_or_else(|| {
+                AuthError::Unsupported(format!("method {method} needs a password"))
+            })?;
+            return Ok(Box::new(OpaqueClient {
+                user: user.to_owned(),
+                password,
+            }));
+        }
         if method == PASSWORD {
             let user = user.ok_or_else(|| {
                 AuthError::Unsupported(format!("method {method} needs a user name"))
@@ -99,7 +115,7 @@ impl ClientRegistry {
 
     /// Whether `method`'s client needs a password.
     pub fn needs_password(method: &str) -> bool {
-        method == SCRAM_SHA_256 || method == PASSWORD
+        method == SCRAM_SHA_256 || method == PASSWORD || method == OPAQUE
     }
 
     /// The client half of `method` for user `user` (ignored by `root`).

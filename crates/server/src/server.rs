@@ -76,6 +76,12 @@ impl Server {
                 t: config.argon2_t,
                 p: config.argon2_p,
             },
+            opaque_setup: crate::state::server_bytes(
+                store.as_ref(),
+                "opaque_setup",
+                keycard_auth::new_server_setup,
+            )
+            .await?,
         };
         let methods = tokio::task::spawn_blocking(move || Registry::builtin(secrets))
             .await

@@ -43,40 +43,58 @@ pub fn auth_root() -> Path {
     Path::new(vec![Elem::Nil, "auth".into()])
 }
 
-/// `(nil, "server", "secret")`: the server's own random secret.
-pub fn secret_path() -> Path {
-    Path::new(vec![Elem::Nil, "server".into(), "secret".into()])
+/// `(nil, "server", NAME)`: the server's own long-term material.
+pub fn server_path(name: &str) -> Path {
+    Path::new(vec![Elem::Nil, "server".into(), name.into()])
+}
+
+/// The bytes at `(nil, "server", name)`, created with `make` on first
+/// start (if two nodes race, the first write wins and both use it).
+pub async fn server_bytes(
+    store: &dyn Store,
+    name: &str,
+    make: impl Fn() -> Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    for _ in 0..2 {
+        if let Some(e) = store.get(&server_path(name)).await? {
+            return e
+                .value
+                .as_bin()
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| StoreError::Corrupt(format!("server {name} is not bytes")));
+        }
+        let fresh = make();
+        let op = Op::Put {
+            path: server_path(name),
+            value: Value::Bin(fresh.clone()),
+            cond: Cond::Absent,
+            idem: false,
+        };
+        match store.write(vec![op]).await {
+            Ok(_) => return Ok(fresh),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Corrupt(format!(
+        "server {name} could not be created"
+    )))
 }
 
 /// The server's secret (32 random bytes under the reserved root), created
 /// on first start. Methods derive what they answer for unknown users from
 /// it, so those answers are stable across restarts.
 pub async fn server_secret(store: &dyn Store) -> Result<SecretKey, StoreError> {
-    for _ in 0..2 {
-        if let Some(e) = store.get(&secret_path()).await? {
-            let bytes: Option<[u8; 32]> = e.value.as_bin().and_then(|b| b.try_into().ok());
-            return bytes
-                .map(SecretKey::new)
-                .ok_or_else(|| StoreError::Corrupt("the server secret is not 32 bytes".into()));
-        }
+    let bytes = server_bytes(store, "secret", || {
         let mut fresh = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut fresh);
-        let op = Op::Put {
-            path: secret_path(),
-            value: Value::Bin(fresh.to_vec()),
-            cond: Cond::Absent,
-            idem: false,
-        };
-        match store.write(vec![op]).await {
-            Ok(_) => return Ok(SecretKey::new(fresh)),
-            // Another node created it first: read theirs.
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::Corrupt(
-        "the server secret could not be created".into(),
-    ))
+        fresh.to_vec()
+    })
+    .await?;
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("the server secret is not 32 bytes".into()))?;
+    Ok(SecretKey::new(key))
 }
 
 /// `(nil, "auth", METHOD, KIND, IDENT)`.

@@ -208,14 +208,16 @@ pub async fn record_failure(
         .map(|_| ())
 }
 
-/// Records a success: the counters for this user and source are cleared.
+/// Records a success: the counters for this user and source are cleared
+/// (`counted`: a failure was recorded for this very attempt up front).
 pub async fn record_success(
     store: &dyn Store,
     user: &str,
     source: IpAddr,
     c: &Counters,
+    counted: bool,
 ) -> Result<(), StoreError> {
-    if *c == Counters::default() {
+    if !counted && *c == Counters::default() {
         return Ok(());
     }
     let [p, s, u] = keys(user, source);

@@ -34,8 +34,9 @@ async fn greeting_has_distkv_fields_and_no_auth_until_configured() {
     );
     assert_eq!(g.get("node"), Some(&Value::from("test-node")));
     assert!(g.get("tick").and_then(Value::as_u64).is_some());
-    // The only write so far: the server secret created at first start.
-    assert_eq!(g.get("tock"), Some(&Value::from(1)));
+    // The only writes so far: the server secret and the OPAQUE setup,
+    // created at first start.
+    assert_eq!(g.get("tock"), Some(&Value::from(2)));
     assert_eq!(g.get("qlen"), Some(&Value::from(10)));
     assert!(g.get("auth").is_none(), "no auth key on a fresh server");
 }

@@ -171,9 +171,38 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         channel_key: session.channel_key.as_ref(),
     };
     let step = m.login(&ctx, &ident, msg, record.as_ref());
-    match drive(r, step).await {
+    // A challenge-response client learns from the challenge whether its
+    // password was right (RFC 9807: count a login without a valid final
+    // message as a failure). So count the failure before challenging; a
+    // success clears it, and a client that vanishes mid-exchange is
+    // audited as a failure.
+    let mut abandoned = None;
+    if matches!(step, Step::Send(..)) {
+        let at = crate::audit::now_millis();
+        throttle::record_failure(
+            state.store.as_ref(),
+            &state.config.throttle,
+            &ident,
+            source,
+            &counters,
+            at,
+        )
+        .await?;
+        abandoned = Some(AbandonGuard {
+            armed: true,
+            audit: state.audit.clone(),
+            conn: conn.id,
+            source: conn.peer,
+            method: m.name(),
+            user: ident.clone(),
+        });
+    }
+    let result = drive(r, step).await;
+    let precounted = abandoned.take().map(AbandonGuard::disarm).is_some();
+    match result {
         Ok(verdict) => {
-            throttle::record_success(state.store.as_ref(), &ident, source, &counters).await?;
+            throttle::record_success(state.store.as_ref(), &ident, source, &counters, precounted)
+                .await?;
             state.audit.login(event("success")).await;
             let reply = verdict.reply;
             conn.update_session(|s| {
@@ -205,16 +234,18 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         Err(Failure::Auth(e)) => {
             // Now, not when the attempt began: a delayed attempt's failure
             // must start the next wait from its end.
-            let at = crate::audit::now_millis();
-            throttle::record_failure(
-                state.store.as_ref(),
-                &state.config.throttle,
-                &ident,
-                source,
-                &counters,
-                at,
-            )
-            .await?;
+            if !precounted {
+                let at = crate::audit::now_millis();
+                throttle::record_failure(
+                    state.store.as_ref(),
+                    &state.config.throttle,
+                    &ident,
+                    source,
+                    &counters,
+                    at,
+                )
+                .await?;
+            }
             let reason = e.to_string();
             state
                 .audit
@@ -235,6 +266,54 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 ));
             }
             Err(auth_error(e))
+        }
+    }
+}
+
+/// Audits a login whose client went away in the middle of the exchange
+/// (the request future was dropped with the connection).
+struct AbandonGuard {
+    armed: bool,
+    audit: crate::audit::Audit,
+    conn: u64,
+    source: std::net::SocketAddr,
+    method: &'static str,
+    user: String,
+}
+
+impl AbandonGuard {
+    /// The exchange ended; nothing to report from here.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let audit = self.audit.clone();
+        let (conn, source, method, user) = (
+            self.conn,
+            self.source,
+            self.method,
+            std::mem::take(&mut self.user),
+        );
+        // Drop cannot wait; the audit write goes on in its own task.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                audit
+                    .login(crate::audit::LoginEvent {
+                        conn,
+                        source,
+                        method,
+                        user: &user,
+                        outcome: "failure",
+                        reason: Some("the client left after the challenge"),
+                    })
+                    .await;
+            });
         }
     }
 }

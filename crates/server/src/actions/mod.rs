@@ -32,7 +32,8 @@ pub(crate) async fn greeting(state: &ServerState) -> Value {
         .with("tick", tock)
         .with("tock", tock)
         .with("qlen", state.config.qlen)
-        .with("server", concat!("keycard ", env!("CARGO_PKG_VERSION")));
+        .with("server", concat!("keycard ", env!("CARGO_PKG_VERSION")))
+        .with("opaque", keycard_auth::OPAQUE_SUITE);
     let auth = state.auth();
     if auth.configured {
         let mut list = vec![Value::from(auth.current.clone())];
