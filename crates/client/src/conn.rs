@@ -15,6 +15,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
 
+/// Auth methods from the strongest: the order a client prefers them in.
+pub const STRENGTH: [&str; 6] = [
+    "opaque",
+    "scram-sha-256",
+    "password",
+    "_test",
+    "_anon",
+    "root",
+];
+
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClientError {
@@ -375,27 +385,38 @@ impl Client {
         Ok(Some(key))
     }
 
-    /// Logs in if the greeting asks for it, with whichever of `candidates`
-    /// the server accepts (its current method). Returns the method used,
-    /// or `None` when the server needs no login.
+    /// Logs in if the greeting asks for it, with the strongest of
+    /// `candidates` the server accepts (see [`STRENGTH`]). Returns the
+    /// method used, or `None` when the server needs no login.
     pub async fn login_as_needed(
         &self,
         candidates: &[&dyn ClientMethod],
     ) -> Result<Option<&'static str>, ClientError> {
-        let Some(wanted) = self
-            .greeting
-            .auth
-            .as_ref()
-            .and_then(|a| a.first().cloned().flatten())
-        else {
+        let Some(list) = self.greeting.auth.as_ref() else {
             return Ok(None);
         };
-        let Some(m) = candidates.iter().find(|m| m.name() == wanted) else {
+        if list.first().is_none_or(Option::is_none) {
+            return Ok(None);
+        }
+        let accepted: Vec<&str> = list.iter().flatten().map(String::as_str).collect();
+        let rank = |name: &str| {
+            STRENGTH
+                .iter()
+                .position(|s| *s == name)
+                .unwrap_or(STRENGTH.len())
+        };
+        let mut usable: Vec<&&dyn ClientMethod> = candidates
+            .iter()
+            .filter(|m| accepted.contains(&m.name()))
+            .collect();
+        usable.sort_by_key(|m| rank(m.name()));
+        let Some(m) = usable.first() else {
             return Err(ClientError::Auth(format!(
-                "the server requires method {wanted:?}, which none of the given credentials are for"
+                "the server accepts {}, none of which the given credentials are for",
+                accepted.join(", ")
             )));
         };
-        self.login(*m).await?;
+        self.login(**m).await?;
         Ok(Some(m.name()))
     }
 

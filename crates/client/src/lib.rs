@@ -18,4 +18,4 @@
 
 mod conn;
 
-pub use conn::{Client, ClientError, Event, Greeting, Node, SetResult, Stream, TreeItem};
+pub use conn::{Client, ClientError, Event, Greeting, Node, SetResult, Stream, TreeItem, STRENGTH};

@@ -149,6 +149,10 @@ enum AuthCmd {
         /// Read that user's password from this file (its first line).
         #[arg(long)]
         new_password_file: Option<PathBuf>,
+        /// Also accept logins with this method (repeatable; each needs a
+        /// user already).
+        #[arg(long)]
+        accept: Vec<String>,
     },
     /// Show the current method and the methods the server offers.
     Show {
@@ -438,12 +442,24 @@ async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
     let c = Client::connect(args.server.as_str())
         .await
         .with_context(|| format!("cannot reach keycard at {}", args.server))?;
-    // An explicit --auth is tried as given; otherwise the server's current
-    // method, if it asks for one.
+    // An explicit --auth is tried as given. Otherwise, if the server asks
+    // for a login, the strongest method it accepts that we can use: one
+    // needing a user name only with --user.
     let method = match (&args.auth, c.greeting().auth.as_ref()) {
         (Some(m), _) => Some(m.clone()),
-        (None, Some(list)) => list.first().cloned().flatten(),
-        (None, None) => None,
+        (None, Some(list)) if list.first().is_some_and(Option::is_some) => {
+            let accepted: Vec<&str> = list.iter().flatten().map(String::as_str).collect();
+            let usable =
+                |m: &&&str| accepted.contains(*m) && (**m == "root" || args.user.is_some());
+            match keycard_client::STRENGTH.iter().find(usable) {
+                Some(m) => Some((*m).to_owned()),
+                None => bail!(
+                    "the server requires a login with one of: {} (give --user, or --auth)",
+                    accepted.join(", ")
+                ),
+            }
+        }
+        _ => None,
     };
     if let Some(method) = method {
         let password = if ClientRegistry::needs_password(&method) {
@@ -453,12 +469,9 @@ async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
         };
         let m = ClientRegistry::make_with_password(&method, args.user.as_deref(), password)
             .map_err(|e| anyhow::anyhow!("{e} (use --user, or KEYCARD_USER)"))?;
-        if args.auth.is_some() {
-            c.login(m.as_ref()).await
-        } else {
-            c.login_as_needed(&[m.as_ref()]).await.map(|_| ())
-        }
-        .with_context(|| format!("login with method {method} failed"))?;
+        c.login(m.as_ref())
+            .await
+            .with_context(|| format!("login with method {method} failed"))?;
     }
     Ok(c)
 }
@@ -531,6 +544,7 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
             method,
             new_user,
             new_password_file,
+            accept,
         } => {
             let c = connect(&conn).await?;
             let password = if ClientRegistry::needs_password(&method) {
@@ -551,10 +565,12 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             }
+            let accept: Vec<Value> = accept.iter().map(|a| Value::from(a.as_str())).collect();
             c.request(
                 Msg::new()
                     .with("action", "set_auth_typ")
-                    .with("typ", method.as_str()),
+                    .with("typ", method.as_str())
+                    .with("accept", Value::Array(accept)),
             )
             .await?;
             eprintln!("method {method} is now required; log in with --auth {method}");
@@ -571,7 +587,7 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
                     }
                     let others: Vec<_> = list.iter().skip(1).flatten().cloned().collect();
                     if !others.is_empty() {
-                        println!("other methods with users: {}", others.join(", "));
+                        println!("also accepted: {}", others.join(", "));
                     }
                 }
             }

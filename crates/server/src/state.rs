@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use keycard_auth::{Registry, SecretKey};
 use keycard_proto::{Elem, Path, Value};
-use keycard_store::{Cond, Op, ScanOpts, Store, StoreError};
+use keycard_store::{Cond, Op, Store, StoreError};
 use rand::RngCore;
 
 use crate::config::Config;
@@ -18,8 +18,19 @@ pub struct AuthConfig {
     pub configured: bool,
     /// The current method; `None` leaves the server open.
     pub current: Option<String>,
-    /// Loaded methods other than the current one that hold user records.
-    pub others: Vec<String>,
+    /// Further methods logins may use (`accept` in `(nil, "auth")`).
+    pub accept: Vec<String>,
+}
+
+impl AuthConfig {
+    /// Whether a login with `method` is accepted: any while the server is
+    /// open, else the current method and the accepted ones.
+    pub fn accepts(&self, method: &str) -> bool {
+        match &self.current {
+            None => true,
+            Some(c) => c == method || self.accept.iter().any(|a| a == method),
+        }
+    }
 }
 
 /// Shared server state.
@@ -141,24 +152,23 @@ impl ServerState {
             .and_then(|e| e.value.get("current"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let mut others = Vec::new();
-        for m in self.methods.names() {
-            if Some(m) == current.as_deref() {
-                continue;
-            }
-            let users = auth_root().child(m).child("user");
-            let opts = ScanOpts {
-                min_depth: 1,
-                max_depth: Some(1),
-            };
-            if !self.store.scan_up_to(&users, opts, 1).await?.is_empty() {
-                others.push(m.to_owned());
-            }
-        }
+        let accept = entry
+            .as_ref()
+            .and_then(|e| e.value.get("accept"))
+            .map(|a| match a {
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter(|m| Some(*m) != current.as_deref())
+                    .map(str::to_owned)
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
         let cfg = AuthConfig {
             configured: entry.is_some(),
             current,
-            others,
+            accept,
         };
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
         Ok(cfg)

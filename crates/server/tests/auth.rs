@@ -48,10 +48,8 @@ async fn open_server_until_a_method_with_a_user_is_current() {
     make_current(&c, "root").await.expect("root current");
 
     let d = client(&s).await;
-    assert_eq!(
-        d.greeting().auth,
-        Some(vec![Some("root".to_owned()), Some("_test".to_owned())])
-    );
+    // The greeting lists the accepted methods: the current one only.
+    assert_eq!(d.greeting().auth, Some(vec![Some("root".to_owned())]));
     assert!(d.greeting().login_required());
     // Every data action before login: auth_required.
     let e = d.get(&p("x")).await.expect_err("login first");
@@ -375,4 +373,60 @@ async fn test_method_record_dialogue_and_auth_records() {
         v.get("value"),
         Some(&Msg::new().with("name", "joe").into_value())
     );
+}
+
+#[tokio::test]
+async fn several_methods_can_be_accepted_at_once() {
+    let s = start().await;
+    let admin = client(&s).await;
+    add_user(&admin, "root", None).await;
+    add_user(&admin, "_test", Some("joe")).await;
+    add_user(&admin, "_anon", Some("ann")).await;
+    // An accepted method needs a user too.
+    let e = admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "root")
+                .with(
+                    "accept",
+                    Value::Array(vec!["_test".into(), "scram-sha-256".into()]),
+                ),
+        )
+        .await
+        .expect_err("scram has no user");
+    assert_eq!(e.code(), Some(ErrorCode::BadRequest));
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "root")
+                .with("accept", Value::Array(vec!["_test".into()])),
+        )
+        .await
+        .expect("root, and _test too");
+    let c = client(&s).await;
+    assert_eq!(
+        c.greeting().auth,
+        Some(vec![Some("root".to_owned()), Some("_test".to_owned())])
+    );
+    // The strongest usable candidate is chosen: _test over root.
+    let joe = ClientRegistry::make("_test", Some("joe")).expect("m");
+    let root = ClientRegistry::make("root", None).expect("m");
+    let used = c
+        .login_as_needed(&[root.as_ref(), joe.as_ref()])
+        .await
+        .expect("login");
+    assert_eq!(used, Some("_test"));
+    // A method neither current nor accepted is refused, naming the list.
+    let c = client(&s).await;
+    let ann = ClientRegistry::make("_anon", Some("ann")).expect("m");
+    let e = c.login(ann.as_ref()).await.expect_err("not accepted");
+    assert_eq!(e.code(), Some(ErrorCode::AuthMethod));
+    assert!(e.to_string().contains("root, _test"), "{e}");
+    let e = c
+        .login_as_needed(&[ann.as_ref()])
+        .await
+        .expect_err("no usable candidate");
+    assert!(matches!(e, keycard_client::ClientError::Auth(_)), "{e:?}");
 }

@@ -111,16 +111,21 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
     let m = method(&state, msg)?.clone();
     let cfg = state.auth();
-    if let Some(current) = &cfg.current {
-        if current != m.name() {
-            return Err(ApiError::new(
-                ErrorCode::AuthMethod,
-                format!(
-                    "method {:?} is not accepted here; the current method is {current:?}",
-                    m.name()
-                ),
-            ));
-        }
+    if !cfg.accepts(m.name()) {
+        let list = cfg
+            .current
+            .iter()
+            .chain(cfg.accept.iter())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ApiError::new(
+            ErrorCode::AuthMethod,
+            format!(
+                "method {:?} is not accepted here; the accepted methods are: {list}",
+                m.name()
+            ),
+        ));
     }
     match msg.get("chroot") {
         None | Some(Value::Nil) => {}
@@ -464,17 +469,46 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
             )));
         }
     }
+    // Further methods to accept, each with a user (no lock-out either).
+    let accept = match msg.get("accept") {
+        None => None,
+        Some(Value::Array(items)) => {
+            let mut names = Vec::new();
+            for item in items {
+                let name = item
+                    .as_str()
+                    .ok_or_else(|| ApiError::bad("'accept' must be a list of method names"))?;
+                let m = state.methods.get(name).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::AuthMethod,
+                        format!("unknown auth method {name:?}"),
+                    )
+                })?;
+                if count_users(&state, &at, m.name(), 1).await? == 0 {
+                    return Err(ApiError::bad(format!("method {name:?} has no user yet")));
+                }
+                names.push(Value::from(m.name()));
+            }
+            Some(names)
+        }
+        Some(_) => return Err(ApiError::bad("'accept' must be a list of method names")),
+    };
     // Keep whatever else the record holds.
     let old = state.store.get(&at).await?;
     let mut fields: Vec<(Value, Value)> = match old.as_ref().map(|e| &e.value) {
         Some(Value::Map(m)) => m
             .iter()
-            .filter(|(k, _)| k.as_str() != Some("current"))
+            .filter(|(k, _)| {
+                k.as_str() != Some("current") && !(accept.is_some() && k.as_str() == Some("accept"))
+            })
             .cloned()
             .collect(),
         _ => Vec::new(),
     };
     fields.push(("current".into(), Value::from(typ)));
+    if let Some(a) = accept {
+        fields.push(("accept".into(), Value::Array(a)));
+    }
     let cond = match &old {
         Some(e) => Cond::TockIs(e.tock),
         None => Cond::Absent,

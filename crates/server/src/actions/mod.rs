@@ -37,7 +37,7 @@ pub(crate) async fn greeting(state: &ServerState) -> Value {
     let auth = state.auth();
     if auth.configured {
         let mut list = vec![Value::from(auth.current.clone())];
-        list.extend(auth.others.iter().map(|m| Value::from(m.as_str())));
+        list.extend(auth.accept.iter().map(|m| Value::from(m.as_str())));
         m.set("auth", Value::Array(list));
     }
     m.into_value()
