@@ -48,6 +48,9 @@ struct Args {
     /// Requests in flight per client when pipelining.
     #[arg(long, default_value_t = 32)]
     depth: usize,
+    /// Which measurements: kv (data actions), logins, or all.
+    #[arg(long, default_value = "kv")]
+    suite: String,
 }
 
 /// A server under test.
@@ -369,9 +372,129 @@ struct Row {
     results: Vec<f64>,
 }
 
+mod logins;
+
+/// Prints a Markdown table: a row per workload, a column per peer, and the
+/// keycard/DistKV ratio when both were measured.
+fn print_table(names: &[&str], rows: Vec<Row>) {
+    print!("| workload | {} |", names.join(" | "));
+    if names.len() > 1 {
+        print!(" keycard / DistKV |");
+    }
+    println!();
+    println!(
+        "|---|{}",
+        "---:|".repeat(names.len() + usize::from(names.len() > 1))
+    );
+    for r in rows {
+        print!("| {} |", r.name);
+        for v in &r.results {
+            print!(" {v:.1} |");
+        }
+        if r.results.len() > 1 && r.results[1] > 0.0 {
+            print!(" {:.1}× |", r.results[0] / r.results[1]);
+        }
+        println!();
+    }
+}
+
+async fn logins_suite(args: &Args) -> anyhow::Result<()> {
+    let secs = args.seconds;
+    let kc = start_keycard(args).await?;
+    setup(kc.addr).await?;
+    logins::setup_users(kc.addr).await?;
+    println!("### Logins (keycard, over loopback, a fresh connection per login)\n");
+    println!("| method | 1 client (logins/s) | 16 clients (logins/s) | raw cost, same run | 16 clients / raw |");
+    println!("|---|---:|---:|---:|---:|");
+    let raw_argon2 = logins::raw_argon2(secs)?;
+    let raw_opaque = logins::raw_opaque(secs)?;
+    let mut idle = logins::get_latencies(kc.addr, secs).await?;
+    let rtt = logins::percentile(&mut idle, 0.5);
+    for (method, raw, raw_name) in [
+        (
+            "password",
+            raw_argon2,
+            "Argon2id verifications/s, all cores",
+        ),
+        (
+            "opaque",
+            raw_opaque,
+            "in-process OPAQUE logins/s (client + server), all cores",
+        ),
+        (
+            "scram-sha-256",
+            1.0 / rtt.as_secs_f64().max(1e-9),
+            "get_value round trips/s, 1 client",
+        ),
+    ] {
+        let one = logins::login_rate(kc.addr, method, 1, secs).await?;
+        let many = logins::login_rate(kc.addr, method, 16, secs).await?;
+        eprintln!("keycard {method}: {one:.1} / {many:.1} logins/s; raw {raw:.1} ({raw_name})");
+        println!(
+            "| {method} | {one:.1} | {many:.1} | {raw:.1} ({raw_name}) | {:.2} |",
+            many / raw
+        );
+    }
+    // get_value latency from another client, idle and under a login storm.
+    let p99_idle = logins::percentile(&mut idle, 0.99);
+    let storm_addr = kc.addr;
+    let storm =
+        tokio::spawn(
+            async move { logins::login_rate(storm_addr, "password", 16, secs + 1.0).await },
+        );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut busy = logins::get_latencies(kc.addr, secs).await?;
+    let storm_rate = storm.await??;
+    let p99_busy = logins::percentile(&mut busy, 0.99);
+    println!(
+        "\nget_value p99 from another client: idle {:.3} ms; during a password login storm ({storm_rate:.1} logins/s, 16 clients) {:.3} ms: {:.2}×\n",
+        p99_idle.as_secs_f64() * 1e3,
+        p99_busy.as_secs_f64() * 1e3,
+        p99_busy.as_secs_f64() / p99_idle.as_secs_f64().max(1e-9)
+    );
+    // DistKV's password method, the same raw client against both.
+    let mut rows = vec![
+        Row {
+            name: "password logins/s, DistKV's protocol (MODP DH), 1 client".into(),
+            results: vec![],
+        },
+        Row {
+            name: "password logins/s, DistKV's protocol (MODP DH), 16 clients".into(),
+            results: vec![],
+        },
+    ];
+    rows[0]
+        .results
+        .push(logins::distkv_login_rate(kc.addr, "pw", 1, secs).await?);
+    rows[1]
+        .results
+        .push(logins::distkv_login_rate(kc.addr, "pw", 16, secs).await?);
+    drop(kc);
+    let mut names = vec!["keycard"];
+    if !args.no_distkv {
+        let dk = start_distkv(args).await?;
+        logins::distkv_password_user(dk.addr, "pw").await?;
+        rows[0]
+            .results
+            .push(logins::distkv_login_rate(dk.addr, "pw", 1, secs).await?);
+        rows[1]
+            .results
+            .push(logins::distkv_login_rate(dk.addr, "pw", 16, secs).await?);
+        names.push("DistKV 0.65");
+    }
+    print_table(&names, rows);
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.suite == "logins" || args.suite == "all" {
+        logins_suite(&args).await?;
+        if args.suite == "logins" {
+            return Ok(());
+        }
+    }
     let workloads: Vec<(String, Op, usize, usize)> = vec![
         ("get_value, 1 client, 1 in flight".into(), Op::Get, 1, 1),
         (
@@ -466,24 +589,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    print!("| workload | {} |", names.join(" | "));
-    if names.len() > 1 {
-        print!(" keycard / DistKV |");
-    }
-    println!();
-    println!(
-        "|---|{}",
-        "---:|".repeat(names.len() + usize::from(names.len() > 1))
-    );
-    for r in rows {
-        print!("| {} |", r.name);
-        for v in &r.results {
-            print!(" {v:.0} |");
-        }
-        if r.results.len() > 1 && r.results[1] > 0.0 {
-            print!(" {:.1}× |", r.results[0] / r.results[1]);
-        }
-        println!();
-    }
+    print_table(&names, rows);
     Ok(())
 }

@@ -1,0 +1,347 @@
+//! The login suite: logins per second for each password method next to its
+//! raw cost measured in the same run, password logins next to DistKV's, and
+//! get_value latency while a login storm saturates the machine.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use keycard_auth::channel::{seal, ModpClient};
+use keycard_auth::{
+    ClientMethod, LoginCtx, Method, Opaque, OpaqueClient, Password, PasswordClient, ScramClient,
+    Step,
+};
+use keycard_client::Client;
+use keycard_proto::{encode_into, Msg, Path, Value};
+use sha2::Digest;
+use tokio::io::AsyncWriteExt;
+
+use crate::Conn;
+
+const PW: &str = "bench password 1";
+
+/// A client for `method` logging in as the bench user.
+fn method_client(method: &str) -> Box<dyn ClientMethod> {
+    let pw = Password::new(PW);
+    match method {
+        "password" => Box::new(PasswordClient {
+            user: "pw".into(),
+            password: pw,
+        }),
+        "scram-sha-256" => Box::new(ScramClient::new("sc", pw)),
+        _ => Box::new(OpaqueClient {
+            user: "op".into(),
+            password: pw,
+        }),
+    }
+}
+
+/// Creates the bench users and accepts every password method.
+pub async fn setup_users(addr: SocketAddr) -> anyhow::Result<()> {
+    let c = Client::connect(addr).await?;
+    for m in ["password", "scram-sha-256", "opaque"] {
+        c.set_user(method_client(m).as_ref())
+            .await
+            .with_context(|| format!("create {m} user"))?;
+    }
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "password")
+            .with(
+                "accept",
+                Value::Array(vec!["scram-sha-256".into(), "opaque".into()]),
+            ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Logins per second with `clients` concurrent clients, each login on a
+/// fresh connection (agreement and login, as a real client does).
+pub async fn login_rate(
+    addr: SocketAddr,
+    method: &str,
+    clients: usize,
+    secs: f64,
+) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (done, stop, method) = (done.clone(), stop.clone(), method.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let m = method_client(&method);
+            while !stop.load(Ordering::Relaxed) {
+                let c = Client::connect(addr).await?;
+                c.login(m.as_ref()).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let n = done.load(Ordering::Relaxed);
+    let el = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / el)
+}
+
+/// DistKV's `password` login over the raw protocol (finite-field DH, then
+/// the sealed digest): the same code against keycard and DistKV.
+async fn distkv_password_login(addr: SocketAddr, user: &str) -> anyhow::Result<()> {
+    let mut c = Conn::connect(addr).await?;
+    let dh = ModpClient::new(1024);
+    let mut out = Vec::new();
+    let m = Msg::seq(1)
+        .with("action", "diffie_hellman")
+        .with("pubkey", dh.public.clone())
+        .with("length", 1024);
+    encode_into(&m.into_value(), &mut out);
+    c.stream.write_all(&out).await?;
+    let reply = c.recv().await?;
+    let server = reply
+        .get("pubkey")
+        .and_then(Value::as_bin)
+        .context("no pubkey")?;
+    let key = dh.finish(server).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let digest = sha2::Sha256::digest(PW.as_bytes());
+    out.clear();
+    let m = Msg::seq(2)
+        .with("action", "auth")
+        .with("typ", "password")
+        .with("ident", user)
+        .with("password", seal(&key, &digest));
+    encode_into(&m.into_value(), &mut out);
+    c.stream.write_all(&out).await?;
+    loop {
+        let v = c.recv().await?;
+        if let Some(e) = v.get("error") {
+            bail!("login refused: {e:?}");
+        }
+        if v.get("seq").and_then(Value::as_i64) == Some(2)
+            && (v.get("wseq").is_none() || v.get("state").and_then(Value::as_str) == Some("end"))
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Creates a password user over the raw protocol (open server).
+pub async fn distkv_password_user(addr: SocketAddr, user: &str) -> anyhow::Result<()> {
+    let mut c = Conn::connect(addr).await?;
+    let dh = ModpClient::new(1024);
+    let mut out = Vec::new();
+    let m = Msg::seq(1)
+        .with("action", "diffie_hellman")
+        .with("pubkey", dh.public.clone())
+        .with("length", 1024);
+    encode_into(&m.into_value(), &mut out);
+    c.stream.write_all(&out).await?;
+    let reply = c.recv().await?;
+    let server = reply
+        .get("pubkey")
+        .and_then(Value::as_bin)
+        .context("no pubkey")?;
+    let key = dh.finish(server).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let digest = sha2::Sha256::digest(PW.as_bytes());
+    out.clear();
+    let m = Msg::seq(2)
+        .with("action", "auth_set")
+        .with("typ", "password")
+        .with("kind", "user")
+        .with("ident", user)
+        .with("chain", Value::Nil)
+        .with("password", seal(&key, &digest));
+    encode_into(&m.into_value(), &mut out);
+    c.stream.write_all(&out).await?;
+    let r = c.recv().await?;
+    if let Some(e) = r.get("error") {
+        bail!("auth_set refused: {e:?}");
+    }
+    out.clear();
+    let m = Msg::seq(3)
+        .with("action", "set_auth_typ")
+        .with("typ", "password");
+    encode_into(&m.into_value(), &mut out);
+    c.stream.write_all(&out).await?;
+    let r = c.recv().await?;
+    if let Some(e) = r.get("error") {
+        bail!("set_auth_typ refused: {e:?}");
+    }
+    Ok(())
+}
+
+/// DistKV-protocol password logins per second.
+pub async fn distkv_login_rate(
+    addr: SocketAddr,
+    user: &str,
+    clients: usize,
+    secs: f64,
+) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (done, stop, user) = (done.clone(), stop.clone(), user.to_owned());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                distkv_password_login(addr, &user).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let n = done.load(Ordering::Relaxed);
+    let el = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / el)
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Runs `op` on every core for `secs`; returns operations per second.
+fn on_all_cores(secs: f64, op: impl Fn() + Send + Sync + 'static) -> f64 {
+    let op = Arc::new(op);
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads())
+        .map(|_| {
+            let (op, done, stop) = (op.clone(), done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    op();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let n = done.load(Ordering::Relaxed);
+    let el = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    n as f64 / el
+}
+
+/// Raw Argon2id verifications per second on all cores (the server's
+/// default parameters).
+pub fn raw_argon2(secs: f64) -> anyhow::Result<f64> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use argon2::PasswordVerifier;
+    let hasher = argon2::Argon2::default();
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let phc = hasher
+        .hash_password(b"0123456789abcdef0123456789abcdef", &salt)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string();
+    Ok(on_all_cores(secs, move || {
+        if let Ok(h) = argon2::password_hash::PasswordHash::new(&phc) {
+            let _ =
+                argon2::Argon2::default().verify_password(b"0123456789abcdef0123456789abcdef", &h);
+        }
+    }))
+}
+
+/// Raw OPAQUE logins per second on all cores, client and server in one
+/// process (the client's Argon2id included: it runs on the same machine in
+/// the networked figure too).
+pub fn raw_opaque(secs: f64) -> anyhow::Result<f64> {
+    let server = Arc::new(
+        Opaque::new(&keycard_auth::new_server_setup()).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let client = OpaqueClient {
+        user: "op".into(),
+        password: Password::new(PW),
+    };
+    // Register once.
+    let reg = client.set_record(None);
+    let mut step = server.set_record(
+        &LoginCtx::default(),
+        &keycard_auth::USER,
+        "op",
+        &reg.request.into_value(),
+    );
+    let mut cx = reg.exchange.context("registration dialogue")?;
+    let record = loop {
+        match step {
+            Step::Send(m, next) => match cx.next(&m.into_value()) {
+                Step::Send(a, c) => {
+                    cx = c;
+                    step = next.next(&a.into_value());
+                }
+                _ => bail!("registration failed"),
+            },
+            Step::Done(r) => break r,
+            _ => bail!("registration failed"),
+        }
+    };
+    Ok(on_all_cores(secs, move || {
+        let c = OpaqueClient {
+            user: "op".into(),
+            password: Password::new(PW),
+        };
+        let start = c.login(None);
+        let Some(mut cx) = start.exchange else { return };
+        let mut step = server.login(
+            &LoginCtx::default(),
+            "op",
+            &start.request.into_value(),
+            Some(&record),
+        );
+        loop {
+            match step {
+                Step::Send(m, next) => match cx.next(&m.into_value()) {
+                    Step::Send(a, c) => {
+                        cx = c;
+                        step = next.next(&a.into_value());
+                    }
+                    _ => return,
+                },
+                _ => return,
+            }
+        }
+    }))
+}
+
+/// get_value round-trip latencies from one client for `secs`.
+pub async fn get_latencies(addr: SocketAddr, secs: f64) -> anyhow::Result<Vec<Duration>> {
+    let c = Client::connect(addr).await?;
+    let m = method_client("password");
+    c.login(m.as_ref()).await?;
+    let path = Path::parse("bench.g").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = Vec::new();
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        let t = Instant::now();
+        c.get(&path).await?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+/// The p-th percentile.
+pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
