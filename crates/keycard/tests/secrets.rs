@@ -1,5 +1,6 @@
 //! No password or password-equivalent at rest or on the wire (DESIGN §7.1):
-//! users with known passwords are created (scram-sha-256 and password) and
+//! users with known passwords are created (scram-sha-256, password and
+//! opaque) and
 //! log in; then every byte of
 //! the data directory and every byte that crossed the wire is searched for
 //! the password, its SHA-256 and its SHA-1 (raw, hex and base64), and the
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use keycard_auth::{ClientMethod, Password, PasswordClient, ScramClient};
+use keycard_auth::{ClientMethod, OpaqueClient, Password, PasswordClient, ScramClient};
 use keycard_client::Client;
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use sha1::Digest as _;
@@ -144,6 +145,13 @@ fn all_bytes(dir: &std::path::Path, skip: &str) -> Vec<u8> {
     out
 }
 
+fn opaque_client(user: &str, pw: &str) -> OpaqueClient {
+    OpaqueClient {
+        user: user.into(),
+        password: Password::new(pw),
+    }
+}
+
 fn pw_client(user: &str, pw: &str) -> PasswordClient {
     PasswordClient {
         user: user.into(),
@@ -171,11 +179,20 @@ async fn no_password_or_equivalent_at_rest_on_the_wire_or_in_logs() {
             .await
             .expect("create");
         admin.set_user(&pw_client(user, pw)).await.expect("create");
+        admin
+            .set_user(&opaque_client(user, pw))
+            .await
+            .expect("create");
     }
-    // `password` logins while the server is open (any method is accepted).
+    // `password` and `opaque` logins while the server is open (any method
+    // is accepted).
     for (user, pw) in USERS {
         let c = Client::connect(proxy).await.expect("connect");
         c.login(&pw_client(user, pw)).await.expect("password login");
+        let c = Client::connect(proxy).await.expect("connect");
+        c.login(&opaque_client(user, pw))
+            .await
+            .expect("opaque login");
         let c = Client::connect(proxy).await.expect("connect");
         let e = c
             .login(&pw_client(user, &format!("{pw}!")))
