@@ -75,42 +75,23 @@ impl ClientRegistry {
         user: Option<&str>,
         password: Option<Password>,
     ) -> Result<Box<dyn ClientMethod>, AuthError> {
-        if method == OPAQUE {
-            let user = user.ok_or_else(|| {
-                AuthError::Unsupported(format!("method {method} needs a user name"))
-            })?;
-            let password = password.ok_or_else(|| {
-                AuthError::Unsupported(format!("method {method} needs a password"))
-            })?;
-            return Ok(Box::new(OpaqueClient {
-                user: user.to_owned(),
-                password,
-            }));
+        if !Self::needs_password(method) {
+            return Self::make(method, user);
         }
-        if method == PASSWORD {
-            let user = user.ok_or_else(|| {
-                AuthError::Unsupported(format!("method {method} needs a user name"))
-            })?;
-            let password = password.ok_or_else(|| {
-                AuthError::Unsupported(format!("method {method} needs a password"))
-            })?;
-            return Ok(Box::new(PasswordClient {
-                user: user.to_owned(),
-                password,
-            }));
-        }
-        if method == SCRAM_SHA_256 {
-            let user = user.ok_or_else(|| {
-                AuthError::Unsupported(format!("method {method} needs a user name"))
-            })?;
-            let password = password.ok_or_else(|| {
-                AuthError::Unsupported(format!("method {method} needs a password"))
-            })?;
-            let mut c = ScramClient::new(user, password);
-            c.iterations = MIN_ITERATIONS;
-            return Ok(Box::new(c));
-        }
-        Self::make(method, user)
+        let user = user
+            .ok_or_else(|| AuthError::Unsupported(format!("method {method} needs a user name")))?
+            .to_owned();
+        let password = password
+            .ok_or_else(|| AuthError::Unsupported(format!("method {method} needs a password")))?;
+        Ok(match method {
+            OPAQUE => Box::new(OpaqueClient { user, password }),
+            PASSWORD => Box::new(PasswordClient { user, password }),
+            _ => {
+                let mut c = ScramClient::new(user, password);
+                c.iterations = MIN_ITERATIONS;
+                Box::new(c)
+            }
+        })
     }
 
     /// Whether `method`'s client needs a password.

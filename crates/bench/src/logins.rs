@@ -93,33 +93,46 @@ pub async fn login_rate(
     Ok(n as f64 / el)
 }
 
-/// DistKV's `password` login over the raw protocol (finite-field DH, then
-/// the sealed digest): the same code against keycard and DistKV.
-async fn distkv_password_login(addr: SocketAddr, user: &str) -> anyhow::Result<()> {
+/// Connects and agrees a box key with DistKV's finite-field
+/// Diffie-Hellman (works against keycard and DistKV alike).
+async fn modp_connect(addr: SocketAddr) -> anyhow::Result<(Conn, keycard_auth::SecretKey)> {
     let mut c = Conn::connect(addr).await?;
     let dh = ModpClient::new(1024);
-    let mut out = Vec::new();
     let m = Msg::seq(1)
         .with("action", "diffie_hellman")
         .with("pubkey", dh.public.clone())
         .with("length", 1024);
-    encode_into(&m.into_value(), &mut out);
-    c.stream.write_all(&out).await?;
+    send(&mut c, m).await?;
     let reply = c.recv().await?;
     let server = reply
         .get("pubkey")
         .and_then(Value::as_bin)
         .context("no pubkey")?;
     let key = dh.finish(server).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let digest = sha2::Sha256::digest(PW.as_bytes());
-    out.clear();
+    Ok((c, key))
+}
+
+async fn send(c: &mut Conn, m: Msg) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    encode_into(&m.into_value(), &mut out);
+    c.stream.write_all(&out).await?;
+    Ok(())
+}
+
+/// The sealed SHA-256 of the bench password.
+fn sealed(key: &keycard_auth::SecretKey) -> Vec<u8> {
+    seal(key, &sha2::Sha256::digest(PW.as_bytes()))
+}
+
+/// DistKV's `password` login over the raw protocol.
+async fn distkv_password_login(addr: SocketAddr, user: &str) -> anyhow::Result<()> {
+    let (mut c, key) = modp_connect(addr).await?;
     let m = Msg::seq(2)
         .with("action", "auth")
         .with("typ", "password")
         .with("ident", user)
-        .with("password", seal(&key, &digest));
-    encode_into(&m.into_value(), &mut out);
-    c.stream.write_all(&out).await?;
+        .with("password", sealed(&key));
+    send(&mut c, m).await?;
     loop {
         let v = c.recv().await?;
         if let Some(e) = v.get("error") {
@@ -133,47 +146,32 @@ async fn distkv_password_login(addr: SocketAddr, user: &str) -> anyhow::Result<(
     }
 }
 
-/// Creates a password user over the raw protocol (open server).
+/// Creates a password user over the raw protocol (open server) and makes
+/// the method current.
 pub async fn distkv_password_user(addr: SocketAddr, user: &str) -> anyhow::Result<()> {
-    let mut c = Conn::connect(addr).await?;
-    let dh = ModpClient::new(1024);
-    let mut out = Vec::new();
-    let m = Msg::seq(1)
-        .with("action", "diffie_hellman")
-        .with("pubkey", dh.public.clone())
-        .with("length", 1024);
-    encode_into(&m.into_value(), &mut out);
-    c.stream.write_all(&out).await?;
-    let reply = c.recv().await?;
-    let server = reply
-        .get("pubkey")
-        .and_then(Value::as_bin)
-        .context("no pubkey")?;
-    let key = dh.finish(server).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let digest = sha2::Sha256::digest(PW.as_bytes());
-    out.clear();
+    let (mut c, key) = modp_connect(addr).await?;
     let m = Msg::seq(2)
         .with("action", "auth_set")
         .with("typ", "password")
         .with("kind", "user")
         .with("ident", user)
         .with("chain", Value::Nil)
-        .with("password", seal(&key, &digest));
-    encode_into(&m.into_value(), &mut out);
-    c.stream.write_all(&out).await?;
-    let r = c.recv().await?;
-    if let Some(e) = r.get("error") {
-        bail!("auth_set refused: {e:?}");
-    }
-    out.clear();
-    let m = Msg::seq(3)
-        .with("action", "set_auth_typ")
-        .with("typ", "password");
-    encode_into(&m.into_value(), &mut out);
-    c.stream.write_all(&out).await?;
-    let r = c.recv().await?;
-    if let Some(e) = r.get("error") {
-        bail!("set_auth_typ refused: {e:?}");
+        .with("password", sealed(&key));
+    send(&mut c, m).await?;
+    for step in ["auth_set", "set_auth_typ"] {
+        if step == "set_auth_typ" {
+            send(
+                &mut c,
+                Msg::seq(3)
+                    .with("action", "set_auth_typ")
+                    .with("typ", "password"),
+            )
+            .await?;
+        }
+        let r = c.recv().await?;
+        if let Some(e) = r.get("error") {
+            bail!("{step} refused: {e:?}");
+        }
     }
     Ok(())
 }

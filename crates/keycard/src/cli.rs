@@ -194,6 +194,15 @@ fn login_password(args: &ConnArgs) -> anyhow::Result<Password> {
     )
 }
 
+/// A new user's password, when `method` needs one: --new-password-file,
+/// KEYCARD_NEW_PASSWORD, or a prompt asked twice.
+fn new_password(method: &str, file: Option<&PathBuf>) -> anyhow::Result<Option<Password>> {
+    if !ClientRegistry::needs_password(method) {
+        return Ok(None);
+    }
+    read_password(file, "KEYCARD_NEW_PASSWORD", "new password: ", true).map(Some)
+}
+
 /// A secret from a file's first line, an environment variable, or a
 /// prompt on the terminal without echo (asked twice when `confirm`).
 fn read_password(
@@ -485,16 +494,7 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             new_password_file,
         } => {
             let c = connect(&conn).await?;
-            let password = if ClientRegistry::needs_password(&method) {
-                Some(read_password(
-                    new_password_file.as_ref(),
-                    "KEYCARD_NEW_PASSWORD",
-                    "new password: ",
-                    true,
-                )?)
-            } else {
-                None
-            };
+            let password = new_password(&method, new_password_file.as_ref())?;
             let m = ClientRegistry::make_with_password(&method, name.as_deref(), password)?;
             c.set_user(m.as_ref()).await?;
             eprintln!("user {} of method {method} created", m.ident());
@@ -547,16 +547,7 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
             accept,
         } => {
             let c = connect(&conn).await?;
-            let password = if ClientRegistry::needs_password(&method) {
-                Some(read_password(
-                    new_password_file.as_ref(),
-                    "KEYCARD_NEW_PASSWORD",
-                    "new password: ",
-                    true,
-                )?)
-            } else {
-                None
-            };
+            let password = new_password(&method, new_password_file.as_ref())?;
             let m = ClientRegistry::make_with_password(&method, new_user.as_deref(), password)?;
             match c.set_user(m.as_ref()).await {
                 Ok(_) => eprintln!("user {} of method {method} created", m.ident()),
