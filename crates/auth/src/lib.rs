@@ -11,6 +11,7 @@
 //! 000: a name, no secret, one message) and `_test` (DistKV's test method,
 //! with its multi-step record exchange).
 
+pub mod acl;
 mod anon;
 pub mod channel;
 mod exchange;
