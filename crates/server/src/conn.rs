@@ -52,6 +52,9 @@ pub struct LoggedIn {
     pub super_root: bool,
     /// The key the login agreed (SCRAM, OPAQUE), for signed requests.
     pub session_key: Option<keycard_auth::SecretKey>,
+    /// The ACL the user was bound to when logging in (`None`: full data
+    /// access, as in DistKV).
+    pub acl: Option<String>,
 }
 
 /// Acknowledgement state of one stream.

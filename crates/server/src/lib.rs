@@ -5,6 +5,7 @@
 //! [`keycard_store::Store`] for data and the [`keycard_auth`] methods for
 //! logins; all protocol state lives per connection in [`conn`].
 
+mod acl;
 mod actions;
 mod audit;
 mod config;

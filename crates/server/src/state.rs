@@ -47,6 +47,8 @@ pub struct ServerState {
     workers: tokio::sync::Semaphore,
     /// The audit log.
     pub audit: crate::audit::Audit,
+    /// Compiled ACLs.
+    pub acls: crate::acl::AclCache,
 }
 
 /// `(nil, "auth")`.
@@ -133,6 +135,7 @@ impl ServerState {
             next_conn: AtomicU64::new(1),
             workers: tokio::sync::Semaphore::new(workers),
             audit,
+            acls: crate::acl::AclCache::default(),
         });
         state.refresh_auth().await?;
         Ok(state)

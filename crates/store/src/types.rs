@@ -118,6 +118,13 @@ pub enum After<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor(pub(crate) Vec<u8>);
 
+impl Cursor {
+    /// A cursor just after the node `path`.
+    pub fn after(path: &Path) -> Cursor {
+        Cursor(path.to_key())
+    }
+}
+
 /// One page of a scan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScanPage {

@@ -210,12 +210,26 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 .await?;
             state.audit.login(event("success")).await;
             let reply = verdict.reply;
+            // The ACL binding, read now: a new binding applies at the next
+            // login, as in DistKV.
+            let acl = state
+                .store
+                .get(&record_at.child("acl"))
+                .await?
+                .and_then(|e| {
+                    e.value
+                        .get("key")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .filter(|k| k != "*");
             conn.update_session(|s| {
                 s.user = Some(LoggedIn {
                     method: m.name().into(),
                     name: verdict.user,
                     super_root: m.super_root(),
                     session_key: verdict.session_key,
+                    acl,
                 });
                 s.failed_logins = 0;
             });

@@ -5,13 +5,18 @@ use keycard_proto::Path;
 use keycard_proto::{Msg, Value};
 use keycard_store::{Cond, Op};
 
-use super::{chain, condition, data_path, entry_msg, flag, opt_usize, require_login};
+use super::{
+    authorize, caller_acl, chain, condition, data_path, entry_msg, flag, opt_usize, require_login,
+    require_super_root,
+};
 use crate::conn::{stop_task, Responder};
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
+use keycard_auth::acl::Mode;
 
 pub(super) async fn get_value(msg: &Value, r: &mut Responder) -> ApiResult {
     let path = data_path(msg, r)?;
+    authorize(r, &path, Mode::Read).await?;
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
     let state = r.conn().state.clone();
     let entry = state.store.get(&path).await?;
@@ -27,6 +32,14 @@ pub(super) async fn set_value(msg: &Value, r: &mut Responder) -> ApiResult {
         ));
     };
     let state = r.conn().state.clone();
+    if caller_acl(r).await?.is_some() {
+        // DistKV's W: overwrite needs w, a new value needs c.
+        let mode = match state.store.get(&path).await? {
+            Some(_) => Mode::Write,
+            None => Mode::Create,
+        };
+        authorize(r, &path, mode).await?;
+    }
     let reply = write_value(&state, msg, path, Some(value.clone())).await?;
     r.reply(reply).await;
     Ok(())
@@ -37,6 +50,7 @@ pub(super) async fn delete_value(msg: &Value, r: &mut Responder) -> ApiResult {
     if msg.get("value").is_some() {
         return Err(ApiError::bad("delete_value takes no 'value'"));
     }
+    authorize(r, &path, Mode::Delete).await?;
     let state = r.conn().state.clone();
     let reply = write_value(&state, msg, path, None).await?;
     r.reply(reply).await;
@@ -93,6 +107,7 @@ pub(super) async fn get_tock(r: &mut Responder) -> ApiResult {
 /// path is relative to it and nothing outside it can be named.
 pub(super) async fn root(msg: &Value, r: &mut Responder) -> ApiResult {
     let path = data_path(msg, r)?;
+    authorize(r, &path, Mode::Access).await?;
     let state = r.conn().state.clone();
     let entry = state.store.get(&path).await?;
     r.conn().update_session(|s| s.root = path.clone());
@@ -124,5 +139,60 @@ pub(super) async fn stop(msg: &Value, r: &mut Responder) -> ApiResult {
     if let Some(end) = found {
         end.await;
     }
+    Ok(())
+}
+
+/// What `path` allows: `{access: bool}` for `mode` (a letter, default
+/// `x`), and the deciding entry `{rule: [pattern, modes]}` when one
+/// matched. Checks the caller's own ACL; a super-root may name another
+/// ACL with `acl`.
+pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
+    let path = data_path(msg, r)?;
+    let mode = match msg.get("mode") {
+        None | Some(Value::Nil) => Mode::Access,
+        Some(Value::Str(s)) => {
+            let mut chars = s.chars();
+            match (chars.next().and_then(Mode::from_letter), chars.next()) {
+                (Some(m), None) => m,
+                _ => {
+                    return Err(ApiError::bad(
+                        "'mode' must be one mode letter of a r w c d x e n",
+                    ))
+                }
+            }
+        }
+        Some(_) => return Err(ApiError::bad("'mode' must be a string")),
+    };
+    let state = r.conn().state.clone();
+    let acl = match msg.get("acl") {
+        None | Some(Value::Nil) => caller_acl(r).await?,
+        Some(Value::Str(name)) => {
+            require_super_root(r)?;
+            Some(state.acls.get(state.store.as_ref(), name).await?)
+        }
+        Some(_) => return Err(ApiError::bad("'acl' must be an ACL name")),
+    };
+    let mut reply = Msg::new();
+    match acl {
+        None => reply.set("access", true),
+        Some(acl) => {
+            let have = crate::acl::existing_depth(state.store.as_ref(), &path).await?;
+            let (ok, rule) = match acl.check(path.elems(), |d| d <= have, mode) {
+                Ok(f) => (true, f.rule()),
+                Err(d) => (false, d.rule),
+            };
+            reply.set("access", ok);
+            if let Some((pattern, modes)) = rule {
+                reply.set(
+                    "rule",
+                    Value::Array(vec![
+                        Path::new(pattern).to_value(),
+                        Value::from(modes.to_string()),
+                    ]),
+                );
+            }
+        }
+    }
+    r.reply(reply).await;
     Ok(())
 }

@@ -36,6 +36,8 @@ pub(super) async fn set_internal(msg: &Value, r: &mut Responder) -> ApiResult {
     super::auth::guard_lockout(&state, &auth_at, &path, Some(value)).await?;
     let reply = write_value(&state, msg, path, Some(value.clone())).await?;
     state.refresh_auth().await?;
+    // ACL edits apply at once.
+    state.acls.invalidate();
     r.reply(reply).await;
     Ok(())
 }
@@ -47,6 +49,7 @@ pub(super) async fn delete_internal(msg: &Value, r: &mut Responder) -> ApiResult
     super::auth::guard_lockout(&state, &auth_at, &path, None).await?;
     let reply = write_value(&state, msg, path, None).await?;
     state.refresh_auth().await?;
+    state.acls.invalidate();
     r.reply(reply).await;
     Ok(())
 }

@@ -70,6 +70,7 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
         "whoami" => auth::whoami(r).await,
         "diffie_hellman" => auth::diffie_hellman(msg, r).await,
         "audit_tail" => auth::audit_tail(msg, r).await,
+        "test_acl" => data::test_acl(msg, r).await,
         other => Err(ApiError::new(
             ErrorCode::UnknownAction,
             format!("unknown action {other:?}"),
@@ -148,6 +149,34 @@ pub(crate) fn data_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
         )));
     }
     Ok(full)
+}
+
+/// The ACL the caller is bound to, if any.
+pub(crate) async fn caller_acl(
+    r: &Responder,
+) -> ApiResult<Option<std::sync::Arc<keycard_auth::acl::Acl>>> {
+    let name = r.conn().session().user.and_then(|u| u.acl);
+    match name {
+        None => Ok(None),
+        Some(n) => {
+            let state = &r.conn().state;
+            Ok(Some(state.acls.get(state.store.as_ref(), &n).await?))
+        }
+    }
+}
+
+/// Checks `mode` on `path` against the caller's ACL; returns the ACL for
+/// checks further down (tree walks), `None` when the caller has none.
+pub(crate) async fn authorize(
+    r: &Responder,
+    path: &Path,
+    mode: keycard_auth::acl::Mode,
+) -> ApiResult<Option<std::sync::Arc<keycard_auth::acl::Acl>>> {
+    let acl = caller_acl(r).await?;
+    if let Some(a) = &acl {
+        crate::acl::check(r.conn().state.store.as_ref(), a, path, mode).await?;
+    }
+    Ok(acl)
 }
 
 /// An optional non-negative integer field.

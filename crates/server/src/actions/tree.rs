@@ -4,10 +4,11 @@ use keycard_proto::{Elem, ErrorCode, Msg, Path, Value};
 use keycard_store::{After, Change, Cursor, Entry, Op, ScanOpts, StoreError, Tock};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{chain, data_path, flag, opt_usize};
+use super::{authorize, chain, data_path, flag, opt_usize};
 use crate::conn::Responder;
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
+use keycard_auth::acl::{Acl, Mode};
 
 /// Nodes read from the store per round trip.
 const PAGE: usize = 512;
@@ -64,6 +65,8 @@ struct TreeItems<'a> {
     /// Leave out every node below a nil element (reserved subtrees): set
     /// for data actions, clear for the management ones.
     hide_reserved: bool,
+    /// The caller's ACL: only nodes it lets the caller read are sent.
+    acl: Option<std::sync::Arc<Acl>>,
     short: Shortener,
     /// The last node sent (relative), to know which ancestors are new.
     last: Option<Vec<Elem>>,
@@ -81,9 +84,21 @@ impl<'a> TreeItems<'a> {
             empty: flag(msg, "empty"),
             nchain: opt_usize(msg, "nchain")?.unwrap_or(0),
             hide_reserved,
+            acl: None,
             short: Shortener::default(),
             last: None,
         })
+    }
+
+    /// Whether the caller's ACL shows the node at `rel` (with `mode`).
+    fn shown(&self, rel: &[Elem], mode: Mode) -> bool {
+        match &self.acl {
+            None => true,
+            Some(acl) => {
+                let full: Vec<Elem> = self.base.elems().iter().chain(rel).cloned().collect();
+                crate::acl::visible(acl, self.base.len(), &full, mode)
+            }
+        }
     }
 
     fn in_depth(&self, depth: usize) -> bool {
@@ -112,14 +127,14 @@ impl<'a> TreeItems<'a> {
                 Some(last) => rel.iter().zip(last).take_while(|(a, b)| a == b).count() + 1,
             };
             for len in first_new..rel.len() {
-                if self.in_depth(len) {
+                if self.in_depth(len) && self.shown(&rel[..len], Mode::Enumerate) {
                     let m = self.item(&rel[..len], None, entry.tock);
                     r.item(m).await;
                 }
             }
             self.last = Some(rel.to_vec());
         }
-        if self.in_depth(rel.len()) {
+        if self.in_depth(rel.len()) && self.shown(rel, Mode::Read) {
             let m = self.item(rel, Some(&entry.value), entry.tock);
             r.item(m).await;
         }
@@ -169,10 +184,15 @@ impl<'a> TreeItems<'a> {
 
 pub(super) async fn get_tree(msg: &Value, r: &mut Responder) -> ApiResult {
     let base = data_path(msg, r)?;
-    get_tree_at(msg, r, base).await
+    let acl = authorize(r, &base, Mode::Enumerate).await?;
+    let state = r.conn().state.clone();
+    let mut items = TreeItems::new(&state, msg, base)?;
+    items.acl = acl;
+    r.start().await;
+    items.walk(r, None).await
 }
 
-/// Streams the subtree at `base` (already resolved and checked).
+/// Streams the subtree at `base` (a management path, already checked).
 pub(super) async fn get_tree_at(msg: &Value, r: &mut Responder, base: Path) -> ApiResult {
     let state = r.conn().state.clone();
     let mut items = TreeItems::new(&state, msg, base)?;
@@ -184,8 +204,47 @@ pub(super) async fn get_tree_at(msg: &Value, r: &mut Responder, base: Path) -> A
 /// name → value. Without `empty`, only children that hold a value.
 pub(super) async fn enumerate(msg: &Value, r: &mut Responder) -> ApiResult {
     let base = data_path(msg, r)?;
+    let acl = authorize(r, &base, Mode::Enumerate).await?;
     let state = r.conn().state.clone();
-    let reply = enumerate_at(&state, &base, flag(msg, "with_data"), flag(msg, "empty")).await?;
+    let mut reply = enumerate_at(&state, &base, flag(msg, "with_data"), flag(msg, "empty")).await?;
+    if let Some(acl) = acl {
+        // Only children the caller may see; values only where it may read.
+        let child = |name: &Value| {
+            Elem::from_value(name).map(|e| {
+                let mut p = base.elems().to_vec();
+                p.push(e);
+                p
+            })
+        };
+        let shows = |p: &[Elem], m: Mode| crate::acl::visible(&acl, base.len(), p, m);
+        reply = match reply {
+            Value::Array(names) => Value::Array(
+                names
+                    .into_iter()
+                    .filter(|n| {
+                        child(n)
+                            .is_some_and(|p| shows(&p, Mode::Enumerate) || shows(&p, Mode::Read))
+                    })
+                    .collect(),
+            ),
+            Value::Map(entries) => Value::Map(
+                entries
+                    .into_iter()
+                    .filter_map(|(k, v)| {
+                        let p = child(&k)?;
+                        if shows(&p, Mode::Read) {
+                            Some((k, v))
+                        } else if shows(&p, Mode::Enumerate) {
+                            Some((k, Value::Nil))
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+            other => other,
+        };
+    }
     r.reply(Msg::new().with("result", reply)).await;
     Ok(())
 }
@@ -249,11 +308,13 @@ pub(crate) async fn enumerate_at(
 /// item without `value`), until `stop` or disconnect.
 pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
     let base = data_path(msg, r)?;
+    let acl = authorize(r, &base, Mode::Enumerate).await?;
     let state = r.conn().state.clone();
     // Subscribe before reading, so no change falls between the two.
     let mut feed = state.store.subscribe();
     let start = state.store.tock();
     let mut items = TreeItems::new(&state, msg, base.clone())?;
+    items.acl = acl;
     r.start().await;
     if flag(msg, "fetch") {
         items.walk(r, Some(start)).await?;
@@ -304,7 +365,10 @@ async fn send_change(items: &mut TreeItems<'_>, r: &mut Responder, change: &Chan
         return;
     }
     let rel = &change.path.elems()[items.base.len()..];
-    if !items.in_depth(rel.len()) || (items.hide_reserved && !super::is_data_path(rel)) {
+    if !items.in_depth(rel.len())
+        || (items.hide_reserved && !super::is_data_path(rel))
+        || !items.shown(rel, Mode::Read)
+    {
         return;
     }
     let m = items.item(rel, change.value.as_ref(), change.tock);
@@ -317,17 +381,34 @@ pub(super) async fn delete_tree(msg: &Value, r: &mut Responder) -> ApiResult {
     if base.is_empty() {
         return Err(ApiError::bad("the root node cannot be deleted"));
     }
+    let acl = authorize(r, &base, Mode::Enumerate).await?;
     let state = r.conn().state.clone();
     let mut count = 0u64;
+    let mut pos = Pos::Start;
     loop {
         let page = state
             .store
-            .scan(&base, ScanOpts::default(), After::Start, PAGE)
+            .scan(&base, ScanOpts::default(), pos.after(), PAGE)
             .await?;
-        if page.items.is_empty() {
+        let Some((last, _)) = page.items.last() else {
             break;
+        };
+        pos = Pos::Cursor(keycard_store::Cursor::after(last));
+        // Only what the caller may delete (and see) goes; reserved
+        // subtrees below (a domain's) never do.
+        let ops: Vec<Op> = page
+            .items
+            .into_iter()
+            .filter(|(p, _)| super::is_data_path(&p.elems()[base.len()..]))
+            .filter(|(p, _)| {
+                acl.as_ref()
+                    .is_none_or(|a| crate::acl::visible(a, base.len(), p.elems(), Mode::Delete))
+            })
+            .map(|(p, _)| Op::delete(p))
+            .collect();
+        if ops.is_empty() {
+            continue;
         }
-        let ops = page.items.into_iter().map(|(p, _)| Op::delete(p)).collect();
         count += state
             .store
             .write(ops)
