@@ -98,6 +98,57 @@ enum Command {
         #[command(subcommand)]
         cmd: AuthCmd,
     },
+    /// Manage ACLs (DistKV's: mode letters a r w c d x e n; patterns may
+    /// use `+` for one level and `#` for one or more).
+    Acl {
+        #[command(subcommand)]
+        cmd: AclCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AclCmd {
+    /// Set entry PATTERN of ACL NAME to MODES (e.g. `keycard acl set ro app.+ rx`).
+    Set {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The ACL's name.
+        name: String,
+        /// The path pattern (`:` for the ACL's root).
+        pattern: String,
+        /// The mode letters.
+        modes: String,
+    },
+    /// Show the entries of ACL NAME.
+    Show {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The ACL's name.
+        name: String,
+    },
+    /// Bind USER of METHOD to ACL NAME (`*`: no ACL); applies at their next login.
+    Bind {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The auth method of the user.
+        method: String,
+        /// The user.
+        #[arg(value_name = "USER")]
+        who: String,
+        /// The ACL's name.
+        name: String,
+    },
+    /// Whether ACL NAME grants MODE on PATH, and the entry that decided.
+    Check {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The ACL's name.
+        name: String,
+        /// The path.
+        path: String,
+        /// One mode letter.
+        mode: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -371,6 +422,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::User { cmd } => user(cmd).await,
         Command::Auth { cmd } => auth(cmd).await,
+        Command::Acl { cmd } => acl(cmd).await,
     }
 }
 
@@ -584,5 +636,133 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
+    match cmd {
+        AclCmd::Set {
+            conn,
+            name,
+            pattern,
+            modes,
+        } => {
+            keycard_auth::acl::Modes::parse(&modes)?;
+            let c = connect(&conn).await?;
+            let path =
+                Path::new(vec!["acl".into(), name.as_str().into()]).join(&parse_path(&pattern)?);
+            c.write(
+                Msg::new()
+                    .with("action", "set_internal")
+                    .with_path("path", &path)
+                    .with("value", modes.as_str()),
+            )
+            .await?;
+            Ok(())
+        }
+        AclCmd::Show { conn, name } => {
+            let c = connect(&conn).await?;
+            let base = Path::new(vec!["acl".into(), name.as_str().into()]);
+            let mut s = c
+                .stream(
+                    Msg::new()
+                        .with("action", "get_tree_internal")
+                        .with_path("path", &base)
+                        .with("long_path", true),
+                )
+                .await?;
+            let mut any = false;
+            while let Some(item) = s.next().await {
+                let item = item?;
+                if let Some(v) = item.value {
+                    any = true;
+                    println!(
+                        "{}\t{}",
+                        item.path,
+                        v.as_str().unwrap_or("(not a mode string)")
+                    );
+                }
+            }
+            if !any {
+                bail!("ACL {name:?} has no entries");
+            }
+            Ok(())
+        }
+        AclCmd::Bind {
+            conn,
+            method,
+            who: user,
+            name,
+        } => {
+            let c = connect(&conn).await?;
+            let path = Path::new(vec![
+                "auth".into(),
+                method.as_str().into(),
+                "user".into(),
+                user.as_str().into(),
+                "acl".into(),
+            ]);
+            c.write(
+                Msg::new()
+                    .with("action", "set_internal")
+                    .with_path("path", &path)
+                    .with("value", Msg::new().with("key", name.as_str())),
+            )
+            .await?;
+            eprintln!(
+                "user {user} of {method} bound to ACL {name}; it applies at their next login"
+            );
+            Ok(())
+        }
+        AclCmd::Check {
+            conn,
+            name,
+            path,
+            mode,
+        } => {
+            let c = connect(&conn).await?;
+            let r = c
+                .request(
+                    Msg::new()
+                        .with("action", "test_acl")
+                        .with_path("path", &parse_path(&path)?)
+                        .with("mode", mode.as_str())
+                        .with("acl", name.as_str()),
+                )
+                .await?;
+            let allowed = r.get("access").is_some_and(Value::truthy);
+            match r.get("rule") {
+                Some(Value::Array(rule)) if rule.len() == 2 => {
+                    let pattern = Path::from_value(&rule[0])
+                        .map(|p| p.to_string())
+                        .unwrap_or_default();
+                    println!(
+                        "{}: entry {pattern} = {}",
+                        if allowed { "allowed" } else { "denied" },
+                        rule[1].as_str().unwrap_or("?")
+                    );
+                }
+                _ => println!(
+                    "{}: no entry matches",
+                    if allowed { "allowed" } else { "denied" }
+                ),
+            }
+            if !allowed {
+                bail!("ACL {name} does not grant '{mode}' on {path}");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand (duplicate
+    /// argument names and the like).
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

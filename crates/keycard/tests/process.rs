@@ -307,8 +307,25 @@ fn cli_commands_and_exit_codes() {
     assert_eq!(out.trim(), r#"b"\x00\xff""#);
     assert_eq!(run(&["rm", "app.name"]).0, Some(0));
     assert_eq!(run(&["rm", "app.name"]).0, Some(1));
+    // ACLs.
+    assert_eq!(run(&["acl", "set", "ro", "app.+", "rx"]).0, Some(0));
+    assert_eq!(run(&["acl", "set", "ro", "app", "x"]).0, Some(0));
+    let (code, _, err) = run(&["acl", "set", "ro", "app", "rQ"]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, out, _) = run(&["acl", "show", "ro"]);
+    assert_eq!(
+        (code, out.lines().collect::<Vec<_>>()),
+        (Some(0), vec!["app\tx", "app.+\trx"])
+    );
+    let (code, out, _) = run(&["acl", "check", "ro", "app.n", "r"]);
+    assert_eq!((code, out.trim()), (Some(0), "allowed: entry app.+ = rx"));
+    let (code, out, _) = run(&["acl", "check", "ro", "app.n", "w"]);
+    assert_eq!((code, out.trim()), (Some(1), "denied: entry app.+ = rx"));
+    let (code, out, _) = run(&["acl", "check", "ro", "other", "r"]);
+    assert_eq!((code, out.trim()), (Some(1), "denied: no entry matches"));
     // Users and auth.
     assert_eq!(run(&["user", "add", "_anon", "ann"]).0, Some(0));
+    assert_eq!(run(&["acl", "bind", "_anon", "ann", "ro"]).0, Some(0));
     let (code, _, err) = run(&["auth", "init", "root"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, out, _) = run(&["auth", "show"]);
