@@ -20,7 +20,7 @@
 //!
 //! Pure data and functions: no store, no clock.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 
 use keycard_proto::Elem;
@@ -129,7 +129,7 @@ struct Node {
     modes: Option<Modes>,
     /// The matched pattern, for explaining decisions.
     pattern: Vec<Elem>,
-    exact: BTreeMap<Elem, Node>,
+    exact: HashMap<Elem, Node>,
     plus: Option<Box<Node>>,
     hash: Option<Box<Node>>,
 }
@@ -247,7 +247,17 @@ pub struct Finder<'a> {
 impl<'a> Finder<'a> {
     /// The matcher one element further down.
     pub fn step(&self, e: &Elem) -> Finder<'a> {
-        let mut steps = Vec::with_capacity(self.steps.len() + 2);
+        let mut next = Finder {
+            steps: Vec::with_capacity(self.steps.len() + 2),
+        };
+        self.step_into(e, &mut next);
+        next
+    }
+
+    /// Like [`Finder::step`], into `next` (reusing its allocation).
+    pub fn step_into(&self, e: &Elem, next: &mut Finder<'a>) {
+        let steps = &mut next.steps;
+        steps.clear();
         for &(node, keep) in &self.steps {
             if let Some(child) = node.exact.get(e) {
                 steps.push((child, false));
@@ -263,7 +273,6 @@ impl<'a> Finder<'a> {
                 steps.push((node, true));
             }
         }
-        Finder { steps }
     }
 
     /// The modes of the most specific matching entry.

@@ -48,7 +48,7 @@ struct Args {
     /// Requests in flight per client when pipelining.
     #[arg(long, default_value_t = 32)]
     depth: usize,
-    /// Which measurements: kv (data actions), logins, or all.
+    /// Which measurements: kv (data actions), logins, acl, or all.
     #[arg(long, default_value = "kv")]
     suite: String,
 }
@@ -486,9 +486,67 @@ async fn logins_suite(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// ACL check cost: one ACL of `rules` random entries, checks of random
+/// paths, in process (no server); the baseline is the same walk with an
+/// empty ACL.
+fn acl_suite(rules: usize) {
+    use keycard_auth::acl::{Acl, Mode, Modes};
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let word = |rng: &mut rand::rngs::ThreadRng| Elem::Str(format!("w{}", rng.gen_range(0..64)));
+    let mut acl = Acl::new();
+    let modes = Modes::parse("rwcxen").unwrap_or_default();
+    for _ in 0..rules {
+        let len = rng.gen_range(1..5);
+        let pattern: Vec<Elem> = (0..len)
+            .map(|_| match rng.gen_range(0..20) {
+                0 => Elem::from("+"),
+                1 => Elem::from("#"),
+                _ => word(&mut rng),
+            })
+            .collect();
+        acl.insert(&pattern, modes);
+    }
+    let paths: Vec<Vec<Elem>> = (0..10_000)
+        .map(|_| (0..rng.gen_range(1..6)).map(|_| word(&mut rng)).collect())
+        .collect();
+    let time = |acl: &Acl| {
+        let start = Instant::now();
+        let mut granted = 0usize;
+        let rounds = 20;
+        for _ in 0..rounds {
+            for p in &paths {
+                granted += usize::from(acl.check(p, |_| true, Mode::Read).is_ok());
+            }
+        }
+        (
+            start.elapsed().as_nanos() as f64 / (rounds * paths.len()) as f64,
+            granted,
+        )
+    };
+    let (with, granted) = time(&acl);
+    let (empty, _) = time(&Acl::new());
+    println!("### ACL checks\n");
+    println!("| ACL | ns per check (paths of 1-5 elements) |");
+    println!("|---|---:|");
+    println!(
+        "| {} entries ({} of {} checks granted) | {with:.0} |",
+        acl.len(),
+        granted / 20,
+        paths.len()
+    );
+    println!("| empty (baseline) | {empty:.0} |");
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.suite == "acl" || args.suite == "all" {
+        acl_suite(10_000);
+        if args.suite == "acl" {
+            return Ok(());
+        }
+    }
     if args.suite == "logins" || args.suite == "all" {
         logins_suite(&args).await?;
         if args.suite == "logins" {

@@ -131,9 +131,15 @@ impl Ord for Elem {
 
 impl std::hash::Hash for Elem {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let mut key = Vec::new();
-        self.write_key(&mut key);
-        key.hash(state);
+        // Consistent with `Eq` (`cmp`): floats are equal iff their bits are.
+        self.rank().hash(state);
+        match self {
+            Elem::Nil | Elem::Bool(_) => {}
+            Elem::Int(i) => i.hash(state),
+            Elem::Float(f) => f.to_bits().hash(state),
+            Elem::Str(s) => s.hash(state),
+            Elem::Bin(b) => b.hash(state),
+        }
     }
 }
 
