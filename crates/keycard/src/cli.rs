@@ -166,6 +166,10 @@ enum UserCmd {
         /// Read the new user's password from this file (its first line).
         #[arg(long)]
         new_password_file: Option<PathBuf>,
+        /// Grant read_auth, write_auth and manage_keycards (needs a
+        /// super-root session).
+        #[arg(long)]
+        admin: bool,
     },
     /// List the users of METHOD.
     Ls {
@@ -544,12 +548,35 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             method,
             name,
             new_password_file,
+            admin,
         } => {
             let c = connect(&conn).await?;
             let password = new_password(&method, new_password_file.as_ref())?;
             let m = ClientRegistry::make_with_password(&method, name.as_deref(), password)?;
             c.set_user(m.as_ref()).await?;
             eprintln!("user {} of method {method} created", m.ident());
+            if admin {
+                let caps = ["read_auth", "write_auth", "manage_keycards"];
+                let path = Path::new(vec![
+                    "auth".into(),
+                    method.as_str().into(),
+                    "user".into(),
+                    m.ident().into(),
+                    "caps".into(),
+                ]);
+                c.write(
+                    Msg::new()
+                        .with("action", "set_internal")
+                        .with_path("path", &path)
+                        .with(
+                            "value",
+                            Msg::new().with("caps", Value::Array(caps.map(Value::from).to_vec())),
+                        ),
+                )
+                .await
+                .context("granting the admin capabilities needs a super-root session")?;
+                eprintln!("granted {}", caps.join(", "));
+            }
             Ok(())
         }
         UserCmd::Ls { conn, method } => {
@@ -568,22 +595,14 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
         }
         UserCmd::Rm { conn, method, name } => {
             let c = connect(&conn).await?;
-            let path = Path::new(vec![
-                "auth".into(),
-                method.as_str().into(),
-                "user".into(),
-                name.as_str().into(),
-            ]);
-            let r = c
-                .write(
-                    Msg::new()
-                        .with("action", "delete_internal")
-                        .with_path("path", &path),
-                )
-                .await?;
-            if !r.changed {
-                bail!("method {method} has no user {name:?}");
-            }
+            c.request(
+                Msg::new()
+                    .with("action", "auth_delete")
+                    .with("typ", method.as_str())
+                    .with("kind", "user")
+                    .with("ident", name.as_str()),
+            )
+            .await?;
             Ok(())
         }
     }

@@ -41,6 +41,44 @@ pub struct Session {
     pub channel_key: Option<keycard_auth::SecretKey>,
 }
 
+/// A management capability (DESIGN §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    /// Read auth records (`auth_get`, `auth_list`) and the audit log.
+    ReadAuth,
+    /// Create, re-key and delete users of methods other than `root`.
+    WriteAuth,
+    /// List and revoke keycards.
+    ManageKeycards,
+    /// Everything, including the reserved root and which methods log in.
+    SuperRoot,
+}
+
+impl Capability {
+    /// Every capability.
+    pub const ALL: [Capability; 4] = [
+        Capability::ReadAuth,
+        Capability::WriteAuth,
+        Capability::ManageKeycards,
+        Capability::SuperRoot,
+    ];
+
+    /// The name stored in a user's `caps` list.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::ReadAuth => "read_auth",
+            Capability::WriteAuth => "write_auth",
+            Capability::ManageKeycards => "manage_keycards",
+            Capability::SuperRoot => "super_root",
+        }
+    }
+
+    /// The capability of a stored name.
+    pub fn parse(s: &str) -> Option<Capability> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
 /// A successful login.
 #[derive(Clone, Debug)]
 pub struct LoggedIn {
@@ -55,6 +93,15 @@ pub struct LoggedIn {
     /// The ACL the user was bound to when logging in (`None`: full data
     /// access, as in DistKV).
     pub acl: Option<String>,
+    /// Capabilities granted to the user (read at login).
+    pub caps: Vec<Capability>,
+}
+
+impl LoggedIn {
+    /// Whether the user holds `cap`.
+    pub fn has(&self, cap: Capability) -> bool {
+        self.super_root || self.caps.contains(&Capability::SuperRoot) || self.caps.contains(&cap)
+    }
 }
 
 /// Acknowledgement state of one stream.

@@ -430,3 +430,139 @@ async fn several_methods_can_be_accepted_at_once() {
         .expect_err("no usable candidate");
     assert!(matches!(e, keycard_client::ClientError::Auth(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn capabilities_gate_management_and_cannot_escalate() {
+    let s = start().await;
+    let admin = client(&s).await;
+    add_user(&admin, "root", None).await;
+    add_user(&admin, "_test", Some("ops")).await;
+    add_user(&admin, "_test", Some("plain")).await;
+    let caps = |names: &[&str]| {
+        Msg::new()
+            .with(
+                "caps",
+                Value::Array(names.iter().map(|n| Value::from(*n)).collect()),
+            )
+            .into_value()
+    };
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_internal")
+                .with_path("path", &p("auth._test.user.ops.caps"))
+                .with("value", caps(&["read_auth", "write_auth", "bogus"])),
+        )
+        .await
+        .expect("grant");
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "root")
+                .with("accept", Value::Array(vec!["_test".into()])),
+        )
+        .await
+        .expect("auth on");
+    let ops = client(&s).await;
+    ops.login(
+        ClientRegistry::make("_test", Some("ops"))
+            .expect("m")
+            .as_ref(),
+    )
+    .await
+    .expect("login");
+    let who = ops
+        .request(Msg::new().with("action", "whoami"))
+        .await
+        .expect("whoami");
+    assert_eq!(
+        who.get("caps"),
+        Some(&Value::Array(vec!["read_auth".into(), "write_auth".into()])),
+        "unknown names are ignored"
+    );
+    // write_auth: users of ordinary methods, and reading them.
+    ops.set_user(
+        ClientRegistry::make("_anon", Some("newbie"))
+            .expect("m")
+            .as_ref(),
+    )
+    .await
+    .expect("create");
+    let listed = ops
+        .request(
+            Msg::new()
+                .with("action", "auth_list")
+                .with("typ", "_anon")
+                .with("ident", "newbie"),
+        )
+        .await
+        .expect("read_auth");
+    assert_eq!(listed.get("ident"), Some(&Value::from("newbie")));
+    ops.request(
+        Msg::new()
+            .with("action", "auth_delete")
+            .with("typ", "_anon")
+            .with("ident", "newbie"),
+    )
+    .await
+    .expect("delete");
+    // Not: root's user (super-root), which methods log in, the reserved root.
+    let e = ops
+        .set_user(ClientRegistry::make("root", None).expect("m").as_ref())
+        .await
+        .expect_err("root");
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
+    let e = make_current(&ops, "_test").await.expect_err("set_auth_typ");
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
+    let e = ops
+        .request(
+            Msg::new()
+                .with("action", "set_internal")
+                .with_path("path", &p("auth._test.user.ops.caps"))
+                .with("value", caps(&["super_root"])),
+        )
+        .await
+        .expect_err("cannot grant itself super_root");
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
+    // A user without capabilities gets nothing.
+    let plain = client(&s).await;
+    plain
+        .login(
+            ClientRegistry::make("_test", Some("plain"))
+                .expect("m")
+                .as_ref(),
+        )
+        .await
+        .expect("login");
+    for msg in [
+        Msg::new().with("action", "auth_list").with("typ", "_test"),
+        Msg::new()
+            .with("action", "auth_get")
+            .with("typ", "_test")
+            .with("ident", "ops"),
+        Msg::new().with("action", "audit_tail"),
+        Msg::new()
+            .with("action", "auth_delete")
+            .with("typ", "_test")
+            .with("ident", "ops"),
+    ] {
+        let e = plain.request(msg).await.expect_err("no capability");
+        assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
+    }
+    // The last user of the current method cannot be deleted.
+    let root = client(&s).await;
+    root.login(ClientRegistry::make("root", None).expect("m").as_ref())
+        .await
+        .expect("root");
+    let e = root
+        .request(
+            Msg::new()
+                .with("action", "auth_delete")
+                .with("typ", "root")
+                .with("ident", "*"),
+        )
+        .await
+        .expect_err("lock-out");
+    assert_eq!(e.code(), Some(ErrorCode::Conflict));
+}

@@ -10,8 +10,8 @@ use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Op, ScanOpts};
 
 use super::data::write_value;
-use super::{chain, opt_usize, require_login, require_super_root, str_field};
-use crate::conn::{LoggedIn, Responder};
+use super::{chain, opt_usize, require_cap, require_login, require_super_root, str_field};
+use crate::conn::{Capability, LoggedIn, Responder};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
 use crate::throttle;
@@ -223,6 +223,18 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                         .map(str::to_owned)
                 })
                 .filter(|k| k != "*");
+            // Granted capabilities: `(…, "caps")` → `{caps: [NAME…]}`.
+            let caps = match state.store.get(&record_at.child("caps")).await? {
+                Some(e) => match e.value.get("caps") {
+                    Some(Value::Array(names)) => names
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .filter_map(Capability::parse)
+                        .collect(),
+                    _ => Vec::new(),
+                },
+                None => Vec::new(),
+            };
             conn.update_session(|s| {
                 s.user = Some(LoggedIn {
                     method: m.name().into(),
@@ -230,6 +242,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                     super_root: m.super_root(),
                     session_key: verdict.session_key,
                     acl,
+                    caps,
                 });
                 s.failed_logins = 0;
             });
@@ -339,9 +352,14 @@ impl Drop for AbandonGuard {
 
 /// Creates or replaces an auth record.
 pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
-    let session = require_super_root(r)?;
     let state = r.conn().state.clone();
     let m = method(&state, msg)?.clone();
+    // A `root` user is super-root: only a super-root may create one.
+    let session = if m.super_root() {
+        require_super_root(r)?
+    } else {
+        require_cap(r, Capability::WriteAuth)?
+    };
     let k = kind(m.as_ref(), msg)?;
     let ident = str_field(msg, "ident")?.to_owned();
     let ctx = LoginCtx {
@@ -370,7 +388,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
 
 /// Shows what may be shown of an auth record.
 pub(super) async fn auth_get(msg: &Value, r: &mut Responder) -> ApiResult {
-    let session = require_super_root(r)?;
+    let session = require_cap(r, Capability::ReadAuth)?;
     let state = r.conn().state.clone();
     let m = method(&state, msg)?.clone();
     let k = kind(m.as_ref(), msg)?;
@@ -393,7 +411,7 @@ pub(super) async fn auth_get(msg: &Value, r: &mut Responder) -> ApiResult {
 /// Lists auth records: one (`ident` given) or all of a method's kind as a
 /// stream.
 pub(super) async fn auth_list(msg: &Value, r: &mut Responder) -> ApiResult {
-    let session = require_super_root(r)?;
+    let session = require_cap(r, Capability::ReadAuth)?;
     let state = r.conn().state.clone();
     if msg.get("typ").is_none() {
         r.start().await;
@@ -559,6 +577,12 @@ pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
             m.set("super_root", u.super_root || open);
             // Whether the login agreed a key for signing requests.
             m.set("session_key", u.session_key.is_some());
+            let caps: Vec<Value> = Capability::ALL
+                .into_iter()
+                .filter(|c| u.has(*c) || open)
+                .map(|c| Value::from(c.name()))
+                .collect();
+            m.set("caps", Value::Array(caps));
         }
         None => m.set("super_root", open),
     }
@@ -692,9 +716,9 @@ pub(super) async fn diffie_hellman(msg: &Value, r: &mut Responder) -> ApiResult 
 }
 
 /// The last `n` audit events (default 100, at most 10000), oldest first,
-/// each a JSON text. Needs the super-root capability.
+/// each a JSON text. Needs the read_auth capability.
 pub(super) async fn audit_tail(msg: &Value, r: &mut Responder) -> ApiResult {
-    require_super_root(r)?;
+    require_cap(r, Capability::ReadAuth)?;
     let n = opt_usize(msg, "n")?.unwrap_or(100).min(10_000);
     let state = r.conn().state.clone();
     let lines = state.audit.tail(n).await.map_err(|e| {
@@ -708,5 +732,41 @@ pub(super) async fn audit_tail(msg: &Value, r: &mut Responder) -> ApiResult {
         Value::Array(lines.into_iter().map(Value::from).collect()),
     ))
     .await;
+    Ok(())
+}
+
+/// Deletes an auth record (a user or group), refusing to delete the last
+/// user of the current method. `root`'s user needs super-root, others the
+/// write_auth capability.
+pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
+    let state = r.conn().state.clone();
+    let m = method(&state, msg)?.clone();
+    let session = if m.super_root() {
+        require_super_root(r)?
+    } else {
+        require_cap(r, Capability::WriteAuth)?
+    };
+    let k = kind(m.as_ref(), msg)?;
+    let ident = str_field(msg, "ident")?;
+    let auth_at = session.root.join(&auth_root());
+    let path = session.root.join(&record_path(m.name(), k.name, ident));
+    guard_lockout(&state, &auth_at, &path, None).await?;
+    // The record and its aux nodes (acl, caps) go together.
+    let mut ops = vec![Op::delete(path.clone())];
+    for aux in ["acl", "caps"] {
+        ops.push(Op::delete(path.child(aux)));
+    }
+    let out = state.store.write(ops).await?;
+    state.refresh_auth().await?;
+    let changed = out.first().is_some_and(|o| o.changed);
+    if !changed {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no {} record {ident:?}", k.name),
+        ));
+    }
+    tracing::info!(target: "keycard::audit", conn = r.conn().id, method = m.name(), kind = k.name, ident = %ident, "auth record deleted");
+    r.reply(Msg::new().with("changed", true).with("tock", out[0].tock.0))
+        .await;
     Ok(())
 }

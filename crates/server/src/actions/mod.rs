@@ -65,6 +65,7 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
         "auth_get" => auth::auth_get(msg, r).await,
         "auth_set" => auth::auth_set(msg, r).await,
         "auth_list" => auth::auth_list(msg, r).await,
+        "auth_delete" => auth::auth_delete(msg, r).await,
         "auth_info" => auth::auth_info(msg, r).await,
         "set_auth_typ" => auth::set_auth_typ(msg, r).await,
         "whoami" => auth::whoami(r).await,
@@ -92,8 +93,14 @@ pub(crate) fn require_login(r: &Responder) -> ApiResult<Session> {
 }
 
 /// The caller's session, if it holds the super-root capability: every
-/// connection while the server is open, else a `root`-method login.
+/// connection while the server is open, else a `root`-method login or a
+/// user granted `super_root`.
 pub(crate) fn require_super_root(r: &Responder) -> ApiResult<Session> {
+    require_cap(r, crate::conn::Capability::SuperRoot)
+}
+
+/// The caller's session, if it holds `cap` (super-root holds them all).
+pub(crate) fn require_cap(r: &Responder, cap: crate::conn::Capability) -> ApiResult<Session> {
     let session = r.conn().session();
     if r.conn().state.auth().current.is_none() {
         return Ok(session);
@@ -103,10 +110,10 @@ pub(crate) fn require_super_root(r: &Responder) -> ApiResult<Session> {
             ErrorCode::AuthRequired,
             "this server requires a login (action 'auth') first",
         )),
-        Some(u) if u.super_root => Ok(session),
+        Some(u) if u.has(cap) => Ok(session),
         Some(_) => Err(ApiError::new(
             ErrorCode::PermissionDenied,
-            "this needs the super-root capability",
+            format!("this needs the {} capability", cap.name()),
         )),
     }
 }
