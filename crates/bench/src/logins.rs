@@ -59,25 +59,22 @@ pub async fn setup_users(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logins per second with `clients` concurrent clients, each login on a
-/// fresh connection (agreement and login, as a real client does).
-pub async fn login_rate(
-    addr: SocketAddr,
-    method: &str,
-    clients: usize,
-    secs: f64,
-) -> anyhow::Result<f64> {
+/// Runs `clients` tasks each repeating `once` for `secs`; returns
+/// completions per second.
+async fn rate<F, Fut>(clients: usize, secs: f64, once: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (done, stop, method) = (done.clone(), stop.clone(), method.to_owned());
+        let (done, stop, once) = (done.clone(), stop.clone(), once.clone());
         tasks.push(tokio::spawn(async move {
-            let m = method_client(&method);
             while !stop.load(Ordering::Relaxed) {
-                let c = Client::connect(addr).await?;
-                c.login(m.as_ref()).await?;
+                once().await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
@@ -91,6 +88,26 @@ pub async fn login_rate(
         t.await??;
     }
     Ok(n as f64 / el)
+}
+
+/// Logins per second with `clients` concurrent clients, each login on a
+/// fresh connection (agreement and login, as a real client does).
+pub async fn login_rate(
+    addr: SocketAddr,
+    method: &str,
+    clients: usize,
+    secs: f64,
+) -> anyhow::Result<f64> {
+    let method = method.to_owned();
+    rate(clients, secs, move || {
+        let method = method.clone();
+        async move {
+            let c = Client::connect(addr).await?;
+            c.login(method_client(&method).as_ref()).await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Connects and agrees a box key with DistKV's finite-field
@@ -183,28 +200,12 @@ pub async fn distkv_login_rate(
     clients: usize,
     secs: f64,
 ) -> anyhow::Result<f64> {
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (done, stop, user) = (done.clone(), stop.clone(), user.to_owned());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                distkv_password_login(addr, &user).await?;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    let n = done.load(Ordering::Relaxed);
-    let el = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await??;
-    }
-    Ok(n as f64 / el)
+    let user = user.to_owned();
+    rate(clients, secs, move || {
+        let user = user.clone();
+        async move { distkv_password_login(addr, &user).await }
+    })
+    .await
 }
 
 fn threads() -> usize {
