@@ -12,6 +12,7 @@
 //! with its multi-step record exchange).
 
 pub mod acl;
+pub mod bouncer;
 mod anon;
 pub mod channel;
 mod exchange;

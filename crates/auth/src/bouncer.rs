@@ -1,0 +1,880 @@
+//! The bouncer's keycard table (seed 002), sans-IO.
+//!
+//! A keycard is one authentication attempt and, after it succeeds, the
+//! session it grants. The table issues ids (128 random bits from a CSPRNG),
+//! moves keycards through their states (`requesting → challenged →
+//! authenticated`, or refused), extends them on keep-alive up to a maximum
+//! lifetime, expires them and revokes them. It owns no clock and no socket:
+//! every call takes `now` (milliseconds since the Unix epoch), and
+//! revocations and expiries come back as values for the front end to act on
+//! (close the requester's connection, end its streams).
+//!
+//! Everything a keycard holds is set here, from what the server decided;
+//! nothing is read from a client's message (Flumotion let a client send a
+//! keycard already marked authenticated: reference/keycards.md, W1).
+//!
+//! Memory: an entry is ~90 bytes plus its id, the expiry wheel ~16 bytes
+//! per keycard; users and methods are interned. `keycard-bench --suite
+//! keycards` measures bytes per keycard with a million of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+
+use rand::RngCore;
+
+/// A keycard's id: 128 bits from the OS-seeded CSPRNG, shown as 32
+/// lowercase hex digits. It is an opaque handle; it grants nothing by
+/// itself (a connection holds its own keycard, and revoke or keep-alive
+/// check who asks).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeycardId(pub [u8; 16]);
+
+impl KeycardId {
+    /// A fresh random id.
+    pub fn random() -> KeycardId {
+        let mut b = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut b);
+        KeycardId(b)
+    }
+
+    /// Parses the 32-hex-digit form.
+    pub fn parse(s: &str) -> Option<KeycardId> {
+        if s.len() != 32 {
+            return None;
+        }
+        let bytes = keycard_proto::hex::decode(s)?;
+        bytes.try_into().ok().map(KeycardId)
+    }
+}
+
+impl fmt::Display for KeycardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for KeycardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeycardId({self})")
+    }
+}
+
+/// Where a keycard is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// The attempt has begun; no challenge was sent yet.
+    Requesting,
+    /// A challenge is out; the client must answer before the deadline.
+    Challenged,
+    /// The login succeeded; the keycard grants a session until
+    /// `expires_at`.
+    Authenticated,
+    /// The login failed. (Such keycards leave the table at once; the state
+    /// is what the attempt ended in.)
+    Refused,
+    /// Its duration (or its challenge window) ran out.
+    Expired,
+    /// An administrator or the user revoked it.
+    Revoked,
+    /// Its requester went away or logged out.
+    Removed,
+}
+
+impl State {
+    /// The name used on the wire and in the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Requesting => "requesting",
+            State::Challenged => "challenged",
+            State::Authenticated => "authenticated",
+            State::Refused => "refused",
+            State::Expired => "expired",
+            State::Revoked => "revoked",
+            State::Removed => "removed",
+        }
+    }
+
+    /// Whether the attempt is still running.
+    pub fn pending(self) -> bool {
+        matches!(self, State::Requesting | State::Challenged)
+    }
+}
+
+/// The table's limits and default lifetimes (all milliseconds).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// How long a login attempt may take from its start to the client's
+    /// last answer (the challenge window).
+    pub challenge_window_ms: u64,
+    /// Default duration of an authenticated keycard; a keep-alive extends
+    /// it by this much again.
+    pub duration_ms: u64,
+    /// No keycard lives longer than this from its login, keep-alives or
+    /// not.
+    pub max_lifetime_ms: u64,
+    /// Most keycards in the table (pending ones included).
+    pub max_total: usize,
+    /// Most authenticated keycards per user.
+    pub max_per_user: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            challenge_window_ms: 30_000,
+            duration_ms: 24 * 3600 * 1000,
+            max_lifetime_ms: 7 * 24 * 3600 * 1000,
+            max_total: 1_000_000,
+            max_per_user: 10_000,
+        }
+    }
+}
+
+/// Lifetimes for one login (the policy's, or a method's, user's or
+/// domain's own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Duration granted at login and by each keep-alive.
+    pub duration_ms: u64,
+    /// The cap on keep-alives, counted from the login.
+    pub max_lifetime_ms: u64,
+}
+
+/// A keycard as the table shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keycard {
+    /// Its id.
+    pub id: KeycardId,
+    /// The auth method of the attempt.
+    pub method: Arc<str>,
+    /// The user: the name asked for while pending, the method's verdict
+    /// once authenticated.
+    pub user: Arc<str>,
+    /// The front end carrying it (a connection id).
+    pub requester: u64,
+    /// The client's address, if the front end knows it.
+    pub addr: Option<IpAddr>,
+    /// The keycard this one was issued from (a token's id), if any.
+    pub parent: Option<KeycardId>,
+    /// Its state.
+    pub state: State,
+    /// When the attempt began, or when the login succeeded.
+    pub issued_at: u64,
+    /// When it stops working (for a pending one: the challenge deadline).
+    pub expires_at: u64,
+    /// The latest `expires_at` keep-alives can reach.
+    pub max_until: u64,
+    /// The last keep-alive (0: none).
+    pub last_keepalive: u64,
+}
+
+/// Why the table refused an operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BouncerError {
+    /// The table holds its maximum of keycards.
+    #[error("the server holds its maximum of {0} keycards; retry later")]
+    Full(usize),
+    /// The user holds its maximum of keycards.
+    #[error("this user holds its maximum of {0} keycards; log out elsewhere or revoke some")]
+    UserFull(u32),
+    /// No such keycard (or not the caller's).
+    #[error("no such keycard")]
+    Unknown,
+    /// The keycard's time ran out.
+    #[error("the keycard has expired")]
+    Expired,
+    /// The keycard is not in a state that allows this.
+    #[error("the keycard is {}", .0.name())]
+    WrongState(State),
+}
+
+/// Lookups of server-made random ids need no DoS-resistant hashing: the
+/// first 8 bytes already are uniformly random.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 16]` hashes as its bytes; fold them all so a hand-made id
+        // (`keycard_show` of a guessed value) costs the same as any other.
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+type IdMap<V> = HashMap<KeycardId, V, BuildHasherDefault<IdHasher>>;
+
+/// One stored keycard (the id is the map key).
+struct Entry {
+    requester: u64,
+    issued_at: u64,
+    expires_at: u64,
+    max_until: u64,
+    last_keepalive: u64,
+    addr: [u8; 16],
+    parent: [u8; 16],
+    /// Duration granted by each keep-alive, in seconds.
+    duration_s: u32,
+    user: u32,
+    method: u8,
+    state: State,
+    has_addr: bool,
+    has_parent: bool,
+}
+
+/// Interned strings with reference counts (users, methods).
+#[derive(Default)]
+struct Interner {
+    names: Vec<(Arc<str>, u32)>,
+    index: HashMap<Arc<str>, u32>,
+    free: Vec<u32>,
+}
+
+impl Interner {
+    fn acquire(&mut self, name: &str) -> u32 {
+        if let Some(&ix) = self.index.get(name) {
+            self.names[ix as usize].1 += 1;
+            return ix;
+        }
+        let name: Arc<str> = name.into();
+        let ix = match self.free.pop() {
+            Some(ix) => {
+                self.names[ix as usize] = (name.clone(), 1);
+                ix
+            }
+            None => {
+                self.names.push((name.clone(), 1));
+                (self.names.len() - 1) as u32
+            }
+        };
+        self.index.insert(name, ix);
+        ix
+    }
+
+    fn release(&mut self, ix: u32) {
+        let slot = &mut self.names[ix as usize];
+        slot.1 -= 1;
+        if slot.1 == 0 {
+            let name = std::mem::replace(&mut slot.0, Arc::from(""));
+            self.index.remove(&name);
+            self.free.push(ix);
+        }
+    }
+
+    fn name(&self, ix: u32) -> Arc<str> {
+        self.names[ix as usize].0.clone()
+    }
+}
+
+/// Expiry buckets are this long.
+const TICK_MS: u64 = 100;
+
+/// Which keycards a listing or a revocation is about.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only this user's.
+    pub user: Option<String>,
+    /// Only this method's.
+    pub method: Option<String>,
+    /// Only this requester's.
+    pub requester: Option<u64>,
+    /// Only those issued from this keycard (a token).
+    pub parent: Option<KeycardId>,
+}
+
+/// The keycard table.
+pub struct Table {
+    policy: Policy,
+    cards: IdMap<Entry>,
+    users: Interner,
+    /// Authenticated keycards per interned user.
+    per_user: HashMap<u32, u32>,
+    methods: Vec<Arc<str>>,
+    /// Expiry buckets (`expires_at / TICK_MS`, rounded up) → ids. Lazy: a
+    /// kept-alive keycard is queued again and its old entry is skipped when
+    /// its bucket comes up.
+    wheel: BTreeMap<u64, Vec<KeycardId>>,
+    pending: usize,
+}
+
+fn addr_bytes(addr: Option<IpAddr>) -> [u8; 16] {
+    match addr {
+        Some(IpAddr::V4(a)) => a.to_ipv6_mapped().octets(),
+        Some(IpAddr::V6(a)) => a.octets(),
+        None => [0; 16],
+    }
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new(policy: Policy) -> Table {
+        Table {
+            policy,
+            cards: IdMap::default(),
+            users: Interner::default(),
+            per_user: HashMap::new(),
+            methods: Vec::new(),
+            wheel: BTreeMap::new(),
+            pending: 0,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Keycards in the table.
+    pub fn len(&self) -> usize {
+        self.cards.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.cards.is_empty()
+    }
+
+    /// Pending attempts in the table.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    fn method_ix(&mut self, method: &str) -> u8 {
+        if let Some(ix) = self.methods.iter().position(|m| &**m == method) {
+            return ix as u8;
+        }
+        // Methods come from the server's registry, a handful of names.
+        self.methods.push(method.into());
+        (self.methods.len() - 1).min(u8::MAX as usize) as u8
+    }
+
+    fn queue_expiry(&mut self, id: KeycardId, at: u64) {
+        self.wheel.entry(at.div_ceil(TICK_MS)).or_default().push(id);
+    }
+
+    /// Starts a login attempt: a new keycard in state `requesting` whose
+    /// challenge window starts now.
+    pub fn begin(
+        &mut self,
+        now: u64,
+        method: &str,
+        user: &str,
+        requester: u64,
+        addr: Option<IpAddr>,
+    ) -> Result<KeycardId, BouncerError> {
+        if self.cards.len() >= self.policy.max_total {
+            self.reap(now, usize::MAX);
+            if self.cards.len() >= self.policy.max_total {
+                return Err(BouncerError::Full(self.policy.max_total));
+            }
+        }
+        let id = loop {
+            let id = KeycardId::random();
+            if !self.cards.contains_key(&id) {
+                break id;
+            }
+        };
+        let deadline = now.saturating_add(self.policy.challenge_window_ms);
+        let entry = Entry {
+            requester,
+            issued_at: now,
+            expires_at: deadline,
+            max_until: deadline,
+            last_keepalive: 0,
+            addr: addr_bytes(addr),
+            parent: [0; 16],
+            duration_s: 0,
+            user: self.users.acquire(user),
+            method: self.method_ix(method),
+            state: State::Requesting,
+            has_addr: addr.is_some(),
+            has_parent: false,
+        };
+        self.cards.insert(id, entry);
+        self.pending += 1;
+        self.queue_expiry(id, deadline);
+        Ok(id)
+    }
+
+    /// The attempt sent a challenge. Its deadline stays the one set when it
+    /// began.
+    pub fn challenged(&mut self, id: KeycardId, now: u64) -> Result<u64, BouncerError> {
+        let e = self.cards.get_mut(&id).ok_or(BouncerError::Unknown)?;
+        if !e.state.pending() {
+            return Err(BouncerError::WrongState(e.state));
+        }
+        if now > e.expires_at {
+            self.drop_card(id);
+            return Err(BouncerError::Expired);
+        }
+        e.state = State::Challenged;
+        Ok(e.expires_at)
+    }
+
+    /// The challenge deadline of a pending attempt.
+    pub fn deadline(&self, id: KeycardId) -> Option<u64> {
+        self.cards
+            .get(&id)
+            .filter(|e| e.state.pending())
+            .map(|e| e.expires_at)
+    }
+
+    /// The method's verdict was a success: the keycard becomes
+    /// `authenticated` for `user` (the checker's answer, whatever name the
+    /// attempt started with). Refused — and removed — when its challenge
+    /// window has passed or the user holds its maximum; the one place where
+    /// the verdict and the confirmation meet (W8e).
+    pub fn authenticate(
+        &mut self,
+        id: KeycardId,
+        now: u64,
+        user: &str,
+        life: Lifetime,
+        parent: Option<KeycardId>,
+    ) -> Result<Keycard, BouncerError> {
+        let e = self.cards.get(&id).ok_or(BouncerError::Unknown)?;
+        if !e.state.pending() {
+            return Err(BouncerError::WrongState(e.state));
+        }
+        if now > e.expires_at {
+            self.drop_card(id);
+            return Err(BouncerError::Expired);
+        }
+        let uix = self.users.acquire(user);
+        let count = self.per_user.get(&uix).copied().unwrap_or(0);
+        if count >= self.policy.max_per_user {
+            self.users.release(uix);
+            self.drop_card(id);
+            return Err(BouncerError::UserFull(self.policy.max_per_user));
+        }
+        *self.per_user.entry(uix).or_insert(0) += 1;
+        self.pending -= 1;
+        let max_until = now.saturating_add(life.max_lifetime_ms);
+        let expires_at = now.saturating_add(life.duration_ms).min(max_until);
+        let Some(e) = self.cards.get_mut(&id) else {
+            return Err(BouncerError::Unknown);
+        };
+        let old_user = std::mem::replace(&mut e.user, uix);
+        e.state = State::Authenticated;
+        e.issued_at = now;
+        e.expires_at = expires_at;
+        e.max_until = max_until;
+        e.duration_s = u32::try_from(life.duration_ms / 1000).unwrap_or(u32::MAX);
+        if let Some(p) = parent {
+            e.parent = p.0;
+            e.has_parent = true;
+        }
+        self.users.release(old_user);
+        self.queue_expiry(id, expires_at);
+        self.show(id).ok_or(BouncerError::Unknown)
+    }
+
+    /// The attempt failed: its keycard leaves the table.
+    pub fn refuse(&mut self, id: KeycardId) -> bool {
+        self.drop_card(id).is_some()
+    }
+
+    /// Extends `requester`'s keycard by its duration (or by `ttl_ms` when
+    /// that is shorter), never past its maximum lifetime. Another
+    /// requester's keycard is `Unknown`: keep-alive checks ownership.
+    pub fn keep_alive(
+        &mut self,
+        id: KeycardId,
+        requester: u64,
+        now: u64,
+        ttl_ms: Option<u64>,
+    ) -> Result<u64, BouncerError> {
+        let e = self.cards.get_mut(&id).ok_or(BouncerError::Unknown)?;
+        if e.requester != requester {
+            return Err(BouncerError::Unknown);
+        }
+        if e.state != State::Authenticated {
+            return Err(BouncerError::WrongState(e.state));
+        }
+        if now >= e.expires_at {
+            self.drop_card(id);
+            return Err(BouncerError::Expired);
+        }
+        let step = u64::from(e.duration_s) * 1000;
+        let step = ttl_ms.map_or(step, |t| t.min(step));
+        let new = now.saturating_add(step).min(e.max_until).max(e.expires_at);
+        e.last_keepalive = now;
+        let moved = new != e.expires_at;
+        e.expires_at = new;
+        if moved {
+            self.queue_expiry(id, new);
+        }
+        Ok(new)
+    }
+
+    /// Whether `id` is a live authenticated keycard at `now`.
+    pub fn check(&self, id: KeycardId, now: u64) -> Result<u64, BouncerError> {
+        let e = self.cards.get(&id).ok_or(BouncerError::Unknown)?;
+        if e.state != State::Authenticated {
+            return Err(BouncerError::WrongState(e.state));
+        }
+        if now >= e.expires_at {
+            return Err(BouncerError::Expired);
+        }
+        Ok(e.expires_at)
+    }
+
+    /// A keycard as it is now.
+    pub fn show(&self, id: KeycardId) -> Option<Keycard> {
+        self.cards.get(&id).map(|e| self.snapshot(id, e))
+    }
+
+    fn snapshot(&self, id: KeycardId, e: &Entry) -> Keycard {
+        let addr = e.has_addr.then(|| {
+            let v6 = Ipv6Addr::from(e.addr);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        });
+        Keycard {
+            id,
+            method: self.methods[e.method as usize].clone(),
+            user: self.users.name(e.user),
+            requester: e.requester,
+            addr,
+            parent: e.has_parent.then_some(KeycardId(e.parent)),
+            state: e.state,
+            issued_at: e.issued_at,
+            expires_at: e.expires_at,
+            max_until: e.max_until,
+            last_keepalive: e.last_keepalive,
+        }
+    }
+
+    fn drop_card(&mut self, id: KeycardId) -> Option<Keycard> {
+        let e = self.cards.remove(&id)?;
+        let card = self.snapshot(id, &e);
+        if e.state.pending() {
+            self.pending -= 1;
+        } else if let Some(n) = self.per_user.get_mut(&e.user) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&e.user);
+            }
+        }
+        self.users.release(e.user);
+        Some(card)
+    }
+
+    /// Revokes one keycard; the front end tells its requester.
+    pub fn revoke(&mut self, id: KeycardId) -> Option<Keycard> {
+        self.drop_card(id).map(|mut c| {
+            c.state = State::Revoked;
+            c
+        })
+    }
+
+    /// Removes `requester`'s keycard `id` (its connection closed, or it
+    /// logged out). Another requester's keycard is left alone.
+    pub fn remove(&mut self, id: KeycardId, requester: u64) -> Option<Keycard> {
+        if self.cards.get(&id)?.requester != requester {
+            return None;
+        }
+        self.drop_card(id).map(|mut c| {
+            c.state = State::Removed;
+            c
+        })
+    }
+
+    fn matches(&self, e: &Entry, f: &Filter) -> bool {
+        f.requester.is_none_or(|r| r == e.requester)
+            && f.parent.is_none_or(|p| e.has_parent && p.0 == e.parent)
+            && f.user
+                .as_deref()
+                .is_none_or(|u| &*self.users.names[e.user as usize].0 == u)
+            && f.method
+                .as_deref()
+                .is_none_or(|m| &*self.methods[e.method as usize] == m)
+    }
+
+    /// The keycards matching `filter`, by id, after `after`, at most
+    /// `limit`.
+    pub fn list(&self, filter: &Filter, after: Option<KeycardId>, limit: usize) -> Vec<Keycard> {
+        let mut ids: Vec<KeycardId> = self
+            .cards
+            .iter()
+            .filter(|(id, e)| after.is_none_or(|a| **id > a) && self.matches(e, filter))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids.into_iter().filter_map(|id| self.show(id)).collect()
+    }
+
+    /// Revokes every keycard matching `filter` (an empty filter matches
+    /// all); the front end tells their requesters.
+    pub fn revoke_where(&mut self, filter: &Filter) -> Vec<Keycard> {
+        let ids: Vec<KeycardId> = self
+            .cards
+            .iter()
+            .filter(|(_, e)| self.matches(e, filter))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter().filter_map(|id| self.revoke(id)).collect()
+    }
+
+    /// Removes keycards whose time ran out by `now` (at most `max`), and
+    /// returns them with state `expired`. Pending attempts past their
+    /// challenge window go too, whoever started them.
+    pub fn reap(&mut self, now: u64, max: usize) -> Vec<Keycard> {
+        let mut out = Vec::new();
+        let due = now / TICK_MS;
+        while out.len() < max {
+            match self.wheel.first_key_value() {
+                Some((k, _)) if *k <= due => {}
+                _ => break,
+            }
+            let Some((key, mut ids)) = self.wheel.pop_first() else {
+                break;
+            };
+            while let Some(id) = ids.pop() {
+                let expired = self.cards.get(&id).is_some_and(|e| e.expires_at <= now);
+                if expired {
+                    if let Some(mut c) = self.drop_card(id) {
+                        c.state = State::Expired;
+                        out.push(c);
+                    }
+                    if out.len() >= max {
+                        break;
+                    }
+                }
+            }
+            if !ids.is_empty() {
+                // Stopped at `max`: the rest waits for the next call.
+                self.wheel.entry(key).or_default().extend(ids);
+            }
+        }
+        out
+    }
+
+    /// The next time `reap` has work, if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.wheel.keys().next().map(|k| k * TICK_MS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIFE: Lifetime = Lifetime {
+        duration_ms: 10_000,
+        max_lifetime_ms: 25_000,
+    };
+
+    fn table() -> Table {
+        Table::new(Policy {
+            challenge_window_ms: 1_000,
+            duration_ms: 10_000,
+            max_lifetime_ms: 25_000,
+            max_total: 100,
+            max_per_user: 3,
+        })
+    }
+
+    #[test]
+    fn ids_are_random_and_round_trip() {
+        let a = KeycardId::random();
+        let b = KeycardId::random();
+        assert_ne!(a, b);
+        assert_eq!(KeycardId::parse(&a.to_string()), Some(a));
+        assert_eq!(a.to_string().len(), 32);
+        assert_eq!(KeycardId::parse("zz"), None);
+        assert_eq!(KeycardId::parse(&"g".repeat(32)), None);
+    }
+
+    #[test]
+    fn login_lifecycle() {
+        let mut t = table();
+        let id = t.begin(0, "scram", "alice", 7, None).unwrap();
+        assert_eq!(t.show(id).unwrap().state, State::Requesting);
+        t.challenged(id, 10).unwrap();
+        assert_eq!(t.show(id).unwrap().state, State::Challenged);
+        assert_eq!(t.pending(), 1);
+        let c = t.authenticate(id, 20, "alice", LIFE, None).unwrap();
+        assert_eq!(c.state, State::Authenticated);
+        assert_eq!(c.expires_at, 10_020);
+        assert_eq!(t.pending(), 0);
+        assert_eq!(t.check(id, 10_019), Ok(10_020));
+        assert_eq!(t.check(id, 10_020), Err(BouncerError::Expired));
+        // A second confirmation of the same attempt is refused.
+        assert!(matches!(
+            t.authenticate(id, 30, "alice", LIFE, None),
+            Err(BouncerError::WrongState(State::Authenticated))
+        ));
+    }
+
+    #[test]
+    fn the_verdict_names_the_user() {
+        let mut t = table();
+        let id = t.begin(0, "scram", "asked-for", 1, None).unwrap();
+        let c = t.authenticate(id, 1, "checker-said", LIFE, None).unwrap();
+        assert_eq!(&*c.user, "checker-said");
+        assert_eq!(t.users.index.len(), 1, "the asked-for name was released");
+    }
+
+    #[test]
+    fn challenges_expire_even_without_other_traffic() {
+        let mut t = table();
+        let id = t.begin(0, "scram", "alice", 1, None).unwrap();
+        t.challenged(id, 500).unwrap();
+        assert_eq!(
+            t.authenticate(id, 1_001, "alice", LIFE, None),
+            Err(BouncerError::Expired)
+        );
+        assert!(t.is_empty());
+        // And the reaper takes abandoned attempts.
+        let id = t.begin(2_000, "scram", "bob", 1, None).unwrap();
+        t.challenged(id, 2_001).unwrap();
+        assert!(t.reap(2_999, 10).is_empty());
+        let gone = t.reap(3_000, 10);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].state, State::Expired);
+        assert!(t.is_empty());
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn keep_alive_extends_up_to_the_maximum_and_checks_ownership() {
+        let mut t = table();
+        let id = t.begin(0, "scram", "alice", 7, None).unwrap();
+        t.authenticate(id, 0, "alice", LIFE, None).unwrap();
+        assert_eq!(t.keep_alive(id, 8, 5_000, None), Err(BouncerError::Unknown));
+        assert_eq!(t.keep_alive(id, 7, 5_000, None), Ok(15_000));
+        // A shorter ttl never shortens it.
+        assert_eq!(t.keep_alive(id, 7, 6_000, Some(1_000)), Ok(15_000));
+        assert_eq!(t.keep_alive(id, 7, 14_000, None), Ok(24_000));
+        assert_eq!(t.keep_alive(id, 7, 20_000, None), Ok(25_000));
+        assert_eq!(t.keep_alive(id, 7, 25_000, None), Err(BouncerError::Expired));
+        assert!(t.is_empty());
+        // The stale wheel entries are skipped.
+        assert!(t.reap(100_000, 100).is_empty());
+        assert!(t.wheel.is_empty());
+    }
+
+    #[test]
+    fn reaping_skips_kept_alive_keycards() {
+        let mut t = table();
+        let id = t.begin(0, "scram", "alice", 7, None).unwrap();
+        t.authenticate(id, 0, "alice", LIFE, None).unwrap();
+        t.keep_alive(id, 7, 9_000, None).unwrap();
+        assert!(t.reap(10_000, 10).is_empty());
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.reap(19_000, 10).len(), 1);
+    }
+
+    #[test]
+    fn bounds() {
+        let mut t = Table::new(Policy {
+            max_total: 4,
+            max_per_user: 2,
+            ..Policy::default()
+        });
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let id = t.begin(0, "m", "alice", i, None).unwrap();
+            t.authenticate(id, 0, "alice", LIFE, None).unwrap();
+            ids.push(id);
+        }
+        let third = t.begin(0, "m", "alice", 3, None).unwrap();
+        assert_eq!(
+            t.authenticate(third, 0, "alice", LIFE, None),
+            Err(BouncerError::UserFull(2))
+        );
+        assert_eq!(t.len(), 2, "the refused attempt left the table");
+        let b1 = t.begin(0, "m", "bob", 4, None).unwrap();
+        t.begin(0, "m", "bob", 5, None).unwrap();
+        assert_eq!(
+            t.begin(0, "m", "carol", 6, None),
+            Err(BouncerError::Full(4))
+        );
+        // Room again once one goes.
+        t.refuse(b1);
+        t.begin(0, "m", "carol", 6, None).unwrap();
+        // A revoked keycard frees its user's slot.
+        t.revoke(ids[0]).unwrap();
+        assert_eq!(t.per_user.values().sum::<u32>(), 1);
+    }
+
+    #[test]
+    fn revoke_and_remove_by_filter() {
+        let mut t = table();
+        let token = KeycardId::random();
+        let mut all = Vec::new();
+        for (i, u) in ["alice", "alice", "bob"].iter().enumerate() {
+            let id = t.begin(0, "m", u, i as u64, None).unwrap();
+            let parent = (i == 1).then_some(token);
+            t.authenticate(id, 0, u, LIFE, parent).unwrap();
+            all.push(id);
+        }
+        assert_eq!(t.remove(all[2], 99), None, "not bob's requester");
+        let by_parent = t.revoke_where(&Filter {
+            parent: Some(token),
+            ..Filter::default()
+        });
+        assert_eq!(by_parent.len(), 1);
+        assert_eq!(by_parent[0].id, all[1]);
+        let alices = t.list(
+            &Filter {
+                user: Some("alice".into()),
+                ..Filter::default()
+            },
+            None,
+            10,
+        );
+        assert_eq!(alices.len(), 1);
+        let gone = t.revoke_where(&Filter {
+            user: Some("alice".into()),
+            ..Filter::default()
+        });
+        assert_eq!(gone[0].state, State::Revoked);
+        assert_eq!(t.remove(all[2], 2).map(|c| c.state), Some(State::Removed));
+        assert!(t.is_empty());
+        assert!(t.users.index.is_empty());
+        assert!(t.per_user.is_empty());
+    }
+
+    #[test]
+    fn addresses_round_trip() {
+        let mut t = table();
+        for addr in ["127.0.0.2", "::1", "2001:db8::7"] {
+            let a: IpAddr = addr.parse().unwrap();
+            let id = t.begin(0, "m", "u", 1, Some(a)).unwrap();
+            assert_eq!(t.show(id).unwrap().addr, Some(a));
+        }
+        let id = t.begin(0, "m", "u", 1, None).unwrap();
+        assert_eq!(t.show(id).unwrap().addr, None);
+    }
+
+    #[test]
+    fn list_pages_by_id() {
+        let mut t = table();
+        for i in 0..10 {
+            t.begin(0, "m", "u", i, None).unwrap();
+        }
+        let first = t.list(&Filter::default(), None, 4);
+        let rest = t.list(&Filter::default(), first.last().map(|c| c.id), 100);
+        assert_eq!(first.len() + rest.len(), 10);
+        assert!(first.last().unwrap().id < rest[0].id);
+    }
+}
