@@ -706,12 +706,12 @@ mod tests {
     #[test]
     fn login_lifecycle() {
         let mut t = table();
-        let id = t.begin(0, "scram", "alice", 7, None).unwrap();
-        assert_eq!(t.show(id).unwrap().state, State::Requesting);
-        t.challenged(id, 10).unwrap();
-        assert_eq!(t.show(id).unwrap().state, State::Challenged);
+        let id = t.begin(0, "scram", "alice", 7, None).expect("test");
+        assert_eq!(t.show(id).expect("test").state, State::Requesting);
+        t.challenged(id, 10).expect("test");
+        assert_eq!(t.show(id).expect("test").state, State::Challenged);
         assert_eq!(t.pending(), 1);
-        let c = t.authenticate(id, 20, "alice", LIFE, None).unwrap();
+        let c = t.authenticate(id, 20, "alice", LIFE, None).expect("test");
         assert_eq!(c.state, State::Authenticated);
         assert_eq!(c.expires_at, 10_020);
         assert_eq!(t.pending(), 0);
@@ -727,8 +727,10 @@ mod tests {
     #[test]
     fn the_verdict_names_the_user() {
         let mut t = table();
-        let id = t.begin(0, "scram", "asked-for", 1, None).unwrap();
-        let c = t.authenticate(id, 1, "checker-said", LIFE, None).unwrap();
+        let id = t.begin(0, "scram", "asked-for", 1, None).expect("test");
+        let c = t
+            .authenticate(id, 1, "checker-said", LIFE, None)
+            .expect("test");
         assert_eq!(&*c.user, "checker-said");
         assert_eq!(t.users.index.len(), 1, "the asked-for name was released");
     }
@@ -736,16 +738,16 @@ mod tests {
     #[test]
     fn challenges_expire_even_without_other_traffic() {
         let mut t = table();
-        let id = t.begin(0, "scram", "alice", 1, None).unwrap();
-        t.challenged(id, 500).unwrap();
+        let id = t.begin(0, "scram", "alice", 1, None).expect("test");
+        t.challenged(id, 500).expect("test");
         assert_eq!(
             t.authenticate(id, 1_001, "alice", LIFE, None),
             Err(BouncerError::Expired)
         );
         assert!(t.is_empty());
         // And the reaper takes abandoned attempts.
-        let id = t.begin(2_000, "scram", "bob", 1, None).unwrap();
-        t.challenged(id, 2_001).unwrap();
+        let id = t.begin(2_000, "scram", "bob", 1, None).expect("test");
+        t.challenged(id, 2_001).expect("test");
         assert!(t.reap(2_999, 10).is_empty());
         let gone = t.reap(3_000, 10);
         assert_eq!(gone.len(), 1);
@@ -757,15 +759,18 @@ mod tests {
     #[test]
     fn keep_alive_extends_up_to_the_maximum_and_checks_ownership() {
         let mut t = table();
-        let id = t.begin(0, "scram", "alice", 7, None).unwrap();
-        t.authenticate(id, 0, "alice", LIFE, None).unwrap();
+        let id = t.begin(0, "scram", "alice", 7, None).expect("test");
+        t.authenticate(id, 0, "alice", LIFE, None).expect("test");
         assert_eq!(t.keep_alive(id, 8, 5_000, None), Err(BouncerError::Unknown));
         assert_eq!(t.keep_alive(id, 7, 5_000, None), Ok(15_000));
         // A shorter ttl never shortens it.
         assert_eq!(t.keep_alive(id, 7, 6_000, Some(1_000)), Ok(15_000));
         assert_eq!(t.keep_alive(id, 7, 14_000, None), Ok(24_000));
         assert_eq!(t.keep_alive(id, 7, 20_000, None), Ok(25_000));
-        assert_eq!(t.keep_alive(id, 7, 25_000, None), Err(BouncerError::Expired));
+        assert_eq!(
+            t.keep_alive(id, 7, 25_000, None),
+            Err(BouncerError::Expired)
+        );
         assert!(t.is_empty());
         // The stale wheel entries are skipped.
         assert!(t.reap(100_000, 100).is_empty());
@@ -775,9 +780,9 @@ mod tests {
     #[test]
     fn reaping_skips_kept_alive_keycards() {
         let mut t = table();
-        let id = t.begin(0, "scram", "alice", 7, None).unwrap();
-        t.authenticate(id, 0, "alice", LIFE, None).unwrap();
-        t.keep_alive(id, 7, 9_000, None).unwrap();
+        let id = t.begin(0, "scram", "alice", 7, None).expect("test");
+        t.authenticate(id, 0, "alice", LIFE, None).expect("test");
+        t.keep_alive(id, 7, 9_000, None).expect("test");
         assert!(t.reap(10_000, 10).is_empty());
         assert_eq!(t.len(), 1);
         assert_eq!(t.reap(19_000, 10).len(), 1);
@@ -792,27 +797,27 @@ mod tests {
         });
         let mut ids = Vec::new();
         for i in 0..2 {
-            let id = t.begin(0, "m", "alice", i, None).unwrap();
-            t.authenticate(id, 0, "alice", LIFE, None).unwrap();
+            let id = t.begin(0, "m", "alice", i, None).expect("test");
+            t.authenticate(id, 0, "alice", LIFE, None).expect("test");
             ids.push(id);
         }
-        let third = t.begin(0, "m", "alice", 3, None).unwrap();
+        let third = t.begin(0, "m", "alice", 3, None).expect("test");
         assert_eq!(
             t.authenticate(third, 0, "alice", LIFE, None),
             Err(BouncerError::UserFull(2))
         );
         assert_eq!(t.len(), 2, "the refused attempt left the table");
-        let b1 = t.begin(0, "m", "bob", 4, None).unwrap();
-        t.begin(0, "m", "bob", 5, None).unwrap();
+        let b1 = t.begin(0, "m", "bob", 4, None).expect("test");
+        t.begin(0, "m", "bob", 5, None).expect("test");
         assert_eq!(
             t.begin(0, "m", "carol", 6, None),
             Err(BouncerError::Full(4))
         );
         // Room again once one goes.
         t.refuse(b1);
-        t.begin(0, "m", "carol", 6, None).unwrap();
+        t.begin(0, "m", "carol", 6, None).expect("test");
         // A revoked keycard frees its user's slot.
-        t.revoke(ids[0]).unwrap();
+        t.revoke(ids[0]).expect("test");
         assert_eq!(t.per_user.values().sum::<u32>(), 1);
     }
 
@@ -822,9 +827,9 @@ mod tests {
         let token = KeycardId::random();
         let mut all = Vec::new();
         for (i, u) in ["alice", "alice", "bob"].iter().enumerate() {
-            let id = t.begin(0, "m", u, i as u64, None).unwrap();
+            let id = t.begin(0, "m", u, i as u64, None).expect("test");
             let parent = (i == 1).then_some(token);
-            t.authenticate(id, 0, u, LIFE, parent).unwrap();
+            t.authenticate(id, 0, u, LIFE, parent).expect("test");
             all.push(id);
         }
         assert_eq!(t.remove(all[2], 99), None, "not bob's requester");
@@ -858,23 +863,23 @@ mod tests {
     fn addresses_round_trip() {
         let mut t = table();
         for addr in ["127.0.0.2", "::1", "2001:db8::7"] {
-            let a: IpAddr = addr.parse().unwrap();
-            let id = t.begin(0, "m", "u", 1, Some(a)).unwrap();
-            assert_eq!(t.show(id).unwrap().addr, Some(a));
+            let a: IpAddr = addr.parse().expect("test");
+            let id = t.begin(0, "m", "u", 1, Some(a)).expect("test");
+            assert_eq!(t.show(id).expect("test").addr, Some(a));
         }
-        let id = t.begin(0, "m", "u", 1, None).unwrap();
-        assert_eq!(t.show(id).unwrap().addr, None);
+        let id = t.begin(0, "m", "u", 1, None).expect("test");
+        assert_eq!(t.show(id).expect("test").addr, None);
     }
 
     #[test]
     fn list_pages_by_id() {
         let mut t = table();
         for i in 0..10 {
-            t.begin(0, "m", "u", i, None).unwrap();
+            t.begin(0, "m", "u", i, None).expect("test");
         }
         let first = t.list(&Filter::default(), None, 4);
         let rest = t.list(&Filter::default(), first.last().map(|c| c.id), 100);
         assert_eq!(first.len() + rest.len(), 10);
-        assert!(first.last().unwrap().id < rest[0].id);
+        assert!(first.last().expect("test").id < rest[0].id);
     }
 }

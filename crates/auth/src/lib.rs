@@ -12,8 +12,8 @@
 //! with its multi-step record exchange).
 
 pub mod acl;
-pub mod bouncer;
 mod anon;
+pub mod bouncer;
 pub mod channel;
 mod exchange;
 mod opaque;

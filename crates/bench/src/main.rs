@@ -5,7 +5,9 @@
 //! MQTT backend), then drives both with the same raw msgpack client over
 //! loopback: get_value and set_value with 1 and 16 clients, one request in
 //! flight per client or pipelined, and one get_tree over N entries. Prints
-//! a Markdown table with ops/s and the keycard/DistKV ratio.
+//! a Markdown table with ops/s and the keycard/DistKV ratio. Other suites:
+//! logins (`logins.rs`), acl (in-process ACL checks) and acltree
+//! (`acltree.rs`: get_tree with and without an ACL, keycard only).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,7 +50,11 @@ struct Args {
     /// Requests in flight per client when pipelining.
     #[arg(long, default_value_t = 32)]
     depth: usize,
-    /// Which measurements: kv (data actions), logins, acl, or all.
+    /// Timed get_tree walks per user in the acltree suite.
+    #[arg(long, default_value_t = 6)]
+    tree_walks: usize,
+    /// Which measurements: kv (data actions), logins, acl (in-process ACL
+    /// checks), acltree (get_tree with and without an ACL), or all.
     #[arg(long, default_value = "kv")]
     suite: String,
 }
@@ -331,8 +337,14 @@ async fn load_tree(addr: SocketAddr, n: u64) -> anyhow::Result<()> {
 /// One get_tree over the loaded entries; returns (seconds, items).
 async fn tree_walk(addr: SocketAddr) -> anyhow::Result<(f64, u64)> {
     let mut c = Conn::connect(addr).await?;
+    walk_on(&mut c, 1).await
+}
+
+/// One get_tree over ("tree",), full depth, on an open connection as
+/// request `seq` (the only one in flight); returns (seconds, items).
+async fn walk_on(c: &mut Conn, seq: i64) -> anyhow::Result<(f64, u64)> {
     let mut out = Vec::new();
-    let m = Msg::seq(1)
+    let m = Msg::seq(seq)
         .with("action", "get_tree")
         .with_path("path", &path(vec!["tree".into()]));
     encode_into(&m.into_value(), &mut out);
@@ -372,6 +384,7 @@ struct Row {
     results: Vec<f64>,
 }
 
+mod acltree;
 mod logins;
 
 /// Prints a Markdown table: a row per workload, a column per peer, and the
@@ -544,6 +557,12 @@ async fn main() -> anyhow::Result<()> {
     if args.suite == "acl" || args.suite == "all" {
         acl_suite(10_000);
         if args.suite == "acl" {
+            return Ok(());
+        }
+    }
+    if args.suite == "acltree" || args.suite == "all" {
+        acltree::acltree_suite(&args).await?;
+        if args.suite == "acltree" {
             return Ok(());
         }
     }
