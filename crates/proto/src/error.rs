@@ -42,6 +42,12 @@ pub enum ErrorCode {
     HistoryGone,
     /// The storage backend failed; nothing was changed.
     StoreFailed,
+    /// The connection's keycard has expired; log in again.
+    KeycardExpired,
+    /// The connection's keycard was revoked; the connection is closed.
+    KeycardRevoked,
+    /// The server or the user holds its maximum of keycards.
+    TooManyKeycards,
     /// The server is shutting down.
     ShuttingDown,
     /// An unexpected internal failure.
@@ -69,13 +75,16 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::HistoryGone => "history_gone",
             ErrorCode::StoreFailed => "store_failed",
+            ErrorCode::KeycardExpired => "keycard_expired",
+            ErrorCode::KeycardRevoked => "keycard_revoked",
+            ErrorCode::TooManyKeycards => "too_many_keycards",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownAction,
         ErrorCode::SeqInUse,
@@ -93,6 +102,9 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::HistoryGone,
         ErrorCode::StoreFailed,
+        ErrorCode::KeycardExpired,
+        ErrorCode::KeycardRevoked,
+        ErrorCode::TooManyKeycards,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
     ];

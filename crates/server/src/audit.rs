@@ -24,6 +24,8 @@ pub struct LoginEvent<'a> {
     pub outcome: &'static str,
     /// Why, for humans (never a secret).
     pub reason: Option<&'a str>,
+    /// The attempt's keycard.
+    pub keycard: Option<keycard_auth::bouncer::KeycardId>,
 }
 
 /// Appends events to the audit file.
@@ -80,7 +82,8 @@ impl Audit {
         tracing::info!(
             target: "keycard::audit",
             conn = e.conn, source = %e.source, method = e.method, user = %e.user,
-            outcome = e.outcome, reason = e.reason.unwrap_or(""), "login"
+            outcome = e.outcome, reason = e.reason.unwrap_or(""),
+            keycard = %e.keycard.map(|k| k.to_string()).unwrap_or_default(), "login"
         );
         let mut obj = serde_json::json!({
             "time": now_secs(),
@@ -94,6 +97,36 @@ impl Audit {
         if let Some(r) = e.reason {
             obj["reason"] = serde_json::Value::from(r);
         }
+        if let Some(k) = e.keycard {
+            obj["keycard"] = serde_json::Value::from(k.to_string());
+        }
+        let mut line = obj.to_string();
+        line.push('\n');
+        let _ = self.tx.send(line).await;
+    }
+
+    /// Records a keycard event (revoked, logged out, token created) by
+    /// `by` (the acting user, if any).
+    pub async fn keycard(
+        &self,
+        event: &str,
+        card: &keycard_auth::bouncer::Keycard,
+        by: Option<&str>,
+    ) {
+        tracing::info!(
+            target: "keycard::audit",
+            keycard = %card.id, user = %card.user, method = %card.method,
+            by = by.unwrap_or(""), "{event}"
+        );
+        let obj = serde_json::json!({
+            "time": now_secs(),
+            "event": event,
+            "keycard": card.id.to_string(),
+            "user": &*card.user,
+            "method": &*card.method,
+            "requester": card.requester,
+            "by": by,
+        });
         let mut line = obj.to_string();
         line.push('\n');
         let _ = self.tx.send(line).await;

@@ -62,6 +62,60 @@ pub struct Config {
     /// what your users' verifiers use so a prober cannot tell them apart.
     /// Default 4096 (PostgreSQL's).
     pub scram_iterations: u32,
+    /// Keycard lifetimes and bounds (a `[keycards]` table; see
+    /// `KeycardConfig`).
+    pub keycards: KeycardConfig,
+}
+
+/// Keycard lifetimes and bounds. Times are in seconds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeycardConfig {
+    /// How long a login attempt may take, from its start to the client's
+    /// last answer. Default 30.
+    pub challenge_window: u64,
+    /// How long a login's keycard lasts, and how much each keep-alive
+    /// extends it. Default 86400 (a day). A user record's `keycard` aux
+    /// node (`{duration, max_lifetime}`) and `method_duration` override
+    /// it.
+    pub duration: u64,
+    /// No keycard outlives this from its login, keep-alives or not.
+    /// Default 604800 (a week).
+    pub max_lifetime: u64,
+    /// Most keycards at once, pending logins included. Default 1000000;
+    /// a login beyond it gets `too_many_keycards`.
+    pub max_total: usize,
+    /// Most keycards one user holds at once. Default 10000.
+    pub max_per_user: u32,
+    /// Durations per method, e.g. `[keycards.method_duration]
+    /// scram-sha-256 = 3600`.
+    pub method_duration: std::collections::BTreeMap<String, u64>,
+}
+
+impl Default for KeycardConfig {
+    fn default() -> Self {
+        KeycardConfig {
+            challenge_window: 30,
+            duration: 86_400,
+            max_lifetime: 604_800,
+            max_total: 1_000_000,
+            max_per_user: 10_000,
+            method_duration: Default::default(),
+        }
+    }
+}
+
+impl KeycardConfig {
+    /// The bouncer's policy.
+    pub fn policy(&self) -> keycard_auth::bouncer::Policy {
+        keycard_auth::bouncer::Policy {
+            challenge_window_ms: self.challenge_window.saturating_mul(1000),
+            duration_ms: self.duration.saturating_mul(1000),
+            max_lifetime_ms: self.max_lifetime.saturating_mul(1000),
+            max_total: self.max_total,
+            max_per_user: self.max_per_user,
+        }
+    }
 }
 
 impl Default for Config {
@@ -80,6 +134,7 @@ impl Default for Config {
             max_auth_attempts: 5,
             history: 100_000,
             scram_iterations: 4096,
+            keycards: KeycardConfig::default(),
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
             argon2_p: 1,

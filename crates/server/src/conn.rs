@@ -25,8 +25,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::actions;
+use crate::bouncer::Ended;
 use crate::error::ApiError;
 use crate::state::ServerState;
+use keycard_auth::bouncer::KeycardId;
 
 /// Who is on the other end, and where they are confined.
 #[derive(Clone, Debug, Default)]
@@ -95,9 +97,24 @@ pub struct LoggedIn {
     pub acl: Option<String>,
     /// Capabilities granted to the user (read at login).
     pub caps: Vec<Capability>,
+    /// The keycard the login was granted.
+    pub keycard: KeycardId,
+    /// When it stops working (Unix ms); keep-alive moves it.
+    pub expires_at: u64,
+    /// Set by the bouncer when the keycard was revoked or reaped.
+    pub ended: Option<Ended>,
 }
 
 impl LoggedIn {
+    /// Whether the login's keycard still works at `now` (Unix ms).
+    pub fn live(&self, now: u64) -> Result<(), ApiError> {
+        match self.ended {
+            Some(how) => Err(how.error()),
+            None if now >= self.expires_at => Err(Ended::Expired.error()),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the user holds `cap`.
     pub fn has(&self, cap: Capability) -> bool {
         self.super_root || self.caps.contains(&Capability::SuperRoot) || self.caps.contains(&cap)
@@ -120,6 +137,8 @@ struct Slot {
     cancel: Option<oneshot::Sender<()>>,
     /// Shared with the request's responder.
     flags: Arc<StreamFlags>,
+    /// A login: its stream is not ended with the old keycard's.
+    login: bool,
 }
 
 /// What the connection and a request's responder both need to know.
@@ -150,6 +169,8 @@ pub(crate) struct ConnShared {
     session: Mutex<Session>,
     /// Set when the connection must close (after a fatal error).
     closing: watch::Sender<bool>,
+    /// Woken when the bouncer ended this connection's keycard.
+    kick: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -167,6 +188,22 @@ impl ConnShared {
     /// Changes the session.
     pub(crate) fn update_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> R {
         f(&mut lock(&self.session))
+    }
+
+    /// The bouncer ended keycard `id`: if the session still holds it, its
+    /// requests are refused from now on, and the connection's task ends
+    /// its streams (and, for a revocation, closes it).
+    pub(crate) fn keycard_ended(&self, id: KeycardId, how: Ended) {
+        let held = self.update_session(|s| match &mut s.user {
+            Some(u) if u.keycard == id => {
+                u.ended = Some(how);
+                true
+            }
+            _ => false,
+        });
+        if held {
+            self.kick.notify_one();
+        }
     }
 
     /// Asks the connection to close once queued replies are written.
@@ -347,7 +384,9 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
         inflight: std::sync::atomic::AtomicUsize::new(0),
         session: Mutex::new(Session::default()),
         closing,
+        kick: tokio::sync::Notify::new(),
     });
+    state.bouncer.register(&conn);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut wbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
     encode_into(&actions::greeting(&state).await, &mut wbuf);
@@ -407,14 +446,61 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
                 Ok(n) => decoder.feed(&chunk[..n]),
             },
             _ = closing_rx.changed() => {}
+            _ = conn.kick.notified() => kicked(&conn, &mut wbuf),
         }
     }
 
     // Cancel every request still running; their replies have nowhere to go.
     drop(running);
     lock(&conn.slots).clear();
+    // The requester is gone: so is its keycard.
+    let held = conn.session().user.map(|u| u.keycard);
+    state.bouncer.unregister(id, held);
     let _ = wr.shutdown().await;
     tracing::debug!(conn = id, "connection closed");
+}
+
+/// The session's keycard ended: its streams end with the reason; a
+/// revoked keycard's connection closes.
+fn kicked(conn: &ConnShared, wbuf: &mut Vec<u8>) {
+    let Some(how) = conn.session().user.and_then(|u| u.ended) else {
+        return;
+    };
+    let e = how.error();
+    let streams: Vec<(i64, Slot)> = {
+        let mut slots = lock(&conn.slots);
+        let seqs: Vec<i64> = slots
+            .iter()
+            .filter(|(_, s)| !s.login && s.flags.streaming.load(Ordering::Acquire))
+            .map(|(seq, _)| *seq)
+            .collect();
+        seqs.into_iter()
+            .filter_map(|seq| slots.remove(&seq).map(|s| (seq, s)))
+            .collect()
+    };
+    let tock = conn.state.store.tock().0;
+    for (seq, slot) in streams {
+        slot.flags.stopped.store(true, Ordering::Release);
+        if let Some(cancel) = slot.cancel {
+            let _ = cancel.send(());
+        }
+        let err = Msg::new()
+            .with("seq", seq)
+            .with("error", e.text.as_str())
+            .with("code", e.code.as_str())
+            .with("tock", tock);
+        encode_into(&err.into_value(), wbuf);
+        let end = Msg::new()
+            .with("seq", seq)
+            .with("state", "end")
+            .with("tock", tock);
+        encode_into(&end.into_value(), wbuf);
+    }
+    if how == Ended::Revoked {
+        tracing::info!(conn = conn.id, peer = %conn.peer, "keycard revoked; closing the connection");
+        stray_error(conn, None, e, wbuf);
+        conn.close();
+    }
 }
 
 /// An error that ends the connection: say why, then close.
@@ -601,6 +687,7 @@ fn start_request(
                     cont: None,
                     cancel: Some(cancel),
                     flags: flags.clone(),
+                    login: is_login,
                 },
             );
             None

@@ -8,6 +8,7 @@
 mod acl;
 mod actions;
 mod audit;
+mod bouncer;
 mod config;
 mod conn;
 mod error;
@@ -15,7 +16,8 @@ mod server;
 mod state;
 mod throttle;
 
-pub use config::Config;
+pub use bouncer::{Bouncer, Ended};
+pub use config::{Config, KeycardConfig};
 pub use error::ApiError;
 pub use server::{Server, ServerHandle, StartError, STORE_FILE};
 pub use state::{AuthConfig, ServerState};

@@ -49,6 +49,8 @@ pub struct ServerState {
     pub audit: crate::audit::Audit,
     /// Compiled ACLs.
     pub acls: crate::acl::AclCache,
+    /// The keycard table.
+    pub bouncer: Arc<crate::bouncer::Bouncer>,
 }
 
 /// `(nil, "auth")`.
@@ -127,6 +129,7 @@ impl ServerState {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        let policy = config.keycards.policy();
         let state = Arc::new(ServerState {
             config,
             store,
@@ -136,7 +139,9 @@ impl ServerState {
             workers: tokio::sync::Semaphore::new(workers),
             audit,
             acls: crate::acl::AclCache::default(),
+            bouncer: Arc::new(crate::bouncer::Bouncer::new(policy)),
         });
+        state.bouncer.spawn_reaper();
         state.refresh_auth().await?;
         Ok(state)
     }

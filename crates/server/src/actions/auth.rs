@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use keycard_auth::bouncer::{KeycardId, Lifetime};
 use keycard_auth::{AuthError, Kind, LoginCtx, Method, Step};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Op, ScanOpts};
@@ -19,6 +20,8 @@ use crate::throttle;
 /// How long the server waits for the client's next message in a
 /// multi-step exchange.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+const CHALLENGE_EXPIRED: &str = "the login's challenge window has passed";
 
 fn method<'a>(state: &'a ServerState, msg: &Value) -> ApiResult<&'a std::sync::Arc<dyn Method>> {
     let typ = str_field(msg, "typ")?;
@@ -53,7 +56,11 @@ enum Failure {
 /// Runs an exchange to its end, carrying its messages as stream items and
 /// the client's answers as continuations under the request's seq, and its
 /// heavy work on the server's bounded worker pool.
-async fn drive<T: Send + 'static>(r: &mut Responder, mut step: Step<T>) -> Result<T, Failure> {
+async fn drive<T: Send + 'static>(
+    r: &mut Responder,
+    mut step: Step<T>,
+    card: Option<KeycardId>,
+) -> Result<T, Failure> {
     let mut cont = None;
     loop {
         match step {
@@ -69,9 +76,20 @@ async fn drive<T: Send + 'static>(r: &mut Responder, mut step: Step<T>) -> Resul
                 })?;
             }
             Step::Send(msg, next) => {
+                // A login's challenge is bound to its keycard and must be
+                // answered within the keycard's window.
+                let wait = match card {
+                    Some(id) => {
+                        let deadline = r.conn().state.bouncer.challenged(id).map_err(|_| {
+                            Failure::Auth(AuthError::Malformed(CHALLENGE_EXPIRED.into()))
+                        })?;
+                        Duration::from_millis(deadline.saturating_sub(crate::audit::now_millis()))
+                    }
+                    None => EXCHANGE_TIMEOUT,
+                };
                 let rx = cont.get_or_insert_with(|| r.conn().open_continuation(r.seq()));
                 r.item(msg).await;
-                let answer = match tokio::time::timeout(EXCHANGE_TIMEOUT, rx.recv()).await {
+                let answer = match tokio::time::timeout(wait, rx.recv()).await {
                     Ok(Some(a)) => a,
                     Ok(None) => {
                         return Err(Failure::Auth(AuthError::Malformed(
@@ -80,8 +98,8 @@ async fn drive<T: Send + 'static>(r: &mut Responder, mut step: Step<T>) -> Resul
                     }
                     Err(_) => {
                         return Err(Failure::Auth(AuthError::Malformed(format!(
-                            "no answer within {}s",
-                            EXCHANGE_TIMEOUT.as_secs()
+                            "no answer within {} ms",
+                            wait.as_millis()
                         ))))
                     }
                 };
@@ -142,20 +160,21 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     };
     let conn = r.conn().clone();
     let source = conn.peer.ip();
-    let event = |outcome: &'static str| crate::audit::LoginEvent {
+    let event = |outcome: &'static str, card: Option<KeycardId>| crate::audit::LoginEvent {
         conn: conn.id,
         source: conn.peer,
         method: m.name(),
         user: &ident,
         outcome,
         reason: None,
+        keycard: card,
     };
     // Throttling comes first: a refused attempt costs no hashing.
     let counters = throttle::load(state.store.as_ref(), &ident, source).await?;
     let now = crate::audit::now_millis();
     match throttle::decide(&state.config.throttle, &counters, now) {
         throttle::Decision::Refuse(retry) => {
-            state.audit.login(event("throttled")).await;
+            state.audit.login(event("throttled", None)).await;
             return Err(ApiError::new(
                 ErrorCode::Throttled,
                 format!(
@@ -169,6 +188,16 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         }
         throttle::Decision::Proceed(_) => {}
     }
+    // The attempt's keycard: its id, state and challenge window live here,
+    // on the server; the guard takes it out of the table if the attempt
+    // ends any way but a success (including the client leaving).
+    let pending = PendingCard::new(
+        state.bouncer.clone(),
+        state
+            .bouncer
+            .begin(m.name(), &ident, conn.id, Some(source))?,
+    );
+    let card = Some(pending.id);
     let session = conn.session();
     let record_at = session.root.join(&record_path(m.name(), "user", &ident));
     let record = state.store.get(&record_at).await?.map(|e| e.value);
@@ -200,16 +229,49 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             source: conn.peer,
             method: m.name(),
             user: ident.clone(),
+            keycard: card,
         });
     }
-    let result = drive(r, step).await;
+    let mut result = drive(r, step, card).await;
+    // The verdict and the keycard's confirmation meet here, once: a
+    // success after the challenge window is a failure.
+    let mut granted = None;
+    if let Ok(verdict) = &result {
+        let life = lifetime(&state, m.name(), &record_at).await?;
+        match state
+            .bouncer
+            .authenticate(pending.id, &verdict.user, life, None)
+        {
+            Ok(c) => granted = Some(c),
+            Err(keycard_auth::bouncer::BouncerError::Expired) => {
+                result = Err(Failure::Auth(AuthError::Malformed(
+                    CHALLENGE_EXPIRED.into(),
+                )));
+            }
+            Err(e) => {
+                // The credentials were right; the user holds too many
+                // keycards. Not a failed login.
+                abandoned.take().map(AbandonGuard::disarm);
+                throttle::record_success(state.store.as_ref(), &ident, source, &counters, true)
+                    .await?;
+                return Err(e.into());
+            }
+        }
+    }
+    pending.settle();
     let precounted = abandoned.take().map(AbandonGuard::disarm).is_some();
     match result {
         Ok(verdict) => {
             throttle::record_success(state.store.as_ref(), &ident, source, &counters, precounted)
                 .await?;
-            state.audit.login(event("success")).await;
+            state.audit.login(event("success", card)).await;
             let reply = verdict.reply;
+            let Some(granted) = granted else {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "login without a keycard",
+                ));
+            };
             // The ACL binding, read now: a new binding applies at the next
             // login, as in DistKV.
             let acl = state
@@ -235,17 +297,24 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 },
                 None => Vec::new(),
             };
-            conn.update_session(|s| {
-                s.user = Some(LoggedIn {
+            let previous = conn.update_session(|s| {
+                s.failed_logins = 0;
+                s.user.replace(LoggedIn {
                     method: m.name().into(),
                     name: verdict.user,
                     super_root: m.super_root(),
                     session_key: verdict.session_key,
                     acl,
                     caps,
-                });
-                s.failed_logins = 0;
+                    keycard: granted.id,
+                    expires_at: granted.expires_at,
+                    ended: None,
+                })
             });
+            // A new login on the connection replaces its keycard.
+            if let Some(old) = previous {
+                state.bouncer.remove(old.keycard, conn.id);
+            }
             // The method's last word (SCRAM's server signature), then end.
             match reply {
                 Some(msg) => r.item(msg).await,
@@ -258,7 +327,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 .audit
                 .login(crate::audit::LoginEvent {
                     reason: Some(&e.text),
-                    ..event("error")
+                    ..event("error", card)
                 })
                 .await;
             Err(e)
@@ -283,7 +352,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 .audit
                 .login(crate::audit::LoginEvent {
                     reason: Some(&reason),
-                    ..event("failure")
+                    ..event("failure", card)
                 })
                 .await;
             let failures = conn.update_session(|s| {
@@ -311,6 +380,7 @@ struct AbandonGuard {
     source: std::net::SocketAddr,
     method: &'static str,
     user: String,
+    keycard: Option<KeycardId>,
 }
 
 impl AbandonGuard {
@@ -326,11 +396,12 @@ impl Drop for AbandonGuard {
             return;
         }
         let audit = self.audit.clone();
-        let (conn, source, method, user) = (
+        let (conn, source, method, user, keycard) = (
             self.conn,
             self.source,
             self.method,
             std::mem::take(&mut self.user),
+            self.keycard,
         );
         // Drop cannot wait; the audit write goes on in its own task.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -343,11 +414,67 @@ impl Drop for AbandonGuard {
                         user: &user,
                         outcome: "failure",
                         reason: Some("the client left after the challenge"),
+                        keycard,
                     })
                     .await;
             });
         }
     }
+}
+
+/// A login attempt's keycard until the attempt is settled: dropped
+/// unsettled (the request was cancelled, the client left), it leaves the
+/// table; settled, an authenticated keycard stays and a refused one goes.
+struct PendingCard {
+    bouncer: std::sync::Arc<crate::bouncer::Bouncer>,
+    id: KeycardId,
+}
+
+impl PendingCard {
+    fn new(bouncer: std::sync::Arc<crate::bouncer::Bouncer>, id: KeycardId) -> PendingCard {
+        PendingCard { bouncer, id }
+    }
+
+    /// The attempt is over; what the table holds for it is final. A
+    /// keycard still pending (the method said no) is refused.
+    fn settle(self) {
+        if self.bouncer.deadline(self.id).is_some() {
+            self.bouncer.refuse(self.id);
+        }
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for PendingCard {
+    fn drop(&mut self) {
+        if self.bouncer.deadline(self.id).is_some() {
+            self.bouncer.refuse(self.id);
+        }
+    }
+}
+
+/// The lifetime of a login by `method` for the user at `record_at`: the
+/// configured one, the method's (`[keycards.method_duration]`), then the
+/// user's own (`(…, "keycard")` → `{duration, max_lifetime}`, seconds),
+/// never beyond the configured maximum lifetime.
+async fn lifetime(state: &ServerState, method: &str, record_at: &Path) -> ApiResult<Lifetime> {
+    let cfg = &state.config.keycards;
+    let cap = cfg.max_lifetime.saturating_mul(1000);
+    let mut life = state.bouncer.lifetime();
+    if let Some(d) = cfg.method_duration.get(method) {
+        life.duration_ms = d.saturating_mul(1000);
+    }
+    if let Some(e) = state.store.get(&record_at.child("keycard")).await? {
+        if let Some(d) = e.value.get("duration").and_then(Value::as_u64) {
+            life.duration_ms = d.saturating_mul(1000);
+        }
+        if let Some(d) = e.value.get("max_lifetime").and_then(Value::as_u64) {
+            life.max_lifetime_ms = d.saturating_mul(1000);
+        }
+    }
+    life.max_lifetime_ms = life.max_lifetime_ms.min(cap);
+    life.duration_ms = life.duration_ms.min(life.max_lifetime_ms);
+    Ok(life)
 }
 
 /// Creates or replaces an auth record.
@@ -366,7 +493,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
         channel_key: session.channel_key.as_ref(),
     };
     let step = m.set_record(&ctx, k, &ident, msg);
-    let record = drive(r, step).await.map_err(failure)?;
+    let record = drive(r, step, None).await.map_err(failure)?;
     let path = session.root.join(&record_path(m.name(), k.name, &ident));
     let reply = write_value(&state, msg, path, Some(record)).await?;
     state.refresh_auth().await?;

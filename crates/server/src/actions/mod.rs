@@ -83,6 +83,9 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
 /// server has no current auth method.
 pub(crate) fn require_login(r: &Responder) -> ApiResult<Session> {
     let session = r.conn().session();
+    if let Some(u) = &session.user {
+        u.live(crate::audit::now_millis())?;
+    }
     if r.conn().state.auth().current.is_some() && session.user.is_none() {
         return Err(ApiError::new(
             ErrorCode::AuthRequired,
@@ -102,6 +105,9 @@ pub(crate) fn require_super_root(r: &Responder) -> ApiResult<Session> {
 /// The caller's session, if it holds `cap` (super-root holds them all).
 pub(crate) fn require_cap(r: &Responder, cap: crate::conn::Capability) -> ApiResult<Session> {
     let session = r.conn().session();
+    if let Some(u) = &session.user {
+        u.live(crate::audit::now_millis())?;
+    }
     if r.conn().state.auth().current.is_none() {
         return Ok(session);
     }
