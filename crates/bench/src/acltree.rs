@@ -124,6 +124,59 @@ fn cpu_ns(pid: u32) -> Option<u64> {
     Some(total)
 }
 
+/// Machine-wide CPU time from /proc/stat, in seconds: (busy, stolen by
+/// the hypervisor). Linux; `None` elsewhere.
+fn machine_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (USER_HZ = 100);
+    // interrupts are left out (loopback traffic is ours).
+    let busy = f.first()? + f.get(1)? + f.get(2)?;
+    Some((busy as f64 / 100.0, *f.get(7)? as f64 / 100.0))
+}
+
+/// Where the machine's CPU went during the timed walks: other processes'
+/// share and the hypervisor's steal, each as a fraction of all cores.
+struct Interference {
+    start: Instant,
+    machine: Option<(f64, f64)>,
+    ours: Option<u64>,
+}
+
+impl Interference {
+    fn begin(server: Option<u32>) -> Interference {
+        Interference {
+            start: Instant::now(),
+            machine: machine_cpu(),
+            ours: Self::ours(server),
+        }
+    }
+
+    /// CPU time of this process and the server so far, in ns.
+    fn ours(server: Option<u32>) -> Option<u64> {
+        Some(cpu_ns(std::process::id())? + cpu_ns(server?)?)
+    }
+
+    /// (other processes, steal) as fractions of the machine.
+    fn end(&self, server: Option<u32>) -> Option<(f64, f64)> {
+        let (busy0, steal0) = self.machine?;
+        let (busy1, steal1) = machine_cpu()?;
+        let ours = Self::ours(server)?.saturating_sub(self.ours?) as f64 / 1e9;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let capacity = self.start.elapsed().as_secs_f64() * cores;
+        Some((
+            ((busy1 - busy0 - ours) / capacity).max(0.0),
+            (steal1 - steal0) / capacity,
+        ))
+    }
+}
+
 /// One user's walks.
 #[derive(Default)]
 struct Walks {
@@ -159,7 +212,11 @@ pub async fn acltree_suite(args: &Args) -> anyhow::Result<()> {
     let mut seq = 10i64;
     // Round 0 warms up (page cache, compiled ACL) and is not counted; the
     // order alternates so neither user always walks right after the other.
+    let mut interference = Interference::begin(pid);
     for round in 0..=args.tree_walks {
+        if round == 1 {
+            interference = Interference::begin(pid);
+        }
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for who in order {
             let c = if who == 0 { &mut open } else { &mut bound };
@@ -182,6 +239,7 @@ pub async fn acltree_suite(args: &Args) -> anyhow::Result<()> {
             }
         }
     }
+    let busy = interference.end(pid);
     drop(kc);
     let names = [
         "no ACL (unbound user, full access)".to_owned(),
@@ -219,6 +277,14 @@ pub async fn acltree_suite(args: &Args) -> anyhow::Result<()> {
             median(&with.cpu) / median(&without.cpu).max(1e-9)
         );
     }
-    println!("\n");
+    println!();
+    if let Some((others, steal)) = busy {
+        println!(
+            "(during the timed walks other processes used {:.0} % of the machine's CPU, the hypervisor stole {:.0} %)",
+            others * 100.0,
+            steal * 100.0
+        );
+    }
+    println!();
     Ok(())
 }

@@ -90,6 +90,9 @@ pub struct KeycardConfig {
     /// Durations per method, e.g. `[keycards.method_duration]
     /// scram-sha-256 = 3600`.
     pub method_duration: std::collections::BTreeMap<String, u64>,
+    /// Longest lifetime of a token (`keycard token create --ttl`).
+    /// Default 31536000 (a year).
+    pub max_token_ttl: u64,
 }
 
 impl Default for KeycardConfig {
@@ -101,6 +104,7 @@ impl Default for KeycardConfig {
             max_total: 1_000_000,
             max_per_user: 10_000,
             method_duration: Default::default(),
+            max_token_ttl: 365 * 86_400,
         }
     }
 }

@@ -142,6 +142,18 @@ impl ServerState {
             bouncer: Arc::new(crate::bouncer::Bouncer::new(policy)),
         });
         state.bouncer.spawn_reaper();
+        // Durable keycards (tokens) past their time leave the store.
+        let weak = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(state) = weak.upgrade() else { return };
+                if let Err(e) = crate::actions::reap_durable(&state).await {
+                    tracing::warn!(error = %e.text, "reaping expired tokens failed");
+                }
+            }
+        });
         state.refresh_auth().await?;
         Ok(state)
     }

@@ -48,8 +48,12 @@ async fn open_server_until_a_method_with_a_user_is_current() {
     make_current(&c, "root").await.expect("root current");
 
     let d = client(&s).await;
-    // The greeting lists the accepted methods: the current one only.
-    assert_eq!(d.greeting().auth, Some(vec![Some("root".to_owned())]));
+    // The greeting lists the accepted methods: the current one, and
+    // tokens (keycards issued earlier).
+    assert_eq!(
+        d.greeting().auth,
+        Some(vec![Some("root".to_owned()), Some("token".to_owned())])
+    );
     assert!(d.greeting().login_required());
     // Every data action before login: auth_required.
     let e = d.get(&p("x")).await.expect_err("login first");
@@ -408,7 +412,11 @@ async fn several_methods_can_be_accepted_at_once() {
     let c = client(&s).await;
     assert_eq!(
         c.greeting().auth,
-        Some(vec![Some("root".to_owned()), Some("_test".to_owned())])
+        Some(vec![
+            Some("root".to_owned()),
+            Some("_test".to_owned()),
+            Some("token".to_owned())
+        ])
     );
     // The strongest usable candidate is chosen: _test over root.
     let joe = ClientRegistry::make("_test", Some("joe")).expect("m");

@@ -11,6 +11,7 @@ use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Op, ScanOpts};
 
 use super::data::write_value;
+use super::keycards::{self, TOKEN};
 use super::{chain, opt_usize, require_cap, require_login, require_super_root, str_field};
 use crate::conn::{Capability, LoggedIn, Responder};
 use crate::error::{ApiError, ApiResult};
@@ -127,9 +128,22 @@ fn auth_error(e: AuthError) -> ApiError {
 /// Logs the connection in.
 pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
-    let m = method(&state, msg)?.clone();
+    // A token is a keycard issued earlier: it is accepted whatever the
+    // current method (only a keycard manager can issue one).
+    let token = match str_field(msg, "typ")? {
+        TOKEN => Some(match msg.get("token") {
+            Some(Value::Str(t)) if t.len() <= 256 => t.clone(),
+            _ => return Err(ApiError::bad("'token' must be a string (the bearer token)")),
+        }),
+        _ => None,
+    };
+    let m = match token {
+        Some(_) => None,
+        None => Some(method(&state, msg)?.clone()),
+    };
+    let method_name: &'static str = m.as_ref().map_or(TOKEN, |m| m.name());
     let cfg = state.auth();
-    if !cfg.accepts(m.name()) {
+    if !cfg.accepts(method_name) && m.is_some() {
         let list = cfg
             .current
             .iter()
@@ -140,8 +154,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         return Err(ApiError::new(
             ErrorCode::AuthMethod,
             format!(
-                "method {:?} is not accepted here; the accepted methods are: {list}",
-                m.name()
+                "method {method_name:?} is not accepted here; the accepted methods are: {list}",
             ),
         ));
     }
@@ -154,8 +167,14 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             ))
         }
     }
-    let ident = match msg.get("ident") {
-        Some(Value::Str(s)) => s.clone(),
+    let ident = match (&token, msg.get("ident")) {
+        // Throttled and audited under the token's id (never its secret).
+        (Some(t), _) => t
+            .get(..36)
+            .filter(|p| p.is_ascii())
+            .unwrap_or("token")
+            .to_owned(),
+        (None, Some(Value::Str(s))) => s.clone(),
         _ => return Err(ApiError::bad("'ident' (the user name) must be a string")),
     };
     let conn = r.conn().clone();
@@ -163,7 +182,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let event = |outcome: &'static str, card: Option<KeycardId>| crate::audit::LoginEvent {
         conn: conn.id,
         source: conn.peer,
-        method: m.name(),
+        method: method_name,
         user: &ident,
         outcome,
         reason: None,
@@ -195,52 +214,75 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         state.bouncer.clone(),
         state
             .bouncer
-            .begin(m.name(), &ident, conn.id, Some(source))?,
+            .begin(method_name, &ident, conn.id, Some(source))?,
     );
     let card = Some(pending.id);
     let session = conn.session();
-    let record_at = session.root.join(&record_path(m.name(), "user", &ident));
-    let record = state.store.get(&record_at).await?.map(|e| e.value);
-    let ctx = LoginCtx {
-        channel_key: session.channel_key.as_ref(),
-    };
-    let step = m.login(&ctx, &ident, msg, record.as_ref());
-    // A challenge-response client learns from the challenge whether its
-    // password was right (RFC 9807: count a login without a valid final
-    // message as a failure). So count the failure before challenging; a
-    // success clears it, and a client that vanishes mid-exchange is
-    // audited as a failure.
     let mut abandoned = None;
-    if matches!(step, Step::Send(..)) {
-        let at = crate::audit::now_millis();
-        throttle::record_failure(
-            state.store.as_ref(),
-            &state.config.throttle,
-            &ident,
-            source,
-            &counters,
-            at,
-        )
-        .await?;
-        abandoned = Some(AbandonGuard {
-            armed: true,
-            audit: state.audit.clone(),
-            conn: conn.id,
-            source: conn.peer,
-            method: m.name(),
-            user: ident.clone(),
-            keycard: card,
-        });
-    }
-    let mut result = drive(r, step, card).await;
+    let (mut result, record_at, parent) = match (&m, &token) {
+        (Some(m), _) => {
+            let record_at = session.root.join(&record_path(m.name(), "user", &ident));
+            let record = state.store.get(&record_at).await?.map(|e| e.value);
+            let ctx = LoginCtx {
+                channel_key: session.channel_key.as_ref(),
+            };
+            let step = m.login(&ctx, &ident, msg, record.as_ref());
+            // A challenge-response client learns from the challenge whether its
+            // password was right (RFC 9807: count a login without a valid final
+            // message as a failure). So count the failure before challenging; a
+            // success clears it, and a client that vanishes mid-exchange is
+            // audited as a failure.
+            if matches!(step, Step::Send(..)) {
+                let at = crate::audit::now_millis();
+                throttle::record_failure(
+                    state.store.as_ref(),
+                    &state.config.throttle,
+                    &ident,
+                    source,
+                    &counters,
+                    at,
+                )
+                .await?;
+                abandoned = Some(AbandonGuard {
+                    armed: true,
+                    audit: state.audit.clone(),
+                    conn: conn.id,
+                    source: conn.peer,
+                    method: m.name(),
+                    user: ident.clone(),
+                    keycard: card,
+                });
+            }
+            (drive(r, step, card).await, record_at, None)
+        }
+        (None, Some(t)) => match keycards::check_token(&state, t).await? {
+            Some(g) => {
+                // The token's user must still exist.
+                let at = session
+                    .root
+                    .join(&record_path(&g.user_method, "user", &g.user));
+                let exists = state.store.get(&at).await?.is_some();
+                let result = match exists {
+                    true => Ok(keycard_auth::Verdict::user(g.user)),
+                    false => Err(Failure::Auth(AuthError::Failed)),
+                };
+                (result, at, Some((g.id, g.expires_at)))
+            }
+            None => (Err(Failure::Auth(AuthError::Failed)), Path::root(), None),
+        },
+        (None, None) => return Err(ApiError::new(ErrorCode::Internal, "no method")),
+    };
     // The verdict and the keycard's confirmation meet here, once: a
     // success after the challenge window is a failure.
     let mut granted = None;
     if let Ok(verdict) = &result {
-        let life = lifetime(&state, m.name(), &record_at).await?;
+        let mut life = lifetime(&state, method_name, &record_at).await?;
+        if let Some((_, until)) = parent {
+            life = keycards::token_lifetime(life, until);
+        }
         match state
             .bouncer
-            .authenticate(pending.id, &verdict.user, life, None)
+            .authenticate(pending.id, &verdict.user, life, parent.map(|p| p.0))
         {
             Ok(c) => granted = Some(c),
             Err(keycard_auth::bouncer::BouncerError::Expired) => {
@@ -300,9 +342,9 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             let previous = conn.update_session(|s| {
                 s.failed_logins = 0;
                 s.user.replace(LoggedIn {
-                    method: m.name().into(),
+                    method: method_name.into(),
                     name: verdict.user,
-                    super_root: m.super_root(),
+                    super_root: m.as_ref().is_some_and(|m| m.super_root()),
                     session_key: verdict.session_key,
                     acl,
                     caps,
@@ -704,6 +746,8 @@ pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
             m.set("super_root", u.super_root || open);
             // Whether the login agreed a key for signing requests.
             m.set("session_key", u.session_key.is_some());
+            m.set("keycard", u.keycard.to_string());
+            m.set("expires_at", u.expires_at);
             let caps: Vec<Value> = Capability::ALL
                 .into_iter()
                 .filter(|c| u.has(*c) || open)

@@ -8,6 +8,9 @@
 mod auth;
 mod data;
 mod internal;
+mod keycards;
+
+pub(crate) use keycards::reap_durable;
 mod tree;
 
 use keycard_proto::{ErrorCode, Msg, Path, Value};
@@ -38,6 +41,9 @@ pub(crate) async fn greeting(state: &ServerState) -> Value {
     if auth.configured {
         let mut list = vec![Value::from(auth.current.clone())];
         list.extend(auth.accept.iter().map(|m| Value::from(m.as_str())));
+        if auth.current.is_some() {
+            list.push(Value::from(keycards::TOKEN));
+        }
         m.set("auth", Value::Array(list));
     }
     m.into_value()
@@ -72,6 +78,12 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
         "diffie_hellman" => auth::diffie_hellman(msg, r).await,
         "audit_tail" => auth::audit_tail(msg, r).await,
         "test_acl" => data::test_acl(msg, r).await,
+        "keep_alive" => keycards::keep_alive(msg, r).await,
+        "logout" => keycards::logout(r).await,
+        "keycard_list" => keycards::keycard_list(msg, r).await,
+        "keycard_show" => keycards::keycard_show(msg, r).await,
+        "keycard_revoke" => keycards::keycard_revoke(msg, r).await,
+        "token_create" => keycards::token_create(msg, r).await,
         other => Err(ApiError::new(
             ErrorCode::UnknownAction,
             format!("unknown action {other:?}"),

@@ -1,0 +1,550 @@
+//! Keycard actions: `keep_alive` and `logout` for the caller's own keycard,
+//! `keycard_list`, `keycard_show` and `keycard_revoke` for managing them,
+//! and token keycards (`token_create`, and the `token` login in
+//! [`token_login`]).
+//!
+//! A caller without `manage_keycards` sees and revokes only its own user's
+//! keycards; anything else is `not_found`, as an unknown id is.
+//!
+//! Tokens are durable keycards: the record at `(nil, "keycard", ID)` holds
+//! the user, the expiry, the state and the SHA-256 of the bearer token —
+//! never the token. A token login mints a connection keycard whose parent
+//! is the token, so revoking the token ends every connection using it.
+
+use keycard_auth::bouncer::{Filter, Keycard, KeycardId, Lifetime, State};
+use keycard_proto::{hex, Elem, ErrorCode, Msg, Path, Value};
+use keycard_store::{Cond, Op, ScanOpts};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{opt_usize, require_cap, require_login, str_field};
+use crate::audit::now_millis;
+use crate::conn::{Capability, Responder, Session};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{record_path, ServerState};
+
+/// The token method's name.
+pub(crate) const TOKEN: &str = "token";
+/// Bearer tokens start with this.
+const TOKEN_PREFIX: &str = "kct_";
+/// Most keycards one listing returns.
+const MAX_LIST: usize = 10_000;
+
+/// `(nil, "keycard", ID)`: a durable keycard.
+pub(crate) fn durable_path(id: KeycardId) -> Path {
+    durable_root().child(id.to_string().as_str())
+}
+
+fn durable_root() -> Path {
+    Path::new(vec![Elem::Nil, "keycard".into()])
+}
+
+fn card_msg(c: &Keycard) -> Msg {
+    let mut m = Msg::new()
+        .with("id", c.id.to_string())
+        .with("method", &*c.method)
+        .with("user", &*c.user)
+        .with("requester", c.requester)
+        .with("state", c.state.name())
+        .with("issued_at", c.issued_at)
+        .with("expires_at", c.expires_at)
+        .with("max_until", c.max_until)
+        .with("durable", false);
+    if let Some(a) = c.addr {
+        m.set("addr", a.to_string());
+    }
+    if let Some(p) = c.parent {
+        m.set("parent", p.to_string());
+    }
+    if c.last_keepalive > 0 {
+        m.set("last_keepalive", c.last_keepalive);
+    }
+    m
+}
+
+/// What a durable record shows (everything but its hash).
+fn durable_msg(id: &str, v: &Value) -> Msg {
+    let mut m = Msg::new().with("id", id).with("durable", true);
+    for key in [
+        "method",
+        "user",
+        "state",
+        "issued_at",
+        "expires_at",
+        "label",
+        "by",
+        "revoked_at",
+    ] {
+        if let Some(x) = v.get(key) {
+            m.set(key, x.clone());
+        }
+    }
+    m
+}
+
+fn parse_id(msg: &Value) -> ApiResult<KeycardId> {
+    let s = str_field(msg, "id")?;
+    KeycardId::parse(s).ok_or_else(|| ApiError::bad("'id' must be 32 hex digits"))
+}
+
+/// The caller, if logged in (keep-alive and logout need one).
+fn own(session: &Session) -> ApiResult<&crate::conn::LoggedIn> {
+    session.user.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::AuthRequired,
+            "this connection holds no keycard; log in first",
+        )
+    })
+}
+
+/// Whether the caller manages every keycard, or only its own user's.
+fn manages_all(r: &Responder, session: &Session) -> bool {
+    r.conn().state.auth().current.is_none()
+        || session
+            .user
+            .as_ref()
+            .is_some_and(|u| u.has(Capability::ManageKeycards))
+}
+
+/// Extends the caller's keycard: `{ttl}` (seconds, optional, at most the
+/// keycard's duration) → `{keycard, expires_at}`.
+pub(super) async fn keep_alive(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_login(r)?;
+    let me = own(&session)?;
+    let ttl = opt_usize(msg, "ttl")?.map(|s| (s as u64).saturating_mul(1000));
+    let conn = r.conn().clone();
+    let expires_at = conn.state.bouncer.keep_alive(me.keycard, conn.id, ttl)?;
+    let id = me.keycard;
+    conn.update_session(|s| {
+        if let Some(u) = s.user.as_mut().filter(|u| u.keycard == id) {
+            u.expires_at = expires_at;
+        }
+    });
+    r.reply(
+        Msg::new()
+            .with("keycard", id.to_string())
+            .with("expires_at", expires_at),
+    )
+    .await;
+    Ok(())
+}
+
+/// Ends the caller's login: its keycard is removed.
+pub(super) async fn logout(r: &mut Responder) -> ApiResult {
+    let conn = r.conn().clone();
+    let previous = conn.update_session(|s| s.user.take());
+    let Some(me) = previous else {
+        return Err(ApiError::new(ErrorCode::AuthRequired, "not logged in"));
+    };
+    if let Some(card) = conn.state.bouncer.remove(me.keycard, conn.id) {
+        conn.state
+            .audit
+            .keycard("logout", &card, Some(&me.name))
+            .await;
+    }
+    r.reply(Msg::new().with("keycard", me.keycard.to_string()))
+        .await;
+    Ok(())
+}
+
+fn filter(msg: &Value) -> ApiResult<Filter> {
+    let text = |key: &str| match msg.get(key) {
+        None | Some(Value::Nil) => Ok(None),
+        Some(Value::Str(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad(format!("'{key}' must be a string"))),
+    };
+    let requester = match msg.get("requester") {
+        None | Some(Value::Nil) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| ApiError::bad("'requester' must be a connection id"))?,
+        ),
+    };
+    let parent = match text("parent")? {
+        None => None,
+        Some(p) => Some(
+            KeycardId::parse(&p).ok_or_else(|| ApiError::bad("'parent' must be 32 hex digits"))?,
+        ),
+    };
+    Ok(Filter {
+        user: text("user")?,
+        method: text("method")?,
+        requester,
+        parent,
+    })
+}
+
+/// Durable keycards (tokens) matching `f`, as `(id, record)`.
+async fn durable(state: &ServerState, f: &Filter) -> ApiResult<Vec<(String, Value)>> {
+    if f.requester.is_some()
+        || f.parent.is_some()
+        || f.method.as_deref().is_some_and(|m| m != TOKEN)
+    {
+        return Ok(Vec::new());
+    }
+    let opts = ScanOpts {
+        min_depth: 1,
+        max_depth: Some(1),
+    };
+    let items = state
+        .store
+        .scan_up_to(&durable_root(), opts, MAX_LIST)
+        .await?;
+    Ok(items
+        .into_iter()
+        .filter_map(|(p, e)| {
+            let id = match p.elems().last() {
+                Some(Elem::Str(s)) => s.to_string(),
+                _ => return None,
+            };
+            let user_ok = f
+                .user
+                .as_deref()
+                .is_none_or(|u| e.value.get("user").and_then(Value::as_str) == Some(u));
+            user_ok.then_some((id, e.value))
+        })
+        .collect())
+}
+
+/// Lists keycards: `{user, method, requester, parent, after, limit}` → a
+/// stream of keycards, live ones by id, then durable ones.
+pub(super) async fn keycard_list(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_login(r)?;
+    let mut f = filter(msg)?;
+    if !manages_all(r, &session) {
+        f.user = Some(own(&session)?.name.clone());
+    }
+    let after = match msg.get("after") {
+        None | Some(Value::Nil) => None,
+        Some(Value::Str(s)) => Some(
+            KeycardId::parse(s).ok_or_else(|| ApiError::bad("'after' must be 32 hex digits"))?,
+        ),
+        Some(_) => return Err(ApiError::bad("'after' must be a keycard id")),
+    };
+    let limit = opt_usize(msg, "limit")?.unwrap_or(1000).min(MAX_LIST);
+    let state = r.conn().state.clone();
+    let live = state.bouncer.table().list(&f, after, limit);
+    r.start().await;
+    for c in &live {
+        r.item(card_msg(c)).await;
+    }
+    if after.is_none() {
+        for (id, v) in durable(&state, &f).await? {
+            r.item(durable_msg(&id, &v)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Shows one keycard: `{id}`.
+pub(super) async fn keycard_show(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_login(r)?;
+    let id = parse_id(msg)?;
+    let all = manages_all(r, &session);
+    let mine = |user: Option<&str>| all || session.user.as_ref().map(|u| u.name.as_str()) == user;
+    let state = r.conn().state.clone();
+    let live = state.bouncer.table().show(id);
+    if let Some(c) = live.filter(|c| mine(Some(&c.user))) {
+        r.reply(card_msg(&c)).await;
+        return Ok(());
+    }
+    if let Some(e) = state.store.get(&durable_path(id)).await? {
+        if mine(e.value.get("user").and_then(Value::as_str)) {
+            r.reply(durable_msg(&id.to_string(), &e.value)).await;
+            return Ok(());
+        }
+    }
+    Err(ApiError::new(ErrorCode::NotFound, "no such keycard"))
+}
+
+/// Marks a durable keycard revoked (it never works again, across
+/// restarts) and revokes the connections using it. Returns whether it was
+/// live.
+async fn revoke_durable(state: &ServerState, id: KeycardId, by: Option<&str>) -> ApiResult<usize> {
+    let path = durable_path(id);
+    let Some(e) = state.store.get(&path).await? else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    if e.value.get("state").and_then(Value::as_str) == Some(State::Authenticated.name()) {
+        let mut v = e.value.clone();
+        if let Value::Map(m) = &mut v {
+            m.retain(|(k, _)| k.as_str() != Some("state"));
+            m.push(("state".into(), State::Revoked.name().into()));
+            m.push(("revoked_at".into(), now_millis().into()));
+            m.push(("revoked_by".into(), Value::from(by)));
+        }
+        state
+            .store
+            .write(vec![Op::Put {
+                path,
+                value: v,
+                cond: Cond::TockIs(e.tock),
+                idem: false,
+            }])
+            .await?;
+        n += 1;
+        let user = e.value.get("user").and_then(Value::as_str).unwrap_or("");
+        tracing::info!(target: "keycard::audit", keycard = %id, user, by = by.unwrap_or(""), "token revoked");
+    }
+    let children = state.bouncer.revoke_where(&Filter {
+        parent: Some(id),
+        ..Filter::default()
+    });
+    Ok(n + children.len())
+}
+
+/// Revokes keycards: `{id}`, or with `manage_keycards` `{user}` or
+/// `{requester}` → `{revoked: N}`. Their connections are closed.
+pub(super) async fn keycard_revoke(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_login(r)?;
+    let all = manages_all(r, &session);
+    let by = session.user.as_ref().map(|u| u.name.clone());
+    let state = r.conn().state.clone();
+    if msg.get("id").is_some() {
+        let id = parse_id(msg)?;
+        let live = state.bouncer.table().show(id);
+        let stored = state.store.get(&durable_path(id)).await?;
+        let owner = live.as_ref().map(|c| c.user.to_string()).or_else(|| {
+            stored.as_ref().and_then(|e| {
+                e.value
+                    .get("user")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+        });
+        if owner.is_none() || !(all || owner == by) {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such keycard"));
+        }
+        let mut n = 0;
+        if let Some(card) = state.bouncer.revoke(id) {
+            state.audit.keycard("revoked", &card, by.as_deref()).await;
+            n += 1;
+        }
+        if stored.is_some() {
+            n += revoke_durable(&state, id, by.as_deref()).await?;
+        }
+        r.reply(Msg::new().with("revoked", n)).await;
+        return Ok(());
+    }
+    if !all {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "revoking by user or requester needs the manage_keycards capability",
+        ));
+    }
+    let f = filter(msg)?;
+    if f.user.is_none() && f.requester.is_none() && f.parent.is_none() {
+        return Err(ApiError::bad(
+            "say which keycards: 'id', 'user', 'requester' or 'parent'",
+        ));
+    }
+    let mut n = 0;
+    for card in state.bouncer.revoke_where(&f) {
+        state.audit.keycard("revoked", &card, by.as_deref()).await;
+        n += 1;
+    }
+    for (id, _) in durable(&state, &f).await? {
+        if let Some(id) = KeycardId::parse(&id) {
+            n += revoke_durable(&state, id, by.as_deref()).await?;
+        }
+    }
+    r.reply(Msg::new().with("revoked", n)).await;
+    Ok(())
+}
+
+/// The method under which `user` has a user record: `method` if given,
+/// else the current method, the accepted ones, then any.
+async fn user_method(
+    state: &ServerState,
+    root: &Path,
+    user: &str,
+    method: Option<&str>,
+) -> ApiResult<String> {
+    let cfg = state.auth();
+    let mut order: Vec<String> = match method {
+        Some(m) => vec![m.to_owned()],
+        None => cfg
+            .current
+            .iter()
+            .chain(cfg.accept.iter())
+            .cloned()
+            .chain(state.methods.names().into_iter().map(str::to_owned))
+            .collect(),
+    };
+    order.dedup();
+    for m in order {
+        if m == TOKEN {
+            continue;
+        }
+        if state
+            .store
+            .get(&root.join(&record_path(&m, "user", user)))
+            .await?
+            .is_some()
+        {
+            return Ok(m);
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::NotFound,
+        format!("no user {user:?} to issue a token for"),
+    ))
+}
+
+/// Creates a token keycard: `{user, ttl (seconds), label?, method?}` →
+/// `{token, id, expires_at}`. The bearer token is in this reply and
+/// nowhere else; the server keeps its SHA-256.
+pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
+    let session = require_cap(r, Capability::ManageKeycards)?;
+    let state = r.conn().state.clone();
+    let user = str_field(msg, "user")?.to_owned();
+    let method = match msg.get("method") {
+        None | Some(Value::Nil) => None,
+        Some(Value::Str(s)) => Some(s.clone()),
+        Some(_) => return Err(ApiError::bad("'method' must be a string")),
+    };
+    let max_ttl = state.config.keycards.max_token_ttl;
+    let ttl = opt_usize(msg, "ttl")?.map_or(state.config.keycards.duration, |t| t as u64);
+    if ttl == 0 || ttl > max_ttl {
+        return Err(ApiError::bad(format!(
+            "'ttl' must be 1..={max_ttl} seconds (keycards.max_token_ttl)"
+        )));
+    }
+    let label = match msg.get("label") {
+        None | Some(Value::Nil) => None,
+        Some(Value::Str(s)) if s.len() <= 200 => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "'label' must be a string of at most 200 bytes",
+            ))
+        }
+    };
+    let user_method = user_method(&state, &session.root, &user, method.as_deref()).await?;
+    let id = KeycardId::random();
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(secret.as_mut());
+    let token = zeroize::Zeroizing::new(format!(
+        "{TOKEN_PREFIX}{id}_{}",
+        hex::encode(secret.as_ref())
+    ));
+    let digest = Sha256::digest(token.as_bytes());
+    let now = now_millis();
+    let expires_at = now.saturating_add(ttl.saturating_mul(1000));
+    let by = session.user.as_ref().map(|u| u.name.clone());
+    let record = Msg::new()
+        .with("method", TOKEN)
+        .with("user", user.as_str())
+        .with("user_method", user_method.as_str())
+        .with("state", State::Authenticated.name())
+        .with("issued_at", now)
+        .with("expires_at", expires_at)
+        .with("sha256", Value::Bin(digest.to_vec()))
+        .with("label", Value::from(label))
+        .with("by", Value::from(by.clone()))
+        .into_value();
+    state
+        .store
+        .write(vec![Op::Put {
+            path: durable_path(id),
+            value: record,
+            cond: Cond::Absent,
+            idem: false,
+        }])
+        .await?;
+    tracing::info!(target: "keycard::audit", keycard = %id, user = %user, by = by.as_deref().unwrap_or(""), "token created");
+    r.reply(
+        Msg::new()
+            .with("token", token.as_str())
+            .with("id", id.to_string())
+            .with("user", user.as_str())
+            .with("expires_at", expires_at),
+    )
+    .await;
+    Ok(())
+}
+
+/// A token login's verified facts.
+pub(crate) struct TokenGrant {
+    /// The token's keycard id.
+    pub id: KeycardId,
+    /// Its user.
+    pub user: String,
+    /// The method whose user record holds the user's ACL and capabilities.
+    pub user_method: String,
+    /// When the token expires.
+    pub expires_at: u64,
+}
+
+/// Checks a bearer token against its durable record. Every way it can be
+/// wrong (malformed, unknown, wrong secret, revoked, expired) is the same
+/// `None`; the digest comparison is constant-time.
+pub(crate) async fn check_token(state: &ServerState, token: &str) -> ApiResult<Option<TokenGrant>> {
+    let digest = Sha256::digest(token.as_bytes());
+    let id = token
+        .strip_prefix(TOKEN_PREFIX)
+        .and_then(|rest| rest.get(..32))
+        .and_then(KeycardId::parse);
+    let record = match id {
+        Some(id) => state.store.get(&durable_path(id)).await?.map(|e| e.value),
+        None => None,
+    };
+    let stored = record
+        .as_ref()
+        .and_then(|v| v.get("sha256"))
+        .and_then(Value::as_bin)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_else(|| vec![0xa5; 32]);
+    let same: bool = digest.as_slice().ct_eq(&stored).into();
+    let (Some(id), Some(v), true) = (id, record, same) else {
+        return Ok(None);
+    };
+    let live = v.get("state").and_then(Value::as_str) == Some(State::Authenticated.name());
+    let expires_at = v.get("expires_at").and_then(Value::as_u64).unwrap_or(0);
+    if !live || now_millis() >= expires_at {
+        return Ok(None);
+    }
+    let (Some(user), Some(user_method)) = (
+        v.get("user").and_then(Value::as_str),
+        v.get("user_method").and_then(Value::as_str),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(TokenGrant {
+        id,
+        user: user.to_owned(),
+        user_method: user_method.to_owned(),
+        expires_at,
+    }))
+}
+
+/// A token session's lifetime: the usual one, never past the token.
+pub(crate) fn token_lifetime(base: Lifetime, token_expires_at: u64) -> Lifetime {
+    let left = token_expires_at.saturating_sub(now_millis());
+    Lifetime {
+        duration_ms: base.duration_ms.min(left),
+        max_lifetime_ms: base.max_lifetime_ms.min(left),
+    }
+}
+
+/// Deletes durable keycards whose time has passed (a revoked token's
+/// record stays until then, so it is refused as revoked, not unknown).
+pub(crate) async fn reap_durable(state: &ServerState) -> ApiResult<usize> {
+    let now = now_millis();
+    let gone: Vec<Op> = durable(state, &Filter::default())
+        .await?
+        .into_iter()
+        .filter(|(_, v)| v.get("expires_at").and_then(Value::as_u64).unwrap_or(0) <= now)
+        .filter_map(|(id, _)| KeycardId::parse(&id))
+        .map(|id| Op::Delete {
+            path: durable_path(id),
+            cond: Cond::Any,
+        })
+        .collect();
+    let n = gone.len();
+    if n > 0 {
+        state.store.write(gone).await?;
+    }
+    Ok(n)
+}
