@@ -210,8 +210,8 @@ pub async fn acltree_suite(args: &Args) -> anyhow::Result<()> {
     let mut bound = login(kc.addr, ACL_USER).await?;
     let mut results = [Walks::default(), Walks::default()];
     let mut seq = 10i64;
-    // Round 0 warms up (page cache, compiled ACL) and is not counted; the
-    // order alternates so neither user always walks right after the other.
+    // Round 0 warms up (page cache, compiled ACL) and is not counted; each
+    // user goes first in every other round, so neither always walks first.
     let mut interference = Interference::begin(pid);
     for round in 0..=args.tree_walks {
         if round == 1 {

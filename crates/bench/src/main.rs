@@ -51,7 +51,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     depth: usize,
     /// Timed get_tree walks per user in the acltree suite.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 10)]
     tree_walks: usize,
     /// Which measurements: kv (data actions), logins, acl (in-process ACL
     /// checks), acltree (get_tree with and without an ACL), or all.

@@ -301,7 +301,9 @@ impl Client {
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.inner.routes).insert(seq, tx);
         msg.set("seq", seq);
-        if self.inner.out.send(msg.into_value()).is_err() {
+        // The reader marks the connection closed before it drops the
+        // routes: a route added after that is never answered.
+        if lock(&self.inner.closed).is_some() || self.inner.out.send(msg.into_value()).is_err() {
             lock(&self.inner.routes).remove(&seq);
             return Err(self.closed_error());
         }

@@ -293,7 +293,9 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             Err(e) => {
                 // The credentials were right; the user holds too many
                 // keycards. Not a failed login.
-                abandoned.take().map(AbandonGuard::disarm);
+                if let Some(g) = abandoned.take() {
+                    g.disarm();
+                }
                 throttle::record_success(state.store.as_ref(), &ident, source, &counters, true)
                     .await?;
                 return Err(e.into());

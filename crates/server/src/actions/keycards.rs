@@ -46,7 +46,7 @@ fn card_msg(c: &Keycard) -> Msg {
         .with("method", &*c.method)
         .with("user", &*c.user)
         .with("requester", c.requester)
-        .with("state", c.state.name())
+        .with("status", c.state.name())
         .with("issued_at", c.issued_at)
         .with("expires_at", c.expires_at)
         .with("max_until", c.max_until)
@@ -66,10 +66,13 @@ fn card_msg(c: &Keycard) -> Msg {
 /// What a durable record shows (everything but its hash).
 fn durable_msg(id: &str, v: &Value) -> Msg {
     let mut m = Msg::new().with("id", id).with("durable", true);
+    // `state` marks stream messages on the wire; a keycard's is `status`.
+    if let Some(x) = v.get("state") {
+        m.set("status", x.clone());
+    }
     for key in [
         "method",
         "user",
-        "state",
         "issued_at",
         "expires_at",
         "label",
@@ -370,7 +373,7 @@ async fn user_method(
             .iter()
             .chain(cfg.accept.iter())
             .cloned()
-            .chain(state.methods.names().into_iter().map(str::to_owned))
+            .chain(state.methods.names().map(str::to_owned))
             .collect(),
     };
     order.dedup();
