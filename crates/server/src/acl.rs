@@ -125,10 +125,128 @@ pub fn visible(acl: &Acl, base_len: usize, path: &[Elem], mode: Mode) -> bool {
     f.grants(mode)
 }
 
-/// Checks `mode` on `path` for an ACL.
-pub async fn check(store: &dyn Store, acl: &Acl, path: &Path, mode: Mode) -> ApiResult {
-    let have = existing_depth(store, path).await?;
-    acl.check(path.elems(), |d| d <= have, mode)
-        .map(|_| ())
-        .map_err(|d| denied(path, &d))
+/// The ACLs a user is bound to: its own and its groups'. They combine
+/// level by level: a user holds, on each node, every mode any of its ACLs
+/// gives there — passing a level (`x`, or `n` where it does not exist yet)
+/// needs one ACL that lets it pass, a walk's `e` one that lets it
+/// enumerate, and the node's mode one that grants it.
+#[derive(Clone, Debug)]
+pub struct Grants {
+    /// `(name, compiled ACL)`; never empty.
+    pub acls: Vec<(String, Arc<Acl>)>,
+}
+
+/// The decision of [`Grants::decide`] when allowed: the ACL and entry that
+/// granted the mode.
+pub type Decision = Option<(String, Vec<Elem>, Modes)>;
+
+impl Grants {
+    fn finders(&self) -> Vec<Finder<'_>> {
+        self.acls.iter().map(|(_, a)| a.finder()).collect()
+    }
+
+    /// Whether a node found by a tree walk may be shown (see [`visible`]).
+    pub fn visible(&self, base_len: usize, path: &[Elem], mode: Mode) -> bool {
+        if let [(_, one)] = self.acls.as_slice() {
+            return visible(one, base_len, path, mode);
+        }
+        let mut fs = self.finders();
+        for (i, e) in path.iter().enumerate() {
+            let pass = fs.iter().any(|f| f.passes(Mode::Access));
+            let list = i < base_len || fs.iter().any(|f| f.passes(Mode::Enumerate));
+            if !pass || !list {
+                return false;
+            }
+            fs = fs.iter().map(|f| f.step(e)).collect();
+        }
+        fs.iter().any(|f| f.grants(mode))
+    }
+
+    /// Whether `mode` on `path` is allowed, given that its first `have`
+    /// elements exist: the ACL and entry that granted it, or the first
+    /// ACL's view of the refusal.
+    pub fn decide(
+        &self,
+        path: &[Elem],
+        have: usize,
+        mode: Mode,
+    ) -> Result<Decision, (String, Denied)> {
+        let first = |fs: &[Finder<'_>], depth: usize, mode: Mode| {
+            let name = self
+                .acls
+                .first()
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default();
+            let rule = fs.first().and_then(Finder::rule);
+            (name, Denied { depth, mode, rule })
+        };
+        let mut fs = self.finders();
+        for (i, e) in path.iter().enumerate() {
+            let need = if i < have { Mode::Access } else { Mode::New };
+            if !fs.iter().any(|f| f.passes(need)) {
+                return Err(first(&fs, i, need));
+            }
+            fs = fs.iter().map(|f| f.step(e)).collect();
+        }
+        match fs.iter().position(|f| f.grants(mode)) {
+            Some(ix) => Ok(fs[ix].rule().map(|(p, m)| (self.acls[ix].0.clone(), p, m))),
+            None => Err(first(&fs, path.len(), mode)),
+        }
+    }
+
+    /// Checks `mode` on `path`.
+    pub async fn check(&self, store: &dyn Store, path: &Path, mode: Mode) -> ApiResult {
+        let have = existing_depth(store, path).await?;
+        self.decide(path.elems(), have, mode)
+            .map(|_| ())
+            .map_err(|(_, d)| denied(path, &d))
+    }
+}
+
+/// `(nil, "group", NAME)` → `{acl: ACL}`: a group and the ACL it binds.
+pub fn group_path(name: &str) -> Path {
+    Path::new(vec![Elem::Nil, "group".into(), name.into()])
+}
+
+/// The ACL names a user is bound to, from its record at `record_at`:
+/// `None` for DistKV's full data access (no binding, or `*`, and no
+/// group with an ACL), else its own ACL and its groups' (`(…, "groups")`
+/// → `{groups: [NAME…]}`, each `(nil, "group", NAME)` → `{acl}`).
+pub async fn bound_acls(
+    store: &dyn Store,
+    root: &Path,
+    record_at: &Path,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let own = store.get(&record_at.child("acl")).await?.and_then(|e| {
+        e.value
+            .get("key")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    });
+    if own.as_deref() == Some("*") {
+        return Ok(None);
+    }
+    let mut names: Vec<String> = own.into_iter().collect();
+    if let Some(e) = store.get(&record_at.child("groups")).await? {
+        if let Some(keycard_proto::Value::Array(groups)) = e.value.get("groups") {
+            for g in groups.iter().filter_map(|g| g.as_str()).take(64) {
+                let bound = store
+                    .get(&root.join(&group_path(g)))
+                    .await?
+                    .and_then(|e| {
+                        e.value
+                            .get("acl")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned)
+                    })
+                    .filter(|a| a != "*");
+                if let Some(a) = bound {
+                    if !names.contains(&a) {
+                        names.push(a);
+                    }
+                }
+            }
+        }
+    }
+    Ok((!names.is_empty()).then_some(names))
 }

@@ -92,9 +92,9 @@ pub struct LoggedIn {
     pub super_root: bool,
     /// The key the login agreed (SCRAM, OPAQUE), for signed requests.
     pub session_key: Option<keycard_auth::SecretKey>,
-    /// The ACL the user was bound to when logging in (`None`: full data
-    /// access, as in DistKV).
-    pub acl: Option<String>,
+    /// The ACLs the user (and its groups) were bound to when logging in
+    /// (`None`: full data access, as in DistKV).
+    pub acls: Option<Vec<String>>,
     /// Capabilities granted to the user (read at login).
     pub caps: Vec<Capability>,
     /// The keycard the login was granted.

@@ -365,3 +365,170 @@ proptest! {
         })?;
     }
 }
+
+/// Groups (DESIGN §5): a user's own ACL and its groups' ACLs combine
+/// level by level: every mode any of them gives on a node. A user with groups
+/// but no own binding is confined to its groups' ACLs; `*` stays full
+/// access.
+#[tokio::test]
+async fn groups_combine_with_the_users_own_acl() {
+    let s = start().await;
+    let a = admin(&s).await;
+    for (path, v) in [("a.x", 1), ("b.y", 2), ("c.z", 3)] {
+        a.set(&p(path), Value::from(v)).await.expect("data");
+    }
+    set_internal(&a, p("acl.own.a.#"), Value::from("rx")).await;
+    set_internal(&a, p("acl.grp.b.#"), Value::from("rwcx")).await;
+    // The group may list the root; joe's own ACL says nothing there.
+    set_internal(&a, p("acl.grp"), Value::from("xe")).await;
+    set_internal(
+        &a,
+        p("group.devs"),
+        Msg::new().with("acl", "grp").into_value(),
+    )
+    .await;
+    set_internal(&a, p("group.empty"), Msg::new().into_value()).await;
+    for (name, own) in [("joe", Some("own")), ("ann", None), ("bob", Some("*"))] {
+        a.set_user(
+            ClientRegistry::make("_test", Some(name))
+                .expect("m")
+                .as_ref(),
+        )
+        .await
+        .expect("user");
+        if let Some(acl) = own {
+            set_internal(
+                &a,
+                p(&format!("auth._test.user.{name}.acl")),
+                Msg::new().with("key", acl).into_value(),
+            )
+            .await;
+        }
+        set_internal(
+            &a,
+            p(&format!("auth._test.user.{name}.groups")),
+            Msg::new()
+                .with(
+                    "groups",
+                    Value::Array(vec!["devs".into(), "empty".into(), "nosuch".into()]),
+                )
+                .into_value(),
+        )
+        .await;
+    }
+    a.set_user(ClientRegistry::make("root", None).expect("m").as_ref())
+        .await
+        .expect("root");
+    a.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "_test")
+            .with("accept", Value::Array(vec!["root".into()])),
+    )
+    .await
+    .expect("auth on");
+    let login = |name: &'static str| {
+        let addr = s.addr();
+        async move {
+            let c = Client::connect(addr).await.expect("connect");
+            c.login(
+                ClientRegistry::make("_test", Some(name))
+                    .expect("m")
+                    .as_ref(),
+            )
+            .await
+            .expect("login");
+            c
+        }
+    };
+    let joe = login("joe").await;
+    assert!(joe.get(&p("a.x")).await.expect("own ACL").is_some());
+    assert!(joe.get(&p("b.y")).await.expect("group ACL").is_some());
+    joe.set(&p("b.y"), Value::from(5))
+        .await
+        .expect("group grants w");
+    denied(
+        joe.set(&p("a.x"), Value::from(5))
+            .await
+            .expect_err("own: read only"),
+    );
+    denied(joe.get(&p("c.z")).await.expect_err("neither"));
+    // A walk shows what either ACL shows.
+    let seen: Vec<String> = joe
+        .get_tree(&Path::root(), None, None)
+        .await
+        .expect("walk")
+        .collect()
+        .await
+        .expect("items")
+        .into_iter()
+        .filter(|i| i.value.is_some())
+        .map(|i| i.path.to_string())
+        .collect();
+    assert_eq!(seen, ["a.x", "b.y"]);
+
+    let ann = login("ann").await;
+    assert!(ann.get(&p("b.y")).await.expect("group").is_some());
+    denied(ann.get(&p("a.x")).await.expect_err("groups only"));
+
+    let bob = login("bob").await;
+    assert!(bob.get(&p("c.z")).await.expect("full access").is_some());
+
+    // `test_acl` for another user names the deciding ACL; it needs
+    // read_auth.
+    let root = root_client(&s).await;
+    let check = |user: &'static str, path: &'static str, mode: &'static str| {
+        let root = root.clone();
+        async move {
+            root.request(
+                Msg::new()
+                    .with("action", "test_acl")
+                    .with_path("path", &p(path))
+                    .with("mode", mode)
+                    .with("user", user),
+            )
+            .await
+            .expect("test_acl")
+        }
+    };
+    let v = check("joe", "b.y", "w").await;
+    assert_eq!(v.get("access"), Some(&Value::from(true)));
+    assert_eq!(v.get("acl").and_then(Value::as_str), Some("grp"));
+    let v = check("joe", "a.x", "r").await;
+    assert_eq!(v.get("acl").and_then(Value::as_str), Some("own"));
+    let v = check("joe", "c.z", "r").await;
+    assert_eq!(v.get("access"), Some(&Value::from(false)));
+    let v = check("bob", "c.z", "w").await;
+    assert_eq!(v.get("access"), Some(&Value::from(true)));
+    let e = root
+        .request(
+            Msg::new()
+                .with("action", "test_acl")
+                .with_path("path", &p("a"))
+                .with("user", "ghost"),
+        )
+        .await
+        .expect_err("no such user");
+    assert_eq!(e.code(), Some(ErrorCode::NotFound));
+    let e = joe
+        .request(
+            Msg::new()
+                .with("action", "test_acl")
+                .with_path("path", &p("a"))
+                .with("user", "ann"),
+        )
+        .await
+        .expect_err("joe may not read auth records");
+    assert_eq!(e.code(), Some(ErrorCode::PermissionDenied));
+    let e = root
+        .request(
+            Msg::new()
+                .with("action", "test_acl")
+                .with_path("path", &p("a"))
+                .with("user", "ann")
+                .with("acl", "own"),
+        )
+        .await
+        .expect_err("one or the other");
+    assert_eq!(e.code(), Some(ErrorCode::BadRequest));
+}

@@ -316,19 +316,10 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                     "login without a keycard",
                 ));
             };
-            // The ACL binding, read now: a new binding applies at the next
-            // login, as in DistKV.
-            let acl = state
-                .store
-                .get(&record_at.child("acl"))
-                .await?
-                .and_then(|e| {
-                    e.value
-                        .get("key")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .filter(|k| k != "*");
+            // The ACL bindings (the user's and its groups'), read now: a
+            // new binding applies at the next login, as in DistKV.
+            let acls =
+                crate::acl::bound_acls(state.store.as_ref(), &session.root, &record_at).await?;
             // Granted capabilities: `(…, "caps")` → `{caps: [NAME…]}`.
             let caps = match state.store.get(&record_at.child("caps")).await? {
                 Some(e) => match e.value.get("caps") {
@@ -348,7 +339,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                     name: verdict.user,
                     super_root: m.as_ref().is_some_and(|m| m.super_root()),
                     session_key: verdict.session_key,
-                    acl,
+                    acls,
                     caps,
                     keycard: granted.id,
                     expires_at: granted.expires_at,

@@ -164,25 +164,53 @@ pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
         Some(_) => return Err(ApiError::bad("'mode' must be a string")),
     };
     let state = r.conn().state.clone();
-    let acl = match msg.get("acl") {
-        None | Some(Value::Nil) => caller_acl(r).await?,
-        Some(Value::Str(name)) => {
-            require_super_root(r)?;
-            Some(state.acls.get(state.store.as_ref(), name).await?)
+    let names = match (msg.get("acl"), msg.get("user")) {
+        (None | Some(Value::Nil), None | Some(Value::Nil)) => {
+            r.conn().session().user.and_then(|u| u.acls)
         }
-        Some(_) => return Err(ApiError::bad("'acl' must be an ACL name")),
+        (Some(Value::Str(name)), None | Some(Value::Nil)) => {
+            require_super_root(r)?;
+            Some(vec![name.clone()])
+        }
+        (None | Some(Value::Nil), Some(Value::Str(user))) => {
+            // What USER's ACLs (its own and its groups') allow.
+            let session = super::require_cap(r, crate::conn::Capability::ReadAuth)?;
+            let method = match msg.get("method") {
+                Some(Value::Str(m)) => m.clone(),
+                None | Some(Value::Nil) => state.auth().current.ok_or_else(|| {
+                    ApiError::bad("no current auth method; say which with 'method'")
+                })?,
+                Some(_) => return Err(ApiError::bad("'method' must be a string")),
+            };
+            let at = session
+                .root
+                .join(&crate::state::record_path(&method, "user", user));
+            if state.store.get(&at).await?.is_none() {
+                return Err(ApiError::new(
+                    keycard_proto::ErrorCode::NotFound,
+                    format!("no user {user:?} of method {method}"),
+                ));
+            }
+            crate::acl::bound_acls(state.store.as_ref(), &session.root, &at).await?
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "'acl' (an ACL name) or 'user' (a user name), not both",
+            ))
+        }
     };
     let mut reply = Msg::new();
-    match acl {
+    match names {
         None => reply.set("access", true),
-        Some(acl) => {
+        Some(names) => {
+            let grants = super::grants(&state, names).await?;
             let have = crate::acl::existing_depth(state.store.as_ref(), &path).await?;
-            let (ok, rule) = match acl.check(path.elems(), |d| d <= have, mode) {
-                Ok(f) => (true, f.rule()),
-                Err(d) => (false, d.rule),
+            let (ok, rule) = match grants.decide(path.elems(), have, mode) {
+                Ok(rule) => (true, rule),
+                Err((acl, d)) => (false, d.rule.map(|(p, m)| (acl, p, m))),
             };
             reply.set("access", ok);
-            if let Some((pattern, modes)) = rule {
+            if let Some((acl, pattern, modes)) = rule {
                 reply.set(
                     "rule",
                     Value::Array(vec![
@@ -190,6 +218,7 @@ pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
                         Value::from(modes.to_string()),
                     ]),
                 );
+                reply.set("acl", acl);
             }
         }
     }

@@ -176,18 +176,26 @@ pub(crate) fn data_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
     Ok(full)
 }
 
-/// The ACL the caller is bound to, if any.
-pub(crate) async fn caller_acl(
-    r: &Responder,
-) -> ApiResult<Option<std::sync::Arc<keycard_auth::acl::Acl>>> {
-    let name = r.conn().session().user.and_then(|u| u.acl);
-    match name {
+/// The ACLs the caller is bound to, if any.
+pub(crate) async fn caller_acl(r: &Responder) -> ApiResult<Option<crate::acl::Grants>> {
+    let names = r.conn().session().user.and_then(|u| u.acls);
+    match names {
         None => Ok(None),
-        Some(n) => {
-            let state = &r.conn().state;
-            Ok(Some(state.acls.get(state.store.as_ref(), &n).await?))
-        }
+        Some(names) => Ok(Some(grants(&r.conn().state, names).await?)),
     }
+}
+
+/// The compiled ACLs called `names`.
+pub(crate) async fn grants(
+    state: &ServerState,
+    names: Vec<String>,
+) -> ApiResult<crate::acl::Grants> {
+    let mut acls = Vec::with_capacity(names.len());
+    for n in names {
+        let a = state.acls.get(state.store.as_ref(), &n).await?;
+        acls.push((n, a));
+    }
+    Ok(crate::acl::Grants { acls })
 }
 
 /// Checks `mode` on `path` against the caller's ACL; returns the ACL for
@@ -196,10 +204,10 @@ pub(crate) async fn authorize(
     r: &Responder,
     path: &Path,
     mode: keycard_auth::acl::Mode,
-) -> ApiResult<Option<std::sync::Arc<keycard_auth::acl::Acl>>> {
+) -> ApiResult<Option<crate::acl::Grants>> {
     let acl = caller_acl(r).await?;
     if let Some(a) = &acl {
-        crate::acl::check(r.conn().state.store.as_ref(), a, path, mode).await?;
+        a.check(r.conn().state.store.as_ref(), path, mode).await?;
     }
     Ok(acl)
 }

@@ -8,7 +8,7 @@ use super::{authorize, chain, data_path, flag, opt_usize};
 use crate::conn::Responder;
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
-use keycard_auth::acl::{Acl, Mode};
+use keycard_auth::acl::Mode;
 
 /// Nodes read from the store per round trip.
 const PAGE: usize = 512;
@@ -66,7 +66,7 @@ struct TreeItems<'a> {
     /// for data actions, clear for the management ones.
     hide_reserved: bool,
     /// The caller's ACL: only nodes it lets the caller read are sent.
-    acl: Option<std::sync::Arc<Acl>>,
+    acl: Option<crate::acl::Grants>,
     short: Shortener,
     /// The last node sent (relative), to know which ancestors are new.
     last: Option<Vec<Elem>>,
@@ -96,7 +96,7 @@ impl<'a> TreeItems<'a> {
             None => true,
             Some(acl) => {
                 let full: Vec<Elem> = self.base.elems().iter().chain(rel).cloned().collect();
-                crate::acl::visible(acl, self.base.len(), &full, mode)
+                acl.visible(self.base.len(), &full, mode)
             }
         }
     }
@@ -216,7 +216,7 @@ pub(super) async fn enumerate(msg: &Value, r: &mut Responder) -> ApiResult {
                 p
             })
         };
-        let shows = |p: &[Elem], m: Mode| crate::acl::visible(&acl, base.len(), p, m);
+        let shows = |p: &[Elem], m: Mode| acl.visible(base.len(), p, m);
         reply = match reply {
             Value::Array(names) => Value::Array(
                 names
@@ -402,7 +402,7 @@ pub(super) async fn delete_tree(msg: &Value, r: &mut Responder) -> ApiResult {
             .filter(|(p, _)| super::is_data_path(&p.elems()[base.len()..]))
             .filter(|(p, _)| {
                 acl.as_ref()
-                    .is_none_or(|a| crate::acl::visible(a, base.len(), p.elems(), Mode::Delete))
+                    .is_none_or(|a| a.visible(base.len(), p.elems(), Mode::Delete))
             })
             .map(|(p, _)| Op::delete(p))
             .collect();
