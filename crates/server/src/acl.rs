@@ -19,11 +19,15 @@ pub fn acl_root() -> Path {
     Path::new(vec![Elem::Nil, "acl".into()])
 }
 
+/// An ACL's domain root and name.
+type AclKey = (Path, String);
+
 /// Compiled ACLs, reloaded after any write under `(nil, "acl")`.
 #[derive(Default)]
 pub struct AclCache {
     epoch: AtomicU64,
-    compiled: Mutex<HashMap<String, (u64, Arc<Acl>)>>,
+    /// `(domain root, name)` → `(epoch, ACL)`.
+    compiled: Mutex<HashMap<AclKey, (u64, Arc<Acl>)>>,
 }
 
 impl AclCache {
@@ -32,21 +36,27 @@ impl AclCache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The ACL called `name`, compiled (an ACL without entries grants
-    /// nothing).
-    pub async fn get(&self, store: &dyn Store, name: &str) -> Result<Arc<Acl>, StoreError> {
+    /// The ACL called `name` of the domain at `base` (empty: the server's
+    /// own), compiled (an ACL without entries grants nothing).
+    pub async fn get(
+        &self,
+        store: &dyn Store,
+        base: &Path,
+        name: &str,
+    ) -> Result<Arc<Acl>, StoreError> {
         let epoch = self.epoch.load(Ordering::Acquire);
+        let key = (base.clone(), name.to_owned());
         if let Some((e, acl)) = self
             .compiled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name)
+            .get(&key)
         {
             if *e == epoch {
                 return Ok(acl.clone());
             }
         }
-        let base = acl_root().child(name);
+        let base = base.join(&acl_root()).child(name);
         let mut acl = Acl::new();
         let mut page = store
             .scan(&base, ScanOpts::default(), After::Start, 1024)
@@ -71,7 +81,7 @@ impl AclCache {
         self.compiled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), (epoch, acl.clone()));
+            .insert(key, (epoch, acl.clone()));
         Ok(acl)
     }
 }
@@ -134,6 +144,9 @@ pub fn visible(acl: &Acl, base_len: usize, path: &[Elem], mode: Mode) -> bool {
 pub struct Grants {
     /// `(name, compiled ACL)`; never empty.
     pub acls: Vec<(String, Arc<Acl>)>,
+    /// The length of the domain root the ACLs are relative to: they are
+    /// applied to full paths without it.
+    pub skip: usize,
 }
 
 /// The decision of [`Grants::decide`] when allowed: the ACL and entry that
@@ -147,6 +160,8 @@ impl Grants {
 
     /// Whether a node found by a tree walk may be shown (see [`visible`]).
     pub fn visible(&self, base_len: usize, path: &[Elem], mode: Mode) -> bool {
+        let path = path.get(self.skip..).unwrap_or_default();
+        let base_len = base_len.saturating_sub(self.skip);
         if let [(_, one)] = self.acls.as_slice() {
             return visible(one, base_len, path, mode);
         }
@@ -171,6 +186,8 @@ impl Grants {
         have: usize,
         mode: Mode,
     ) -> Result<Decision, (String, Denied)> {
+        let path = path.get(self.skip..).unwrap_or_default();
+        let have = have.saturating_sub(self.skip);
         let first = |fs: &[Finder<'_>], depth: usize, mode: Mode| {
             let name = self
                 .acls
@@ -199,7 +216,10 @@ impl Grants {
         let have = existing_depth(store, path).await?;
         self.decide(path.elems(), have, mode)
             .map(|_| ())
-            .map_err(|(_, d)| denied(path, &d))
+            .map_err(|(_, mut d)| {
+                d.depth += self.skip;
+                denied(path, &d)
+            })
     }
 }
 

@@ -43,6 +43,15 @@ pub struct Session {
     pub channel_key: Option<keycard_auth::SecretKey>,
 }
 
+/// `name`, or `name@domain` for a domain's user.
+pub fn qualify(name: &str, domain: &Path) -> String {
+    if domain.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}@{domain}")
+    }
+}
+
 /// A management capability (DESIGN §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Capability {
@@ -97,6 +106,10 @@ pub struct LoggedIn {
     pub acls: Option<Vec<String>>,
     /// Capabilities granted to the user (read at login).
     pub caps: Vec<Capability>,
+    /// The domain the user logged in to (empty: the server's own): its
+    /// users, ACLs and groups live under `domain + (nil, …)`, and the
+    /// session never leaves it.
+    pub domain: Path,
     /// The keycard the login was granted.
     pub keycard: KeycardId,
     /// When it stops working (Unix ms); keep-alive moves it.
@@ -106,6 +119,12 @@ pub struct LoggedIn {
 }
 
 impl LoggedIn {
+    /// The name keycards know the user by: `NAME`, or `NAME@DOMAIN` for a
+    /// domain's user.
+    pub fn qualified(&self) -> String {
+        qualify(&self.name, &self.domain)
+    }
+
     /// Whether the login's keycard still works at `now` (Unix ms).
     pub fn live(&self, now: u64) -> Result<(), ApiError> {
         match self.ended {

@@ -23,6 +23,28 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
+    /// What an `(…, nil, "auth")` record says (`None`: no record).
+    pub fn from_record(record: Option<&Value>) -> AuthConfig {
+        let current = record
+            .and_then(|v| v.get("current"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let accept = match record.and_then(|v| v.get("accept")) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|m| Some(*m) != current.as_deref())
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        AuthConfig {
+            configured: record.is_some(),
+            current,
+            accept,
+        }
+    }
+
     /// Whether a login with `method` is accepted: any while the server is
     /// open, else the current method and the accepted ones.
     pub fn accepts(&self, method: &str) -> bool {
@@ -167,29 +189,7 @@ impl ServerState {
     /// root.
     pub async fn refresh_auth(&self) -> Result<AuthConfig, StoreError> {
         let entry = self.store.get(&auth_root()).await?;
-        let current = entry
-            .as_ref()
-            .and_then(|e| e.value.get("current"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let accept = entry
-            .as_ref()
-            .and_then(|e| e.value.get("accept"))
-            .map(|a| match a {
-                Value::Array(items) => items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .filter(|m| Some(*m) != current.as_deref())
-                    .map(str::to_owned)
-                    .collect(),
-                _ => Vec::new(),
-            })
-            .unwrap_or_default();
-        let cfg = AuthConfig {
-            configured: entry.is_some(),
-            current,
-            accept,
-        };
+        let cfg = AuthConfig::from_record(entry.map(|e| e.value).as_ref());
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
         Ok(cfg)
     }

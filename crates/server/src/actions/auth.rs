@@ -142,7 +142,38 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         None => Some(method(&state, msg)?.clone()),
     };
     let method_name: &'static str = m.as_ref().map_or(TOKEN, |m| m.name());
-    let cfg = state.auth();
+    // The domain: the connection's root, or one below it (`chroot`), with
+    // its own users, ACLs and methods under `domain + (nil, …)`.
+    let base = {
+        let root = r.conn().session().root;
+        match msg.get("chroot") {
+            None | Some(Value::Nil) => root,
+            Some(v) => {
+                let rel = Path::from_value(v)?;
+                if !super::is_data_path(rel.elems()) {
+                    return Err(ApiError::new(
+                        ErrorCode::ReservedPath,
+                        "a domain's path cannot hold a nil element",
+                    ));
+                }
+                let full = root.join(&rel);
+                if full.len() > keycard_proto::MAX_PATH_LEN {
+                    return Err(ApiError::bad("the domain's path is too long"));
+                }
+                full
+            }
+        }
+    };
+    let cfg = if base.is_empty() {
+        state.auth()
+    } else {
+        domain_auth(&state, &base).await?
+    };
+    if !base.is_empty() && cfg.current.is_none() {
+        // No such domain (or one without logins): fail as a wrong
+        // password does, saying nothing about which.
+        return Err(auth_error(AuthError::Failed));
+    }
     if !cfg.accepts(method_name) && m.is_some() {
         let list = cfg
             .current
@@ -158,15 +189,6 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             ),
         ));
     }
-    match msg.get("chroot") {
-        None | Some(Value::Nil) => {}
-        Some(v) if Path::from_value(v).is_ok_and(|p| p.is_empty()) => {}
-        Some(_) => {
-            return Err(ApiError::bad(
-                "logging in to a domain (chroot) is not supported yet; log in at the root",
-            ))
-        }
-    }
     let ident = match (&token, msg.get("ident")) {
         // Throttled and audited under the token's id (never its secret).
         (Some(t), _) => t
@@ -177,19 +199,21 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         (None, Some(Value::Str(s))) => s.clone(),
         _ => return Err(ApiError::bad("'ident' (the user name) must be a string")),
     };
+    // Throttling, audit and keycards know a domain's user as NAME@DOMAIN.
+    let who = crate::conn::qualify(&ident, &base);
     let conn = r.conn().clone();
     let source = conn.peer.ip();
     let event = |outcome: &'static str, card: Option<KeycardId>| crate::audit::LoginEvent {
         conn: conn.id,
         source: conn.peer,
         method: method_name,
-        user: &ident,
+        user: &who,
         outcome,
         reason: None,
         keycard: card,
     };
     // Throttling comes first: a refused attempt costs no hashing.
-    let counters = throttle::load(state.store.as_ref(), &ident, source).await?;
+    let counters = throttle::load(state.store.as_ref(), &who, source).await?;
     let now = crate::audit::now_millis();
     match throttle::decide(&state.config.throttle, &counters, now) {
         throttle::Decision::Refuse(retry) => {
@@ -214,14 +238,15 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         state.bouncer.clone(),
         state
             .bouncer
-            .begin(method_name, &ident, conn.id, Some(source))?,
+            .begin(method_name, &who, conn.id, Some(source))?,
     );
     let card = Some(pending.id);
     let session = conn.session();
     let mut abandoned = None;
+    let mut token_base = None;
     let (mut result, record_at, parent) = match (&m, &token) {
         (Some(m), _) => {
-            let record_at = session.root.join(&record_path(m.name(), "user", &ident));
+            let record_at = base.join(&record_path(m.name(), "user", &ident));
             let record = state.store.get(&record_at).await?.map(|e| e.value);
             let ctx = LoginCtx {
                 channel_key: session.channel_key.as_ref(),
@@ -237,7 +262,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 throttle::record_failure(
                     state.store.as_ref(),
                     &state.config.throttle,
-                    &ident,
+                    &who,
                     source,
                     &counters,
                     at,
@@ -257,10 +282,9 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         }
         (None, Some(t)) => match keycards::check_token(&state, t).await? {
             Some(g) => {
-                // The token's user must still exist.
-                let at = session
-                    .root
-                    .join(&record_path(&g.user_method, "user", &g.user));
+                // The token's user must still exist (in its domain).
+                let at = g.domain.join(&record_path(&g.user_method, "user", &g.user));
+                token_base = Some(g.domain);
                 let exists = state.store.get(&at).await?.is_some();
                 let result = match exists {
                     true => Ok(keycard_auth::Verdict::user(g.user)),
@@ -272,18 +296,21 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         },
         (None, None) => return Err(ApiError::new(ErrorCode::Internal, "no method")),
     };
+    let base = token_base.unwrap_or(base);
     // The verdict and the keycard's confirmation meet here, once: a
     // success after the challenge window is a failure.
     let mut granted = None;
     if let Ok(verdict) = &result {
-        let mut life = lifetime(&state, method_name, &record_at).await?;
+        let mut life = lifetime(&state, method_name, &base, &record_at).await?;
         if let Some((_, until)) = parent {
             life = keycards::token_lifetime(life, until);
         }
-        match state
-            .bouncer
-            .authenticate(pending.id, &verdict.user, life, parent.map(|p| p.0))
-        {
+        match state.bouncer.authenticate(
+            pending.id,
+            &crate::conn::qualify(&verdict.user, &base),
+            life,
+            parent.map(|p| p.0),
+        ) {
             Ok(c) => granted = Some(c),
             Err(keycard_auth::bouncer::BouncerError::Expired) => {
                 result = Err(Failure::Auth(AuthError::Malformed(
@@ -296,7 +323,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 if let Some(g) = abandoned.take() {
                     g.disarm();
                 }
-                throttle::record_success(state.store.as_ref(), &ident, source, &counters, true)
+                throttle::record_success(state.store.as_ref(), &who, source, &counters, true)
                     .await?;
                 return Err(e.into());
             }
@@ -306,7 +333,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let precounted = abandoned.take().map(AbandonGuard::disarm).is_some();
     match result {
         Ok(verdict) => {
-            throttle::record_success(state.store.as_ref(), &ident, source, &counters, precounted)
+            throttle::record_success(state.store.as_ref(), &who, source, &counters, precounted)
                 .await?;
             state.audit.login(event("success", card)).await;
             let reply = verdict.reply;
@@ -318,8 +345,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             };
             // The ACL bindings (the user's and its groups'), read now: a
             // new binding applies at the next login, as in DistKV.
-            let acls =
-                crate::acl::bound_acls(state.store.as_ref(), &session.root, &record_at).await?;
+            let acls = crate::acl::bound_acls(state.store.as_ref(), &base, &record_at).await?;
             // Granted capabilities: `(…, "caps")` → `{caps: [NAME…]}`.
             let caps = match state.store.get(&record_at.child("caps")).await? {
                 Some(e) => match e.value.get("caps") {
@@ -334,6 +360,8 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             };
             let previous = conn.update_session(|s| {
                 s.failed_logins = 0;
+                // A domain's user is confined to it from now on.
+                s.root = base.clone();
                 s.user.replace(LoggedIn {
                     method: method_name.into(),
                     name: verdict.user,
@@ -341,6 +369,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                     session_key: verdict.session_key,
                     acls,
                     caps,
+                    domain: base.clone(),
                     keycard: granted.id,
                     expires_at: granted.expires_at,
                     ended: None,
@@ -375,7 +404,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 throttle::record_failure(
                     state.store.as_ref(),
                     &state.config.throttle,
-                    &ident,
+                    &who,
                     source,
                     &counters,
                     at,
@@ -457,6 +486,15 @@ impl Drop for AbandonGuard {
     }
 }
 
+/// The auth configuration of the domain at `base` (`base + (nil,
+/// "auth")`).
+async fn domain_auth(state: &ServerState, base: &Path) -> ApiResult<crate::state::AuthConfig> {
+    let entry = state.store.get(&base.join(&auth_root())).await?;
+    Ok(crate::state::AuthConfig::from_record(
+        entry.map(|e| e.value).as_ref(),
+    ))
+}
+
 /// A login attempt's keycard until the attempt is settled: dropped
 /// unsettled (the request was cancelled, the client left), it leaves the
 /// table; settled, an authenticated keycard stays and a refused one goes.
@@ -492,18 +530,34 @@ impl Drop for PendingCard {
 /// configured one, the method's (`[keycards.method_duration]`), then the
 /// user's own (`(…, "keycard")` → `{duration, max_lifetime}`, seconds),
 /// never beyond the configured maximum lifetime.
-async fn lifetime(state: &ServerState, method: &str, record_at: &Path) -> ApiResult<Lifetime> {
+async fn lifetime(
+    state: &ServerState,
+    method: &str,
+    domain: &Path,
+    record_at: &Path,
+) -> ApiResult<Lifetime> {
     let cfg = &state.config.keycards;
     let cap = cfg.max_lifetime.saturating_mul(1000);
     let mut life = state.bouncer.lifetime();
     if let Some(d) = cfg.method_duration.get(method) {
         life.duration_ms = d.saturating_mul(1000);
     }
-    if let Some(e) = state.store.get(&record_at.child("keycard")).await? {
-        if let Some(d) = e.value.get("duration").and_then(Value::as_u64) {
+    // The domain's (`(nil, "auth")` → `keycard: {…}`), then the user's.
+    let domain_says = state
+        .store
+        .get(&domain.join(&auth_root()))
+        .await?
+        .and_then(|e| e.value.get("keycard").cloned());
+    let user_says = state
+        .store
+        .get(&record_at.child("keycard"))
+        .await?
+        .map(|e| e.value);
+    for says in [domain_says, user_says].into_iter().flatten() {
+        if let Some(d) = says.get("duration").and_then(Value::as_u64) {
             life.duration_ms = d.saturating_mul(1000);
         }
-        if let Some(d) = e.value.get("max_lifetime").and_then(Value::as_u64) {
+        if let Some(d) = says.get("max_lifetime").and_then(Value::as_u64) {
             life.max_lifetime_ms = d.saturating_mul(1000);
         }
     }
@@ -740,6 +794,7 @@ pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
             // Whether the login agreed a key for signing requests.
             m.set("session_key", u.session_key.is_some());
             m.set("keycard", u.keycard.to_string());
+            m.set("domain", u.domain.to_value());
             m.set("expires_at", u.expires_at);
             let caps: Vec<Value> = Capability::ALL
                 .into_iter()

@@ -164,10 +164,14 @@ pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
         Some(_) => return Err(ApiError::bad("'mode' must be a string")),
     };
     let state = r.conn().state.clone();
+    let session = r.conn().session();
+    // Named ACLs and users are those of the session's domain.
+    let mut acl_base = session.root.clone();
     let names = match (msg.get("acl"), msg.get("user")) {
-        (None | Some(Value::Nil), None | Some(Value::Nil)) => {
-            r.conn().session().user.and_then(|u| u.acls)
-        }
+        (None | Some(Value::Nil), None | Some(Value::Nil)) => session.user.and_then(|u| {
+            acl_base = u.domain;
+            u.acls
+        }),
         (Some(Value::Str(name)), None | Some(Value::Nil)) => {
             require_super_root(r)?;
             Some(vec![name.clone()])
@@ -203,7 +207,7 @@ pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
     match names {
         None => reply.set("access", true),
         Some(names) => {
-            let grants = super::grants(&state, names).await?;
+            let grants = super::grants(&state, &acl_base, names).await?;
             let have = crate::acl::existing_depth(state.store.as_ref(), &path).await?;
             let (ok, rule) = match grants.decide(path.elems(), have, mode) {
                 Ok(rule) => (true, rule),

@@ -102,12 +102,13 @@ fn own(session: &Session) -> ApiResult<&crate::conn::LoggedIn> {
 }
 
 /// Whether the caller manages every keycard, or only its own user's.
+/// Keycards are server-wide: only the server's own users (not a domain's)
+/// manage them all.
 fn manages_all(r: &Responder, session: &Session) -> bool {
-    r.conn().state.auth().current.is_none()
-        || session
-            .user
-            .as_ref()
-            .is_some_and(|u| u.has(Capability::ManageKeycards))
+    match &session.user {
+        None => r.conn().state.auth().current.is_none(),
+        Some(u) => u.domain.is_empty() && u.has(Capability::ManageKeycards),
+    }
 }
 
 /// Extends the caller's keycard: `{ttl}` (seconds, optional, at most the
@@ -216,7 +217,7 @@ pub(super) async fn keycard_list(msg: &Value, r: &mut Responder) -> ApiResult {
     let session = require_login(r)?;
     let mut f = filter(msg)?;
     if !manages_all(r, &session) {
-        f.user = Some(own(&session)?.name.clone());
+        f.user = Some(own(&session)?.qualified());
     }
     let after = match msg.get("after") {
         None | Some(Value::Nil) => None,
@@ -245,7 +246,8 @@ pub(super) async fn keycard_show(msg: &Value, r: &mut Responder) -> ApiResult {
     let session = require_login(r)?;
     let id = parse_id(msg)?;
     let all = manages_all(r, &session);
-    let mine = |user: Option<&str>| all || session.user.as_ref().map(|u| u.name.as_str()) == user;
+    let me = session.user.as_ref().map(|u| u.qualified());
+    let mine = |user: Option<&str>| all || me.as_deref() == user;
     let state = r.conn().state.clone();
     let live = state.bouncer.table().show(id);
     if let Some(c) = live.filter(|c| mine(Some(&c.user))) {
@@ -303,7 +305,7 @@ async fn revoke_durable(state: &ServerState, id: KeycardId, by: Option<&str>) ->
 pub(super) async fn keycard_revoke(msg: &Value, r: &mut Responder) -> ApiResult {
     let session = require_login(r)?;
     let all = manages_all(r, &session);
-    let by = session.user.as_ref().map(|u| u.name.clone());
+    let by = session.user.as_ref().map(|u| u.qualified());
     let state = r.conn().state.clone();
     if msg.get("id").is_some() {
         let id = parse_id(msg)?;
@@ -435,8 +437,9 @@ pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
     let digest = Sha256::digest(token.as_bytes());
     let now = now_millis();
     let expires_at = now.saturating_add(ttl.saturating_mul(1000));
-    let by = session.user.as_ref().map(|u| u.name.clone());
+    let by = session.user.as_ref().map(|u| u.qualified());
     let record = Msg::new()
+        .with("domain", session.root.to_value())
         .with("method", TOKEN)
         .with("user", user.as_str())
         .with("user_method", user_method.as_str())
@@ -478,6 +481,8 @@ pub(crate) struct TokenGrant {
     pub user_method: String,
     /// When the token expires.
     pub expires_at: u64,
+    /// The domain its user belongs to (empty: the server's own).
+    pub domain: Path,
 }
 
 /// Checks a bearer token against its durable record. Every way it can be
@@ -514,7 +519,15 @@ pub(crate) async fn check_token(state: &ServerState, token: &str) -> ApiResult<O
     ) else {
         return Ok(None);
     };
+    let domain = match v.get("domain") {
+        None | Some(Value::Nil) => Path::root(),
+        Some(p) => match Path::from_value(p) {
+            Ok(p) => p,
+            Err(_) => return Ok(None),
+        },
+    };
     Ok(Some(TokenGrant {
+        domain,
         id,
         user: user.to_owned(),
         user_method: user_method.to_owned(),

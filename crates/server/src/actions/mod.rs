@@ -178,24 +178,30 @@ pub(crate) fn data_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
 
 /// The ACLs the caller is bound to, if any.
 pub(crate) async fn caller_acl(r: &Responder) -> ApiResult<Option<crate::acl::Grants>> {
-    let names = r.conn().session().user.and_then(|u| u.acls);
-    match names {
+    let Some(user) = r.conn().session().user else {
+        return Ok(None);
+    };
+    match user.acls {
         None => Ok(None),
-        Some(names) => Ok(Some(grants(&r.conn().state, names).await?)),
+        Some(names) => Ok(Some(grants(&r.conn().state, &user.domain, names).await?)),
     }
 }
 
-/// The compiled ACLs called `names`.
+/// The compiled ACLs called `names` of the domain at `base`.
 pub(crate) async fn grants(
     state: &ServerState,
+    base: &Path,
     names: Vec<String>,
 ) -> ApiResult<crate::acl::Grants> {
     let mut acls = Vec::with_capacity(names.len());
     for n in names {
-        let a = state.acls.get(state.store.as_ref(), &n).await?;
+        let a = state.acls.get(state.store.as_ref(), base, &n).await?;
         acls.push((n, a));
     }
-    Ok(crate::acl::Grants { acls })
+    Ok(crate::acl::Grants {
+        acls,
+        skip: base.len(),
+    })
 }
 
 /// Checks `mode` on `path` against the caller's ACL; returns the ACL for
