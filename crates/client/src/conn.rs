@@ -601,6 +601,40 @@ impl Client {
             .await?;
         Ok(v.get("result").is_some_and(Value::truthy))
     }
+
+    /// Logs in with a bearer token (`keycard token create`).
+    pub async fn login_token(&self, token: &str) -> Result<(), ClientError> {
+        self.request(
+            Msg::new()
+                .with("action", "auth")
+                .with("typ", "token")
+                .with("token", token),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Extends this connection's keycard (by at most `ttl` seconds, and
+    /// never past its maximum lifetime); returns its new expiry (Unix
+    /// ms). A keycard that has expired answers `keycard_expired`: log in
+    /// again.
+    pub async fn keep_alive(&self, ttl: Option<u64>) -> Result<u64, ClientError> {
+        let mut m = Msg::new().with("action", "keep_alive");
+        if let Some(t) = ttl {
+            m.set("ttl", t);
+        }
+        let v = self.request(m).await?;
+        v.get("expires_at")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ClientError::Protocol("keep_alive without expires_at".into()))
+    }
+
+    /// Ends this connection's login; its keycard is removed.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.request(Msg::new().with("action", "logout"))
+            .await
+            .map(|_| ())
+    }
 }
 
 async fn read_loop(
@@ -609,16 +643,28 @@ async fn read_loop(
     chunk: &mut [u8],
     routes: &Routes,
 ) -> String {
+    // The server's last word before closing (a revoked keycard, too many
+    // failed logins), for the error every pending call gets.
+    let mut last = None;
     loop {
         loop {
             match decoder.next_value() {
-                Ok(Some(v)) => route(routes, v),
+                Ok(Some(v)) => {
+                    if let Some(e) = route(routes, v) {
+                        last = Some(e);
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => return decode_failure(e),
             }
         }
         match rd.read(chunk).await {
-            Ok(0) => return "the server closed the connection".into(),
+            Ok(0) => {
+                return match &last {
+                    Some(e) => format!("the server closed the connection: {e}"),
+                    None => "the server closed the connection".into(),
+                }
+            }
             Ok(n) => decoder.feed(&chunk[..n]),
             Err(e) => return e.to_string(),
         }
@@ -629,18 +675,20 @@ fn decode_failure(e: DecodeError) -> String {
     format!("undecodable data from the server: {e}")
 }
 
-fn route(routes: &Routes, v: Value) {
+/// Hands `v` to its request; returns a connection-level error.
+fn route(routes: &Routes, v: Value) -> Option<ClientError> {
     match v.seq() {
         Some(seq) => {
             let routes = lock(routes);
             if let Some(tx) = routes.get(&seq) {
                 let _ = tx.send(v);
             }
+            None
         }
         None => {
-            if let Some(e) = server_error(&v) {
-                tracing::warn!(error = %e, "connection-level error from the server");
-            }
+            let e = server_error(&v)?;
+            tracing::warn!(error = %e, "connection-level error from the server");
+            Some(e)
         }
     }
 }

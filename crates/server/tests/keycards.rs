@@ -748,3 +748,53 @@ async fn requester_clean_up_after_100k_cycles() {
     assert_eq!(s.handle.state.bouncer.len(), 0);
     assert_eq!(s.handle.state.bouncer.table().pending(), 0);
 }
+
+/// The client library reports why its connection ended, keeps alive and
+/// logs in with tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_keeps_alive_and_reports_revocation() {
+    let s = server(|c| c.keycards.duration = 60).await;
+    let admin = login(&s, "root", None).await;
+    let made = admin
+        .request(
+            Msg::new()
+                .with("action", "token_create")
+                .with("user", "joe")
+                .with("ttl", 600),
+        )
+        .await
+        .expect("token");
+    let token = made.get("token").and_then(Value::as_str).expect("t");
+    let c = Client::connect(s.addr()).await.expect("connect");
+    c.login_token(token).await.expect("token login");
+    let before = whoami(&c)
+        .await
+        .get("expires_at")
+        .and_then(Value::as_u64)
+        .expect("e");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after = c.keep_alive(None).await.expect("keep alive");
+    assert!(after > before);
+    let id = keycard_of(&whoami(&c).await);
+    admin
+        .request(
+            Msg::new()
+                .with("action", "keycard_revoke")
+                .with("id", id.to_string()),
+        )
+        .await
+        .expect("revoke");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = c.get(&p("data.x")).await.expect_err("revoked");
+    assert!(
+        matches!(&e, keycard_client::ClientError::Closed(Some(why)) if why.contains("revoked")),
+        "{e:?}"
+    );
+    // Logout through the library.
+    let d = login(&s, "_test", Some("ann")).await;
+    d.logout().await.expect("logout");
+    assert_eq!(
+        d.get(&p("data.x")).await.expect_err("logged out").code(),
+        Some(ErrorCode::AuthRequired)
+    );
+}
