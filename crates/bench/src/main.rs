@@ -6,8 +6,10 @@
 //! loopback: get_value and set_value with 1 and 16 clients, one request in
 //! flight per client or pipelined, and one get_tree over N entries. Prints
 //! a Markdown table with ops/s and the keycard/DistKV ratio. Other suites:
-//! logins (`logins.rs`), acl (in-process ACL checks) and acltree
-//! (`acltree.rs`: get_tree with and without an ACL, keycard only).
+//! logins (`logins.rs`), acl (in-process ACL checks), acltree
+//! (`acltree.rs`: get_tree with and without an ACL, keycard only) and
+//! keycards (`keycards.rs`: the bouncer's keycard table with 1M keycards,
+//! in process).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,7 +56,9 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     tree_walks: usize,
     /// Which measurements: kv (data actions), logins, acl (in-process ACL
-    /// checks), acltree (get_tree with and without an ACL), or all.
+    /// checks), acltree (get_tree with and without an ACL), keycards (the
+    /// bouncer's keycard table with 1M keycards, in process), tokens
+    /// (get_value with and without a token login), or all.
     #[arg(long, default_value = "kv")]
     suite: String,
 }
@@ -385,7 +389,14 @@ struct Row {
 }
 
 mod acltree;
+mod keycards;
 mod logins;
+mod tokens;
+
+/// Counts the bytes allocated, for the keycards suite's bytes per keycard
+/// (one relaxed atomic add per allocation in every suite).
+#[global_allocator]
+static ALLOCATOR: keycards::counting::Counting = keycards::counting::Counting;
 
 /// Prints a Markdown table: a row per workload, a column per peer, and the
 /// keycard/DistKV ratio when both were measured.
@@ -560,9 +571,21 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    if args.suite == "keycards" || args.suite == "all" {
+        keycards::keycards_suite()?;
+        if args.suite == "keycards" {
+            return Ok(());
+        }
+    }
     if args.suite == "acltree" || args.suite == "all" {
         acltree::acltree_suite(&args).await?;
         if args.suite == "acltree" {
+            return Ok(());
+        }
+    }
+    if args.suite == "tokens" || args.suite == "all" {
+        tokens::token_suite(&args).await?;
+        if args.suite == "tokens" {
             return Ok(());
         }
     }

@@ -45,3 +45,201 @@ pub fn from_hex(text: &str) -> anyhow::Result<Value> {
 pub fn show(v: &Value) -> String {
     format!("{v:?}")
 }
+
+/// A value as JSON, for `--json` output: bytes as hex strings, integers
+/// beyond JSON's safe range and extensions as strings, map keys that are
+/// not strings in their `show` form.
+pub fn to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Nil => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => match (i64::try_from(*i), u64::try_from(*i)) {
+            (Ok(n), _) => J::from(n),
+            (_, Ok(n)) => J::from(n),
+            _ => J::String(i.to_string()),
+        },
+        Value::F32(x) => serde_json::Number::from_f64(f64::from(*x)).map_or(J::Null, J::Number),
+        Value::F64(x) => serde_json::Number::from_f64(*x).map_or(J::Null, J::Number),
+        Value::Str(s) => J::String(s.clone()),
+        Value::Bin(b) => J::String(keycard_proto::hex::encode(b)),
+        Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
+        Value::Map(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = k.as_str().map_or_else(|| show(k), str::to_owned);
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        Value::Ext(..) => J::String(show(v)),
+    }
+}
+
+/// A value for a table cell or a `key: value` line: strings bare, the
+/// rest as [`show`] prints them.
+pub fn plain(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.clone(),
+        other => show(other),
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A Unix time in milliseconds as ISO 8601 UTC, to the second
+/// (`2025-03-01T12:00:00Z`).
+pub fn iso_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date of day `days` after 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// A span of seconds in its two largest units: `45s`, `5m 3s`, `23h 59m`,
+/// `30d 2h`.
+pub fn span(secs: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    let Some(i) = UNITS.iter().position(|(n, _)| secs >= *n) else {
+        return "0s".into();
+    };
+    let (big, big_name) = UNITS[i];
+    let mut out = format!("{}{big_name}", secs / big);
+    if let Some((small, small_name)) = UNITS.get(i + 1) {
+        let rest = secs % big / small;
+        if rest > 0 {
+            out.push_str(&format!(" {rest}{small_name}"));
+        }
+    }
+    out
+}
+
+/// When `ms` is relative to `now` (both Unix milliseconds): `in 23h 59m`,
+/// `5m ago`, `now`.
+pub fn relative(ms: u64, now: u64) -> String {
+    if ms >= now {
+        match (ms - now) / 1000 {
+            0 => "now".into(),
+            s => format!("in {}", span(s)),
+        }
+    } else {
+        match (now - ms) / 1000 {
+            0 => "now".into(),
+            s => format!("{} ago", span(s)),
+        }
+    }
+}
+
+/// A time for humans: ISO 8601 and how far it is from now.
+pub fn when(ms: u64, now: u64) -> String {
+    format!("{} ({})", iso_time(ms), relative(ms, now))
+}
+
+/// Rows as a table: a header line, columns padded to their widest cell
+/// with two spaces between them (the last column unpadded).
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let cols = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate().take(cols) {
+            if i + 1 == cols {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count();
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_times() {
+        assert_eq!(iso_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_time(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(iso_time(1_709_251_199_999), "2024-02-29T23:59:59Z");
+        assert_eq!(iso_time(1_735_689_600_000), "2025-01-01T00:00:00Z");
+        assert_eq!(iso_time(4_102_444_799_000), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn spans_and_relative_times() {
+        assert_eq!(span(0), "0s");
+        assert_eq!(span(45), "45s");
+        assert_eq!(span(303), "5m 3s");
+        assert_eq!(span(3600), "1h");
+        assert_eq!(span(86_399), "23h 59m");
+        assert_eq!(span(30 * 86_400 + 7200 + 5), "30d 2h");
+        let now = 1_000_000_000;
+        assert_eq!(relative(now + 86_399_000, now), "in 23h 59m");
+        assert_eq!(relative(now - 300_000, now), "5m ago");
+        assert_eq!(relative(now + 400, now), "now");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["ID", "USER", "NOTE"],
+            &[
+                vec!["a".into(), "bob".into(), "".into()],
+                vec!["abcd".into(), "al".into(), "x y".into()],
+            ],
+        );
+        assert_eq!(t, "ID    USER  NOTE\na     bob\nabcd  al    x y\n");
+    }
+
+    #[test]
+    fn json_of_values() {
+        let v = Value::Map(vec![
+            ("id".into(), "x".into()),
+            ("n".into(), Value::Int(i128::from(u64::MAX) + 1)),
+            ("b".into(), Value::Bin(vec![0, 255])),
+            (Value::Int(3), Value::Nil),
+        ]);
+        assert_eq!(
+            to_json(&v).to_string(),
+            r#"{"id":"x","n":"18446744073709551616","b":"00ff","3":null}"#
+        );
+    }
+}

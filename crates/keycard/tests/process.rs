@@ -439,3 +439,359 @@ async fn throttling_survives_a_restart() {
         .expect_err("still throttled after the restart");
     assert_eq!(e.code(), Some(keycard_proto::ErrorCode::Throttled));
 }
+
+/// Runs the CLI against `addr` with `env` set and none of the caller's
+/// login variables: (exit code, stdout, stderr).
+fn cli(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = cli_command(addr, args, env).output().expect("run cli");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cli_command(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).args(["-s", &addr.to_string()]);
+    for var in [
+        "KEYCARD_SERVER",
+        "KEYCARD_AUTH",
+        "KEYCARD_USER",
+        "KEYCARD_PASSWORD",
+        "KEYCARD_PASSWORD_FILE",
+        "KEYCARD_TOKEN",
+        "KEYCARD_TOKEN_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    cmd
+}
+
+/// `keycard token create`: the token alone on stdout, one line.
+fn create_token(addr: SocketAddr, args: &[&str]) -> (String, String) {
+    let (code, out, err) = cli(addr, &[&["token", "create"], args].concat(), &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 1, "only the token on stdout: {out}");
+    let token = out.trim().to_owned();
+    assert!(
+        token.starts_with("kct_") && token.len() == 4 + 32 + 1 + 64,
+        "a token: {token}"
+    );
+    let id = token[4..36].to_owned();
+    assert!(err.contains(&id), "the id on stderr: {err}");
+    assert!(err.contains("shown this once"), "the warning: {err}");
+    assert!(!err.contains(&token), "the token only on stdout: {err}");
+    (token, id)
+}
+
+/// The tokens CLI end to end: create, log in with it (environment and
+/// file), list without the secret, revoke, and a restart that neither
+/// revives the revoked token nor loses the live one.
+#[test]
+fn cli_tokens_log_in_list_revoke_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut server = Proc::start(dir.path());
+    let addr = server.addr;
+    let ok = |addr, args: &[&str], env: &[(&str, &str)]| {
+        let (code, out, err) = cli(addr, args, env);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        out
+    };
+    ok(addr, &["user", "add", "_test", "bob"], &[]);
+    ok(addr, &["set", "app.x", "hello"], &[]);
+    ok(addr, &["auth", "init", "root"], &[]);
+    // Durations are checked before anything is sent.
+    for bad in ["0", "5x", "1h5", "99999999999999999999"] {
+        let (code, out, err) = cli(
+            addr,
+            &["token", "create", "--user", "bob", "--ttl", bad],
+            &[],
+        );
+        assert_eq!(code, Some(2), "--ttl {bad}: {err}");
+        assert!(out.is_empty() && err.contains("--ttl"), "{err}");
+    }
+    let (code, _, err) = cli(
+        addr,
+        &["token", "create", "--user", "nobody", "--ttl", "1h"],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nobody"), "{err}");
+
+    let (token, id) = create_token(addr, &["--user", "bob", "--ttl", "1h", "--label", "ci"]);
+    let (token2, id2) = create_token(addr, &["--user", "bob", "--ttl", "2h"]);
+    let secret = token[37..].to_owned();
+    let secret2 = token2[37..].to_owned();
+
+    // Logging in with it: the token decides the user.
+    let out = ok(addr, &["whoami"], &[("KEYCARD_TOKEN", &token)]);
+    assert!(out.contains("user: bob"), "{out}");
+    assert!(out.contains("method: token"), "{out}");
+    let out = ok(addr, &["get", "app.x"], &[("KEYCARD_TOKEN", &token)]);
+    assert_eq!(out.trim(), "\"hello\"");
+    let file = dir.path().join("token2");
+    std::fs::write(&file, format!("{token2}\n")).expect("token file");
+    let file = file.to_string_lossy().into_owned();
+    let out = ok(addr, &["whoami", "--token-file", &file], &[]);
+    assert!(out.contains("user: bob"), "{out}");
+    // Without a token the same command is root.
+    let out = ok(addr, &["whoami"], &[]);
+    assert!(
+        out.contains("user: *") && out.contains("method: root"),
+        "{out}"
+    );
+    // An empty or malformed token is refused before connecting (a failed
+    // `TOKEN=$(…)` must not fall back to another login).
+    for bad in ["", "nonsense"] {
+        let (code, _, err) = cli(addr, &["whoami"], &[("KEYCARD_TOKEN", bad)]);
+        assert_eq!(code, Some(1), "{bad:?}");
+        assert!(err.contains("KEYCARD_TOKEN"), "{err}");
+        assert!(!err.contains(bad) || bad.is_empty(), "{err}");
+    }
+    let (code, _, err) = cli(
+        addr,
+        &["whoami", "--auth", "root"],
+        &[("KEYCARD_TOKEN", &token)],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("both a token and --auth"), "{err}");
+    assert!(!err.contains(&secret), "{err}");
+
+    // Listings name the tokens, never their secrets.
+    let out = ok(addr, &["keycard", "ls"], &[]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("EXPIRES"),
+        "{out}"
+    );
+    for (i, label) in [(&id, Some("label: ci")), (&id2, None)] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(i.as_str()))
+            .unwrap_or_else(|| panic!("token {i} listed:\n{out}"));
+        assert!(line.contains("bob") && line.contains("token"), "{line}");
+        assert!(
+            line.contains("durable") && line.contains("authenticated"),
+            "{line}"
+        );
+        assert!(line.contains("in "), "expiry in human terms: {line}");
+        if let Some(label) = label {
+            assert!(line.contains(label), "{line}");
+        }
+    }
+    let json = ok(addr, &["keycard", "ls", "--json", "--user", "bob"], &[]);
+    let cards: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let cards = cards.as_array().expect("an array");
+    assert_eq!(cards.len(), 2, "{json}");
+    assert!(cards
+        .iter()
+        .all(|c| c["durable"] == true && c["user"] == "bob"));
+    let show = ok(addr, &["keycard", "show", &id], &[]);
+    assert!(show.contains("label") && show.contains("ci"), "{show}");
+    assert!(show.contains("expires_at") && show.contains('Z'), "{show}");
+    let tokens = ok(addr, &["token", "ls"], &[]);
+    assert_eq!(
+        tokens.lines().count(),
+        3,
+        "header and two tokens:\n{tokens}"
+    );
+    for text in [&out, &json, &show, &tokens] {
+        assert!(
+            !text.contains(&secret) && !text.contains(&secret2),
+            "{text}"
+        );
+    }
+
+    // Revoking: the token never works again, and says so.
+    let (code, _, err) = cli(addr, &["token", "revoke", "0123"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    let out = ok(addr, &["token", "revoke", &id], &[]);
+    assert!(out.starts_with("revoked "), "{out}");
+    let refused = |addr| {
+        let (code, out, err) = cli(addr, &["get", "app.x"], &[("KEYCARD_TOKEN", &token)]);
+        assert_eq!(code, Some(1), "a revoked token is refused: {out}");
+        assert!(
+            err.contains("refused the token") && err.contains("revoked"),
+            "a clear message: {err}"
+        );
+        assert!(!err.contains(&secret), "no secret in errors: {err}");
+    };
+    refused(addr);
+    let show = ok(addr, &["keycard", "show", &id], &[]);
+    assert!(show.contains("revoked"), "{show}");
+
+    // A restart (kill -9): the revocation and the other token are durable.
+    server.kill9();
+    let server = Proc::start(dir.path());
+    let addr = server.addr;
+    refused(addr);
+    let out = ok(addr, &["whoami"], &[("KEYCARD_TOKEN", &token2)]);
+    assert!(out.contains("user: bob"), "{out}");
+    let out = ok(addr, &["get", "app.x", "--token-file", &file], &[]);
+    assert_eq!(out.trim(), "\"hello\"");
+    let tokens = ok(addr, &["token", "ls"], &[]);
+    let status = |id: &str| {
+        tokens
+            .lines()
+            .find(|l| l.starts_with(id))
+            .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_owned())
+    };
+    assert_eq!(status(&id).as_deref(), Some("revoked"), "{tokens}");
+    assert_eq!(status(&id2).as_deref(), Some("authenticated"), "{tokens}");
+}
+
+/// A child process; killed if the test ends first.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `keycard watch app --fetch` with `args`/`env`; returns it once
+/// its watch is up, with its stderr lines arriving on the channel.
+fn watching(
+    addr: SocketAddr,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Kid, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = cli_command(addr, &[&["watch", "app", "--fetch"], args].concat(), env);
+    let mut child = Kid(cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn watch"));
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the watch starts");
+    assert!(line.contains("up to date"), "{line}");
+    (child, rx)
+}
+
+/// Waits (up to 10 s) for `child` to exit; its exit code and the rest of
+/// its stderr.
+fn exit_of(mut child: Kid, rx: std::sync::mpsc::Receiver<String>) -> (Option<i32>, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the watch is still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        err.push_str(&line);
+        err.push('\n');
+    }
+    (status.code(), err)
+}
+
+/// `keycard keycard revoke --user` ends that user's live sessions at once
+/// (a method login and a token login, each holding a watch) and their
+/// tokens; other users' sessions go on.
+#[test]
+fn cli_revoking_a_user_closes_their_live_sessions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Proc::start(dir.path());
+    let addr = server.addr;
+    let ok = |args: &[&str], env: &[(&str, &str)]| {
+        let (code, out, err) = cli(addr, args, env);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        out
+    };
+    ok(&["user", "add", "_test", "bob"], &[]);
+    ok(&["user", "add", "_test", "carol"], &[]);
+    ok(&["set", "app.x", "1"], &[]);
+    ok(&["auth", "init", "root", "--accept", "_test"], &[]);
+    let (token, token_id) = create_token(addr, &["--user", "bob", "--ttl", "1h"]);
+    let bob = ["--auth", "_test", "--user", "bob"];
+    let (by_method, method_err) = watching(addr, &bob, &[]);
+    let (by_token, token_err) = watching(addr, &[], &[("KEYCARD_TOKEN", &token)]);
+    let (carol, carol_err) = watching(addr, &["--auth", "_test", "--user", "carol"], &[]);
+
+    // The table shows both sessions and the token; a filter by method too.
+    let out = ok(&["keycard", "ls", "--user", "bob"], &[]);
+    assert_eq!(
+        out.lines().count(),
+        4,
+        "header, two sessions, the token:\n{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.contains("127.0.0.1")).count(),
+        2,
+        "live sessions show their address:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&format!("via token {token_id}"))),
+        "the token session names its token:\n{out}"
+    );
+    let out = ok(&["keycard", "ls", "--method", "_test"], &[]);
+    assert_eq!(
+        out.lines().count(),
+        3,
+        "bob's and carol's _test sessions:\n{out}"
+    );
+    let out = ok(&["keycard", "ls", "--user", "bob", "--json"], &[]);
+    let cards: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let requester = cards
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|c| c["method"] == "_test")
+        .and_then(|c| c["requester"].as_u64())
+        .expect("the _test session's connection");
+    let out = ok(
+        &["keycard", "ls", "--requester", &requester.to_string()],
+        &[],
+    );
+    assert_eq!(out.lines().count(), 2, "one connection's keycard:\n{out}");
+    assert!(!out.contains(&token[37..]), "{out}");
+
+    let out = ok(&["keycard", "revoke", "--user", "bob"], &[]);
+    assert_eq!(
+        out.trim(),
+        "revoked 3 keycards",
+        "two sessions and the token"
+    );
+    for (child, rx) in [(by_method, method_err), (by_token, token_err)] {
+        let (code, err) = exit_of(child, rx);
+        assert_eq!(code, Some(1), "the watch fails: {err}");
+        assert!(err.contains("revoked"), "and says why: {err}");
+    }
+    // Carol's session goes on; bob's token is gone too.
+    let mut carol = carol;
+    assert!(
+        carol.0.try_wait().expect("try_wait").is_none(),
+        "carol's watch lives"
+    );
+    drop(carol_err);
+    let (code, _, err) = cli(addr, &["whoami"], &[("KEYCARD_TOKEN", &token)]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("refused the token"), "{err}");
+    let out = ok(&["keycard", "ls", "--user", "bob"], &[]);
+    assert_eq!(
+        out.lines().count(),
+        2,
+        "only the revoked token is left:\n{out}"
+    );
+    assert!(out.contains("revoked"), "{out}");
+    // Nothing left to revoke.
+    let out = ok(&["keycard", "revoke", "--user", "bob"], &[]);
+    assert_eq!(out.trim(), "revoked 0 keycards");
+}

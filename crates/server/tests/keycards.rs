@@ -798,3 +798,46 @@ async fn the_client_library_keeps_alive_and_reports_revocation() {
         Some(ErrorCode::AuthRequired)
     );
 }
+
+/// A user of one method does not own another method's user of the same
+/// name: an `_anon` "joe" (no secret) cannot see or revoke the `_test`
+/// joe's keycards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_is_per_method_too() {
+    let s = start_with(|_| {}).await;
+    let c = Client::connect(s.addr()).await.expect("connect");
+    for m in ["_test", "_anon"] {
+        let m = ClientRegistry::make(m, Some("joe")).expect("method");
+        c.set_user(m.as_ref()).await.expect("user");
+    }
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "_test")
+            .with("accept", Value::Array(vec!["_anon".into()])),
+    )
+    .await
+    .expect("current");
+    let real = login(&s, "_test", Some("joe")).await;
+    let real_id = keycard_of(&whoami(&real).await);
+    let anon = login(&s, "_anon", Some("joe")).await;
+    let anon_id = keycard_of(&whoami(&anon).await);
+    let seen = list(&anon, Msg::new()).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].get("id").and_then(Value::as_str),
+        Some(anon_id.to_string().as_str())
+    );
+    for action in ["keycard_show", "keycard_revoke"] {
+        let e = anon
+            .request(
+                Msg::new()
+                    .with("action", action)
+                    .with("id", real_id.to_string()),
+            )
+            .await
+            .expect_err("not the _anon joe's");
+        assert_eq!(e.code(), Some(ErrorCode::NotFound));
+    }
+    assert!(real.get(&p("x")).await.is_ok());
+}

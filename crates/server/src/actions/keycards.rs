@@ -67,8 +67,17 @@ fn card_msg(c: &Keycard) -> Msg {
 fn durable_msg(id: &str, v: &Value) -> Msg {
     let mut m = Msg::new().with("id", id).with("durable", true);
     // `state` marks stream messages on the wire; a keycard's is `status`.
-    if let Some(x) = v.get("state") {
-        m.set("status", x.clone());
+    // A token past its time is `expired` until the reaper deletes it.
+    let expired = v
+        .get("expires_at")
+        .and_then(Value::as_u64)
+        .is_some_and(|t| t <= now_millis());
+    match v.get("state") {
+        Some(x) if x.as_str() == Some(State::Authenticated.name()) && expired => {
+            m.set("status", State::Expired.name())
+        }
+        Some(x) => m.set("status", x.clone()),
+        None => {}
     }
     for key in [
         "method",
@@ -78,9 +87,11 @@ fn durable_msg(id: &str, v: &Value) -> Msg {
         "label",
         "by",
         "revoked_at",
+        "revoked_by",
     ] {
-        if let Some(x) = v.get(key) {
-            m.set(key, x.clone());
+        match v.get(key) {
+            None | Some(Value::Nil) => {}
+            Some(x) => m.set(key, x.clone()),
         }
     }
     m
@@ -99,6 +110,32 @@ fn own(session: &Session) -> ApiResult<&crate::conn::LoggedIn> {
             "this connection holds no keycard; log in first",
         )
     })
+}
+
+/// Who the caller is to keycards: its qualified name and its method. A
+/// caller without `manage_keycards` owns the keycards with both (a `_test`
+/// "bob" is not the `scram-sha-256` "bob").
+fn me(session: &Session) -> Option<(String, String)> {
+    session
+        .user
+        .as_ref()
+        .map(|u| (u.qualified(), u.method.clone()))
+}
+
+/// Whose a keycard is: a live one's user and method, or a durable one's
+/// user (qualified with its domain) and the method of its user record.
+fn owner(live: Option<&Keycard>, stored: Option<&Value>) -> Option<(String, String)> {
+    if let Some(c) = live {
+        return Some((c.user.to_string(), c.method.to_string()));
+    }
+    let v = stored?;
+    let user = v.get("user").and_then(Value::as_str)?;
+    let method = v.get("user_method").and_then(Value::as_str)?;
+    let domain = v
+        .get("domain")
+        .and_then(|d| Path::from_value(d).ok())
+        .unwrap_or_default();
+    Some((crate::conn::qualify(user, &domain), method.to_owned()))
 }
 
 /// Whether the caller manages every keycard, or only its own user's.
@@ -202,10 +239,8 @@ async fn durable(state: &ServerState, f: &Filter) -> ApiResult<Vec<(String, Valu
                 Some(Elem::Str(s)) => s.to_string(),
                 _ => return None,
             };
-            let user_ok = f
-                .user
-                .as_deref()
-                .is_none_or(|u| e.value.get("user").and_then(Value::as_str) == Some(u));
+            let (user, _) = owner(None, Some(&e.value))?;
+            let user_ok = f.user.as_deref().is_none_or(|u| u == user);
             user_ok.then_some((id, e.value))
         })
         .collect())
@@ -217,7 +252,11 @@ pub(super) async fn keycard_list(msg: &Value, r: &mut Responder) -> ApiResult {
     let session = require_login(r)?;
     let mut f = filter(msg)?;
     if !manages_all(r, &session) {
-        f.user = Some(own(&session)?.qualified());
+        // Its own: the same user name and method (tokens are listed for
+        // keycard managers only).
+        let me = own(&session)?;
+        f.user = Some(me.qualified());
+        f.method = Some(me.method.clone());
     }
     let after = match msg.get("after") {
         None | Some(Value::Nil) => None,
@@ -246,16 +285,15 @@ pub(super) async fn keycard_show(msg: &Value, r: &mut Responder) -> ApiResult {
     let session = require_login(r)?;
     let id = parse_id(msg)?;
     let all = manages_all(r, &session);
-    let me = session.user.as_ref().map(|u| u.qualified());
-    let mine = |user: Option<&str>| all || me.as_deref() == user;
+    let me = me(&session);
     let state = r.conn().state.clone();
     let live = state.bouncer.table().show(id);
-    if let Some(c) = live.filter(|c| mine(Some(&c.user))) {
+    if let Some(c) = live.filter(|c| all || owner(Some(c), None) == me) {
         r.reply(card_msg(&c)).await;
         return Ok(());
     }
     if let Some(e) = state.store.get(&durable_path(id)).await? {
-        if mine(e.value.get("user").and_then(Value::as_str)) {
+        if all || owner(None, Some(&e.value)) == me {
             r.reply(durable_msg(&id.to_string(), &e.value)).await;
             return Ok(());
         }
@@ -311,15 +349,8 @@ pub(super) async fn keycard_revoke(msg: &Value, r: &mut Responder) -> ApiResult 
         let id = parse_id(msg)?;
         let live = state.bouncer.table().show(id);
         let stored = state.store.get(&durable_path(id)).await?;
-        let owner = live.as_ref().map(|c| c.user.to_string()).or_else(|| {
-            stored.as_ref().and_then(|e| {
-                e.value
-                    .get("user")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-        });
-        if owner.is_none() || !(all || owner == by) {
+        let whose = owner(live.as_ref(), stored.as_ref().map(|e| &e.value));
+        if whose.is_none() || !(all || whose == me(&session)) {
             return Err(ApiError::new(ErrorCode::NotFound, "no such keycard"));
         }
         let mut n = 0;
@@ -378,7 +409,8 @@ async fn user_method(
             .chain(state.methods.names().map(str::to_owned))
             .collect(),
     };
-    order.dedup();
+    let mut seen = std::collections::HashSet::new();
+    order.retain(|m| seen.insert(m.clone()));
     for m in order {
         if m == TOKEN {
             continue;
