@@ -130,6 +130,11 @@ enum Command {
         #[command(subcommand)]
         cmd: AclCmd,
     },
+    /// Manage groups: each binds an ACL to its members.
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
     /// Show who this login is: user, method, keycard, expiry, capabilities.
     Whoami {
         #[command(flatten)]
@@ -356,16 +361,47 @@ enum AclCmd {
         /// The ACL's name.
         name: String,
     },
-    /// Whether ACL NAME grants MODE on PATH, and the entry that decided.
+    /// Whether USER may use MODE on PATH (its own ACL and its groups'),
+    /// and the ACL and entry that decided; `--acl NAME PATH MODE` checks
+    /// one ACL instead.
     Check {
         #[command(flatten)]
         conn: ConnArgs,
-        /// The ACL's name.
+        /// Check this ACL rather than a user's.
+        #[arg(long, value_name = "NAME")]
+        acl: Option<String>,
+        /// The user's auth method (default: the current one).
+        #[arg(long)]
+        method: Option<String>,
+        /// USER PATH MODE (or PATH MODE with --acl); MODE is one letter.
+        #[arg(num_args = 2..=3, value_names = ["USER", "PATH", "MODE"], required = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCmd {
+    /// Bind group NAME to ACL (`*`: none); its members hold that ACL's
+    /// modes too, from their next login.
+    Set {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The group's name.
         name: String,
-        /// The path.
-        path: String,
-        /// One mode letter.
-        mode: String,
+        /// The ACL's name.
+        acl: String,
+    },
+    /// Set the groups USER of METHOD belongs to (none: leave them all).
+    Member {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The auth method of the user.
+        method: String,
+        /// The user.
+        #[arg(value_name = "USER")]
+        who: String,
+        /// The groups.
+        groups: Vec<String>,
     },
 }
 
@@ -713,6 +749,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::User { cmd } => user(cmd).await,
         Command::Auth { cmd } => auth(cmd).await,
         Command::Acl { cmd } => acl(cmd).await,
+        Command::Group { cmd } => group(cmd).await,
         Command::Whoami { conn } => whoami(&conn).await,
         Command::Keycard { cmd } => keycard(cmd).await,
         Command::Token { cmd } => token(cmd).await,
@@ -1058,20 +1095,42 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
         }
         AclCmd::Check {
             conn,
-            name,
-            path,
-            mode,
+            acl,
+            method,
+            args,
         } => {
+            let (who, path, mode) = match (&acl, args.as_slice()) {
+                (None, [u, p, m]) => (Some(u.clone()), p.clone(), m.clone()),
+                (Some(_), [p, m]) => (None, p.clone(), m.clone()),
+                (None, _) => bail!("say USER PATH MODE (or --acl NAME PATH MODE)"),
+                (Some(_), _) => bail!("with --acl, say PATH MODE"),
+            };
+            let mut m = Msg::new()
+                .with("action", "test_acl")
+                .with_path("path", &parse_path(&path)?)
+                .with("mode", mode.as_str());
+            let name = match (&acl, &who) {
+                (Some(a), _) => {
+                    m.set("acl", a.as_str());
+                    format!("ACL {a}")
+                }
+                (None, Some(u)) => {
+                    m.set("user", u.as_str());
+                    if let Some(meth) = &method {
+                        m.set("method", meth.as_str());
+                    }
+                    format!("user {u}")
+                }
+                (None, None) => bail!("say whose access to check"),
+            };
             let c = connect(&conn).await?;
-            let r = c
-                .request(
-                    Msg::new()
-                        .with("action", "test_acl")
-                        .with_path("path", &parse_path(&path)?)
-                        .with("mode", mode.as_str())
-                        .with("acl", name.as_str()),
-                )
-                .await?;
+            let r = c.request(m).await?;
+            let decided_by = r
+                .get("acl")
+                .and_then(Value::as_str)
+                .filter(|_| who.is_some())
+                .map(|a| format!(" of ACL {a}"))
+                .unwrap_or_default();
             let allowed = r.get("access").is_some_and(Value::truthy);
             match r.get("rule") {
                 Some(Value::Array(rule)) if rule.len() == 2 => {
@@ -1079,10 +1138,13 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                         .map(|p| p.to_string())
                         .unwrap_or_default();
                     println!(
-                        "{}: entry {pattern} = {}",
+                        "{}: entry {pattern} = {}{decided_by}",
                         if allowed { "allowed" } else { "denied" },
                         rule[1].as_str().unwrap_or("?")
                     );
+                }
+                _ if allowed && who.is_some() => {
+                    println!("allowed: the user is bound to no ACL (full data access)")
                 }
                 _ => println!(
                     "{}: no entry matches",
@@ -1090,11 +1152,52 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                 ),
             }
             if !allowed {
-                bail!("ACL {name} does not grant '{mode}' on {path}");
+                bail!("{name} does not grant '{mode}' on {path}");
             }
             Ok(())
         }
     }
+}
+
+async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
+    let (conn, path, value) = match cmd {
+        GroupCmd::Set { conn, name, acl } => (
+            conn,
+            Path::new(vec!["group".into(), name.as_str().into()]),
+            Msg::new().with("acl", acl.as_str()).into_value(),
+        ),
+        GroupCmd::Member {
+            conn,
+            method,
+            who,
+            groups,
+        } => (
+            conn,
+            Path::new(vec![
+                "auth".into(),
+                method.as_str().into(),
+                "user".into(),
+                who.as_str().into(),
+                "groups".into(),
+            ]),
+            Msg::new()
+                .with(
+                    "groups",
+                    Value::Array(groups.iter().map(|g| Value::from(g.as_str())).collect()),
+                )
+                .into_value(),
+        ),
+    };
+    let c = connect(&conn).await?;
+    c.write(
+        Msg::new()
+            .with("action", "set_internal")
+            .with_path("path", &path)
+            .with("value", value),
+    )
+    .await?;
+    eprintln!("done; it applies at the members' next login");
+    Ok(())
 }
 
 async fn whoami(conn: &ConnArgs) -> anyhow::Result<()> {

@@ -317,15 +317,45 @@ fn cli_commands_and_exit_codes() {
         (code, out.lines().collect::<Vec<_>>()),
         (Some(0), vec!["app\tx", "app.+\trx"])
     );
-    let (code, out, _) = run(&["acl", "check", "ro", "app.n", "r"]);
+    let (code, out, _) = run(&["acl", "check", "--acl", "ro", "app.n", "r"]);
     assert_eq!((code, out.trim()), (Some(0), "allowed: entry app.+ = rx"));
-    let (code, out, _) = run(&["acl", "check", "ro", "app.n", "w"]);
+    let (code, out, _) = run(&["acl", "check", "--acl", "ro", "app.n", "w"]);
     assert_eq!((code, out.trim()), (Some(1), "denied: entry app.+ = rx"));
-    let (code, out, _) = run(&["acl", "check", "ro", "other", "r"]);
+    let (code, out, _) = run(&["acl", "check", "--acl", "ro", "other", "r"]);
     assert_eq!((code, out.trim()), (Some(1), "denied: no entry matches"));
+    let (code, _, _) = run(&["acl", "check", "--acl", "ro", "x", "app.n", "r"]);
+    assert_eq!(code, Some(1), "too many arguments with --acl");
     // Users and auth.
     assert_eq!(run(&["user", "add", "_anon", "ann"]).0, Some(0));
+    let (code, out, _) = run(&["acl", "check", "--method", "_anon", "ann", "other", "w"]);
+    assert_eq!(
+        (code, out.trim()),
+        (
+            Some(0),
+            "allowed: the user is bound to no ACL (full data access)"
+        )
+    );
     assert_eq!(run(&["acl", "bind", "_anon", "ann", "ro"]).0, Some(0));
+    let (code, out, _) = run(&["acl", "check", "--method", "_anon", "ann", "app.n", "r"]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "allowed: entry app.+ = rx of ACL ro")
+    );
+    // Groups add their ACLs.
+    assert_eq!(run(&["acl", "set", "rw", "other", "rwc"]).0, Some(0));
+    assert_eq!(run(&["group", "set", "writers", "rw"]).0, Some(0));
+    assert_eq!(
+        run(&["group", "member", "_anon", "ann", "writers"]).0,
+        Some(0)
+    );
+    let (code, out, _) = run(&["acl", "check", "--method", "_anon", "ann", "other", "w"]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "allowed: entry other = rwc of ACL rw")
+    );
+    let (code, _, err) = run(&["acl", "check", "--method", "_anon", "nobody", "other", "w"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no user"), "{err}");
     let (code, _, err) = run(&["auth", "init", "root"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, out, _) = run(&["auth", "show"]);
