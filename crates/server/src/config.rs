@@ -160,3 +160,28 @@ fn toml_from_str(text: &str) -> Result<Config, String> {
     // Kept in one place so the binary need not depend on toml itself.
     toml::from_str(text).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example configuration in README.md parses, and says what it
+    /// seems to.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("    listen = \"127.0.0.1:27586\"")
+            .expect("the README has the example");
+        let block: String = readme[start..]
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect();
+        let c = Config::from_toml(&block).expect("the README's example parses");
+        assert_eq!(c.keycards.duration, 86_400);
+        assert_eq!(c.keycards.method_duration.get("scram-sha-256"), Some(&3600));
+        assert_eq!(c.throttle.cooldown_secs, 900);
+        assert_eq!(c.max_connections, 10_000);
+    }
+}
