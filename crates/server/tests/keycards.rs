@@ -841,3 +841,67 @@ async fn ownership_is_per_method_too() {
     }
     assert!(real.get(&p("x")).await.is_ok());
 }
+
+/// Durations come from the configuration, per method, per domain and per
+/// user, and never exceed the maximum lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_per_method_domain_and_user() {
+    let s = server(|c| {
+        c.keycards.max_lifetime = 50_000;
+        c.keycards.method_duration.insert("_test".into(), 5_000);
+    })
+    .await;
+    let expiry = |c: Client| async move {
+        let who = whoami(&c).await;
+        who.get("expires_at").and_then(Value::as_u64).expect("e") as i64 - now_ms() as i64
+    };
+    // The method's duration.
+    let joe = login(&s, "_test", Some("joe")).await;
+    let left = expiry(joe).await;
+    assert!((4_990_000..=5_000_000).contains(&left), "{left}");
+    let admin = login(&s, "root", None).await;
+    let set = |path: &'static str, v: Value| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .request(
+                    Msg::new()
+                        .with("action", "set_internal")
+                        .with_path("path", &p(path))
+                        .with("value", v),
+                )
+                .await
+                .expect("set_internal");
+        }
+    };
+    // The server's own domain record, then the user's.
+    let auth = admin
+        .request(
+            Msg::new()
+                .with("action", "get_internal")
+                .with_path("path", &p("auth")),
+        )
+        .await
+        .expect("auth");
+    let mut record = auth.get("value").cloned().expect("value");
+    if let Value::Map(m) = &mut record {
+        m.push((
+            "keycard".into(),
+            Msg::new().with("duration", 3_000).into_value(),
+        ));
+    }
+    set("auth", record).await;
+    let left = expiry(login(&s, "_test", Some("joe")).await).await;
+    assert!((2_990_000..=3_000_000).contains(&left), "{left}");
+    set(
+        "auth._test.user.ann.keycard",
+        Msg::new()
+            .with("duration", 1_000_000)
+            .with("max_lifetime", 1_000_000)
+            .into_value(),
+    )
+    .await;
+    // The user's own, capped by the configured maximum lifetime.
+    let left = expiry(login(&s, "_test", Some("ann")).await).await;
+    assert!((49_990_000..=50_000_000).contains(&left), "{left}");
+}
