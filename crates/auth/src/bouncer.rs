@@ -13,9 +13,11 @@
 //! nothing is read from a client's message (Flumotion let a client send a
 //! keycard already marked authenticated: reference/keycards.md, W1).
 //!
-//! Memory: an entry is ~90 bytes plus its id, the expiry wheel ~16 bytes
-//! per keycard; users and methods are interned. `keycard-bench --suite
-//! keycards` measures bytes per keycard with a million of them.
+//! Memory: an entry is 64 bytes plus its 16-byte id in a hash map (about
+//! half full just after it grows), the expiry wheel ~20 bytes per keycard;
+//! user names are interned (one slot and a 4-byte index entry per user).
+//! `keycard-bench --suite keycards` measures bytes per keycard with a
+//! million of them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -218,70 +220,131 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<KeycardId, V, BuildHasherDefault<IdHasher>>;
 
-/// One stored keycard (the id is the map key).
+/// One stored keycard (the id is the map key): 64 bytes. Times that only
+/// inform are kept in seconds; the ones that decide, in milliseconds.
 struct Entry {
     requester: u64,
-    issued_at: u64,
     expires_at: u64,
     max_until: u64,
-    last_keepalive: u64,
     addr: [u8; 16],
-    parent: [u8; 16],
+    /// Unix seconds.
+    issued_at_s: u32,
+    /// Unix seconds (0: none).
+    last_keepalive_s: u32,
     /// Duration granted by each keep-alive, in seconds.
     duration_s: u32,
     user: u32,
     method: u8,
     state: State,
     has_addr: bool,
-    has_parent: bool,
 }
 
-/// Interned strings with reference counts (users, methods).
-#[derive(Default)]
+fn secs(ms: u64) -> u32 {
+    u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+}
+
+/// One interned user name.
+struct Name {
+    name: Arc<str>,
+    /// Keycards naming it.
+    refs: u32,
+    /// Authenticated keycards naming it (the per-user bound).
+    authed: u32,
+}
+
+/// Interned user names with reference counts. The index holds slot
+/// numbers only (4 bytes each), hashed with a per-table random key: names
+/// of pending logins are chosen by clients.
 struct Interner {
-    names: Vec<(Arc<str>, u32)>,
-    index: HashMap<Arc<str>, u32>,
+    names: Vec<Name>,
+    index: hashbrown::HashTable<u32>,
+    hasher: std::collections::hash_map::RandomState,
     free: Vec<u32>,
+    /// What a freed slot holds (no allocation per freed name).
+    empty: Arc<str>,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Interner {
+            names: Vec::new(),
+            index: hashbrown::HashTable::new(),
+            hasher: Default::default(),
+            free: Vec::new(),
+            empty: Arc::from(""),
+        }
+    }
 }
 
 impl Interner {
+    fn hash(&self, name: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, name)
+    }
+
+    /// The slot of `name`, if interned.
+    fn find(&self, name: &str) -> Option<u32> {
+        let names = &self.names;
+        self.index
+            .find(self.hash(name), |&ix| &*names[ix as usize].name == name)
+            .copied()
+    }
+
     fn acquire(&mut self, name: &str) -> u32 {
-        if let Some(&ix) = self.index.get(name) {
-            self.names[ix as usize].1 += 1;
+        if let Some(ix) = self.find(name) {
+            self.names[ix as usize].refs += 1;
             return ix;
         }
-        let name: Arc<str> = name.into();
+        let slot = Name {
+            name: name.into(),
+            refs: 1,
+            authed: 0,
+        };
         let ix = match self.free.pop() {
             Some(ix) => {
-                self.names[ix as usize] = (name.clone(), 1);
+                self.names[ix as usize] = slot;
                 ix
             }
             None => {
-                self.names.push((name.clone(), 1));
+                self.names.push(slot);
                 (self.names.len() - 1) as u32
             }
         };
-        self.index.insert(name, ix);
+        let h = self.hash(name);
+        let (names, hasher) = (&self.names, &self.hasher);
+        self.index.insert_unique(h, ix, |&i| {
+            std::hash::BuildHasher::hash_one(hasher, &*names[i as usize].name)
+        });
         ix
     }
 
     fn release(&mut self, ix: u32) {
         let slot = &mut self.names[ix as usize];
-        slot.1 -= 1;
-        if slot.1 == 0 {
-            let name = std::mem::replace(&mut slot.0, Arc::from(""));
-            self.index.remove(&name);
+        slot.refs -= 1;
+        if slot.refs == 0 {
+            let name = std::mem::replace(&mut slot.name, self.empty.clone());
+            let h = self.hash(&name);
+            if let Ok(e) = self.index.find_entry(h, |&i| i == ix) {
+                e.remove();
+            }
             self.free.push(ix);
         }
     }
 
     fn name(&self, ix: u32) -> Arc<str> {
-        self.names[ix as usize].0.clone()
+        self.names[ix as usize].name.clone()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.index.len()
     }
 }
 
 /// Expiry buckets are this long.
 const TICK_MS: u64 = 100;
+/// Stale wheel entries allowed beyond one per keycard before the wheel is
+/// rebuilt.
+const WHEEL_SLACK: usize = 64;
 
 /// Which keycards a listing or a revocation is about.
 #[derive(Clone, Debug, Default)]
@@ -296,18 +359,28 @@ pub struct Filter {
     pub parent: Option<KeycardId>,
 }
 
+/// A [`Filter`] with its names as interned indexes.
+struct Resolved {
+    user: Option<u32>,
+    method: Option<u8>,
+    requester: Option<u64>,
+    parent: Option<KeycardId>,
+}
+
 /// The keycard table.
 pub struct Table {
     policy: Policy,
     cards: IdMap<Entry>,
     users: Interner,
-    /// Authenticated keycards per interned user.
-    per_user: HashMap<u32, u32>,
     methods: Vec<Arc<str>>,
+    /// The token a keycard was issued from, for the few that have one.
+    parents: IdMap<KeycardId>,
     /// Expiry buckets (`expires_at / TICK_MS`, rounded up) → ids. Lazy: a
     /// kept-alive keycard is queued again and its old entry is skipped when
     /// its bucket comes up.
     wheel: BTreeMap<u64, Vec<KeycardId>>,
+    /// Ids in `wheel`.
+    queued: usize,
     pending: usize,
 }
 
@@ -326,9 +399,10 @@ impl Table {
             policy,
             cards: IdMap::default(),
             users: Interner::default(),
-            per_user: HashMap::new(),
             methods: Vec::new(),
+            parents: IdMap::default(),
             wheel: BTreeMap::new(),
+            queued: 0,
             pending: 0,
         }
     }
@@ -353,6 +427,12 @@ impl Table {
         self.pending
     }
 
+    /// Ids queued in the expiry wheel, stale ones included (a bound the
+    /// tests check: it stays within a small multiple of `len`).
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
     fn method_ix(&mut self, method: &str) -> u8 {
         if let Some(ix) = self.methods.iter().position(|m| &**m == method) {
             return ix as u8;
@@ -364,6 +444,26 @@ impl Table {
 
     fn queue_expiry(&mut self, id: KeycardId, at: u64) {
         self.wheel.entry(at.div_ceil(TICK_MS)).or_default().push(id);
+        self.queued += 1;
+        // Entries of keycards that left or moved stay until their bucket
+        // comes up; keep them within the table's size (W7: keep-alive
+        // spam and login churn grew the wheel for a whole duration).
+        if self.queued > 2 * self.cards.len() + WHEEL_SLACK {
+            self.rebuild_wheel();
+        }
+    }
+
+    /// One wheel entry per keycard, at its current expiry.
+    fn rebuild_wheel(&mut self) {
+        let mut wheel: BTreeMap<u64, Vec<KeycardId>> = BTreeMap::new();
+        for (id, e) in &self.cards {
+            wheel
+                .entry(e.expires_at.div_ceil(TICK_MS))
+                .or_default()
+                .push(*id);
+        }
+        self.queued = self.cards.len();
+        self.wheel = wheel;
     }
 
     /// Starts a login attempt: a new keycard in state `requesting` whose
@@ -376,11 +476,10 @@ impl Table {
         requester: u64,
         addr: Option<IpAddr>,
     ) -> Result<KeycardId, BouncerError> {
+        // Expired keycards are not reaped here: whoever reaps must tell
+        // their requesters (the front end reaps, then retries).
         if self.cards.len() >= self.policy.max_total {
-            self.reap(now, usize::MAX);
-            if self.cards.len() >= self.policy.max_total {
-                return Err(BouncerError::Full(self.policy.max_total));
-            }
+            return Err(BouncerError::Full(self.policy.max_total));
         }
         let id = loop {
             let id = KeycardId::random();
@@ -391,18 +490,16 @@ impl Table {
         let deadline = now.saturating_add(self.policy.challenge_window_ms);
         let entry = Entry {
             requester,
-            issued_at: now,
             expires_at: deadline,
             max_until: deadline,
-            last_keepalive: 0,
             addr: addr_bytes(addr),
-            parent: [0; 16],
+            issued_at_s: secs(now),
+            last_keepalive_s: 0,
             duration_s: 0,
             user: self.users.acquire(user),
             method: self.method_ix(method),
             state: State::Requesting,
             has_addr: addr.is_some(),
-            has_parent: false,
         };
         self.cards.insert(id, entry);
         self.pending += 1;
@@ -455,13 +552,12 @@ impl Table {
             return Err(BouncerError::Expired);
         }
         let uix = self.users.acquire(user);
-        let count = self.per_user.get(&uix).copied().unwrap_or(0);
-        if count >= self.policy.max_per_user {
+        if self.users.names[uix as usize].authed >= self.policy.max_per_user {
             self.users.release(uix);
             self.drop_card(id);
             return Err(BouncerError::UserFull(self.policy.max_per_user));
         }
-        *self.per_user.entry(uix).or_insert(0) += 1;
+        self.users.names[uix as usize].authed += 1;
         self.pending -= 1;
         let max_until = now.saturating_add(life.max_lifetime_ms);
         let expires_at = now.saturating_add(life.duration_ms).min(max_until);
@@ -470,13 +566,12 @@ impl Table {
         };
         let old_user = std::mem::replace(&mut e.user, uix);
         e.state = State::Authenticated;
-        e.issued_at = now;
+        e.issued_at_s = secs(now);
         e.expires_at = expires_at;
         e.max_until = max_until;
-        e.duration_s = u32::try_from(life.duration_ms / 1000).unwrap_or(u32::MAX);
+        e.duration_s = secs(life.duration_ms);
         if let Some(p) = parent {
-            e.parent = p.0;
-            e.has_parent = true;
+            self.parents.insert(id, p);
         }
         self.users.release(old_user);
         self.queue_expiry(id, expires_at);
@@ -490,7 +585,8 @@ impl Table {
 
     /// Extends `requester`'s keycard by its duration (or by `ttl_ms` when
     /// that is shorter), never past its maximum lifetime. Another
-    /// requester's keycard is `Unknown`: keep-alive checks ownership.
+    /// requester's keycard is `Unknown`: keep-alive checks ownership. An
+    /// expired one stays in the table for `reap` to report.
     pub fn keep_alive(
         &mut self,
         id: KeycardId,
@@ -506,14 +602,16 @@ impl Table {
             return Err(BouncerError::WrongState(e.state));
         }
         if now >= e.expires_at {
-            self.drop_card(id);
+            // Left for `reap`, which reports it: its requester must learn
+            // that it ended (its streams end with it).
             return Err(BouncerError::Expired);
         }
         let step = u64::from(e.duration_s) * 1000;
         let step = ttl_ms.map_or(step, |t| t.min(step));
         let new = now.saturating_add(step).min(e.max_until).max(e.expires_at);
-        e.last_keepalive = now;
-        let moved = new != e.expires_at;
+        e.last_keepalive_s = secs(now);
+        // Its wheel entry still fires in time if the bucket is the same.
+        let moved = new.div_ceil(TICK_MS) != e.expires_at.div_ceil(TICK_MS);
         e.expires_at = new;
         if moved {
             self.queue_expiry(id, new);
@@ -552,12 +650,12 @@ impl Table {
             user: self.users.name(e.user),
             requester: e.requester,
             addr,
-            parent: e.has_parent.then_some(KeycardId(e.parent)),
+            parent: self.parents.get(&id).copied(),
             state: e.state,
-            issued_at: e.issued_at,
+            issued_at: u64::from(e.issued_at_s) * 1000,
             expires_at: e.expires_at,
             max_until: e.max_until,
-            last_keepalive: e.last_keepalive,
+            last_keepalive: u64::from(e.last_keepalive_s) * 1000,
         }
     }
 
@@ -566,12 +664,11 @@ impl Table {
         let card = self.snapshot(id, &e);
         if e.state.pending() {
             self.pending -= 1;
-        } else if let Some(n) = self.per_user.get_mut(&e.user) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_user.remove(&e.user);
-            }
+        } else {
+            let n = &mut self.users.names[e.user as usize].authed;
+            *n = n.saturating_sub(1);
         }
+        self.parents.remove(&id);
         self.users.release(e.user);
         Some(card)
     }
@@ -596,24 +693,43 @@ impl Table {
         })
     }
 
-    fn matches(&self, e: &Entry, f: &Filter) -> bool {
+    /// `filter` with names resolved to interned indexes; `None` when a
+    /// name it asks for is not in the table (nothing matches).
+    fn resolve(&self, f: &Filter) -> Option<Resolved> {
+        let user = match f.user.as_deref() {
+            Some(u) => Some(self.users.find(u)?),
+            None => None,
+        };
+        let method = match f.method.as_deref() {
+            Some(m) => Some(self.methods.iter().position(|x| &**x == m)? as u8),
+            None => None,
+        };
+        Some(Resolved {
+            user,
+            method,
+            requester: f.requester,
+            parent: f.parent,
+        })
+    }
+
+    fn matches(&self, id: &KeycardId, e: &Entry, f: &Resolved) -> bool {
         f.requester.is_none_or(|r| r == e.requester)
-            && f.parent.is_none_or(|p| e.has_parent && p.0 == e.parent)
-            && f.user
-                .as_deref()
-                .is_none_or(|u| &*self.users.names[e.user as usize].0 == u)
-            && f.method
-                .as_deref()
-                .is_none_or(|m| &*self.methods[e.method as usize] == m)
+            && f.user.is_none_or(|u| u == e.user)
+            && f.method.is_none_or(|m| m == e.method)
+            && f.parent
+                .is_none_or(|p| self.parents.get(id).is_some_and(|q| *q == p))
     }
 
     /// The keycards matching `filter`, by id, after `after`, at most
     /// `limit`.
     pub fn list(&self, filter: &Filter, after: Option<KeycardId>, limit: usize) -> Vec<Keycard> {
+        let Some(filter) = self.resolve(filter) else {
+            return Vec::new();
+        };
         let mut ids: Vec<KeycardId> = self
             .cards
             .iter()
-            .filter(|(id, e)| after.is_none_or(|a| **id > a) && self.matches(e, filter))
+            .filter(|(id, e)| after.is_none_or(|a| **id > a) && self.matches(id, e, &filter))
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();
@@ -624,10 +740,13 @@ impl Table {
     /// Revokes every keycard matching `filter` (an empty filter matches
     /// all); the front end tells their requesters.
     pub fn revoke_where(&mut self, filter: &Filter) -> Vec<Keycard> {
+        let Some(filter) = self.resolve(filter) else {
+            return Vec::new();
+        };
         let ids: Vec<KeycardId> = self
             .cards
             .iter()
-            .filter(|(_, e)| self.matches(e, filter))
+            .filter(|(id, e)| self.matches(id, e, &filter))
             .map(|(id, _)| *id)
             .collect();
         ids.into_iter().filter_map(|id| self.revoke(id)).collect()
@@ -647,6 +766,7 @@ impl Table {
             let Some((key, mut ids)) = self.wheel.pop_first() else {
                 break;
             };
+            self.queued -= ids.len();
             while let Some(id) = ids.pop() {
                 let expired = self.cards.get(&id).is_some_and(|e| e.expires_at <= now);
                 if expired {
@@ -661,6 +781,7 @@ impl Table {
             }
             if !ids.is_empty() {
                 // Stopped at `max`: the rest waits for the next call.
+                self.queued += ids.len();
                 self.wheel.entry(key).or_default().extend(ids);
             }
         }
@@ -732,7 +853,7 @@ mod tests {
             .authenticate(id, 1, "checker-said", LIFE, None)
             .expect("test");
         assert_eq!(&*c.user, "checker-said");
-        assert_eq!(t.users.index.len(), 1, "the asked-for name was released");
+        assert_eq!(t.users.len(), 1, "the asked-for name was released");
     }
 
     #[test]
@@ -771,10 +892,32 @@ mod tests {
             t.keep_alive(id, 7, 25_000, None),
             Err(BouncerError::Expired)
         );
+        // The reaper reports it, so its requester is told.
+        assert_eq!(t.reap(25_000, 10).len(), 1);
         assert!(t.is_empty());
         // The stale wheel entries are skipped.
         assert!(t.reap(100_000, 100).is_empty());
         assert!(t.wheel.is_empty());
+    }
+
+    #[test]
+    fn the_wheel_stays_within_the_table() {
+        let mut t = table();
+        let id = t.begin(0, "scram", "alice", 7, None).expect("test");
+        t.authenticate(id, 0, "alice", LIFE, None).expect("test");
+        for now in (1..20_000).step_by(7) {
+            t.keep_alive(id, 7, now, None).expect("test");
+        }
+        for i in 0..1000 {
+            let x = t.begin(0, "m", "bob", i, None).expect("test");
+            t.authenticate(x, 0, "bob", LIFE, None).ok();
+            t.refuse(x);
+        }
+        assert!(t.queued() <= 2 * t.len() + WHEEL_SLACK, "{}", t.queued());
+        // Still reaped on time.
+        assert!(t.reap(24_999, 10).is_empty());
+        assert_eq!(t.reap(25_000, 10).len(), 1);
+        assert!(t.is_empty());
     }
 
     #[test]
@@ -813,12 +956,17 @@ mod tests {
             t.begin(0, "m", "carol", 6, None),
             Err(BouncerError::Full(4))
         );
+        // Full means full: expired keycards are for `reap` to report.
+        assert_eq!(
+            t.begin(u64::MAX / 2, "m", "carol", 6, None),
+            Err(BouncerError::Full(4))
+        );
         // Room again once one goes.
         t.refuse(b1);
         t.begin(0, "m", "carol", 6, None).expect("test");
         // A revoked keycard frees its user's slot.
         t.revoke(ids[0]).expect("test");
-        assert_eq!(t.per_user.values().sum::<u32>(), 1);
+        assert_eq!(t.users.names.iter().map(|n| n.authed).sum::<u32>(), 1);
     }
 
     #[test]
@@ -855,8 +1003,9 @@ mod tests {
         assert_eq!(gone[0].state, State::Revoked);
         assert_eq!(t.remove(all[2], 2).map(|c| c.state), Some(State::Removed));
         assert!(t.is_empty());
-        assert!(t.users.index.is_empty());
-        assert!(t.per_user.is_empty());
+        assert_eq!(t.users.len(), 0);
+        assert!(t.users.names.iter().all(|n| n.authed == 0 && n.refs == 0));
+        assert!(t.parents.is_empty());
     }
 
     #[test]

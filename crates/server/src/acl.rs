@@ -22,6 +22,9 @@ pub fn acl_root() -> Path {
 /// An ACL's domain root and name.
 type AclKey = (Path, String);
 
+/// Most compiled ACLs held at once.
+const MAX_CACHED: usize = 4096;
+
 /// Compiled ACLs, reloaded after any write under `(nil, "acl")`.
 #[derive(Default)]
 pub struct AclCache {
@@ -78,11 +81,32 @@ impl AclCache {
             }
         }
         let acl = Arc::new(acl);
+        // Only ACLs that exist are kept (`test_acl` names any), and only
+        // so many: the cache is not a way to fill the server's memory.
+        if !acl.is_empty() {
+            let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+            if compiled.len() >= MAX_CACHED && !compiled.contains_key(&key) {
+                compiled.retain(|_, (e, _)| *e == epoch);
+                if compiled.len() >= MAX_CACHED {
+                    compiled.clear();
+                }
+            }
+            compiled.insert(key, (epoch, acl.clone()));
+        }
+        Ok(acl)
+    }
+
+    /// Compiled ACLs held.
+    pub fn len(&self) -> usize {
         self.compiled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (epoch, acl.clone()));
-        Ok(acl)
+            .len()
+    }
+
+    /// Whether no compiled ACL is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -120,7 +120,9 @@ impl Bouncer {
         }
     }
 
-    /// Starts a login attempt.
+    /// Starts a login attempt. A full table first loses one batch of what
+    /// expired (through `reap`, so the holders are told; the reaper task
+    /// does the rest).
     pub fn begin(
         &self,
         method: &str,
@@ -128,9 +130,16 @@ impl Bouncer {
         requester: u64,
         addr: Option<IpAddr>,
     ) -> Result<KeycardId, ApiError> {
-        Ok(self
+        let first = self
             .table()
-            .begin(now_millis(), method, user, requester, addr)?)
+            .begin(now_millis(), method, user, requester, addr);
+        if let Err(BouncerError::Full(_)) = first {
+            self.reap();
+            return Ok(self
+                .table()
+                .begin(now_millis(), method, user, requester, addr)?);
+        }
+        Ok(first?)
     }
 
     /// The attempt sent a challenge; returns its deadline.

@@ -225,6 +225,61 @@ impl ConnShared {
         }
     }
 
+    /// Ends the open streams (not a running login) with `e`, as the
+    /// keycard they ran under is gone; returns the messages that tell the
+    /// client (its error, then its end, for each).
+    pub(crate) fn end_streams(&self, e: &ApiError) -> Vec<Value> {
+        let streams: Vec<(i64, Slot)> = {
+            let mut slots = lock(&self.slots);
+            let seqs: Vec<i64> = slots
+                .iter()
+                .filter(|(_, s)| !s.login && s.flags.streaming.load(Ordering::Acquire))
+                .map(|(seq, _)| *seq)
+                .collect();
+            seqs.into_iter()
+                .filter_map(|seq| slots.remove(&seq).map(|s| (seq, s)))
+                .collect()
+        };
+        let tock = self.state.store.tock().0;
+        let mut out = Vec::with_capacity(streams.len() * 2);
+        for (seq, slot) in streams {
+            slot.flags.stopped.store(true, Ordering::Release);
+            if let Some(cancel) = slot.cancel {
+                let _ = cancel.send(());
+            }
+            let err = Msg::new()
+                .with("seq", seq)
+                .with("error", e.text.as_str())
+                .with("code", e.code.as_str())
+                .with("tock", tock);
+            out.push(err.into_value());
+            let end = Msg::new()
+                .with("seq", seq)
+                .with("state", "end")
+                .with("tock", tock);
+            out.push(end.into_value());
+        }
+        out
+    }
+
+    /// The session gave its keycard up (`logout`, or a new login replacing
+    /// it): the streams opened under it end at once; the messages that
+    /// tell the client are returned, for [`ConnShared::send_all`].
+    pub(crate) fn keycard_given_up(&self) -> Vec<Value> {
+        let e = ApiError::new(
+            ErrorCode::AuthRequired,
+            "the keycard this stream ran under was given up (logout or a new login)",
+        );
+        self.end_streams(&e)
+    }
+
+    /// Queues messages for the client.
+    pub(crate) async fn send_all(&self, msgs: Vec<Value>) {
+        for v in msgs {
+            self.send(v).await;
+        }
+    }
+
     /// Asks the connection to close once queued replies are written.
     pub(crate) fn close(&self) {
         let _ = self.closing.send(true);
@@ -418,6 +473,12 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
     let mut decoder = Decoder::new(limits);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
+        // A keycard that ended is acted on before anything else: a client
+        // that keeps the socket full must not keep its streams (or, once
+        // revoked, its connection) alive.
+        if conn.kick.notified().now_or_never().is_some() {
+            kicked(&conn, &mut wbuf);
+        }
         // Route a batch of the buffered messages, then let the requests run
         // as far as they can before taking more: a client pipelining
         // thousands of cheap requests is answered as it goes.
@@ -486,34 +547,8 @@ fn kicked(conn: &ConnShared, wbuf: &mut Vec<u8>) {
         return;
     };
     let e = how.error();
-    let streams: Vec<(i64, Slot)> = {
-        let mut slots = lock(&conn.slots);
-        let seqs: Vec<i64> = slots
-            .iter()
-            .filter(|(_, s)| !s.login && s.flags.streaming.load(Ordering::Acquire))
-            .map(|(seq, _)| *seq)
-            .collect();
-        seqs.into_iter()
-            .filter_map(|seq| slots.remove(&seq).map(|s| (seq, s)))
-            .collect()
-    };
-    let tock = conn.state.store.tock().0;
-    for (seq, slot) in streams {
-        slot.flags.stopped.store(true, Ordering::Release);
-        if let Some(cancel) = slot.cancel {
-            let _ = cancel.send(());
-        }
-        let err = Msg::new()
-            .with("seq", seq)
-            .with("error", e.text.as_str())
-            .with("code", e.code.as_str())
-            .with("tock", tock);
-        encode_into(&err.into_value(), wbuf);
-        let end = Msg::new()
-            .with("seq", seq)
-            .with("state", "end")
-            .with("tock", tock);
-        encode_into(&end.into_value(), wbuf);
+    for v in conn.end_streams(&e) {
+        encode_into(&v, wbuf);
     }
     if how == Ended::Revoked {
         tracing::info!(conn = conn.id, peer = %conn.peer, "keycard revoked; closing the connection");

@@ -13,6 +13,7 @@ use keycard_store::{Cond, Op, ScanOpts};
 use super::data::write_value;
 use super::keycards::{self, TOKEN};
 use super::{chain, opt_usize, require_cap, require_login, require_super_root, str_field};
+use crate::bouncer::Ended;
 use crate::conn::{Capability, LoggedIn, Responder};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
@@ -157,7 +158,9 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                     ));
                 }
                 let full = root.join(&rel);
-                if full.len() > keycard_proto::MAX_PATH_LEN {
+                if full.len() > keycard_proto::MAX_PATH_LEN
+                    || full.to_key().len() > super::MAX_KEY_BYTES
+                {
                     return Err(ApiError::bad("the domain's path is too long"));
                 }
                 full
@@ -169,12 +172,13 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     } else {
         domain_auth(&state, &base).await?
     };
-    if !base.is_empty() && cfg.current.is_none() {
-        // No such domain (or one without logins): fail as a wrong
-        // password does, saying nothing about which.
-        return Err(auth_error(AuthError::Failed));
-    }
-    if !cfg.accepts(method_name) && m.is_some() {
+    // A domain login that cannot succeed — no such domain (or one without
+    // logins), or a method it does not take — runs the method against no
+    // record and fails, counted, as a wrong password does: which domains
+    // exist and what they accept is not for a stranger to learn (W3).
+    let blind =
+        !base.is_empty() && (cfg.current.is_none() || (m.is_some() && !cfg.accepts(method_name)));
+    if !blind && !cfg.accepts(method_name) && m.is_some() {
         let list = cfg
             .current
             .iter()
@@ -190,12 +194,11 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         ));
     }
     let ident = match (&token, msg.get("ident")) {
-        // Throttled and audited under the token's id (never its secret).
-        (Some(t), _) => t
-            .get(..36)
-            .filter(|p| p.is_ascii())
-            .unwrap_or("token")
-            .to_owned(),
+        // Throttled and audited under the token's id, and only if it is
+        // shaped as a token: never any of what may be a secret.
+        (Some(t), _) => {
+            keycards::token_id(t).map_or_else(|| TOKEN.to_owned(), |id| format!("kct_{id}"))
+        }
         (None, Some(Value::Str(s))) => s.clone(),
         _ => return Err(ApiError::bad("'ident' (the user name) must be a string")),
     };
@@ -234,7 +237,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     // The attempt's keycard: its id, state and challenge window live here,
     // on the server; the guard takes it out of the table if the attempt
     // ends any way but a success (including the client leaving).
-    let pending = PendingCard::new(
+    let mut pending = PendingCard::new(
         state.bouncer.clone(),
         state
             .bouncer
@@ -247,7 +250,10 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let (mut result, record_at, parent) = match (&m, &token) {
         (Some(m), _) => {
             let record_at = base.join(&record_path(m.name(), "user", &ident));
-            let record = state.store.get(&record_at).await?.map(|e| e.value);
+            let record = match blind {
+                true => None,
+                false => state.store.get(&record_at).await?.map(|e| e.value),
+            };
             let ctx = LoginCtx {
                 channel_key: session.channel_key.as_ref(),
             };
@@ -296,6 +302,9 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         },
         (None, None) => return Err(ApiError::new(ErrorCode::Internal, "no method")),
     };
+    if blind && result.is_ok() {
+        result = Err(Failure::Auth(AuthError::Failed));
+    }
     let base = token_base.unwrap_or(base);
     // The verdict and the keycard's confirmation meet here, once: a
     // success after the challenge window is a failure.
@@ -311,7 +320,19 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             life,
             parent.map(|p| p.0),
         ) {
-            Ok(c) => granted = Some(c),
+            Ok(c) => {
+                // A token revoked since it was checked: its keycards were
+                // revoked by parent, perhaps before this one had its
+                // parent. (The guard removes this one.)
+                let revoked = match parent {
+                    Some((tid, _)) => !keycards::token_live(&state, tid).await?,
+                    None => false,
+                };
+                match revoked {
+                    true => result = Err(Failure::Auth(AuthError::Failed)),
+                    false => granted = Some(c),
+                }
+            }
             Err(keycard_auth::bouncer::BouncerError::Expired) => {
                 result = Err(Failure::Auth(AuthError::Malformed(
                     CHALLENGE_EXPIRED.into(),
@@ -329,7 +350,10 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             }
         }
     }
-    pending.settle();
+    if result.is_err() {
+        // A refused attempt leaves the table now.
+        pending.refuse();
+    }
     let precounted = abandoned.take().map(AbandonGuard::disarm).is_some();
     match result {
         Ok(verdict) => {
@@ -359,10 +383,15 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 None => Vec::new(),
             };
             let previous = conn.update_session(|s| {
+                // A connection whose keycard was revoked is being closed:
+                // no new login takes over from it.
+                if s.user.as_ref().and_then(|u| u.ended) == Some(Ended::Revoked) {
+                    return Err(Ended::Revoked.error());
+                }
                 s.failed_logins = 0;
                 // A domain's user is confined to it from now on.
                 s.root = base.clone();
-                s.user.replace(LoggedIn {
+                Ok(s.user.replace(LoggedIn {
                     method: method_name.into(),
                     name: verdict.user,
                     super_root: m.as_ref().is_some_and(|m| m.super_root()),
@@ -373,11 +402,25 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                     keycard: granted.id,
                     expires_at: granted.expires_at,
                     ended: None,
-                })
-            });
-            // A new login on the connection replaces its keycard.
+                }))
+            })?;
+            // The session holds the keycard now: it is the session's to remove.
+            pending.settle();
+            // A revocation (or the reaper) that took the keycard before the
+            // session held it told nobody: tell the session now.
+            if state.bouncer.table().show(granted.id).is_none() {
+                let how = match crate::audit::now_millis() >= granted.expires_at {
+                    true => Ended::Expired,
+                    false => Ended::Revoked,
+                };
+                conn.keycard_ended(granted.id, how);
+            }
+            // A new login on the connection replaces its keycard, and ends
+            // the streams opened under it.
             if let Some(old) = previous {
+                let ended = conn.keycard_given_up();
                 state.bouncer.remove(old.keycard, conn.id);
+                conn.send_all(ended).await;
             }
             // The method's last word (SCRAM's server signature), then end.
             match reply {
@@ -495,34 +538,43 @@ async fn domain_auth(state: &ServerState, base: &Path) -> ApiResult<crate::state
     ))
 }
 
-/// A login attempt's keycard until the attempt is settled: dropped
-/// unsettled (the request was cancelled, the client left), it leaves the
-/// table; settled, an authenticated keycard stays and a refused one goes.
+/// A login attempt's keycard until the session holds it: dropped before
+/// that — the attempt failed, the request was cancelled or the client left
+/// (at any await, also after the verdict), a store error — it leaves the
+/// table, whatever its state; settled, it is the session's.
 struct PendingCard {
     bouncer: std::sync::Arc<crate::bouncer::Bouncer>,
     id: KeycardId,
+    settled: bool,
 }
 
 impl PendingCard {
     fn new(bouncer: std::sync::Arc<crate::bouncer::Bouncer>, id: KeycardId) -> PendingCard {
-        PendingCard { bouncer, id }
+        PendingCard {
+            bouncer,
+            id,
+            settled: false,
+        }
     }
 
-    /// The attempt is over; what the table holds for it is final. A
-    /// keycard still pending (the method said no) is refused.
-    fn settle(self) {
-        if self.bouncer.deadline(self.id).is_some() {
+    /// The session holds the keycard: removing it is the session's
+    /// business (logout, a new login, the connection closing).
+    fn settle(mut self) {
+        self.settled = true;
+    }
+
+    /// The attempt failed: the keycard leaves the table now.
+    fn refuse(&mut self) {
+        if !self.settled {
+            self.settled = true;
             self.bouncer.refuse(self.id);
         }
-        std::mem::forget(self);
     }
 }
 
 impl Drop for PendingCard {
     fn drop(&mut self) {
-        if self.bouncer.deadline(self.id).is_some() {
-            self.bouncer.refuse(self.id);
-        }
+        self.refuse();
     }
 }
 
@@ -937,7 +989,15 @@ pub(super) async fn diffie_hellman(msg: &Value, r: &mut Responder) -> ApiResult 
 /// The last `n` audit events (default 100, at most 10000), oldest first,
 /// each a JSON text. Needs the read_auth capability.
 pub(super) async fn audit_tail(msg: &Value, r: &mut Responder) -> ApiResult {
-    require_cap(r, Capability::ReadAuth)?;
+    let session = require_cap(r, Capability::ReadAuth)?;
+    // The log is the server's, every domain's logins in it: a domain's
+    // users (its root included) do not read it.
+    if session.user.as_ref().is_some_and(|u| !u.domain.is_empty()) {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "the audit log is the server's; a domain's users cannot read it",
+        ));
+    }
     let n = opt_usize(msg, "n")?.unwrap_or(100).min(10_000);
     let state = r.conn().state.clone();
     let lines = state.audit.tail(n).await.map_err(|e| {

@@ -13,7 +13,7 @@
 
 use keycard_auth::bouncer::{Filter, Keycard, KeycardId, Lifetime, State};
 use keycard_proto::{hex, Elem, ErrorCode, Msg, Path, Value};
-use keycard_store::{Cond, Op, ScanOpts};
+use keycard_store::{After, Cond, Op, ScanOpts};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -178,12 +178,16 @@ pub(super) async fn logout(r: &mut Responder) -> ApiResult {
     let Some(me) = previous else {
         return Err(ApiError::new(ErrorCode::AuthRequired, "not logged in"));
     };
+    // The streams opened under the keycard end with it: once it is out of
+    // the table, neither its expiry nor a revocation could reach them.
+    let ended = conn.keycard_given_up();
     if let Some(card) = conn.state.bouncer.remove(me.keycard, conn.id) {
         conn.state
             .audit
             .keycard("logout", &card, Some(&me.name))
             .await;
     }
+    conn.send_all(ended).await;
     r.reply(Msg::new().with("keycard", me.keycard.to_string()))
         .await;
     Ok(())
@@ -216,8 +220,15 @@ fn filter(msg: &Value) -> ApiResult<Filter> {
     })
 }
 
-/// Durable keycards (tokens) matching `f`, as `(id, record)`.
-async fn durable(state: &ServerState, f: &Filter) -> ApiResult<Vec<(String, Value)>> {
+/// Durable keycards (tokens) matching `f` and `keep`, as `(id, record)`,
+/// at most `max`. Every record is looked at (page by page), not only the
+/// first few thousand: revoking a user must reach all of its tokens.
+async fn durable(
+    state: &ServerState,
+    f: &Filter,
+    max: usize,
+    keep: impl Fn(&Value) -> bool,
+) -> ApiResult<Vec<(String, Value)>> {
     if f.requester.is_some()
         || f.parent.is_some()
         || f.method.as_deref().is_some_and(|m| m != TOKEN)
@@ -228,22 +239,36 @@ async fn durable(state: &ServerState, f: &Filter) -> ApiResult<Vec<(String, Valu
         min_depth: 1,
         max_depth: Some(1),
     };
-    let items = state
-        .store
-        .scan_up_to(&durable_root(), opts, MAX_LIST)
-        .await?;
-    Ok(items
-        .into_iter()
-        .filter_map(|(p, e)| {
+    let root = durable_root();
+    let mut out = Vec::new();
+    let mut page = state.store.scan(&root, opts, After::Start, 1024).await?;
+    loop {
+        for (p, e) in page.items {
             let id = match p.elems().last() {
                 Some(Elem::Str(s)) => s.to_string(),
-                _ => return None,
+                _ => continue,
             };
-            let (user, _) = owner(None, Some(&e.value))?;
-            let user_ok = f.user.as_deref().is_none_or(|u| u == user);
-            user_ok.then_some((id, e.value))
-        })
-        .collect())
+            let Some((user, _)) = owner(None, Some(&e.value)) else {
+                continue;
+            };
+            if f.user.as_deref().is_none_or(|u| u == user) && keep(&e.value) {
+                out.push((id, e.value));
+                if out.len() >= max {
+                    return Ok(out);
+                }
+            }
+        }
+        match page.next {
+            Some(c) => {
+                tokio::task::yield_now().await;
+                page = state
+                    .store
+                    .scan(&root, opts, After::Cursor(&c), 1024)
+                    .await?;
+            }
+            None => return Ok(out),
+        }
+    }
 }
 
 /// Lists keycards: `{user, method, requester, parent, after, limit}` → a
@@ -273,7 +298,7 @@ pub(super) async fn keycard_list(msg: &Value, r: &mut Responder) -> ApiResult {
         r.item(card_msg(c)).await;
     }
     if after.is_none() {
-        for (id, v) in durable(&state, &f).await? {
+        for (id, v) in durable(&state, &f, MAX_LIST, |_| true).await? {
             r.item(durable_msg(&id, &v)).await;
         }
     }
@@ -381,7 +406,7 @@ pub(super) async fn keycard_revoke(msg: &Value, r: &mut Responder) -> ApiResult 
         state.audit.keycard("revoked", &card, by.as_deref()).await;
         n += 1;
     }
-    for (id, _) in durable(&state, &f).await? {
+    for (id, _) in durable(&state, &f, usize::MAX, |_| true).await? {
         if let Some(id) = KeycardId::parse(&id) {
             n += revoke_durable(&state, id, by.as_deref()).await?;
         }
@@ -435,6 +460,14 @@ async fn user_method(
 /// nowhere else; the server keeps its SHA-256.
 pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
     let session = require_cap(r, Capability::ManageKeycards)?;
+    // Tokens live in the server's own reserved root: a domain's users
+    // (its root included) manage nothing there.
+    if session.user.as_ref().is_some_and(|u| !u.domain.is_empty()) {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "tokens are issued by the server's own keycard managers, not a domain's",
+        ));
+    }
     let state = r.conn().state.clone();
     let user = str_field(msg, "user")?.to_owned();
     let method = match msg.get("method") {
@@ -522,10 +555,7 @@ pub(crate) struct TokenGrant {
 /// `None`; the digest comparison is constant-time.
 pub(crate) async fn check_token(state: &ServerState, token: &str) -> ApiResult<Option<TokenGrant>> {
     let digest = Sha256::digest(token.as_bytes());
-    let id = token
-        .strip_prefix(TOKEN_PREFIX)
-        .and_then(|rest| rest.get(..32))
-        .and_then(KeycardId::parse);
+    let id = token_id(token);
     let record = match id {
         Some(id) => state.store.get(&durable_path(id)).await?.map(|e| e.value),
         None => None,
@@ -567,6 +597,32 @@ pub(crate) async fn check_token(state: &ServerState, token: &str) -> ApiResult<O
     }))
 }
 
+/// The id of a bearer token shaped as one (`kct_<32 hex>_<64 hex>`);
+/// nothing else of what a client sends as a token may be logged.
+pub(crate) fn token_id(token: &str) -> Option<KeycardId> {
+    let (id, secret) = token.strip_prefix(TOKEN_PREFIX)?.split_once('_')?;
+    if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    KeycardId::parse(id)
+}
+
+/// Whether token `id` still grants logins (not revoked, not expired):
+/// checked again once a login's keycard carries it as parent, so a
+/// revocation in between is not missed.
+pub(crate) async fn token_live(state: &ServerState, id: KeycardId) -> ApiResult<bool> {
+    let Some(e) = state.store.get(&durable_path(id)).await? else {
+        return Ok(false);
+    };
+    let live = e.value.get("state").and_then(Value::as_str) == Some(State::Authenticated.name());
+    let expires_at = e
+        .value
+        .get("expires_at")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    Ok(live && now_millis() < expires_at)
+}
+
 /// A token session's lifetime: the usual one, never past the token.
 pub(crate) fn token_lifetime(base: Lifetime, token_expires_at: u64) -> Lifetime {
     let left = token_expires_at.saturating_sub(now_millis());
@@ -580,10 +636,11 @@ pub(crate) fn token_lifetime(base: Lifetime, token_expires_at: u64) -> Lifetime 
 /// record stays until then, so it is refused as revoked, not unknown).
 pub(crate) async fn reap_durable(state: &ServerState) -> ApiResult<usize> {
     let now = now_millis();
-    let gone: Vec<Op> = durable(state, &Filter::default())
+    let expired = |v: &Value| v.get("expires_at").and_then(Value::as_u64).unwrap_or(0) <= now;
+    // At most MAX_LIST per pass (one write); the next pass takes the rest.
+    let gone: Vec<Op> = durable(state, &Filter::default(), MAX_LIST, expired)
         .await?
         .into_iter()
-        .filter(|(_, v)| v.get("expires_at").and_then(Value::as_u64).unwrap_or(0) <= now)
         .filter_map(|(id, _)| KeycardId::parse(&id))
         .map(|id| Op::Delete {
             path: durable_path(id),
