@@ -159,6 +159,9 @@ pub struct Keycard {
     /// The user: the name asked for while pending, the method's verdict
     /// once authenticated.
     pub user: Arc<str>,
+    /// The user's domain, as text (empty: the server's own users). A
+    /// domain's "joe" and the server's "joe" are different users.
+    pub domain: Arc<str>,
     /// The front end carrying it (a connection id).
     pub requester: u64,
     /// The client's address, if the front end knows it.
@@ -243,8 +246,10 @@ fn secs(ms: u64) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
 }
 
-/// One interned user name.
+/// One interned user name, in a scope (a user's domain; 0 for the
+/// domain interner itself).
 struct Name {
+    scope: u32,
     name: Arc<str>,
     /// Keycards naming it.
     refs: u32,
@@ -277,24 +282,30 @@ impl Default for Interner {
 }
 
 impl Interner {
-    fn hash(&self, name: &str) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.hasher, name)
+    fn hash(&self, scope: u32, name: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, (scope, name))
     }
 
-    /// The slot of `name`, if interned.
-    fn find(&self, name: &str) -> Option<u32> {
+    /// The slot of `name` in `scope`, if interned.
+    fn find(&self, scope: u32, name: &str) -> Option<u32> {
         let names = &self.names;
         self.index
-            .find(self.hash(name), |&ix| &*names[ix as usize].name == name)
+            .find(self.hash(scope, name), |&ix| {
+                let n = &names[ix as usize];
+                n.scope == scope && &*n.name == name
+            })
             .copied()
     }
 
-    fn acquire(&mut self, name: &str) -> u32 {
-        if let Some(ix) = self.find(name) {
+    /// The slot of `name` in `scope`, one more reference to it, and
+    /// whether it is new.
+    fn acquire(&mut self, scope: u32, name: &str) -> (u32, bool) {
+        if let Some(ix) = self.find(scope, name) {
             self.names[ix as usize].refs += 1;
-            return ix;
+            return (ix, false);
         }
         let slot = Name {
+            scope,
             name: name.into(),
             refs: 1,
             authed: 0,
@@ -309,25 +320,30 @@ impl Interner {
                 (self.names.len() - 1) as u32
             }
         };
-        let h = self.hash(name);
+        let h = self.hash(scope, name);
         let (names, hasher) = (&self.names, &self.hasher);
         self.index.insert_unique(h, ix, |&i| {
-            std::hash::BuildHasher::hash_one(hasher, &*names[i as usize].name)
+            let n = &names[i as usize];
+            std::hash::BuildHasher::hash_one(hasher, (n.scope, &*n.name))
         });
-        ix
+        (ix, true)
     }
 
-    fn release(&mut self, ix: u32) {
+    /// One reference less; the slot's scope when it was freed.
+    fn release(&mut self, ix: u32) -> Option<u32> {
         let slot = &mut self.names[ix as usize];
         slot.refs -= 1;
-        if slot.refs == 0 {
-            let name = std::mem::replace(&mut slot.name, self.empty.clone());
-            let h = self.hash(&name);
-            if let Ok(e) = self.index.find_entry(h, |&i| i == ix) {
-                e.remove();
-            }
-            self.free.push(ix);
+        if slot.refs > 0 {
+            return None;
         }
+        let name = std::mem::replace(&mut slot.name, self.empty.clone());
+        let scope = slot.scope;
+        let h = self.hash(scope, &name);
+        if let Ok(e) = self.index.find_entry(h, |&i| i == ix) {
+            e.remove();
+        }
+        self.free.push(ix);
+        Some(scope)
     }
 
     fn name(&self, ix: u32) -> Arc<str> {
@@ -349,8 +365,10 @@ const WHEEL_SLACK: usize = 64;
 /// Which keycards a listing or a revocation is about.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    /// Only this user's.
+    /// Only this user's (of `domain`, or of the server's own users).
     pub user: Option<String>,
+    /// Only this domain's users (its text form; empty: the server's own).
+    pub domain: Option<String>,
     /// Only this method's.
     pub method: Option<String>,
     /// Only this requester's.
@@ -362,6 +380,7 @@ pub struct Filter {
 /// A [`Filter`] with its names as interned indexes.
 struct Resolved {
     user: Option<u32>,
+    domain: Option<u32>,
     method: Option<u8>,
     requester: Option<u64>,
     parent: Option<KeycardId>,
@@ -372,6 +391,8 @@ pub struct Table {
     policy: Policy,
     cards: IdMap<Entry>,
     users: Interner,
+    /// The users' scopes.
+    domains: Interner,
     methods: Vec<Arc<str>>,
     /// The token a keycard was issued from, for the few that have one.
     parents: IdMap<KeycardId>,
@@ -399,6 +420,7 @@ impl Table {
             policy,
             cards: IdMap::default(),
             users: Interner::default(),
+            domains: Interner::default(),
             methods: Vec::new(),
             parents: IdMap::default(),
             wheel: BTreeMap::new(),
@@ -473,6 +495,7 @@ impl Table {
         now: u64,
         method: &str,
         user: &str,
+        domain: &str,
         requester: u64,
         addr: Option<IpAddr>,
     ) -> Result<KeycardId, BouncerError> {
@@ -496,7 +519,7 @@ impl Table {
             issued_at_s: secs(now),
             last_keepalive_s: 0,
             duration_s: 0,
-            user: self.users.acquire(user),
+            user: self.acquire_user(domain, user),
             method: self.method_ix(method),
             state: State::Requesting,
             has_addr: addr.is_some(),
@@ -540,6 +563,7 @@ impl Table {
         id: KeycardId,
         now: u64,
         user: &str,
+        domain: &str,
         life: Lifetime,
         parent: Option<KeycardId>,
     ) -> Result<Keycard, BouncerError> {
@@ -551,9 +575,9 @@ impl Table {
             self.drop_card(id);
             return Err(BouncerError::Expired);
         }
-        let uix = self.users.acquire(user);
+        let uix = self.acquire_user(domain, user);
         if self.users.names[uix as usize].authed >= self.policy.max_per_user {
-            self.users.release(uix);
+            self.release_user(uix);
             self.drop_card(id);
             return Err(BouncerError::UserFull(self.policy.max_per_user));
         }
@@ -573,7 +597,7 @@ impl Table {
         if let Some(p) = parent {
             self.parents.insert(id, p);
         }
-        self.users.release(old_user);
+        self.release_user(old_user);
         self.queue_expiry(id, expires_at);
         self.show(id).ok_or(BouncerError::Unknown)
     }
@@ -648,6 +672,7 @@ impl Table {
             id,
             method: self.methods[e.method as usize].clone(),
             user: self.users.name(e.user),
+            domain: self.domains.name(self.users.names[e.user as usize].scope),
             requester: e.requester,
             addr,
             parent: self.parents.get(&id).copied(),
@@ -669,8 +694,25 @@ impl Table {
             *n = n.saturating_sub(1);
         }
         self.parents.remove(&id);
-        self.users.release(e.user);
+        self.release_user(e.user);
         Some(card)
+    }
+
+    /// The slot of `user` of `domain`, one more reference.
+    fn acquire_user(&mut self, domain: &str, user: &str) -> u32 {
+        let (d, _) = self.domains.acquire(0, domain);
+        let (u, fresh) = self.users.acquire(d, user);
+        if !fresh {
+            // A user slot holds one reference to its domain.
+            self.domains.release(d);
+        }
+        u
+    }
+
+    fn release_user(&mut self, u: u32) {
+        if let Some(d) = self.users.release(u) {
+            self.domains.release(d);
+        }
     }
 
     /// Revokes one keycard; the front end tells its requester.
@@ -696,8 +738,19 @@ impl Table {
     /// `filter` with names resolved to interned indexes; `None` when a
     /// name it asks for is not in the table (nothing matches).
     fn resolve(&self, f: &Filter) -> Option<Resolved> {
+        let domain = match f.domain.as_deref() {
+            Some(d) => Some(self.domains.find(0, d)?),
+            None => None,
+        };
+        // A user without a domain is one of the server's own.
         let user = match f.user.as_deref() {
-            Some(u) => Some(self.users.find(u)?),
+            Some(u) => {
+                let d = match domain {
+                    Some(d) => d,
+                    None => self.domains.find(0, "")?,
+                };
+                Some(self.users.find(d, u)?)
+            }
             None => None,
         };
         let method = match f.method.as_deref() {
@@ -706,6 +759,7 @@ impl Table {
         };
         Some(Resolved {
             user,
+            domain,
             method,
             requester: f.requester,
             parent: f.parent,
@@ -715,6 +769,8 @@ impl Table {
     fn matches(&self, id: &KeycardId, e: &Entry, f: &Resolved) -> bool {
         f.requester.is_none_or(|r| r == e.requester)
             && f.user.is_none_or(|u| u == e.user)
+            && f.domain
+                .is_none_or(|d| d == self.users.names[e.user as usize].scope)
             && f.method.is_none_or(|m| m == e.method)
             && f.parent
                 .is_none_or(|p| self.parents.get(id).is_some_and(|q| *q == p))
@@ -827,12 +883,14 @@ mod tests {
     #[test]
     fn login_lifecycle() {
         let mut t = table();
-        let id = t.begin(0, "scram", "alice", 7, None).expect("test");
+        let id = t.begin(0, "scram", "alice", "", 7, None).expect("test");
         assert_eq!(t.show(id).expect("test").state, State::Requesting);
         t.challenged(id, 10).expect("test");
         assert_eq!(t.show(id).expect("test").state, State::Challenged);
         assert_eq!(t.pending(), 1);
-        let c = t.authenticate(id, 20, "alice", LIFE, None).expect("test");
+        let c = t
+            .authenticate(id, 20, "alice", "", LIFE, None)
+            .expect("test");
         assert_eq!(c.state, State::Authenticated);
         assert_eq!(c.expires_at, 10_020);
         assert_eq!(t.pending(), 0);
@@ -840,7 +898,7 @@ mod tests {
         assert_eq!(t.check(id, 10_020), Err(BouncerError::Expired));
         // A second confirmation of the same attempt is refused.
         assert!(matches!(
-            t.authenticate(id, 30, "alice", LIFE, None),
+            t.authenticate(id, 30, "alice", "", LIFE, None),
             Err(BouncerError::WrongState(State::Authenticated))
         ));
     }
@@ -848,9 +906,9 @@ mod tests {
     #[test]
     fn the_verdict_names_the_user() {
         let mut t = table();
-        let id = t.begin(0, "scram", "asked-for", 1, None).expect("test");
+        let id = t.begin(0, "scram", "asked-for", "", 1, None).expect("test");
         let c = t
-            .authenticate(id, 1, "checker-said", LIFE, None)
+            .authenticate(id, 1, "checker-said", "", LIFE, None)
             .expect("test");
         assert_eq!(&*c.user, "checker-said");
         assert_eq!(t.users.len(), 1, "the asked-for name was released");
@@ -859,15 +917,15 @@ mod tests {
     #[test]
     fn challenges_expire_even_without_other_traffic() {
         let mut t = table();
-        let id = t.begin(0, "scram", "alice", 1, None).expect("test");
+        let id = t.begin(0, "scram", "alice", "", 1, None).expect("test");
         t.challenged(id, 500).expect("test");
         assert_eq!(
-            t.authenticate(id, 1_001, "alice", LIFE, None),
+            t.authenticate(id, 1_001, "alice", "", LIFE, None),
             Err(BouncerError::Expired)
         );
         assert!(t.is_empty());
         // And the reaper takes abandoned attempts.
-        let id = t.begin(2_000, "scram", "bob", 1, None).expect("test");
+        let id = t.begin(2_000, "scram", "bob", "", 1, None).expect("test");
         t.challenged(id, 2_001).expect("test");
         assert!(t.reap(2_999, 10).is_empty());
         let gone = t.reap(3_000, 10);
@@ -880,8 +938,9 @@ mod tests {
     #[test]
     fn keep_alive_extends_up_to_the_maximum_and_checks_ownership() {
         let mut t = table();
-        let id = t.begin(0, "scram", "alice", 7, None).expect("test");
-        t.authenticate(id, 0, "alice", LIFE, None).expect("test");
+        let id = t.begin(0, "scram", "alice", "", 7, None).expect("test");
+        t.authenticate(id, 0, "alice", "", LIFE, None)
+            .expect("test");
         assert_eq!(t.keep_alive(id, 8, 5_000, None), Err(BouncerError::Unknown));
         assert_eq!(t.keep_alive(id, 7, 5_000, None), Ok(15_000));
         // A shorter ttl never shortens it.
@@ -903,14 +962,15 @@ mod tests {
     #[test]
     fn the_wheel_stays_within_the_table() {
         let mut t = table();
-        let id = t.begin(0, "scram", "alice", 7, None).expect("test");
-        t.authenticate(id, 0, "alice", LIFE, None).expect("test");
+        let id = t.begin(0, "scram", "alice", "", 7, None).expect("test");
+        t.authenticate(id, 0, "alice", "", LIFE, None)
+            .expect("test");
         for now in (1..20_000).step_by(7) {
             t.keep_alive(id, 7, now, None).expect("test");
         }
         for i in 0..1000 {
-            let x = t.begin(0, "m", "bob", i, None).expect("test");
-            t.authenticate(x, 0, "bob", LIFE, None).ok();
+            let x = t.begin(0, "m", "bob", "", i, None).expect("test");
+            t.authenticate(x, 0, "bob", "", LIFE, None).ok();
             t.refuse(x);
         }
         assert!(t.queued() <= 2 * t.len() + WHEEL_SLACK, "{}", t.queued());
@@ -923,8 +983,9 @@ mod tests {
     #[test]
     fn reaping_skips_kept_alive_keycards() {
         let mut t = table();
-        let id = t.begin(0, "scram", "alice", 7, None).expect("test");
-        t.authenticate(id, 0, "alice", LIFE, None).expect("test");
+        let id = t.begin(0, "scram", "alice", "", 7, None).expect("test");
+        t.authenticate(id, 0, "alice", "", LIFE, None)
+            .expect("test");
         t.keep_alive(id, 7, 9_000, None).expect("test");
         assert!(t.reap(10_000, 10).is_empty());
         assert_eq!(t.len(), 1);
@@ -940,30 +1001,31 @@ mod tests {
         });
         let mut ids = Vec::new();
         for i in 0..2 {
-            let id = t.begin(0, "m", "alice", i, None).expect("test");
-            t.authenticate(id, 0, "alice", LIFE, None).expect("test");
+            let id = t.begin(0, "m", "alice", "", i, None).expect("test");
+            t.authenticate(id, 0, "alice", "", LIFE, None)
+                .expect("test");
             ids.push(id);
         }
-        let third = t.begin(0, "m", "alice", 3, None).expect("test");
+        let third = t.begin(0, "m", "alice", "", 3, None).expect("test");
         assert_eq!(
-            t.authenticate(third, 0, "alice", LIFE, None),
+            t.authenticate(third, 0, "alice", "", LIFE, None),
             Err(BouncerError::UserFull(2))
         );
         assert_eq!(t.len(), 2, "the refused attempt left the table");
-        let b1 = t.begin(0, "m", "bob", 4, None).expect("test");
-        t.begin(0, "m", "bob", 5, None).expect("test");
+        let b1 = t.begin(0, "m", "bob", "", 4, None).expect("test");
+        t.begin(0, "m", "bob", "", 5, None).expect("test");
         assert_eq!(
-            t.begin(0, "m", "carol", 6, None),
+            t.begin(0, "m", "carol", "", 6, None),
             Err(BouncerError::Full(4))
         );
         // Full means full: expired keycards are for `reap` to report.
         assert_eq!(
-            t.begin(u64::MAX / 2, "m", "carol", 6, None),
+            t.begin(u64::MAX / 2, "m", "carol", "", 6, None),
             Err(BouncerError::Full(4))
         );
         // Room again once one goes.
         t.refuse(b1);
-        t.begin(0, "m", "carol", 6, None).expect("test");
+        t.begin(0, "m", "carol", "", 6, None).expect("test");
         // A revoked keycard frees its user's slot.
         t.revoke(ids[0]).expect("test");
         assert_eq!(t.users.names.iter().map(|n| n.authed).sum::<u32>(), 1);
@@ -975,9 +1037,9 @@ mod tests {
         let token = KeycardId::random();
         let mut all = Vec::new();
         for (i, u) in ["alice", "alice", "bob"].iter().enumerate() {
-            let id = t.begin(0, "m", u, i as u64, None).expect("test");
+            let id = t.begin(0, "m", u, "", i as u64, None).expect("test");
             let parent = (i == 1).then_some(token);
-            t.authenticate(id, 0, u, LIFE, parent).expect("test");
+            t.authenticate(id, 0, u, "", LIFE, parent).expect("test");
             all.push(id);
         }
         assert_eq!(t.remove(all[2], 99), None, "not bob's requester");
@@ -1013,10 +1075,10 @@ mod tests {
         let mut t = table();
         for addr in ["127.0.0.2", "::1", "2001:db8::7"] {
             let a: IpAddr = addr.parse().expect("test");
-            let id = t.begin(0, "m", "u", 1, Some(a)).expect("test");
+            let id = t.begin(0, "m", "u", "", 1, Some(a)).expect("test");
             assert_eq!(t.show(id).expect("test").addr, Some(a));
         }
-        let id = t.begin(0, "m", "u", 1, None).expect("test");
+        let id = t.begin(0, "m", "u", "", 1, None).expect("test");
         assert_eq!(t.show(id).expect("test").addr, None);
     }
 
@@ -1024,11 +1086,52 @@ mod tests {
     fn list_pages_by_id() {
         let mut t = table();
         for i in 0..10 {
-            t.begin(0, "m", "u", i, None).expect("test");
+            t.begin(0, "m", "u", "", i, None).expect("test");
         }
         let first = t.list(&Filter::default(), None, 4);
         let rest = t.list(&Filter::default(), first.last().map(|c| c.id), 100);
         assert_eq!(first.len() + rest.len(), 10);
         assert!(first.last().expect("test").id < rest[0].id);
+    }
+
+    #[test]
+    fn a_domains_user_is_not_the_servers_user_of_that_name() {
+        let mut t = Table::new(Policy {
+            max_per_user: 1,
+            ..Policy::default()
+        });
+        let a = t.begin(0, "m", "joe", "", 1, None).expect("begin");
+        t.authenticate(a, 0, "joe", "", LIFE, None)
+            .expect("server joe");
+        let b = t.begin(0, "m", "joe", "org.acme", 2, None).expect("begin");
+        let c = t
+            .authenticate(b, 0, "joe", "org.acme", LIFE, None)
+            .expect("the domain's joe has its own bound");
+        assert_eq!(&*c.domain, "org.acme");
+        // A server user named like NAME@DOMAIN is yet another user.
+        let d = t.begin(0, "m", "joe@org.acme", "", 3, None).expect("begin");
+        t.authenticate(d, 0, "joe@org.acme", "", LIFE, None)
+            .expect("its own bound too");
+        let server_joe = Filter {
+            user: Some("joe".into()),
+            ..Filter::default()
+        };
+        assert_eq!(t.list(&server_joe, None, 10).len(), 1);
+        let acme_joe = Filter {
+            user: Some("joe".into()),
+            domain: Some("org.acme".into()),
+            ..Filter::default()
+        };
+        let gone = t.revoke_where(&acme_joe);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, b);
+        assert_eq!(t.len(), 2);
+        let acme = Filter {
+            domain: Some("org.acme".into()),
+            ..Filter::default()
+        };
+        assert!(t.list(&acme, None, 10).is_empty());
+        t.revoke_where(&Filter::default());
+        assert_eq!(t.domains.len(), 0, "domains are released with their users");
     }
 }

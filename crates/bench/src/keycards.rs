@@ -203,8 +203,8 @@ fn fill(names: &[String], user_of: impl Fn(usize) -> usize) -> anyhow::Result<Fi
             let user = names[user_of(j)].as_str();
             let method = METHODS[(r % METHODS.len() as u64) as usize];
             let addr = IpAddr::V4(Ipv4Addr::from((r >> 32) as u32));
-            let id = table.begin(now, method, user, j as u64, Some(addr))?;
-            black_box(table.authenticate(id, now, user, life, None)?);
+            let id = table.begin(now, method, user, "", j as u64, Some(addr))?;
+            black_box(table.authenticate(id, now, user, "", life, None)?);
             ids.push(id);
         }
         insert += start.elapsed();

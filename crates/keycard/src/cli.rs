@@ -161,9 +161,12 @@ enum KeycardCmd {
     Ls {
         #[command(flatten)]
         conn: AdminConnArgs,
-        /// Only this user's.
+        /// Only this user's (of the server's own users, or of --domain).
         #[arg(long)]
         user: Option<String>,
+        /// Only this domain's users (its path, e.g. org.acme).
+        #[arg(long)]
+        domain: Option<String>,
         /// Only those of this login method (`token`: tokens and the logins
         /// made with them).
         #[arg(long)]
@@ -1248,6 +1251,7 @@ async fn whoami(conn: &ConnArgs) -> anyhow::Result<()> {
 /// Which keycards `keycard_list` returns.
 struct CardFilter {
     user: Option<String>,
+    domain: Option<String>,
     method: Option<String>,
     requester: Option<u64>,
 }
@@ -1265,6 +1269,9 @@ async fn list_cards(c: &Client, f: &CardFilter) -> anyhow::Result<Vec<Value>> {
             .with("limit", PAGE);
         if let Some(u) = &f.user {
             msg.set("user", u.as_str());
+        }
+        if let Some(d) = &f.domain {
+            msg.set("domain", d.as_str());
         }
         if let Some(m) = &f.method {
             msg.set("method", m.as_str());
@@ -1369,9 +1376,14 @@ fn print_cards(cards: &[Value], json: bool) -> anyhow::Result<()> {
                     .map(|p| format!("via token {p}"))
                     .unwrap_or_default()
             };
+            // A domain's user shows as NAME@DOMAIN.
+            let user = match card.get("domain").and_then(Value::as_str) {
+                Some(d) if !d.is_empty() => format!("{}@{d}", text(card, "user")),
+                _ => text(card, "user"),
+            };
             vec![
                 text(card, "id"),
-                text(card, "user"),
+                user,
                 text(card, "method"),
                 status_of(card, now),
                 conn,
@@ -1451,6 +1463,7 @@ async fn keycard(cmd: KeycardCmd) -> anyhow::Result<()> {
         KeycardCmd::Ls {
             conn,
             user,
+            domain,
             method,
             requester,
             json,
@@ -1458,6 +1471,7 @@ async fn keycard(cmd: KeycardCmd) -> anyhow::Result<()> {
             let c = connect(&conn.conn()).await?;
             let f = CardFilter {
                 user,
+                domain,
                 method,
                 requester,
             };
@@ -1535,6 +1549,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             let c = connect(&conn.conn()).await?;
             let f = CardFilter {
                 user,
+                domain: None,
                 method: Some(TOKEN_METHOD.to_owned()),
                 requester: None,
             };

@@ -127,17 +127,18 @@ impl Bouncer {
         &self,
         method: &str,
         user: &str,
+        domain: &str,
         requester: u64,
         addr: Option<IpAddr>,
     ) -> Result<KeycardId, ApiError> {
         let first = self
             .table()
-            .begin(now_millis(), method, user, requester, addr);
+            .begin(now_millis(), method, user, domain, requester, addr);
         if let Err(BouncerError::Full(_)) = first {
             self.reap();
             return Ok(self
                 .table()
-                .begin(now_millis(), method, user, requester, addr)?);
+                .begin(now_millis(), method, user, domain, requester, addr)?);
         }
         Ok(first?)
     }
@@ -157,11 +158,12 @@ impl Bouncer {
         &self,
         id: KeycardId,
         user: &str,
+        domain: &str,
         life: Lifetime,
         parent: Option<KeycardId>,
     ) -> Result<Keycard, BouncerError> {
         self.table()
-            .authenticate(id, now_millis(), user, life, parent)
+            .authenticate(id, now_millis(), user, domain, life, parent)
     }
 
     /// The attempt failed or was abandoned.

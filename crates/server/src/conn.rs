@@ -52,6 +52,15 @@ pub fn qualify(name: &str, domain: &Path) -> String {
     }
 }
 
+/// A domain's text form as keycards carry it (empty: the server's own).
+pub fn domain_text(domain: &Path) -> String {
+    if domain.is_empty() {
+        String::new()
+    } else {
+        domain.to_string()
+    }
+}
+
 /// A management capability (DESIGN §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Capability {

@@ -243,7 +243,7 @@ async fn domains_have_their_own_users_acls_and_keycards() {
     let (_r, v) = domain_login(&s, "_test", "joe", "org.other").await;
     assert!(v.iter().any(|m| code(m) == Some("auth_failed")), "{v:?}");
 
-    // Keycards name a domain's user NAME@DOMAIN; the global joe is
+    // Keycards carry a domain's user with its domain; the global joe is
     // another user.
     let (_dj, _) = domain_login(&s, "_test", "joe", "org.acme").await;
     let gj = Client::connect(s.addr()).await.expect("connect");
@@ -266,17 +266,22 @@ async fn domains_have_their_own_users_acls_and_keycards() {
     let mut users = Vec::new();
     while let Some(v) = st.next_raw().await {
         let v = v.expect("item");
-        users.push(
-            v.get("user")
-                .and_then(Value::as_str)
-                .expect("user")
-                .to_owned(),
-        );
+        let user = v
+            .get("user")
+            .and_then(Value::as_str)
+            .expect("user")
+            .to_owned();
+        let domain = v
+            .get("domain")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        users.push((user, domain));
     }
-    users.sort();
-    assert!(users.contains(&"joe".to_owned()));
-    assert!(users.contains(&"joe@org.acme".to_owned()));
-    assert!(users.contains(&"ro@org.acme".to_owned()));
+    let has = |u: &str, d: &str| users.contains(&(u.to_owned(), d.to_owned()));
+    assert!(has("joe", ""), "{users:?}");
+    assert!(has("joe", "org.acme"), "{users:?}");
+    assert!(has("ro", "org.acme"), "{users:?}");
 
     // The domain's root user is super-root of the domain only: its
     // internal actions see the domain's reserved subtree.

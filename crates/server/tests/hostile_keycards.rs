@@ -2,8 +2,7 @@
 //! adversarial review of the bouncer (DESIGN §1, §7; reference/keycards.md
 //! §5, W1–W16). `fixed_*` tests reproduce bugs the review found (each
 //! comment says what the bug was; they pass since the fixes); `ok_*` tests
-//! are attacks the server handled from the start; `#[ignore]`d ones are
-//! open issues, left failing on purpose.
+//! are attacks the server handled from the start.
 
 mod common;
 
@@ -480,7 +479,7 @@ async fn fixed_a_full_table_reaping_at_login_still_ends_the_streams() {
         .handle
         .state
         .bouncer
-        .begin("_test", "x", u64::MAX, None)
+        .begin("_test", "x", "", u64::MAX, None)
         .expect("room after reaping");
     s.handle.state.bouncer.refuse(pending);
     let (seen, _) = collect(&mut joe, Duration::from_secs(1), ends(3)).await;
@@ -800,11 +799,11 @@ async fn fixed_an_unknown_domain_fails_exactly_like_a_known_one() {
 /// same owner as a tenant's user of the same method in the domain at the
 /// part after the `@`: the tenant's root can create that user and, logged
 /// in as it, list, show and revoke the server user's keycards (and
-/// tokens), and use up its `max_per_user`. A fix needs the owner compared
-/// as (name, domain), or an unambiguous qualified form: a wire change.
+/// tokens), and use up its `max_per_user`. Fixed: keycards carry the
+/// domain apart from the name, and owners are compared as (name, domain,
+/// method).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: NAME@DOMAIN collides with server user names containing '@'"]
-async fn open_a_domain_user_does_not_own_a_server_user_named_like_it() {
+async fn fixed_a_domain_user_does_not_own_a_server_user_named_like_it() {
     let s = domain_server().await;
     let admin = Client::connect(s.addr()).await.expect("connect");
     admin

@@ -204,6 +204,13 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     };
     // Throttling, audit and keycards know a domain's user as NAME@DOMAIN.
     let who = crate::conn::qualify(&ident, &base);
+    // Throttle counters per (domain, user), without NAME@DOMAIN's
+    // ambiguity (a server user may be called "joe@org.acme").
+    let throttled_as = if base.is_empty() {
+        ident.clone()
+    } else {
+        format!("{ident}\u{0}{base}")
+    };
     let conn = r.conn().clone();
     let source = conn.peer.ip();
     let event = |outcome: &'static str, card: Option<KeycardId>| crate::audit::LoginEvent {
@@ -216,7 +223,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         keycard: card,
     };
     // Throttling comes first: a refused attempt costs no hashing.
-    let counters = throttle::load(state.store.as_ref(), &who, source).await?;
+    let counters = throttle::load(state.store.as_ref(), &throttled_as, source).await?;
     let now = crate::audit::now_millis();
     match throttle::decide(&state.config.throttle, &counters, now) {
         throttle::Decision::Refuse(retry) => {
@@ -239,9 +246,13 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     // ends any way but a success (including the client leaving).
     let mut pending = PendingCard::new(
         state.bouncer.clone(),
-        state
-            .bouncer
-            .begin(method_name, &who, conn.id, Some(source))?,
+        state.bouncer.begin(
+            method_name,
+            &ident,
+            &crate::conn::domain_text(&base),
+            conn.id,
+            Some(source),
+        )?,
     );
     let card = Some(pending.id);
     let session = conn.session();
@@ -268,7 +279,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 throttle::record_failure(
                     state.store.as_ref(),
                     &state.config.throttle,
-                    &who,
+                    &throttled_as,
                     source,
                     &counters,
                     at,
@@ -316,7 +327,8 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         }
         match state.bouncer.authenticate(
             pending.id,
-            &crate::conn::qualify(&verdict.user, &base),
+            &verdict.user,
+            &crate::conn::domain_text(&base),
             life,
             parent.map(|p| p.0),
         ) {
@@ -344,8 +356,14 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 if let Some(g) = abandoned.take() {
                     g.disarm();
                 }
-                throttle::record_success(state.store.as_ref(), &who, source, &counters, true)
-                    .await?;
+                throttle::record_success(
+                    state.store.as_ref(),
+                    &throttled_as,
+                    source,
+                    &counters,
+                    true,
+                )
+                .await?;
                 return Err(e.into());
             }
         }
@@ -357,8 +375,14 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let precounted = abandoned.take().map(AbandonGuard::disarm).is_some();
     match result {
         Ok(verdict) => {
-            throttle::record_success(state.store.as_ref(), &who, source, &counters, precounted)
-                .await?;
+            throttle::record_success(
+                state.store.as_ref(),
+                &throttled_as,
+                source,
+                &counters,
+                precounted,
+            )
+            .await?;
             state.audit.login(event("success", card)).await;
             let reply = verdict.reply;
             let Some(granted) = granted else {
@@ -447,7 +471,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 throttle::record_failure(
                     state.store.as_ref(),
                     &state.config.throttle,
-                    &who,
+                    &throttled_as,
                     source,
                     &counters,
                     at,

@@ -51,6 +51,9 @@ fn card_msg(c: &Keycard) -> Msg {
         .with("expires_at", c.expires_at)
         .with("max_until", c.max_until)
         .with("durable", false);
+    if !c.domain.is_empty() {
+        m.set("domain", &*c.domain);
+    }
     if let Some(a) = c.addr {
         m.set("addr", a.to_string());
     }
@@ -112,21 +115,33 @@ fn own(session: &Session) -> ApiResult<&crate::conn::LoggedIn> {
     })
 }
 
-/// Who the caller is to keycards: its qualified name and its method. A
-/// caller without `manage_keycards` owns the keycards with both (a `_test`
-/// "bob" is not the `scram-sha-256` "bob").
-fn me(session: &Session) -> Option<(String, String)> {
-    session
-        .user
-        .as_ref()
-        .map(|u| (u.qualified(), u.method.clone()))
+/// A keycard's owner: user name, domain (text; empty for the server's own
+/// users) and method. Compared as a whole: a `_test` "bob" is not the
+/// `scram-sha-256` "bob", and a domain's "joe" is not the server's
+/// "joe@org.acme".
+type Owner = (String, String, String);
+
+/// Who the caller is to keycards (without `manage_keycards` it owns the
+/// keycards with the same owner).
+fn me(session: &Session) -> Option<Owner> {
+    session.user.as_ref().map(|u| {
+        (
+            u.name.clone(),
+            crate::conn::domain_text(&u.domain),
+            u.method.clone(),
+        )
+    })
 }
 
-/// Whose a keycard is: a live one's user and method, or a durable one's
-/// user (qualified with its domain) and the method of its user record.
-fn owner(live: Option<&Keycard>, stored: Option<&Value>) -> Option<(String, String)> {
+/// Whose a keycard is: a live one's user, domain and method, or a durable
+/// one's user, domain and the method of its user record.
+fn owner(live: Option<&Keycard>, stored: Option<&Value>) -> Option<Owner> {
     if let Some(c) = live {
-        return Some((c.user.to_string(), c.method.to_string()));
+        return Some((
+            c.user.to_string(),
+            c.domain.to_string(),
+            c.method.to_string(),
+        ));
     }
     let v = stored?;
     let user = v.get("user").and_then(Value::as_str)?;
@@ -135,7 +150,11 @@ fn owner(live: Option<&Keycard>, stored: Option<&Value>) -> Option<(String, Stri
         .get("domain")
         .and_then(|d| Path::from_value(d).ok())
         .unwrap_or_default();
-    Some((crate::conn::qualify(user, &domain), method.to_owned()))
+    Some((
+        user.to_owned(),
+        crate::conn::domain_text(&domain),
+        method.to_owned(),
+    ))
 }
 
 /// Whether the caller manages every keycard, or only its own user's.
@@ -214,6 +233,7 @@ fn filter(msg: &Value) -> ApiResult<Filter> {
     };
     Ok(Filter {
         user: text("user")?,
+        domain: text("domain")?,
         method: text("method")?,
         requester,
         parent,
@@ -248,10 +268,17 @@ async fn durable(
                 Some(Elem::Str(s)) => s.to_string(),
                 _ => continue,
             };
-            let Some((user, _)) = owner(None, Some(&e.value)) else {
+            let Some((user, domain, _)) = owner(None, Some(&e.value)) else {
                 continue;
             };
-            if f.user.as_deref().is_none_or(|u| u == user) && keep(&e.value) {
+            // As in the live table: a user without a domain is one of
+            // the server's own.
+            let in_domain = match (&f.domain, &f.user) {
+                (Some(d), _) => *d == domain,
+                (None, Some(_)) => domain.is_empty(),
+                (None, None) => true,
+            };
+            if in_domain && f.user.as_deref().is_none_or(|u| u == user) && keep(&e.value) {
                 out.push((id, e.value));
                 if out.len() >= max {
                     return Ok(out);
@@ -280,7 +307,8 @@ pub(super) async fn keycard_list(msg: &Value, r: &mut Responder) -> ApiResult {
         // Its own: the same user name and method (tokens are listed for
         // keycard managers only).
         let me = own(&session)?;
-        f.user = Some(me.qualified());
+        f.user = Some(me.name.clone());
+        f.domain = Some(crate::conn::domain_text(&me.domain));
         f.method = Some(me.method.clone());
     }
     let after = match msg.get("after") {
