@@ -23,6 +23,7 @@ mod root;
 mod schema;
 mod scram;
 mod secret;
+pub mod signed;
 mod test_method;
 
 pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, Step, Verdict};
