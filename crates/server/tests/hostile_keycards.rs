@@ -945,3 +945,52 @@ async fn ok_hostile_keycard_requests_get_errors() {
     }
     assert!(reads_data(&mut joe, 40).await);
 }
+
+/// A user name of 100 kB would become a 100 kB throttle key per
+/// failed login: names are capped (at 256 bytes) before anything is
+/// stored, for logins and for records alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_huge_user_names_are_refused_before_anything_is_stored() {
+    let s = common::start().await;
+    let mut r = Raw::connect(s.addr()).await;
+    let huge = "x".repeat(100_000);
+    for seq in 1..4 {
+        let v = r
+            .call_stream(
+                req(seq, "auth")
+                    .with("typ", "_test")
+                    .with("ident", huge.as_str()),
+            )
+            .await;
+        assert!(
+            v.iter().any(|m| code(m) == Some("bad_request")),
+            "{:?}",
+            &v[..1]
+        );
+    }
+    let v = r
+        .call(
+            req(5, "auth_set")
+                .with("typ", "_anon")
+                .with("ident", "y".repeat(257))
+                .with("data", Value::Map(Vec::new())),
+        )
+        .await;
+    assert_eq!(code(&v), Some("bad_request"));
+    // Nothing under the throttle subtree or the auth records.
+    let v = r
+        .call_stream(req(6, "get_tree_internal").with("path", Value::Array(vec![])))
+        .await;
+    let big = v.iter().any(|m| format!("{m:?}").len() > 10_000);
+    assert!(!big, "a huge name was stored");
+    // 256 bytes is fine.
+    let v = r
+        .call(
+            req(7, "auth_set")
+                .with("typ", "_anon")
+                .with("ident", "z".repeat(256))
+                .with("data", Value::Map(Vec::new())),
+        )
+        .await;
+    assert!(code(&v).is_none(), "{v:?}");
+}

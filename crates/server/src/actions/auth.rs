@@ -126,6 +126,22 @@ fn auth_error(e: AuthError) -> ApiError {
     }
 }
 
+/// Longest user name, in bytes. Names key throttle counters and records:
+/// a longer one is refused before anything is stored.
+pub(crate) const MAX_USER_NAME: usize = 256;
+
+/// `name`, if it is an acceptable user name (at most [`MAX_USER_NAME`]
+/// bytes). The same rule for every name, known or not, so it reveals
+/// nothing.
+fn user_name(name: &str) -> ApiResult<&str> {
+    if name.len() > MAX_USER_NAME {
+        return Err(ApiError::bad(format!(
+            "user names are at most {MAX_USER_NAME} bytes"
+        )));
+    }
+    Ok(name)
+}
+
 /// Logs the connection in.
 pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
@@ -199,7 +215,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         (Some(t), _) => {
             keycards::token_id(t).map_or_else(|| TOKEN.to_owned(), |id| format!("kct_{id}"))
         }
-        (None, Some(Value::Str(s))) => s.clone(),
+        (None, Some(Value::Str(s))) => user_name(s)?.to_owned(),
         _ => return Err(ApiError::bad("'ident' (the user name) must be a string")),
     };
     // Throttling, audit and keycards know a domain's user as NAME@DOMAIN.
@@ -653,7 +669,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
         require_cap(r, Capability::WriteAuth)?
     };
     let k = kind(m.as_ref(), msg)?;
-    let ident = str_field(msg, "ident")?.to_owned();
+    let ident = user_name(str_field(msg, "ident")?)?.to_owned();
     let ctx = LoginCtx {
         channel_key: session.channel_key.as_ref(),
     };
