@@ -36,7 +36,7 @@ pub struct Session {
     /// The connection's root (`root` action): every data path is under it.
     pub root: Path,
     /// The logged-in user, once an `auth` succeeded.
-    pub user: Option<LoggedIn>,
+    pub user: Option<Arc<LoggedIn>>,
     /// Failed logins so far on this connection.
     pub failed_logins: u32,
     /// The key agreed with `diffie_hellman` (once per connection).
@@ -224,7 +224,7 @@ impl ConnShared {
     pub(crate) fn keycard_ended(&self, id: KeycardId, how: Ended) {
         let held = self.update_session(|s| match &mut s.user {
             Some(u) if u.keycard == id => {
-                u.ended = Some(how);
+                Arc::make_mut(u).ended = Some(how);
                 true
             }
             _ => false,

@@ -431,7 +431,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                 s.failed_logins = 0;
                 // A domain's user is confined to it from now on.
                 s.root = base.clone();
-                Ok(s.user.replace(LoggedIn {
+                Ok(s.user.replace(std::sync::Arc::new(LoggedIn {
                     method: method_name.into(),
                     name: verdict.user,
                     super_root: m.as_ref().is_some_and(|m| m.super_root()),
@@ -442,7 +442,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
                     keycard: granted.id,
                     expires_at: granted.expires_at,
                     ended: None,
-                }))
+                })))
             })?;
             // The session holds the keycard now: it is the session's to remove.
             pending.settle();

@@ -169,8 +169,8 @@ pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
     let mut acl_base = session.root.clone();
     let names = match (msg.get("acl"), msg.get("user")) {
         (None | Some(Value::Nil), None | Some(Value::Nil)) => session.user.and_then(|u| {
-            acl_base = u.domain;
-            u.acls
+            acl_base = u.domain.clone();
+            u.acls.clone()
         }),
         (Some(Value::Str(name)), None | Some(Value::Nil)) => {
             require_super_root(r)?;

@@ -107,7 +107,7 @@ fn parse_id(msg: &Value) -> ApiResult<KeycardId> {
 
 /// The caller, if logged in (keep-alive and logout need one).
 fn own(session: &Session) -> ApiResult<&crate::conn::LoggedIn> {
-    session.user.as_ref().ok_or_else(|| {
+    session.user.as_deref().ok_or_else(|| {
         ApiError::new(
             ErrorCode::AuthRequired,
             "this connection holds no keycard; log in first",
@@ -178,7 +178,7 @@ pub(super) async fn keep_alive(msg: &Value, r: &mut Responder) -> ApiResult {
     let id = me.keycard;
     conn.update_session(|s| {
         if let Some(u) = s.user.as_mut().filter(|u| u.keycard == id) {
-            u.expires_at = expires_at;
+            std::sync::Arc::make_mut(u).expires_at = expires_at;
         }
     });
     r.reply(

@@ -181,9 +181,11 @@ pub(crate) async fn caller_acl(r: &Responder) -> ApiResult<Option<crate::acl::Gr
     let Some(user) = r.conn().session().user else {
         return Ok(None);
     };
-    match user.acls {
+    match &user.acls {
         None => Ok(None),
-        Some(names) => Ok(Some(grants(&r.conn().state, &user.domain, names).await?)),
+        Some(names) => Ok(Some(
+            grants(&r.conn().state, &user.domain, names.clone()).await?,
+        )),
     }
 }
 
