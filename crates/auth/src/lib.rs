@@ -31,7 +31,7 @@ pub use opaque::{new_server_setup, Opaque, OpaqueClient, OPAQUE, OPAQUE_SUITE};
 pub use password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD};
 pub use registry::{ClientRegistry, MethodSecrets, Registry};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};
-pub use scram::{Scram, ScramClient, Verifier, MIN_ITERATIONS, SCRAM_SHA_256};
+pub use scram::{client_session_key, Scram, ScramClient, Verifier, MIN_ITERATIONS, SCRAM_SHA_256};
 pub use secret::{Password, SecretKey};
 
 use keycard_proto::{Msg, Value};

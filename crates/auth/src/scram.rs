@@ -528,6 +528,21 @@ impl ClientMethod for ScramClient {
     }
 }
 
+/// The session key (DESIGN §4.1) a SCRAM client derives after a login:
+/// from its password, the salt and iteration count of the server-first
+/// message, and the exchange's AuthMessage
+/// (`client-first-bare,server-first,client-final-without-proof`). A REST
+/// client signs its requests with it.
+pub fn client_session_key(
+    password: &Password,
+    salt: &[u8],
+    iterations: u32,
+    auth_message: &str,
+) -> Result<SecretKey, AuthError> {
+    let keys = derive(password.expose(), salt, iterations)?;
+    Ok(session_key(&keys.client_key, auth_message))
+}
+
 fn client_final(password: &Password, bare: &str, cnonce: &str, msg: &Value) -> Step<()> {
     let server_first = match data_str(msg) {
         Ok(s) => s.to_owned(),

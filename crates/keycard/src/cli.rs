@@ -624,6 +624,9 @@ struct ServeArgs {
     /// Address of the msgpack listener [default: 127.0.0.1:27586].
     #[arg(long, env = "KEYCARD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Also serve the REST API here, e.g. 127.0.0.1:8427 [default: off].
+    #[arg(long, env = "KEYCARD_HTTP")]
+    http: Option<SocketAddr>,
     /// Node name sent in the greeting [default: keycard].
     #[arg(long)]
     node: Option<String>,
@@ -779,6 +782,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.data {
         config.data = v;
     }
+    if let Some(v) = args.http {
+        config.http = Some(v);
+    }
     if let Some(v) = args.listen {
         config.listen = v;
     }
@@ -801,6 +807,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::open(config).await?;
     let addr = server.local_addr()?;
     tracing::info!(%addr, data = %data.display(), version = env!("CARGO_PKG_VERSION"), "keycard listening");
+    if let Some(http) = server.http_addr() {
+        tracing::info!(%http, "REST API listening");
+    }
     // Acknowledged writes are already durable; stopping needs no flush.
     tokio::select! {
         _ = server.run() => {}

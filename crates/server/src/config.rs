@@ -65,6 +65,16 @@ pub struct Config {
     /// Keycard lifetimes and bounds (a `[keycards]` table; see
     /// `KeycardConfig`).
     pub keycards: KeycardConfig,
+    /// Address of the REST (HTTP) listener. Default: none (off);
+    /// `keycard serve --http 127.0.0.1:8427` turns it on.
+    pub http: Option<SocketAddr>,
+    /// Largest REST request body, bytes. Default 65536; more is `413`.
+    pub http_max_body: usize,
+    /// Most REST connections at once. Default 1024; more get `503`.
+    pub http_max_connections: usize,
+    /// How far a signed request's `ts` may be from the server's clock,
+    /// seconds, either way. Default 60.
+    pub http_signature_window: u64,
 }
 
 /// Keycard lifetimes and bounds. Times are in seconds.
@@ -139,6 +149,10 @@ impl Default for Config {
             history: 100_000,
             scram_iterations: 4096,
             keycards: KeycardConfig::default(),
+            http: None,
+            http_max_body: 64 * 1024,
+            http_max_connections: 1024,
+            http_signature_window: 60,
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
             argon2_p: 1,

@@ -12,6 +12,7 @@ mod bouncer;
 mod config;
 mod conn;
 mod error;
+mod http;
 mod server;
 mod state;
 mod throttle;

@@ -36,6 +36,8 @@ pub enum StartError {
 /// A bound server, ready to accept.
 pub struct Server {
     listener: TcpListener,
+    /// The REST listener (`config.http`).
+    http: Option<TcpListener>,
     state: Arc<ServerState>,
 }
 
@@ -110,7 +112,27 @@ impl Server {
             ),
             Some(m) => tracing::info!(method = %m, "logins required"),
         }
-        Ok(Server { listener, state })
+        let http = match state.config.http {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Io {
+                        what: format!("cannot listen on {addr} (http)"),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Server {
+            listener,
+            http,
+            state,
+        })
+    }
+
+    /// The REST listener's address, if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address actually bound (useful with port 0).
@@ -124,7 +146,17 @@ impl Server {
     }
 
     /// Accepts connections until the task is dropped or aborted.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
+        if let Some(http) = self.http.take() {
+            let served = crate::http::serve(self.state.clone(), http);
+            // Ends with this task: aborting the server stops both.
+            let _http = AbortOnDrop(tokio::spawn(served));
+            return self.accept_loop().await;
+        }
+        self.accept_loop().await
+    }
+
+    async fn accept_loop(self) {
         let slots = Arc::new(Semaphore::new(self.state.config.max_connections));
         loop {
             match self.listener.accept().await {
@@ -159,9 +191,24 @@ impl Server {
     /// Runs the server in a task.
     pub fn spawn(self) -> std::io::Result<ServerHandle> {
         let addr = self.local_addr()?;
+        let http_addr = self.http_addr();
         let state = self.state.clone();
         let task = tokio::spawn(self.run());
-        Ok(ServerHandle { addr, state, task })
+        Ok(ServerHandle {
+            addr,
+            http_addr,
+            state,
+            task,
+        })
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -186,6 +233,8 @@ async fn refuse(mut socket: tokio::net::TcpStream) {
 pub struct ServerHandle {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its REST listener is, if it has one.
+    pub http_addr: Option<SocketAddr>,
     /// Its state.
     pub state: Arc<ServerState>,
     task: JoinHandle<()>,

@@ -387,6 +387,16 @@ impl Login {
         }
     }
 
+    /// The method logging in.
+    pub(crate) fn method_name(&self) -> &'static str {
+        self.method_name
+    }
+
+    /// The attempt's keycard id (a REST session's id).
+    pub(crate) fn card_id(&self) -> KeycardId {
+        self.card.id
+    }
+
     /// Resumes the exchange with the client's answer to the challenge.
     pub(crate) async fn answer(mut self: Box<Self>, answer: &Value) -> Result<Progress, Refusal> {
         let Some(next) = self.next.take() else {

@@ -9,7 +9,7 @@ mod auth;
 mod data;
 mod internal;
 mod keycards;
-mod login;
+pub(crate) mod login;
 
 pub(crate) use keycards::reap_durable;
 mod tree;

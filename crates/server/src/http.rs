@@ -1,0 +1,503 @@
+//! The REST front end (issue 10, DESIGN §4), beside the msgpack listener,
+//! on the same bouncer and store: JSON over HTTP/1.1, sessions as
+//! keycards, every request after login signed (`keycard_auth::signed`).
+//!
+//! Built so far: `GET /`, the login (`POST /session/new`,
+//! `PUT /session/{sid}`) for SCRAM-SHA-256 and OPAQUE through the same
+//! [`Login`] pipeline as the msgpack `auth` action, and the signed
+//! `GET` / `DELETE /session/{sid}`. Limits: header bytes, body bytes, a
+//! per-request timeout and a connection cap, each a clear 4xx/5xx.
+//!
+//! A REST session is a keycard whose requester is the session itself (its
+//! own requester id): revoking it by id, user or requester ends it at
+//! once, since every signed request checks the keycard in the table.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use keycard_auth::bouncer::KeycardId;
+use keycard_auth::signed::{self, Authorization, ReplayGuard};
+use keycard_auth::SecretKey;
+use keycard_proto::{ErrorCode, Msg, Path, Value};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::actions::login::{Login, Progress, Refusal, Requester};
+use crate::conn::LoggedIn;
+use crate::error::ApiError;
+use crate::state::ServerState;
+
+/// Largest request header block.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest a request may take, body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Methods offered over REST (their messages fit in `data`).
+const REST_METHODS: [&str; 2] = ["scram-sha-256", "opaque"];
+
+type Body = Full<Bytes>;
+
+/// A login waiting for the client's answer.
+struct Pending {
+    login: Box<Login>,
+}
+
+/// A logged-in REST session.
+struct Session {
+    user: Arc<LoggedIn>,
+    key: SecretKey,
+    /// The server's final message (SCRAM's signature), for `GET`.
+    last: Option<Value>,
+    guard: ReplayGuard,
+}
+
+/// The REST front end's own state.
+struct Rest {
+    state: Arc<ServerState>,
+    pending: Mutex<HashMap<KeycardId, Pending>>,
+    sessions: Mutex<HashMap<KeycardId, Session>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serves HTTP on `listener` until the task is dropped.
+pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
+    let rest = Arc::new(Rest {
+        state: state.clone(),
+        pending: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(HashMap::new()),
+    });
+    let slots = Arc::new(Semaphore::new(state.config.http_max_connections.max(1)));
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Over the cap: a 503 and close, without reading the request.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut socket = socket;
+                let body = br#"{"error":"the server has too many HTTP connections; retry later","code":"too_many_connections"}"#;
+                let head = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body).await;
+                let _ = socket.shutdown().await;
+            });
+            continue;
+        };
+        let rest = rest.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let rest = rest.clone();
+                async move { Ok::<_, Infallible>(rest.handle(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(MAX_HEADER_BYTES.max(8192))
+                .serve_connection(TokioIo::new(socket), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The HTTP status for an error code.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest | ErrorCode::ReservedPath | ErrorCode::AuthMethod => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::UnknownAction | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::AuthRequired | ErrorCode::KeycardExpired | ErrorCode::KeycardRevoked => {
+            StatusCode::UNAUTHORIZED
+        }
+        ErrorCode::AuthFailed | ErrorCode::PermissionDenied | ErrorCode::TooManyAttempts => {
+            StatusCode::FORBIDDEN
+        }
+        ErrorCode::Throttled
+        | ErrorCode::TooManyRequests
+        | ErrorCode::TooManyKeycards
+        | ErrorCode::SeqInUse => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Conflict => StatusCode::PRECONDITION_FAILED,
+        ErrorCode::HistoryGone => StatusCode::GONE,
+        ErrorCode::TooManyConnections | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StoreFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `{error, code}` with the status its code maps to.
+fn error(e: &ApiError) -> Response<Body> {
+    let mut r = json_response(
+        status_of(e.code),
+        json!({"error": e.text, "code": e.code.as_str()}),
+    );
+    if e.code == ErrorCode::Throttled {
+        // The text says how long; a client reads the header.
+        let secs = e
+            .text
+            .split_whitespace()
+            .rev()
+            .find_map(|w| w.parse::<u64>().ok())
+            .unwrap_or(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(RETRY_AFTER, v);
+        }
+    }
+    r
+}
+
+fn unauthorized(why: &str) -> Response<Body> {
+    let mut r = error(&ApiError::new(ErrorCode::AuthRequired, why));
+    r.headers_mut()
+        .insert("www-authenticate", HeaderValue::from_static("Keycard"));
+    r
+}
+
+/// A method message's `data` as JSON: a string as is, bytes as base64url.
+fn data_json(msg: &Value) -> serde_json::Value {
+    match msg.get("data") {
+        Some(Value::Str(s)) => json!(s),
+        Some(Value::Bin(b)) => json!(URL_SAFE_NO_PAD.encode(b)),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// The client's `data` for `method`: SCRAM's text, OPAQUE's bytes.
+fn data_value(method: &str, data: Option<&serde_json::Value>) -> Result<Value, ApiError> {
+    let text = data
+        .and_then(|d| d.as_str())
+        .ok_or_else(|| ApiError::bad("'data' must be a string"))?;
+    if method == "opaque" {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| ApiError::bad("'data' must be base64url without padding"))?;
+        Ok(Value::Bin(bytes))
+    } else {
+        Ok(Value::Str(text.to_owned()))
+    }
+}
+
+fn refusal(r: Refusal) -> Response<Body> {
+    match r {
+        Refusal::Api(e) => error(&e),
+        // Unknown user and wrong password: the same body.
+        Refusal::Failed(keycard_auth::AuthError::Failed) => {
+            error(&ApiError::new(ErrorCode::AuthFailed, "login failed"))
+        }
+        Refusal::Failed(e) => error(&crate::actions::login::auth_error(e)),
+    }
+}
+
+impl Rest {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.route(req, peer)).await {
+            Ok(r) => r,
+            Err(_) => error(&ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the request took too long",
+            )),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let max = self.state.config.http_max_body;
+        let body = match Limited::new(body, max).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return error(&ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("the body is larger than {max} bytes (http_max_body)"),
+                ))
+            }
+        };
+        let path = parts.uri.path().to_owned();
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (&parts.method, segs.as_slice()) {
+            (&Method::GET, [""]) => self.index(),
+            (&Method::POST, ["session", "new"]) => self.session_new(&body, peer).await,
+            (&Method::PUT, ["session", sid]) => self.session_answer(sid, &body).await,
+            (&Method::GET | &Method::DELETE, ["session", sid]) => {
+                let sid = sid.to_string();
+                let auth = match self.verify(&parts, &body) {
+                    Ok(a) => a,
+                    Err(why) => return unauthorized(&why),
+                };
+                if auth.to_string() != sid {
+                    return unauthorized("the signature is for another session");
+                }
+                if parts.method == Method::GET {
+                    self.session_show(auth)
+                } else {
+                    self.session_delete(auth).await
+                }
+            }
+            _ => error(&ApiError::new(
+                ErrorCode::NotFound,
+                format!("no {} {path}", parts.method),
+            )),
+        }
+    }
+
+    /// `GET /`: the server and the methods it offers.
+    fn index(&self) -> Response<Body> {
+        let cfg = self.state.auth();
+        let methods: Vec<&str> = REST_METHODS
+            .into_iter()
+            .filter(|m| cfg.accepts(m) && self.state.methods.get(m).is_some())
+            .collect();
+        json_response(
+            StatusCode::OK,
+            json!({
+                "server": concat!("keycard ", env!("CARGO_PKG_VERSION")),
+                "methods": methods,
+                "opaque": keycard_auth::OPAQUE_SUITE,
+            }),
+        )
+    }
+
+    /// `POST /session/new {method, user, data}`: starts a login.
+    async fn session_new(&self, body: &[u8], peer: SocketAddr) -> Response<Body> {
+        let Ok(j) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return error(&ApiError::bad("the body must be a JSON object"));
+        };
+        let (Some(method), Some(user)) = (
+            j.get("method").and_then(|m| m.as_str()),
+            j.get("user").and_then(|u| u.as_str()),
+        ) else {
+            return error(&ApiError::bad("'method' and 'user' must be strings"));
+        };
+        if !REST_METHODS.contains(&method) {
+            return error(&ApiError::new(
+                ErrorCode::AuthMethod,
+                format!("method {method:?} is not offered over REST (scram-sha-256, opaque)"),
+            ));
+        }
+        let data = match data_value(method, j.get("data")) {
+            Ok(d) => d,
+            Err(e) => return error(&e),
+        };
+        let msg = Msg::new()
+            .with("typ", method)
+            .with("ident", user)
+            .with("data", data)
+            .into_value();
+        let req = Requester {
+            id: self.state.next_conn_id(),
+            peer,
+            root: Path::root(),
+            channel_key: None,
+        };
+        match Login::begin(&self.state, &req, &msg).await {
+            Ok(Progress::Challenge { msg, login, .. }) => {
+                let sid = login.card_id();
+                let data = data_json(&msg.into_value());
+                self.tidy();
+                lock(&self.pending).insert(sid, Pending { login });
+                json_response(
+                    StatusCode::CREATED,
+                    json!({"sid": sid.to_string(), "data": data}),
+                )
+            }
+            Ok(Progress::Done(_)) => error(&ApiError::new(
+                ErrorCode::Internal,
+                "the method finished without a challenge",
+            )),
+            Err(r) => refusal(r),
+        }
+    }
+
+    /// `PUT /session/{sid} {data}`: the client's proof.
+    async fn session_answer(&self, sid: &str, body: &[u8]) -> Response<Body> {
+        let Some(id) = KeycardId::parse(sid) else {
+            return error(&ApiError::new(ErrorCode::NotFound, "no such session"));
+        };
+        let Ok(j) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return error(&ApiError::bad("the body must be a JSON object"));
+        };
+        let Some(Pending { login }) = lock(&self.pending).remove(&id) else {
+            return error(&ApiError::new(
+                ErrorCode::NotFound,
+                "no login waits under this session id",
+            ));
+        };
+        let method = j
+            .get("method")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        // OPAQUE answers in bytes; the pending login knows its method.
+        let kind = match login.method_name() {
+            "opaque" => "opaque",
+            _ => method.as_str(),
+        };
+        let data = match data_value(kind, j.get("data")) {
+            Ok(d) => d,
+            Err(e) => {
+                // A malformed answer ends the attempt, as on the wire.
+                let _ = login.fail(e.text.clone()).await;
+                return error(&e);
+            }
+        };
+        let answer = Msg::new().with("data", data).into_value();
+        match login.answer(&answer).await {
+            Ok(Progress::Done(g)) => {
+                let g = *g;
+                let Some(key) = g.user.session_key.clone() else {
+                    return error(&ApiError::new(
+                        ErrorCode::Internal,
+                        "the method agreed no session key",
+                    ));
+                };
+                let last = g.reply.map(Msg::into_value);
+                let data = last
+                    .as_ref()
+                    .map(data_json)
+                    .unwrap_or(serde_json::Value::Null);
+                let window = self.state.config.http_signature_window;
+                lock(&self.sessions).insert(
+                    id,
+                    Session {
+                        user: Arc::new(g.user),
+                        key,
+                        last,
+                        guard: ReplayGuard::new(window, 10_000),
+                    },
+                );
+                g.card.settle();
+                let mut r = json_response(StatusCode::SEE_OTHER, json!({"data": data}));
+                if let Ok(v) = HeaderValue::from_str(&format!("/session/{id}")) {
+                    r.headers_mut().insert(LOCATION, v);
+                }
+                r
+            }
+            Ok(Progress::Challenge { .. }) => error(&ApiError::new(
+                ErrorCode::Internal,
+                "the method asked for another round",
+            )),
+            Err(r) => refusal(r),
+        }
+    }
+
+    /// Checks a request's signature, time and nonce against its session;
+    /// the session's keycard must be live. The error is why (for the
+    /// `401`).
+    fn verify(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: &[u8],
+    ) -> Result<KeycardId, String> {
+        let Some(h) = parts.headers.get(AUTHORIZATION) else {
+            return Err("this needs a signed request (Authorization: Keycard …)".into());
+        };
+        let auth = h
+            .to_str()
+            .map_err(|_| "malformed Authorization header".to_owned())
+            .and_then(|t| Authorization::parse(t).map_err(|e| e.to_string()))?;
+        let id = KeycardId::parse(&auth.sid).ok_or("no such session")?;
+        let now = crate::audit::now_millis();
+        if self.state.bouncer.table().check(id, now).is_err() {
+            lock(&self.sessions).remove(&id);
+            return Err("the session has ended (expired, revoked or logged out)".into());
+        }
+        let mut sessions = lock(&self.sessions);
+        let Some(s) = sessions.get_mut(&id) else {
+            return Err("no such session".into());
+        };
+        let req = signed::Request {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            body,
+        };
+        signed::verify(&s.key, &req, &auth).map_err(|e| e.to_string())?;
+        s.guard
+            .admit(now / 1000, auth.ts, auth.nonce)
+            .map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    /// `GET /session/{sid}`.
+    fn session_show(&self, id: KeycardId) -> Response<Body> {
+        let card = self.state.bouncer.table().show(id);
+        let sessions = lock(&self.sessions);
+        match (card, sessions.get(&id)) {
+            (Some(c), Some(s)) => json_response(
+                StatusCode::OK,
+                json!({
+                    "state": "authenticated",
+                    "user": s.user.name,
+                    "method": s.user.method,
+                    "expires_at": c.expires_at,
+                    "data": s.last.as_ref().map(data_json),
+                }),
+            ),
+            _ => json_response(StatusCode::OK, json!({"state": "invalid"})),
+        }
+    }
+
+    /// `DELETE /session/{sid}`: log out.
+    async fn session_delete(&self, id: KeycardId) -> Response<Body> {
+        let gone = lock(&self.sessions).remove(&id);
+        let card = self.state.bouncer.revoke(id);
+        if let Some(card) = card {
+            let by = gone.as_ref().map(|s| s.user.qualified());
+            self.state
+                .audit
+                .keycard("logout", &card, by.as_deref())
+                .await;
+        }
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
+    }
+
+    /// Forgets logins and sessions whose keycards have left the table.
+    fn tidy(&self) {
+        let mut pending = lock(&self.pending);
+        if pending.len() > 1024 {
+            let b = &self.state.bouncer;
+            pending.retain(|id, _| b.deadline(*id).is_some());
+        }
+        drop(pending);
+        let mut sessions = lock(&self.sessions);
+        if sessions.len() > 1024 {
+            let now = crate::audit::now_millis();
+            let t = self.state.bouncer.table();
+            sessions.retain(|id, _| t.check(*id, now).is_ok());
+        }
+    }
+}

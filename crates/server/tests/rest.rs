@@ -1,0 +1,401 @@
+//! The REST front end over real HTTP (issue 10, first part): `GET /`, a
+//! SCRAM-SHA-256 login (`POST /session/new`, `PUT /session/{sid}`) with
+//! keycard's own SCRAM client half, signed `GET` / `DELETE
+//! /session/{sid}`, and what is refused: replayed, stale, re-signed,
+//! altered and unsigned requests, wrong passwords and unknown users alike,
+//! revoked sessions, oversized and malformed bodies.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::{start_with, TestServer};
+use keycard_auth::signed::{self, Request};
+use keycard_auth::{client_session_key, ClientMethod, Password, ScramClient, SecretKey, Step};
+use keycard_client::Client;
+use keycard_proto::{Msg, Value};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: serde_json::Value,
+}
+
+/// One HTTP/1.1 request on its own connection.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<String>,
+    body: &[u8],
+) -> Reply {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: keycard\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(a) = auth {
+        head.push_str(&format!("authorization: {a}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn server() -> (TestServer, SocketAddr) {
+    let s = start_with(|c| c.http = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let c = Client::connect(s.addr()).await.expect("connect");
+    c.set_user(&ScramClient::new("alice", Password::new("correct horse")))
+        .await
+        .expect("alice");
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "scram-sha-256"),
+    )
+    .await
+    .expect("current");
+    let http_addr = s.handle.http_addr.expect("http listener");
+    (s, http_addr)
+}
+
+/// A REST session: its id and key.
+struct Session {
+    sid: String,
+    key: SecretKey,
+}
+
+/// Logs in over REST as the client half of SCRAM does, checking the
+/// server's signature; returns the session, or the failing reply.
+async fn login(addr: SocketAddr, user: &str, pw: &str) -> Result<Session, Reply> {
+    let client = ScramClient::new(user, Password::new(pw));
+    let start = client.login(None);
+    let first = start
+        .request
+        .clone()
+        .into_value()
+        .get("data")
+        .and_then(Value::as_str)
+        .expect("client-first")
+        .to_owned();
+    let r = http(
+        addr,
+        "POST",
+        "/session/new",
+        None,
+        json!({"method": "scram-sha-256", "user": user, "data": first})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    if r.status != 201 {
+        return Err(r);
+    }
+    let sid = r.body["sid"].as_str().expect("sid").to_owned();
+    let server_first = r.body["data"].as_str().expect("server-first").to_owned();
+    let Some(exchange) = start.exchange else {
+        panic!("SCRAM has an exchange")
+    };
+    let Step::Send(fin, next) =
+        exchange.next(&Msg::new().with("data", server_first.as_str()).into_value())
+    else {
+        panic!("client-final expected")
+    };
+    let client_final = fin
+        .into_value()
+        .get("data")
+        .and_then(Value::as_str)
+        .expect("client-final")
+        .to_owned();
+    let r = http(
+        addr,
+        "PUT",
+        &format!("/session/{sid}"),
+        None,
+        json!({"data": client_final}).to_string().as_bytes(),
+    )
+    .await;
+    if r.status != 303 {
+        return Err(r);
+    }
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some(format!("/session/{sid}").as_str())
+    );
+    let server_final = r.body["data"].as_str().expect("server-final").to_owned();
+    assert!(
+        matches!(
+            next.next(&Msg::new().with("data", server_final.as_str()).into_value()),
+            Step::Done(())
+        ),
+        "the server proved it knows the verifier"
+    );
+    // K, as DESIGN §4.1 says.
+    let bare = first.trim_start_matches("n,,");
+    let without_proof = client_final.split(",p=").next().expect("c-f");
+    let attr = |k: &str| {
+        server_first
+            .split(',')
+            .find_map(|a| a.strip_prefix(k))
+            .expect("attribute")
+            .to_owned()
+    };
+    let salt = B64.decode(attr("s=")).expect("salt");
+    let iterations = attr("i=").parse().expect("i");
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let key =
+        client_session_key(&Password::new(pw), &salt, iterations, &auth_message).expect("key");
+    Ok(Session { sid, key })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn sign(s: &Session, method: &str, path: &str, body: &[u8], ts: u64) -> String {
+    let nonce: [u8; 16] = rand::random();
+    let req = Request {
+        method,
+        path,
+        query: "",
+        body,
+    };
+    signed::sign(&s.key, &req, &s.sid, ts, nonce).to_header()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_login_signed_requests_and_refusals() {
+    let (s, addr) = server().await;
+    let r = http(addr, "GET", "/", None, b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["methods"], json!(["scram-sha-256"]));
+    assert!(r.body["opaque"].is_string());
+
+    let alice = login(addr, "alice", "correct horse")
+        .await
+        .ok()
+        .expect("login");
+    let path = format!("/session/{}", alice.sid);
+    let auth = sign(&alice, "GET", &path, b"", now());
+    let r = http(addr, "GET", &path, Some(auth.clone()), b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["state"], "authenticated");
+    assert_eq!(r.body["user"], "alice");
+    assert!(r.body["data"].as_str().is_some_and(|d| d.starts_with("v=")));
+    // The same keycard is visible to the msgpack management actions.
+    let card = s
+        .handle
+        .state
+        .bouncer
+        .table()
+        .show(keycard_auth::bouncer::KeycardId::parse(&alice.sid).expect("id"))
+        .expect("a keycard");
+    assert_eq!(&*card.user, "alice");
+
+    // Replayed: the same header again.
+    let r = http(addr, "GET", &path, Some(auth), b"").await;
+    assert_eq!(r.status, 401, "replay");
+    // Stale and future.
+    for ts in [now() - 120, now() + 120] {
+        let r = http(
+            addr,
+            "GET",
+            &path,
+            Some(sign(&alice, "GET", &path, b"", ts)),
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 401, "ts {ts}");
+    }
+    // Signed for another path, method or body, or with another key.
+    let other = Session {
+        sid: alice.sid.clone(),
+        key: SecretKey::new([7; 32]),
+    };
+    for (auth, method) in [
+        (sign(&alice, "GET", "/session/xyz", b"", now()), "GET"),
+        (sign(&alice, "DELETE", &path, b"", now()), "GET"),
+        (sign(&alice, "GET", &path, b"{}", now()), "GET"),
+        (sign(&other, "GET", &path, b"", now()), "GET"),
+        ("Keycard nonsense".to_owned(), "GET"),
+        ("Bearer abc".to_owned(), "GET"),
+    ] {
+        let r = http(addr, method, &path, Some(auth.clone()), b"").await;
+        assert_eq!(r.status, 401, "{auth}");
+        assert_eq!(r.body["code"], "auth_required");
+    }
+    let r = http(addr, "GET", &path, None, b"").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.headers.get("www-authenticate").map(String::as_str),
+        Some("Keycard")
+    );
+
+    // Wrong password and unknown user: 403 with the same body.
+    let wrong = login(addr, "alice", "wrong").await.err().expect("refused");
+    let ghost = login(addr, "ghost", "whatever")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!((wrong.status, ghost.status), (403, 403));
+    assert_eq!(wrong.body, ghost.body);
+    assert_eq!(wrong.body["code"], "auth_failed");
+
+    // Log out: the keycard goes, the session answers 401.
+    let r = http(
+        addr,
+        "DELETE",
+        &path,
+        Some(sign(&alice, "DELETE", &path, b"", now())),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let r = http(
+        addr,
+        "GET",
+        &path,
+        Some(sign(&alice, "GET", &path, b"", now())),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // Revoked through the msgpack side: refused at once.
+    let bob = login(addr, "alice", "correct horse")
+        .await
+        .ok()
+        .expect("login");
+    let bpath = format!("/session/{}", bob.sid);
+    // (alice over msgpack owns her REST keycards: same user and method.)
+    let msgpack = Client::connect(s.addr()).await.expect("connect");
+    msgpack
+        .login(&ScramClient::new("alice", Password::new("correct horse")))
+        .await
+        .expect("msgpack login");
+    let mut listed = msgpack
+        .stream(Msg::new().with("action", "keycard_list"))
+        .await
+        .expect("list");
+    let mut ids = Vec::new();
+    while let Some(v) = listed.next_raw().await {
+        ids.push(
+            v.expect("item")
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        );
+    }
+    assert!(ids.contains(&Some(bob.sid.clone())), "{ids:?}");
+    let r = msgpack
+        .request(
+            Msg::new()
+                .with("action", "keycard_revoke")
+                .with("id", bob.sid.as_str()),
+        )
+        .await
+        .expect("revoke");
+    assert_eq!(r.get("revoked").and_then(Value::as_u64), Some(1));
+    let r = http(
+        addr,
+        "GET",
+        &bpath,
+        Some(sign(&bob, "GET", &bpath, b"", now())),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_and_paths() {
+    let (_s, addr) = server().await;
+    let big = vec![b'x'; 70 * 1024];
+    let r = http(addr, "POST", "/session/new", None, &big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.body["code"], "too_large");
+    for body in [
+        &b"{not json"[..],
+        br#"[]"#,
+        br#"{"method": 5, "user": "alice"}"#,
+        br#"{"method": "scram-sha-256", "user": "alice"}"#,
+        br#"{"method": "scram-sha-256", "user": "alice", "data": 7}"#,
+        br#"{"method": "scram-sha-256", "user": "alice", "data": "garbage"}"#,
+    ] {
+        let r = http(addr, "POST", "/session/new", None, body).await;
+        assert!(
+            r.status == 400 || r.status == 403,
+            "{}: {} {}",
+            String::from_utf8_lossy(body),
+            r.status,
+            r.body
+        );
+        assert!(r.body["code"].is_string());
+    }
+    let r = http(
+        addr,
+        "POST",
+        "/session/new",
+        None,
+        br#"{"method": "_test", "user": "alice", "data": ""}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "only challenge methods over REST");
+    let r = http(
+        addr,
+        "PUT",
+        "/session/00000000000000000000000000000000",
+        None,
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = http(addr, "PUT", "/session/../../etc", None, b"{}").await;
+    assert!(r.status == 404 || r.status == 400, "{}", r.status);
+    let r = http(addr, "GET", "/nowhere", None, b"").await;
+    assert_eq!(r.status, 404);
+    // A huge header block is refused, the server stays up.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let long = format!(
+        "GET / HTTP/1.1\r\nhost: k\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = s.write_all(long.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 431") || text.is_empty(),
+        "{text}"
+    );
+    let r = http(addr, "GET", "/", None, b"").await;
+    assert_eq!(r.status, 200);
+}
