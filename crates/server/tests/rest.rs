@@ -73,6 +73,27 @@ async fn server() -> (TestServer, SocketAddr) {
     c.set_user(&ScramClient::new("alice", Password::new("correct horse")))
         .await
         .expect("alice");
+    // bob may only read app.
+    c.set_user(&ScramClient::new("bob", Password::new("bobs pw")))
+        .await
+        .expect("bob");
+    for (path, v) in [
+        ("acl.ro.app.#", Value::from("rx")),
+        ("acl.ro.app", Value::from("x")),
+        (
+            "auth.scram-sha-256.user.bob.acl",
+            Msg::new().with("key", "ro").into_value(),
+        ),
+    ] {
+        c.request(
+            Msg::new()
+                .with("action", "set_internal")
+                .with_path("path", &keycard_proto::Path::parse(path).expect("p"))
+                .with("value", v),
+        )
+        .await
+        .expect("acl");
+    }
     c.request(
         Msg::new()
             .with("action", "set_auth_typ")
@@ -398,4 +419,169 @@ async fn hostile_bodies_and_paths() {
     );
     let r = http(addr, "GET", "/", None, b"").await;
     assert_eq!(r.status, 200);
+}
+
+async fn kv(
+    addr: SocketAddr,
+    s: &Session,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> Reply {
+    let auth = sign(s, method, path, body, now());
+    let mut st = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: k\r\nconnection: close\r\ncontent-length: {}\r\nauthorization: {auth}\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    st.write_all(head.as_bytes()).await.expect("write");
+    st.write_all(body).await.expect("write");
+    let mut raw = Vec::new();
+    st.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_under_the_sessions_acl_with_conditional_writes() {
+    let (s, addr) = server().await;
+    let alice = login(addr, "alice", "correct horse")
+        .await
+        .ok()
+        .expect("login");
+    let v = json!({"value": {"rps": 100, "burst": [1, 2.5], "raw": {"$bytes": "AP8"}}});
+    let body = v.to_string();
+    let r = kv(addr, &alice, "PUT", "/kv/app/config", body.as_bytes(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["changed"], true);
+    let etag = r.headers.get("etag").cloned().expect("etag");
+    let r = kv(addr, &alice, "GET", "/kv/app/config", b"", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["value"], v["value"]);
+    assert_eq!(r.headers.get("etag"), Some(&etag));
+    // The same node over msgpack, bytes as bytes.
+    let node = s
+        .handle
+        .state
+        .store
+        .get(&keycard_proto::Path::parse("app.config").expect("p"))
+        .await
+        .expect("get")
+        .expect("node");
+    assert_eq!(node.value.get("raw"), Some(&Value::Bin(vec![0, 255])));
+    // Conditional writes.
+    let body2 = json!({"value": 2}).to_string();
+    let r = kv(
+        addr,
+        &alice,
+        "PUT",
+        "/kv/app/config",
+        body2.as_bytes(),
+        &[("if-match", "\"1\"")],
+    )
+    .await;
+    assert_eq!(r.status, 412, "{}", r.body);
+    let r = kv(
+        addr,
+        &alice,
+        "PUT",
+        "/kv/app/config",
+        body2.as_bytes(),
+        &[("if-none-match", "*")],
+    )
+    .await;
+    assert_eq!(r.status, 412);
+    let r = kv(
+        addr,
+        &alice,
+        "PUT",
+        "/kv/app/config",
+        body2.as_bytes(),
+        &[("if-match", &etag)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Non-string elements and escapes.
+    let r = kv(
+        addr,
+        &alice,
+        "PUT",
+        "/kv/app/:5/a:.b",
+        body2.as_bytes(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let node = s
+        .handle
+        .state
+        .store
+        .get(&keycard_proto::Path::new(vec![
+            "app".into(),
+            keycard_proto::Elem::Int(5),
+            "a.b".into(),
+        ]))
+        .await
+        .expect("get");
+    assert!(node.is_some());
+    for (path, code) in [
+        ("/kv/:n/auth", "reserved_path"),
+        ("/kv/a.b", "bad_request"),
+        ("/kv/a//b", "bad_request"),
+        ("/kv/%ff", "bad_request"),
+    ] {
+        let r = kv(addr, &alice, "GET", path, b"", &[]).await;
+        assert_eq!(r.body["code"], code, "{path}: {}", r.body);
+    }
+    let r = kv(addr, &alice, "PUT", "/kv/x", b"{oops", &[]).await;
+    assert_eq!(r.status, 400);
+    let r = kv(addr, &alice, "DELETE", "/kv/app/config", b"", &[]).await;
+    assert_eq!((r.status, r.body["changed"].clone()), (200, json!(true)));
+    let r = kv(addr, &alice, "GET", "/kv/app/config", b"", &[]).await;
+    assert_eq!(r.status, 404);
+
+    // bob's ACL: read app only.
+    kv(
+        addr,
+        &alice,
+        "PUT",
+        "/kv/app/name",
+        br#"{"value": "keycard"}"#,
+        &[],
+    )
+    .await;
+    kv(addr, &alice, "PUT", "/kv/other", br#"{"value": 1}"#, &[]).await;
+    let bob = login(addr, "bob", "bobs pw").await.ok().expect("bob");
+    let r = kv(addr, &bob, "GET", "/kv/app/name", b"", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = kv(addr, &bob, "PUT", "/kv/app/name", br#"{"value": "x"}"#, &[]).await;
+    assert_eq!(
+        (r.status, r.body["code"].clone()),
+        (403, json!("permission_denied"))
+    );
+    let r = kv(addr, &bob, "GET", "/kv/other", b"", &[]).await;
+    assert_eq!(r.status, 403);
+    // Unsigned: 401.
+    let r = http(addr, "GET", "/kv/app/name", None, b"").await;
+    assert_eq!(r.status, 401);
 }

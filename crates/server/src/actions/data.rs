@@ -6,55 +6,76 @@ use keycard_proto::{Msg, Value};
 use keycard_store::{Cond, Op};
 
 use super::{
-    authorize, caller_acl, chain, condition, data_path, entry_msg, flag, opt_usize, require_login,
-    require_super_root,
+    authorize, authorize_in, chain, condition, data_path, data_path_in, entry_msg, flag, opt_usize,
+    require_login, require_super_root, session_acl,
 };
-use crate::conn::{stop_task, Responder};
+use crate::conn::{stop_task, Responder, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
 use keycard_auth::acl::Mode;
 
 pub(super) async fn get_value(msg: &Value, r: &mut Responder) -> ApiResult {
-    let path = data_path(msg, r)?;
-    authorize(r, &path, Mode::Read).await?;
-    let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
     let state = r.conn().state.clone();
-    let entry = state.store.get(&path).await?;
-    r.reply(entry_msg(&state, entry.as_ref(), nchain)).await;
+    let reply = get_in(&state, &require_login(r)?, msg).await?;
+    r.reply(reply).await;
     Ok(())
 }
 
 pub(super) async fn set_value(msg: &Value, r: &mut Responder) -> ApiResult {
-    let path = data_path(msg, r)?;
-    let Some(value) = msg.get("value") else {
-        return Err(ApiError::bad(
-            "set_value needs a 'value' (use delete_value to clear one)",
-        ));
-    };
     let state = r.conn().state.clone();
-    if caller_acl(r).await?.is_some() {
-        // DistKV's W: overwrite needs w, a new value needs c.
-        let mode = match state.store.get(&path).await? {
-            Some(_) => Mode::Write,
-            None => Mode::Create,
-        };
-        authorize(r, &path, mode).await?;
-    }
-    let reply = write_value(&state, msg, path, Some(value.clone())).await?;
+    let reply = set_in(&state, &require_login(r)?, msg).await?;
     r.reply(reply).await;
     Ok(())
 }
 
 pub(super) async fn delete_value(msg: &Value, r: &mut Responder) -> ApiResult {
-    let path = data_path(msg, r)?;
+    let state = r.conn().state.clone();
+    let reply = delete_in(&state, &require_login(r)?, msg).await?;
+    r.reply(reply).await;
+    Ok(())
+}
+
+/// `get_value` for a session (checked with `check_login`), whatever
+/// carries it.
+pub(crate) async fn get_in(state: &ServerState, session: &Session, msg: &Value) -> ApiResult<Msg> {
+    let path = data_path_in(session, msg)?;
+    authorize_in(state, session, &path, Mode::Read).await?;
+    let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
+    let entry = state.store.get(&path).await?;
+    Ok(entry_msg(state, entry.as_ref(), nchain))
+}
+
+/// `set_value` for a session.
+pub(crate) async fn set_in(state: &ServerState, session: &Session, msg: &Value) -> ApiResult<Msg> {
+    let path = data_path_in(session, msg)?;
+    let Some(value) = msg.get("value") else {
+        return Err(ApiError::bad(
+            "set_value needs a 'value' (use delete_value to clear one)",
+        ));
+    };
+    if session_acl(state, session).await?.is_some() {
+        // DistKV's W: overwrite needs w, a new value needs c.
+        let mode = match state.store.get(&path).await? {
+            Some(_) => Mode::Write,
+            None => Mode::Create,
+        };
+        authorize_in(state, session, &path, mode).await?;
+    }
+    write_value(state, msg, path, Some(value.clone())).await
+}
+
+/// `delete_value` for a session.
+pub(crate) async fn delete_in(
+    state: &ServerState,
+    session: &Session,
+    msg: &Value,
+) -> ApiResult<Msg> {
+    let path = data_path_in(session, msg)?;
     if msg.get("value").is_some() {
         return Err(ApiError::bad("delete_value takes no 'value'"));
     }
-    authorize(r, &path, Mode::Delete).await?;
-    let state = r.conn().state.clone();
-    let reply = write_value(&state, msg, path, None).await?;
-    r.reply(reply).await;
-    Ok(())
+    authorize_in(state, session, &path, Mode::Delete).await?;
+    write_value(state, msg, path, None).await
 }
 
 /// Sets (or with `None` deletes) one node, honouring DistKV's `prev`,

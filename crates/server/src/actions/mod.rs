@@ -6,7 +6,7 @@
 //! connection turns it into the error reply.
 
 mod auth;
-mod data;
+pub(crate) mod data;
 mod internal;
 mod keycards;
 pub(crate) mod login;
@@ -96,16 +96,23 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
 /// server has no current auth method.
 pub(crate) fn require_login(r: &Responder) -> ApiResult<Session> {
     let session = r.conn().session();
+    check_login(&r.conn().state, &session)?;
+    Ok(session)
+}
+
+/// Whether `session` may run data actions: its keycard (if any) is live,
+/// and it is logged in unless the server is open.
+pub(crate) fn check_login(state: &ServerState, session: &Session) -> ApiResult {
     if let Some(u) = &session.user {
         u.live(crate::audit::now_millis())?;
     }
-    if r.conn().state.auth().current.is_some() && session.user.is_none() {
+    if state.auth().current.is_some() && session.user.is_none() {
         return Err(ApiError::new(
             ErrorCode::AuthRequired,
             "this server requires a login (action 'auth') first",
         ));
     }
-    Ok(session)
+    Ok(())
 }
 
 /// The caller's session, if it holds the super-root capability: every
@@ -161,6 +168,11 @@ pub(crate) fn is_data_path(rel: &[keycard_proto::Elem]) -> bool {
 /// under the connection's root, and not too long.
 pub(crate) fn data_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
     let session = require_login(r)?;
+    data_path_in(&session, msg)
+}
+
+/// [`data_path`] for a session already checked with [`check_login`].
+pub(crate) fn data_path_in(session: &Session, msg: &Value) -> ApiResult<Path> {
     let p = path_field(msg, "path")?;
     if !is_data_path(p.elems()) {
         return Err(ApiError::new(
@@ -177,16 +189,17 @@ pub(crate) fn data_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
     Ok(full)
 }
 
-/// The ACLs the caller is bound to, if any.
-pub(crate) async fn caller_acl(r: &Responder) -> ApiResult<Option<crate::acl::Grants>> {
-    let Some(user) = r.conn().session().user else {
+/// The ACLs `session`'s user is bound to, if any.
+pub(crate) async fn session_acl(
+    state: &ServerState,
+    session: &Session,
+) -> ApiResult<Option<crate::acl::Grants>> {
+    let Some(user) = &session.user else {
         return Ok(None);
     };
     match &user.acls {
         None => Ok(None),
-        Some(names) => Ok(Some(
-            grants(&r.conn().state, &user.domain, names.clone()).await?,
-        )),
+        Some(names) => Ok(Some(grants(state, &user.domain, names.clone()).await?)),
     }
 }
 
@@ -214,9 +227,19 @@ pub(crate) async fn authorize(
     path: &Path,
     mode: keycard_auth::acl::Mode,
 ) -> ApiResult<Option<crate::acl::Grants>> {
-    let acl = caller_acl(r).await?;
+    authorize_in(&r.conn().state, &r.conn().session(), path, mode).await
+}
+
+/// [`authorize`] for `session`.
+pub(crate) async fn authorize_in(
+    state: &ServerState,
+    session: &Session,
+    path: &Path,
+    mode: keycard_auth::acl::Mode,
+) -> ApiResult<Option<crate::acl::Grants>> {
+    let acl = session_acl(state, session).await?;
     if let Some(a) = &acl {
-        a.check(r.conn().state.store.as_ref(), path, mode).await?;
+        a.check(state.store.as_ref(), path, mode).await?;
     }
     Ok(acl)
 }
