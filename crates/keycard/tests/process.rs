@@ -825,3 +825,51 @@ fn cli_revoking_a_user_closes_their_live_sessions() {
     let out = ok(&["keycard", "revoke", "--user", "bob"], &[]);
     assert_eq!(out.trim(), "revoked 0 keycards");
 }
+
+/// The REST example client (examples/python: the standard library and
+/// PyPI scramp) logs in over HTTP, signs its requests, reads and writes
+/// under /kv, is refused a replay, and logs out — against the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_example_client_in_python() {
+    use keycard_auth::{Password, ScramClient};
+    if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
+        eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
+        return;
+    }
+    let python = std::env::var("KEYCARD_DISTKV_PYTHON")
+        .expect("KEYCARD_DISTKV_PYTHON: run the tests with scripts/test.sh");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tmp");
+    let http = format!("127.0.0.1:{port}");
+    let server = Proc::start_with(dir.path(), &["--http", &http]);
+    let c = Client::connect(server.addr).await.expect("connect");
+    c.set_user(&ScramClient::new("ada", Password::new("lovelace-1842")))
+        .await
+        .expect("user");
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "scram-sha-256"),
+    )
+    .await
+    .expect("current");
+    let script = format!(
+        "{}/../../examples/python/keycard_rest.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new(python)
+        .arg(script)
+        .arg(format!("http://{http}"))
+        .args(["ada", "lovelace-1842"])
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "keycard_rest.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
