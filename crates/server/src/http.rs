@@ -602,9 +602,11 @@ fn url_path(segs: &[&str]) -> Result<Path, ApiError> {
         let one = Path::parse(&text).map_err(ApiError::from)?;
         match one.elems() {
             [e] => elems.push(e.clone()),
-            _ => return Err(ApiError::bad(format!(
+            _ => {
+                return Err(ApiError::bad(format!(
                 "each URL segment is one element ({text:?} is not; write a dot in a name as ':.')"
-            ))),
+            )))
+            }
         }
     }
     Ok(Path::new(elems))
