@@ -260,6 +260,19 @@ impl Rest {
                     Err(e) => error(&e),
                 }
             }
+            (&Method::POST, ["session", sid, "keepalive"]) => {
+                let id = match self.verify(&parts, &body) {
+                    Ok(a) => a,
+                    Err(why) => return unauthorized(&why),
+                };
+                if id.to_string() != *sid {
+                    return unauthorized("the signature is for another session");
+                }
+                match self.keep_alive(id, &body) {
+                    Ok(r) => r,
+                    Err(e) => error(&e),
+                }
+            }
             (&Method::GET | &Method::DELETE, ["session", sid]) => {
                 let sid = sid.to_string();
                 let auth = match self.verify(&parts, &body) {
@@ -537,6 +550,39 @@ impl Rest {
             out.headers_mut().insert(hyper::header::ETAG, v);
         }
         Ok(out)
+    }
+
+    /// `POST /session/{sid}/keepalive {ttl?}`: extends the session's
+    /// keycard by its duration (or `ttl` seconds, if shorter), never past
+    /// its maximum lifetime.
+    fn keep_alive(&self, id: KeycardId, body: &[u8]) -> Result<Response<Body>, ApiError> {
+        let ttl = match body {
+            [] => None,
+            b => {
+                let j: serde_json::Value = serde_json::from_slice(b)
+                    .map_err(|_| ApiError::bad("the body must be empty or {\"ttl\": SECONDS}"))?;
+                match j.get("ttl") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(t) => Some(
+                        t.as_u64()
+                            .ok_or_else(|| ApiError::bad("'ttl' must be a number of seconds"))?
+                            .saturating_mul(1000),
+                    ),
+                }
+            }
+        };
+        let requester = self
+            .state
+            .bouncer
+            .table()
+            .show(id)
+            .map(|c| c.requester)
+            .ok_or_else(|| ApiError::new(ErrorCode::AuthRequired, "the session has ended"))?;
+        let expires_at = self.state.bouncer.keep_alive(id, requester, ttl)?;
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"sid": id.to_string(), "expires_at": expires_at}),
+        ))
     }
 
     /// `GET /session/{sid}`.

@@ -290,6 +290,33 @@ async fn scram_login_signed_requests_and_refusals() {
     assert_eq!(wrong.body, ghost.body);
     assert_eq!(wrong.body["code"], "auth_failed");
 
+    // Keep-alive: extends the keycard (signed, like everything else).
+    let before = card.expires_at;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let kpath = format!("{path}/keepalive");
+    let r = http(
+        addr,
+        "POST",
+        &kpath,
+        Some(sign(&alice, "POST", &kpath, b"", now())),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["expires_at"].as_u64().expect("expires_at") > before);
+    let body = br#"{"ttl": "soon"}"#;
+    let r = http(
+        addr,
+        "POST",
+        &kpath,
+        Some(sign(&alice, "POST", &kpath, body, now())),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = http(addr, "POST", &kpath, None, b"").await;
+    assert_eq!(r.status, 401);
+
     // Log out: the keycard goes, the session answers 401.
     let r = http(
         addr,
