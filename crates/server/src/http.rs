@@ -221,6 +221,43 @@ fn refusal(r: Refusal) -> Response<Body> {
     }
 }
 
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Index,
+    OpenApi,
+    SessionNew,
+    SessionAnswer(&'a str),
+    SessionShow(&'a str),
+    SessionDelete(&'a str),
+    KeepAlive(&'a str),
+    Kv(&'a [&'a str]),
+}
+
+fn route_of<'a>(method: &Method, segs: &'a [&'a str]) -> Option<Route<'a>> {
+    Some(match (method, segs) {
+        (&Method::GET, [""]) => Route::Index,
+        (&Method::GET, ["openapi.json"]) => Route::OpenApi,
+        (&Method::POST, ["session", "new"]) => Route::SessionNew,
+        (&Method::PUT, ["session", sid]) => Route::SessionAnswer(sid),
+        (&Method::GET, ["session", sid]) => Route::SessionShow(sid),
+        (&Method::DELETE, ["session", sid]) => Route::SessionDelete(sid),
+        (&Method::POST, ["session", sid, "keepalive"]) => Route::KeepAlive(sid),
+        (&Method::GET | &Method::PUT | &Method::DELETE, ["kv", rest @ ..]) => Route::Kv(rest),
+        _ => return None,
+    })
+}
+
+/// The OpenAPI document (docs/openapi.json), served as is.
+const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+fn openapi() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
 impl Rest {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.route(req, peer)).await {
@@ -246,53 +283,40 @@ impl Rest {
         };
         let path = parts.uri.path().to_owned();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match (&parts.method, segs.as_slice()) {
-            (&Method::GET, [""]) => self.index(),
-            (&Method::POST, ["session", "new"]) => self.session_new(&body, peer).await,
-            (&Method::PUT, ["session", sid]) => self.session_answer(sid, &body).await,
-            (&Method::GET | &Method::PUT | &Method::DELETE, ["kv", rest @ ..]) => {
-                let id = match self.verify(&parts, &body) {
-                    Ok(a) => a,
-                    Err(why) => return unauthorized(&why),
-                };
-                match self.kv(id, &parts, rest, &body).await {
-                    Ok(r) => r,
-                    Err(e) => error(&e),
-                }
-            }
-            (&Method::POST, ["session", sid, "keepalive"]) => {
-                let id = match self.verify(&parts, &body) {
-                    Ok(a) => a,
-                    Err(why) => return unauthorized(&why),
-                };
-                if id.to_string() != *sid {
-                    return unauthorized("the signature is for another session");
-                }
-                match self.keep_alive(id, &body) {
-                    Ok(r) => r,
-                    Err(e) => error(&e),
-                }
-            }
-            (&Method::GET | &Method::DELETE, ["session", sid]) => {
-                let sid = sid.to_string();
-                let auth = match self.verify(&parts, &body) {
-                    Ok(a) => a,
-                    Err(why) => return unauthorized(&why),
-                };
-                if auth.to_string() != sid {
-                    return unauthorized("the signature is for another session");
-                }
-                if parts.method == Method::GET {
-                    self.session_show(auth)
-                } else {
-                    self.session_delete(auth).await
-                }
-            }
-            _ => error(&ApiError::new(
+        let Some(route) = route_of(&parts.method, &segs) else {
+            return error(&ApiError::new(
                 ErrorCode::NotFound,
                 format!("no {} {path}", parts.method),
-            )),
-        }
+            ));
+        };
+        // Every route after login is signed, by the session it names (or,
+        // for /kv, any live session).
+        let signed = match route {
+            Route::Index | Route::OpenApi | Route::SessionNew | Route::SessionAnswer(_) => None,
+            Route::SessionShow(sid) | Route::SessionDelete(sid) | Route::KeepAlive(sid) => {
+                match self.verify(&parts, &body) {
+                    Ok(id) if id.to_string() == sid => Some(id),
+                    Ok(_) => return unauthorized("the signature is for another session"),
+                    Err(why) => return unauthorized(&why),
+                }
+            }
+            Route::Kv(_) => match self.verify(&parts, &body) {
+                Ok(id) => Some(id),
+                Err(why) => return unauthorized(&why),
+            },
+        };
+        let result = match (route, signed) {
+            (Route::Index, _) => Ok(self.index()),
+            (Route::OpenApi, _) => Ok(openapi()),
+            (Route::SessionNew, _) => Ok(self.session_new(&body, peer).await),
+            (Route::SessionAnswer(sid), _) => Ok(self.session_answer(sid, &body).await),
+            (Route::SessionShow(_), Some(id)) => Ok(self.session_show(id)),
+            (Route::SessionDelete(_), Some(id)) => Ok(self.session_delete(id).await),
+            (Route::KeepAlive(_), Some(id)) => self.keep_alive(id, &body),
+            (Route::Kv(rest), Some(id)) => self.kv(id, &parts, rest, &body).await,
+            _ => Err(ApiError::new(ErrorCode::Internal, "unsigned signed route")),
+        };
+        result.unwrap_or_else(|e| error(&e))
     }
 
     /// `GET /`: the server and the methods it offers.
@@ -751,4 +775,58 @@ fn from_json(v: &serde_json::Value, depth: usize) -> Result<Value, ApiError> {
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route: what `route_of` matches, as docs/openapi.json names it.
+    const ROUTES: [(&str, &str); 10] = [
+        ("GET", "/"),
+        ("GET", "/openapi.json"),
+        ("POST", "/session/new"),
+        ("PUT", "/session/{sid}"),
+        ("GET", "/session/{sid}"),
+        ("DELETE", "/session/{sid}"),
+        ("POST", "/session/{sid}/keepalive"),
+        ("GET", "/kv/{path}"),
+        ("PUT", "/kv/{path}"),
+        ("DELETE", "/kv/{path}"),
+    ];
+
+    /// docs/openapi.json describes exactly the routes the server has, and
+    /// every one of them routes.
+    #[test]
+    fn the_openapi_document_matches_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+        let mut documented = Vec::new();
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for method in ops.as_object().expect("operations").keys() {
+                if method != "parameters" {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+        for (method, path) in ROUTES {
+            let concrete = path
+                .replace("{sid}", "00112233445566778899aabbccddeeff")
+                .replace("{path}", "app/config");
+            let segs: Vec<&str> = concrete.trim_start_matches('/').split('/').collect();
+            let m = Method::from_bytes(method.as_bytes()).expect("method");
+            assert!(
+                route_of(&m, &segs).is_some(),
+                "{method} {path} routes nowhere"
+            );
+        }
+        assert!(route_of(&Method::PATCH, &["kv", "x"]).is_none());
+    }
 }
