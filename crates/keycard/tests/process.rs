@@ -873,3 +873,66 @@ async fn rest_example_client_in_python() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A bounded contract run of schemathesis (PyPI) against the REST API
+/// described by docs/openapi.json, served by the binary: generated and
+/// mutated requests on every route, and not one answer may be a 5xx;
+/// signed routes must refuse requests without a valid signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_contract_run_with_schemathesis() {
+    use keycard_auth::{Password, ScramClient};
+    if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
+        eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
+        return;
+    }
+    let st = std::env::var("KEYCARD_SCHEMATHESIS")
+        .expect("KEYCARD_SCHEMATHESIS: run the tests with scripts/test.sh");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tmp");
+    // The fuzzer fails many logins on purpose: no throttling delays here
+    // (a delayed answer is not what this run is about).
+    let config = dir.path().join("keycard.toml");
+    std::fs::write(
+        &config,
+        "[throttle]\nfree = 1000000\nescalate = 1000000\nsource_limit = 1000000\nuser_slow = 1000000\n",
+    )
+    .expect("config");
+    let http = format!("127.0.0.1:{port}");
+    let cfg = config.to_string_lossy().into_owned();
+    let server = Proc::start_with(&dir.path().join("data"), &["-c", &cfg, "--http", &http]);
+    let c = Client::connect(server.addr).await.expect("connect");
+    c.set_user(&ScramClient::new("alice", Password::new("pw")))
+        .await
+        .expect("user");
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "scram-sha-256"),
+    )
+    .await
+    .expect("current");
+    let out = Command::new(st)
+        .arg("run")
+        .arg(format!("http://{http}/openapi.json"))
+        .args([
+            "--checks",
+            "not_a_server_error,ignored_auth,negative_data_rejection,response_headers_conformance",
+            "--hypothesis-max-examples",
+            "100",
+            "--hypothesis-deadline",
+            "10000",
+            "--hypothesis-seed",
+            "1",
+        ])
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
