@@ -58,7 +58,8 @@ struct Args {
     /// Which measurements: kv (data actions), logins, acl (in-process ACL
     /// checks), acltree (get_tree with and without an ACL), keycards (the
     /// bouncer's keycard table with 1M keycards, in process), tokens
-    /// (get_value with and without a token login), or all.
+    /// (get_value with and without a token login), rest (signed REST
+    /// requests next to unsigned ones, REST logins), or all.
     #[arg(long, default_value = "kv")]
     suite: String,
 }
@@ -114,6 +115,11 @@ async fn wait_for_greeting(addr: SocketAddr, child: &mut Child) -> anyhow::Resul
 }
 
 async fn start_keycard(args: &Args) -> anyhow::Result<Peer> {
+    start_keycard_with(args, &[]).await
+}
+
+/// Starts keycard with `extra` arguments to `serve`.
+async fn start_keycard_with(args: &Args, extra: &[&str]) -> anyhow::Result<Peer> {
     if let Some(addr) = args.keycard_addr {
         return Ok(Peer {
             name: "keycard",
@@ -140,6 +146,7 @@ async fn start_keycard(args: &Args) -> anyhow::Result<Peer> {
             "--data",
         ])
         .arg(&dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -391,6 +398,7 @@ struct Row {
 mod acltree;
 mod keycards;
 mod logins;
+mod rest;
 mod tokens;
 
 /// Counts the bytes allocated, for the keycards suite's bytes per keycard
@@ -580,6 +588,12 @@ async fn main() -> anyhow::Result<()> {
     if args.suite == "acltree" || args.suite == "all" {
         acltree::acltree_suite(&args).await?;
         if args.suite == "acltree" {
+            return Ok(());
+        }
+    }
+    if args.suite == "rest" || args.suite == "all" {
+        rest::rest_suite(&args).await?;
+        if args.suite == "rest" {
             return Ok(());
         }
     }

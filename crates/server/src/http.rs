@@ -179,6 +179,21 @@ fn error(e: &ApiError) -> Response<Body> {
     r
 }
 
+/// What a session's replay guard says when it holds its maximum of nonces.
+const BUSY: &str = "too many signed requests by this session in the time window; retry shortly";
+
+/// A refused signed request: `429` when the session is only too busy,
+/// else `401`.
+fn refused(why: &str) -> Response<Body> {
+    if why == BUSY {
+        let mut r = error(&ApiError::new(ErrorCode::TooManyRequests, why));
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    unauthorized(why)
+}
+
 fn unauthorized(why: &str) -> Response<Body> {
     let mut r = error(&ApiError::new(ErrorCode::AuthRequired, why));
     r.headers_mut()
@@ -297,12 +312,12 @@ impl Rest {
                 match self.verify(&parts, &body) {
                     Ok(id) if id.to_string() == sid => Some(id),
                     Ok(_) => return unauthorized("the signature is for another session"),
-                    Err(why) => return unauthorized(&why),
+                    Err(why) => return refused(&why),
                 }
             }
             Route::Kv(_) => match self.verify(&parts, &body) {
                 Ok(id) => Some(id),
-                Err(why) => return unauthorized(&why),
+                Err(why) => return refused(&why),
             },
         };
         let result = match (route, signed) {
@@ -480,9 +495,11 @@ impl Rest {
             lock(&self.sessions).remove(&id);
             return Err("the session has ended (expired, revoked or logged out)".into());
         }
-        let mut sessions = lock(&self.sessions);
-        let Some(s) = sessions.get_mut(&id) else {
-            return Err("no such session".into());
+        // The HMAC runs outside the sessions' lock (other connections
+        // verify meanwhile); the nonce is admitted under it afterwards.
+        let key = match lock(&self.sessions).get(&id) {
+            Some(s) => s.key.clone(),
+            None => return Err("no such session".into()),
         };
         let req = signed::Request {
             method: parts.method.as_str(),
@@ -490,11 +507,17 @@ impl Rest {
             query: parts.uri.query().unwrap_or(""),
             body,
         };
-        signed::verify(&s.key, &req, &auth).map_err(|e| e.to_string())?;
-        s.guard
-            .admit(now / 1000, auth.ts, auth.nonce)
-            .map_err(|e| e.to_string())?;
-        Ok(id)
+        signed::verify(&key, &req, &auth).map_err(|e| e.to_string())?;
+        let mut sessions = lock(&self.sessions);
+        let Some(s) = sessions.get_mut(&id) else {
+            return Err("no such session".into());
+        };
+        match s.guard.admit(now / 1000, auth.ts, auth.nonce) {
+            Ok(()) => Ok(id),
+            // A valid request over the nonce memory: slow down, not 401.
+            Err(signed::SignError::Busy) => Err(BUSY.into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// `GET|PUT|DELETE /kv/{path}`: data under the session's ACLs, in its
