@@ -826,27 +826,22 @@ fn cli_revoking_a_user_closes_their_live_sessions() {
     assert_eq!(out.trim(), "revoked 0 keycards");
 }
 
-/// The REST example client (examples/python: the standard library and
-/// PyPI scramp) logs in over HTTP, signs its requests, reads and writes
-/// under /kv, is refused a replay, and logs out — against the binary.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rest_example_client_in_python() {
+/// A binary serving REST on a free port, with SCRAM user `user`/`pw` and
+/// `scram-sha-256` current; `config` is the TOML it starts with.
+async fn rest_server(user: &str, pw: &str, config: &str) -> (Proc, String, tempfile::TempDir) {
     use keycard_auth::{Password, ScramClient};
-    if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
-        eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
-        return;
-    }
-    let python = std::env::var("KEYCARD_DISTKV_PYTHON")
-        .expect("KEYCARD_DISTKV_PYTHON: run the tests with scripts/test.sh");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("keycard.toml");
+    std::fs::write(&cfg, config).expect("config");
+    let cfg = cfg.to_string_lossy().into_owned();
     let http = format!("127.0.0.1:{port}");
-    let server = Proc::start_with(dir.path(), &["--http", &http]);
+    let server = Proc::start_with(&dir.path().join("data"), &["-c", &cfg, "--http", &http]);
     let c = Client::connect(server.addr).await.expect("connect");
-    c.set_user(&ScramClient::new("ada", Password::new("lovelace-1842")))
+    c.set_user(&ScramClient::new(user, Password::new(pw)))
         .await
         .expect("user");
     c.request(
@@ -856,6 +851,21 @@ async fn rest_example_client_in_python() {
     )
     .await
     .expect("current");
+    (server, http, dir)
+}
+
+/// The REST example client (examples/python: the standard library and
+/// PyPI scramp) logs in over HTTP, signs its requests, reads and writes
+/// under /kv, is refused a replay, and logs out — against the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_example_client_in_python() {
+    if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
+        eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
+        return;
+    }
+    let python = std::env::var("KEYCARD_DISTKV_PYTHON")
+        .expect("KEYCARD_DISTKV_PYTHON: run the tests with scripts/test.sh");
+    let (_server, http, _dir) = rest_server("ada", "lovelace-1842", "").await;
     let script = format!(
         "{}/../../examples/python/keycard_rest.py",
         env!("CARGO_MANIFEST_DIR")
@@ -880,41 +890,23 @@ async fn rest_example_client_in_python() {
 /// signed routes must refuse requests without a valid signature.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_contract_run_with_schemathesis() {
-    use keycard_auth::{Password, ScramClient};
     if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
         eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
         return;
     }
     let st = std::env::var("KEYCARD_SCHEMATHESIS")
         .expect("KEYCARD_SCHEMATHESIS: run the tests with scripts/test.sh");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let dir = tempfile::tempdir().expect("tmp");
     // The fuzzer fails many logins on purpose: no throttling delays here
     // (a delayed answer is not what this run is about).
-    let config = dir.path().join("keycard.toml");
-    std::fs::write(
-        &config,
+    let (_server, http, dir) = rest_server(
+        "alice",
+        "pw",
         "[throttle]\nfree = 1000000\nescalate = 1000000\nsource_limit = 1000000\nuser_slow = 1000000\n",
     )
-    .expect("config");
-    let http = format!("127.0.0.1:{port}");
-    let cfg = config.to_string_lossy().into_owned();
-    let server = Proc::start_with(&dir.path().join("data"), &["-c", &cfg, "--http", &http]);
-    let c = Client::connect(server.addr).await.expect("connect");
-    c.set_user(&ScramClient::new("alice", Password::new("pw")))
-        .await
-        .expect("user");
-    c.request(
-        Msg::new()
-            .with("action", "set_auth_typ")
-            .with("typ", "scram-sha-256"),
-    )
-    .await
-    .expect("current");
+    .await;
+    // Its example database goes to the temp dir, not the source tree.
     let out = Command::new(st)
+        .current_dir(dir.path())
         .arg("run")
         .arg(format!("http://{http}/openapi.json"))
         .args([

@@ -34,6 +34,18 @@ async fn http(
     auth: Option<String>,
     body: &[u8],
 ) -> Reply {
+    http_with(addr, method, path, auth, &[], body).await
+}
+
+/// [`http`] with extra headers.
+async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<String>,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nhost: keycard\r\nconnection: close\r\ncontent-length: {}\r\n",
@@ -41,6 +53,9 @@ async fn http(
     );
     if let Some(a) = auth {
         head.push_str(&format!("authorization: {a}\r\n"));
+    }
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).await.expect("write");
@@ -457,36 +472,7 @@ async fn kv(
     extra: &[(&str, &str)],
 ) -> Reply {
     let auth = sign(s, method, path, body, now());
-    let mut st = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: k\r\nconnection: close\r\ncontent-length: {}\r\nauthorization: {auth}\r\n",
-        body.len()
-    );
-    for (k, v) in extra {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    st.write_all(head.as_bytes()).await.expect("write");
-    st.write_all(body).await.expect("write");
-    let mut raw = Vec::new();
-    st.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    }
+    http_with(addr, method, path, Some(auth), extra, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
