@@ -843,11 +843,6 @@ impl Table {
         }
         out
     }
-
-    /// The next time `reap` has work, if any.
-    pub fn next_expiry(&self) -> Option<u64> {
-        self.wheel.keys().next().map(|k| k * TICK_MS)
-    }
 }
 
 #[cfg(test)]

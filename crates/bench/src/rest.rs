@@ -116,11 +116,8 @@ async fn login(h: &mut Http, user: &str, pw: &str) -> anyhow::Result<Session> {
         .and_then(Value::as_str)
         .context("client-first")?
         .to_owned();
-    let body = serde_json_body(&[
-        ("method", "scram-sha-256"),
-        ("user", user),
-        ("data", &first),
-    ]);
+    let body =
+        serde_json::json!({"method": "scram-sha-256", "user": user, "data": first}).to_string();
     let (status, reply) = h
         .call("POST", "/session/new", None, body.as_bytes())
         .await?;
@@ -144,7 +141,7 @@ async fn login(h: &mut Http, user: &str, pw: &str) -> anyhow::Result<Session> {
         .and_then(Value::as_str)
         .context("client-final")?
         .to_owned();
-    let body = serde_json_body(&[("data", &client_final)]);
+    let body = serde_json::json!({"data": client_final}).to_string();
     let (status, reply) = h
         .call("PUT", &format!("/session/{sid}"), None, body.as_bytes())
         .await?;
@@ -167,39 +164,13 @@ async fn login(h: &mut Http, user: &str, pw: &str) -> anyhow::Result<Session> {
     Ok(Session { sid, key })
 }
 
-fn serde_json_body(fields: &[(&str, &str)]) -> String {
-    let mut o = String::from("{");
-    for (i, (k, v)) in fields.iter().enumerate() {
-        if i > 0 {
-            o.push(',');
-        }
-        o.push_str(&format!("{}:{}", json_str(k), json_str(v)));
-    }
-    o.push('}');
-    o
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-/// A string field of a flat JSON object (the server's replies).
+/// A string field of a JSON reply.
 fn json_field(body: &[u8], key: &str) -> anyhow::Result<String> {
-    let text = String::from_utf8_lossy(body);
-    let pat = format!("\"{key}\":\"");
-    let start = text.find(&pat).context("field")? + pat.len();
-    let end = text[start..].find('"').context("end")? + start;
-    Ok(text[start..end].to_owned())
+    let v: serde_json::Value = serde_json::from_slice(body)?;
+    v.get(key)
+        .and_then(|x| x.as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("no {key} in the reply"))
 }
 
 fn now_s() -> u64 {

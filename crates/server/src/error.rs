@@ -11,6 +11,9 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// What went wrong, for humans. Never contains a secret.
     pub text: String,
+    /// When a retry may succeed, in seconds (throttling), for front ends
+    /// that say so (HTTP's `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -19,7 +22,14 @@ impl ApiError {
         ApiError {
             code,
             text: text.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, saying a retry may succeed in `secs` seconds.
+    pub fn with_retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// `bad_request` with this text.

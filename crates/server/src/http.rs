@@ -164,17 +164,11 @@ fn error(e: &ApiError) -> Response<Body> {
         status_of(e.code),
         json!({"error": e.text, "code": e.code.as_str()}),
     );
-    if e.code == ErrorCode::Throttled {
-        // The text says how long; a client reads the header.
-        let secs = e
-            .text
-            .split_whitespace()
-            .rev()
-            .find_map(|w| w.parse::<u64>().ok())
-            .unwrap_or(1);
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            r.headers_mut().insert(RETRY_AFTER, v);
-        }
+    if let Some(v) = e
+        .retry_after
+        .and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok())
+    {
+        r.headers_mut().insert(RETRY_AFTER, v);
     }
     r
 }
@@ -416,17 +410,7 @@ impl Rest {
                 "no login waits under this session id",
             ));
         };
-        let method = j
-            .get("method")
-            .and_then(|m| m.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        // OPAQUE answers in bytes; the pending login knows its method.
-        let kind = match login.method_name() {
-            "opaque" => "opaque",
-            _ => method.as_str(),
-        };
-        let data = match data_value(kind, j.get("data")) {
+        let data = match data_value(login.method_name(), j.get("data")) {
             Ok(d) => d,
             Err(e) => {
                 // A malformed answer ends the attempt, as on the wire.

@@ -180,6 +180,16 @@ impl ServerState {
         Ok(state)
     }
 
+    /// Whether no method is current (DistKV's open server), without
+    /// copying the configuration (every request asks).
+    pub fn is_open(&self) -> bool {
+        self.auth
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .is_none()
+    }
+
     /// The cached auth configuration.
     pub fn auth(&self) -> AuthConfig {
         self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{code, path, req, start, Raw, TestServer};
+use common::{code, domain_login, domain_server, path, req, Raw};
 use keycard_auth::ClientRegistry;
 use keycard_client::Client;
 use keycard_proto::{Elem, Msg, Path, Value};
@@ -14,105 +14,14 @@ fn p(s: &str) -> Path {
     Path::parse(s).expect("path")
 }
 
-async fn call_ok(c: &Client, m: Msg) -> Value {
-    c.request(m).await.expect("request")
-}
-
-/// Global data and users, and a domain at `org.acme` with `_test` users
-/// joe (no ACL), ro (bound to the domain's ACL `ro`) and a `root` user.
-async fn setup() -> TestServer {
-    let s = start().await;
-    let g = Client::connect(s.addr()).await.expect("connect");
-    for (path, v) in [
-        ("org.acme.data.x", 1),
-        ("org.other.secret", 2),
-        ("top.secret", 3),
-    ] {
-        g.set(&p(path), Value::from(v)).await.expect("data");
-    }
-    // The domain, configured from a connection re-rooted at it: the
-    // reserved subtree it writes to is org.acme + (nil, …).
-    let d = Client::connect(s.addr()).await.expect("connect");
-    call_ok(
-        &d,
-        Msg::new()
-            .with("action", "root")
-            .with_path("path", &p("org.acme")),
-    )
-    .await;
-    for (m, u) in [
-        ("_test", Some("joe")),
-        ("_test", Some("ro")),
-        ("root", None),
-    ] {
-        d.set_user(ClientRegistry::make(m, u).expect("m").as_ref())
-            .await
-            .expect("domain user");
-    }
-    for (path, v) in [
-        (p("acl.ro.data.#"), Value::from("rx")),
-        (p("acl.ro.data"), Value::from("xe")),
-        (p("acl.ro"), Value::from("xe")),
-        (
-            p("auth._test.user.ro.acl"),
-            Msg::new().with("key", "ro").into_value(),
-        ),
-    ] {
-        call_ok(
-            &d,
-            Msg::new()
-                .with("action", "set_internal")
-                .with_path("path", &path)
-                .with("value", v),
-        )
-        .await;
-    }
-    call_ok(
-        &d,
-        Msg::new()
-            .with("action", "set_auth_typ")
-            .with("typ", "_test")
-            .with("accept", Value::Array(vec!["root".into()])),
-    )
-    .await;
-    // The server's own users: a global joe and root; _test current.
-    for (m, u) in [("_test", Some("joe")), ("root", None)] {
-        g.set_user(ClientRegistry::make(m, u).expect("m").as_ref())
-            .await
-            .expect("user");
-    }
-    call_ok(
-        &g,
-        Msg::new()
-            .with("action", "set_auth_typ")
-            .with("typ", "_test")
-            .with("accept", Value::Array(vec!["root".into()])),
-    )
-    .await;
-    s
-}
-
-async fn domain_login(s: &TestServer, typ: &str, user: &str, domain: &str) -> (Raw, Vec<Value>) {
-    let mut r = Raw::connect(s.addr()).await;
-    let v = r
-        .call_stream(
-            req(1, "auth")
-                .with("typ", typ)
-                .with("ident", user)
-                .with("chroot", path(domain)),
-        )
-        .await;
-    (r, v)
-}
-
 fn ok(v: &[Value]) -> bool {
     v.iter().all(|m| code(m).is_none())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_user_is_confined_to_its_domain() {
-    let s = setup().await;
-    let (mut joe, v) = domain_login(&s, "_test", "joe", "org.acme").await;
+    let s = domain_server().await;
+    let (mut joe, v) = domain_login(&s, "_test", "joe", path("org.acme")).await;
     assert!(ok(&v), "{v:?}");
     let who = joe.call(req(2, "whoami")).await;
     assert_eq!(who.get("user").and_then(Value::as_str), Some("joe"));
@@ -215,9 +124,9 @@ async fn a_domain_user_is_confined_to_its_domain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domains_have_their_own_users_acls_and_keycards() {
-    let s = setup().await;
+    let s = domain_server().await;
     // The domain's ACL binds its user ro.
-    let (mut ro, v) = domain_login(&s, "_test", "ro", "org.acme").await;
+    let (mut ro, v) = domain_login(&s, "_test", "ro", path("org.acme")).await;
     assert!(ok(&v), "{v:?}");
     let v = ro
         .call(req(2, "get_value").with("path", path("data.x")))
@@ -238,14 +147,14 @@ async fn domains_have_their_own_users_acls_and_keycards() {
         .await;
     assert!(v.iter().any(|m| code(m) == Some("auth_failed")), "{v:?}");
     // An unknown domain fails like a wrong user.
-    let (_r, v) = domain_login(&s, "_test", "joe", "org.nowhere").await;
+    let (_r, v) = domain_login(&s, "_test", "joe", path("org.nowhere")).await;
     assert!(v.iter().any(|m| code(m) == Some("auth_failed")), "{v:?}");
-    let (_r, v) = domain_login(&s, "_test", "joe", "org.other").await;
+    let (_r, v) = domain_login(&s, "_test", "joe", path("org.other")).await;
     assert!(v.iter().any(|m| code(m) == Some("auth_failed")), "{v:?}");
 
     // Keycards carry a domain's user with its domain; the global joe is
     // another user.
-    let (_dj, _) = domain_login(&s, "_test", "joe", "org.acme").await;
+    let (_dj, _) = domain_login(&s, "_test", "joe", path("org.acme")).await;
     let gj = Client::connect(s.addr()).await.expect("connect");
     gj.login(
         ClientRegistry::make("_test", Some("joe"))
@@ -285,7 +194,7 @@ async fn domains_have_their_own_users_acls_and_keycards() {
 
     // The domain's root user is super-root of the domain only: its
     // internal actions see the domain's reserved subtree.
-    let (mut droot, v) = domain_login(&s, "root", "*", "org.acme").await;
+    let (mut droot, v) = domain_login(&s, "root", "*", path("org.acme")).await;
     assert!(ok(&v), "{v:?}");
     let v = droot
         .call(req(2, "get_internal").with("path", path("auth")))

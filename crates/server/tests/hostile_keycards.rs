@@ -8,12 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{code, path, req, start_with, Raw, TestServer, WAIT};
+use common::{
+    code, domain_login, domain_server, login, path, raw_login, req, server, Raw, TestServer, WAIT,
+};
 use keycard_auth::bouncer::KeycardId;
 use keycard_auth::ClientRegistry;
 use keycard_client::Client;
 use keycard_proto::{Elem, Msg, Path, Value};
-use keycard_server::Config;
 use keycard_store::{Cond, Op};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -40,47 +41,6 @@ fn state_of(v: &Value) -> Option<&str> {
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).expect(key)
-}
-
-/// A server with `_test` users joe and ann, `_test` current, and `root`
-/// accepted for the administrator; `data.x` holds 1.
-async fn server(tweak: impl FnOnce(&mut Config)) -> TestServer {
-    let s = start_with(tweak).await;
-    let c = Client::connect(s.addr()).await.expect("connect");
-    for (m, u) in [
-        ("root", None),
-        ("_test", Some("joe")),
-        ("_test", Some("ann")),
-    ] {
-        let m = ClientRegistry::make(m, u).expect("method");
-        c.set_user(m.as_ref()).await.expect("user");
-    }
-    c.set(&p("data.x"), Value::from(1)).await.expect("data");
-    c.request(
-        Msg::new()
-            .with("action", "set_auth_typ")
-            .with("typ", "_test")
-            .with("accept", Value::Array(vec!["root".into()])),
-    )
-    .await
-    .expect("current");
-    s
-}
-
-async fn login(s: &TestServer, method: &str, user: Option<&str>) -> Client {
-    let c = Client::connect(s.addr()).await.expect("connect");
-    let m = ClientRegistry::make(method, user).expect("method");
-    c.login(m.as_ref()).await.expect("login");
-    c
-}
-
-async fn raw_login(s: &TestServer, user: &str) -> Raw {
-    let mut r = Raw::connect(s.addr()).await;
-    let v = r
-        .call_stream(req(1, "auth").with("typ", "_test").with("ident", user))
-        .await;
-    assert!(v.iter().all(|m| code(m).is_none()), "{v:?}");
-    r
 }
 
 /// Every message `raw` receives within `limit`, up to and including the
@@ -195,73 +155,6 @@ async fn sleep_until_ms(at: u64) {
     if at > now {
         tokio::time::sleep(Duration::from_millis(at - now)).await;
     }
-}
-
-async fn call_ok(c: &Client, m: Msg) -> Value {
-    c.request(m).await.expect("request")
-}
-
-/// Global users (`_test` joe, `root`) and a domain at `org.acme` with
-/// `_test` user joe, a `root` user, and an `_anon` user anon whose method
-/// the domain does not accept.
-async fn domain_server() -> TestServer {
-    let s = start_with(|_| {}).await;
-    let g = Client::connect(s.addr()).await.expect("connect");
-    g.set(&p("org.acme.data.x"), Value::from(1))
-        .await
-        .expect("data");
-    let d = Client::connect(s.addr()).await.expect("connect");
-    call_ok(
-        &d,
-        Msg::new()
-            .with("action", "root")
-            .with_path("path", &p("org.acme")),
-    )
-    .await;
-    for (m, u) in [
-        ("_test", Some("joe")),
-        ("_anon", Some("anon")),
-        ("root", None),
-    ] {
-        d.set_user(ClientRegistry::make(m, u).expect("m").as_ref())
-            .await
-            .expect("domain user");
-    }
-    call_ok(
-        &d,
-        Msg::new()
-            .with("action", "set_auth_typ")
-            .with("typ", "_test")
-            .with("accept", Value::Array(vec!["root".into()])),
-    )
-    .await;
-    for (m, u) in [("_test", Some("joe")), ("root", None)] {
-        g.set_user(ClientRegistry::make(m, u).expect("m").as_ref())
-            .await
-            .expect("user");
-    }
-    call_ok(
-        &g,
-        Msg::new()
-            .with("action", "set_auth_typ")
-            .with("typ", "_test")
-            .with("accept", Value::Array(vec!["root".into()])),
-    )
-    .await;
-    s
-}
-
-async fn domain_login(s: &TestServer, typ: &str, user: &str, domain: Value) -> (Raw, Vec<Value>) {
-    let mut r = Raw::connect(s.addr()).await;
-    let v = r
-        .call_stream(
-            req(1, "auth")
-                .with("typ", typ)
-                .with("ident", user)
-                .with("chroot", domain),
-        )
-        .await;
-    (r, v)
 }
 
 fn failed_with(v: &[Value]) -> Option<&str> {

@@ -8,47 +8,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{code, path, req, start_with, Raw, TestServer};
+use common::{code, login, path, raw_login, req, server, start_with, Raw};
 use keycard_auth::bouncer::KeycardId;
 use keycard_auth::ClientRegistry;
 use keycard_client::Client;
 use keycard_proto::{ErrorCode, Msg, Path, Value};
-use keycard_server::Config;
 
 fn p(s: &str) -> Path {
     Path::parse(s).expect("path")
-}
-
-/// A server with `_test` users joe and ann, `_test` current, and `root`
-/// accepted for the administrator.
-async fn server(tweak: impl FnOnce(&mut Config)) -> TestServer {
-    let s = start_with(tweak).await;
-    let c = Client::connect(s.addr()).await.expect("connect");
-    for (m, u) in [
-        ("root", None),
-        ("_test", Some("joe")),
-        ("_test", Some("ann")),
-    ] {
-        let m = ClientRegistry::make(m, u).expect("method");
-        c.set_user(m.as_ref()).await.expect("user");
-    }
-    c.set(&p("data.x"), Value::from(1)).await.expect("data");
-    c.request(
-        Msg::new()
-            .with("action", "set_auth_typ")
-            .with("typ", "_test")
-            .with("accept", Value::Array(vec!["root".into()])),
-    )
-    .await
-    .expect("current");
-    s
-}
-
-async fn login(s: &TestServer, method: &str, user: Option<&str>) -> Client {
-    let c = Client::connect(s.addr()).await.expect("connect");
-    let m = ClientRegistry::make(method, user).expect("method");
-    c.login(m.as_ref()).await.expect("login");
-    c
 }
 
 async fn whoami(c: &Client) -> Value {
@@ -246,15 +213,6 @@ async fn closed_within(raw: &mut Raw, limit: Duration) -> (Duration, Vec<Value>)
             Err(_) => panic!("not closed within {limit:?}; saw {seen:?}"),
         }
     }
-}
-
-async fn raw_login(s: &TestServer, user: &str) -> Raw {
-    let mut r = Raw::connect(s.addr()).await;
-    let v = r
-        .call_stream(req(1, "auth").with("typ", "_test").with("ident", user))
-        .await;
-    assert!(v.iter().all(|m| code(m).is_none()), "{v:?}");
-    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,7 +83,16 @@ async fn http_with(
 }
 
 async fn server() -> (TestServer, SocketAddr) {
-    let s = start_with(|c| c.http = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    server_with(|_| {}).await
+}
+
+/// [`server`], configured further by `tweak`.
+async fn server_with(tweak: impl FnOnce(&mut keycard_server::Config)) -> (TestServer, SocketAddr) {
+    let s = start_with(|c| {
+        c.http = Some("127.0.0.1:0".parse().expect("addr"));
+        tweak(c);
+    })
+    .await;
     let c = Client::connect(s.addr()).await.expect("connect");
     c.set_user(&ScramClient::new("alice", Password::new("correct horse")))
         .await
@@ -597,4 +606,37 @@ async fn kv_under_the_sessions_acl_with_conditional_writes() {
     // Unsigned: 401.
     let r = http(addr, "GET", "/kv/app/name", None, b"").await;
     assert_eq!(r.status, 401);
+}
+
+/// Throttled REST logins answer 429 with a Retry-After header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_logins_say_when_to_retry() {
+    let (_s, addr) = server_with(|c| {
+        c.throttle = keycard_server::ThrottleConfig {
+            free: 1,
+            escalate: 1,
+            base_delay_secs: 1,
+            max_delay_secs: 1,
+            cooldown_secs: 60,
+            ..keycard_server::ThrottleConfig::default()
+        };
+    })
+    .await;
+    let mut refused = None;
+    for _ in 0..6 {
+        let r = login(addr, "alice", "wrong").await.err().expect("refused");
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 403);
+    }
+    let r = refused.expect("throttled within six attempts");
+    assert_eq!(r.body["code"], "throttled");
+    let secs: u64 = r
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&secs), "{secs}");
 }

@@ -378,7 +378,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
 /// Who this connection is logged in as (keycard's own action).
 pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
     let session = r.conn().session();
-    let open = r.conn().state.auth().current.is_none();
+    let open = r.conn().state.is_open();
     let mut m = Msg::new().with("root", session.root.to_value());
     match &session.user {
         Some(u) => {

@@ -268,6 +268,7 @@ impl Login {
                         retry.as_secs()
                     ),
                 )
+                .with_retry_after(retry.as_secs().max(1))
                 .into());
             }
             throttle::Decision::Proceed(wait) if !wait.is_zero() => {

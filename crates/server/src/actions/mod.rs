@@ -106,7 +106,7 @@ pub(crate) fn check_login(state: &ServerState, session: &Session) -> ApiResult {
     if let Some(u) = &session.user {
         u.live(crate::audit::now_millis())?;
     }
-    if state.auth().current.is_some() && session.user.is_none() {
+    if !state.is_open() && session.user.is_none() {
         return Err(ApiError::new(
             ErrorCode::AuthRequired,
             "this server requires a login (action 'auth') first",
@@ -128,7 +128,7 @@ pub(crate) fn require_cap(r: &Responder, cap: crate::conn::Capability) -> ApiRes
     if let Some(u) = &session.user {
         u.live(crate::audit::now_millis())?;
     }
-    if r.conn().state.auth().current.is_none() {
+    if r.conn().state.is_open() {
         return Ok(session);
     }
     match &session.user {

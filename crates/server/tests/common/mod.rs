@@ -154,3 +154,156 @@ pub fn path(text: &str) -> Value {
         .expect("test path")
         .to_value()
 }
+
+/// The users-and-keycards test server: `_test` users joe and ann, a
+/// `root` user, `_test` current and `root` accepted; `data.x` holds 1.
+pub async fn server(tweak: impl FnOnce(&mut keycard_server::Config)) -> TestServer {
+    use keycard_auth::ClientRegistry;
+    let s = start_with(tweak).await;
+    let c = keycard_client::Client::connect(s.addr())
+        .await
+        .expect("connect");
+    for (m, u) in [
+        ("root", None),
+        ("_test", Some("joe")),
+        ("_test", Some("ann")),
+    ] {
+        let m = ClientRegistry::make(m, u).expect("method");
+        c.set_user(m.as_ref()).await.expect("user");
+    }
+    c.set(
+        &keycard_proto::Path::parse("data.x").expect("p"),
+        Value::from(1),
+    )
+    .await
+    .expect("data");
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "_test")
+            .with("accept", Value::Array(vec!["root".into()])),
+    )
+    .await
+    .expect("current");
+    s
+}
+
+/// A client logged in with `method` as `user`.
+pub async fn login(s: &TestServer, method: &str, user: Option<&str>) -> keycard_client::Client {
+    let c = keycard_client::Client::connect(s.addr())
+        .await
+        .expect("connect");
+    let m = keycard_auth::ClientRegistry::make(method, user).expect("method");
+    c.login(m.as_ref()).await.expect("login");
+    c
+}
+
+/// A raw connection logged in as `_test` user `user`.
+pub async fn raw_login(s: &TestServer, user: &str) -> Raw {
+    let mut r = Raw::connect(s.addr()).await;
+    let v = r
+        .call_stream(req(1, "auth").with("typ", "_test").with("ident", user))
+        .await;
+    assert!(v.iter().all(|m| code(m).is_none()), "{v:?}");
+    r
+}
+
+/// A request that must succeed.
+pub async fn call_ok(c: &keycard_client::Client, m: Msg) -> Value {
+    c.request(m).await.expect("request")
+}
+
+/// The domains test server. Data: `org.acme.data.x` = 1,
+/// `org.other.secret` = 2, `top.secret` = 3. The server's own users:
+/// `_test` joe and `root`, `_test` current. A domain at `org.acme` with
+/// `_test` users joe and ro (bound to the domain's ACL `ro`: read its
+/// `data`), a `root` user and an `_anon` user anon whose method the domain
+/// does not accept.
+pub async fn domain_server() -> TestServer {
+    use keycard_auth::ClientRegistry;
+    let p = |t: &str| keycard_proto::Path::parse(t).expect("path");
+    let s = start().await;
+    let g = keycard_client::Client::connect(s.addr())
+        .await
+        .expect("connect");
+    for (path, v) in [
+        ("org.acme.data.x", 1),
+        ("org.other.secret", 2),
+        ("top.secret", 3),
+    ] {
+        g.set(&p(path), Value::from(v)).await.expect("data");
+    }
+    // The domain, configured from a connection re-rooted at it: the
+    // reserved subtree it writes to is org.acme + (nil, …).
+    let d = keycard_client::Client::connect(s.addr())
+        .await
+        .expect("connect");
+    call_ok(
+        &d,
+        Msg::new()
+            .with("action", "root")
+            .with_path("path", &p("org.acme")),
+    )
+    .await;
+    for (m, u) in [
+        ("_test", Some("joe")),
+        ("_test", Some("ro")),
+        ("_anon", Some("anon")),
+        ("root", None),
+    ] {
+        d.set_user(ClientRegistry::make(m, u).expect("m").as_ref())
+            .await
+            .expect("domain user");
+    }
+    for (path, v) in [
+        (p("acl.ro.data.#"), Value::from("rx")),
+        (p("acl.ro.data"), Value::from("xe")),
+        (p("acl.ro"), Value::from("xe")),
+        (
+            p("auth._test.user.ro.acl"),
+            Msg::new().with("key", "ro").into_value(),
+        ),
+    ] {
+        call_ok(
+            &d,
+            Msg::new()
+                .with("action", "set_internal")
+                .with_path("path", &path)
+                .with("value", v),
+        )
+        .await;
+    }
+    let accept_root = || {
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "_test")
+            .with("accept", Value::Array(vec!["root".into()]))
+    };
+    call_ok(&d, accept_root()).await;
+    for (m, u) in [("_test", Some("joe")), ("root", None)] {
+        g.set_user(ClientRegistry::make(m, u).expect("m").as_ref())
+            .await
+            .expect("user");
+    }
+    call_ok(&g, accept_root()).await;
+    s
+}
+
+/// A raw connection's login to the domain at `domain` (a path value).
+pub async fn domain_login(
+    s: &TestServer,
+    typ: &str,
+    user: &str,
+    domain: Value,
+) -> (Raw, Vec<Value>) {
+    let mut r = Raw::connect(s.addr()).await;
+    let v = r
+        .call_stream(
+            req(1, "auth")
+                .with("typ", typ)
+                .with("ident", user)
+                .with("chroot", domain),
+        )
+        .await;
+    (r, v)
+}
