@@ -1,0 +1,209 @@
+//! `/kv/{path}`: data access under the session's ACLs, and the JSON ↔
+//! msgpack value mapping.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hyper::header::HeaderValue;
+use hyper::{Method, Response, StatusCode};
+use keycard_auth::bouncer::KeycardId;
+use keycard_proto::{ErrorCode, Msg, Path, Value};
+use serde_json::json;
+
+use super::{json_response, lock, Body, Rest};
+use crate::error::ApiError;
+impl Rest {
+    /// `GET|PUT|DELETE /kv/{path}`: data under the session's ACLs, in its
+    /// domain. `PUT` takes `{"value": …}`; `If-Match: TOCK` makes a write
+    /// conditional on the node's tock, `If-None-Match: *` on its absence.
+    pub(super) async fn kv(
+        &self,
+        id: KeycardId,
+        parts: &hyper::http::request::Parts,
+        segs: &[&str],
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
+        let user = lock(&self.sessions)
+            .get(&id)
+            .map(|s| s.user.clone())
+            .ok_or_else(|| ApiError::new(ErrorCode::AuthRequired, "no such session"))?;
+        let session = crate::conn::Session {
+            root: user.domain.clone(),
+            user: Some(user),
+            ..Default::default()
+        };
+        crate::actions::check_login(&self.state, &session)?;
+        let path = url_path(segs)?;
+        let mut msg = Msg::new().with("path", path.to_value()).with("nchain", 0);
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        if let Some(tag) = header("if-match") {
+            let tock: u64 = tag
+                .trim_matches('"')
+                .parse()
+                .map_err(|_| ApiError::bad("If-Match must be a tock (a number)"))?;
+            msg.set(
+                "chain",
+                Msg::new()
+                    .with("node", self.state.config.node.as_str())
+                    .with("tick", tock),
+            );
+        } else if header("if-none-match") == Some("*") {
+            msg.set("chain", Value::Nil);
+        }
+        let (status, reply) = match parts.method {
+            Method::GET => {
+                let r = crate::actions::data::get_in(&self.state, &session, &msg.into_value())
+                    .await?
+                    .into_value();
+                if r.get("value").is_none() {
+                    return Err(ApiError::new(ErrorCode::NotFound, "no value at this path"));
+                }
+                (StatusCode::OK, r)
+            }
+            Method::PUT => {
+                let j: serde_json::Value = serde_json::from_slice(body)
+                    .map_err(|_| ApiError::bad("the body must be JSON: {\"value\": …}"))?;
+                let v = j
+                    .get("value")
+                    .ok_or_else(|| ApiError::bad("the body must be JSON: {\"value\": …}"))?;
+                msg.set("value", from_json(v, 0)?);
+                let r =
+                    crate::actions::data::set_in(&self.state, &session, &msg.into_value()).await?;
+                (StatusCode::OK, r.into_value())
+            }
+            _ => {
+                let r = crate::actions::data::delete_in(&self.state, &session, &msg.into_value())
+                    .await?;
+                (StatusCode::OK, r.into_value())
+            }
+        };
+        let tock = reply.get("tock").and_then(Value::as_u64);
+        let mut out = json_response(status, to_json(&strip_chain(reply)));
+        // The node's tock, for a later If-Match.
+        if let Some(v) = tock.and_then(|t| HeaderValue::from_str(&format!("\"{t}\"")).ok()) {
+            out.headers_mut().insert(hyper::header::ETAG, v);
+        }
+        Ok(out)
+    }
+}
+
+/// A `/kv/…` URL's path: each segment, percent-decoded, is one element in
+/// DistKV's text form (`app` a string, `:5` the integer 5, `a:.b` the
+/// string "a.b"; docs/REST.md).
+pub(super) fn url_path(segs: &[&str]) -> Result<Path, ApiError> {
+    let mut elems = Vec::with_capacity(segs.len());
+    for seg in segs {
+        let text = percent_decode(seg)
+            .ok_or_else(|| ApiError::bad("a path segment is not valid percent-encoded UTF-8"))?;
+        let one = Path::parse(&text).map_err(ApiError::from)?;
+        match one.elems() {
+            [e] => elems.push(e.clone()),
+            _ => {
+                return Err(ApiError::bad(format!(
+                "each URL segment is one element ({text:?} is not; write a dot in a name as ':.')"
+            )))
+            }
+        }
+    }
+    Ok(Path::new(elems))
+}
+
+pub(super) fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A reply without DistKV's chain (REST has the tock in `ETag`).
+pub(super) fn strip_chain(v: Value) -> Value {
+    match v {
+        Value::Map(m) => Value::Map(
+            m.into_iter()
+                .filter(|(k, _)| k.as_str() != Some("chain"))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// msgpack → JSON: bytes as `{"$bytes": base64url}`, integers beyond
+/// JSON's safe range and other extensions as strings/objects that say so.
+pub(super) fn to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Nil => serde_json::Value::Null,
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => match i64::try_from(*i) {
+            Ok(n) => json!(n),
+            Err(_) => json!({"$int": i.to_string()}),
+        },
+        Value::F32(f) => json!(f),
+        Value::F64(f) => json!(f),
+        Value::Str(s) => json!(s),
+        Value::Bin(b) => json!({"$bytes": URL_SAFE_NO_PAD.encode(b)}),
+        Value::Array(a) => serde_json::Value::Array(a.iter().map(to_json).collect()),
+        Value::Map(m) => {
+            let mut o = serde_json::Map::new();
+            for (k, v) in m {
+                let key = match k {
+                    Value::Str(s) => s.clone(),
+                    other => to_json(other).to_string(),
+                };
+                o.insert(key, to_json(v));
+            }
+            serde_json::Value::Object(o)
+        }
+        other => json!({"$msgpack": format!("{other:?}")}),
+    }
+}
+
+/// JSON → msgpack (`{"$bytes": …}` back to bytes), at most 64 levels deep.
+pub(super) fn from_json(v: &serde_json::Value, depth: usize) -> Result<Value, ApiError> {
+    if depth > 64 {
+        return Err(ApiError::bad("the value is nested too deeply"));
+    }
+    Ok(match v {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::from(i),
+            (_, Some(u), _) => Value::from(u),
+            (_, _, Some(f)) => Value::F64(f),
+            _ => return Err(ApiError::bad("a number JSON cannot carry")),
+        },
+        serde_json::Value::String(s) => Value::Str(s.clone()),
+        serde_json::Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| from_json(x, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        serde_json::Value::Object(o) => {
+            if let (1, Some(serde_json::Value::String(b))) = (o.len(), o.get("$bytes")) {
+                let bytes = URL_SAFE_NO_PAD
+                    .decode(b)
+                    .map_err(|_| ApiError::bad("$bytes must be base64url"))?;
+                return Ok(Value::Bin(bytes));
+            }
+            Value::Map(
+                o.iter()
+                    .map(|(k, x)| Ok((Value::Str(k.clone()), from_json(x, depth + 1)?)))
+                    .collect::<Result<_, ApiError>>()?,
+            )
+        }
+    })
+}

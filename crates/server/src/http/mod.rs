@@ -1,0 +1,350 @@
+//! The REST front end (issue 10, DESIGN §4), beside the msgpack listener,
+//! on the same bouncer and store: JSON over HTTP/1.1, sessions as
+//! keycards, every request after login signed (`keycard_auth::signed`).
+//!
+//! Built so far: `GET /`, the login (`POST /session/new`,
+//! `PUT /session/{sid}`) for SCRAM-SHA-256 and OPAQUE through the same
+//! [`Login`] pipeline as the msgpack `auth` action, and the signed
+//! `GET` / `DELETE /session/{sid}`. Limits: header bytes, body bytes, a
+//! per-request timeout and a connection cap, each a clear 4xx/5xx.
+//!
+//! A REST session is a keycard whose requester is the session itself (its
+//! own requester id): revoking it by id, user or requester ends it at
+//! once, since every signed request checks the keycard in the table.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use keycard_auth::bouncer::KeycardId;
+use keycard_auth::signed::ReplayGuard;
+use keycard_auth::SecretKey;
+use keycard_proto::{ErrorCode, Value};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::actions::login::Login;
+use crate::conn::LoggedIn;
+use crate::error::ApiError;
+use crate::state::ServerState;
+
+mod kv;
+mod session;
+
+/// Largest request header block.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest a request may take, body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Methods offered over REST (their messages fit in `data`).
+const REST_METHODS: [&str; 2] = ["scram-sha-256", "opaque"];
+
+type Body = Full<Bytes>;
+
+/// A login waiting for the client's answer.
+struct Pending {
+    login: Box<Login>,
+}
+
+/// A logged-in REST session.
+struct Session {
+    user: Arc<LoggedIn>,
+    key: SecretKey,
+    /// The server's final message (SCRAM's signature), for `GET`.
+    last: Option<Value>,
+    guard: ReplayGuard,
+}
+
+/// The REST front end's own state.
+struct Rest {
+    state: Arc<ServerState>,
+    pending: Mutex<HashMap<KeycardId, Pending>>,
+    sessions: Mutex<HashMap<KeycardId, Session>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serves HTTP on `listener` until the task is dropped.
+pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
+    let rest = Arc::new(Rest {
+        state: state.clone(),
+        pending: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(HashMap::new()),
+    });
+    let slots = Arc::new(Semaphore::new(state.config.http_max_connections.max(1)));
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Over the cap: a 503 and close, without reading the request.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut socket = socket;
+                let body = br#"{"error":"the server has too many HTTP connections; retry later","code":"too_many_connections"}"#;
+                let head = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body).await;
+                let _ = socket.shutdown().await;
+            });
+            continue;
+        };
+        let rest = rest.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let rest = rest.clone();
+                async move { Ok::<_, Infallible>(rest.handle(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(MAX_HEADER_BYTES.max(8192))
+                .serve_connection(TokioIo::new(socket), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The HTTP status for an error code.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest | ErrorCode::ReservedPath | ErrorCode::AuthMethod => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::UnknownAction | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::AuthRequired | ErrorCode::KeycardExpired | ErrorCode::KeycardRevoked => {
+            StatusCode::UNAUTHORIZED
+        }
+        ErrorCode::AuthFailed | ErrorCode::PermissionDenied | ErrorCode::TooManyAttempts => {
+            StatusCode::FORBIDDEN
+        }
+        ErrorCode::Throttled
+        | ErrorCode::TooManyRequests
+        | ErrorCode::TooManyKeycards
+        | ErrorCode::SeqInUse => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Conflict => StatusCode::PRECONDITION_FAILED,
+        ErrorCode::HistoryGone => StatusCode::GONE,
+        ErrorCode::TooManyConnections | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StoreFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `{error, code}` with the status its code maps to.
+fn error(e: &ApiError) -> Response<Body> {
+    let mut r = json_response(
+        status_of(e.code),
+        json!({"error": e.text, "code": e.code.as_str()}),
+    );
+    if let Some(v) = e
+        .retry_after
+        .and_then(|secs| HeaderValue::from_str(&secs.to_string()).ok())
+    {
+        r.headers_mut().insert(RETRY_AFTER, v);
+    }
+    r
+}
+
+/// What a session's replay guard says when it holds its maximum of nonces.
+const BUSY: &str = "too many signed requests by this session in the time window; retry shortly";
+
+/// A refused signed request: `429` when the session is only too busy,
+/// else `401`.
+fn refused(why: &str) -> Response<Body> {
+    if why == BUSY {
+        let mut r = error(&ApiError::new(ErrorCode::TooManyRequests, why));
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    unauthorized(why)
+}
+
+fn unauthorized(why: &str) -> Response<Body> {
+    let mut r = error(&ApiError::new(ErrorCode::AuthRequired, why));
+    r.headers_mut()
+        .insert("www-authenticate", HeaderValue::from_static("Keycard"));
+    r
+}
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Index,
+    OpenApi,
+    SessionNew,
+    SessionAnswer(&'a str),
+    SessionShow(&'a str),
+    SessionDelete(&'a str),
+    KeepAlive(&'a str),
+    Kv(&'a [&'a str]),
+}
+
+fn route_of<'a>(method: &Method, segs: &'a [&'a str]) -> Option<Route<'a>> {
+    Some(match (method, segs) {
+        (&Method::GET, [""]) => Route::Index,
+        (&Method::GET, ["openapi.json"]) => Route::OpenApi,
+        (&Method::POST, ["session", "new"]) => Route::SessionNew,
+        (&Method::PUT, ["session", sid]) => Route::SessionAnswer(sid),
+        (&Method::GET, ["session", sid]) => Route::SessionShow(sid),
+        (&Method::DELETE, ["session", sid]) => Route::SessionDelete(sid),
+        (&Method::POST, ["session", sid, "keepalive"]) => Route::KeepAlive(sid),
+        (&Method::GET | &Method::PUT | &Method::DELETE, ["kv", rest @ ..]) => Route::Kv(rest),
+        _ => return None,
+    })
+}
+
+/// The OpenAPI document (docs/openapi.json), served as is.
+const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+
+fn openapi() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+impl Rest {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.route(req, peer)).await {
+            Ok(r) => r,
+            Err(_) => error(&ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the request took too long",
+            )),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let max = self.state.config.http_max_body;
+        let body = match Limited::new(body, max).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return error(&ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("the body is larger than {max} bytes (http_max_body)"),
+                ))
+            }
+        };
+        let path = parts.uri.path().to_owned();
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let Some(route) = route_of(&parts.method, &segs) else {
+            return error(&ApiError::new(
+                ErrorCode::NotFound,
+                format!("no {} {path}", parts.method),
+            ));
+        };
+        // Every route after login is signed, by the session it names (or,
+        // for /kv, any live session).
+        let signed = match route {
+            Route::Index | Route::OpenApi | Route::SessionNew | Route::SessionAnswer(_) => None,
+            Route::SessionShow(sid) | Route::SessionDelete(sid) | Route::KeepAlive(sid) => {
+                match self.verify(&parts, &body) {
+                    Ok(id) if id.to_string() == sid => Some(id),
+                    Ok(_) => return unauthorized("the signature is for another session"),
+                    Err(why) => return refused(&why),
+                }
+            }
+            Route::Kv(_) => match self.verify(&parts, &body) {
+                Ok(id) => Some(id),
+                Err(why) => return refused(&why),
+            },
+        };
+        let result = match (route, signed) {
+            (Route::Index, _) => Ok(self.index()),
+            (Route::OpenApi, _) => Ok(openapi()),
+            (Route::SessionNew, _) => Ok(self.session_new(&body, peer).await),
+            (Route::SessionAnswer(sid), _) => Ok(self.session_answer(sid, &body).await),
+            (Route::SessionShow(_), Some(id)) => Ok(self.session_show(id)),
+            (Route::SessionDelete(_), Some(id)) => Ok(self.session_delete(id).await),
+            (Route::KeepAlive(_), Some(id)) => self.keep_alive(id, &body),
+            (Route::Kv(rest), Some(id)) => self.kv(id, &parts, rest, &body).await,
+            _ => Err(ApiError::new(ErrorCode::Internal, "unsigned signed route")),
+        };
+        result.unwrap_or_else(|e| error(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route: what `route_of` matches, as docs/openapi.json names it.
+    const ROUTES: [(&str, &str); 10] = [
+        ("GET", "/"),
+        ("GET", "/openapi.json"),
+        ("POST", "/session/new"),
+        ("PUT", "/session/{sid}"),
+        ("GET", "/session/{sid}"),
+        ("DELETE", "/session/{sid}"),
+        ("POST", "/session/{sid}/keepalive"),
+        ("GET", "/kv/{path}"),
+        ("PUT", "/kv/{path}"),
+        ("DELETE", "/kv/{path}"),
+    ];
+
+    /// docs/openapi.json describes exactly the routes the server has, and
+    /// every one of them routes.
+    #[test]
+    fn the_openapi_document_matches_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+        let mut documented = Vec::new();
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for method in ops.as_object().expect("operations").keys() {
+                if method != "parameters" {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+        for (method, path) in ROUTES {
+            let concrete = path
+                .replace("{sid}", "00112233445566778899aabbccddeeff")
+                .replace("{path}", "app/config");
+            let segs: Vec<&str> = concrete.trim_start_matches('/').split('/').collect();
+            let m = Method::from_bytes(method.as_bytes()).expect("method");
+            assert!(
+                route_of(&m, &segs).is_some(),
+                "{method} {path} routes nowhere"
+            );
+        }
+        assert!(route_of(&Method::PATCH, &["kv", "x"]).is_none());
+    }
+}
