@@ -27,7 +27,7 @@ pub mod signed;
 mod test_method;
 
 pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, Step, Verdict};
-pub use opaque::{new_server_setup, Opaque, OpaqueClient, OPAQUE, OPAQUE_SUITE};
+pub use opaque::{new_server_setup, Opaque, OpaqueClient, OpaqueLogin, OPAQUE, OPAQUE_SUITE};
 pub use password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD};
 pub use registry::{ClientRegistry, MethodSecrets, Registry};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};

@@ -197,6 +197,50 @@ impl Method for Opaque {
     }
 }
 
+/// A client's OPAQUE login under way, for a client that needs the
+/// session key too (a REST client signs its requests with it).
+pub struct OpaqueLogin {
+    state: OpaqueClientLogin<Suite>,
+    password: Zeroizing<Vec<u8>>,
+}
+
+impl OpaqueLogin {
+    /// Starts a login: the login and its KE1.
+    pub fn start(password: &Password) -> Result<(OpaqueLogin, Vec<u8>), AuthError> {
+        let pw = Zeroizing::new(password.expose().as_bytes().to_vec());
+        let start = OpaqueClientLogin::<Suite>::start(&mut OsRng, &pw)
+            .map_err(|_| malformed("client start"))?;
+        let ke1 = start.message.serialize().to_vec();
+        Ok((
+            OpaqueLogin {
+                state: start.state,
+                password: pw,
+            },
+            ke1,
+        ))
+    }
+
+    /// Finishes with the server's KE2: KE3 and the session key (the first
+    /// 32 bytes of the exchange's, as the server keeps it).
+    /// [`AuthError::Failed`] if KE2 does not open (a wrong password or an
+    /// unknown user).
+    pub fn finish(self, ke2: &[u8]) -> Result<(Vec<u8>, SecretKey), AuthError> {
+        let ke2 = CredentialResponse::<Suite>::deserialize(ke2).map_err(|_| malformed("KE2"))?;
+        let done = self
+            .state
+            .finish(
+                &mut OsRng,
+                &self.password,
+                ke2,
+                ClientLoginFinishParameters::default(),
+            )
+            .map_err(|_| AuthError::Failed)?;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&done.session_key[..32]);
+        Ok((done.message.serialize().to_vec(), SecretKey::new(key)))
+    }
+}
+
 /// Client half of `opaque`.
 pub struct OpaqueClient {
     /// The user name.
@@ -215,33 +259,25 @@ impl ClientMethod for OpaqueClient {
     }
 
     fn login(&self, _channel: Option<&SecretKey>) -> ClientLogin {
-        let pw = Zeroizing::new(self.password.expose().as_bytes().to_vec());
-        let start = match OpaqueClientLogin::<Suite>::start(&mut OsRng, &pw) {
+        let (login, ke1) = match OpaqueLogin::start(&self.password) {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
                 return ClientLogin {
                     request: Msg::new(),
-                    exchange: Some(Box::new(|_: &Value| Step::Fail(malformed("client start")))),
+                    exchange: Some(Box::new(move |_: &Value| Step::Fail(e))),
                 }
             }
         };
-        let state = start.state;
         ClientLogin {
-            request: Msg::new().with("data", start.message.serialize().to_vec()),
+            request: Msg::new().with("data", ke1),
             exchange: Some(Box::new(move |msg: &Value| {
-                let ke2 = match data_bytes(msg, "KE2").and_then(|b| {
-                    CredentialResponse::<Suite>::deserialize(b).map_err(|_| malformed("KE2"))
-                }) {
-                    Ok(k) => k,
-                    Err(e) => return Step::Fail(e),
-                };
-                match state.finish(&mut OsRng, &pw, ke2, ClientLoginFinishParameters::default()) {
-                    Ok(done) => Step::Send(
-                        Msg::new().with("data", done.message.serialize().to_vec()),
+                let finished = data_bytes(msg, "KE2").and_then(|ke2| login.finish(ke2));
+                match finished {
+                    Ok((ke3, _key)) => Step::Send(
+                        Msg::new().with("data", ke3),
                         Box::new(|_: &Value| Step::Done(())),
                     ),
-                    // Wrong password or unknown user: KE2 does not open.
-                    Err(_) => Step::Fail(AuthError::Failed),
+                    Err(e) => Step::Fail(e),
                 }
             })),
         }

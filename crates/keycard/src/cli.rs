@@ -435,7 +435,15 @@ enum UserCmd {
         /// The auth method.
         method: String,
     },
-    /// Delete a user of METHOD.
+    /// Show a user: its methods, ACL and groups, and its last logins
+    /// (needs read_auth, or to be the user).
+    Show {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The user name.
+        name: String,
+    },
+    /// Delete a user of METHOD (its keycards of that method are revoked).
     Rm {
         #[command(flatten)]
         conn: ConnArgs,
@@ -962,6 +970,58 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                 if let Some(ident) = ev?.get("ident").and_then(Value::as_str) {
                     println!("{ident}");
                 }
+            }
+            Ok(())
+        }
+        UserCmd::Show { conn, name } => {
+            let c = connect(&conn).await?;
+            let v = c
+                .request(
+                    Msg::new()
+                        .with("action", "user_show")
+                        .with("ident", name.as_str()),
+                )
+                .await?;
+            let text =
+                |m: &Value, k: &str| m.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+            let list = |k: &str| match v.get(k) {
+                Some(Value::Array(items)) => items.clone(),
+                _ => Vec::new(),
+            };
+            let methods: Vec<Vec<String>> = list("methods")
+                .iter()
+                .map(|m| {
+                    let groups = match m.get("groups") {
+                        Some(Value::Array(g)) => g
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        _ => "-".into(),
+                    };
+                    vec![text(m, "method"), text(m, "acl"), groups]
+                })
+                .collect();
+            print!("{}", render::table(&["METHOD", "ACL", "GROUPS"], &methods));
+            let now = render::now_ms();
+            let logins: Vec<Vec<String>> = list("last_logins")
+                .iter()
+                .map(|l| {
+                    let at = l.get("at").and_then(Value::as_u64).unwrap_or(0);
+                    vec![
+                        render::when(at, now),
+                        text(l, "client"),
+                        text(l, "method"),
+                        text(l, "via"),
+                    ]
+                })
+                .collect();
+            match logins.is_empty() {
+                true => println!("\nno logins yet"),
+                false => print!(
+                    "\n{}",
+                    render::table(&["LAST LOGINS", "CLIENT", "METHOD", "VIA"], &logins)
+                ),
             }
             Ok(())
         }

@@ -13,6 +13,7 @@ mod config;
 mod conn;
 mod error;
 mod http;
+pub mod logins;
 mod server;
 mod state;
 mod throttle;

@@ -73,6 +73,8 @@ pub struct ServerState {
     pub acls: crate::acl::AclCache,
     /// The keycard table.
     pub bouncer: Arc<crate::bouncer::Bouncer>,
+    /// Each user record's last logins (written behind).
+    pub logins: Arc<crate::logins::LastLogins>,
 }
 
 /// `(nil, "auth")`.
@@ -154,7 +156,7 @@ impl ServerState {
         let policy = config.keycards.policy();
         let state = Arc::new(ServerState {
             config,
-            store,
+            store: store.clone(),
             methods,
             auth: RwLock::new(AuthConfig::default()),
             next_conn: AtomicU64::new(1),
@@ -162,8 +164,10 @@ impl ServerState {
             audit,
             acls: crate::acl::AclCache::default(),
             bouncer: Arc::new(crate::bouncer::Bouncer::new(policy)),
+            logins: Arc::new(crate::logins::LastLogins::new(store.clone())),
         });
         state.bouncer.spawn_reaper();
+        state.logins.spawn_flusher();
         // Durable keycards (tokens) past their time leave the store.
         let weak = Arc::downgrade(&state);
         tokio::spawn(async move {

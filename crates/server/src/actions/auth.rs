@@ -80,6 +80,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         peer: conn.peer,
         root: session.root.clone(),
         channel_key: session.channel_key.clone(),
+        via: "msgpack",
     };
     let mut progress = Login::begin(&state, &req, msg).await;
     let mut cont = None;
@@ -572,12 +573,13 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
     let auth_at = session.root.join(&auth_root());
     let path = session.root.join(&record_path(m.name(), k.name, ident));
     guard_lockout(&state, &auth_at, &path, None).await?;
-    // The record and its aux nodes (acl, caps) go together.
+    // The record and its aux nodes go together.
     let mut ops = vec![Op::delete(path.clone())];
-    for aux in ["acl", "caps"] {
+    for aux in super::users::AUX {
         ops.push(Op::delete(path.child(aux)));
     }
     let out = state.store.write(ops).await?;
+    state.logins.forget(&path);
     state.refresh_auth().await?;
     let changed = out.first().is_some_and(|o| o.changed);
     if !changed {
@@ -586,7 +588,21 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
             format!("no {} record {ident:?}", k.name),
         ));
     }
-    tracing::info!(target: "keycard::audit", conn = r.conn().id, method = m.name(), kind = k.name, ident = %ident, "auth record deleted");
+    // A deleted user's keycards of that method end now.
+    let revoked = match k.name {
+        "user" => {
+            let filter = keycard_auth::bouncer::Filter {
+                user: Some(ident.to_owned()),
+                domain: (!session.root.is_empty()).then(|| crate::conn::domain_text(&session.root)),
+                method: Some(m.name().to_owned()),
+                ..Default::default()
+            };
+            let by = session.user.as_ref().map(|u| u.qualified());
+            super::keycards::revoke_matching(&state, &filter, by.as_deref()).await?
+        }
+        _ => 0,
+    };
+    tracing::info!(target: "keycard::audit", conn = r.conn().id, method = m.name(), kind = k.name, ident = %ident, revoked, "auth record deleted");
     r.reply(Msg::new().with("changed", true).with("tock", out[0].tock.0))
         .await;
     Ok(())

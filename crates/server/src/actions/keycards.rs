@@ -429,18 +429,29 @@ pub(super) async fn keycard_revoke(msg: &Value, r: &mut Responder) -> ApiResult 
             "say which keycards: 'id', 'user', 'requester' or 'parent'",
         ));
     }
-    let mut n = 0;
-    for card in state.bouncer.revoke_where(&f) {
-        state.audit.keycard("revoked", &card, by.as_deref()).await;
-        n += 1;
-    }
-    for (id, _) in durable(&state, &f, usize::MAX, |_| true).await? {
-        if let Some(id) = KeycardId::parse(&id) {
-            n += revoke_durable(&state, id, by.as_deref()).await?;
-        }
-    }
+    let n = revoke_matching(&state, &f, by.as_deref()).await?;
     r.reply(Msg::new().with("revoked", n)).await;
     Ok(())
+}
+
+/// Revokes every live keycard and token `f` matches, audited as revoked
+/// `by`; returns how many.
+pub(crate) async fn revoke_matching(
+    state: &ServerState,
+    f: &Filter,
+    by: Option<&str>,
+) -> ApiResult<usize> {
+    let mut n = 0;
+    for card in state.bouncer.revoke_where(f) {
+        state.audit.keycard("revoked", &card, by).await;
+        n += 1;
+    }
+    for (id, _) in durable(state, f, usize::MAX, |_| true).await? {
+        if let Some(id) = KeycardId::parse(&id) {
+            n += revoke_durable(state, id, by).await?;
+        }
+    }
+    Ok(n)
 }
 
 /// The method under which `user` has a user record: `method` if given,

@@ -73,6 +73,8 @@ pub(crate) struct Requester {
     pub root: Path,
     /// A key agreed with `diffie_hellman` (DistKV's `password` method).
     pub channel_key: Option<SecretKey>,
+    /// The front end (`msgpack` or `rest`), for the user's last logins.
+    pub via: &'static str,
 }
 
 /// How a login goes on.
@@ -133,6 +135,7 @@ pub(crate) struct Login {
     state: Arc<ServerState>,
     requester: u64,
     peer: SocketAddr,
+    via: &'static str,
     method: Option<Arc<dyn Method>>,
     method_name: &'static str,
     /// The user name as given (a token's id for a token).
@@ -294,6 +297,7 @@ impl Login {
             state: state.clone(),
             requester: req.id,
             peer: req.peer,
+            via: req.via,
             method: m.clone(),
             method_name,
             ident,
@@ -542,6 +546,15 @@ impl Login {
                 )
                 .await?;
                 state.audit.login(ev("success")).await;
+                state.logins.record(
+                    &self.record_at,
+                    crate::logins::Mark {
+                        at: crate::audit::now_millis(),
+                        client: self.peer.to_string(),
+                        method: self.method_name.to_owned(),
+                        via: self.via.to_owned(),
+                    },
+                );
                 let Some(granted) = granted else {
                     return Err(
                         ApiError::new(ErrorCode::Internal, "login without a keycard").into(),

@@ -13,6 +13,7 @@ pub(crate) mod login;
 
 pub(crate) use keycards::reap_durable;
 mod tree;
+pub(crate) mod users;
 
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Entry, Tock};
@@ -85,6 +86,7 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
         "keycard_show" => keycards::keycard_show(msg, r).await,
         "keycard_revoke" => keycards::keycard_revoke(msg, r).await,
         "token_create" => keycards::token_create(msg, r).await,
+        "user_show" => users::user_show(msg, r).await,
         other => Err(ApiError::new(
             ErrorCode::UnknownAction,
             format!("unknown action {other:?}"),
@@ -125,18 +127,29 @@ pub(crate) fn require_super_root(r: &Responder) -> ApiResult<Session> {
 /// The caller's session, if it holds `cap` (super-root holds them all).
 pub(crate) fn require_cap(r: &Responder, cap: crate::conn::Capability) -> ApiResult<Session> {
     let session = r.conn().session();
+    check_cap(&r.conn().state, &session, cap)?;
+    Ok(session)
+}
+
+/// Whether `session` holds `cap` (super-root holds them all; everyone,
+/// while the server is open), its keycard live.
+pub(crate) fn check_cap(
+    state: &ServerState,
+    session: &Session,
+    cap: crate::conn::Capability,
+) -> ApiResult {
     if let Some(u) = &session.user {
         u.live(crate::audit::now_millis())?;
     }
-    if r.conn().state.is_open() {
-        return Ok(session);
+    if state.is_open() {
+        return Ok(());
     }
     match &session.user {
         None => Err(ApiError::new(
             ErrorCode::AuthRequired,
             "this server requires a login (action 'auth') first",
         )),
-        Some(u) if u.has(cap) => Ok(session),
+        Some(u) if u.has(cap) => Ok(()),
         Some(_) => Err(ApiError::new(
             ErrorCode::PermissionDenied,
             format!("this needs the {} capability", cap.name()),

@@ -38,7 +38,9 @@ use crate::error::ApiError;
 use crate::state::ServerState;
 
 mod kv;
+mod page;
 mod session;
+mod users;
 
 /// Largest request header block.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -207,6 +209,9 @@ enum Route<'a> {
     SessionDelete(&'a str),
     KeepAlive(&'a str),
     Kv(&'a [&'a str]),
+    User(&'a str),
+    LoginPage,
+    LoginScript,
 }
 
 fn route_of<'a>(method: &Method, segs: &'a [&'a str]) -> Option<Route<'a>> {
@@ -219,6 +224,11 @@ fn route_of<'a>(method: &Method, segs: &'a [&'a str]) -> Option<Route<'a>> {
         (&Method::DELETE, ["session", sid]) => Route::SessionDelete(sid),
         (&Method::POST, ["session", sid, "keepalive"]) => Route::KeepAlive(sid),
         (&Method::GET | &Method::PUT | &Method::DELETE, ["kv", rest @ ..]) => Route::Kv(rest),
+        (&Method::GET | &Method::POST | &Method::PUT | &Method::DELETE, ["user", name]) => {
+            Route::User(name)
+        }
+        (&Method::GET, ["login"]) => Route::LoginPage,
+        (&Method::GET, ["login.js"]) => Route::LoginScript,
         _ => return None,
     })
 }
@@ -267,7 +277,12 @@ impl Rest {
         // Every route after login is signed, by the session it names (or,
         // for /kv, any live session).
         let signed = match route {
-            Route::Index | Route::OpenApi | Route::SessionNew | Route::SessionAnswer(_) => None,
+            Route::Index
+            | Route::OpenApi
+            | Route::LoginPage
+            | Route::LoginScript
+            | Route::SessionNew
+            | Route::SessionAnswer(_) => None,
             Route::SessionShow(sid) | Route::SessionDelete(sid) | Route::KeepAlive(sid) => {
                 match self.verify(&parts, &body) {
                     Ok(id) if id.to_string() == sid => Some(id),
@@ -275,7 +290,7 @@ impl Rest {
                     Err(why) => return refused(&why),
                 }
             }
-            Route::Kv(_) => match self.verify(&parts, &body) {
+            Route::Kv(_) | Route::User(_) => match self.verify(&parts, &body) {
                 Ok(id) => Some(id),
                 Err(why) => return refused(&why),
             },
@@ -283,12 +298,15 @@ impl Rest {
         let result = match (route, signed) {
             (Route::Index, _) => Ok(self.index()),
             (Route::OpenApi, _) => Ok(openapi()),
+            (Route::LoginPage, _) => Ok(page::login_page()),
+            (Route::LoginScript, _) => Ok(page::login_script()),
             (Route::SessionNew, _) => Ok(self.session_new(&body, peer).await),
             (Route::SessionAnswer(sid), _) => Ok(self.session_answer(sid, &body).await),
             (Route::SessionShow(_), Some(id)) => Ok(self.session_show(id)),
             (Route::SessionDelete(_), Some(id)) => Ok(self.session_delete(id).await),
             (Route::KeepAlive(_), Some(id)) => self.keep_alive(id, &body),
             (Route::Kv(rest), Some(id)) => self.kv(id, &parts, rest, &body).await,
+            (Route::User(name), Some(id)) => self.user(id, &parts.method, name, &body).await,
             _ => Err(ApiError::new(ErrorCode::Internal, "unsigned signed route")),
         };
         result.unwrap_or_else(|e| error(&e))
@@ -300,7 +318,7 @@ mod tests {
     use super::*;
 
     /// Every route: what `route_of` matches, as docs/openapi.json names it.
-    const ROUTES: [(&str, &str); 10] = [
+    const ROUTES: [(&str, &str); 16] = [
         ("GET", "/"),
         ("GET", "/openapi.json"),
         ("POST", "/session/new"),
@@ -311,6 +329,12 @@ mod tests {
         ("GET", "/kv/{path}"),
         ("PUT", "/kv/{path}"),
         ("DELETE", "/kv/{path}"),
+        ("GET", "/user/{name}"),
+        ("POST", "/user/{name}"),
+        ("PUT", "/user/{name}"),
+        ("DELETE", "/user/{name}"),
+        ("GET", "/login"),
+        ("GET", "/login.js"),
     ];
 
     /// docs/openapi.json describes exactly the routes the server has, and
@@ -337,7 +361,8 @@ mod tests {
         for (method, path) in ROUTES {
             let concrete = path
                 .replace("{sid}", "00112233445566778899aabbccddeeff")
-                .replace("{path}", "app/config");
+                .replace("{path}", "app/config")
+                .replace("{name}", "alice");
             let segs: Vec<&str> = concrete.trim_start_matches('/').split('/').collect();
             let m = Method::from_bytes(method.as_bytes()).expect("method");
             assert!(

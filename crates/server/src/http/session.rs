@@ -105,6 +105,7 @@ impl Rest {
             peer,
             root: Path::root(),
             channel_key: None,
+            via: "rest",
         };
         match Login::begin(&self.state, &req, &msg).await {
             Ok(Progress::Challenge { msg, login, .. }) => {

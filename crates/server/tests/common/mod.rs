@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub mod rest;
+
 use keycard_proto::{encode, Decoder, Limits, Msg, Value};
 use keycard_server::{Config, Server, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
