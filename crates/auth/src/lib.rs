@@ -31,7 +31,9 @@ pub use opaque::{new_server_setup, Opaque, OpaqueClient, OpaqueLogin, OPAQUE, OP
 pub use password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD};
 pub use registry::{ClientRegistry, MethodSecrets, Registry};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};
-pub use scram::{client_session_key, Scram, ScramClient, Verifier, MIN_ITERATIONS, SCRAM_SHA_256};
+pub use scram::{
+    client_session_key, Scram, ScramClient, Verifier, MAX_ITERATIONS, MIN_ITERATIONS, SCRAM_SHA_256,
+};
 pub use secret::{Password, SecretKey};
 
 use keycard_proto::{Msg, Value};

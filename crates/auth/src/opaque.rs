@@ -70,18 +70,92 @@ fn data_bytes<'a>(msg: &'a Value, what: &str) -> Result<&'a [u8], AuthError> {
 }
 
 /// Server half of `opaque`.
+///
+/// Each registration gets a fresh random `cid` (16 bytes, kept in the
+/// record), and the record's credential identifier is `cid || name`: so
+/// the OPRF key a login uses is the registration's own, and a registration
+/// request (which evaluates the OPRF, and which nothing counts or
+/// throttles) never evaluates under a live credential's key: it is no
+/// password-guessing oracle. A stateless front end (REST) carries `cid`
+/// between the two steps of a registration in a `token` the server MACs
+/// (`cid || HMAC(token key, cid || name)`), so a client cannot pick
+/// another registration's `cid`. Records from before `cid` existed use the
+/// name alone.
 pub struct Opaque {
     setup: ServerSetup<Suite>,
+    /// Derived from the setup: MACs registration tokens.
+    token_key: SecretKey,
 }
+
+/// Bytes of a registration's `cid`.
+const CID: usize = 16;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 impl Opaque {
     /// A server half with this setup (from [`new_server_setup`]).
     pub fn new(setup: &[u8]) -> Result<Opaque, AuthError> {
-        let setup = ServerSetup::<Suite>::deserialize(setup).map_err(|_| {
+        use hmac::Mac as _;
+        let parsed = ServerSetup::<Suite>::deserialize(setup).map_err(|_| {
             AuthError::Unsupported("the stored OPAQUE server setup does not decode".into())
         })?;
-        Ok(Opaque { setup })
+        let mut mac = HmacSha256::new_from_slice(setup)
+            .map_err(|_| AuthError::Unsupported("the OPAQUE setup is unusable".into()))?;
+        mac.update(b"keycard opaque registration token");
+        let token_key = SecretKey::new(mac.finalize().into_bytes().into());
+        Ok(Opaque {
+            setup: parsed,
+            token_key,
+        })
     }
+
+    fn tag(&self, cid: &[u8], ident: &str) -> [u8; 32] {
+        use hmac::Mac as _;
+        // HMAC takes a key of any length: this cannot fail.
+        let mut mac = HmacSha256::new_from_slice(self.token_key.expose()).expect("an HMAC key");
+        mac.update(cid);
+        mac.update(ident.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The `cid` a registration request's `token` carries (the server
+    /// must have made it for `ident`), or a fresh one when there is no
+    /// token. Returns (cid, token).
+    fn registration_cid(
+        &self,
+        request: &Value,
+        ident: &str,
+    ) -> Result<([u8; CID], Vec<u8>), AuthError> {
+        use subtle::ConstantTimeEq as _;
+        match request.get("token") {
+            None | Some(Value::Nil) => {
+                let cid: [u8; CID] = rand::random();
+                let mut token = cid.to_vec();
+                token.extend_from_slice(&self.tag(&cid, ident));
+                Ok((cid, token))
+            }
+            Some(Value::Bin(t)) if t.len() == CID + 32 => {
+                let (cid, tag) = t.split_at(CID);
+                if !bool::from(self.tag(cid, ident).ct_eq(tag)) {
+                    return Err(malformed(
+                        "registration token (not this server's for this name)",
+                    ));
+                }
+                let mut out = [0u8; CID];
+                out.copy_from_slice(cid);
+                Ok((out, t.clone()))
+            }
+            Some(_) => Err(malformed("registration token")),
+        }
+    }
+}
+
+/// The credential identifier of a registration: `cid || name`, or the
+/// name alone for a record without `cid`.
+fn credential_id(cid: Option<&[u8]>, ident: &str) -> Vec<u8> {
+    let mut id = cid.unwrap_or_default().to_vec();
+    id.extend_from_slice(ident.as_bytes());
+    id
 }
 
 impl Method for Opaque {
@@ -112,12 +186,16 @@ impl Method for Opaque {
             .and_then(|r| r.get("record"))
             .and_then(Value::as_bin)
             .and_then(|b| ServerRegistration::<Suite>::deserialize(b).ok());
+        let cid = match &file {
+            Some(_) => record.and_then(|r| r.get("cid")).and_then(Value::as_bin),
+            None => None,
+        };
         let started = ServerLogin::start(
             &mut OsRng,
             &self.setup,
             file,
             ke1,
-            ident.as_bytes(),
+            &credential_id(cid, ident),
             ServerLoginParameters::default(),
         );
         let started = match started {
@@ -171,14 +249,21 @@ impl Method for Opaque {
             Ok(r) => r,
             Err(e) => return Step::Fail(e),
         };
-        let response = match ServerRegistration::<Suite>::start(&self.setup, req, ident.as_bytes())
-        {
+        let (cid, token) = match self.registration_cid(request, ident) {
+            Ok(x) => x,
+            Err(e) => return Step::Fail(e),
+        };
+        let response = match ServerRegistration::<Suite>::start(
+            &self.setup,
+            req,
+            &credential_id(Some(&cid), ident),
+        ) {
             Ok(r) => r.message.serialize().to_vec(),
             Err(_) => return Step::Fail(malformed("registration request")),
         };
         Step::Send(
-            Msg::new().with("data", response),
-            Box::new(|msg: &Value| {
+            Msg::new().with("data", response).with("token", token),
+            Box::new(move |msg: &Value| {
                 let upload = match data_bytes(msg, "registration upload").and_then(|b| {
                     RegistrationUpload::<Suite>::deserialize(b)
                         .map_err(|_| malformed("registration upload"))
@@ -190,6 +275,7 @@ impl Method for Opaque {
                 Step::Done(
                     Msg::new()
                         .with("record", file.serialize().to_vec())
+                        .with("cid", cid.to_vec())
                         .into_value(),
                 )
             }),

@@ -32,6 +32,11 @@ pub const SCRAM_SHA_256: &str = "scram-sha-256";
 /// The fewest iterations accepted in a verifier (RFC 7677's minimum).
 pub const MIN_ITERATIONS: u32 = 4096;
 
+/// The most iterations accepted (in a verifier, and by the client from a
+/// server): more would keep every login busy for minutes, and the login
+/// page and keycard's client refuse them.
+pub const MAX_ITERATIONS: u32 = 10_000_000;
+
 /// Longest SCRAM message accepted, in bytes.
 const MAX_MESSAGE: usize = 4096;
 
@@ -164,6 +169,9 @@ impl Verifier {
             .map_err(|_| bad("the iteration count is not a number"))?;
         if iterations < MIN_ITERATIONS {
             return Err(bad("fewer than 4096 iterations"));
+        }
+        if iterations > MAX_ITERATIONS {
+            return Err(bad("more than 10,000,000 iterations"));
         }
         let salt = B64
             .decode(salt)
@@ -570,7 +578,7 @@ fn client_final(password: &Password, bare: &str, cnonce: &str, msg: &Value) -> S
     if !nonce.starts_with(cnonce) || nonce.len() == cnonce.len() {
         return bad("the server nonce does not extend ours");
     }
-    if !(MIN_ITERATIONS..=10_000_000).contains(&iterations) {
+    if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
         return bad("the iteration count is out of range");
     }
     let keys = match derive(password.expose(), &salt, iterations) {

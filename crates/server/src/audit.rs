@@ -132,6 +132,25 @@ impl Audit {
         let _ = self.tx.send(line).await;
     }
 
+    /// A user-management event (`user created`, `credential set`, `user
+    /// deleted`…): who did what to which user (`NAME` or `NAME@DOMAIN`).
+    pub async fn user(&self, event: &str, user: &str, method: Option<&str>, by: Option<&str>) {
+        tracing::info!(
+            target: "keycard::audit",
+            user, method = method.unwrap_or(""), by = by.unwrap_or(""), "{event}"
+        );
+        let obj = serde_json::json!({
+            "time": now_secs(),
+            "event": event,
+            "user": user,
+            "method": method,
+            "by": by,
+        });
+        let mut line = obj.to_string();
+        line.push('\n');
+        let _ = self.tx.send(line).await;
+    }
+
     /// The last `n` events, oldest first.
     pub async fn tail(&self, n: usize) -> std::io::Result<Vec<String>> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};

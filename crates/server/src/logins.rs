@@ -85,6 +85,10 @@ pub struct LastLogins {
     store: Arc<dyn Store>,
     pending: Mutex<HashMap<Path, Vec<Mark>>>,
     dropped: std::sync::atomic::AtomicU64,
+    /// Held by a flush from its existence checks to its write, and by a
+    /// deletion across its write and [`LastLogins::forget`]: no mark of
+    /// a deleted record is written back.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl LastLogins {
@@ -94,6 +98,7 @@ impl LastLogins {
             store,
             pending: Mutex::new(HashMap::new()),
             dropped: std::sync::atomic::AtomicU64::new(0),
+            flushing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -118,6 +123,12 @@ impl LastLogins {
         }
     }
 
+    /// Keeps flushes out while held (a deletion holds it across its write
+    /// and [`LastLogins::forget`]).
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.flushing.lock().await
+    }
+
     /// Forgets the pending marks of a deleted record.
     pub fn forget(&self, record_at: &Path) {
         self.pending().remove(record_at);
@@ -136,6 +147,7 @@ impl LastLogins {
     /// Writes every pending mark in one batch; returns how many records
     /// were written. Marks of a record deleted meanwhile are dropped.
     pub async fn flush(&self) -> Result<usize, StoreError> {
+        let _turn = self.flushing.lock().await;
         let batch = std::mem::take(&mut *self.pending());
         let dropped = self.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
         if dropped > 0 {

@@ -75,6 +75,8 @@ pub struct ServerState {
     pub bouncer: Arc<crate::bouncer::Bouncer>,
     /// Each user record's last logins (written behind).
     pub logins: Arc<crate::logins::LastLogins>,
+    /// Changes to one user take turns.
+    pub(crate) names: crate::actions::users::NameLocks,
 }
 
 /// `(nil, "auth")`.
@@ -165,6 +167,7 @@ impl ServerState {
             acls: crate::acl::AclCache::default(),
             bouncer: Arc::new(crate::bouncer::Bouncer::new(policy)),
             logins: Arc::new(crate::logins::LastLogins::new(store.clone())),
+            names: Default::default(),
         });
         state.bouncer.spawn_reaper();
         state.logins.spawn_flusher();

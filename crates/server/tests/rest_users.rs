@@ -280,6 +280,7 @@ async fn opaque_registration_and_login_over_rest() {
     let response = URL_SAFE_NO_PAD
         .decode(r.body["data"].as_str().expect("registration response"))
         .expect("b64");
+    let token = r.body["token"].as_str().expect("token").to_owned();
     let r = call(addr, &admin, "GET", "/user/olga", "").await;
     assert_eq!(r.status, 404, "the first request stores nothing");
     let Some(exchange) = start.exchange else {
@@ -297,8 +298,13 @@ async fn opaque_registration_and_login_over_rest() {
     let bad = json!({"method": "opaque", "data": request, "upload": "AAAA"}).to_string();
     let r = call(addr, &admin, "POST", "/user/olga", &bad).await;
     assert_eq!(r.status, 400, "{}", r.body);
-    let body =
-        json!({"method": "opaque", "data": request, "upload": upload, "acl": "olgas"}).to_string();
+    // The upload goes with the first answer's token (the server redoes its
+    // half with the registration's own identifier from it).
+    let bare = json!({"method": "opaque", "data": request, "upload": upload}).to_string();
+    let r = call(addr, &admin, "POST", "/user/olga", &bare).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let body = json!({"method": "opaque", "data": request, "token": token, "upload": upload, "acl": "olgas"})
+        .to_string();
     let r = call(addr, &admin, "POST", "/user/olga", &body).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let r = call(addr, &admin, "GET", "/user/olga", "").await;

@@ -121,8 +121,17 @@ async fn failures_delay_then_refuse_without_locking_anyone_else_out() {
     for secret in ["alice-pw", "bob-pw", "guess"] {
         assert!(!log.contains(secret), "a password in the audit log");
     }
-    let first: serde_json::Value =
-        serde_json::from_str(log.lines().next().expect("a line")).expect("JSON lines");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    // Creating alice was audited too (user management events).
+    assert_eq!(events[0]["event"], "auth record set (user)");
+    assert_eq!(events[0]["user"], "alice");
+    let first = events
+        .iter()
+        .find(|e| e["event"] == "login")
+        .expect("a login event");
     for field in [
         "time", "event", "outcome", "user", "method", "source", "conn",
     ] {

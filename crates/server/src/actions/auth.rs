@@ -179,12 +179,28 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     let step = m.set_record(&ctx, k, &ident, msg);
     let record = drive(r, step).await?;
     let path = session.root.join(&record_path(m.name(), k.name, &ident));
+    // A user's record changes in its name's turn, and only by a session
+    // holding every capability the record grants.
+    let turn = match k.name {
+        "user" => {
+            Some(super::users::guard_record(&state, &session, &path, m.name(), &ident).await?)
+        }
+        _ => None,
+    };
     let reply = write_value(&state, msg, path, Some(record)).await?;
+    drop(turn);
     state.refresh_auth().await?;
-    tracing::info!(
-        target: "keycard::audit",
-        conn = r.conn().id, method = m.name(), kind = k.name, ident = %ident, "auth record set"
-    );
+    let by = session.user.as_ref().map(|u| u.qualified());
+    let who = crate::conn::qualify(&ident, &session.root);
+    state
+        .audit
+        .user(
+            &format!("auth record set ({})", k.name),
+            &who,
+            Some(m.name()),
+            by.as_deref(),
+        )
+        .await;
     if r.is_done() {
         return Ok(());
     }
@@ -572,14 +588,24 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
     let ident = str_field(msg, "ident")?;
     let auth_at = session.root.join(&auth_root());
     let path = session.root.join(&record_path(m.name(), k.name, ident));
+    let turn = match k.name {
+        "user" => Some(super::users::guard_record(&state, &session, &path, m.name(), ident).await?),
+        _ => None,
+    };
     guard_lockout(&state, &auth_at, &path, None).await?;
     // The record and its aux nodes go together.
     let mut ops = vec![Op::delete(path.clone())];
     for aux in super::users::AUX {
         ops.push(Op::delete(path.child(aux)));
     }
-    let out = state.store.write(ops).await?;
-    state.logins.forget(&path);
+    let out = {
+        // No last-login flush may write a mark back between the two.
+        let _flush = state.logins.exclusive().await;
+        let out = state.store.write(ops).await?;
+        state.logins.forget(&path);
+        out
+    };
+    drop(turn);
     state.refresh_auth().await?;
     let changed = out.first().is_some_and(|o| o.changed);
     if !changed {
@@ -588,21 +614,33 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
             format!("no {} record {ident:?}", k.name),
         ));
     }
-    // A deleted user's keycards of that method end now.
-    let revoked = match k.name {
-        "user" => {
+    // A deleted user's keycards of that method end now, and its tokens
+    // (a token names a user, and a user of that name created later must
+    // not inherit them).
+    let by = session.user.as_ref().map(|u| u.qualified());
+    let mut revoked = 0;
+    if k.name == "user" {
+        for method in [m.name(), super::keycards::TOKEN] {
             let filter = keycard_auth::bouncer::Filter {
                 user: Some(ident.to_owned()),
                 domain: (!session.root.is_empty()).then(|| crate::conn::domain_text(&session.root)),
-                method: Some(m.name().to_owned()),
+                method: Some(method.to_owned()),
                 ..Default::default()
             };
-            let by = session.user.as_ref().map(|u| u.qualified());
-            super::keycards::revoke_matching(&state, &filter, by.as_deref()).await?
+            revoked += super::keycards::revoke_matching(&state, &filter, by.as_deref()).await?;
         }
-        _ => 0,
-    };
-    tracing::info!(target: "keycard::audit", conn = r.conn().id, method = m.name(), kind = k.name, ident = %ident, revoked, "auth record deleted");
+    }
+    let who = crate::conn::qualify(ident, &session.root);
+    state
+        .audit
+        .user(
+            &format!("auth record deleted ({})", k.name),
+            &who,
+            Some(m.name()),
+            by.as_deref(),
+        )
+        .await;
+    tracing::debug!(revoked, "keycards of a deleted record revoked");
     r.reply(Msg::new().with("changed", true).with("tock", out[0].tock.0))
         .await;
     Ok(())

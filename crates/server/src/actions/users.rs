@@ -12,7 +12,9 @@
 //! replays the (deterministic) exchange and either stores the record or
 //! answers the next message to compute.
 
-use keycard_auth::bouncer::Filter;
+use std::hash::{Hash, Hasher};
+
+use keycard_auth::bouncer::{Filter, KeycardId};
 use keycard_auth::{Kind, LoginCtx, Method, Step};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Op};
@@ -26,6 +28,37 @@ use crate::state::{auth_root, record_path, ServerState};
 
 /// The nodes below a user record that belong to it, deleted with it.
 pub(crate) const AUX: [&str; 5] = ["acl", "caps", "groups", "keycard", "logins"];
+
+/// The aux nodes a record added to an existing user takes from the user's
+/// other record: what the user may do does not depend on how it logs in.
+const BINDINGS: [&str; 4] = ["acl", "caps", "groups", "keycard"];
+
+/// Per-name locks: every change to a user (its records, their aux nodes)
+/// holds its name's stripe from the existence check to the write, so two
+/// changes to one name take turns (a deletion and a credential change, two
+/// creations under two methods).
+pub(crate) struct NameLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Default for NameLocks {
+    fn default() -> NameLocks {
+        NameLocks {
+            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl NameLocks {
+    /// Waits for user `name` under `root`.
+    pub(crate) async fn lock(&self, root: &Path, name: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        root.hash(&mut h);
+        name.hash(&mut h);
+        let i = usize::try_from(h.finish() % self.stripes.len() as u64).unwrap_or(0);
+        self.stripes[i].lock().await
+    }
+}
 
 /// Most messages a registration may take.
 const MAX_MESSAGES: usize = 4;
@@ -68,6 +101,7 @@ async fn records(
 /// last_logins: [{at, client, method, via}]}`. Needs `read_auth`, or to be
 /// the user.
 pub(crate) async fn show(state: &ServerState, session: &Session, name: &str) -> ApiResult<Msg> {
+    super::check_login(state, session)?;
     if !is_self(session, name) {
         check_cap(state, session, Capability::ReadAuth)?;
     }
@@ -126,6 +160,84 @@ pub(super) async fn user_show(msg: &Value, r: &mut crate::conn::Responder) -> Ap
     Ok(())
 }
 
+/// The capabilities granted to the record at `at` (`(…, "caps")`).
+async fn caps_of(state: &ServerState, at: &Path) -> ApiResult<Vec<Capability>> {
+    Ok(match state.store.get(&at.child("caps")).await? {
+        Some(e) => match e.value.get("caps") {
+            Some(Value::Array(names)) => names
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(Capability::parse)
+                .collect(),
+            _ => Vec::new(),
+        },
+        None => Vec::new(),
+    })
+}
+
+/// Whether `session` may change the user whose records are `found`: it
+/// must hold every capability they grant (a user-admin cannot take over,
+/// or delete, a user who may do more than it).
+async fn check_outranks(
+    state: &ServerState,
+    session: &Session,
+    found: &[(&'static str, Path, Value)],
+) -> ApiResult {
+    for (m, at, _) in found {
+        if state.methods.get(m).is_some_and(|m| m.super_root()) {
+            check_cap(state, session, Capability::SuperRoot)?;
+        }
+        for cap in caps_of(state, at).await? {
+            check_cap(state, session, cap).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "the user holds the {} capability, which this session lacks",
+                        cap.name()
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Revokes `name`'s keycards under `root` (its tokens too with
+/// `tokens`), but not `keep` (the caller's own); returns how many.
+async fn revoke_user(
+    state: &ServerState,
+    root: &Path,
+    name: &str,
+    keep: Option<KeycardId>,
+    tokens: bool,
+    by: Option<&str>,
+) -> ApiResult<usize> {
+    let filter = Filter {
+        user: Some(name.to_owned()),
+        domain: (!root.is_empty()).then(|| domain_text(root)),
+        ..Filter::default()
+    };
+    if tokens {
+        return super::keycards::revoke_matching(state, &filter, by).await;
+    }
+    let ids: Vec<KeycardId> = state
+        .bouncer
+        .table()
+        .list(&filter, None, usize::MAX)
+        .into_iter()
+        .map(|c| c.id)
+        .filter(|id| Some(*id) != keep)
+        .collect();
+    let mut n = 0;
+    for id in ids {
+        if let Some(card) = state.bouncer.revoke(id) {
+            state.audit.keycard("revoked", &card, by).await;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// What setting a credential came to.
 pub(crate) enum Set {
     /// Stored (at this tock).
@@ -135,11 +247,39 @@ pub(crate) enum Set {
     Continue(Msg),
 }
 
+/// May `session` set `name`'s credential for `method` (`create`: create
+/// the user)? The user itself may change the credential it logged in with
+/// (not add a method); anything else needs `write_auth`, and a `root`
+/// method super-root.
+fn may_set(
+    state: &ServerState,
+    session: &Session,
+    name: &str,
+    m: &dyn Method,
+    create: bool,
+) -> ApiResult<bool> {
+    if m.super_root() {
+        check_cap(state, session, Capability::SuperRoot)?;
+        return Ok(false);
+    }
+    let own = !create
+        && session
+            .user
+            .as_ref()
+            .is_some_and(|u| u.name == name && u.method == m.name());
+    match own {
+        true => super::check_login(state, session)?,
+        false => check_cap(state, session, Capability::WriteAuth)?,
+    }
+    Ok(own)
+}
+
 /// Creates user `name` (`create`, needs `write_auth`; a `409` if any
-/// record of the name exists), or sets its credential for `method` (needs
-/// `write_auth` or to be the user; the user must exist). `msgs` are the
-/// client's registration messages so far; `acl` binds an ACL on
-/// creation.
+/// record of the name exists), or sets its credential for `method` (the
+/// user must exist; see [`may_set`]). A credential change revokes the
+/// user's other keycards. `msgs` are the client's registration messages
+/// so far; `acl` binds an ACL on creation. A record added to an existing
+/// user takes its bindings ([`BINDINGS`]) from the user's other record.
 pub(crate) async fn set_credential(
     state: &ServerState,
     session: &Session,
@@ -155,13 +295,7 @@ pub(crate) async fn set_credential(
             format!("unknown auth method {method:?}"),
         )
     })?;
-    if m.super_root() {
-        check_cap(state, session, Capability::SuperRoot)?;
-    } else if create || !is_self(session, name) {
-        check_cap(state, session, Capability::WriteAuth)?;
-    } else {
-        super::check_login(state, session)?;
-    }
+    may_set(state, session, name, m.as_ref(), create)?;
     let name = user_name(name)?;
     if name.is_empty() {
         return Err(ApiError::bad("a user needs a name"));
@@ -176,13 +310,19 @@ pub(crate) async fn set_credential(
             return Err(ApiError::bad("'acl' must be an ACL name of 1 to 256 bytes"));
         }
     }
-    let exists = !records(state, session, name).await?.is_empty();
-    match (create, exists) {
-        (true, true) => return Err(ApiError::new(ErrorCode::Conflict, "the user exists")),
-        (false, false) => return Err(no_such_user()),
+    let kind = user_kind(m.as_ref())?;
+    let _turn = state.names.lock(&session.root, name).await;
+    // Checked again: the keycard may have ended while waiting.
+    let own = may_set(state, session, name, m.as_ref(), create)?;
+    let found = records(state, session, name).await?;
+    match (create, found.is_empty()) {
+        (true, false) => return Err(ApiError::new(ErrorCode::Conflict, "the user exists")),
+        (false, true) => return Err(no_such_user()),
         _ => {}
     }
-    let kind = user_kind(m.as_ref())?;
+    if !own {
+        check_outranks(state, session, &found).await?;
+    }
     let ctx = LoginCtx { channel_key: None };
     let mut step = m.set_record(&ctx, kind, name, &msgs[0]);
     let mut next = 1;
@@ -209,72 +349,111 @@ pub(crate) async fn set_credential(
         )));
     }
     let at = session.root.join(&record_path(m.name(), kind.name, name));
-    // A creation races nobody: the record must still be absent.
-    let cond = match create {
-        true => Cond::Absent,
-        false => Cond::Any,
-    };
+    let existed = found.iter().any(|(fm, _, _)| *fm == m.name());
     let mut ops = vec![Op::Put {
         path: at.clone(),
         value: record,
-        cond,
+        cond: match existed {
+            true => Cond::Any,
+            false => Cond::Absent,
+        },
         idem: false,
     }];
-    if let Some(a) = acl {
-        ops.push(Op::put(
-            at.child("acl"),
-            Msg::new().with("key", a).into_value(),
-        ));
+    if !existed {
+        // A new record starts clean (nothing left by a record deleted
+        // earlier), then takes the user's bindings: the ones given on
+        // creation, or those of the user's other record.
+        ops.extend(AUX.iter().map(|aux| Op::delete(at.child(*aux))));
+        if let Some(a) = acl {
+            ops.push(Op::put(
+                at.child("acl"),
+                Msg::new().with("key", a).into_value(),
+            ));
+        }
+        if let Some((_, other, _)) = found.first() {
+            for aux in BINDINGS {
+                if let Some(e) = state.store.get(&other.child(aux)).await? {
+                    ops.push(Op::put(at.child(aux), e.value));
+                }
+            }
+        }
     }
     let out = state.store.write(ops).await?;
     state.refresh_auth().await?;
-    tracing::info!(
-        target: "keycard::audit",
-        method = m.name(), user = %crate::conn::qualify(name, &session.root),
-        by = session.user.as_ref().map(|u| u.qualified()).unwrap_or_default(),
-        created = create, "user credential set"
-    );
+    let by = session.user.as_ref().map(|u| u.qualified());
+    let who = crate::conn::qualify(name, &session.root);
+    let event = match (create, existed) {
+        (true, _) => "user created",
+        (false, true) => "credential set",
+        (false, false) => "credential added",
+    };
+    state
+        .audit
+        .user(event, &who, Some(m.name()), by.as_deref())
+        .await;
+    if existed {
+        // A changed credential ends the user's other sessions (the
+        // caller's own goes on).
+        let keep = session.user.as_ref().map(|u| u.keycard);
+        revoke_user(state, &session.root, name, keep, false, by.as_deref()).await?;
+    }
     Ok(Set::Stored(out.first().map_or(0, |o| o.tock.0)))
 }
 
 /// Deletes user `name`: every method's record and its aux nodes, and
 /// revokes its keycards and tokens (their connections close). Needs
-/// `write_auth` (super-root for a `root`-method user); refuses to delete
-/// the last user of the current method. Returns how many keycards were
-/// revoked.
+/// `write_auth` and every capability the user holds (super-root for a
+/// `root`-method user); refuses to delete the last user of the current
+/// method. Returns how many keycards were revoked.
 pub(crate) async fn delete(state: &ServerState, session: &Session, name: &str) -> ApiResult<usize> {
     check_cap(state, session, Capability::WriteAuth)?;
     let name = user_name(name)?;
+    let _turn = state.names.lock(&session.root, name).await;
+    check_cap(state, session, Capability::WriteAuth)?;
     let found = records(state, session, name).await?;
     if found.is_empty() {
         return Err(no_such_user());
     }
+    check_outranks(state, session, &found).await?;
     let auth_at = session.root.join(&auth_root());
     let mut ops = Vec::new();
-    for (m, at, _) in &found {
-        if state.methods.get(m).is_some_and(|m| m.super_root()) {
-            check_cap(state, session, Capability::SuperRoot)?;
-        }
+    for (_, at, _) in &found {
         guard_lockout(state, &auth_at, at, None).await?;
         ops.push(Op::delete(at.clone()));
         ops.extend(AUX.iter().map(|aux| Op::delete(at.child(*aux))));
     }
-    state.store.write(ops).await?;
-    for (_, at, _) in &found {
-        state.logins.forget(at);
+    {
+        // No last-login flush may write a mark back between the two.
+        let _flush = state.logins.exclusive().await;
+        state.store.write(ops).await?;
+        for (_, at, _) in &found {
+            state.logins.forget(at);
+        }
     }
     state.refresh_auth().await?;
     let by = session.user.as_ref().map(|u| u.qualified());
-    let filter = Filter {
-        user: Some(name.to_owned()),
-        domain: (!session.root.is_empty()).then(|| domain_text(&session.root)),
-        ..Filter::default()
-    };
-    let revoked = super::keycards::revoke_matching(state, &filter, by.as_deref()).await?;
-    tracing::info!(
-        target: "keycard::audit",
-        user = %crate::conn::qualify(name, &session.root),
-        by = by.as_deref().unwrap_or(""), revoked, "user deleted"
-    );
+    let revoked = revoke_user(state, &session.root, name, None, true, by.as_deref()).await?;
+    let who = crate::conn::qualify(name, &session.root);
+    state
+        .audit
+        .user("user deleted", &who, None, by.as_deref())
+        .await;
     Ok(revoked)
+}
+
+/// What `auth_set` and `auth_delete` (msgpack, one method's record) must
+/// hold before they change user `ident`'s record at `at`: the name's turn,
+/// and, for an existing record, every capability it grants.
+pub(crate) async fn guard_record<'a>(
+    state: &'a ServerState,
+    session: &Session,
+    at: &Path,
+    method: &'static str,
+    ident: &str,
+) -> ApiResult<tokio::sync::MutexGuard<'a, ()>> {
+    let turn = state.names.lock(&session.root, ident).await;
+    if let Some(e) = state.store.get(at).await? {
+        check_outranks(state, session, &[(method, at.clone(), e.value)]).await?;
+    }
+    Ok(turn)
 }

@@ -1,9 +1,10 @@
 //! `/user/{name}` (signed): show, create, set a credential, delete
-//! (`actions::users` does the work). Bodies are `{method, data, upload?,
-//! acl?}`: for `scram-sha-256`, `data` is the verifier in PostgreSQL's
-//! text form; for `opaque`, the registration request, then (second
-//! request) the request again with the registration upload in `upload`,
-//! both base64url unpadded. The password never travels.
+//! (`actions::users` does the work). Bodies are `{method, data, token?,
+//! upload?, acl?}`: for `scram-sha-256`, `data` is the verifier in
+//! PostgreSQL's text form; for `opaque`, the registration request, then
+//! (second request) the request again with the first answer's `token` and
+//! the registration upload in `upload`, all base64url unpadded. The
+//! password never travels.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -41,15 +42,26 @@ fn messages(method: &str, j: &serde_json::Value) -> Result<Vec<Value>, ApiError>
     let upload = text("upload")?;
     match method {
         "opaque" => {
-            let mut msgs = vec![Msg::new().with("data", bytes("data", data)?).into_value()];
+            let mut first = Msg::new().with("data", bytes("data", data)?);
+            if let Some(t) = text("token")? {
+                first.set("token", bytes("token", t)?);
+            }
+            let mut msgs = vec![first.into_value()];
             if let Some(u) = upload {
+                if j.get("token").is_none() {
+                    return Err(ApiError::bad(
+                        "an OPAQUE upload goes with the first answer's 'token'",
+                    ));
+                }
                 msgs.push(Msg::new().with("data", bytes("upload", u)?).into_value());
             }
             Ok(msgs)
         }
         _ => {
-            if upload.is_some() {
-                return Err(ApiError::bad(format!("method {method} takes no 'upload'")));
+            if upload.is_some() || j.get("token").is_some() {
+                return Err(ApiError::bad(format!(
+                    "method {method} takes no 'upload' or 'token'"
+                )));
             }
             Ok(vec![Msg::new()
                 .with("data", Msg::new().with("verifier", data))
@@ -114,12 +126,16 @@ impl Rest {
                 let msgs = messages(m, &j)?;
                 match users::set_credential(state, &session, &name, m, &msgs, create, acl).await {
                     Ok(Set::Continue(msg)) => {
-                        let data = match msg.into_value().get("data") {
+                        let msg = msg.into_value();
+                        let field = |k: &str| match msg.get(k) {
                             Some(Value::Bin(b)) => json!(URL_SAFE_NO_PAD.encode(b)),
                             Some(Value::Str(s)) => json!(s),
                             _ => serde_json::Value::Null,
                         };
-                        Ok(json_response(StatusCode::OK, json!({"data": data})))
+                        Ok(json_response(
+                            StatusCode::OK,
+                            json!({"data": field("data"), "token": field("token")}),
+                        ))
                     }
                     Ok(Set::Stored(tock)) => {
                         let status = match create {
