@@ -44,20 +44,15 @@ impl KeycardId {
 
     /// Parses the 32-hex-digit form.
     pub fn parse(s: &str) -> Option<KeycardId> {
-        if s.len() != 32 {
-            return None;
-        }
-        let bytes = keycard_proto::hex::decode(s)?;
-        bytes.try_into().ok().map(KeycardId)
+        let mut b = [0u8; 16];
+        keycard_proto::hex::decode_into(s, &mut b)?;
+        Some(KeycardId(b))
     }
 }
 
 impl fmt::Display for KeycardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&keycard_proto::hex::encode(&self.0))
     }
 }
 

@@ -15,6 +15,7 @@
 //! example; the tests below check its vectors, which were computed
 //! independently with Python's `hmac`.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -88,29 +89,110 @@ fn unb64<const N: usize>(text: &str) -> Option<[u8; N]> {
     if text.len() != (N * 4).div_ceil(3) {
         return None;
     }
-    URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()
+    // Decoded on the stack (this runs for every signed request); the same
+    // engine as `b64`, so the same texts are accepted.
+    let mut buf = [0u8; 36];
+    let out = buf.get_mut(..N + 3)?;
+    match URL_SAFE_NO_PAD.decode_slice(text, out) {
+        Ok(n) if n == N => out[..N].try_into().ok(),
+        _ => None,
+    }
+}
+
+/// The lowercase hex SHA-256 of the empty body (most signed requests).
+const EMPTY_BODY_SHA256: &[u8; 64] =
+    b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Feeds the canonical string for `req` under (`sid`, `ts`, `nonce`) to
+/// `out`, piece by piece, without allocating: the HMAC takes it as it
+/// comes, and [`canonical`] collects the same pieces.
+fn write_canonical(
+    req: &Request<'_>,
+    sid: &str,
+    ts: u64,
+    nonce: &[u8; NONCE_LEN],
+    out: &mut impl FnMut(&[u8]),
+) {
+    // 1. The method in upper case (ASCII letters only, as
+    // `str::to_ascii_uppercase`).
+    for chunk in req.method.as_bytes().chunks(32) {
+        let mut up = [0u8; 32];
+        let up = &mut up[..chunk.len()];
+        up.copy_from_slice(chunk);
+        up.make_ascii_uppercase();
+        out(up);
+    }
+    out(b"\n");
+    // 2.–4. The path, the query and the session id as they are.
+    out(req.path.as_bytes());
+    out(b"\n");
+    out(req.query.as_bytes());
+    out(b"\n");
+    out(sid.as_bytes());
+    out(b"\n");
+    // 5. ts in decimal.
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = ts;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out(&digits[at..]);
+    out(b"\n");
+    // 6. The nonce, base64url without padding (22 characters).
+    let mut text = [0u8; 24];
+    let len = URL_SAFE_NO_PAD
+        .encode_slice(nonce, &mut text)
+        .unwrap_or_else(|_| unreachable!("16 bytes are 22 base64 characters"));
+    out(&text[..len]);
+    out(b"\n");
+    // 7. The body's SHA-256 in lowercase hex.
+    if req.body.is_empty() {
+        out(EMPTY_BODY_SHA256);
+    } else {
+        out(&hex64(&Sha256::digest(req.body).into()));
+    }
+}
+
+/// Lowercase hex of a 32-byte digest.
+fn hex64(digest: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 64];
+    for (i, b) in digest.iter().enumerate() {
+        hex[2 * i] = DIGITS[usize::from(b >> 4)];
+        hex[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+    }
+    hex
 }
 
 /// The canonical string for `req` under (`sid`, `ts`, `nonce`).
 pub fn canonical(req: &Request<'_>, sid: &str, ts: u64, nonce: &[u8; NONCE_LEN]) -> String {
-    let hex = keycard_proto::hex::encode(&Sha256::digest(req.body));
-    [
-        req.method.to_ascii_uppercase().as_str(),
-        req.path,
-        req.query,
-        sid,
-        &ts.to_string(),
-        &b64(nonce),
-        &hex,
-    ]
-    .join("\n")
+    let mut bytes = Vec::with_capacity(req.method.len() + req.path.len() + req.query.len() + 128);
+    write_canonical(req, sid, ts, nonce, &mut |piece| {
+        bytes.extend_from_slice(piece)
+    });
+    // Every piece is UTF-8 (the request's strings, ASCII digits, base64
+    // and hex), so this never replaces anything.
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn mac(key: &SecretKey, text: &str) -> Hmac<Sha256> {
+/// The HMAC of the canonical string, fed piece by piece.
+fn mac(
+    key: &SecretKey,
+    req: &Request<'_>,
+    sid: &str,
+    ts: u64,
+    nonce: &[u8; NONCE_LEN],
+) -> Hmac<Sha256> {
     // HMAC takes keys of any length; 32 bytes cannot fail.
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    m.update(text.as_bytes());
+    write_canonical(req, sid, ts, nonce, &mut |piece| m.update(piece));
     m
 }
 
@@ -122,7 +204,7 @@ pub fn sign(
     ts: u64,
     nonce: [u8; NONCE_LEN],
 ) -> Authorization {
-    let sig: [u8; 32] = mac(key, &canonical(req, sid, ts, &nonce))
+    let sig: [u8; 32] = mac(key, req, sid, ts, &nonce)
         .finalize()
         .into_bytes()
         .into();
@@ -137,7 +219,7 @@ pub fn sign(
 /// Whether `auth` is `req` signed with `key` (constant-time comparison).
 /// Time and replay are the [`ReplayGuard`]'s business.
 pub fn verify(key: &SecretKey, req: &Request<'_>, auth: &Authorization) -> Result<(), SignError> {
-    mac(key, &canonical(req, &auth.sid, auth.ts, &auth.nonce))
+    mac(key, req, &auth.sid, auth.ts, &auth.nonce)
         .verify_slice(&auth.sig)
         .map_err(|_| SignError::BadSignature)
 }
@@ -214,6 +296,14 @@ impl Authorization {
 /// seconds of `now`, and its nonce unseen within the window. Nonces older
 /// than the window are forgotten (their requests are stale anyway), so the
 /// guard holds at most `max` nonces.
+///
+/// Forgetting is amortised O(1) and bounded per call: each `admit` drops
+/// at most [`PRUNE_STEP`] records that fell behind the horizon (each record
+/// is dropped once, and a call adds at most one), a remembered nonce older
+/// than the horizon counts as forgotten, and only a guard at its maximum
+/// drops more — until there is room. (Dropping everything behind the
+/// horizon at once cost up to `max` removals in one call, under the
+/// caller's lock, after a burst followed by a quiet spell.)
 #[derive(Debug)]
 pub struct ReplayGuard {
     window: u64,
@@ -221,6 +311,10 @@ pub struct ReplayGuard {
     seen: HashMap<[u8; NONCE_LEN], u64>,
     order: VecDeque<(u64, [u8; NONCE_LEN])>,
 }
+
+/// Most records behind the horizon one `admit` forgets (when the guard is
+/// not full).
+pub const PRUNE_STEP: usize = 4;
 
 impl ReplayGuard {
     /// A guard with a `window` in seconds (each side of `now`) that
@@ -234,6 +328,26 @@ impl ReplayGuard {
         }
     }
 
+    /// Forgets records from before `horizon`, oldest first: at most `step`
+    /// of them, and none once fewer than `room_below` nonces are held.
+    fn forget(&mut self, horizon: u64, step: usize, room_below: usize) {
+        for _ in 0..step {
+            if self.seen.len() < room_below {
+                return;
+            }
+            match self.order.front() {
+                Some(&(t, n)) if t < horizon => {
+                    self.order.pop_front();
+                    // A nonce admitted again since has a newer record.
+                    if self.seen.get(&n) == Some(&t) {
+                        self.seen.remove(&n);
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
     /// Admits a verified request's (`ts`, `nonce`) at `now` (Unix
     /// seconds), or says why not. Call it after [`verify`]: a forged
     /// request must not use up a nonce.
@@ -241,30 +355,36 @@ impl ReplayGuard {
         if now.abs_diff(ts) > self.window {
             return Err(SignError::Stale);
         }
-        // Forget what the window no longer admits: a nonce remembered
-        // since `t` can only be replayed with a ts near `t`.
+        // What the window no longer admits is forgotten: a nonce
+        // remembered since `t` can only be replayed with a ts near `t`.
         let horizon = now.saturating_sub(2 * self.window);
-        while let Some(&(t, n)) = self.order.front() {
-            if t >= horizon {
-                break;
+        self.forget(horizon, PRUNE_STEP, 0);
+        let full = self.seen.len() >= self.max;
+        match self.seen.entry(nonce) {
+            Entry::Occupied(e) if *e.get() >= horizon => return Err(SignError::Replayed),
+            // Remembered from before the horizon: forgotten, reuse it.
+            Entry::Occupied(mut e) => {
+                e.insert(now);
             }
-            self.order.pop_front();
-            if self.seen.get(&n) == Some(&t) {
-                self.seen.remove(&n);
+            Entry::Vacant(v) if !full => {
+                v.insert(now);
+            }
+            Entry::Vacant(_) => {
+                // Full: forget what is behind the horizon until there is
+                // room (each record once, so still amortised O(1)).
+                self.forget(horizon, usize::MAX, self.max);
+                if self.seen.len() >= self.max {
+                    return Err(SignError::Busy);
+                }
+                self.seen.insert(nonce, now);
             }
         }
-        if self.seen.contains_key(&nonce) {
-            return Err(SignError::Replayed);
-        }
-        if self.seen.len() >= self.max {
-            return Err(SignError::Busy);
-        }
-        self.seen.insert(nonce, now);
         self.order.push_back((now, nonce));
         Ok(())
     }
 
-    /// Nonces remembered.
+    /// Nonces remembered (including up to a few from before the horizon
+    /// that are not dropped yet; they no longer refuse anything).
     pub fn len(&self) -> usize {
         self.seen.len()
     }
@@ -435,5 +555,186 @@ mod tests {
         assert_eq!(g.admit(1200, 1200, [4; 16]), Ok(()));
         assert_eq!(g.len(), 1);
         assert_eq!(g.admit(1200, 1000, [1; 16]), Err(SignError::Stale));
+    }
+
+    /// The canonical string as it was first written (one `String` per
+    /// piece, `format!` per hex digit), the reference for the streaming one.
+    fn canonical_reference(
+        req: &Request<'_>,
+        sid: &str,
+        ts: u64,
+        nonce: &[u8; NONCE_LEN],
+    ) -> String {
+        let hex = keycard_proto::hex::encode(&Sha256::digest(req.body));
+        [
+            req.method.to_ascii_uppercase().as_str(),
+            req.path,
+            req.query,
+            sid,
+            &ts.to_string(),
+            &b64(nonce),
+            &hex,
+        ]
+        .join("\n")
+    }
+
+    /// The old `unb64`, the reference for the one that decodes on the stack.
+    fn unb64_reference<const N: usize>(text: &str) -> Option<[u8; N]> {
+        if text.len() != (N * 4).div_ceil(3) {
+            return None;
+        }
+        URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()
+    }
+
+    #[test]
+    fn the_empty_body_digest_is_sha256_of_nothing() {
+        assert_eq!(
+            &EMPTY_BODY_SHA256[..],
+            keycard_proto::hex::encode(&Sha256::digest(b"")).as_bytes()
+        );
+    }
+
+    proptest::proptest! {
+        /// The streamed canonical string (and so the HMAC input) is the
+        /// reference's, byte for byte, for any method (lower case,
+        /// non-ASCII, longer than a chunk), path, query, sid, ts and body.
+        #[test]
+        fn canonical_matches_the_reference(
+            method in "[a-zA-Z]{0,40}|[a-zé\u{1F600}]{0,40}",
+            path in "\\PC{0,60}",
+            query in "\\PC{0,30}",
+            sid in "[a-zA-Z0-9_-]{0,40}",
+            ts in proptest::prelude::any::<u64>(),
+            nonce in proptest::prelude::any::<[u8; 16]>(),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let req = Request { method: &method, path: &path, query: &query, body: &body };
+            let want = canonical_reference(&req, &sid, ts, &nonce);
+            proptest::prop_assert_eq!(canonical(&req, &sid, ts, &nonce), want.clone());
+            let key = SecretKey::new([5; 32]);
+            let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.expose()).expect("key");
+            m.update(want.as_bytes());
+            let sig: [u8; 32] = m.finalize().into_bytes().into();
+            let auth = sign(&key, &req, &sid, ts, nonce);
+            proptest::prop_assert_eq!(auth.sig, sig);
+            proptest::prop_assert_eq!(verify(&key, &req, &auth), Ok(()));
+        }
+
+        /// Stack decoding accepts exactly what the old decoder accepted
+        /// (non-canonical trailing bits, padding, the standard alphabet and
+        /// wrong lengths are all refused), with the same bytes.
+        #[test]
+        fn unb64_matches_the_reference(text in "[A-Za-z0-9_+/=-]{20,45}") {
+            proptest::prop_assert_eq!(unb64::<16>(&text), unb64_reference::<16>(&text));
+            proptest::prop_assert_eq!(unb64::<32>(&text), unb64_reference::<32>(&text));
+        }
+
+        /// The guard with bounded forgetting answers every request as one
+        /// that forgets everything behind the horizon at once (the first
+        /// version), on a clock that does not go back.
+        #[test]
+        fn the_guard_answers_as_the_eager_one(
+            steps in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![3 => proptest::strategy::Just(0u64), 1 => 0u64..60],
+                    -25i64..25,
+                    0u8..40,
+                ),
+                1..600,
+            ),
+            max in 1usize..30,
+        ) {
+            let mut g = ReplayGuard::new(10, max);
+            let mut eager = EagerGuard::new(10, max);
+            let mut now = 1000;
+            for (dt, skew, n) in steps {
+                now += dt;
+                let ts = now.saturating_add_signed(skew);
+                let nonce = [n; 16];
+                proptest::prop_assert_eq!(g.admit(now, ts, nonce), eager.admit(now, ts, nonce));
+                proptest::prop_assert!(g.len() <= max);
+            }
+        }
+    }
+
+    /// The first version of the guard: forgets everything behind the
+    /// horizon on every call.
+    struct EagerGuard {
+        window: u64,
+        max: usize,
+        seen: HashMap<[u8; NONCE_LEN], u64>,
+        order: VecDeque<(u64, [u8; NONCE_LEN])>,
+    }
+
+    impl EagerGuard {
+        fn new(window: u64, max: usize) -> EagerGuard {
+            EagerGuard {
+                window,
+                max,
+                seen: HashMap::new(),
+                order: VecDeque::new(),
+            }
+        }
+
+        fn admit(&mut self, now: u64, ts: u64, nonce: [u8; NONCE_LEN]) -> Result<(), SignError> {
+            if now.abs_diff(ts) > self.window {
+                return Err(SignError::Stale);
+            }
+            let horizon = now.saturating_sub(2 * self.window);
+            while let Some(&(t, n)) = self.order.front() {
+                if t >= horizon {
+                    break;
+                }
+                self.order.pop_front();
+                if self.seen.get(&n) == Some(&t) {
+                    self.seen.remove(&n);
+                }
+            }
+            if self.seen.contains_key(&nonce) {
+                return Err(SignError::Replayed);
+            }
+            if self.seen.len() >= self.max {
+                return Err(SignError::Busy);
+            }
+            self.seen.insert(nonce, now);
+            self.order.push_back((now, nonce));
+            Ok(())
+        }
+    }
+
+    /// After a burst that fills the guard and a quiet spell past the
+    /// horizon, no single request pays for forgetting the burst.
+    #[test]
+    fn forgetting_a_burst_is_spread_over_requests() {
+        let max = 10_000;
+        let mut g = ReplayGuard::new(60, max);
+        for i in 0..max as u32 {
+            let mut n = [0u8; 16];
+            n[..4].copy_from_slice(&i.to_be_bytes());
+            assert_eq!(g.admit(1000, 1000, n), Ok(()));
+        }
+        assert_eq!(g.admit(1000, 1000, [0xff; 16]), Err(SignError::Busy));
+        // Two minutes later: each request forgets a few of the old nonces.
+        let later = 1000 + 2 * 60 + 1;
+        for i in 0..100u8 {
+            let before = g.order.len();
+            assert_eq!(g.admit(later, later, [i; 16]), Ok(()));
+            assert!(before + 1 - g.order.len() <= PRUNE_STEP);
+        }
+        // An old nonce is not a replay any more, and the guard stays
+        // within its bound while it forgets.
+        let mut old = [0u8; 16];
+        old[..4].copy_from_slice(&9_999u32.to_be_bytes());
+        assert_eq!(g.admit(later, later, old), Ok(()));
+        assert!(g.len() <= max);
+        for i in 0..max as u32 {
+            let mut n = [1u8; 16];
+            n[..4].copy_from_slice(&i.to_be_bytes());
+            if g.admit(later, later, n).is_err() {
+                break;
+            }
+        }
+        assert!(g.len() <= max);
+        assert!(g.order.iter().all(|&(t, _)| t == later));
     }
 }

@@ -62,6 +62,21 @@ struct Args {
     /// requests next to unsigned ones, REST logins), or all.
     #[arg(long, default_value = "kv")]
     suite: String,
+    /// Start the keycard server under this command, split on spaces (e.g.
+    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p"): the
+    /// rest suite's profile.
+    #[arg(long)]
+    keycard_wrapper: Option<String>,
+    /// rest suite: instead of timed rounds, exactly this many requests of
+    /// each kind (for profiling; see `--callgrind`).
+    #[arg(long)]
+    rest_requests: Option<usize>,
+    /// rest suite with `--rest-requests` and a server started under
+    /// callgrind (`--keycard-wrapper`): zero its counters before each kind
+    /// and dump them after it (`callgrind_control`), so each dump holds one
+    /// kind's requests.
+    #[arg(long)]
+    callgrind: bool,
 }
 
 /// A server under test.
@@ -136,7 +151,16 @@ async fn start_keycard_with(args: &Args, extra: &[&str]) -> anyhow::Result<Peer>
     let _ = std::fs::remove_dir_all(&dir);
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let mut child = Command::new(&bin)
+    let mut cmd = match &args.keycard_wrapper {
+        Some(w) => {
+            let mut words = w.split_whitespace();
+            let mut c = Command::new(words.next().context("empty --keycard-wrapper")?);
+            c.args(words).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let mut child = cmd
         .args([
             "serve",
             "--log",

@@ -75,6 +75,10 @@ pub struct Config {
     /// How far a signed request's `ts` may be from the server's clock,
     /// seconds, either way. Default 60.
     pub http_signature_window: u64,
+    /// How many signed requests one REST session may make per signature
+    /// window (the nonces it remembers); beyond, `429` with Retry-After.
+    /// Default 10,000.
+    pub http_session_nonces: usize,
 }
 
 /// Keycard lifetimes and bounds. Times are in seconds.
@@ -153,6 +157,7 @@ impl Default for Config {
             http_max_body: 64 * 1024,
             http_max_connections: 1024,
             http_signature_window: 60,
+            http_session_nonces: 10_000,
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
             argon2_p: 1,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use common::rest::{http, http_with, kv, login, now, sign, Reply, Session};
+use common::rest::{http, http_with, kv, login, now, opaque_login, sign, Reply, Session};
 use common::{code, domain_login, domain_server, path, req, start_with, Raw, TestServer, WAIT};
 use keycard_auth::{
     ClientMethod, ClientRegistry, Exchange, OpaqueClient, OpaqueLogin, Password, ScramClient, Step,
@@ -220,37 +220,6 @@ async fn opaque_register(
         json!({"method": "opaque", "data": request, "token": token, "upload": upload}).to_string();
     let r2 = call(addr, s, verb, &user_path(name), &second).await;
     (r1, Some(r2))
-}
-
-/// An OPAQUE login over REST: the session, or `None` if KE2 did not open.
-async fn opaque_login(addr: SocketAddr, user: &str, pw: &str) -> Option<Session> {
-    let (client, ke1) = OpaqueLogin::start(&Password::new(pw)).expect("start");
-    let body = json!({"method": "opaque", "user": user, "data": URL_SAFE_NO_PAD.encode(ke1)});
-    let r = http(
-        addr,
-        "POST",
-        "/session/new",
-        None,
-        body.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let sid = r.body["sid"].as_str().expect("sid").to_owned();
-    let ke2 = URL_SAFE_NO_PAD
-        .decode(r.body["data"].as_str().expect("KE2"))
-        .expect("b64");
-    let (ke3, key) = client.finish(&ke2).ok()?;
-    let body = json!({"data": URL_SAFE_NO_PAD.encode(ke3)});
-    let r = http(
-        addr,
-        "PUT",
-        &format!("/session/{sid}"),
-        None,
-        body.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 303, "{}", r.body);
-    Some(Session { sid, key })
 }
 
 /// The first half of a REST SCRAM login: the session id and the

@@ -129,14 +129,7 @@ async fn scram_login_signed_requests_and_refusals() {
     )
     .await;
     assert_eq!(r.status, 204);
-    let r = http(
-        addr,
-        "GET",
-        &path,
-        Some(sign(&alice, "GET", &path, b"", now())),
-        b"",
-    )
-    .await;
+    let r = kv(addr, &alice, "GET", &path, b"", &[]).await;
     assert_eq!(r.status, 401);
 
     // Revoked through the msgpack side: refused at once.
@@ -405,4 +398,133 @@ async fn throttled_logins_say_when_to_retry() {
         .and_then(|v| v.parse().ok())
         .expect("Retry-After in seconds");
     assert!((1..=60).contains(&secs), "{secs}");
+}
+
+/// A session remembers at most `http_session_nonces` nonces per signature
+/// window: past that, valid signed requests get `429` with Retry-After
+/// (not `401`), a forged one still `401`; once the window has moved on,
+/// the session signs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_over_its_nonce_memory_is_told_to_slow_down() {
+    let (_s, addr) = server_with(|c| {
+        c.http_session_nonces = 5;
+        c.http_signature_window = 2;
+    })
+    .await;
+    let alice = login(addr, "alice", "correct horse")
+        .await
+        .ok()
+        .expect("login");
+    let path = format!("/session/{}", alice.sid);
+    for i in 0..5 {
+        let r = kv(addr, &alice, "GET", &path, b"", &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    let r = kv(addr, &alice, "GET", &path, b"", &[]).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["code"], "too_many_requests");
+    assert!(r
+        .headers
+        .get("retry-after")
+        .is_some_and(|v| v.parse::<u64>().is_ok()));
+    let forged = Session {
+        sid: alice.sid.clone(),
+        key: SecretKey::new([9; 32]),
+    };
+    let r = kv(addr, &forged, "GET", &path, b"", &[]).await;
+    assert_eq!(r.status, 401, "a forged request is not merely slowed down");
+    // The window moves on: the old nonces are forgotten.
+    tokio::time::sleep(std::time::Duration::from_millis(5_500)).await;
+    let r = kv(addr, &alice, "GET", &path, b"", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A login waiting for its proof shows as `waiting` to an unsigned `GET`
+/// of its id (it has no key to sign with yet); an authenticated session,
+/// an unknown id and a junk id are `401` unsigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_login_shows_as_waiting() {
+    let (_s, addr) = server().await;
+    let body = json!({"method": "scram-sha-256", "user": "alice", "data": "n,,n=alice,r=abcdefghijklmnop"});
+    let r = http(
+        addr,
+        "POST",
+        "/session/new",
+        None,
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let sid = r.body["sid"].as_str().expect("sid").to_owned();
+    let r = http(addr, "GET", &format!("/session/{sid}"), None, b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["state"], "waiting");
+    let deadline = r.body["expires_at"].as_u64().expect("deadline");
+    assert!(
+        deadline > now() * 1000 && deadline <= (now() + 31) * 1000,
+        "{deadline}"
+    );
+    // A failed proof ends it.
+    let r = http(
+        addr,
+        "PUT",
+        &format!("/session/{sid}"),
+        None,
+        json!({"data": "c=biws,r=abcdefghijklmnopXXXX,p=AAAA"})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert!(r.status == 400 || r.status == 403, "{}", r.body);
+    let r = http(addr, "GET", &format!("/session/{sid}"), None, b"").await;
+    assert_eq!(r.status, 401);
+    let alice = login(addr, "alice", "correct horse")
+        .await
+        .ok()
+        .expect("login");
+    for path in [
+        format!("/session/{}", alice.sid),
+        "/session/00112233445566778899aabbccddeeff".to_owned(),
+        "/session/junk".to_owned(),
+    ] {
+        let r = http(addr, "GET", &path, None, b"").await;
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.body["code"], "auth_required");
+    }
+}
+
+/// While the server is open (no method current), `/kv` and `/user` take
+/// unsigned requests, as the msgpack listener does; a signature that is
+/// there is still checked; once a method is current, unsigned is `401`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_server_takes_unsigned_data_requests_until_it_is_closed() {
+    let s = common::start_with(|c| c.http = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let addr = s.handle.http_addr.expect("http listener");
+    let put = json!({"value": 7}).to_string();
+    let r = http(addr, "PUT", "/kv/open/x", None, put.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(addr, "GET", "/kv/open/x", None, b"").await;
+    assert_eq!((r.status, &r.body["value"]), (200, &json!(7)));
+    let forged = Session {
+        sid: "00112233445566778899aabbccddeeff".into(),
+        key: SecretKey::new([1; 32]),
+    };
+    let auth = sign(&forged, "GET", "/kv/open/x", b"", now());
+    let r = http(addr, "GET", "/kv/open/x", Some(auth), b"").await;
+    assert_eq!(r.status, 401, "a signature present is checked");
+    let c = Client::connect(s.addr()).await.expect("connect");
+    c.set_user(&ScramClient::new("alice", Password::new("pw")))
+        .await
+        .expect("alice");
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", "scram-sha-256"),
+    )
+    .await
+    .expect("closed");
+    let r = http(addr, "GET", "/kv/open/x", None, b"").await;
+    assert_eq!(r.status, 401);
+    let r = http(addr, "GET", "/user/alice", None, b"").await;
+    assert_eq!(r.status, 401);
 }

@@ -1,15 +1,18 @@
 //! `/kv/{path}`: data access under the session's ACLs, and the JSON ↔
 //! msgpack value mapping.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hyper::header::HeaderValue;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH};
 use hyper::{Method, Response, StatusCode};
-use keycard_auth::bouncer::KeycardId;
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use serde_json::json;
 
-use super::{json_response, lock, Body, Rest};
+use super::{json_response, Body, Rest};
 use crate::error::ApiError;
 impl Rest {
     /// `GET|PUT|DELETE /kv/{path}`: data under the session's ACLs, in its
@@ -17,31 +20,22 @@ impl Rest {
     /// conditional on the node's tock, `If-None-Match: *` on its absence.
     pub(super) async fn kv(
         &self,
-        id: KeycardId,
+        session: crate::conn::Session,
         parts: &hyper::http::request::Parts,
         segs: &[&str],
         body: &[u8],
     ) -> Result<Response<Body>, ApiError> {
-        let user = lock(&self.sessions)
-            .get(&id)
-            .map(|s| s.user.clone())
-            .ok_or_else(|| ApiError::new(ErrorCode::AuthRequired, "no such session"))?;
-        let session = crate::conn::Session {
-            root: user.domain.clone(),
-            user: Some(user),
-            ..Default::default()
-        };
         crate::actions::check_login(&self.state, &session)?;
         let path = url_path(segs)?;
         let mut msg = Msg::new().with("path", path.to_value()).with("nchain", 0);
-        let header = |name: &str| {
+        let header = |name: HeaderName| {
             parts
                 .headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         };
-        if let Some(tag) = header("if-match") {
+        if let Some(tag) = header(IF_MATCH) {
             let tock: u64 = tag
                 .trim_matches('"')
                 .parse()
@@ -52,7 +46,7 @@ impl Rest {
                     .with("node", self.state.config.node.as_str())
                     .with("tick", tock),
             );
-        } else if header("if-none-match") == Some("*") {
+        } else if header(IF_NONE_MATCH) == Some("*") {
             msg.set("chain", Value::Nil);
         }
         let (status, reply) = match parts.method {
@@ -83,7 +77,7 @@ impl Rest {
             }
         };
         let tock = reply.get("tock").and_then(Value::as_u64);
-        let mut out = json_response(status, to_json(&strip_chain(reply)));
+        let mut out = json_bytes(status, &to_json(&strip_chain(reply)));
         // The node's tock, for a later If-Match.
         if let Some(v) = tock.and_then(|t| HeaderValue::from_str(&format!("\"{t}\"")).ok()) {
             out.headers_mut().insert(hyper::header::ETAG, v);
@@ -92,14 +86,33 @@ impl Rest {
     }
 }
 
+/// `json_response`'s answer, serialised straight to bytes (the same
+/// compact JSON as `Value`'s `Display`, without the formatter in between).
+fn json_bytes(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let Ok(bytes) = serde_json::to_vec(v) else {
+        return json_response(status, v.clone());
+    };
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
 /// A `/kv/…` URL's path: each segment, percent-decoded, is one element in
 /// DistKV's text form (`app` a string, `:5` the integer 5, `a:.b` the
 /// string "a.b"; docs/REST.md).
 pub(super) fn url_path(segs: &[&str]) -> Result<Path, ApiError> {
     let mut elems = Vec::with_capacity(segs.len());
     for seg in segs {
-        let text = percent_decode(seg)
-            .ok_or_else(|| ApiError::bad("a path segment is not valid percent-encoded UTF-8"))?;
+        // Most segments have no escape: no copy for them.
+        let text = if seg.contains('%') {
+            Cow::Owned(percent_decode(seg).ok_or_else(|| {
+                ApiError::bad("a path segment is not valid percent-encoded UTF-8")
+            })?)
+        } else {
+            Cow::Borrowed(*seg)
+        };
         let one = Path::parse(&text).map_err(ApiError::from)?;
         match one.elems() {
             [e] => elems.push(e.clone()),
@@ -133,7 +146,8 @@ pub(super) fn percent_decode(s: &str) -> Option<String> {
 /// A reply without DistKV's chain (REST has the tock in `ETag`).
 pub(super) fn strip_chain(v: Value) -> Value {
     match v {
-        Value::Map(m) => Value::Map(
+        // Rebuilt only when there is a chain to leave out.
+        Value::Map(m) if m.iter().any(|(k, _)| k.as_str() == Some("chain")) => Value::Map(
             m.into_iter()
                 .filter(|(k, _)| k.as_str() != Some("chain"))
                 .collect(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use keycard_auth::bouncer::KeycardId;
@@ -244,6 +244,23 @@ fn openapi() -> Response<Body> {
 }
 
 impl Rest {
+    /// An unsigned `GET /session/{sid}`: `{state: "waiting", expires_at}`
+    /// (the challenge's deadline) while a login waits under `sid`; else
+    /// `401` (an authenticated session's requests are signed).
+    fn session_waiting(&self, sid: &str) -> Response<Body> {
+        let waiting = KeycardId::parse(sid).and_then(|id| {
+            lock(&self.pending).contains_key(&id).then_some(())?;
+            self.state.bouncer.deadline(id)
+        });
+        match waiting {
+            Some(deadline) => json_response(
+                StatusCode::OK,
+                json!({"state": "waiting", "expires_at": deadline}),
+            ),
+            None => unauthorized("this needs a signed request (Authorization: Keycard …)"),
+        }
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.route(req, peer)).await {
             Ok(r) => r,
@@ -275,7 +292,7 @@ impl Rest {
             ));
         };
         // Every route after login is signed, by the session it names (or,
-        // for /kv, any live session).
+        // for /kv and /user, any live session).
         let signed = match route {
             Route::Index
             | Route::OpenApi
@@ -283,30 +300,52 @@ impl Rest {
             | Route::LoginScript
             | Route::SessionNew
             | Route::SessionAnswer(_) => None,
+            // A login still waiting for its proof has no key to sign with:
+            // its (secret, unguessable) id alone shows that it waits.
+            Route::SessionShow(sid) if !parts.headers.contains_key(AUTHORIZATION) => {
+                return self.session_waiting(sid);
+            }
             Route::SessionShow(sid) | Route::SessionDelete(sid) | Route::KeepAlive(sid) => {
                 match self.verify(&parts, &body) {
-                    Ok(id) if id.to_string() == sid => Some(id),
+                    Ok((id, _)) if id.to_string() == sid => Some(id),
                     Ok(_) => return unauthorized("the signature is for another session"),
                     Err(why) => return refused(&why),
                 }
             }
-            Route::Kv(_) | Route::User(_) => match self.verify(&parts, &body) {
-                Ok(id) => Some(id),
-                Err(why) => return refused(&why),
-            },
+            Route::Kv(_) | Route::User(_) => None,
         };
-        let result = match (route, signed) {
-            (Route::Index, _) => Ok(self.index()),
-            (Route::OpenApi, _) => Ok(openapi()),
-            (Route::LoginPage, _) => Ok(page::login_page()),
-            (Route::LoginScript, _) => Ok(page::login_script()),
-            (Route::SessionNew, _) => Ok(self.session_new(&body, peer).await),
-            (Route::SessionAnswer(sid), _) => Ok(self.session_answer(sid, &body).await),
-            (Route::SessionShow(_), Some(id)) => Ok(self.session_show(id)),
-            (Route::SessionDelete(_), Some(id)) => Ok(self.session_delete(id).await),
-            (Route::KeepAlive(_), Some(id)) => self.keep_alive(id, &body),
-            (Route::Kv(rest), Some(id)) => self.kv(id, &parts, rest, &body).await,
-            (Route::User(name), Some(id)) => self.user(id, &parts.method, name, &body).await,
+        // The caller of /kv and /user: a signed request's session; while
+        // the server is open (no method current), an unsigned request is
+        // anyone's, as on the msgpack listener.
+        let caller = match route {
+            Route::Kv(_) | Route::User(_) => {
+                if !parts.headers.contains_key(AUTHORIZATION) && self.state.is_open() {
+                    Some(crate::conn::Session::default())
+                } else {
+                    match self.verify(&parts, &body) {
+                        Ok((_, user)) => Some(crate::conn::Session {
+                            root: user.domain.clone(),
+                            user: Some(user),
+                            ..Default::default()
+                        }),
+                        Err(why) => return refused(&why),
+                    }
+                }
+            }
+            _ => None,
+        };
+        let result = match (route, signed, caller) {
+            (Route::Index, ..) => Ok(self.index()),
+            (Route::OpenApi, ..) => Ok(openapi()),
+            (Route::LoginPage, ..) => Ok(page::login_page()),
+            (Route::LoginScript, ..) => Ok(page::login_script()),
+            (Route::SessionNew, ..) => Ok(self.session_new(&body, peer).await),
+            (Route::SessionAnswer(sid), ..) => Ok(self.session_answer(sid, &body).await),
+            (Route::SessionShow(_), Some(id), _) => Ok(self.session_show(id)),
+            (Route::SessionDelete(_), Some(id), _) => Ok(self.session_delete(id).await),
+            (Route::KeepAlive(_), Some(id), _) => self.keep_alive(id, &body),
+            (Route::Kv(rest), _, Some(s)) => self.kv(s, &parts, rest, &body).await,
+            (Route::User(name), _, Some(s)) => self.user(s, &parts.method, name, &body).await,
             _ => Err(ApiError::new(ErrorCode::Internal, "unsigned signed route")),
         };
         result.unwrap_or_else(|e| error(&e))

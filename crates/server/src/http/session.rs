@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::{error, json_response, lock, Body, Pending, Rest, Session, BUSY, REST_METHODS};
 use crate::actions::login::{Login, Progress, Refusal, Requester};
+use crate::conn::LoggedIn;
 use crate::error::ApiError;
 /// A method message's `data` as JSON: a string as is, bytes as base64url.
 pub(super) fn data_json(msg: &Value) -> serde_json::Value {
@@ -170,7 +171,7 @@ impl Rest {
                         user: Arc::new(g.user),
                         key,
                         last,
-                        guard: ReplayGuard::new(window, 10_000),
+                        guard: ReplayGuard::new(window, self.state.config.http_session_nonces),
                     },
                 );
                 g.card.settle();
@@ -195,7 +196,7 @@ impl Rest {
         &self,
         parts: &hyper::http::request::Parts,
         body: &[u8],
-    ) -> Result<KeycardId, String> {
+    ) -> Result<(KeycardId, Arc<LoggedIn>), String> {
         let Some(h) = parts.headers.get(AUTHORIZATION) else {
             return Err("this needs a signed request (Authorization: Keycard …)".into());
         };
@@ -211,8 +212,8 @@ impl Rest {
         }
         // The HMAC runs outside the sessions' lock (other connections
         // verify meanwhile); the nonce is admitted under it afterwards.
-        let key = match lock(&self.sessions).get(&id) {
-            Some(s) => s.key.clone(),
+        let (key, user) = match lock(&self.sessions).get(&id) {
+            Some(s) => (s.key.clone(), s.user.clone()),
             None => return Err("no such session".into()),
         };
         let req = signed::Request {
@@ -227,7 +228,7 @@ impl Rest {
             return Err("no such session".into());
         };
         match s.guard.admit(now / 1000, auth.ts, auth.nonce) {
-            Ok(()) => Ok(id),
+            Ok(()) => Ok((id, user)),
             // A valid request over the nonce memory: slow down, not 401.
             Err(signed::SignError::Busy) => Err(BUSY.into()),
             Err(e) => Err(e.to_string()),

@@ -11,12 +11,11 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Response, StatusCode};
-use keycard_auth::bouncer::KeycardId;
 use keycard_proto::{ErrorCode, Msg, Value};
 use serde_json::json;
 
 use super::kv::{percent_decode, to_json};
-use super::{error, json_response, lock, Body, Rest};
+use super::{error, json_response, Body, Rest};
 use crate::actions::users::{self, Set};
 use crate::error::ApiError;
 
@@ -74,20 +73,11 @@ impl Rest {
     /// `GET|POST|PUT|DELETE /user/{name}`.
     pub(super) async fn user(
         &self,
-        id: KeycardId,
+        session: crate::conn::Session,
         method: &Method,
         name: &str,
         body: &[u8],
     ) -> Result<Response<Body>, ApiError> {
-        let user = lock(&self.sessions)
-            .get(&id)
-            .map(|s| s.user.clone())
-            .ok_or_else(|| ApiError::new(ErrorCode::AuthRequired, "no such session"))?;
-        let session = crate::conn::Session {
-            root: user.domain.clone(),
-            user: Some(user),
-            ..Default::default()
-        };
         let name = percent_decode(name)
             .ok_or_else(|| ApiError::bad("the name is not valid percent-encoded UTF-8"))?;
         let state = &self.state;

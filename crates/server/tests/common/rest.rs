@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use keycard_auth::signed::{self, Request};
-use keycard_auth::{client_session_key, ClientMethod, Password, ScramClient, SecretKey, Step};
+use keycard_auth::{
+    client_session_key, ClientMethod, OpaqueLogin, Password, ScramClient, SecretKey, Step,
+};
 use keycard_client::Client;
 use keycard_proto::{Msg, Value};
 use serde_json::json;
@@ -244,4 +246,35 @@ pub async fn kv(
 ) -> Reply {
     let auth = sign(s, method, path, body, now());
     http_with(addr, method, path, Some(auth), extra, body).await
+}
+
+/// An OPAQUE login over REST: the session, or `None` if KE2 did not open.
+pub async fn opaque_login(addr: SocketAddr, user: &str, pw: &str) -> Option<Session> {
+    let (client, ke1) = OpaqueLogin::start(&Password::new(pw)).expect("start");
+    let body = json!({"method": "opaque", "user": user, "data": URL_SAFE_NO_PAD.encode(ke1)});
+    let r = http(
+        addr,
+        "POST",
+        "/session/new",
+        None,
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let sid = r.body["sid"].as_str().expect("sid").to_owned();
+    let ke2 = URL_SAFE_NO_PAD
+        .decode(r.body["data"].as_str().expect("KE2"))
+        .expect("b64");
+    let (ke3, key) = client.finish(&ke2).ok()?;
+    let body = json!({"data": URL_SAFE_NO_PAD.encode(ke3)});
+    let r = http(
+        addr,
+        "PUT",
+        &format!("/session/{sid}"),
+        None,
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    Some(Session { sid, key })
 }
