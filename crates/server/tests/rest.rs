@@ -528,3 +528,30 @@ async fn an_open_server_takes_unsigned_data_requests_until_it_is_closed() {
     let r = http(addr, "GET", "/user/alice", None, b"").await;
     assert_eq!(r.status, 401);
 }
+
+/// A REST session is a keycard with its lifetime: once it has expired,
+/// its next signed request is refused at once (`401`), and it cannot be
+/// kept alive any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_refused_at_once() {
+    let (_s, addr) = server_with(|c| c.keycards.duration = 1).await;
+    let alice = login(addr, "alice", "correct horse")
+        .await
+        .ok()
+        .expect("login");
+    let path = format!("/session/{}", alice.sid);
+    let r = kv(addr, &alice, "GET", &path, b"", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let expires_at = r.body["expires_at"].as_u64().expect("expires_at");
+    // Past its expiry (the reaper runs every 100 ms, but the check at the
+    // request does not wait for it).
+    let wait = expires_at.saturating_sub(now() * 1000) + 1_200;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    let r = kv(addr, &alice, "GET", &path, b"", &[]).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = kv(addr, &alice, "GET", "/kv/app/x", b"", &[]).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let keep = format!("/session/{}/keepalive", alice.sid);
+    let r = kv(addr, &alice, "POST", &keep, b"", &[]).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+}
