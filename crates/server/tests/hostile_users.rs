@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use common::rest::{http, http_with, kv, login, now, opaque_login, sign, Reply, Session};
+use common::rest::{
+    http, http_with, kv, login, now, opaque_login, scram_begin, sign, Reply, Session,
+};
 use common::{code, domain_login, domain_server, path, req, start_with, Raw, TestServer, WAIT};
 use keycard_auth::{
     ClientMethod, ClientRegistry, Exchange, OpaqueClient, OpaqueLogin, Password, ScramClient, Step,
@@ -220,49 +222,6 @@ async fn opaque_register(
         json!({"method": "opaque", "data": request, "token": token, "upload": upload}).to_string();
     let r2 = call(addr, s, verb, &user_path(name), &second).await;
     (r1, Some(r2))
-}
-
-/// The first half of a REST SCRAM login: the session id and the
-/// client-final message to send with `PUT /session/{sid}`.
-async fn scram_begin(addr: SocketAddr, user: &str, pw: &str) -> (String, String) {
-    let client = ScramClient::new(user, Password::new(pw));
-    let start = client.login(None);
-    let first = start
-        .request
-        .clone()
-        .into_value()
-        .get("data")
-        .and_then(Value::as_str)
-        .expect("client-first")
-        .to_owned();
-    let r = http(
-        addr,
-        "POST",
-        "/session/new",
-        None,
-        json!({"method": "scram-sha-256", "user": user, "data": first})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let sid = r.body["sid"].as_str().expect("sid").to_owned();
-    let server_first = r.body["data"].as_str().expect("server-first").to_owned();
-    let Some(exchange) = start.exchange else {
-        panic!("SCRAM has an exchange")
-    };
-    let Step::Send(fin, _) =
-        exchange.next(&Msg::new().with("data", server_first.as_str()).into_value())
-    else {
-        panic!("client-final expected")
-    };
-    let client_final = fin
-        .into_value()
-        .get("data")
-        .and_then(Value::as_str)
-        .expect("client-final")
-        .to_owned();
-    (sid, client_final)
 }
 
 async fn make_token(admin: &Client, user: &str) -> String {
@@ -714,7 +673,12 @@ async fn ok_a_login_under_way_when_its_user_is_deleted_does_not_finish() {
     let admin = rest(addr, ADMIN).await;
     let r = call(addr, &admin, "POST", "/user/carl", &scram_body("carl pw")).await;
     assert_eq!(r.status, 201);
-    let (sid, client_final) = scram_begin(addr, "carl", "carl pw").await;
+    let common::rest::ScramStart {
+        sid, client_final, ..
+    } = scram_begin(addr, "carl", "carl pw")
+        .await
+        .ok()
+        .expect("begun");
     let r = call(addr, &admin, "DELETE", "/user/carl", "").await;
     assert_eq!(r.status, 204, "{}", r.body);
     let r = http(

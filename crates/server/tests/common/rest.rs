@@ -9,7 +9,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use keycard_auth::signed::{self, Request};
 use keycard_auth::{
-    client_session_key, ClientMethod, OpaqueLogin, Password, ScramClient, SecretKey, Step,
+    client_session_key, ClientMethod, Exchange, OpaqueLogin, Password, ScramClient, SecretKey, Step,
 };
 use keycard_client::Client;
 use keycard_proto::{Msg, Value};
@@ -135,9 +135,20 @@ pub struct Session {
     pub key: SecretKey,
 }
 
-/// Logs in over REST as the client half of SCRAM does, checking the
-/// server's signature; returns the session, or the failing reply.
-pub async fn login(addr: SocketAddr, user: &str, pw: &str) -> Result<Session, Reply> {
+/// The first half of a REST SCRAM login, done: the session id, the
+/// messages so far, and the client's exchange, which checks the server's
+/// final message.
+pub struct ScramStart {
+    pub sid: String,
+    pub first: String,
+    pub server_first: String,
+    pub client_final: String,
+    pub next: Box<dyn Exchange<()>>,
+}
+
+/// `POST /session/new` with SCRAM's client-first, and the client-final
+/// message computed; or the failing reply.
+pub async fn scram_begin(addr: SocketAddr, user: &str, pw: &str) -> Result<ScramStart, Reply> {
     let client = ScramClient::new(user, Password::new(pw));
     let start = client.login(None);
     let first = start
@@ -177,6 +188,25 @@ pub async fn login(addr: SocketAddr, user: &str, pw: &str) -> Result<Session, Re
         .and_then(Value::as_str)
         .expect("client-final")
         .to_owned();
+    Ok(ScramStart {
+        sid,
+        first,
+        server_first,
+        client_final,
+        next,
+    })
+}
+
+/// Logs in over REST as the client half of SCRAM does, checking the
+/// server's signature; returns the session, or the failing reply.
+pub async fn login(addr: SocketAddr, user: &str, pw: &str) -> Result<Session, Reply> {
+    let ScramStart {
+        sid,
+        first,
+        server_first,
+        client_final,
+        next,
+    } = scram_begin(addr, user, pw).await?;
     let r = http(
         addr,
         "PUT",
