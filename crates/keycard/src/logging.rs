@@ -7,7 +7,7 @@
 //! span field or message is written as an escape, whatever the call site
 //! does: one event stays one line.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
@@ -65,6 +65,7 @@ impl<W: fmt::Write> fmt::Write for Escape<'_, W> {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
     use std::io;
     use std::sync::{Arc, Mutex};
 
