@@ -182,6 +182,10 @@ async fn a_precondition_is_honoured_or_refused_never_dropped() {
     s.read_to_end(&mut out).await.expect("read");
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.contains("If-Match must be a non-empty visible ASCII value"),
+        "{text}"
+    );
     // The node was written by none of them.
     let r = kv(addr, &alice, "GET", "/kv/app/z", b"", &[]).await;
     assert_eq!(r.headers.get("etag"), Some(&etag));

@@ -30,24 +30,24 @@ impl<'a> Preconditions<'a> {
     /// ignored by one reader and not another (the precondition unsigned,
     /// or a conditional write done unconditionally), so they are `400`.
     pub(super) fn of(headers: &'a HeaderMap) -> Result<Preconditions<'a>, ApiError> {
-        let one = |name: HeaderName| -> Result<&'a str, ApiError> {
+        let one = |name: HeaderName, shown: &str| -> Result<&'a str, ApiError> {
             let mut all = headers.get_all(&name).iter();
             let Some(first) = all.next() else {
                 return Ok("");
             };
             if all.next().is_some() {
-                return Err(ApiError::bad(format!("{name} may be sent once")));
+                return Err(ApiError::bad(format!("{shown} may be sent once")));
             }
             match first.to_str().map(str::trim) {
                 Ok(v) if !v.is_empty() => Ok(v),
                 _ => Err(ApiError::bad(format!(
-                    "{name} must be a non-empty visible ASCII value"
+                    "{shown} must be a non-empty visible ASCII value"
                 ))),
             }
         };
         Ok(Preconditions {
-            if_match: one(IF_MATCH)?,
-            if_none_match: one(IF_NONE_MATCH)?,
+            if_match: one(IF_MATCH, "If-Match")?,
+            if_none_match: one(IF_NONE_MATCH, "If-None-Match")?,
         })
     }
 }
