@@ -172,7 +172,7 @@ try {
   const shownGet = sent.find((r) => r.method === "GET" && !r.redirect && /\/session\/[A-Za-z0-9_-]+$/.test(r.url));
   check(shownGet, "a GET /session/{sid} was sent");
   check(
-    /^Keycard sid=[A-Za-z0-9_-]+, ts=\d+, nonce=[A-Za-z0-9_-]{22}, sig=[A-Za-z0-9_-]{43}$/.test(shownGet.headers.authorization || ""),
+    /^Keycard v=2, sid=[A-Za-z0-9_-]+, ts=\d+, nonce=[A-Za-z0-9_-]{22}, sig=[A-Za-z0-9_-]{43}$/.test(shownGet.headers.authorization || ""),
     `the GET is signed: ${shownGet.headers.authorization}`,
   );
   check(shownGet.response && shownGet.response.status() === 200, "the signed GET answered 200");
@@ -194,7 +194,7 @@ try {
   const status = (await page.locator("#status").textContent()).trim();
   check(status === "You have been logged out.", `status after logout: ${status}`);
   const deleted = sent.find((r) => r.method === "DELETE");
-  check(deleted && /^Keycard sid=/.test(deleted.headers.authorization || ""), "the DELETE is signed");
+  check(deleted && /^Keycard v=2, sid=/.test(deleted.headers.authorization || ""), "the DELETE is signed");
   check(deleted.response && deleted.response.status() === 204, "DELETE /session/{sid} answered 204");
   check(await signIn.isEnabled(), "Sign in is enabled again");
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A signing proxy for the REST contract run: logs in to keycard as USER
 (SCRAM, with examples/python/keycard_rest.py) and forwards every request
-it gets to keycard with an `Authorization: Keycard …` header computed over
-the exact bytes it forwards (DESIGN §4.1). A fuzzer pointed at it reaches
+it gets to keycard with an `Authorization: Keycard v=2, …` header computed
+over the exact bytes it forwards, its If-Match and If-None-Match included
+(DESIGN §4.1, docs/REST.md). A fuzzer pointed at it reaches
 past the signature check into every signed route.
 
     signing_proxy.py http://127.0.0.1:8427 USER PASSWORD
@@ -35,7 +36,12 @@ def main():
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-            headers["Authorization"] = kc.authorization(self.command, self.path, body)
+            # Version 2 signs the preconditions: sign what is forwarded.
+            pre = {k.lower(): v for k, v in headers.items()}
+            headers["Authorization"] = kc.authorization(
+                self.command, self.path, body,
+                pre.get("if-match", ""), pre.get("if-none-match", ""),
+            )
             headers["Content-Length"] = str(len(body))
             conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
             try:

@@ -4,10 +4,15 @@
 //! clock: callers pass `now`.
 //!
 //! ```text
-//! Authorization: Keycard sid=SID, ts=UNIX_SECONDS, nonce=NONCE, sig=SIG
+//! Authorization: Keycard v=2, sid=SID, ts=UNIX_SECONDS, nonce=NONCE, sig=SIG
 //! canonical = METHOD "\n" PATH "\n" QUERY "\n" SID "\n" TS "\n" NONCE "\n" hex(SHA-256(body))
+//!             "\n" IF_MATCH "\n" IF_NONE_MATCH
 //! SIG = base64url(HMAC-SHA256(K, canonical)), NONCE = base64url(16 random bytes)
 //! ```
+//!
+//! The first version (no `v=` in the header) signs the first seven lines
+//! only, so it cannot say whether `If-Match` / `If-None-Match` were sent:
+//! a v1 request that carries either is refused, whatever its signature.
 //!
 //! `K` is the session key the login agreed (SCRAM: HMAC-SHA256(ClientKey,
 //! "keycard session key" ‖ AuthMessage); OPAQUE: the first 32 bytes of its
@@ -52,6 +57,25 @@ pub enum SignError {
     /// remembers; retry shortly.
     #[error("too many signed requests in the time window")]
     Busy,
+    /// A v1 signature on a request with `If-Match` or `If-None-Match`,
+    /// which v1 does not sign (anyone on the path could have added it, or
+    /// stripped another).
+    #[error(
+        "If-Match and If-None-Match are signed only by a v=2 signature \
+         (Authorization: Keycard v=2, …); this request has a v1 signature"
+    )]
+    UnsignedPrecondition,
+}
+
+/// Which canonical string a signature covers (`v=` in the header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// No `v=`: the seven lines up to the body's digest. Kept for the
+    /// clients written before v2, on requests without preconditions.
+    V1,
+    /// `v=2`: the seven lines, then the `If-Match` and `If-None-Match`
+    /// values (empty when absent).
+    V2,
 }
 
 /// What is signed of an HTTP request.
@@ -65,11 +89,19 @@ pub struct Request<'a> {
     pub query: &'a str,
     /// The body (empty if none).
     pub body: &'a [u8],
+    /// The `If-Match` header's value without surrounding whitespace (empty
+    /// if none).
+    pub if_match: &'a str,
+    /// The `If-None-Match` header's value without surrounding whitespace
+    /// (empty if none).
+    pub if_none_match: &'a str,
 }
 
 /// A parsed `Authorization: Keycard …` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authorization {
+    /// Which canonical string `sig` covers.
+    pub version: Version,
     /// The session (keycard) id.
     pub sid: String,
     /// Unix seconds when the client signed.
@@ -103,10 +135,11 @@ fn unb64<const N: usize>(text: &str) -> Option<[u8; N]> {
 const EMPTY_BODY_SHA256: &[u8; 64] =
     b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-/// Feeds the canonical string for `req` under (`sid`, `ts`, `nonce`) to
-/// `out`, piece by piece, without allocating: the HMAC takes it as it
-/// comes, and [`canonical`] collects the same pieces.
+/// Feeds the canonical string of `version` for `req` under (`sid`, `ts`,
+/// `nonce`) to `out`, piece by piece, without allocating: the HMAC takes it
+/// as it comes, and [`canonical`] collects the same pieces.
 fn write_canonical(
+    version: Version,
     req: &Request<'_>,
     sid: &str,
     ts: u64,
@@ -157,6 +190,15 @@ fn write_canonical(
     } else {
         out(&hex64(&Sha256::digest(req.body).into()));
     }
+    // 8.–9. v2: the preconditions, which change what a write does. (No
+    // line can hold a newline: HTTP forbids them in the path, the query
+    // and header values, so the lines cannot be shifted.)
+    if version == Version::V2 {
+        out(b"\n");
+        out(req.if_match.as_bytes());
+        out(b"\n");
+        out(req.if_none_match.as_bytes());
+    }
 }
 
 /// Lowercase hex of a 32-byte digest.
@@ -170,10 +212,24 @@ fn hex64(digest: &[u8; 32]) -> [u8; 64] {
     hex
 }
 
-/// The canonical string for `req` under (`sid`, `ts`, `nonce`).
-pub fn canonical(req: &Request<'_>, sid: &str, ts: u64, nonce: &[u8; NONCE_LEN]) -> String {
-    let mut bytes = Vec::with_capacity(req.method.len() + req.path.len() + req.query.len() + 128);
-    write_canonical(req, sid, ts, nonce, &mut |piece| {
+/// The canonical string of `version` for `req` under (`sid`, `ts`,
+/// `nonce`).
+pub fn canonical(
+    version: Version,
+    req: &Request<'_>,
+    sid: &str,
+    ts: u64,
+    nonce: &[u8; NONCE_LEN],
+) -> String {
+    let mut bytes = Vec::with_capacity(
+        req.method.len()
+            + req.path.len()
+            + req.query.len()
+            + req.if_match.len()
+            + req.if_none_match.len()
+            + 128,
+    );
+    write_canonical(version, req, sid, ts, nonce, &mut |piece| {
         bytes.extend_from_slice(piece)
     });
     // Every piece is UTF-8 (the request's strings, ASCII digits, base64
@@ -183,6 +239,7 @@ pub fn canonical(req: &Request<'_>, sid: &str, ts: u64, nonce: &[u8; NONCE_LEN])
 
 /// The HMAC of the canonical string, fed piece by piece.
 fn mac(
+    version: Version,
     key: &SecretKey,
     req: &Request<'_>,
     sid: &str,
@@ -192,11 +249,12 @@ fn mac(
     // HMAC takes keys of any length; 32 bytes cannot fail.
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    write_canonical(req, sid, ts, nonce, &mut |piece| m.update(piece));
+    write_canonical(version, req, sid, ts, nonce, &mut |piece| m.update(piece));
     m
 }
 
-/// Signs `req` for session `sid` at `ts` with `nonce`.
+/// Signs `req` for session `sid` at `ts` with `nonce` (v2: the
+/// preconditions included).
 pub fn sign(
     key: &SecretKey,
     req: &Request<'_>,
@@ -204,11 +262,25 @@ pub fn sign(
     ts: u64,
     nonce: [u8; NONCE_LEN],
 ) -> Authorization {
-    let sig: [u8; 32] = mac(key, req, sid, ts, &nonce)
+    sign_version(Version::V2, key, req, sid, ts, nonce)
+}
+
+/// Signs `req` with the canonical string of `version` (v1 only to check
+/// what old clients send).
+pub fn sign_version(
+    version: Version,
+    key: &SecretKey,
+    req: &Request<'_>,
+    sid: &str,
+    ts: u64,
+    nonce: [u8; NONCE_LEN],
+) -> Authorization {
+    let sig: [u8; 32] = mac(version, key, req, sid, ts, &nonce)
         .finalize()
         .into_bytes()
         .into();
     Authorization {
+        version,
         sid: sid.to_owned(),
         ts,
         nonce,
@@ -216,17 +288,23 @@ pub fn sign(
     }
 }
 
-/// Whether `auth` is `req` signed with `key` (constant-time comparison).
-/// Time and replay are the [`ReplayGuard`]'s business.
+/// Whether `auth` is `req` signed with `key` (constant-time comparison),
+/// by the canonical string of its version; a v1 signature covers no
+/// precondition, so a request with one is refused. Time and replay are
+/// the [`ReplayGuard`]'s business.
 pub fn verify(key: &SecretKey, req: &Request<'_>, auth: &Authorization) -> Result<(), SignError> {
-    mac(key, req, &auth.sid, auth.ts, &auth.nonce)
+    if auth.version == Version::V1 && !(req.if_match.is_empty() && req.if_none_match.is_empty()) {
+        return Err(SignError::UnsignedPrecondition);
+    }
+    mac(auth.version, key, req, &auth.sid, auth.ts, &auth.nonce)
         .verify_slice(&auth.sig)
         .map_err(|_| SignError::BadSignature)
 }
 
 impl Authorization {
-    /// Parses the header's value: `Keycard sid=…, ts=…, nonce=…, sig=…`
-    /// (each field once, in any order, spaces after commas optional).
+    /// Parses the header's value: `Keycard v=2, sid=…, ts=…, nonce=…,
+    /// sig=…` (each field once, in any order, spaces after commas
+    /// optional; without `v`, a v1 signature).
     pub fn parse(value: &str) -> Result<Authorization, SignError> {
         if value.len() > 512 {
             return Err(SignError::Malformed("too long"));
@@ -235,13 +313,14 @@ impl Authorization {
             .strip_prefix(SCHEME)
             .and_then(|r| r.strip_prefix(' '))
             .ok_or(SignError::Malformed("the scheme must be `Keycard`"))?;
-        let (mut sid, mut ts, mut nonce, mut sig) = (None, None, None, None);
+        let (mut version, mut sid, mut ts, mut nonce, mut sig) = (None, None, None, None, None);
         for part in rest.split(',') {
             let (k, v) = part
                 .trim()
                 .split_once('=')
                 .ok_or(SignError::Malformed("fields are name=value"))?;
             let slot = match k {
+                "v" => &mut version,
                 "sid" => &mut sid,
                 "ts" => &mut ts,
                 "nonce" => &mut nonce,
@@ -252,6 +331,11 @@ impl Authorization {
                 return Err(SignError::Malformed("a field appears twice"));
             }
         }
+        let version = match version {
+            None => Version::V1,
+            Some("2") => Version::V2,
+            Some(_) => return Err(SignError::Malformed("unknown version: v must be 2")),
+        };
         let sid = sid.ok_or(SignError::Malformed("missing sid"))?;
         if sid.is_empty()
             || sid.len() > MAX_SID
@@ -273,6 +357,7 @@ impl Authorization {
         let sig = unb64(sig.ok_or(SignError::Malformed("missing sig"))?)
             .ok_or(SignError::Malformed("sig must be 32 bytes, base64url"))?;
         Ok(Authorization {
+            version,
             sid: sid.to_owned(),
             ts,
             nonce,
@@ -282,8 +367,12 @@ impl Authorization {
 
     /// The header's value.
     pub fn to_header(&self) -> String {
+        let v = match self.version {
+            Version::V1 => "",
+            Version::V2 => "v=2, ",
+        };
         format!(
-            "{SCHEME} sid={}, ts={}, nonce={}, sig={}",
+            "{SCHEME} {v}sid={}, ts={}, nonce={}, sig={}",
             self.sid,
             self.ts,
             b64(&self.nonce),
@@ -407,11 +496,12 @@ mod tests {
         SecretKey::new(k)
     }
 
-    /// The vectors of docs/REST.md, computed with Python's hmac/hashlib.
+    /// The vectors of docs/REST.md, computed with Python's hmac/hashlib:
+    /// v2 ones, and the v1 ones old clients still send.
     #[test]
     fn rest_md_vectors() {
         let doc = include_str!("../../../docs/REST.md");
-        let mut n = 0;
+        let mut n = [0, 0];
         for block in doc.split("<!-- vector -->").skip(1) {
             let field = |name: &str| -> String {
                 let line = block
@@ -427,26 +517,34 @@ mod tests {
             for (i, b) in nonce.iter_mut().enumerate() {
                 *b = u8::from_str_radix(&nonce_hex[2 * i..2 * i + 2], 16).expect("hex");
             }
-            let body = field("body");
-            let body = if body == "(none)" {
-                String::new()
-            } else {
-                body
+            let none = |v: String| if v == "(none)" { String::new() } else { v };
+            let body = none(field("body"));
+            let version = match field("version").as_str() {
+                "1" => Version::V1,
+                "2" => Version::V2,
+                v => panic!("version {v}"),
+            };
+            // v1 vectors have no precondition lines (v1 signs none).
+            let (if_match, if_none_match) = match version {
+                Version::V1 => (String::new(), String::new()),
+                Version::V2 => (none(field("if-match")), none(field("if-none-match"))),
             };
             let req = Request {
                 method: &field("method"),
                 path: &field("path"),
-                query: &field("query").replace("(none)", ""),
+                query: &none(field("query")),
                 body: body.as_bytes(),
+                if_match: &if_match,
+                if_none_match: &if_none_match,
             };
             let ts: u64 = field("ts").parse().expect("ts");
-            let auth = sign(&key(), &req, &field("sid"), ts, nonce);
+            let auth = sign_version(version, &key(), &req, &field("sid"), ts, nonce);
             assert_eq!(auth.to_header(), format!("Keycard {}", field("header")));
             assert_eq!(Authorization::parse(&auth.to_header()), Ok(auth.clone()));
             verify(&key(), &req, &auth).expect("verifies");
-            n += 1;
+            n[usize::from(version == Version::V2)] += 1;
         }
-        assert_eq!(n, 3, "docs/REST.md has three vectors");
+        assert_eq!(n, [3, 4], "docs/REST.md has three v1 and four v2 vectors");
     }
 
     #[test]
@@ -456,6 +554,8 @@ mod tests {
             path: "/kv/a",
             query: "x=1",
             body: b"{}",
+            if_match: "\"5\"",
+            if_none_match: "",
         };
         let auth = sign(&key(), &req, "s1", 100, [7; 16]);
         verify(&key(), &req, &auth).expect("ok");
@@ -476,9 +576,46 @@ mod tests {
                 body: b"{ }",
                 ..req
             },
+            // The precondition stripped, changed, moved or joined by another.
+            Request {
+                if_match: "",
+                ..req
+            },
+            Request {
+                if_match: "\"6\"",
+                ..req
+            },
+            Request {
+                if_match: "",
+                if_none_match: "\"5\"",
+                ..req
+            },
+            Request {
+                if_none_match: "*",
+                ..req
+            },
         ];
         for r in changed {
             assert_eq!(verify(&key(), &r, &auth), Err(SignError::BadSignature));
+        }
+        // Added to a request signed without one.
+        let bare = Request {
+            if_match: "",
+            ..req
+        };
+        let signed_bare = sign(&key(), &bare, "s1", 100, [7; 16]);
+        verify(&key(), &bare, &signed_bare).expect("ok");
+        for r in [
+            req,
+            Request {
+                if_none_match: "*",
+                ..bare
+            },
+        ] {
+            assert_eq!(
+                verify(&key(), &r, &signed_bare),
+                Err(SignError::BadSignature)
+            );
         }
         for tamper in [
             Authorization {
@@ -496,8 +633,60 @@ mod tests {
         ] {
             assert_eq!(verify(&key(), &req, &tamper), Err(SignError::BadSignature));
         }
+        // Relabelled v2 → v1: v1 covers no precondition.
+        let downgraded = Authorization {
+            version: Version::V1,
+            ..auth.clone()
+        };
+        assert_eq!(
+            verify(&key(), &req, &downgraded),
+            Err(SignError::UnsignedPrecondition)
+        );
         let other = SecretKey::new([9; 32]);
         assert_eq!(verify(&other, &req, &auth), Err(SignError::BadSignature));
+        // Without preconditions, a v2 signature relabelled v1 (or the
+        // other way) does not verify: the canonical strings differ.
+        let v1 = sign_version(Version::V1, &key(), &bare, "s1", 100, [7; 16]);
+        verify(&key(), &bare, &v1).expect("v1 without preconditions");
+        for relabelled in [
+            Authorization {
+                version: Version::V1,
+                ..signed_bare.clone()
+            },
+            Authorization {
+                version: Version::V2,
+                ..v1
+            },
+        ] {
+            assert_eq!(
+                verify(&key(), &bare, &relabelled),
+                Err(SignError::BadSignature)
+            );
+        }
+    }
+
+    /// A v1 signature covers no precondition: a request carrying one is
+    /// refused even when its v1 signature is right.
+    #[test]
+    fn a_v1_signature_with_a_precondition_is_refused() {
+        for (if_match, if_none_match) in [("\"5\"", ""), ("", "*"), ("\"5\"", "*")] {
+            let req = Request {
+                method: "PUT",
+                path: "/kv/a",
+                query: "",
+                body: b"{}",
+                if_match,
+                if_none_match,
+            };
+            let v1 = sign_version(Version::V1, &key(), &req, "s1", 100, [7; 16]);
+            assert_eq!(
+                verify(&key(), &req, &v1),
+                Err(SignError::UnsignedPrecondition)
+            );
+            let v2 = sign(&key(), &req, "s1", 100, [7; 16]);
+            assert!(v2.to_header().starts_with("Keycard v=2, sid=s1, "));
+            verify(&key(), &req, &v2).expect("v2 signs them");
+        }
     }
 
     #[test]
@@ -509,13 +698,22 @@ mod tests {
                 path: "/",
                 query: "",
                 body: b"",
+                if_match: "",
+                if_none_match: "",
             },
             "s1",
             1,
             [0; 16],
         )
         .to_header();
-        assert!(Authorization::parse(&good).is_ok());
+        assert_eq!(
+            Authorization::parse(&good).map(|a| a.version),
+            Ok(Version::V2)
+        );
+        assert_eq!(
+            Authorization::parse(&good.replace("v=2, ", "")).map(|a| a.version),
+            Ok(Version::V1)
+        );
         for bad in [
             "".to_owned(),
             "Bearer x".to_owned(),
@@ -533,6 +731,11 @@ mod tests {
             format!("{good}, extra=1"),
             good.replace(", sig=", ", sog="),
             format!("{good}{}", " ".repeat(600)),
+            good.replace("v=2", "v=3"),
+            good.replace("v=2", "v=1"),
+            good.replace("v=2", "v="),
+            good.replace("v=2", "v=02"),
+            format!("{good}, v=2"),
         ] {
             assert!(
                 matches!(Authorization::parse(&bad), Err(SignError::Malformed(_))),
@@ -560,22 +763,29 @@ mod tests {
     /// The canonical string as it was first written (one `String` per
     /// piece, `format!` per hex digit), the reference for the streaming one.
     fn canonical_reference(
+        version: Version,
         req: &Request<'_>,
         sid: &str,
         ts: u64,
         nonce: &[u8; NONCE_LEN],
     ) -> String {
         let hex = keycard_proto::hex::encode(&Sha256::digest(req.body));
-        [
-            req.method.to_ascii_uppercase().as_str(),
-            req.path,
-            req.query,
-            sid,
-            &ts.to_string(),
-            &b64(nonce),
-            &hex,
-        ]
-        .join("\n")
+        let ts = ts.to_string();
+        let nonce = b64(nonce);
+        let mut lines = vec![
+            req.method.to_ascii_uppercase(),
+            req.path.to_owned(),
+            req.query.to_owned(),
+            sid.to_owned(),
+            ts,
+            nonce,
+            hex,
+        ];
+        if version == Version::V2 {
+            lines.push(req.if_match.to_owned());
+            lines.push(req.if_none_match.to_owned());
+        }
+        lines.join("\n")
     }
 
     /// The old `unb64`, the reference for the one that decodes on the stack.
@@ -607,15 +817,32 @@ mod tests {
             ts in proptest::prelude::any::<u64>(),
             nonce in proptest::prelude::any::<[u8; 16]>(),
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            if_match in "|\"[0-9]{1,20}\"|\\PC{0,20}",
+            if_none_match in "|\\*|\\PC{0,20}",
+            v2 in proptest::prelude::any::<bool>(),
         ) {
-            let req = Request { method: &method, path: &path, query: &query, body: &body };
-            let want = canonical_reference(&req, &sid, ts, &nonce);
-            proptest::prop_assert_eq!(canonical(&req, &sid, ts, &nonce), want.clone());
+            let version = if v2 { Version::V2 } else { Version::V1 };
+            // A v1 signature is checked only without preconditions.
+            let (if_match, if_none_match) = if v2 {
+                (if_match.as_str(), if_none_match.as_str())
+            } else {
+                ("", "")
+            };
+            let req = Request {
+                method: &method,
+                path: &path,
+                query: &query,
+                body: &body,
+                if_match,
+                if_none_match,
+            };
+            let want = canonical_reference(version, &req, &sid, ts, &nonce);
+            proptest::prop_assert_eq!(canonical(version, &req, &sid, ts, &nonce), want.clone());
             let key = SecretKey::new([5; 32]);
             let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.expose()).expect("key");
             m.update(want.as_bytes());
             let sig: [u8; 32] = m.finalize().into_bytes().into();
-            let auth = sign(&key, &req, &sid, ts, nonce);
+            let auth = sign_version(version, &key, &req, &sid, ts, nonce);
             proptest::prop_assert_eq!(auth.sig, sig);
             proptest::prop_assert_eq!(verify(&key, &req, &auth), Ok(()));
         }

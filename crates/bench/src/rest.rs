@@ -443,6 +443,8 @@ fn sign_get(s: &Session, path: &str) -> String {
         path,
         query: "",
         body: b"",
+        if_match: "",
+        if_none_match: "",
     };
     signed::sign(&s.key, &req, &s.sid, now_s(), rand::random()).to_header()
 }
@@ -507,6 +509,8 @@ fn verify_in_process(n: usize) -> anyhow::Result<InProcess> {
         path: KV_PATH,
         query: "",
         body: b"",
+        if_match: "",
+        if_none_match: "",
     };
     let mut admits = Vec::with_capacity(n);
     let start = Instant::now();

@@ -1,6 +1,7 @@
 //! `keycard`: the server (`keycard serve`) and a command-line client for it.
 
 mod cli;
+mod logging;
 mod render;
 
 use std::process::ExitCode;

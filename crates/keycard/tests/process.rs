@@ -795,6 +795,67 @@ async fn rest_example_client_in_python() {
     );
 }
 
+/// The REST example client says how to use it and fails in one line
+/// with a non-zero exit, never a traceback: `--help`, bad arguments, a
+/// refused connection, a port that is not the REST API, a failed login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_example_client_in_python_explains_its_errors() {
+    if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
+        eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
+        return;
+    }
+    let python = std::env::var("KEYCARD_DISTKV_PYTHON")
+        .expect("KEYCARD_DISTKV_PYTHON: run the tests with scripts/test.sh");
+    let (server, http, _dir) = rest_server("ada", "lovelace-1842", &[], "").await;
+    let script = format!(
+        "{}/../../examples/python/keycard_rest.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(&python)
+            .arg(&script)
+            .args(args)
+            .output()
+            .expect("run python");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, stdout, _) = run(&["--help"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.starts_with("usage: "), "{stdout}");
+    assert!(stdout.contains("URL USER PASSWORD"), "{stdout}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let url = format!("http://{http}");
+    let msgpack = format!("http://{}", server.addr);
+    let refused = format!("http://{closed}");
+    for (args, want_code, want) in [
+        (vec![], 2, "required"),
+        (vec![url.as_str(), "ada"], 2, "required"),
+        (vec!["127.0.0.1:8427", "ada", "pw"], 2, "URL must be"),
+        (vec![refused.as_str(), "ada", "pw"], 1, "cannot reach"),
+        (vec![msgpack.as_str(), "ada", "pw"], 1, "REST API"),
+        (
+            vec![url.as_str(), "ada", "wrong"],
+            1,
+            "login failed for 'ada'",
+        ),
+        (
+            vec![url.as_str(), "nobody", "pw"],
+            1,
+            "login failed for 'nobody'",
+        ),
+    ] {
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, Some(want_code), "{args:?}: {stdout}{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Traceback"), "{args:?}: {stderr}");
+    }
+}
+
 /// A bounded contract run of schemathesis (PyPI) against the REST API
 /// described by docs/openapi.json, served by the binary: generated and
 /// mutated requests on every route, twice.

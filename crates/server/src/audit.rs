@@ -81,7 +81,7 @@ impl Audit {
     pub async fn login(&self, e: LoginEvent<'_>) {
         tracing::info!(
             target: "keycard::audit",
-            conn = e.conn, source = %e.source, method = e.method, user = %e.user,
+            conn = e.conn, source = ?e.source, method = e.method, user = ?e.user,
             outcome = e.outcome, reason = e.reason.unwrap_or(""),
             keycard = %e.keycard.map(|k| k.to_string()).unwrap_or_default(), "login"
         );
@@ -115,7 +115,7 @@ impl Audit {
     ) {
         tracing::info!(
             target: "keycard::audit",
-            keycard = %card.id, user = %card.user, method = %card.method,
+            keycard = %card.id, user = ?card.user, method = ?card.method,
             by = by.unwrap_or(""), "{event}"
         );
         let obj = serde_json::json!({

@@ -132,7 +132,7 @@ pub(super) async fn root(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
     let entry = state.store.get(&path).await?;
     r.conn().update_session(|s| s.root = path.clone());
-    tracing::debug!(conn = r.conn().id, root = %path, "connection re-rooted");
+    tracing::debug!(conn = r.conn().id, root = ?path.to_string(), "connection re-rooted");
     let reply = entry_msg(
         &state,
         entry.as_ref(),

@@ -563,7 +563,7 @@ pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
             idem: false,
         }])
         .await?;
-    tracing::info!(target: "keycard::audit", keycard = %id, user = %user, by = by.as_deref().unwrap_or(""), "token created");
+    tracing::info!(target: "keycard::audit", keycard = %id, user = ?user, by = by.as_deref().unwrap_or(""), "token created");
     r.reply(
         Msg::new()
             .with("token", token.as_str())

@@ -8,12 +8,50 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH};
-use hyper::{Method, Response, StatusCode};
+use hyper::{HeaderMap, Method, Response, StatusCode};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use serde_json::json;
 
 use super::{json_response, Body, Rest};
 use crate::error::ApiError;
+
+/// A request's `If-Match` and `If-None-Match` values, read once: the
+/// signature covers these strings and `/kv` obeys these same strings.
+/// Empty means absent.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Preconditions<'a> {
+    pub(super) if_match: &'a str,
+    pub(super) if_none_match: &'a str,
+}
+
+impl<'a> Preconditions<'a> {
+    /// Reads both headers. Each may come once, in visible ASCII, not
+    /// empty: a second copy or bytes that do not read as text would be
+    /// ignored by one reader and not another (the precondition unsigned,
+    /// or a conditional write done unconditionally), so they are `400`.
+    pub(super) fn of(headers: &'a HeaderMap) -> Result<Preconditions<'a>, ApiError> {
+        let one = |name: HeaderName, shown: &str| -> Result<&'a str, ApiError> {
+            let mut all = headers.get_all(&name).iter();
+            let Some(first) = all.next() else {
+                return Ok("");
+            };
+            if all.next().is_some() {
+                return Err(ApiError::bad(format!("{shown} may be sent once")));
+            }
+            match first.to_str().map(str::trim) {
+                Ok(v) if !v.is_empty() => Ok(v),
+                _ => Err(ApiError::bad(format!(
+                    "{shown} must be a non-empty visible ASCII value"
+                ))),
+            }
+        };
+        Ok(Preconditions {
+            if_match: one(IF_MATCH, "If-Match")?,
+            if_none_match: one(IF_NONE_MATCH, "If-None-Match")?,
+        })
+    }
+}
+
 impl Rest {
     /// `GET|PUT|DELETE /kv/{path}`: data under the session's ACLs, in its
     /// domain. `PUT` takes `{"value": …}`; `If-Match: TOCK` makes a write
@@ -22,32 +60,32 @@ impl Rest {
         &self,
         session: crate::conn::Session,
         parts: &hyper::http::request::Parts,
+        pre: Preconditions<'_>,
         segs: &[&str],
         body: &[u8],
     ) -> Result<Response<Body>, ApiError> {
         crate::actions::check_login(&self.state, &session)?;
         let path = url_path(segs)?;
         let mut msg = Msg::new().with("path", path.to_value()).with("nchain", 0);
-        let header = |name: HeaderName| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        };
-        if let Some(tag) = header(IF_MATCH) {
-            let tock: u64 = tag
-                .trim_matches('"')
-                .parse()
-                .map_err(|_| ApiError::bad("If-Match must be a tock (a number)"))?;
-            msg.set(
-                "chain",
-                Msg::new()
-                    .with("node", self.state.config.node.as_str())
-                    .with("tick", tock),
-            );
-        } else if header(IF_NONE_MATCH) == Some("*") {
-            msg.set("chain", Value::Nil);
+        // A precondition the server cannot honour is refused, never
+        // dropped: dropping it would make the write unconditional.
+        match (pre.if_match, pre.if_none_match) {
+            ("", "") => {}
+            (tag, "") => {
+                let tock: u64 = tag
+                    .trim_matches('"')
+                    .parse()
+                    .map_err(|_| ApiError::bad("If-Match must be a tock (a number)"))?;
+                msg.set(
+                    "chain",
+                    Msg::new()
+                        .with("node", self.state.config.node.as_str())
+                        .with("tick", tock),
+                );
+            }
+            ("", "*") => msg.set("chain", Value::Nil),
+            ("", _) => return Err(ApiError::bad("If-None-Match takes only *")),
+            _ => return Err(ApiError::bad("send If-Match or If-None-Match, not both")),
         }
         let (status, reply) = match parts.method {
             Method::GET => {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use keycard_auth::bouncer::KeycardId;
@@ -100,7 +100,7 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
                 let mut socket = socket;
                 let body = br#"{"error":"the server has too many HTTP connections; retry later","code":"too_many_connections"}"#;
                 let head = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = socket.write_all(head.as_bytes()).await;
@@ -262,13 +262,18 @@ impl Rest {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.route(req, peer)).await {
+        let mut r = match tokio::time::timeout(REQUEST_TIMEOUT, self.route(req, peer)).await {
             Ok(r) => r,
             Err(_) => error(&ApiError::new(
                 ErrorCode::ShuttingDown,
                 "the request took too long",
             )),
-        }
+        };
+        // Every answer is one session's (challenges, session state, values,
+        // user records, refusals): no cache may keep or share any of them.
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -291,6 +296,11 @@ impl Rest {
                 format!("no {} {path}", parts.method),
             ));
         };
+        // Read once, for the signature and for /kv alike.
+        let pre = match kv::Preconditions::of(&parts.headers) {
+            Ok(p) => p,
+            Err(e) => return error(&e),
+        };
         // Every route after login is signed, by the session it names (or,
         // for /kv and /user, any live session).
         let signed = match route {
@@ -306,7 +316,7 @@ impl Rest {
                 return self.session_waiting(sid);
             }
             Route::SessionShow(sid) | Route::SessionDelete(sid) | Route::KeepAlive(sid) => {
-                match self.verify(&parts, &body) {
+                match self.verify(&parts, pre, &body) {
                     Ok((id, _)) if id.to_string() == sid => Some(id),
                     Ok(_) => return unauthorized("the signature is for another session"),
                     Err(why) => return refused(&why),
@@ -322,7 +332,7 @@ impl Rest {
                 if !parts.headers.contains_key(AUTHORIZATION) && self.state.is_open() {
                     Some(crate::conn::Session::default())
                 } else {
-                    match self.verify(&parts, &body) {
+                    match self.verify(&parts, pre, &body) {
                         Ok((_, user)) => Some(crate::conn::Session {
                             root: user.domain.clone(),
                             user: Some(user),
@@ -344,7 +354,7 @@ impl Rest {
             (Route::SessionShow(_), Some(id), _) => Ok(self.session_show(id)),
             (Route::SessionDelete(_), Some(id), _) => Ok(self.session_delete(id).await),
             (Route::KeepAlive(_), Some(id), _) => self.keep_alive(id, &body),
-            (Route::Kv(rest), _, Some(s)) => self.kv(s, &parts, rest, &body).await,
+            (Route::Kv(rest), _, Some(s)) => self.kv(s, &parts, pre, rest, &body).await,
             (Route::User(name), _, Some(s)) => self.user(s, &parts.method, name, &body).await,
             _ => Err(ApiError::new(ErrorCode::Internal, "unsigned signed route")),
         };

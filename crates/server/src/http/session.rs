@@ -189,12 +189,13 @@ impl Rest {
         }
     }
 
-    /// Checks a request's signature, time and nonce against its session;
-    /// the session's keycard must be live. The error is why (for the
-    /// `401`).
+    /// Checks a request's signature (its preconditions included), time
+    /// and nonce against its session; the session's keycard must be live.
+    /// The error is why (for the `401`).
     pub(super) fn verify(
         &self,
         parts: &hyper::http::request::Parts,
+        pre: super::kv::Preconditions<'_>,
         body: &[u8],
     ) -> Result<(KeycardId, Arc<LoggedIn>), String> {
         let Some(h) = parts.headers.get(AUTHORIZATION) else {
@@ -221,6 +222,8 @@ impl Rest {
             path: parts.uri.path(),
             query: parts.uri.query().unwrap_or(""),
             body,
+            if_match: pre.if_match,
+            if_none_match: pre.if_none_match,
         };
         signed::verify(&key, &req, &auth).map_err(|e| e.to_string())?;
         let mut sessions = lock(&self.sessions);

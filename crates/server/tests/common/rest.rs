@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use keycard_auth::signed::{self, Request};
+use keycard_auth::signed::{self, Request, Version};
 use keycard_auth::{
     client_session_key, ClientMethod, Exchange, OpaqueLogin, Password, ScramClient, SecretKey, Step,
 };
@@ -255,17 +255,41 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
+/// A v2 `Authorization` for a request without preconditions.
 pub fn sign(s: &Session, method: &str, path: &str, body: &[u8], ts: u64) -> String {
+    sign_with(s, Version::V2, method, path, body, &[], ts)
+}
+
+/// An `Authorization` of `version` for a request with the `extra` headers
+/// (their `If-Match` and `If-None-Match` signed, in v2).
+pub fn sign_with(
+    s: &Session,
+    version: Version,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+    ts: u64,
+) -> String {
     let nonce: [u8; 16] = rand::random();
+    let header = |name: &str| {
+        extra
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.trim())
+    };
     let req = Request {
         method,
         path,
         query: "",
         body,
+        if_match: header("if-match"),
+        if_none_match: header("if-none-match"),
     };
-    signed::sign(&s.key, &req, &s.sid, ts, nonce).to_header()
+    signed::sign_version(version, &s.key, &req, &s.sid, ts, nonce).to_header()
 }
 
+/// A signed request (v2) with the `extra` headers.
 pub async fn kv(
     addr: SocketAddr,
     s: &Session,
@@ -274,7 +298,7 @@ pub async fn kv(
     body: &[u8],
     extra: &[(&str, &str)],
 ) -> Reply {
-    let auth = sign(s, method, path, body, now());
+    let auth = sign_with(s, Version::V2, method, path, body, extra, now());
     http_with(addr, method, path, Some(auth), extra, body).await
 }
 

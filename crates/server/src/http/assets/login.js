@@ -1,6 +1,6 @@
 // keycard's browser login page: SCRAM-SHA-256 (RFC 5802 / RFC 7677) run
 // in the page with WebCrypto, so the password never leaves the browser,
-// then requests signed with the session key K (docs/REST.md, DESIGN §4.1).
+// then requests signed with the session key K (docs/REST.md, version 2).
 //
 // The flow:
 //   POST /session/new {method, user, data: client-first}  -> 201 {sid, data: server-first}
@@ -225,7 +225,9 @@
     });
   }
 
-  // A request signed with the session key (docs/REST.md, "Signed requests").
+  // A request signed with the session key (docs/REST.md, "Signed
+  // requests", version 2). The page sends no If-Match or If-None-Match,
+  // so their two lines are empty.
   async function signedFetch(method, path, body = "") {
     const ts = Math.floor((Date.now() + skew) / 1000);
     const nonce = b64url(random(16));
@@ -238,11 +240,13 @@
       String(ts),
       nonce,
       hex(await sha256(bodyBytes)),
+      "", // no If-Match
+      "", // no If-None-Match
     ].join("\n");
     const sig = b64url(new Uint8Array(await crypto.subtle.sign("HMAC", session.key, enc.encode(canonical))));
     const init = {
       method,
-      headers: { Authorization: `Keycard sid=${session.sid}, ts=${ts}, nonce=${nonce}, sig=${sig}` },
+      headers: { Authorization: `Keycard v=2, sid=${session.sid}, ts=${ts}, nonce=${nonce}, sig=${sig}` },
       cache: "no-store",
       credentials: "omit",
       redirect: "manual",
