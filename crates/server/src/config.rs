@@ -208,6 +208,8 @@ mod tests {
         assert_eq!(c.keycards.duration, 86_400);
         assert_eq!(c.keycards.method_duration.get("scram-sha-256"), Some(&3600));
         assert_eq!(c.throttle.cooldown_secs, 900);
+        assert_eq!(c.throttle.known_good_days, 30);
+        assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.http, Some(SocketAddr::from(([127, 0, 0, 1], 8427))));
     }
