@@ -274,6 +274,25 @@ pub fn decide(cfg: &ThrottleConfig, c: &Counters, known_good: bool, now: u64) ->
     Decision::Proceed(wait)
 }
 
+/// Longest user key kept as it is. Longer ones (a user of a deeply nested
+/// domain: the key holds the domain's path) are kept as their SHA-256, so
+/// that a counter's memory and its node stay small whatever the domain.
+const MAX_USER_KEY: usize = 256;
+
+/// The key `user` is counted under.
+fn user_key(user: &str) -> Arc<str> {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    if user.len() <= MAX_USER_KEY {
+        return Arc::from(user);
+    }
+    let mut text = String::from("sha256:");
+    for b in sha2::Sha256::digest(user.as_bytes()) {
+        let _ = write!(text, "{b:02x}");
+    }
+    Arc::from(text)
+}
+
 /// What the table keys: the three counters, and the known-good marks.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
@@ -587,7 +606,7 @@ impl Throttle {
         now: u64,
     ) -> Result<(Reservation, Duration), Duration> {
         let source = Source::of(ip);
-        let user: Arc<str> = Arc::from(user);
+        let user = user_key(user);
         let good = self.known_good(&user, source, now);
         let keys = Self::keys(&user, source);
         let keep = self.cfg.keep_ms();
@@ -693,7 +712,7 @@ impl Throttle {
     pub fn counters(&self, user: &str, ip: IpAddr) -> Counters {
         let now = crate::audit::now_millis();
         let source = Source::of(ip);
-        let user: Arc<str> = Arc::from(user);
+        let user = user_key(user);
         let keep = self.cfg.keep_ms();
         let get = |k: &Key| {
             self.lock_one(k)
@@ -1130,5 +1149,16 @@ mod tests {
         }
         let junk = Path::new(vec![Elem::Nil, "throttle".into(), "pair".into(), 5.into()]);
         assert_eq!(Key::from_path(&junk), None);
+    }
+
+    #[test]
+    fn long_user_keys_are_kept_as_their_digest() {
+        let short = "x".repeat(MAX_USER_KEY);
+        assert_eq!(&*user_key(&short), short.as_str());
+        let long = format!("joe\u{0}{}", "d".repeat(16_000));
+        let k = user_key(&long);
+        assert!(k.starts_with("sha256:") && k.len() == 7 + 64, "{k}");
+        assert_eq!(k, user_key(&long));
+        assert_ne!(k, user_key(&format!("{long}e")));
     }
 }
