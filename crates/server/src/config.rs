@@ -79,6 +79,12 @@ pub struct Config {
     /// window (the nonces it remembers); beyond, `429` with Retry-After.
     /// Default 10,000.
     pub http_session_nonces: usize,
+    /// Reverse proxies in front of the REST listener, addresses or
+    /// networks (`["127.0.0.1", "10.0.0.0/8"]`). A request whose socket
+    /// peer is one of them is from the rightmost `X-Forwarded-For` address
+    /// that is not; from any other peer the header is ignored. Default:
+    /// none.
+    pub trusted_proxies: Vec<crate::forwarded::Network>,
 }
 
 /// Keycard lifetimes and bounds. Times are in seconds.
@@ -158,6 +164,7 @@ impl Default for Config {
             http_max_connections: 1024,
             http_signature_window: 60,
             http_session_nonces: 10_000,
+            trusted_proxies: Vec::new(),
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
             argon2_p: 1,
@@ -201,6 +208,8 @@ mod tests {
         assert_eq!(c.keycards.duration, 86_400);
         assert_eq!(c.keycards.method_duration.get("scram-sha-256"), Some(&3600));
         assert_eq!(c.throttle.cooldown_secs, 900);
+        assert_eq!(c.throttle.known_good_days, 30);
+        assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.http, Some(SocketAddr::from(([127, 0, 0, 1], 8427))));
     }

@@ -77,6 +77,8 @@ pub struct ServerState {
     pub logins: Arc<crate::logins::LastLogins>,
     /// Changes to one user take turns.
     pub(crate) names: crate::actions::users::NameLocks,
+    /// The login throttle's counters (the authority; written behind).
+    pub throttle: Arc<crate::throttle::Throttle>,
 }
 
 /// `(nil, "auth")`.
@@ -156,6 +158,12 @@ impl ServerState {
             n => n,
         };
         let policy = config.keycards.policy();
+        let throttle = crate::throttle::Throttle::load(
+            store.clone(),
+            config.throttle.clone(),
+            crate::audit::now_millis(),
+        )
+        .await?;
         let state = Arc::new(ServerState {
             config,
             store: store.clone(),
@@ -168,8 +176,10 @@ impl ServerState {
             bouncer: Arc::new(crate::bouncer::Bouncer::new(policy)),
             logins: Arc::new(crate::logins::LastLogins::new(store.clone())),
             names: Default::default(),
+            throttle,
         });
         state.bouncer.spawn_reaper();
+        state.throttle.spawn_flusher();
         state.logins.spawn_flusher();
         // Durable keycards (tokens) past their time leave the store.
         let weak = Arc::downgrade(&state);

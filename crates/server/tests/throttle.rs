@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::start_with;
 use keycard_auth::{Password, ScramClient};
 use keycard_client::Client;
-use keycard_proto::{ErrorCode, Msg, Value};
+use keycard_proto::{Elem, ErrorCode, Msg, Path, Value};
 use keycard_server::ThrottleConfig;
 
 fn user(name: &str, pw: &str) -> ScramClient {
@@ -161,5 +161,173 @@ async fn admins_read_the_audit_log() {
             .iter()
             .any(|l| l.as_str().is_some_and(|l| l.contains("\"failure\""))),
         "{lines:?}"
+    );
+}
+
+/// The unsuccessful attempts (failed and refused) stored under `(nil,
+/// "throttle", …at)`, once what the server counted in memory has been
+/// written.
+async fn stored(s: &common::TestServer, at: &[&str]) -> Option<u64> {
+    s.handle.state.throttle.flush().await.expect("flush");
+    let mut elems = vec![Elem::Nil, "throttle".into()];
+    elems.extend(at.iter().map(|e| Elem::from(*e)));
+    s.handle
+        .state
+        .store
+        .get(&Path::new(elems))
+        .await
+        .expect("get")
+        .map(|e| {
+            let n = |k: &str| e.value.get(k).and_then(Value::as_u64).unwrap_or(0);
+            n("failures") + n("refused")
+        })
+}
+
+/// A server where alice and bob are SCRAM users and SCRAM is current.
+async fn scram_server(tweak: impl FnOnce(&mut keycard_server::Config)) -> common::TestServer {
+    let s = start_with(|c| {
+        c.max_auth_attempts = 1000;
+        tweak(c);
+    })
+    .await;
+    let admin = Client::connect(s.addr()).await.expect("connect");
+    for (name, pw) in [
+        ("alice", "alice-pw"),
+        ("bob", "bob-pw"),
+        ("carol", "carol-pw"),
+    ] {
+        admin.set_user(&user(name, pw)).await.expect("user");
+    }
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "scram-sha-256"),
+        )
+        .await
+        .expect("current");
+    s
+}
+
+/// A login from `from` (a loopback address).
+async fn login_from(
+    s: &common::TestServer,
+    from: &str,
+    name: &str,
+    pw: &str,
+) -> Result<(), Option<ErrorCode>> {
+    let c = Client::connect_from(from.parse().expect("ip"), s.addr())
+        .await
+        .expect("connect");
+    c.login(&user(name, pw)).await.map_err(|e| e.code())
+}
+
+/// Issue 15, item 3: logging in to one's own account cleared the
+/// address's failure count (and the user's), so password spraying from
+/// one address was unbounded. A success clears only its own (user,
+/// address) state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_clears_only_its_own_user_and_address() {
+    let s = scram_server(|c| {
+        c.throttle = ThrottleConfig {
+            free: 10,
+            escalate: 10,
+            source_limit: 10,
+            user_slow: 1000,
+            ..ThrottleConfig::default()
+        };
+    })
+    .await;
+    let here = "127.0.0.1";
+    // Four wrong guesses on alice and five on fresh names from here, two
+    // on bob from elsewhere.
+    for _ in 0..4 {
+        assert_eq!(
+            login_from(&s, here, "alice", "guess").await,
+            Err(Some(ErrorCode::AuthFailed))
+        );
+    }
+    for i in 0..5 {
+        let _ = login_from(&s, here, &format!("spray{i}"), "guess").await;
+    }
+    for _ in 0..2 {
+        let _ = login_from(&s, "127.0.0.2", "bob", "guess").await;
+    }
+    // alice logs in from here, bob from a third address.
+    login_from(&s, here, "alice", "alice-pw")
+        .await
+        .expect("alice");
+    login_from(&s, "127.0.0.3", "bob", "bob-pw")
+        .await
+        .expect("bob");
+    // Their own pairs are cleared; the address's and the users' counts
+    // stay.
+    assert_eq!(stored(&s, &["pair", "alice", here]).await, None);
+    assert_eq!(stored(&s, &["pair", "bob", "127.0.0.3"]).await, None);
+    assert_eq!(stored(&s, &["pair", "bob", "127.0.0.2"]).await, Some(2));
+    assert_eq!(stored(&s, &["source", here]).await, Some(9));
+    assert_eq!(stored(&s, &["user", "alice"]).await, Some(4));
+    assert_eq!(stored(&s, &["user", "bob"]).await, Some(2));
+    // So the sprayer's tenth failure still closes the address to it.
+    let _ = login_from(&s, here, "spray9", "guess").await;
+    assert_eq!(
+        login_from(&s, here, "spray10", "guess").await,
+        Err(Some(ErrorCode::Throttled))
+    );
+}
+
+/// Issue 15, item 10: 100 failures with random names from an address
+/// refused everyone from it for 15 minutes, admin included. A (user,
+/// address) with a success in the last `known_good_days` is not refused by
+/// the address's counter; its own pair counter still applies, and a user
+/// who never logged in from there is refused with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_storm_does_not_lock_out_a_known_good_user() {
+    let s = scram_server(|c| {
+        c.throttle = ThrottleConfig {
+            base_delay_secs: 0,
+            max_delay_secs: 0,
+            user_slow: 1000,
+            ..ThrottleConfig::default()
+        };
+    })
+    .await;
+    let here = "127.0.0.1";
+    login_from(&s, here, "alice", "alice-pw")
+        .await
+        .expect("alice, before");
+    for i in 0..100 {
+        assert_eq!(
+            login_from(&s, here, &format!("random{i}"), "guess").await,
+            Err(Some(ErrorCode::AuthFailed))
+        );
+    }
+    // The address is closed to strangers and to users new to it...
+    assert_eq!(
+        login_from(&s, here, "mallory", "guess").await,
+        Err(Some(ErrorCode::Throttled))
+    );
+    assert_eq!(
+        login_from(&s, here, "carol", "carol-pw").await,
+        Err(Some(ErrorCode::Throttled))
+    );
+    // ...not to alice, who logged in from it before.
+    login_from(&s, here, "alice", "alice-pw")
+        .await
+        .expect("alice, after the storm");
+    login_from(&s, here, "alice", "alice-pw")
+        .await
+        .expect("and again");
+    // Her own pair counter still applies: ten wrong guesses on alice from
+    // here, and even her right password is refused for the cool-down.
+    for _ in 0..10 {
+        assert_eq!(
+            login_from(&s, here, "alice", "guess").await,
+            Err(Some(ErrorCode::AuthFailed))
+        );
+    }
+    assert_eq!(
+        login_from(&s, here, "alice", "alice-pw").await,
+        Err(Some(ErrorCode::Throttled))
     );
 }

@@ -142,9 +142,9 @@ pub(crate) struct Login {
     ident: String,
     /// NAME or NAME@DOMAIN, for the audit log.
     who: String,
-    /// The throttle counters' key: per (domain, user), unambiguous.
-    throttled_as: String,
-    counters: throttle::Counters,
+    /// The attempt's place in the throttle counters (per (domain, user),
+    /// unambiguous, and the client's source), until its end.
+    throttle: Option<throttle::Reservation>,
     card: PendingCard,
     abandoned: Option<AbandonGuard>,
     /// The domain the login is to.
@@ -248,11 +248,12 @@ impl Login {
             format!("{ident}\u{0}{base}")
         };
         let source = req.peer.ip();
-        // Throttling comes first: a refused attempt costs no hashing.
-        let counters = throttle::load(state.store.as_ref(), &throttled_as, source).await?;
+        // Throttling comes first, and counts the attempt as it decides: a
+        // refused attempt costs no hashing, and parallel attempts are each
+        // counted before any runs.
         let now = crate::audit::now_millis();
-        match throttle::decide(&state.config.throttle, &counters, now) {
-            throttle::Decision::Refuse(retry) => {
+        let reservation = match state.throttle.reserve(&throttled_as, source, now) {
+            Err(retry) => {
                 state
                     .audit
                     .login(event(
@@ -274,11 +275,13 @@ impl Login {
                 .with_retry_after(retry.as_secs().max(1))
                 .into());
             }
-            throttle::Decision::Proceed(wait) if !wait.is_zero() => {
-                tokio::time::sleep(wait).await;
+            Ok((reservation, wait)) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                reservation
             }
-            throttle::Decision::Proceed(_) => {}
-        }
+        };
         // The attempt's keycard: its id, state and challenge window live
         // here, on the server; the guard takes it out of the table if the
         // attempt ends any way but a success (including the client
@@ -302,8 +305,7 @@ impl Login {
             method_name,
             ident,
             who,
-            throttled_as,
-            counters,
+            throttle: Some(reservation),
             card,
             abandoned: None,
             base,
@@ -323,28 +325,12 @@ impl Login {
                 let ctx = LoginCtx {
                     channel_key: req.channel_key.as_ref(),
                 };
+                login.ran();
                 let step = m.login(&ctx, &login.ident, msg, record.as_ref());
-                // A challenge-response client learns from the challenge
-                // whether its password was right (RFC 9807: count a login
-                // without a valid final message as a failure). So count the
-                // failure before challenging; a success clears it, and a
-                // client that vanishes mid-exchange is audited as a
-                // failure.
-                if matches!(step, Step::Send(..)) {
-                    login.count_failure().await?;
-                    login.abandoned = Some(AbandonGuard {
-                        armed: true,
-                        audit: state.audit.clone(),
-                        conn: req.id,
-                        source: req.peer,
-                        method: m.name(),
-                        user: login.ident.clone(),
-                        keycard: Some(login.card.id),
-                    });
-                }
                 login.advance(step).await
             }
             (None, Some(t)) => {
+                login.ran();
                 let (result, parent) = match keycards::check_token(state, t).await? {
                     Some(g) => {
                         // The token's user must still exist (in its
@@ -367,28 +353,11 @@ impl Login {
         }
     }
 
-    /// Counts a failed login for this (user, address) now. (The future
-    /// holds no borrow of the `Login`, whose exchange is not `Sync`.)
-    fn count_failure(
-        &self,
-    ) -> impl std::future::Future<Output = Result<(), keycard_store::StoreError>> + Send + 'static
-    {
-        let (state, key, ip) = (
-            self.state.clone(),
-            self.throttled_as.clone(),
-            self.peer.ip(),
-        );
-        let counters = self.counters;
-        async move {
-            throttle::record_failure(
-                state.store.as_ref(),
-                &state.config.throttle,
-                &key,
-                ip,
-                &counters,
-                crate::audit::now_millis(),
-            )
-            .await
+    /// The method starts: from here the attempt counts even if the
+    /// client leaves.
+    fn ran(&mut self) {
+        if let Some(r) = self.throttle.as_mut() {
+            r.ran();
         }
     }
 
@@ -436,6 +405,29 @@ impl Login {
                     }
                 },
                 Step::Send(msg, next) => {
+                    // A challenge-response client learns from the challenge
+                    // whether its password was right (RFC 9807: count a
+                    // login without a valid final message as a failure).
+                    // So the attempt counts as a failure, durably, before
+                    // the challenge goes out; a success takes it back, and
+                    // a client that vanishes mid-exchange is audited as a
+                    // failure. (The future holds no borrow of the `Login`,
+                    // whose exchange is not `Sync`.)
+                    if let Some(durable) = self.throttle.as_mut().and_then(|r| r.count()) {
+                        if let Err(e) = durable.await {
+                            let e = ApiError::from(e);
+                            return self.finish(Err(Failure::Server(e)), None).await;
+                        }
+                        self.abandoned = Some(AbandonGuard {
+                            armed: true,
+                            audit: self.state.audit.clone(),
+                            conn: self.requester,
+                            source: self.peer,
+                            method: self.method_name,
+                            user: self.ident.clone(),
+                            keycard: Some(self.card.id),
+                        });
+                    }
                     // The challenge is bound to the keycard and must be
                     // answered within its window.
                     return match self.state.bouncer.challenged(self.card.id) {
@@ -466,7 +458,6 @@ impl Login {
         parent: Option<(KeycardId, u64)>,
     ) -> Result<Progress, Refusal> {
         let state = self.state.clone();
-        let source = self.peer.ip();
         if self.blind && result.is_ok() {
             result = Err(Failure::Auth(AuthError::Failed));
         }
@@ -507,14 +498,9 @@ impl Login {
                     if let Some(g) = self.abandoned.take() {
                         g.disarm();
                     }
-                    throttle::record_success(
-                        state.store.as_ref(),
-                        &self.throttled_as,
-                        source,
-                        &self.counters,
-                        true,
-                    )
-                    .await?;
+                    if let Some(r) = self.throttle.take() {
+                        r.succeed(crate::audit::now_millis());
+                    }
                     return Err(ApiError::from(e).into());
                 }
             }
@@ -523,7 +509,9 @@ impl Login {
             // A refused attempt leaves the table now.
             self.card.refuse();
         }
-        let precounted = self.abandoned.take().map(AbandonGuard::disarm).is_some();
+        if let Some(g) = self.abandoned.take() {
+            g.disarm();
+        }
         let card = Some(self.card.id);
         let ev = |outcome| {
             event(
@@ -537,14 +525,9 @@ impl Login {
         };
         match result {
             Ok(verdict) => {
-                throttle::record_success(
-                    state.store.as_ref(),
-                    &self.throttled_as,
-                    source,
-                    &self.counters,
-                    precounted,
-                )
-                .await?;
+                if let Some(r) = self.throttle.take() {
+                    r.succeed(crate::audit::now_millis());
+                }
                 state.audit.login(ev("success")).await;
                 state.logins.record(
                     &self.record_at,
@@ -596,6 +579,9 @@ impl Login {
                 })))
             }
             Err(Failure::Server(e)) => {
+                if let Some(r) = self.throttle.take() {
+                    r.release();
+                }
                 state
                     .audit
                     .login(crate::audit::LoginEvent {
@@ -606,10 +592,11 @@ impl Login {
                 Err(e.into())
             }
             Err(Failure::Auth(e)) => {
-                // Now, not when the attempt began: a delayed attempt's
-                // failure must start the next wait from its end.
-                if !precounted {
-                    self.count_failure().await?;
+                // Timed now, not when the attempt began: a delayed
+                // attempt's failure must start the next wait from its end.
+                // The reply waits until the count is durable.
+                if let Some(r) = self.throttle.take() {
+                    r.fail(crate::audit::now_millis()).await?;
                 }
                 let reason = e.to_string();
                 state

@@ -349,7 +349,15 @@ impl Rest {
             (Route::OpenApi, ..) => Ok(openapi()),
             (Route::LoginPage, ..) => Ok(page::login_page()),
             (Route::LoginScript, ..) => Ok(page::login_script()),
-            (Route::SessionNew, ..) => Ok(self.session_new(&body, peer).await),
+            (Route::SessionNew, ..) => {
+                // Behind a trusted proxy, the client it names.
+                let client = crate::forwarded::client_address(
+                    peer,
+                    &parts.headers,
+                    &self.state.config.trusted_proxies,
+                );
+                Ok(self.session_new(&body, client).await)
+            }
             (Route::SessionAnswer(sid), ..) => Ok(self.session_answer(sid, &body).await),
             (Route::SessionShow(_), Some(id), _) => Ok(self.session_show(id)),
             (Route::SessionDelete(_), Some(id), _) => Ok(self.session_delete(id).await),

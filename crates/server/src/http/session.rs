@@ -75,7 +75,8 @@ impl Rest {
         )
     }
 
-    /// `POST /session/new {method, user, data}`: starts a login.
+    /// `POST /session/new {method, user, data}`: starts a login by the
+    /// client at `peer` (behind a trusted proxy, the client it names).
     pub(super) async fn session_new(&self, body: &[u8], peer: SocketAddr) -> Response<Body> {
         let Ok(j) = serde_json::from_slice::<serde_json::Value>(body) else {
             return error(&ApiError::bad("the body must be a JSON object"));
