@@ -24,7 +24,10 @@
 //! decides on the counts including the attempts still under way and
 //! counts the attempt, under the locks of its counters, in one step. So N
 //! parallel attempts count N and once a limit is reached the rest are
-//! refused without running the method. A refused attempt is counted on the
+//! refused without running the method. Attempts under way hold a place
+//! toward a limit without being failures: an attempt that finds the
+//! limit full of them waits for their verdicts ([`Decision::Busy`]), as
+//! they may all succeed. A refused attempt is counted on the
 //! counters that exist (never creating one: an address past its limit
 //! cannot grow the table) and does not move their time, so hammering a
 //! refusal does not prolong it. The attempt then ends as a failure
@@ -80,8 +83,8 @@ pub struct ThrottleConfig {
     /// A (user, source) with a successful login within this many days is
     /// not refused by the source's counter. Default 30; 0 turns it off.
     pub known_good_days: u64,
-    /// Most counters kept (and, apart, most known-good marks). Default
-    /// 100000.
+    /// Most counters kept (and, apart, most known-good marks), rounded up
+    /// to a multiple of 32 and at least 96. Default 100000.
     pub max_entries: usize,
 }
 
@@ -159,9 +162,12 @@ impl fmt::Display for Source {
 /// Recent unsuccessful attempts under one key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
-    /// Attempts that ran and failed (or showed a challenge and have no
-    /// verdict yet). The policy decides on these.
+    /// Attempts that ran and failed. The policy decides on these.
     pub failures: u32,
+    /// Attempts that showed a challenge and have no verdict yet: durable
+    /// as failures (a crash or a client leaving ends them so), but not
+    /// failures yet, so they hold their place without refusing anyone.
+    pub provisional: u32,
     /// Attempts refused without running. Counted, never decided on: a
     /// refusal of attempts under way (which may all succeed) must not
     /// become a lock-out.
@@ -195,7 +201,12 @@ impl Counter {
     pub fn attempts(&self) -> u32 {
         self.failures
             .saturating_add(self.refused)
-            .saturating_add(self.pending)
+            .saturating_add(self.under_way())
+    }
+
+    /// Attempts under way: reserved, or challenged without a verdict.
+    pub fn under_way(&self) -> u32 {
+        self.pending.saturating_add(self.provisional)
     }
 
     fn is_empty(&self) -> bool {
@@ -221,38 +232,54 @@ pub enum Decision {
     Proceed(Duration),
     /// Refuse; the client may retry after this long.
     Refuse(Duration),
+    /// The attempts under way fill the limit: wait until one of them has
+    /// a verdict, then decide again. They may all succeed, so this is not
+    /// a refusal — many connections of one service logging in at once as
+    /// one user are queued, not turned away.
+    Busy,
 }
 
-/// When a refusal is only for the attempts under way (they may all
-/// succeed), the client may retry this soon.
-const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
+/// When the attempts under way stay at the limit for longer than the
+/// wait allows, the client is refused and may retry this soon.
+pub const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
+
+/// The longest an attempt waits for the attempts under way
+/// ([`Decision::Busy`]) before it is refused.
+pub const MAX_BUSY_WAIT: Duration = Duration::from_secs(5);
 
 /// The policy: what the counters say about an attempt at `now` (unix
-/// milliseconds). Refusals are decided on the reserved count (failures
-/// plus attempts under way), delays on failures alone. `known_good`: this
+/// milliseconds). Failures refuse for the cool-down and delay; attempts
+/// under way only make the next one wait its turn, so at most the limit
+/// of attempts that could still fail run at once. `known_good`: this
 /// (user, source) logged in successfully lately.
 pub fn decide(cfg: &ThrottleConfig, c: &Counters, known_good: bool, now: u64) -> Decision {
     let ms = |secs: u64| secs.saturating_mul(1000);
     let cooldown = ms(cfg.cooldown_secs);
     let keep = cfg.keep_ms();
+    // `Some(Some(retry))`: refused; `Some(None)`: busy.
     let refusal = |c: &Counter, limit: u32| {
         let failed = c.live(now, keep);
         let until = c.last.saturating_add(cooldown);
-        if failed.saturating_add(c.pending) < limit || now >= until {
-            return None;
+        if failed >= limit && now < until {
+            return Some(Some(Duration::from_millis((until - now).max(1))));
         }
-        Some(match failed >= limit {
-            true => Duration::from_millis((until - now).max(1)),
-            false => IN_FLIGHT_RETRY,
-        })
+        (failed.saturating_add(c.under_way()) >= limit).then_some(None)
     };
-    if let Some(retry) = refusal(&c.pair, cfg.free.saturating_add(cfg.escalate)) {
-        return Decision::Refuse(retry);
+    let mut busy = false;
+    match refusal(&c.pair, cfg.free.saturating_add(cfg.escalate)) {
+        Some(Some(retry)) => return Decision::Refuse(retry),
+        Some(None) => busy = true,
+        None => {}
     }
     if !known_good {
-        if let Some(retry) = refusal(&c.source, cfg.source_limit) {
-            return Decision::Refuse(retry);
+        match refusal(&c.source, cfg.source_limit) {
+            Some(Some(retry)) => return Decision::Refuse(retry),
+            Some(None) => busy = true,
+            None => {}
         }
+    }
+    if busy {
+        return Decision::Busy;
     }
     let mut wait = Duration::ZERO;
     let pair = c.pair.live(now, keep);
@@ -389,7 +416,7 @@ impl Shard {
                     .slots
                     .iter()
                     .filter(|(k, _)| k.is_good() == key.is_good() && !keep.contains(k))
-                    .min_by_key(|(_, s)| (s.c.pending > 0, s.c.last))
+                    .min_by_key(|(_, s)| (s.c.under_way() > 0, s.c.last))
                     .map(|(k, _)| k.clone());
                 match victim {
                     Some(v) => self.remove(&v),
@@ -452,6 +479,10 @@ pub struct Throttle {
     batch: Mutex<Arc<Batch>>,
     /// Wakes the writer for a waiter.
     wake: Arc<Notify>,
+    /// Woken whenever an attempt under way gets its verdict (or is taken
+    /// back): attempts waiting their turn ([`Decision::Busy`]) decide
+    /// again.
+    settled: Notify,
     /// One write at a time.
     writing: tokio::sync::Mutex<()>,
 }
@@ -488,6 +519,7 @@ impl Throttle {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             batch: Mutex::new(Batch::new()),
             wake: Arc::new(Notify::new()),
+            settled: Notify::new(),
             writing: tokio::sync::Mutex::new(()),
         };
         let prefix = Path::new(vec![Elem::Nil, "throttle".into()]);
@@ -545,8 +577,11 @@ impl Throttle {
         });
     }
 
+    /// Each shard's share of `max_entries`: at least the three counters
+    /// one attempt needs, which may all fall in one shard (a slot never
+    /// evicts the attempt's own keys), so no shard ever holds more.
     fn cap(&self) -> usize {
-        (self.cfg.max_entries / SHARDS).max(1)
+        self.cfg.max_entries.div_ceil(SHARDS).max(3)
     }
 
     fn shard_of(&self, key: &Key) -> usize {
@@ -573,7 +608,7 @@ impl Throttle {
             true => self.cfg.good_ms(),
             false => self.cfg.keep_ms(),
         };
-        c.pending == 0 && now.saturating_sub(c.last) >= keep
+        c.under_way() == 0 && now.saturating_sub(c.last) >= keep
     }
 
     fn keys(user: &Arc<str>, source: Source) -> [Key; 3] {
@@ -594,17 +629,42 @@ impl Throttle {
             .is_some_and(|s| !self.expired(&key, &s.c, now))
     }
 
-    /// Reserves an attempt by `user` from `ip` at `now` (unix ms): decides
-    /// on the counters with every attempt under way, and counts this one,
-    /// in one step. `Ok`: go ahead after the wait, holding the
-    /// reservation until the attempt's end; `Err`: refused (and counted),
-    /// retry after this long.
-    pub(crate) fn reserve(
+    /// Reserves an attempt by `user` from `ip`: decides on the counters
+    /// with every attempt under way, and counts this one, in one step.
+    /// While the attempts under way fill a limit ([`Decision::Busy`]) it
+    /// waits for their verdicts, up to [`MAX_BUSY_WAIT`]. `Ok`: go ahead
+    /// after the wait, holding the reservation until the attempt's end;
+    /// `Err`: refused (and counted), retry after this long.
+    pub(crate) async fn reserve(
+        self: &Arc<Self>,
+        user: &str,
+        ip: IpAddr,
+    ) -> Result<(Reservation, Duration), Duration> {
+        let deadline = tokio::time::Instant::now() + MAX_BUSY_WAIT;
+        loop {
+            // Registered before deciding, so a verdict between the
+            // decision and the wait is not missed.
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let now = crate::audit::now_millis();
+            let last_chance = tokio::time::Instant::now() >= deadline;
+            if let Some(done) = self.try_reserve(user, ip, now, last_chance) {
+                return done;
+            }
+            let _ = tokio::time::timeout_at(deadline, settled).await;
+        }
+    }
+
+    /// One decision of [`Throttle::reserve`] at `now`: `None` while busy
+    /// (unless `last_chance`: then busy is a refusal).
+    fn try_reserve(
         self: &Arc<Self>,
         user: &str,
         ip: IpAddr,
         now: u64,
-    ) -> Result<(Reservation, Duration), Duration> {
+        last_chance: bool,
+    ) -> Option<Result<(Reservation, Duration), Duration>> {
         let source = Source::of(ip);
         let user = user_key(user);
         let good = self.known_good(&user, source, now);
@@ -624,8 +684,14 @@ impl Throttle {
             source: read(&keys[1]),
             user: read(&keys[2]),
         };
-        match decide(&self.cfg, &counters, good, now) {
-            Decision::Refuse(retry) => {
+        let decision = match decide(&self.cfg, &counters, good, now) {
+            Decision::Busy if !last_chance => return None,
+            Decision::Busy => Err(IN_FLIGHT_RETRY),
+            Decision::Refuse(retry) => Err(retry),
+            Decision::Proceed(wait) => Ok(wait),
+        };
+        Some(match decision {
+            Err(retry) => {
                 for k in &keys {
                     let Some(shard) = locked.shard(self.shard_of(k)) else {
                         continue;
@@ -638,7 +704,7 @@ impl Throttle {
                 }
                 Err(retry)
             }
-            Decision::Proceed(wait) => {
+            Ok(wait) => {
                 for k in &keys {
                     let Some(shard) = locked.shard(self.shard_of(k)) else {
                         continue;
@@ -657,7 +723,7 @@ impl Throttle {
                 };
                 Ok((r, wait))
             }
-        }
+        })
     }
 
     /// Applies `f` to the counters of `user` from `source` (each made if
@@ -810,7 +876,7 @@ fn stored_value(key: &Key, c: &Counter) -> Value {
     match key.is_good() {
         true => Msg::new().with("at", c.last).into_value(),
         false => Msg::new()
-            .with("failures", c.failures.saturating_add(c.pending))
+            .with("failures", c.failures.saturating_add(c.under_way()))
             .with("refused", c.refused)
             .with("last", c.last)
             .into_value(),
@@ -829,6 +895,7 @@ fn stored_counter(v: &Value) -> Option<Counter> {
             failures: u32::try_from(n("failures")?).unwrap_or(u32::MAX),
             refused: n("refused").map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX)),
             pending: 0,
+            provisional: 0,
             last: n("last")?,
         }),
     }
@@ -866,8 +933,10 @@ impl Reservation {
         }
     }
 
-    /// Counts the attempt as a failure now, before a challenge tells the
-    /// client anything; resolves once that count is durable.
+    /// Counts the attempt now, before a challenge tells the client
+    /// anything: durable as a failure (a crash or the client leaving ends
+    /// it so), held as provisional until its verdict; resolves once that
+    /// count is durable.
     pub(crate) fn count(
         &mut self,
     ) -> Option<impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static> {
@@ -880,7 +949,7 @@ impl Reservation {
         self.throttle.update(&self.user, self.source, true, |_, c| {
             c.refresh(now, keep);
             c.pending = c.pending.saturating_sub(1);
-            c.failures = c.failures.saturating_add(1);
+            c.provisional = c.provisional.saturating_add(1);
         });
         Some(self.throttle.persisted())
     }
@@ -896,17 +965,19 @@ impl Reservation {
     }
 
     fn end_failed(&mut self, now: u64) {
-        let pending = matches!(self.held, Held::Pending { .. });
-        self.held = Held::Settled;
+        let held = std::mem::replace(&mut self.held, Held::Settled);
         let keep = self.throttle.cfg.keep_ms();
         self.throttle.update(&self.user, self.source, true, |_, c| {
             c.refresh(now, keep);
-            if pending {
-                c.pending = c.pending.saturating_sub(1);
-                c.failures = c.failures.saturating_add(1);
+            match held {
+                Held::Pending { .. } => c.pending = c.pending.saturating_sub(1),
+                Held::Counted => c.provisional = c.provisional.saturating_sub(1),
+                Held::Settled => return,
             }
+            c.failures = c.failures.saturating_add(1);
             c.last = now;
         });
+        self.throttle.settled.notify_waiters();
     }
 
     /// The attempt succeeded: its own (user, source) counter is cleared,
@@ -920,7 +991,7 @@ impl Reservation {
                 c.refresh(now, keep);
                 match held {
                     Held::Pending { .. } => c.pending = c.pending.saturating_sub(1),
-                    Held::Counted => c.failures = c.failures.saturating_sub(1),
+                    Held::Counted => c.provisional = c.provisional.saturating_sub(1),
                     Held::Settled => {}
                 }
                 if i == 0 {
@@ -931,12 +1002,16 @@ impl Reservation {
                 }
             });
         self.throttle.mark_good(&self.user, self.source, now);
+        self.throttle.settled.notify_waiters();
     }
 
     /// The attempt ended without a verdict of the client's making (a
     /// server error): taken back unless a challenge already counted it.
     pub(crate) fn release(mut self) {
-        self.take_back();
+        match self.held {
+            Held::Counted => self.end_failed(crate::audit::now_millis()),
+            _ => self.take_back(),
+        }
     }
 
     fn take_back(&mut self) {
@@ -945,6 +1020,7 @@ impl Reservation {
                 .update(&self.user, self.source, false, |_, c| {
                     c.pending = c.pending.saturating_sub(1);
                 });
+            self.throttle.settled.notify_waiters();
         }
         self.held = Held::Settled;
     }
@@ -953,9 +1029,13 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         match self.held {
-            Held::Pending { ran: true } => self.end_failed(crate::audit::now_millis()),
+            // A client that leaves after its method ran (or after its
+            // challenge) has failed.
+            Held::Pending { ran: true } | Held::Counted => {
+                self.end_failed(crate::audit::now_millis())
+            }
             Held::Pending { ran: false } => self.take_back(),
-            Held::Counted | Held::Settled => {}
+            Held::Settled => {}
         }
     }
 }
@@ -1083,23 +1163,48 @@ mod tests {
         );
     }
 
-    /// Attempts under way count toward refusals (not delays), and such a
-    /// refusal says to retry soon: they may all succeed.
+    /// Attempts under way (reserved, or challenged without a verdict)
+    /// fill the limit: the next one waits its turn (they may all succeed),
+    /// it is not refused; failures refuse.
     #[test]
     fn attempts_under_way_fill_the_limit() {
         let cfg = cfg();
         let c = Counters {
             pair: Counter {
                 failures: 3,
-                pending: 7,
+                pending: 3,
+                provisional: 4,
                 last: 100_000,
                 ..Counter::default()
             },
             ..Counters::default()
         };
+        assert_eq!(decide(&cfg, &c, false, 100_000), Decision::Busy);
+        // The same attempts, failed: refused for the cool-down.
+        let c = Counters {
+            pair: Counter {
+                failures: 10,
+                last: 100_000,
+                ..Counter::default()
+            },
+            ..Counters::default()
+        };
+        assert!(
+            matches!(decide(&cfg, &c, false, 100_000), Decision::Refuse(d) if d > IN_FLIGHT_RETRY)
+        );
+        // An address full of attempts under way: busy, unless known-good.
+        let c = Counters {
+            source: Counter {
+                pending: 100,
+                last: 100_000,
+                ..Counter::default()
+            },
+            ..Counters::default()
+        };
+        assert_eq!(decide(&cfg, &c, false, 100_000), Decision::Busy);
         assert_eq!(
-            decide(&cfg, &c, false, 100_000),
-            Decision::Refuse(IN_FLIGHT_RETRY)
+            decide(&cfg, &c, true, 100_000),
+            Decision::Proceed(Duration::ZERO)
         );
         let c = Counters {
             pair: Counter {
@@ -1107,6 +1212,7 @@ mod tests {
                 pending: 6,
                 refused: 1000,
                 last: 100_000,
+                ..Counter::default()
             },
             ..Counters::default()
         };

@@ -45,14 +45,11 @@ async fn begin(addr: std::net::SocketAddr, user: &str, xff: &str) -> Reply {
     .await
 }
 
-/// The pair counter's failures for `user` from `from`.
+/// The pair counter's counted attempts (failed, or challenged without a
+/// verdict yet) for `user` from `from`.
 fn pair(s: &common::TestServer, user: &str, from: &str) -> u32 {
-    s.handle
-        .state
-        .throttle
-        .counters(user, ip(from))
-        .pair
-        .failures
+    let c = s.handle.state.throttle.counters(user, ip(from)).pair;
+    c.failures + c.provisional
 }
 
 /// From a peer that is not a trusted proxy, `X-Forwarded-For` is the

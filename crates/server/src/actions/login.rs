@@ -251,8 +251,7 @@ impl Login {
         // Throttling comes first, and counts the attempt as it decides: a
         // refused attempt costs no hashing, and parallel attempts are each
         // counted before any runs.
-        let now = crate::audit::now_millis();
-        let reservation = match state.throttle.reserve(&throttled_as, source, now) {
+        let reservation = match state.throttle.reserve(&throttled_as, source).await {
             Err(retry) => {
                 state
                     .audit

@@ -83,6 +83,18 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
         pending: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
     });
+    // A login nobody answers ends with its challenge window (its
+    // reservation then counts as a failed attempt), not whenever the map
+    // happens to be tidied.
+    let weak = Arc::downgrade(&rest);
+    let _sweeper = AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(rest) = weak.upgrade() else { return };
+            rest.sweep(crate::audit::now_millis());
+        }
+    }));
     let slots = Arc::new(Semaphore::new(state.config.http_max_connections.max(1)));
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -125,6 +137,15 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
             }
             drop(permit);
         });
+    }
+}
+
+/// Aborts a task when dropped (the REST listener's own tasks end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

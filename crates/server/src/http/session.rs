@@ -311,6 +311,22 @@ impl Rest {
         r
     }
 
+    /// Ends the logins whose challenge window has passed (dropped outside
+    /// the lock: dropping one audits it and settles its throttle count).
+    pub(super) fn sweep(&self, now: u64) {
+        let expired: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            let b = &self.state.bouncer;
+            let ids: Vec<KeycardId> = pending
+                .keys()
+                .filter(|id| b.deadline(**id).is_none_or(|d| d <= now))
+                .copied()
+                .collect();
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
+        };
+        drop(expired);
+    }
+
     /// Forgets logins and sessions whose keycards have left the table.
     pub(super) fn tidy(&self) {
         let mut pending = lock(&self.pending);
