@@ -79,6 +79,10 @@ pub struct Config {
     /// window (the nonces it remembers); beyond, `429` with Retry-After.
     /// Default 10,000.
     pub http_session_nonces: usize,
+    /// How old a login may be, seconds, and still change its own user's
+    /// credential (`PUT /user/{self}`); an older session logs in again
+    /// first. Default 300.
+    pub reauth_secs: u64,
 }
 
 /// Keycard lifetimes and bounds. Times are in seconds.
@@ -158,6 +162,7 @@ impl Default for Config {
             http_max_connections: 1024,
             http_signature_window: 60,
             http_session_nonces: 10_000,
+            reauth_secs: 300,
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
             argon2_p: 1,
