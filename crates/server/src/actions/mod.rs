@@ -10,6 +10,7 @@ pub(crate) mod data;
 mod internal;
 mod keycards;
 pub(crate) mod login;
+mod rank;
 
 pub(crate) use keycards::reap_durable;
 mod tree;
@@ -252,9 +253,48 @@ pub(crate) async fn authorize_in(
 ) -> ApiResult<Option<crate::acl::Grants>> {
     let acl = session_acl(state, session).await?;
     if let Some(a) = &acl {
-        a.check(state.store.as_ref(), path, mode).await?;
+        if !allows(state, a, path, mode).await? {
+            return Err(refusal(path, &format!("mode '{}'", mode.letter())));
+        }
     }
     Ok(acl)
+}
+
+/// Whether `acl` allows `mode` on `path` (as it exists now).
+pub(crate) async fn allows(
+    state: &ServerState,
+    acl: &crate::acl::Grants,
+    path: &Path,
+    mode: keycard_auth::acl::Mode,
+) -> ApiResult<bool> {
+    let have = crate::acl::existing_depth(state.store.as_ref(), path).await?;
+    Ok(acl.decide(path.elems(), have, mode).is_ok())
+}
+
+/// The refusal of a data request asking `what` (`mode 'r'`) on `path`.
+/// It names the request, not the level where the ACL refused nor the mode
+/// that level lacked: whether passing it needed `x` (an existing level)
+/// or `n` (a missing one) would say what exists.
+pub(crate) fn refusal(path: &Path, what: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::PermissionDenied,
+        format!("permission denied: {what} at {path}"),
+    )
+}
+
+/// Re-reads the auth configuration after a write under the reserved
+/// root. When that ends the open era (a method became current), the
+/// connections that are not logged in lose their open-era access at once:
+/// their open streams end with `auth_required` (their later requests are
+/// refused by [`check_login`]).
+pub(crate) async fn refresh_auth(state: &ServerState) -> ApiResult {
+    let was_open = state.is_open();
+    state.refresh_auth().await?;
+    if was_open && !state.is_open() {
+        tracing::info!("auth is now required: the open era's streams end");
+        state.bouncer.end_open_era();
+    }
+    Ok(())
 }
 
 /// An optional non-negative integer field.
