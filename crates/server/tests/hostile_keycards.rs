@@ -594,7 +594,8 @@ async fn fixed_test_acl_junk_names_do_not_fill_the_acl_cache() {
         assert!(!closed);
         // Each is answered: `no_such_acl` (issue 15, item 20).
         assert!(
-            seen.iter().all(|m| code(m).is_none_or(|c| c == "no_such_acl")),
+            seen.iter()
+                .all(|m| code(m).is_none_or(|c| c == "no_such_acl")),
             "{:?}",
             seen.last()
         );

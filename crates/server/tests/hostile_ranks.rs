@@ -1067,3 +1067,19 @@ async fn finding_concurrent_deletions_never_remove_the_last_user() {
         "{lockouts} rounds left the current method without a user"
     );
 }
+
+/// FINDING (class of item 16): `auth_set` answered DistKV's `prev`, the
+/// record it replaced, raw: a user-admin re-keying a user read its stored
+/// verifier (for `password` users, the Argon2id hash), which `auth_get`
+/// never shows. The reply no longer carries the old record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_auth_set_does_not_answer_the_old_record() {
+    let (s, _) = server().await;
+    let admin = msgpack(&s, "admin").await;
+    let r = admin
+        .set_user(&ScramClient::new("alice", Password::new("alice pw2")))
+        .await
+        .expect("re-key alice");
+    assert!(r.get("prev").is_none(), "the old record came back: {r:?}");
+    assert_eq!(r.get("changed"), Some(&Value::Bool(true)), "{r:?}");
+}

@@ -353,7 +353,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
     };
     let at = session.root.join(&auth_root());
     if let Some(t) = typ {
-        if count_users(&state, &at, t, 1).await? == 0 {
+        if users_of(&state, &at, t, 1).await?.is_empty() {
             return Err(ApiError::bad(format!(
                 "method {t:?} has no user yet: create one with auth_set before making it current"
             )));
@@ -374,7 +374,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
                         format!("unknown auth method {name:?}"),
                     )
                 })?;
-                if count_users(&state, &at, m.name(), 1).await? == 0 {
+                if users_of(&state, &at, m.name(), 1).await?.is_empty() {
                     return Err(ApiError::bad(format!("method {name:?} has no user yet")));
                 }
                 names.push(Value::from(m.name()));
@@ -449,22 +449,6 @@ pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
     }
     r.reply(m).await;
     Ok(())
-}
-
-/// How many users (at most `limit`) method `method` has under the auth
-/// root `at`.
-async fn count_users(
-    state: &ServerState,
-    at: &Path,
-    method: &str,
-    limit: usize,
-) -> ApiResult<usize> {
-    let users = at.child(method).child("user");
-    let opts = ScanOpts {
-        min_depth: 1,
-        max_depth: Some(1),
-    };
-    Ok(state.store.scan_up_to(&users, opts, limit).await?.len())
 }
 
 /// The users (at most `limit`) of method `method` under the auth root
