@@ -77,7 +77,7 @@ async fn server_with(tweak: impl FnOnce(&mut keycard_server::Config)) -> (TestSe
     .await;
     let c = Client::connect(s.addr()).await.expect("connect");
     for u in USERS {
-        c.set_user(&ScramClient::new(u, Password::new(&pw(u))))
+        c.set_user(&ScramClient::new(u, Password::new(pw(u))))
             .await
             .expect("user");
     }
@@ -161,7 +161,7 @@ async fn server() -> (TestServer, SocketAddr) {
 /// A msgpack client logged in with SCRAM as `user`.
 async fn msgpack(s: &TestServer, user: &str) -> Client {
     let c = Client::connect(s.addr()).await.expect("connect");
-    c.login(&ScramClient::new(user, Password::new(&pw(user))))
+    c.login(&ScramClient::new(user, Password::new(pw(user))))
         .await
         .unwrap_or_else(|e| panic!("{user} cannot log in: {e}"));
     c
@@ -528,7 +528,7 @@ async fn finding_a_token_carries_no_more_than_its_user_held_when_issued() {
 async fn finding_a_bound_admin_creates_only_users_bound_as_it_is() {
     let (s, addr) = server().await;
     let over = msgpack(&s, "badmin").await;
-    over.set_user(&ScramClient::new("mallory", Password::new(&pw("mallory"))))
+    over.set_user(&ScramClient::new("mallory", Password::new(pw("mallory"))))
         .await
         .expect("badmin creates mallory");
     let mallory = msgpack(&s, "mallory").await;
