@@ -6,7 +6,7 @@ use keycard_proto::{Msg, Value};
 use keycard_store::{Cond, Entry, Op, Outcome};
 
 use super::{
-    authorize, authorize_in, chain, condition, data_path, data_path_in, entry_msg, flag, opt_usize,
+    authorize_in, chain, condition, data_path, data_path_in, entry_msg, flag, opt_usize,
     require_login, require_super_root, session_acl,
 };
 use crate::conn::{stop_task, Responder, Session};
@@ -152,11 +152,7 @@ pub(crate) async fn delete_in(
     if msg.get("value").is_some() {
         return Err(ApiError::bad("delete_value takes no 'value'"));
     }
-    let acl = authorize_in(state, session, &path, Mode::Delete).await?;
-    let readable = match &acl {
-        None => true,
-        Some(a) => super::allows(state, a, &path, Mode::Read).await?,
-    };
+    let readable = super::authorize_reading(state, session, &path, Mode::Delete).await?;
     write_node(state, msg, path, None, readable).await
 }
 
@@ -246,14 +242,11 @@ pub(super) async fn get_tock(r: &mut Responder) -> ApiResult {
 /// path is relative to it and nothing outside it can be named.
 pub(super) async fn root(msg: &Value, r: &mut Responder) -> ApiResult {
     let path = data_path(msg, r)?;
-    let acl = authorize(r, &path, Mode::Access).await?;
     let state = r.conn().state.clone();
     // Passing through a node is not reading it: its value comes back only
     // to a caller that may read it.
-    let readable = match &acl {
-        None => true,
-        Some(a) => super::allows(&state, a, &path, Mode::Read).await?,
-    };
+    let session = r.conn().session();
+    let readable = super::authorize_reading(&state, &session, &path, Mode::Access).await?;
     let entry = match readable {
         true => state.store.get(&path).await?,
         false => None,

@@ -260,6 +260,25 @@ pub(crate) async fn authorize_in(
     Ok(acl)
 }
 
+/// [`authorize_in`] for a request that answers the node's value (a
+/// write's `prev`, `root`'s value): whether the caller may also read it.
+pub(crate) async fn authorize_reading(
+    state: &ServerState,
+    session: &Session,
+    path: &Path,
+    mode: keycard_auth::acl::Mode,
+) -> ApiResult<bool> {
+    let Some(acl) = session_acl(state, session).await? else {
+        return Ok(true);
+    };
+    let have = crate::acl::existing_depth(state.store.as_ref(), path).await?;
+    if acl.decide(path.elems(), have, mode).is_err() {
+        return Err(refusal(path, &format!("mode '{}'", mode.letter())));
+    }
+    let read = keycard_auth::acl::Mode::Read;
+    Ok(acl.decide(path.elems(), have, read).is_ok())
+}
+
 /// Whether `acl` allows `mode` on `path` (as it exists now).
 pub(crate) async fn allows(
     state: &ServerState,
