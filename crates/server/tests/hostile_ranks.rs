@@ -1085,3 +1085,39 @@ async fn finding_auth_set_does_not_answer_the_old_record() {
     assert!(r.get("prev").is_none(), "the old record came back: {r:?}");
     assert_eq!(r.get("changed"), Some(&Value::Bool(true)), "{r:?}");
 }
+
+/// FINDING (class of item 9): a user record rewritten or deleted the
+/// DistKV way (`set_internal` / `delete_internal` of the record, by a
+/// super-root) left the user's sessions working. They end as on every
+/// other path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_a_record_rewritten_internally_ends_the_users_sessions() {
+    let (s, _) = server().await;
+    let boss = msgpack(&s, "boss").await;
+    let alice = msgpack(&s, "alice").await;
+    let carol = boss
+        .request(
+            Msg::new()
+                .with("action", "get_internal")
+                .with_path("path", &p("auth.scram-sha-256.user.carol")),
+        )
+        .await
+        .expect("carol's record");
+    let carols = carol.get("value").cloned().expect("value");
+    // alice gets carol's verifier: a credential change.
+    internal(&boss, "auth.scram-sha-256.user.alice", carols).await;
+    assert!(
+        !works(&alice).await,
+        "alice's session outlived her credential"
+    );
+    let bob = msgpack(&s, "bob").await;
+    boss.request(
+        Msg::new()
+            .with("action", "delete_internal")
+            .with_path("path", &p("auth.scram-sha-256.user.bob")),
+    )
+    .await
+    .expect("delete bob's record");
+    assert!(!works(&bob).await, "bob's session outlived his record");
+    assert!(works(&boss).await);
+}

@@ -706,21 +706,10 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
             format!("no {} record {ident:?}", k.name),
         ));
     }
-    // A deleted user's keycards of that method end now, and its tokens
-    // (a token names a user, and a user of that name created later must
-    // not inherit them).
     let by = session.user.as_ref().map(|u| u.qualified());
     let mut revoked = 0;
     if k.name == "user" {
-        for method in [m.name(), super::keycards::TOKEN] {
-            let filter = keycard_auth::bouncer::Filter {
-                user: Some(ident.to_owned()),
-                domain: (!session.root.is_empty()).then(|| crate::conn::domain_text(&session.root)),
-                method: Some(method.to_owned()),
-                ..Default::default()
-            };
-            revoked += super::keycards::revoke_matching(&state, &filter, by.as_deref()).await?;
-        }
+        revoked = record_deleted(&state, &session.root, ident, m.name(), by.as_deref()).await?;
     }
     let who = crate::conn::qualify(ident, &session.root);
     state
@@ -737,4 +726,42 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
     r.reply(Msg::new().with("changed", true).with("tock", tock))
         .await;
     Ok(())
+}
+
+/// A user record of `method` under `root` was deleted: the user's keycards
+/// of that method end now, and its tokens (a token names a user, and a
+/// user of that name created later must not inherit them). Returns how
+/// many were revoked.
+pub(super) async fn record_deleted(
+    state: &ServerState,
+    root: &Path,
+    ident: &str,
+    method: &str,
+    by: Option<&str>,
+) -> ApiResult<usize> {
+    let mut revoked = 0;
+    for m in [method, super::keycards::TOKEN] {
+        let filter = keycard_auth::bouncer::Filter {
+            user: Some(ident.to_owned()),
+            domain: (!root.is_empty()).then(|| crate::conn::domain_text(root)),
+            method: Some(m.to_owned()),
+            ..Default::default()
+        };
+        revoked += super::keycards::revoke_matching(state, &filter, by).await?;
+    }
+    Ok(revoked)
+}
+
+/// The user record `path` names under the auth root `auth_at`: its method
+/// and user name, if it is one (`auth_at + (METHOD, "user", NAME)`).
+pub(super) fn user_record_of(auth_at: &Path, path: &Path) -> Option<(String, String)> {
+    let rest = path.strip_prefix(auth_at)?;
+    match rest.elems() {
+        [keycard_proto::Elem::Str(m), kind, keycard_proto::Elem::Str(name)]
+            if *kind == keycard_proto::Elem::from("user") =>
+        {
+            Some((m.to_string(), name.to_string()))
+        }
+        _ => None,
+    }
 }

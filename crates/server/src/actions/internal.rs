@@ -65,6 +65,25 @@ async fn write_internal(
     let reply = super::data::write_reply(&state, out, value.as_ref(), show_prev, nchain);
     super::refresh_auth(&state).await?;
     state.acls.invalidate();
+    // A user record written here (DistKV's way) is a credential change or
+    // a deletion like any other: the user's other keycards end.
+    if let (Some((method, name)), true) = (
+        super::auth::user_record_of(&auth_at, &path),
+        out.changed && out.prev.is_some() && out.prev.as_ref() != value.as_ref(),
+    ) {
+        let session = r.conn().session();
+        let root = &session.root;
+        let by = session.user.as_ref().map(|u| u.qualified());
+        match value {
+            Some(_) => {
+                let keep = session.user.as_ref().map(|u| u.keycard);
+                super::users::credential_changed(&state, root, &name, keep, by.as_deref()).await?;
+            }
+            None => {
+                super::auth::record_deleted(&state, root, &name, &method, by.as_deref()).await?;
+            }
+        }
+    }
     Ok(reply)
 }
 
