@@ -515,15 +515,8 @@ pub(super) async fn guard_lockout(
         }
         return Ok(Vec::new());
     }
-    let Some(rest) = path.strip_prefix(auth_at) else {
+    let Some((method, _)) = user_record_of(auth_at, path).filter(|_| value.is_none()) else {
         return Ok(Vec::new());
-    };
-    if value.is_some() || rest.len() != 3 || rest.elems()[1] != keycard_proto::Elem::from("user") {
-        return Ok(Vec::new());
-    }
-    let method = match &rest.elems()[0] {
-        keycard_proto::Elem::Str(m) => m.clone(),
-        _ => return Ok(Vec::new()),
     };
     let auth = state.store.get(auth_at).await?;
     let current = auth
