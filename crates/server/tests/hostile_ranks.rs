@@ -784,8 +784,9 @@ async fn finding_a_refusal_does_not_say_whether_the_node_exists() {
 /// FINDING (class of item 16): a write answered the node's previous value
 /// (`prev`) to a caller that may not read it, and `root` answered the
 /// value of the node it moved to: a user allowed to overwrite, delete or
-/// pass through a node read it. Both now answer a value only to a caller
-/// that may read the node.
+/// pass through a node read it; a write's `changed` (and `idem`) told
+/// whether the value written was the one there. Now only a caller that
+/// may read the node learns anything of its value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_writes_and_root_do_not_show_what_the_caller_cannot_read() {
     let (s, _) = server().await;
@@ -803,6 +804,21 @@ async fn finding_writes_and_root_do_not_show_what_the_caller_cannot_read() {
         r.get("prev").is_none(),
         "a deletion showed the value: {r:?}"
     );
+    // Writing the value it holds: `changed` does not confirm the guess,
+    // nor does `idem` skip the write.
+    for idem in [false, true] {
+        let r = pia
+            .request(
+                Msg::new()
+                    .with("action", "set_value")
+                    .with_path("path", &p("wonly.k"))
+                    .with("value", "old secret")
+                    .with("idem", idem),
+            )
+            .await
+            .expect("w");
+        assert_eq!(r.get("changed"), Some(&Value::Bool(true)), "{r:?}");
+    }
     let r = set(&pia, "wonly.k", Value::from("new")).await.expect("w");
     assert!(
         r.get("prev").is_none(),

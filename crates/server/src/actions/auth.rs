@@ -213,7 +213,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     let out = out
         .first()
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no outcome"))?;
-    let reply = super::data::write_reply(&state, out, Some(&record), false, nchain);
+    let reply = super::data::write_reply(&state, out, Some(&record), (true, false), nchain);
     super::refresh_auth(&state).await?;
     let who = crate::conn::qualify(&ident, &session.root);
     state

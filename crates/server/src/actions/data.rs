@@ -106,13 +106,15 @@ pub(crate) async fn set_in(state: &ServerState, session: &Session, msg: &Value) 
             path: path.clone(),
             value: value.clone(),
             cond,
-            idem: flag(msg, "idem"),
+            // Skipping an unchanged value would tell an unreading caller
+            // that it guessed the value.
+            idem: readable && flag(msg, "idem"),
         };
         match state.store.write(vec![op]).await {
             Ok(mut out) => {
                 let out = out.pop().ok_or_else(no_outcome)?;
-                let show_prev = readable && asked == Cond::Any;
-                return Ok(write_reply(state, &out, Some(value), show_prev, nchain));
+                let reveal = (readable, asked == Cond::Any);
+                return Ok(write_reply(state, &out, Some(value), reveal, nchain));
             }
             // Only the condition added here failed: the node changed since
             // the read. Decide again.
@@ -167,8 +169,8 @@ pub(crate) async fn write_value(
     write_node(state, msg, path, value, true).await
 }
 
-/// [`write_value`]; the node's previous value is in the reply only with
-/// `readable` (and, as in DistKV, when the client gave no condition).
+/// [`write_value`]; the reply says something of the node's previous value
+/// only with `readable` ([`write_reply`]).
 async fn write_node(
     state: &ServerState,
     msg: &Value,
@@ -177,7 +179,7 @@ async fn write_node(
     readable: bool,
 ) -> ApiResult<Msg> {
     let cond = condition(state, msg)?;
-    let show_prev = readable && cond == Cond::Any;
+    let reveal = (readable, cond == Cond::Any);
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
     let op = node_op(msg, path, value.clone(), cond);
     let out = state
@@ -186,7 +188,7 @@ async fn write_node(
         .await?
         .pop()
         .ok_or_else(no_outcome)?;
-    Ok(write_reply(state, &out, value.as_ref(), show_prev, nchain))
+    Ok(write_reply(state, &out, value.as_ref(), reveal, nchain))
 }
 
 /// The op a write request asks for: put `value` (with the request's
@@ -211,17 +213,20 @@ fn no_outcome() -> ApiError {
 }
 
 /// DistKV's reply to a write of `value` (`None`: a deletion): `changed`,
-/// `tock`, the previous value with `show_prev`, the chain with `nchain`.
+/// `tock`, the previous value with `send_prev`, the chain with `nchain`.
+/// To a caller that may not read the node (`readable` false) it says
+/// nothing of the value replaced: no `prev`, and `changed` only says that
+/// the write happened (not whether the old value was the same).
 pub(crate) fn write_reply(
     state: &ServerState,
     out: &Outcome,
     value: Option<&Value>,
-    show_prev: bool,
+    (readable, send_prev): (bool, bool),
     nchain: usize,
 ) -> Msg {
-    let changed = out.changed && out.prev.as_ref() != value;
+    let changed = out.changed && (!readable || out.prev.as_ref() != value);
     let mut m = Msg::new().with("changed", changed).with("tock", out.tock.0);
-    if show_prev {
+    if readable && send_prev {
         if let Some(prev) = &out.prev {
             m.set("prev", prev.clone());
         }

@@ -54,7 +54,7 @@ async fn write_internal(
     let state = r.conn().state.clone();
     let auth_at = r.conn().session().root.join(&crate::state::auth_root());
     let cond = super::condition(&state, msg)?;
-    let show_prev = cond == keycard_store::Cond::Any;
+    let reveal = (true, cond == keycard_store::Cond::Any);
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
     let op = super::data::node_op(msg, path.clone(), value.clone(), cond);
     let checks = [(&path, value.as_ref())];
@@ -62,7 +62,7 @@ async fn write_internal(
     let out = out
         .first()
         .ok_or_else(|| ApiError::new(keycard_proto::ErrorCode::Internal, "no outcome"))?;
-    let reply = super::data::write_reply(&state, out, value.as_ref(), show_prev, nchain);
+    let reply = super::data::write_reply(&state, out, value.as_ref(), reveal, nchain);
     super::refresh_auth(&state).await?;
     state.acls.invalidate();
     // A user record written here (DistKV's way) is a credential change or
