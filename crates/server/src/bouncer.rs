@@ -224,8 +224,8 @@ impl Bouncer {
     /// The server stopped being open: every connection that is not
     /// logged in loses the open era's access. Its open streams end with
     /// `auth_required` (a logged-in connection's go on: its keycard carries
-    /// them); later requests are refused as for any connection without a
-    /// login.
+    /// them; so do those of the connection that made the method current);
+    /// later requests are refused as for any connection without a login.
     pub(crate) fn end_open_era(&self) {
         let conns: Vec<Arc<ConnShared>> = lock(&self.conns)
             .values()
@@ -236,7 +236,8 @@ impl Bouncer {
             "the server now requires a login: streams opened without one have ended",
         );
         for conn in conns {
-            if conn.session().user.is_some() {
+            let (user, kept) = conn.update_session(|s| (s.user.is_some(), s.kept_open_era));
+            if user || kept {
                 continue;
             }
             let ended = conn.end_streams(&e);

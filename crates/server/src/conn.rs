@@ -41,6 +41,9 @@ pub struct Session {
     pub failed_logins: u32,
     /// The key agreed with `diffie_hellman` (once per connection).
     pub channel_key: Option<keycard_auth::SecretKey>,
+    /// This connection made a method current, ending the open era: its
+    /// streams opened before are not ended with the others'.
+    pub kept_open_era: bool,
 }
 
 /// `name`, or `name@domain` for a domain's user.

@@ -973,7 +973,11 @@ async fn finding_ending_the_open_era_ends_its_streams() {
         }
         assert!(Instant::now() < deadline);
     }
+    // The connection that makes the method current keeps its own streams
+    // (DistKV's client runs a watch beside its `auth init`).
     let admin = Client::connect(s.addr()).await.expect("connect");
+    let mut own = admin.watch(&p("data"), true).await.expect("watch");
+    own.uptodate().await.expect("uptodate");
     admin
         .set_user(ClientRegistry::make("root", None).expect("m").as_ref())
         .await
@@ -1012,6 +1016,15 @@ async fn finding_ending_the_open_era_ends_its_streams() {
         .call(req(2, "get_value").with("path", path("data.x")))
         .await;
     assert_eq!(code(&v), Some("auth_required"), "{v:?}");
+    let seen = tokio::time::timeout(WAIT, own.next_raw())
+        .await
+        .expect("the change reaches the admin's watch");
+    assert!(matches!(seen, Some(Ok(_))), "{seen:?}");
+    assert_eq!(
+        code_of(&get(&admin, "data.x").await),
+        Some(ErrorCode::AuthRequired),
+        "its requests need a login"
+    );
 }
 
 // -------------------------------------------------- the lock-out guard

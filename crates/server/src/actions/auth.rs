@@ -214,7 +214,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
         .first()
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no outcome"))?;
     let reply = super::data::write_reply(&state, out, Some(&record), (true, false), nchain);
-    super::refresh_auth(&state).await?;
+    super::refresh_auth(&state, Some(r.conn())).await?;
     let who = crate::conn::qualify(&ident, &session.root);
     state
         .audit
@@ -412,7 +412,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
     };
     // The user counted above must still be there when this commits.
     let out = write_guarded(&state, &at, &[(&at, Some(&value))], vec![op]).await?;
-    super::refresh_auth(&state).await?;
+    super::refresh_auth(&state, Some(r.conn())).await?;
     match typ {
         Some(t) => tracing::warn!(method = t, "auth is now required: method {t} is current"),
         None => tracing::warn!("auth switched off: the server is open to every client"),
@@ -691,7 +691,7 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
         out
     };
     drop(turn);
-    super::refresh_auth(&state).await?;
+    super::refresh_auth(&state, Some(r.conn())).await?;
     let changed = out.first().is_some_and(|o| o.changed);
     if !changed {
         return Err(ApiError::new(

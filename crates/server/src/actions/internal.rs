@@ -63,7 +63,7 @@ async fn write_internal(
         .first()
         .ok_or_else(|| ApiError::new(keycard_proto::ErrorCode::Internal, "no outcome"))?;
     let reply = super::data::write_reply(&state, out, value.as_ref(), reveal, nchain);
-    super::refresh_auth(&state).await?;
+    super::refresh_auth(&state, Some(r.conn())).await?;
     state.acls.invalidate();
     // A user record written here (DistKV's way) is a credential change or
     // a deletion like any other: the user's other keycards end.

@@ -19,7 +19,7 @@ pub(crate) mod users;
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Entry, Tock};
 
-use crate::conn::{Responder, Session};
+use crate::conn::{ConnShared, Responder, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
 
@@ -302,14 +302,21 @@ pub(crate) fn refusal(path: &Path, what: &str) -> ApiError {
 }
 
 /// Re-reads the auth configuration after a write under the reserved
-/// root. When that ends the open era (a method became current), the
-/// connections that are not logged in lose their open-era access at once:
-/// their open streams end with `auth_required` (their later requests are
-/// refused by [`check_login`]).
-pub(crate) async fn refresh_auth(state: &ServerState) -> ApiResult {
+/// root, made by connection `by` (`None`: not a msgpack connection).
+/// When that ends the open era (a method became current), the connections
+/// that are not logged in lose their open-era access at once: their open
+/// streams end with `auth_required`, and their later requests are refused
+/// by [`check_login`]. The connection that made the method current keeps
+/// its streams until it closes (it had every right when it did; DistKV's
+/// own client runs a watch beside the `set_auth_typ` of its `auth init`),
+/// not its access: its next request needs a login too.
+pub(crate) async fn refresh_auth(state: &ServerState, by: Option<&ConnShared>) -> ApiResult {
     let was_open = state.is_open();
     state.refresh_auth().await?;
     if was_open && !state.is_open() {
+        if let Some(conn) = by {
+            conn.update_session(|s| s.kept_open_era = true);
+        }
         tracing::info!("auth is now required: the open era's streams end");
         state.bouncer.end_open_era();
     }

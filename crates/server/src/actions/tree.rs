@@ -329,7 +329,7 @@ pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
     let mut seen = start;
     loop {
         let next = feed.recv().await;
-        if open_era && !state.is_open() {
+        if open_era && !state.is_open() && !r.conn().update_session(|s| s.kept_open_era) {
             return Err(ApiError::new(
                 ErrorCode::AuthRequired,
                 "the server now requires a login: streams opened without one have ended",

@@ -336,7 +336,7 @@ pub(crate) async fn set_credential(
     let at = session.root.join(&record_path(m.name(), kind.name, name));
     let (ops, existed) = record_ops(state, session, &at, &found, record, Cond::Any, acl).await?;
     let out = state.store.write(ops).await?;
-    super::refresh_auth(state).await?;
+    super::refresh_auth(state, None).await?;
     let by = session.user.as_ref().map(|u| u.qualified());
     let who = crate::conn::qualify(name, &session.root);
     let event = match (create, existed) {
@@ -522,7 +522,7 @@ pub(crate) async fn delete(state: &ServerState, session: &Session, name: &str) -
             state.logins.forget(at);
         }
     }
-    super::refresh_auth(state).await?;
+    super::refresh_auth(state, None).await?;
     let by = session.user.as_ref().map(|u| u.qualified());
     let revoked = revoke_user(state, &session.root, name, None, true, by.as_deref()).await?;
     let who = crate::conn::qualify(name, &session.root);
