@@ -48,6 +48,11 @@ pub enum ErrorCode {
     KeycardRevoked,
     /// The server or the user holds its maximum of keycards.
     TooManyKeycards,
+    /// `test_acl` named an ACL that does not exist (it has no entry).
+    NoSuchAcl,
+    /// Changing one's own credential needs a more recent login (REST's
+    /// `reauth_secs`): log in again, then retry.
+    ReauthRequired,
     /// The server is shutting down.
     ShuttingDown,
     /// An unexpected internal failure.
@@ -78,13 +83,15 @@ impl ErrorCode {
             ErrorCode::KeycardExpired => "keycard_expired",
             ErrorCode::KeycardRevoked => "keycard_revoked",
             ErrorCode::TooManyKeycards => "too_many_keycards",
+            ErrorCode::NoSuchAcl => "no_such_acl",
+            ErrorCode::ReauthRequired => "reauth_required",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownAction,
         ErrorCode::SeqInUse,
@@ -105,6 +112,8 @@ impl ErrorCode {
         ErrorCode::KeycardExpired,
         ErrorCode::KeycardRevoked,
         ErrorCode::TooManyKeycards,
+        ErrorCode::NoSuchAcl,
+        ErrorCode::ReauthRequired,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
     ];

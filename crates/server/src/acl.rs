@@ -9,10 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keycard_auth::acl::{Acl, Denied, Finder, Mode, Modes};
-use keycard_proto::{Elem, ErrorCode, Path};
+use keycard_proto::{Elem, Path};
 use keycard_store::{After, ScanOpts, Store, StoreError};
-
-use crate::error::{ApiError, ApiResult};
 
 /// `(nil, "acl")`.
 pub fn acl_root() -> Path {
@@ -133,18 +131,6 @@ pub async fn existing_depth(store: &dyn Store, path: &Path) -> Result<usize, Sto
     Ok(lo)
 }
 
-/// The refusal for a denied check (never says whether the node exists).
-pub fn denied(path: &Path, d: &Denied) -> ApiError {
-    ApiError::new(
-        ErrorCode::PermissionDenied,
-        format!(
-            "permission denied: mode '{}' at {}",
-            d.mode.letter(),
-            Path::new(path.elems()[..d.depth].to_vec())
-        ),
-    )
-}
-
 /// Whether a node found by a tree walk below `base` may be shown: every
 /// level on the way passes (`x`), every level from `base` down may be
 /// enumerated (`e`), and the node itself grants `mode`.
@@ -234,17 +220,6 @@ impl Grants {
             None => Err(first(&fs, path.len(), mode)),
         }
     }
-
-    /// Checks `mode` on `path`.
-    pub async fn check(&self, store: &dyn Store, path: &Path, mode: Mode) -> ApiResult {
-        let have = existing_depth(store, path).await?;
-        self.decide(path.elems(), have, mode)
-            .map(|_| ())
-            .map_err(|(_, mut d)| {
-                d.depth += self.skip;
-                denied(path, &d)
-            })
-    }
 }
 
 /// `(nil, "group", NAME)` → `{acl: ACL}`: a group and the ACL it binds.
@@ -261,18 +236,32 @@ pub async fn bound_acls(
     root: &Path,
     record_at: &Path,
 ) -> Result<Option<Vec<String>>, StoreError> {
-    let own = store.get(&record_at.child("acl")).await?.and_then(|e| {
-        e.value
-            .get("key")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    });
+    let own = store.get(&record_at.child("acl")).await?.map(|e| e.value);
+    let groups = store
+        .get(&record_at.child("groups"))
+        .await?
+        .map(|e| e.value);
+    bindings_acls(store, root, own.as_ref(), groups.as_ref()).await
+}
+
+/// [`bound_acls`] of a record whose `acl` and `groups` aux nodes would
+/// hold `own` and `groups` (a user about to be created).
+pub async fn bindings_acls(
+    store: &dyn Store,
+    root: &Path,
+    own: Option<&keycard_proto::Value>,
+    groups: Option<&keycard_proto::Value>,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let own = own
+        .and_then(|v| v.get("key"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
     if own.as_deref() == Some("*") {
         return Ok(None);
     }
     let mut names: Vec<String> = own.into_iter().collect();
-    if let Some(e) = store.get(&record_at.child("groups")).await? {
-        if let Some(keycard_proto::Value::Array(groups)) = e.value.get("groups") {
+    if let Some(e) = groups {
+        if let Some(keycard_proto::Value::Array(groups)) = e.get("groups") {
             for g in groups.iter().filter_map(|g| g.as_str()).take(64) {
                 let bound = store
                     .get(&root.join(&group_path(g)))

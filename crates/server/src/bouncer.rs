@@ -195,11 +195,60 @@ impl Bouncer {
         Some(card)
     }
 
+    /// Revokes keycard `id` if `still` holds for it (checked under the
+    /// table's lock, so what the caller checked is what goes), and tells
+    /// its requester.
+    pub fn revoke_if(
+        &self,
+        id: KeycardId,
+        still: impl FnOnce(&Keycard) -> bool,
+    ) -> Option<Keycard> {
+        let card = {
+            let mut t = self.table();
+            if !still(&t.show(id)?) {
+                return None;
+            }
+            t.revoke(id)?
+        };
+        self.tell(std::slice::from_ref(&card), Ended::Revoked);
+        Some(card)
+    }
+
     /// Revokes every keycard matching `filter` and tells their requesters.
     pub fn revoke_where(&self, filter: &Filter) -> Vec<Keycard> {
         let cards = self.table().revoke_where(filter);
         self.tell(&cards, Ended::Revoked);
         cards
+    }
+
+    /// The server stopped being open: every connection that is not
+    /// logged in loses the open era's access. Its open streams end with
+    /// `auth_required` (a logged-in connection's go on: its keycard carries
+    /// them; so do those of the connection that made the method current);
+    /// later requests are refused as for any connection without a login.
+    pub(crate) fn end_open_era(&self) {
+        let conns: Vec<Arc<ConnShared>> = lock(&self.conns)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let e = ApiError::new(
+            ErrorCode::AuthRequired,
+            "the server now requires a login: streams opened without one have ended",
+        );
+        for conn in conns {
+            let (user, kept) = conn.update_session(|s| (s.user.is_some(), s.kept_open_era));
+            if user || kept {
+                continue;
+            }
+            let ended = conn.end_streams(&e);
+            if ended.is_empty() {
+                continue;
+            }
+            // Through the connection's queue, without waiting here on a
+            // client that does not read: the task ends when the messages
+            // are queued or the connection closes.
+            tokio::spawn(async move { conn.send_all(ended).await });
+        }
     }
 
     /// Marks the sessions holding `cards` and wakes their connections.

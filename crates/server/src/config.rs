@@ -85,6 +85,10 @@ pub struct Config {
     /// that is not; from any other peer the header is ignored. Default:
     /// none.
     pub trusted_proxies: Vec<crate::forwarded::Network>,
+    /// How old a login may be, seconds, and still change its own user's
+    /// credential (`PUT /user/{self}`); an older session logs in again
+    /// first. Default 300.
+    pub reauth_secs: u64,
 }
 
 /// Keycard lifetimes and bounds. Times are in seconds.
@@ -165,6 +169,7 @@ impl Default for Config {
             http_signature_window: 60,
             http_session_nonces: 10_000,
             trusted_proxies: Vec::new(),
+            reauth_secs: 300,
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
             argon2_p: 1,

@@ -41,6 +41,9 @@ pub struct Session {
     pub failed_logins: u32,
     /// The key agreed with `diffie_hellman` (once per connection).
     pub channel_key: Option<keycard_auth::SecretKey>,
+    /// This connection made a method current, ending the open era: its
+    /// streams opened before are not ended with the others'.
+    pub kept_open_era: bool,
 }
 
 /// `name`, or `name@domain` for a domain's user.
@@ -119,6 +122,12 @@ pub struct LoggedIn {
     /// users, ACLs and groups live under `domain + (nil, …)`, and the
     /// session never leaves it.
     pub domain: Path,
+    /// The user record the login read its grants from (a token's: its
+    /// user's): with the name, method and domain, who the session is.
+    pub record: Path,
+    /// When the login succeeded (Unix ms): a credential change of one's
+    /// own needs a recent one (`reauth_secs`).
+    pub login_at: u64,
     /// The keycard the login was granted.
     pub keycard: KeycardId,
     /// When it stops working (Unix ms); keep-alive moves it.
@@ -146,6 +155,12 @@ impl LoggedIn {
     /// Whether the user holds `cap`.
     pub fn has(&self, cap: Capability) -> bool {
         self.super_root || self.caps.contains(&Capability::SuperRoot) || self.caps.contains(&cap)
+    }
+
+    /// Whether user `name` of the domain at `root` is this session's own
+    /// user (by any of its methods).
+    pub fn is_named(&self, name: &str, root: &Path) -> bool {
+        self.name == name && self.domain == *root
     }
 }
 

@@ -9,9 +9,10 @@ use keycard_auth::{Kind, LoginCtx, Method, Step};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Op, ScanOpts};
 
-use super::data::write_value;
 use super::login::{auth_error, method, user_name, Granted, Login, Progress, Refusal, Requester};
-use super::{chain, opt_usize, require_cap, require_login, require_super_root, str_field};
+use super::{
+    chain, condition, opt_usize, require_cap, require_login, require_super_root, str_field,
+};
 use crate::bouncer::Ended;
 use crate::conn::{Capability, Responder};
 use crate::error::{ApiError, ApiResult};
@@ -161,7 +162,12 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     Ok(())
 }
 
-/// Creates or replaces an auth record.
+/// Creates or replaces an auth record. A user record needs the name's
+/// turn and to outrank the user ([`super::users::guard_user`]); a new one
+/// starts clean and takes the user's bindings, or for a new user the
+/// caller's ([`super::users::record_ops`]); a changed credential ends the
+/// user's other keycards. The reply never carries the old record (`prev`):
+/// it may hold what `auth_get` does not show.
 pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
     let m = method(&state, msg)?.clone();
@@ -179,18 +185,36 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     let step = m.set_record(&ctx, k, &ident, msg);
     let record = drive(r, step).await?;
     let path = session.root.join(&record_path(m.name(), k.name, &ident));
-    // A user's record changes in its name's turn, and only by a session
-    // holding every capability the record grants.
-    let turn = match k.name {
-        "user" => {
-            Some(super::users::guard_record(&state, &session, &path, m.name(), &ident).await?)
-        }
-        _ => None,
-    };
-    let reply = write_value(&state, msg, path, Some(record)).await?;
-    drop(turn);
-    state.refresh_auth().await?;
+    let cond = condition(&state, msg)?;
+    let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
     let by = session.user.as_ref().map(|u| u.qualified());
+    let (out, existed) = match k.name {
+        "user" => {
+            let (turn, found) = super::users::guard_user(&state, &session, &ident).await?;
+            let (ops, existed) = super::users::record_ops(
+                &state,
+                &session,
+                &path,
+                &found,
+                record.clone(),
+                cond,
+                None,
+            )
+            .await?;
+            let out = state.store.write(ops).await?;
+            drop(turn);
+            (out, existed)
+        }
+        _ => {
+            let op = super::data::node_op(msg, path, Some(record.clone()), cond);
+            (state.store.write(vec![op]).await?, false)
+        }
+    };
+    let out = out
+        .first()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no outcome"))?;
+    let reply = super::data::write_reply(&state, out, Some(&record), (true, false), nchain);
+    super::refresh_auth(&state, Some(r.conn())).await?;
     let who = crate::conn::qualify(&ident, &session.root);
     state
         .audit
@@ -201,6 +225,13 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
             by.as_deref(),
         )
         .await;
+    if existed {
+        // A changed credential ends the user's other sessions, on every
+        // path (the caller's own goes on).
+        let keep = session.user.as_ref().map(|u| u.keycard);
+        super::users::credential_changed(&state, &session.root, &ident, keep, by.as_deref())
+            .await?;
+    }
     if r.is_done() {
         return Ok(());
     }
@@ -322,7 +353,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
     };
     let at = session.root.join(&auth_root());
     if let Some(t) = typ {
-        if count_users(&state, &at, t, 1).await? == 0 {
+        if users_of(&state, &at, t, 1).await?.is_empty() {
             return Err(ApiError::bad(format!(
                 "method {t:?} has no user yet: create one with auth_set before making it current"
             )));
@@ -343,7 +374,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
                         format!("unknown auth method {name:?}"),
                     )
                 })?;
-                if count_users(&state, &at, m.name(), 1).await? == 0 {
+                if users_of(&state, &at, m.name(), 1).await?.is_empty() {
                     return Err(ApiError::bad(format!("method {name:?} has no user yet")));
                 }
                 names.push(Value::from(m.name()));
@@ -372,16 +403,16 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
         Some(e) => Cond::TockIs(e.tock),
         None => Cond::Absent,
     };
-    let out = state
-        .store
-        .write(vec![Op::Put {
-            path: at,
-            value: Value::Map(fields),
-            cond,
-            idem: false,
-        }])
-        .await?;
-    state.refresh_auth().await?;
+    let value = Value::Map(fields);
+    let op = Op::Put {
+        path: at.clone(),
+        value: value.clone(),
+        cond,
+        idem: false,
+    };
+    // The user counted above must still be there when this commits.
+    let out = write_guarded(&state, &at, &[(&at, Some(&value))], vec![op]).await?;
+    super::refresh_auth(&state, Some(r.conn())).await?;
     match typ {
         Some(t) => tracing::warn!(method = t, "auth is now required: method {t} is current"),
         None => tracing::warn!("auth switched off: the server is open to every client"),
@@ -420,32 +451,52 @@ pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
     Ok(())
 }
 
-/// How many users (at most `limit`) method `method` has under the auth
-/// root `at`.
-async fn count_users(
+/// The users (at most `limit`) of method `method` under the auth root
+/// `at`.
+async fn users_of(
     state: &ServerState,
     at: &Path,
     method: &str,
     limit: usize,
-) -> ApiResult<usize> {
+) -> ApiResult<Vec<(Path, keycard_store::Entry)>> {
     let users = at.child(method).child("user");
     let opts = ScanOpts {
         min_depth: 1,
         max_depth: Some(1),
     };
-    Ok(state.store.scan_up_to(&users, opts, limit).await?.len())
+    Ok(state.store.scan_up_to(&users, opts, limit).await?)
+}
+
+/// An op that writes nothing and fails unless the node is as `seen`
+/// (unchanged since its tock, or still absent).
+fn unchanged(path: Path, seen: Option<&keycard_store::Entry>) -> Op {
+    match seen {
+        Some(e) => Op::Put {
+            path,
+            value: e.value.clone(),
+            cond: Cond::TockIs(e.tock),
+            idem: true,
+        },
+        None => Op::Delete {
+            path,
+            cond: Cond::Absent,
+        },
+    }
 }
 
 /// Refuses a management write that would leave nobody able to log in: a
 /// current method that is unknown or has no user. `value` is the node's new
 /// value, `None` for a deletion. (Deleting `(nil, "auth")` itself is not a
-/// lock-out: it opens the server.)
+/// lock-out: it opens the server.) Returns what the decision rests on, as
+/// ops that write nothing: the write's batch carries them, so two changes
+/// at once (two deletions of a method's last two users, a deletion and
+/// `set_auth_typ`) cannot each pass and together lock everyone out.
 pub(super) async fn guard_lockout(
     state: &ServerState,
     auth_at: &Path,
     path: &Path,
     value: Option<&Value>,
-) -> ApiResult {
+) -> ApiResult<Vec<Op>> {
     let lockout = |why: String| {
         Err(ApiError::new(
             ErrorCode::Conflict,
@@ -457,36 +508,70 @@ pub(super) async fn guard_lockout(
             if state.methods.get(m).is_none() {
                 return lockout(format!("{m:?} is not a loaded auth method"));
             }
-            if count_users(state, auth_at, m, 1).await? == 0 {
-                return lockout(format!("method {m:?} has no user"));
+            return match users_of(state, auth_at, m, 1).await?.first() {
+                Some((p, e)) => Ok(vec![unchanged(p.clone(), Some(e))]),
+                None => lockout(format!("method {m:?} has no user")),
+            };
+        }
+        return Ok(Vec::new());
+    }
+    let Some((method, _)) = user_record_of(auth_at, path).filter(|_| value.is_none()) else {
+        return Ok(Vec::new());
+    };
+    let auth = state.store.get(auth_at).await?;
+    let current = auth
+        .as_ref()
+        .and_then(|e| e.value.get("current"))
+        .and_then(Value::as_str);
+    let mut seen = vec![unchanged(auth_at.clone(), auth.as_ref())];
+    if current == Some(method.as_str()) {
+        let users = users_of(state, auth_at, &method, 2).await?;
+        match users.iter().find(|(p, _)| p != path) {
+            Some((p, e)) => seen.push(unchanged(p.clone(), Some(e))),
+            None => {
+                return lockout(format!(
+                    "that is the last user of the current method {method:?}"
+                ))
             }
         }
-        return Ok(());
     }
-    let Some(rest) = path.strip_prefix(auth_at) else {
-        return Ok(());
-    };
-    if value.is_some() || rest.len() != 3 || rest.elems()[1] != keycard_proto::Elem::from("user") {
-        return Ok(());
+    Ok(seen)
+}
+
+/// How often a guarded write checks again after what its guard saw
+/// changed meanwhile.
+const GUARD_TRIES: usize = 16;
+
+/// Writes `ops` with the lock-out guard's conditions for `checks` (each a
+/// path the ops write and its new value, `None` for a deletion); if only
+/// those conditions failed (the current method or its users changed
+/// meanwhile), checks again. Returns the outcomes of `ops`.
+pub(super) async fn write_guarded(
+    state: &ServerState,
+    auth_at: &Path,
+    checks: &[(&Path, Option<&Value>)],
+    ops: Vec<Op>,
+) -> ApiResult<Vec<keycard_store::Outcome>> {
+    for _ in 0..GUARD_TRIES {
+        let mut batch = ops.clone();
+        for (path, value) in checks {
+            batch.extend(guard_lockout(state, auth_at, path, *value).await?);
+        }
+        match state.store.write(batch).await {
+            Ok(mut out) => {
+                out.truncate(ops.len());
+                return Ok(out);
+            }
+            Err(keycard_store::StoreError::Conflict { index, .. }) if index >= ops.len() => {
+                continue
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    let current = state.store.get(auth_at).await?.and_then(|e| {
-        e.value
-            .get("current")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    });
-    let method = match &rest.elems()[0] {
-        keycard_proto::Elem::Str(m) => m.clone(),
-        _ => return Ok(()),
-    };
-    if current.as_deref() == Some(method.as_str())
-        && count_users(state, auth_at, &method, 2).await? < 2
-    {
-        return lockout(format!(
-            "that is the last user of the current method {method:?}"
-        ));
-    }
-    Ok(())
+    Err(ApiError::new(
+        ErrorCode::Conflict,
+        "the auth configuration kept changing during this write; try again",
+    ))
 }
 
 /// Agrees a key for sealing passwords (once per connection): DistKV's
@@ -546,7 +631,8 @@ pub(super) async fn diffie_hellman(msg: &Value, r: &mut Responder) -> ApiResult 
 }
 
 /// The last `n` audit events (default 100, at most 10000), oldest first,
-/// each a JSON text. Needs the read_auth capability.
+/// each a JSON text. Needs the read_auth capability (the README's and
+/// docs/PROTOCOL.md's word): reading the log is reading auth data.
 pub(super) async fn audit_tail(msg: &Value, r: &mut Responder) -> ApiResult {
     let session = require_cap(r, Capability::ReadAuth)?;
     // The log is the server's, every domain's logins in it: a domain's
@@ -589,10 +675,9 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
     let auth_at = session.root.join(&auth_root());
     let path = session.root.join(&record_path(m.name(), k.name, ident));
     let turn = match k.name {
-        "user" => Some(super::users::guard_record(&state, &session, &path, m.name(), ident).await?),
+        "user" => Some(super::users::guard_user(&state, &session, ident).await?.0),
         _ => None,
     };
-    guard_lockout(&state, &auth_at, &path, None).await?;
     // The record and its aux nodes go together.
     let mut ops = vec![Op::delete(path.clone())];
     for aux in super::users::AUX {
@@ -601,12 +686,12 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
     let out = {
         // No last-login flush may write a mark back between the two.
         let _flush = state.logins.exclusive().await;
-        let out = state.store.write(ops).await?;
+        let out = write_guarded(&state, &auth_at, &[(&path, None)], ops).await?;
         state.logins.forget(&path);
         out
     };
     drop(turn);
-    state.refresh_auth().await?;
+    super::refresh_auth(&state, Some(r.conn())).await?;
     let changed = out.first().is_some_and(|o| o.changed);
     if !changed {
         return Err(ApiError::new(
@@ -614,21 +699,10 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
             format!("no {} record {ident:?}", k.name),
         ));
     }
-    // A deleted user's keycards of that method end now, and its tokens
-    // (a token names a user, and a user of that name created later must
-    // not inherit them).
     let by = session.user.as_ref().map(|u| u.qualified());
     let mut revoked = 0;
     if k.name == "user" {
-        for method in [m.name(), super::keycards::TOKEN] {
-            let filter = keycard_auth::bouncer::Filter {
-                user: Some(ident.to_owned()),
-                domain: (!session.root.is_empty()).then(|| crate::conn::domain_text(&session.root)),
-                method: Some(method.to_owned()),
-                ..Default::default()
-            };
-            revoked += super::keycards::revoke_matching(&state, &filter, by.as_deref()).await?;
-        }
+        revoked = record_deleted(&state, &session.root, ident, m.name(), by.as_deref()).await?;
     }
     let who = crate::conn::qualify(ident, &session.root);
     state
@@ -641,7 +715,46 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
         )
         .await;
     tracing::debug!(revoked, "keycards of a deleted record revoked");
-    r.reply(Msg::new().with("changed", true).with("tock", out[0].tock.0))
+    let tock = out.first().map_or(0, |o| o.tock.0);
+    r.reply(Msg::new().with("changed", true).with("tock", tock))
         .await;
     Ok(())
+}
+
+/// A user record of `method` under `root` was deleted: the user's keycards
+/// of that method end now, and its tokens (a token names a user, and a
+/// user of that name created later must not inherit them). Returns how
+/// many were revoked.
+pub(super) async fn record_deleted(
+    state: &ServerState,
+    root: &Path,
+    ident: &str,
+    method: &str,
+    by: Option<&str>,
+) -> ApiResult<usize> {
+    let mut revoked = 0;
+    for m in [method, super::keycards::TOKEN] {
+        let filter = keycard_auth::bouncer::Filter {
+            user: Some(ident.to_owned()),
+            domain: (!root.is_empty()).then(|| crate::conn::domain_text(root)),
+            method: Some(m.to_owned()),
+            ..Default::default()
+        };
+        revoked += super::keycards::revoke_matching(state, &filter, by).await?;
+    }
+    Ok(revoked)
+}
+
+/// The user record `path` names under the auth root `auth_at`: its method
+/// and user name, if it is one (`auth_at + (METHOD, "user", NAME)`).
+pub(super) fn user_record_of(auth_at: &Path, path: &Path) -> Option<(String, String)> {
+    let rest = path.strip_prefix(auth_at)?;
+    match rest.elems() {
+        [keycard_proto::Elem::Str(m), kind, keycard_proto::Elem::Str(name)]
+            if *kind == keycard_proto::Elem::from("user") =>
+        {
+            Some((m.to_string(), name.to_string()))
+        }
+        _ => None,
+    }
 }

@@ -3,10 +3,10 @@
 
 use keycard_proto::Path;
 use keycard_proto::{Msg, Value};
-use keycard_store::{Cond, Op};
+use keycard_store::{Cond, Entry, Op, Outcome};
 
 use super::{
-    authorize, authorize_in, chain, condition, data_path, data_path_in, entry_msg, flag, opt_usize,
+    authorize_in, chain, condition, data_path, data_path_in, entry_msg, flag, opt_usize,
     require_login, require_super_root, session_acl,
 };
 use crate::conn::{stop_task, Responder, Session};
@@ -45,7 +45,19 @@ pub(crate) async fn get_in(state: &ServerState, session: &Session, msg: &Value) 
     Ok(entry_msg(state, entry.as_ref(), nchain))
 }
 
+/// Most times `set_value` decides again after losing a race to another
+/// write of the node (each time, the node changed under it).
+const DECIDE_TRIES: usize = 64;
+
 /// `set_value` for a session.
+///
+/// A caller bound to ACLs needs `w` to overwrite and `c` to create
+/// (DistKV's rule), decided from a read of the node. The write is then
+/// conditional on what the decision saw (the node absent, or unchanged
+/// since its tock), so a value created or deleted in between cannot slip
+/// through; losing that race decides again, so the client's write fails
+/// only on a condition it asked for. A caller holding both needs no such
+/// condition.
 pub(crate) async fn set_in(state: &ServerState, session: &Session, msg: &Value) -> ApiResult<Msg> {
     let path = data_path_in(session, msg)?;
     let Some(value) = msg.get("value") else {
@@ -53,18 +65,86 @@ pub(crate) async fn set_in(state: &ServerState, session: &Session, msg: &Value) 
             "set_value needs a 'value' (use delete_value to clear one)",
         ));
     };
-    if session_acl(state, session).await?.is_some() {
-        // DistKV's W: overwrite needs w, a new value needs c.
-        let mode = match state.store.get(&path).await? {
+    let Some(acl) = session_acl(state, session).await? else {
+        return write_value(state, msg, path, Some(value.clone())).await;
+    };
+    let asked = condition(state, msg)?;
+    let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
+    for _ in 0..DECIDE_TRIES {
+        let entry = state.store.get(&path).await?;
+        let have = crate::acl::existing_depth(state.store.as_ref(), &path).await?;
+        let may = |mode| acl.decide(path.elems(), have, mode).is_ok();
+        let (w, c) = (may(Mode::Write), may(Mode::Create));
+        let readable = may(Mode::Read);
+        let mode = match entry {
             Some(_) => Mode::Write,
             None => Mode::Create,
         };
-        authorize_in(state, session, &path, mode).await?;
+        if !(if entry.is_some() { w } else { c }) {
+            // A caller that cannot read the node learns nothing of it,
+            // not even whether it exists.
+            return Err(match readable {
+                true => super::refusal(&path, &format!("mode '{}'", mode.letter())),
+                false => super::refusal(&path, "mode 'w' or 'c'"),
+            });
+        }
+        // The client's own condition, against the node the decision saw
+        // (a failed condition is a read: it answers as of that read).
+        if let Err(why) = holds(&asked, entry.as_ref()) {
+            return Err(ApiError::new(
+                keycard_proto::ErrorCode::Conflict,
+                format!("condition failed: {why}"),
+            ));
+        }
+        let pinned = !(w && c);
+        let cond = match (&entry, pinned) {
+            (_, false) => asked.clone(),
+            (None, true) => Cond::Absent,
+            (Some(e), true) => Cond::TockIs(e.tock),
+        };
+        let op = Op::Put {
+            path: path.clone(),
+            value: value.clone(),
+            cond,
+            // Skipping an unchanged value would tell an unreading caller
+            // that it guessed the value.
+            idem: readable && flag(msg, "idem"),
+        };
+        match state.store.write(vec![op]).await {
+            Ok(mut out) => {
+                let out = out.pop().ok_or_else(no_outcome)?;
+                let reveal = (readable, asked == Cond::Any);
+                return Ok(write_reply(state, &out, Some(value), reveal, nchain));
+            }
+            // Only the condition added here failed: the node changed since
+            // the read. Decide again.
+            Err(keycard_store::StoreError::Conflict { .. }) if pinned => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    write_value(state, msg, path, Some(value.clone())).await
+    Err(ApiError::new(
+        keycard_proto::ErrorCode::Conflict,
+        "the node kept changing while this write was decided; try again",
+    ))
 }
 
-/// `delete_value` for a session.
+/// Whether `cond` holds for the node `entry`, as the store decides it
+/// (the same reasons).
+fn holds(cond: &Cond, entry: Option<&Entry>) -> Result<(), &'static str> {
+    match (cond, entry) {
+        (Cond::Any, _) | (Cond::Absent, None) => Ok(()),
+        (Cond::Absent, Some(_)) => Err("the node exists"),
+        (Cond::Equals(_) | Cond::TockIs(_), None) => Err("the node has no value"),
+        (Cond::Equals(want), Some(e)) if *want != e.value => {
+            Err("the node holds a different value")
+        }
+        (Cond::TockIs(t), Some(e)) if *t != e.tock => Err("the node was changed at another tock"),
+        (Cond::Equals(_) | Cond::TockIs(_), Some(_)) => Ok(()),
+    }
+}
+
+/// `delete_value` for a session. The previous value is answered only to
+/// a caller that may read it.
 pub(crate) async fn delete_in(
     state: &ServerState,
     session: &Session,
@@ -74,8 +154,8 @@ pub(crate) async fn delete_in(
     if msg.get("value").is_some() {
         return Err(ApiError::bad("delete_value takes no 'value'"));
     }
-    authorize_in(state, session, &path, Mode::Delete).await?;
-    write_value(state, msg, path, None).await
+    let readable = super::authorize_reading(state, session, &path, Mode::Delete).await?;
+    write_node(state, msg, path, None, readable).await
 }
 
 /// Sets (or with `None` deletes) one node, honouring DistKV's `prev`,
@@ -86,36 +166,75 @@ pub(crate) async fn write_value(
     path: Path,
     value: Option<Value>,
 ) -> ApiResult<Msg> {
+    write_node(state, msg, path, value, true).await
+}
+
+/// [`write_value`]; the reply says something of the node's previous value
+/// only with `readable` ([`write_reply`]).
+async fn write_node(
+    state: &ServerState,
+    msg: &Value,
+    path: Path,
+    value: Option<Value>,
+    readable: bool,
+) -> ApiResult<Msg> {
     let cond = condition(state, msg)?;
-    // DistKV sends `prev` back only when the client gave no condition.
-    let send_prev = cond == Cond::Any;
+    let reveal = (readable, cond == Cond::Any);
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
-    let op = match &value {
+    let op = node_op(msg, path, value.clone(), cond);
+    let out = state
+        .store
+        .write(vec![op])
+        .await?
+        .pop()
+        .ok_or_else(no_outcome)?;
+    Ok(write_reply(state, &out, value.as_ref(), reveal, nchain))
+}
+
+/// The op a write request asks for: put `value` (with the request's
+/// `idem`) or, for `None`, delete; conditional on `cond`.
+pub(crate) fn node_op(msg: &Value, path: Path, value: Option<Value>, cond: Cond) -> Op {
+    match value {
         Some(v) => Op::Put {
             path,
-            value: v.clone(),
+            value: v,
             cond,
             idem: flag(msg, "idem"),
         },
         None => Op::Delete { path, cond },
-    };
-    let out = state.store.write(vec![op]).await?.pop().ok_or_else(|| {
-        ApiError::new(
-            keycard_proto::ErrorCode::Internal,
-            "store returned no outcome",
-        )
-    })?;
-    let changed = out.changed && out.prev != value;
+    }
+}
+
+fn no_outcome() -> ApiError {
+    ApiError::new(
+        keycard_proto::ErrorCode::Internal,
+        "store returned no outcome",
+    )
+}
+
+/// DistKV's reply to a write of `value` (`None`: a deletion): `changed`,
+/// `tock`, the previous value with `send_prev`, the chain with `nchain`.
+/// To a caller that may not read the node (`readable` false) it says
+/// nothing of the value replaced: no `prev`, and `changed` only says that
+/// the write happened (not whether the old value was the same).
+pub(crate) fn write_reply(
+    state: &ServerState,
+    out: &Outcome,
+    value: Option<&Value>,
+    (readable, send_prev): (bool, bool),
+    nchain: usize,
+) -> Msg {
+    let changed = out.changed && (!readable || out.prev.as_ref() != value);
     let mut m = Msg::new().with("changed", changed).with("tock", out.tock.0);
-    if send_prev {
-        if let Some(prev) = out.prev {
-            m.set("prev", prev);
+    if readable && send_prev {
+        if let Some(prev) = &out.prev {
+            m.set("prev", prev.clone());
         }
     }
     if nchain > 0 {
         m.set("chain", chain(state, out.tock));
     }
-    Ok(m)
+    m
 }
 
 pub(super) async fn get_tock(r: &mut Responder) -> ApiResult {
@@ -128,9 +247,15 @@ pub(super) async fn get_tock(r: &mut Responder) -> ApiResult {
 /// path is relative to it and nothing outside it can be named.
 pub(super) async fn root(msg: &Value, r: &mut Responder) -> ApiResult {
     let path = data_path(msg, r)?;
-    authorize(r, &path, Mode::Access).await?;
     let state = r.conn().state.clone();
-    let entry = state.store.get(&path).await?;
+    // Passing through a node is not reading it: its value comes back only
+    // to a caller that may read it.
+    let session = r.conn().session();
+    let readable = super::authorize_reading(&state, &session, &path, Mode::Access).await?;
+    let entry = match readable {
+        true => state.store.get(&path).await?,
+        false => None,
+    };
     r.conn().update_session(|s| s.root = path.clone());
     tracing::debug!(conn = r.conn().id, root = ?path.to_string(), "connection re-rooted");
     let reply = entry_msg(
@@ -195,6 +320,16 @@ pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
         }),
         (Some(Value::Str(name)), None | Some(Value::Nil)) => {
             require_super_root(r)?;
+            // An ACL exists while it has an entry: a typo is not an ACL
+            // that denies everything.
+            let at = acl_base.join(&crate::acl::acl_root()).child(name.as_str());
+            let any = keycard_store::ScanOpts::default();
+            if state.store.scan_up_to(&at, any, 1).await?.is_empty() {
+                return Err(ApiError::new(
+                    keycard_proto::ErrorCode::NoSuchAcl,
+                    format!("there is no ACL {name:?}"),
+                ));
+            }
             Some(vec![name.clone()])
         }
         (None | Some(Value::Nil), Some(Value::Str(user))) => {
@@ -216,6 +351,10 @@ pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
                     format!("no user {user:?} of method {method}"),
                 ));
             }
+            // What a user may do is its own business, up to those who
+            // outrank it.
+            let rank = super::rank::Rank::of_user(&state, &session.root, user).await?;
+            super::rank::check(&state, &session, rank.as_ref())?;
             crate::acl::bound_acls(state.store.as_ref(), &session.root, &at).await?
         }
         _ => {

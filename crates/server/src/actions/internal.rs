@@ -4,7 +4,6 @@
 
 use keycard_proto::{Elem, Msg, Path, Value};
 
-use super::data::write_value;
 use super::tree::{enumerate_at, get_tree_at};
 use super::{entry_msg, flag, opt_usize, path_field, require_super_root};
 use crate::conn::Responder;
@@ -31,27 +30,61 @@ pub(super) async fn set_internal(msg: &Value, r: &mut Responder) -> ApiResult {
     let Some(value) = msg.get("value") else {
         return Err(ApiError::bad("set_internal needs a 'value'"));
     };
-    let state = r.conn().state.clone();
-    let auth_at = r.conn().session().root.join(&crate::state::auth_root());
-    super::auth::guard_lockout(&state, &auth_at, &path, Some(value)).await?;
-    let reply = write_value(&state, msg, path, Some(value.clone())).await?;
-    state.refresh_auth().await?;
-    // ACL edits apply at once.
-    state.acls.invalidate();
+    let reply = write_internal(msg, r, path, Some(value.clone())).await?;
     r.reply(reply).await;
     Ok(())
 }
 
 pub(super) async fn delete_internal(msg: &Value, r: &mut Responder) -> ApiResult {
     let path = internal_path(msg, r)?;
-    let state = r.conn().state.clone();
-    let auth_at = r.conn().session().root.join(&crate::state::auth_root());
-    super::auth::guard_lockout(&state, &auth_at, &path, None).await?;
-    let reply = write_value(&state, msg, path, None).await?;
-    state.refresh_auth().await?;
-    state.acls.invalidate();
+    let reply = write_internal(msg, r, path, None).await?;
     r.reply(reply).await;
     Ok(())
+}
+
+/// Writes one reserved node (`None`: deletes it) under the lock-out guard,
+/// then applies it: the auth configuration is read again, ACL edits apply
+/// at once.
+async fn write_internal(
+    msg: &Value,
+    r: &Responder,
+    path: Path,
+    value: Option<Value>,
+) -> ApiResult<Msg> {
+    let state = r.conn().state.clone();
+    let auth_at = r.conn().session().root.join(&crate::state::auth_root());
+    let cond = super::condition(&state, msg)?;
+    let reveal = (true, cond == keycard_store::Cond::Any);
+    let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
+    let op = super::data::node_op(msg, path.clone(), value.clone(), cond);
+    let checks = [(&path, value.as_ref())];
+    let out = super::auth::write_guarded(&state, &auth_at, &checks, vec![op]).await?;
+    let out = out
+        .first()
+        .ok_or_else(|| ApiError::new(keycard_proto::ErrorCode::Internal, "no outcome"))?;
+    let reply = super::data::write_reply(&state, out, value.as_ref(), reveal, nchain);
+    super::refresh_auth(&state, Some(r.conn())).await?;
+    state.acls.invalidate();
+    // A user record written here (DistKV's way) is a credential change or
+    // a deletion like any other: the user's other keycards end.
+    if let (Some((method, name)), true) = (
+        super::auth::user_record_of(&auth_at, &path),
+        out.changed && out.prev.is_some() && out.prev.as_ref() != value.as_ref(),
+    ) {
+        let session = r.conn().session();
+        let root = &session.root;
+        let by = session.user.as_ref().map(|u| u.qualified());
+        match value {
+            Some(_) => {
+                let keep = session.user.as_ref().map(|u| u.keycard);
+                super::users::credential_changed(&state, root, &name, keep, by.as_deref()).await?;
+            }
+            None => {
+                super::auth::record_deleted(&state, root, &name, &method, by.as_deref()).await?;
+            }
+        }
+    }
+    Ok(reply)
 }
 
 pub(super) async fn enum_internal(msg: &Value, r: &mut Responder) -> ApiResult {

@@ -11,6 +11,8 @@
 //! never the token. A token login mints a connection keycard whose parent
 //! is the token, so revoking the token ends every connection using it.
 
+use std::collections::HashSet;
+
 use keycard_auth::bouncer::{Filter, Keycard, KeycardId, Lifetime, State};
 use keycard_proto::{hex, Elem, ErrorCode, Msg, Path, Value};
 use keycard_store::{After, Cond, Op, ScanOpts};
@@ -18,6 +20,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::rank::Rank;
 use super::{opt_usize, require_cap, require_login, str_field};
 use crate::audit::now_millis;
 use crate::conn::{Capability, Responder, Session};
@@ -391,23 +394,73 @@ async fn revoke_durable(state: &ServerState, id: KeycardId, by: Option<&str>) ->
     Ok(n + children.len())
 }
 
-/// Revokes keycards: `{id}`, or with `manage_keycards` `{user}` or
-/// `{requester}` → `{revoked: N}`. Their connections are closed.
+/// Refuses unless the caller may revoke the keycards of `whose`: its own
+/// always; another user's with `manage_keycards` (`all`) when it outranks
+/// that user. `ranks` keeps the users already looked up.
+async fn may_revoke(
+    state: &ServerState,
+    session: &Session,
+    whose: &Owner,
+    ranks: &mut HashSet<(String, String)>,
+) -> ApiResult {
+    if Some(whose) == me(session).as_ref() {
+        return Ok(());
+    }
+    let (user, domain, _) = whose;
+    let key = (user.clone(), domain.clone());
+    if ranks.contains(&key) {
+        return Ok(());
+    }
+    let root = match domain.as_str() {
+        "" => Path::root(),
+        d => Path::parse(d).map_err(|_| {
+            ApiError::new(
+                ErrorCode::PermissionDenied,
+                "refused: the keycard's domain cannot be read",
+            )
+        })?,
+    };
+    let rank = Rank::of_user(state, &root, user).await?;
+    super::rank::check(state, session, rank.as_ref()).map_err(|e| {
+        ApiError::new(
+            e.code,
+            format!(
+                "{} (a keycard of {})",
+                e.text,
+                crate::conn::qualify(user, &root)
+            ),
+        )
+    })?;
+    ranks.insert(key);
+    Ok(())
+}
+
+/// Revokes keycards: `{id}`, or with `manage_keycards` `{user}`,
+/// `{requester}` or `{parent}` → `{revoked: N}`. Their connections are
+/// closed. Another user's keycard needs the caller to outrank that user;
+/// a request matching a keycard of a user it does not outrank is refused
+/// as a whole and revokes nothing. Exactly the keycards checked are
+/// revoked (by id, each still of the owner it was checked for).
 pub(super) async fn keycard_revoke(msg: &Value, r: &mut Responder) -> ApiResult {
     let session = require_login(r)?;
     let all = manages_all(r, &session);
     let by = session.user.as_ref().map(|u| u.qualified());
     let state = r.conn().state.clone();
+    let mut ranks = HashSet::new();
     if msg.get("id").is_some() {
         let id = parse_id(msg)?;
         let live = state.bouncer.table().show(id);
         let stored = state.store.get(&durable_path(id)).await?;
         let whose = owner(live.as_ref(), stored.as_ref().map(|e| &e.value));
-        if whose.is_none() || !(all || whose == me(&session)) {
+        let Some(whose) = whose.filter(|w| all || Some(w) == me(&session).as_ref()) else {
             return Err(ApiError::new(ErrorCode::NotFound, "no such keycard"));
-        }
+        };
+        may_revoke(&state, &session, &whose, &mut ranks).await?;
         let mut n = 0;
-        if let Some(card) = state.bouncer.revoke(id) {
+        if let Some(card) = state
+            .bouncer
+            .revoke_if(id, |c| owner(Some(c), None).as_ref() == Some(&whose))
+        {
             state.audit.keycard("revoked", &card, by.as_deref()).await;
             n += 1;
         }
@@ -429,7 +482,40 @@ pub(super) async fn keycard_revoke(msg: &Value, r: &mut Responder) -> ApiResult 
             "say which keycards: 'id', 'user', 'requester' or 'parent'",
         ));
     }
-    let n = revoke_matching(&state, &f, by.as_deref()).await?;
+    // A user named is checked whether or not it holds keycards now.
+    if let Some(user) = &f.user {
+        let named = (
+            user.clone(),
+            f.domain.clone().unwrap_or_default(),
+            String::new(),
+        );
+        may_revoke(&state, &session, &named, &mut ranks).await?;
+    }
+    let live = state.bouncer.table().list(&f, None, usize::MAX);
+    let stored = durable(&state, &f, usize::MAX, |_| true).await?;
+    for whose in live
+        .iter()
+        .filter_map(|c| owner(Some(c), None))
+        .chain(stored.iter().filter_map(|(_, v)| owner(None, Some(v))))
+    {
+        may_revoke(&state, &session, &whose, &mut ranks).await?;
+    }
+    let mut n = 0;
+    for c in &live {
+        let whose = owner(Some(c), None);
+        if let Some(card) = state
+            .bouncer
+            .revoke_if(c.id, |now| owner(Some(now), None) == whose)
+        {
+            state.audit.keycard("revoked", &card, by.as_deref()).await;
+            n += 1;
+        }
+    }
+    for (id, _) in stored {
+        if let Some(id) = KeycardId::parse(&id) {
+            n += revoke_durable(&state, id, by.as_deref()).await?;
+        }
+    }
     r.reply(Msg::new().with("revoked", n)).await;
     Ok(())
 }
@@ -531,6 +617,15 @@ pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
         }
     };
     let user_method = user_method(&state, &session.root, &user, method.as_deref()).await?;
+    // A token logs in as its user: only a caller who outranks the user
+    // may mint one, and the token never carries more than the user holds
+    // now (its ceiling), whatever the user is granted later.
+    let rank = Rank::of_user(&state, &session.root, &user).await?;
+    super::rank::check(&state, &session, rank.as_ref())?;
+    let (ceiling_caps, ceiling_acls) = rank.as_ref().map_or(
+        (Value::Array(Vec::new()), Value::Array(Vec::new())),
+        Rank::to_fields,
+    );
     let id = KeycardId::random();
     let mut secret = zeroize::Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(secret.as_mut());
@@ -551,6 +646,8 @@ pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
         .with("issued_at", now)
         .with("expires_at", expires_at)
         .with("sha256", Value::Bin(digest.to_vec()))
+        .with("caps", ceiling_caps)
+        .with("acls", ceiling_acls)
         .with("label", Value::from(label))
         .with("by", Value::from(by.clone()))
         .into_value();
@@ -575,6 +672,41 @@ pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
     Ok(())
 }
 
+/// What a token may carry at most: what its user held when it was
+/// issued.
+pub(crate) struct Ceiling {
+    /// The capabilities (a token record without them, from before
+    /// ceilings were kept, carries none).
+    pub caps: Vec<Capability>,
+    /// The ACLs; `None`: full data access.
+    pub acls: Option<Vec<String>>,
+}
+
+impl Ceiling {
+    fn of_record(v: &Value) -> Ceiling {
+        let names = |x: &Value| match x {
+            Value::Array(items) => Some(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        };
+        Ceiling {
+            caps: v
+                .get("caps")
+                .and_then(names)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| Capability::parse(n))
+                .collect(),
+            acls: v.get("acls").and_then(names),
+        }
+    }
+}
+
 /// A token login's verified facts.
 pub(crate) struct TokenGrant {
     /// The token's keycard id.
@@ -587,6 +719,8 @@ pub(crate) struct TokenGrant {
     pub expires_at: u64,
     /// The domain its user belongs to (empty: the server's own).
     pub domain: Path,
+    /// The most it carries.
+    pub ceiling: Ceiling,
 }
 
 /// Checks a bearer token against its durable record. Every way it can be
@@ -628,6 +762,7 @@ pub(crate) async fn check_token(state: &ServerState, token: &str) -> ApiResult<O
         },
     };
     Ok(Some(TokenGrant {
+        ceiling: Ceiling::of_record(&v),
         domain,
         id,
         user: user.to_owned(),

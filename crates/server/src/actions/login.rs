@@ -20,7 +20,7 @@ use keycard_proto::{ErrorCode, Msg, Path, Value};
 
 use super::keycards::{self, TOKEN};
 use super::str_field;
-use crate::conn::{Capability, LoggedIn};
+use crate::conn::LoggedIn;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
 use crate::throttle;
@@ -153,6 +153,8 @@ pub(crate) struct Login {
     /// accept): it runs blind and fails like a wrong password.
     blind: bool,
     record_at: Path,
+    /// A token login's ceiling: what its user held when it was issued.
+    ceiling: Option<keycards::Ceiling>,
     next: Option<Box<dyn Exchange<Verdict>>>,
 }
 
@@ -310,6 +312,7 @@ impl Login {
             base,
             blind,
             record_at: Path::root(),
+            ceiling: None,
             next: None,
         });
         match (&m, &token) {
@@ -337,6 +340,7 @@ impl Login {
                         login.record_at =
                             g.domain.join(&record_path(&g.user_method, "user", &g.user));
                         login.base = g.domain;
+                        login.ceiling = Some(g.ceiling);
                         let exists = state.store.get(&login.record_at).await?.is_some();
                         let result = match exists {
                             true => Ok(Verdict::user(g.user)),
@@ -544,21 +548,17 @@ impl Login {
                 };
                 // The ACL bindings (the user's and its groups'), read now:
                 // a new binding applies at the next login, as in DistKV.
-                let acls =
+                let mut acls =
                     crate::acl::bound_acls(state.store.as_ref(), &self.base, &self.record_at)
                         .await?;
                 // Granted capabilities: `(…, "caps")` → `{caps: [NAME…]}`.
-                let caps = match state.store.get(&self.record_at.child("caps")).await? {
-                    Some(e) => match e.value.get("caps") {
-                        Some(Value::Array(names)) => names
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .filter_map(Capability::parse)
-                            .collect(),
-                        _ => Vec::new(),
-                    },
-                    None => Vec::new(),
-                };
+                let mut caps = super::rank::caps_of(&state, &self.record_at).await?;
+                // A token carries no more than its user held when it was
+                // issued (by a caller who outranked the user then).
+                if let Some(c) = &self.ceiling {
+                    super::rank::Rank::clamp_caps(&mut caps, &c.caps);
+                    acls = super::rank::Rank::clamp_acls(acls, c.acls.as_deref());
+                }
                 let this = *self;
                 Ok(Progress::Done(Box::new(Granted {
                     user: LoggedIn {
@@ -569,6 +569,8 @@ impl Login {
                         acls,
                         caps,
                         domain: this.base,
+                        record: this.record_at,
+                        login_at: crate::audit::now_millis(),
                         keycard: granted.id,
                         expires_at: granted.expires_at,
                         ended: None,

@@ -10,6 +10,7 @@ pub(crate) mod data;
 mod internal;
 mod keycards;
 pub(crate) mod login;
+mod rank;
 
 pub(crate) use keycards::reap_durable;
 mod tree;
@@ -18,7 +19,7 @@ pub(crate) mod users;
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Entry, Tock};
 
-use crate::conn::{Responder, Session};
+use crate::conn::{ConnShared, Responder, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
 
@@ -252,9 +253,74 @@ pub(crate) async fn authorize_in(
 ) -> ApiResult<Option<crate::acl::Grants>> {
     let acl = session_acl(state, session).await?;
     if let Some(a) = &acl {
-        a.check(state.store.as_ref(), path, mode).await?;
+        if !allows(state, a, path, mode).await? {
+            return Err(refusal(path, &format!("mode '{}'", mode.letter())));
+        }
     }
     Ok(acl)
+}
+
+/// [`authorize_in`] for a request that answers the node's value (a
+/// write's `prev`, `root`'s value): whether the caller may also read it.
+pub(crate) async fn authorize_reading(
+    state: &ServerState,
+    session: &Session,
+    path: &Path,
+    mode: keycard_auth::acl::Mode,
+) -> ApiResult<bool> {
+    let Some(acl) = session_acl(state, session).await? else {
+        return Ok(true);
+    };
+    let have = crate::acl::existing_depth(state.store.as_ref(), path).await?;
+    if acl.decide(path.elems(), have, mode).is_err() {
+        return Err(refusal(path, &format!("mode '{}'", mode.letter())));
+    }
+    let read = keycard_auth::acl::Mode::Read;
+    Ok(acl.decide(path.elems(), have, read).is_ok())
+}
+
+/// Whether `acl` allows `mode` on `path` (as it exists now).
+pub(crate) async fn allows(
+    state: &ServerState,
+    acl: &crate::acl::Grants,
+    path: &Path,
+    mode: keycard_auth::acl::Mode,
+) -> ApiResult<bool> {
+    let have = crate::acl::existing_depth(state.store.as_ref(), path).await?;
+    Ok(acl.decide(path.elems(), have, mode).is_ok())
+}
+
+/// The refusal of a data request asking `what` (`mode 'r'`) on `path`.
+/// It names the request, not the level where the ACL refused nor the mode
+/// that level lacked: whether passing it needed `x` (an existing level)
+/// or `n` (a missing one) would say what exists.
+pub(crate) fn refusal(path: &Path, what: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::PermissionDenied,
+        format!("permission denied: {what} at {path}"),
+    )
+}
+
+/// Re-reads the auth configuration after a write under the reserved
+/// root, made by connection `by` (`None`: not a msgpack connection).
+/// When that ends the open era (a method became current), the connections
+/// that are not logged in lose their open-era access at once: their open
+/// streams end with `auth_required`, and their later requests are refused
+/// by [`check_login`]. The connection that made the method current keeps
+/// its streams until it closes (it had every right when it did; DistKV's
+/// own client runs a watch beside the `set_auth_typ` of its `auth init`),
+/// not its access: its next request needs a login too.
+pub(crate) async fn refresh_auth(state: &ServerState, by: Option<&ConnShared>) -> ApiResult {
+    let was_open = state.is_open();
+    state.refresh_auth().await?;
+    if was_open && !state.is_open() {
+        if let Some(conn) = by {
+            conn.update_session(|s| s.kept_open_era = true);
+        }
+        tracing::info!("auth is now required: the open era's streams end");
+        state.bouncer.end_open_era();
+    }
+    Ok(())
 }
 
 /// An optional non-negative integer field.

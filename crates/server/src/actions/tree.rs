@@ -308,6 +308,10 @@ pub(crate) async fn enumerate_at(
 /// item without `value`), until `stop` or disconnect.
 pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
     let base = data_path(msg, r)?;
+    // Opened without a login (the server was open): it ends with the open
+    // era, even if the bouncer's notice missed it (the watch began as the
+    // era ended, or the connection logged in since).
+    let open_era = r.conn().session().user.is_none();
     let acl = authorize(r, &base, Mode::Enumerate).await?;
     let state = r.conn().state.clone();
     // Subscribe before reading, so no change falls between the two.
@@ -324,7 +328,14 @@ pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
     items.empty = false;
     let mut seen = start;
     loop {
-        match feed.recv().await {
+        let next = feed.recv().await;
+        if open_era && !state.is_open() && !r.conn().update_session(|s| s.kept_open_era) {
+            return Err(ApiError::new(
+                ErrorCode::AuthRequired,
+                "the server now requires a login: streams opened without one have ended",
+            ));
+        }
+        match next {
             Ok(change) => {
                 if change.tock > seen {
                     seen = change.tock;

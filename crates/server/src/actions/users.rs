@@ -19,9 +19,10 @@ use keycard_auth::{Kind, LoginCtx, Method, Step};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Op};
 
-use super::auth::guard_lockout;
+use super::auth::write_guarded;
 use super::check_cap;
 use super::login::{auth_error, user_name};
+use super::rank::Rank;
 use crate::conn::{domain_text, Capability, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
@@ -67,9 +68,13 @@ fn no_such_user() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such user")
 }
 
-/// Whether `session` is `name`'s own (same name, same domain).
-fn is_self(session: &Session, name: &str) -> bool {
-    session.user.as_ref().is_some_and(|u| u.name == name)
+/// The session's user, if user `name` under the session's root is it
+/// (by any method: the same name in the same domain).
+fn me<'a>(session: &'a Session, name: &str) -> Option<&'a crate::conn::LoggedIn> {
+    session
+        .user
+        .as_deref()
+        .filter(|u| u.is_named(name, &session.root))
 }
 
 fn user_kind(m: &dyn Method) -> ApiResult<&'static Kind> {
@@ -98,15 +103,21 @@ async fn records(
 }
 
 /// `GET /user/{name}`: `{name, methods: [{method, acl?, groups?, …}],
-/// last_logins: [{at, client, method, via}]}`. Needs `read_auth`, or to be
-/// the user.
+/// last_logins: [{at, client, method, via}]}`. Needs `read_auth` (which
+/// reads every record with `auth_get` already: showing is reading, no
+/// outranking needed), or to be the user: then only the record it logged
+/// in with (same name, method and domain), and its last logins.
 pub(crate) async fn show(state: &ServerState, session: &Session, name: &str) -> ApiResult<Msg> {
     super::check_login(state, session)?;
-    if !is_self(session, name) {
-        check_cap(state, session, Capability::ReadAuth)?;
-    }
+    let own_only = match check_cap(state, session, Capability::ReadAuth) {
+        Ok(()) => None,
+        Err(e) => Some(me(session, name).ok_or(e)?.record.clone()),
+    };
     let name = user_name(name)?;
-    let found = records(state, session, name).await?;
+    let mut found = records(state, session, name).await?;
+    if let Some(mine) = &own_only {
+        found.retain(|(_, at, _)| at == mine);
+    }
     if found.is_empty() {
         return Err(no_such_user());
     }
@@ -160,50 +171,22 @@ pub(super) async fn user_show(msg: &Value, r: &mut crate::conn::Responder) -> Ap
     Ok(())
 }
 
-/// The capabilities granted to the record at `at` (`(…, "caps")`).
-async fn caps_of(state: &ServerState, at: &Path) -> ApiResult<Vec<Capability>> {
-    Ok(match state.store.get(&at.child("caps")).await? {
-        Some(e) => match e.value.get("caps") {
-            Some(Value::Array(names)) => names
-                .iter()
-                .filter_map(Value::as_str)
-                .filter_map(Capability::parse)
-                .collect(),
-            _ => Vec::new(),
-        },
-        None => Vec::new(),
-    })
-}
-
-/// Whether `session` may change the user whose records are `found`: it
-/// must hold every capability they grant (a user-admin cannot take over,
-/// or delete, a user who may do more than it).
+/// Refuses unless `session` outranks the user whose records are `found`
+/// (DESIGN §7.10, [`super::rank`]): a user-admin cannot take over, or
+/// delete, a user who may do more than it, or reach more data.
 async fn check_outranks(
     state: &ServerState,
     session: &Session,
     found: &[(&'static str, Path, Value)],
 ) -> ApiResult {
-    for (m, at, _) in found {
-        if state.methods.get(m).is_some_and(|m| m.super_root()) {
-            check_cap(state, session, Capability::SuperRoot)?;
-        }
-        for cap in caps_of(state, at).await? {
-            check_cap(state, session, cap).map_err(|_| {
-                ApiError::new(
-                    ErrorCode::PermissionDenied,
-                    format!(
-                        "the user holds the {} capability, which this session lacks",
-                        cap.name()
-                    ),
-                )
-            })?;
-        }
-    }
-    Ok(())
+    let records: Vec<(&str, Path)> = found.iter().map(|(m, at, _)| (*m, at.clone())).collect();
+    let rank = Rank::of_records(state, &session.root, &records).await?;
+    super::rank::check(state, session, rank.as_ref())
 }
 
-/// Revokes `name`'s keycards under `root` (its tokens too with
-/// `tokens`), but not `keep` (the caller's own); returns how many.
+/// Revokes `name`'s keycards under `root` (its tokens and their sessions
+/// too with `tokens`), but not `keep` (the caller's own); returns how
+/// many.
 async fn revoke_user(
     state: &ServerState,
     root: &Path,
@@ -225,6 +208,8 @@ async fn revoke_user(
         .table()
         .list(&filter, None, usize::MAX)
         .into_iter()
+        // A token's sessions go with the token, not with the password.
+        .filter(|c| &*c.method != super::keycards::TOKEN)
         .map(|c| c.id)
         .filter(|id| Some(*id) != keep)
         .collect();
@@ -249,8 +234,8 @@ pub(crate) enum Set {
 
 /// May `session` set `name`'s credential for `method` (`create`: create
 /// the user)? The user itself may change the credential it logged in with
-/// (not add a method); anything else needs `write_auth`, and a `root`
-/// method super-root.
+/// (the record its login read: not add a method); anything else needs
+/// `write_auth`, and a `root` method super-root.
 fn may_set(
     state: &ServerState,
     session: &Session,
@@ -262,11 +247,8 @@ fn may_set(
         check_cap(state, session, Capability::SuperRoot)?;
         return Ok(false);
     }
-    let own = !create
-        && session
-            .user
-            .as_ref()
-            .is_some_and(|u| u.name == name && u.method == m.name());
+    let at = session.root.join(&record_path(m.name(), "user", name));
+    let own = !create && me(session, name).is_some_and(|u| u.record == at);
     match own {
         true => super::check_login(state, session)?,
         false => check_cap(state, session, Capability::WriteAuth)?,
@@ -296,6 +278,9 @@ pub(crate) async fn set_credential(
         )
     })?;
     may_set(state, session, name, m.as_ref(), create)?;
+    if !create {
+        fresh_enough(state, session, name)?;
+    }
     let name = user_name(name)?;
     if name.is_empty() {
         return Err(ApiError::bad("a user needs a name"));
@@ -349,37 +334,9 @@ pub(crate) async fn set_credential(
         )));
     }
     let at = session.root.join(&record_path(m.name(), kind.name, name));
-    let existed = found.iter().any(|(fm, _, _)| *fm == m.name());
-    let mut ops = vec![Op::Put {
-        path: at.clone(),
-        value: record,
-        cond: match existed {
-            true => Cond::Any,
-            false => Cond::Absent,
-        },
-        idem: false,
-    }];
-    if !existed {
-        // A new record starts clean (nothing left by a record deleted
-        // earlier), then takes the user's bindings: the ones given on
-        // creation, or those of the user's other record.
-        ops.extend(AUX.iter().map(|aux| Op::delete(at.child(*aux))));
-        if let Some(a) = acl {
-            ops.push(Op::put(
-                at.child("acl"),
-                Msg::new().with("key", a).into_value(),
-            ));
-        }
-        if let Some((_, other, _)) = found.first() {
-            for aux in BINDINGS {
-                if let Some(e) = state.store.get(&other.child(aux)).await? {
-                    ops.push(Op::put(at.child(aux), e.value));
-                }
-            }
-        }
-    }
+    let (ops, existed) = record_ops(state, session, &at, &found, record, Cond::Any, acl).await?;
     let out = state.store.write(ops).await?;
-    state.refresh_auth().await?;
+    super::refresh_auth(state, None).await?;
     let by = session.user.as_ref().map(|u| u.qualified());
     let who = crate::conn::qualify(name, &session.root);
     let event = match (create, existed) {
@@ -395,9 +352,143 @@ pub(crate) async fn set_credential(
         // A changed credential ends the user's other sessions (the
         // caller's own goes on).
         let keep = session.user.as_ref().map(|u| u.keycard);
-        revoke_user(state, &session.root, name, keep, false, by.as_deref()).await?;
+        credential_changed(state, &session.root, name, keep, by.as_deref()).await?;
     }
     Ok(Set::Stored(out.first().map_or(0, |o| o.tock.0)))
+}
+
+/// Refuses a change of the session's own user's credential (by any
+/// method) unless its login is younger than `reauth_secs`: a session left
+/// open somewhere must not take its account over. Proving the current
+/// credential is logging in again.
+fn fresh_enough(state: &ServerState, session: &Session, name: &str) -> ApiResult {
+    let Some(u) = me(session, name) else {
+        return Ok(());
+    };
+    let max = state.config.reauth_secs.saturating_mul(1000);
+    let age = crate::audit::now_millis().saturating_sub(u.login_at);
+    if age > max {
+        return Err(ApiError::new(
+            ErrorCode::ReauthRequired,
+            format!(
+                "changing your own credential needs a login younger than {} s (reauth_secs); log in again",
+                state.config.reauth_secs
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The ops that store `record` at `at` as a record of the user whose
+/// records are `found` (the caller outranks them), the record's write
+/// conditional on `cond`; and whether the record existed. A new record
+/// starts clean (nothing left by a record deleted earlier), then takes
+/// the user's bindings: those of its other record (what the user may do
+/// does not depend on how it logs in), or for a new user those the caller
+/// gives it ([`new_user_bindings`]).
+pub(crate) async fn record_ops(
+    state: &ServerState,
+    session: &Session,
+    at: &Path,
+    found: &[(&'static str, Path, Value)],
+    record: Value,
+    cond: Cond,
+    acl: Option<&str>,
+) -> ApiResult<(Vec<Op>, bool)> {
+    let existed = found.iter().any(|(_, p, _)| p == at);
+    let cond = match (existed, cond) {
+        (false, Cond::Any) => Cond::Absent,
+        (_, c) => c,
+    };
+    let mut ops = vec![Op::Put {
+        path: at.clone(),
+        value: record,
+        cond,
+        idem: false,
+    }];
+    if existed {
+        return Ok((ops, true));
+    }
+    ops.extend(AUX.iter().map(|aux| Op::delete(at.child(*aux))));
+    match found.first() {
+        Some((_, other, _)) => {
+            for aux in BINDINGS {
+                if let Some(e) = state.store.get(&other.child(aux)).await? {
+                    ops.push(Op::put(at.child(aux), e.value));
+                }
+            }
+        }
+        None => {
+            for (aux, v) in new_user_bindings(state, session, acl).await? {
+                ops.push(Op::put(at.child(aux), v));
+            }
+        }
+    }
+    Ok((ops, false))
+}
+
+/// The bindings (`acl`, `groups` aux values) of a user `session` creates,
+/// `acl` the ACL the request names. An unbound caller (or a super-root)
+/// gives what it is asked, nothing by default (full data access). A
+/// caller bound to ACLs gives its own bindings, with the named ACL as the
+/// user's own if it is one of the caller's: a new user never reaches more
+/// data than its creator, so a bound user-admin cannot escape its ACLs
+/// through a user it made.
+async fn new_user_bindings(
+    state: &ServerState,
+    session: &Session,
+    acl: Option<&str>,
+) -> ApiResult<Vec<(&'static str, Value)>> {
+    let given = acl.map(|a| ("acl", Msg::new().with("key", a).into_value()));
+    let caller = Rank::of_session(state, session);
+    let (Some(mine), Some(u)) = (caller.acls.as_ref(), session.user.as_deref()) else {
+        return Ok(given.into_iter().collect());
+    };
+    if caller.super_root {
+        return Ok(given.into_iter().collect());
+    }
+    let refuse = |why: String| {
+        Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            format!("refused: {why}; this session is bound to the ACLs {mine:?}"),
+        ))
+    };
+    if u.domain != session.root {
+        return refuse("a session bound to ACLs creates users in its own domain only".into());
+    }
+    if let Some(a) = acl.filter(|a| *a == "*" || !mine.iter().any(|m| m == a)) {
+        return refuse(format!(
+            "binding a new user to {a:?} needs an unbound caller or super-root"
+        ));
+    }
+    let mut out = Vec::new();
+    for aux in ["acl", "groups"] {
+        if let Some(e) = state.store.get(&u.record.child(aux)).await? {
+            out.push((aux, e.value));
+        }
+    }
+    if let Some(g) = given {
+        out.retain(|(k, _)| *k != "acl");
+        out.push(g);
+    }
+    // What they bind resolves within the caller's own ACLs (its record may
+    // have changed since its login; then it logs in again first).
+    let get = |k: &str| out.iter().find(|(a, _)| *a == k).map(|(_, v)| v);
+    let names = crate::acl::bindings_acls(
+        state.store.as_ref(),
+        &session.root,
+        get("acl"),
+        get("groups"),
+    )
+    .await?;
+    match names {
+        Some(n) if n.iter().all(|a| mine.contains(a)) => Ok(out),
+        _ => refuse(
+            "the new user would be bound otherwise than this session (its bindings changed since \
+             its login: log in again)"
+                .into(),
+        ),
+    }
 }
 
 /// Deletes user `name`: every method's record and its aux nodes, and
@@ -417,20 +508,21 @@ pub(crate) async fn delete(state: &ServerState, session: &Session, name: &str) -
     check_outranks(state, session, &found).await?;
     let auth_at = session.root.join(&auth_root());
     let mut ops = Vec::new();
+    let mut checks = Vec::new();
     for (_, at, _) in &found {
-        guard_lockout(state, &auth_at, at, None).await?;
+        checks.push((at, None));
         ops.push(Op::delete(at.clone()));
         ops.extend(AUX.iter().map(|aux| Op::delete(at.child(*aux))));
     }
     {
         // No last-login flush may write a mark back between the two.
         let _flush = state.logins.exclusive().await;
-        state.store.write(ops).await?;
+        write_guarded(state, &auth_at, &checks, ops).await?;
         for (_, at, _) in &found {
             state.logins.forget(at);
         }
     }
-    state.refresh_auth().await?;
+    super::refresh_auth(state, None).await?;
     let by = session.user.as_ref().map(|u| u.qualified());
     let revoked = revoke_user(state, &session.root, name, None, true, by.as_deref()).await?;
     let who = crate::conn::qualify(name, &session.root);
@@ -442,18 +534,32 @@ pub(crate) async fn delete(state: &ServerState, session: &Session, name: &str) -
 }
 
 /// What `auth_set` and `auth_delete` (msgpack, one method's record) must
-/// hold before they change user `ident`'s record at `at`: the name's turn,
-/// and, for an existing record, every capability it grants.
-pub(crate) async fn guard_record<'a>(
+/// hold before they change user `ident`: the name's turn, and to outrank
+/// the user (every record of the name). Returns the turn and the records.
+pub(crate) async fn guard_user<'a>(
     state: &'a ServerState,
     session: &Session,
-    at: &Path,
-    method: &'static str,
     ident: &str,
-) -> ApiResult<tokio::sync::MutexGuard<'a, ()>> {
+) -> ApiResult<(
+    tokio::sync::MutexGuard<'a, ()>,
+    Vec<(&'static str, Path, Value)>,
+)> {
     let turn = state.names.lock(&session.root, ident).await;
-    if let Some(e) = state.store.get(at).await? {
-        check_outranks(state, session, &[(method, at.clone(), e.value)]).await?;
-    }
-    Ok(turn)
+    let found = records(state, session, ident).await?;
+    check_outranks(state, session, &found).await?;
+    Ok((turn, found))
+}
+
+/// Ends user `name`'s keycards under `root` after its credential changed,
+/// but `keep` (the caller's own). Its tokens stay: they are credentials of
+/// their own, which a keycard manager issued and `keycard_revoke {user}`
+/// ends.
+pub(crate) async fn credential_changed(
+    state: &ServerState,
+    root: &Path,
+    name: &str,
+    keep: Option<KeycardId>,
+    by: Option<&str>,
+) -> ApiResult<usize> {
+    revoke_user(state, root, name, keep, false, by).await
 }

@@ -163,14 +163,17 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::BadRequest | ErrorCode::ReservedPath | ErrorCode::AuthMethod => {
             StatusCode::BAD_REQUEST
         }
-        ErrorCode::UnknownAction | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::UnknownAction | ErrorCode::NotFound | ErrorCode::NoSuchAcl => {
+            StatusCode::NOT_FOUND
+        }
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::AuthRequired | ErrorCode::KeycardExpired | ErrorCode::KeycardRevoked => {
             StatusCode::UNAUTHORIZED
         }
-        ErrorCode::AuthFailed | ErrorCode::PermissionDenied | ErrorCode::TooManyAttempts => {
-            StatusCode::FORBIDDEN
-        }
+        ErrorCode::AuthFailed
+        | ErrorCode::PermissionDenied
+        | ErrorCode::TooManyAttempts
+        | ErrorCode::ReauthRequired => StatusCode::FORBIDDEN,
         ErrorCode::Throttled
         | ErrorCode::TooManyRequests
         | ErrorCode::TooManyKeycards
