@@ -50,6 +50,9 @@ pub enum ErrorCode {
     TooManyKeycards,
     /// The server is shutting down.
     ShuttingDown,
+    /// The client took too long (to log in, to finish a message, or idle);
+    /// the connection is closed.
+    Timeout,
     /// An unexpected internal failure.
     Internal,
 }
@@ -79,12 +82,13 @@ impl ErrorCode {
             ErrorCode::KeycardRevoked => "keycard_revoked",
             ErrorCode::TooManyKeycards => "too_many_keycards",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownAction,
         ErrorCode::SeqInUse,
@@ -106,6 +110,7 @@ impl ErrorCode {
         ErrorCode::KeycardRevoked,
         ErrorCode::TooManyKeycards,
         ErrorCode::ShuttingDown,
+        ErrorCode::Timeout,
         ErrorCode::Internal,
     ];
 

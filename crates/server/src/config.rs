@@ -24,15 +24,31 @@ pub struct Config {
     /// Most client connections at once. Default 10000; one more gets a
     /// `too_many_connections` error and is closed.
     pub max_connections: usize,
+    /// Most client connections at once from one IP address. Default 256;
+    /// one more gets a `too_many_connections` error and is closed, so one
+    /// address cannot take every slot.
+    pub max_connections_per_address: usize,
+    /// Seconds a connection may stay without a login on a server that
+    /// requires logins. Default 60; then it is told `timeout` and closed.
+    pub login_timeout: u64,
+    /// Seconds a connection may stay idle (nothing received, no request
+    /// running: a running `watch` is not idle). Default 3600; then it is
+    /// told `timeout` and closed. 0: never.
+    pub idle_timeout: u64,
+    /// Seconds a message may take to arrive in full once its first byte
+    /// has. Default 30; then the connection is told `timeout` and closed.
+    pub message_timeout: u64,
     /// Most requests outstanding per connection (streams included).
     /// Default 1024; more are answered with `too_many_requests`.
     pub max_outstanding: usize,
     /// Most values (scalars, arrays, maps) in one message. Default 131072.
     /// A decoded value takes ~32 bytes whatever its wire size.
     pub max_items: usize,
-    /// Most memory the requests running on one connection may hold (wire
-    /// bytes plus ~32 bytes per decoded value), in bytes. Default 16 MiB;
-    /// more is answered with `too_many_requests`.
+    /// Most memory one connection's requests and replies may hold, in
+    /// bytes: the running requests' messages (wire bytes plus ~32 bytes
+    /// per decoded value) and the replies not yet written to the socket.
+    /// Default 16 MiB. A request beyond it is answered with
+    /// `too_many_requests`; a reply beyond it waits for the client to read.
     pub max_inflight_bytes: usize,
     /// Messages queued for a client that is not reading before the server
     /// stops reading its requests. Default 1024.
@@ -72,6 +88,17 @@ pub struct Config {
     pub http_max_body: usize,
     /// Most REST connections at once. Default 1024; more get `503`.
     pub http_max_connections: usize,
+    /// Most REST connections at once from one IP address. Default 256;
+    /// more get `503`. Behind a reverse proxy every connection comes from
+    /// the proxy's address: raise it to `http_max_connections` there.
+    pub http_max_connections_per_address: usize,
+    /// Seconds a REST connection may wait for a request's head to arrive
+    /// in full, from its start or the end of the previous response: closes
+    /// idle keep-alive connections and slow senders of headers. Default 10.
+    pub http_idle_timeout: u64,
+    /// Seconds a REST request's body may take to arrive. Default 10; a
+    /// slower one is answered `408` (`timeout`) and the connection closed.
+    pub http_body_timeout: u64,
     /// How far a signed request's `ts` may be from the server's clock,
     /// seconds, either way. Default 60.
     pub http_signature_window: u64,
@@ -144,6 +171,10 @@ impl Default for Config {
             node: "keycard".into(),
             max_message: 1 << 20,
             max_connections: 10_000,
+            max_connections_per_address: 256,
+            login_timeout: 60,
+            idle_timeout: 3600,
+            message_timeout: 30,
             max_outstanding: 1024,
             max_items: 1 << 17,
             max_inflight_bytes: 16 << 20,
@@ -156,6 +187,9 @@ impl Default for Config {
             http: None,
             http_max_body: 64 * 1024,
             http_max_connections: 1024,
+            http_max_connections_per_address: 256,
+            http_idle_timeout: 10,
+            http_body_timeout: 10,
             http_signature_window: 60,
             http_session_nonces: 10_000,
             argon2_m_kib: 19 * 1024,

@@ -156,6 +156,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::SeqInUse => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Conflict => StatusCode::PRECONDITION_FAILED,
         ErrorCode::HistoryGone => StatusCode::GONE,
+        ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::TooManyConnections | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StoreFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
