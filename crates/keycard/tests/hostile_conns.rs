@@ -19,8 +19,8 @@ fn p(s: &str) -> Path {
 
 /// A field of /proc/PID/status, in KiB (VmRSS, VmHWM).
 fn status_kib(server: &Proc, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
-        .unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap_or_default();
     status
         .lines()
         .find(|l| l.starts_with(field))
@@ -97,6 +97,7 @@ async fn a_watcher_that_never_reads_keeps_server_memory_bounded() {
         t.await.expect("writer");
     }
     let peak = status_kib(&server, "VmHWM:");
+    eprintln!("watcher: {base} KiB before, {peak} KiB at the peak; slowest bystander {slowest:?}");
     assert!(
         slowest < Duration::from_secs(5),
         "a bystander waited {slowest:?}"
@@ -182,6 +183,7 @@ async fn ten_thousand_idle_connections_from_one_address_lock_nobody_out() {
         .expect("served");
     assert_eq!(got.map(|n| n.value), Some(Value::from(1)));
     let peak = status_kib(&server, "VmHWM:");
+    eprintln!("10k idle: {base} KiB before, {peak} KiB at the peak");
     assert!(
         peak < base + 96 * 1024,
         "10k idle connections took the server from {base} KiB to {peak} KiB"

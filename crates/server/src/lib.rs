@@ -14,6 +14,7 @@ mod conn;
 mod error;
 mod http;
 pub mod logins;
+mod outbox;
 mod server;
 mod state;
 mod throttle;

@@ -1,7 +1,8 @@
 //! Binding, accepting, and the handle tests and the binary hold.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use keycard_auth::{Argon2Params, MethodSecrets, Registry};
 use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
@@ -158,12 +159,25 @@ impl Server {
 
     async fn accept_loop(self) {
         let slots = Arc::new(Semaphore::new(self.state.config.max_connections));
+        let per_address = PerAddress::new(self.state.config.max_connections_per_address);
         loop {
             match self.listener.accept().await {
                 Ok((socket, peer)) => {
+                    let Some(address_slot) = per_address.take(peer.ip()) else {
+                        tracing::warn!(%peer, "connection refused: max_connections_per_address reached");
+                        tokio::spawn(refuse(
+                            socket,
+                            "too many connections from this address (max_connections_per_address); \
+                             close some or try again later",
+                        ));
+                        continue;
+                    };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         tracing::warn!(%peer, "connection refused: max_connections reached");
-                        tokio::spawn(refuse(socket));
+                        tokio::spawn(refuse(
+                            socket,
+                            "the server has too many connections; try again later",
+                        ));
                         continue;
                     };
                     let id = self.state.next_conn_id();
@@ -174,6 +188,7 @@ impl Server {
                         async move {
                             served.await;
                             drop(permit);
+                            drop(address_slot);
                         }
                         .instrument(span),
                     );
@@ -212,21 +227,79 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Tells a connection over the limit why it is closed, then closes it.
-async fn refuse(mut socket: tokio::net::TcpStream) {
+/// Tells a connection over a limit why it is closed, then closes it.
+async fn refuse(mut socket: tokio::net::TcpStream, why: &'static str) {
     use tokio::io::AsyncWriteExt;
-    let msg = keycard_proto::Msg::new()
-        .with(
-            "error",
-            "the server has too many connections; try again later",
-        )
-        .with(
-            "code",
-            keycard_proto::ErrorCode::TooManyConnections.as_str(),
-        );
+    let msg = keycard_proto::Msg::new().with("error", why).with(
+        "code",
+        keycard_proto::ErrorCode::TooManyConnections.as_str(),
+    );
     let bytes = keycard_proto::encode(&msg.into_value());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.write_all(&bytes)).await;
     let _ = socket.shutdown().await;
+}
+
+/// Connections held per client address, so that one address cannot take
+/// every slot. IPv6 addresses count by their /64 (what one host is
+/// usually given); IPv4-mapped ones as the IPv4 address.
+pub(crate) struct PerAddress {
+    max: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerAddress`], given back when dropped.
+pub(crate) struct AddressSlot {
+    owner: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    /// At most `max` connections per address (0: none at all).
+    pub(crate) fn new(max: usize) -> Arc<PerAddress> {
+        Arc::new(PerAddress {
+            max,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::from(seg)
+            }
+            v4 => v4,
+        }
+    }
+
+    /// A slot for a connection from `ip`, if its address has one left.
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = Self::key(ip);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            owner: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.owner.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            // Only addresses holding connections are remembered.
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// A running server.

@@ -61,12 +61,17 @@ async fn fixed_a_connection_that_never_logs_in_is_closed() {
         .await;
     assert!(st.iter().all(|v| v.get("error").is_none()), "{st:?}");
     // Asking for data without a login does not keep it alive.
-    let r = lazy.call(req(1, "get_value").with("path", path("data.x"))).await;
+    let r = lazy
+        .call(req(1, "get_value").with("path", path("data.x")))
+        .await;
     assert_eq!(code(&r), Some("auth_required"));
     let (got, closed) = until_closed(&mut lazy, Duration::from_secs(4)).await;
     let e = closing_error(&got).unwrap_or_else(|| panic!("no closing error: {got:?}"));
     assert_eq!(code(e), Some("timeout"), "{e:?}");
-    assert!(closed.is_some(), "still open 4 s after a 1 s login deadline");
+    assert!(
+        closed.is_some(),
+        "still open 4 s after a 1 s login deadline"
+    );
     let r = busy
         .call(req(2, "get_value").with("path", path("data.x")))
         .await;
@@ -93,9 +98,7 @@ async fn fixed_idle_connections_are_closed_but_a_watch_is_not_idle() {
     let s = start_with(|c| c.idle_timeout = 1).await;
     let mut idle = Raw::connect(s.addr()).await;
     let mut watching = Raw::connect(s.addr()).await;
-    watching
-        .send(req(1, "watch").with("path", path("w")))
-        .await;
+    watching.send(req(1, "watch").with("path", path("w"))).await;
     assert_eq!(
         watching.recv().await.and_then(|v| v.get("state").cloned()),
         Some(Value::from("start"))
@@ -106,8 +109,12 @@ async fn fixed_idle_connections_are_closed_but_a_watch_is_not_idle() {
     assert!(closed.is_some(), "an idle connection was kept");
     // The watcher, quiet as long, still gets changes.
     let mut w = Raw::connect(s.addr()).await;
-    w.call(req(1, "set_value").with("path", path("w.a")).with("value", 7))
-        .await;
+    w.call(
+        req(1, "set_value")
+            .with("path", path("w.a"))
+            .with("value", 7),
+    )
+    .await;
     let v = watching.recv().await.expect("the change");
     assert_eq!(v.get("value"), Some(&Value::from(7)), "{v:?}");
     // Once its watch is stopped, it is idle like any other.
@@ -248,7 +255,9 @@ async fn ok_a_lagging_watcher_catches_up_from_the_change_log() {
         let v = watcher.recv().await.expect("a change");
         assert!(v.get("error").is_none(), "{v:?}");
         assert_eq!(
-            v.get("value").and_then(Value::as_bin).map(|b| (b.len(), b[0])),
+            v.get("value")
+                .and_then(Value::as_bin)
+                .map(|b| (b.len(), b[0])),
             Some((64 << 10, i as u8)),
             "change {i} out of order or missing"
         );
@@ -291,14 +300,18 @@ async fn fixed_a_watcher_beyond_the_history_is_ended_while_blocked() {
     // Not reading for longer than the idle timeout: the watch ended
     // (history_gone) while blocked, so the connection went idle and was
     // closed; reading now finds the error, then the close.
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(t.elapsed()) + Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(t.elapsed()) + Duration::from_secs(1))
+        .await;
     let (got, closed) = until_closed(&mut watcher, Duration::from_secs(10)).await;
     let err = got
         .iter()
         .find(|v| v.get("seq") == Some(&Value::from(1)) && v.get("error").is_some())
         .unwrap_or_else(|| panic!("no error in {} messages", got.len()));
     assert_eq!(code(err), Some("history_gone"), "{err:?}");
-    assert!(closed.is_some(), "the watch never ended: the connection was not idle");
+    assert!(
+        closed.is_some(),
+        "the watch never ended: the connection was not idle"
+    );
 }
 
 // ---------------------------------------------------------------- REST
@@ -398,7 +411,11 @@ async fn fixed_rest_idle_and_slow_heads_are_closed() {
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let t = Instant::now();
     assert!(closed_within(&mut idle, Duration::from_secs(4)).await);
-    assert!(t.elapsed() > Duration::from_millis(800), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() > Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
     // A head a few bytes at a time.
     let mut slow = TcpStream::connect(addr).await.expect("connect");
     let t = Instant::now();

@@ -1,8 +1,7 @@
 //! Subtree actions: get_tree, enum, watch, delete_tree.
 
 use keycard_proto::{Elem, ErrorCode, Msg, Path, Value};
-use keycard_store::{After, Change, Cursor, Entry, Op, ScanOpts, StoreError, Tock};
-use tokio::sync::broadcast::error::RecvError;
+use keycard_store::{After, Change, Cursor, Entry, FeedError, Op, ScanOpts, Subscription, Tock};
 
 use super::{authorize, chain, data_path, flag, opt_usize};
 use crate::conn::Responder;
@@ -328,35 +327,55 @@ pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
             Ok(change) => {
                 if change.tock > seen {
                     seen = change.tock;
-                    send_change(&mut items, r, &change).await;
+                    deliver(&mut items, r, &mut feed, &change).await?;
                 }
             }
-            Err(RecvError::Lagged(_)) => {
-                // Catch up from the change log, then resume the feed.
-                loop {
-                    let batch = match state.store.changes_since(seen, PAGE).await {
-                        Ok(b) => b,
-                        Err(e @ StoreError::HistoryGone { .. }) => return Err(e.into()),
-                        Err(e) => return Err(e.into()),
-                    };
-                    let Some(last) = batch.last() else { break };
-                    let last_tock = last.tock;
-                    for change in &batch {
-                        send_change(&mut items, r, change).await;
-                    }
-                    seen = last_tock;
-                    if batch.len() < PAGE {
-                        break;
-                    }
+            Err(FeedError::Lagged) => {
+                // The feed (bounded in memory) moved past us: read the next
+                // page from the change log, then try the feed again.
+                let batch = state.store.changes_since(seen, PAGE).await?;
+                let Some(last) = batch.last().map(|c| c.tock) else {
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        "the change feed is ahead of the change log",
+                    ));
+                };
+                for change in &batch {
+                    deliver(&mut items, r, &mut feed, change).await?;
                 }
+                seen = last;
+                feed.resume_after(seen);
             }
-            Err(RecvError::Closed) => {
+            Err(FeedError::Closed) => {
                 return Err(ApiError::new(
                     ErrorCode::ShuttingDown,
                     "the server is shutting down",
                 ));
             }
         }
+    }
+}
+
+/// Sends one change, ending the watch with `history_gone` if, while the
+/// client is not reading, the change log drops what would come next: a
+/// watcher further behind than the kept history is ended, not buffered.
+async fn deliver(
+    items: &mut TreeItems<'_>,
+    r: &mut Responder,
+    feed: &mut Subscription,
+    change: &Change,
+) -> ApiResult {
+    tokio::select! {
+        biased;
+        () = send_change(items, r, change) => Ok(()),
+        () = feed.gone(change.tock) => Err(ApiError::new(
+            ErrorCode::HistoryGone,
+            format!(
+                "this watch fell more than the kept history behind (it was at tock {}) \
+                 while its client did not read; fetch the current state and watch again",
+                change.tock.0
+            ),
+        )),
     }
 }
 
