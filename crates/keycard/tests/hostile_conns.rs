@@ -147,6 +147,49 @@ async fn a_watcher_that_never_reads_keeps_server_memory_bounded() {
     );
 }
 
+/// Found with item 7's class: every `get_tree` read its subtree 512 nodes
+/// at a time whatever their size and held the page while its client did
+/// not read, so 200 pipelined walks over 64 KiB values pinned a page each
+/// (~500 MiB). Pages are now bounded in bytes and count against the
+/// connection's budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_walks_that_are_never_read_keep_server_memory_bounded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(&dir, "");
+    let addr = server.addr;
+    let c = Client::connect(addr).await.expect("connect");
+    for i in 0..40i64 {
+        let path = p("wide").child(keycard_proto::Elem::Int(i.into()));
+        c.set(&path, Value::Bin(vec![i as u8; 64 << 10]))
+            .await
+            .expect("set");
+    }
+    let base = status_kib(&server, "VmRSS:");
+    let mut lazy = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut bytes = Vec::new();
+    for seq in 1..=200i64 {
+        let m = Msg::seq(seq)
+            .with("action", "get_tree")
+            .with_path("path", &p("wide"));
+        bytes.extend(encode(&m.into_value()));
+    }
+    lazy.write_all(&bytes).await.expect("write");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Everyone else is served meanwhile.
+    let got = tokio::time::timeout(Duration::from_secs(5), c.get(&p("wide:0")))
+        .await
+        .expect("in time")
+        .expect("served");
+    assert!(got.is_some());
+    let peak = status_kib(&server, "VmHWM:");
+    eprintln!("walks: {base} KiB before, {peak} KiB at the peak");
+    assert!(
+        peak < base + 96 * 1024,
+        "200 unread walks took the server from {base} KiB to {peak} KiB"
+    );
+    drop(lazy);
+}
+
 /// Connects to `addr` from `local` without reading.
 async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> tokio::net::TcpStream {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");

@@ -283,10 +283,11 @@ impl ConnShared {
         self.end_streams(&e)
     }
 
-    /// Queues messages for the client.
+    /// Queues the messages that end streams, without waiting for room
+    /// (they are small, two per stream).
     pub(crate) async fn send_all(&self, msgs: Vec<Value>) {
         for v in msgs {
-            self.send(v).await;
+            self.send_now(v);
         }
     }
 
@@ -318,6 +319,12 @@ impl ConnShared {
         let mut bytes = Vec::with_capacity(64);
         encode_into(&v, &mut bytes);
         self.out.push_now(bytes);
+    }
+
+    /// Reserves room in the connection's budget for a page a request is
+    /// about to read, waiting while the connection holds too much.
+    pub(crate) async fn reserve(&self, bytes: usize) -> crate::outbox::Held<'_> {
+        self.out.reserve(bytes).await
     }
 
     /// Whether a user is logged in on this connection.
@@ -989,6 +996,6 @@ pub(crate) fn stop_task(
             .with("seq", seq)
             .with("state", "end")
             .with("tock", conn.state.store.tock().0);
-        conn.send(msg.into_value()).await;
+        conn.send_now(msg.into_value());
     })
 }

@@ -1,17 +1,20 @@
 //! What one connection may hold in memory, and the queue of its replies.
 //!
-//! One budget, `max_inflight_bytes`, covers the running requests' messages
-//! (counted when a request is admitted, freed when it ends) and the
-//! encoded replies not yet written to the socket (counted when queued,
-//! freed when written). A request over the budget is refused at once
-//! (`too_many_requests`); a reply over it waits until the client reads,
-//! so a client that stops reading stops its requests rather than growing
-//! the server's memory. Replies are encoded by the request that makes
-//! them, so the queue holds bytes and its size is known.
+//! One budget, `max_inflight_bytes`, covers everything a connection's
+//! requests hold: their messages (counted when a request is admitted,
+//! freed when it ends), the data they read a page at a time
+//! ([`Outbox::reserve`]) and their encoded replies, waiting or queued, until
+//! written to the socket. A request is admitted only while the connection
+//! is under the budget (else `too_many_requests`), and a reply enters the
+//! queue only while it is (else it waits for the client to read), so a
+//! client that stops reading stops its requests rather than growing the
+//! server's memory. Replies are encoded by the request that makes them, so
+//! the queue holds bytes and its size is known.
 //!
-//! A reply is always let through when none is queued, so the connection
-//! makes progress whatever the running requests hold: the bound is the
-//! budget plus one reply.
+//! A reply always enters an empty queue, so the connection makes progress
+//! whatever the running requests hold. The budget can be overshot only by
+//! what requests admitted together (one routing batch) produce before the
+//! next admission sees it.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -35,15 +38,43 @@ pub(crate) struct Outbox {
 
 struct Inner {
     queue: VecDeque<Vec<u8>>,
-    /// The running requests' messages.
-    requests: usize,
-    /// Replies queued or being written, with [`PER_MESSAGE`] each.
-    replies: usize,
+    /// Everything counted: requests, held pages, replies waiting, queued
+    /// or being written.
+    held: usize,
+    /// The replies queued or being written (part of `held`).
+    queued: usize,
+    /// The pages reserved (part of `held`).
+    pages: usize,
 }
 
-impl Inner {
-    fn fits(&self, cost: usize, max_bytes: usize) -> bool {
-        self.requests + self.replies + cost <= max_bytes
+/// Bytes a request holds (a page it read) until dropped.
+pub(crate) struct Held<'a> {
+    out: &'a Outbox,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// What is held is `bytes` now (the page read turned out this size).
+    pub(crate) fn set(&mut self, bytes: usize) {
+        {
+            let mut inner = self.out.lock();
+            inner.held = inner.held - self.bytes + bytes;
+            inner.pages = inner.pages - self.bytes + bytes;
+        }
+        if bytes < self.bytes {
+            self.out.freed.notify_waiters();
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.out.lock();
+            inner.pages = inner.pages.saturating_sub(self.bytes);
+        }
+        self.out.release(self.bytes);
     }
 }
 
@@ -53,8 +84,9 @@ impl Outbox {
         Outbox {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
-                requests: 0,
-                replies: 0,
+                held: 0,
+                queued: 0,
+                pages: 0,
             }),
             freed: Notify::new(),
             queued: Notify::new(),
@@ -68,39 +100,69 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        {
+            let mut inner = self.lock();
+            inner.held = inner.held.saturating_sub(bytes);
+        }
+        self.freed.notify_waiters();
+    }
+
     /// Admits a request whose message costs `cost`, if it fits.
     pub(crate) fn admit(&self, cost: usize) -> bool {
         let mut inner = self.lock();
-        if !inner.fits(cost, self.max_bytes) {
+        if inner.held + cost > self.max_bytes {
             return false;
         }
-        inner.requests += cost;
+        inner.held += cost;
         true
     }
 
     /// A request admitted with `cost` ended.
     pub(crate) fn finished(&self, cost: usize) {
-        {
-            let mut inner = self.lock();
-            inner.requests = inner.requests.saturating_sub(cost);
-        }
-        self.freed.notify_waiters();
+        self.release(cost);
     }
 
-    /// Queues an encoded reply, waiting while the budget (or the queue) is
-    /// full and another reply is still unwritten.
-    pub(crate) async fn push(&self, bytes: Vec<u8>) {
-        let cost = bytes.len() + PER_MESSAGE;
+    /// Reserves `bytes` for a page a request is about to read, waiting
+    /// while the connection is over its budget (unless no page is held:
+    /// then one always goes, so some request can always progress). The
+    /// guard gives the bytes back when dropped; [`Held::set`] corrects the
+    /// amount once the page is read.
+    pub(crate) async fn reserve(&self, bytes: usize) -> Held<'_> {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             {
                 let mut inner = self.lock();
-                let room = inner.replies == 0
-                    || (inner.fits(cost, self.max_bytes) && inner.queue.len() < self.max_messages);
+                if inner.pages == 0 || inner.held + bytes <= self.max_bytes {
+                    inner.held += bytes;
+                    inner.pages += bytes;
+                    return Held { out: self, bytes };
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// Queues an encoded reply; it waits (counted) while the connection is
+    /// over its budget or the queue is full, unless the queue is empty.
+    pub(crate) async fn push(&self, bytes: Vec<u8>) {
+        let cost = bytes.len() + PER_MESSAGE;
+        self.lock().held += cost;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                let room = inner.queued == 0
+                    || (inner.held <= self.max_bytes && inner.queue.len() < self.max_messages);
                 if room {
-                    inner.replies += cost;
+                    inner.queued += cost;
                     inner.queue.push_back(bytes);
                     drop(inner);
                     self.queued.notify_one();
@@ -116,8 +178,10 @@ impl Outbox {
     /// reads. Each request sends at most two, so these stay bounded.
     pub(crate) fn push_now(&self, bytes: Vec<u8>) {
         {
+            let cost = bytes.len() + PER_MESSAGE;
             let mut inner = self.lock();
-            inner.replies += bytes.len() + PER_MESSAGE;
+            inner.held += cost;
+            inner.queued += cost;
             inner.queue.push_back(bytes);
         }
         self.queued.notify_one();
@@ -142,7 +206,8 @@ impl Outbox {
         }
         {
             let mut inner = self.lock();
-            inner.replies = inner.replies.saturating_sub(counted);
+            inner.queued = inner.queued.saturating_sub(counted);
+            inner.held = inner.held.saturating_sub(counted);
         }
         self.freed.notify_waiters();
     }
@@ -152,11 +217,11 @@ impl Outbox {
         self.queued.notified().await;
     }
 
-    /// What the running requests and the unwritten replies hold now.
+    /// What the connection holds now, and what of it is queued.
     #[cfg(test)]
     fn held(&self) -> (usize, usize) {
         let inner = self.lock();
-        (inner.requests, inner.replies)
+        (inner.held, inner.queued)
     }
 }
 
@@ -174,22 +239,31 @@ mod tests {
     }
 
     /// Replies wait once the budget is full, until what is queued is
-    /// written; requests beyond it are refused.
+    /// written; requests beyond it are refused, and so are they while
+    /// replies wait or pages are held.
     #[test]
     fn replies_wait_and_requests_are_refused_beyond_the_budget() {
         let o = Outbox::new(1000, 100);
         assert!(o.admit(400));
         assert!(now(o.push(vec![0; 300])).is_some());
-        // 400 + 364 + 364 > 1000: waits.
+        // 400 + 364 + 364 > 1000: waits, counted.
         let mut second = Box::pin(o.push(vec![1; 300]));
         assert!(now(second.as_mut()).is_none());
-        assert!(!o.admit(300), "no room for another request");
+        assert_eq!(o.held(), (1128, 364));
+        assert!(!o.admit(1), "no room for another request");
         let mut buf = Vec::new();
         let counted = o.take(&mut buf);
         assert_eq!(buf.len(), 300);
         o.written(counted);
         assert!(now(second.as_mut()).is_some());
         o.written(o.take(&mut buf));
+        assert_eq!(o.held(), (400, 0));
+        {
+            let mut page = now(o.reserve(100)).expect("room");
+            page.set(500);
+            assert!(!o.admit(200), "a held page counts");
+            assert!(now(o.reserve(200)).is_none(), "no room for another page");
+        }
         o.finished(400);
         assert_eq!(o.held(), (0, 0));
     }
@@ -206,6 +280,18 @@ mod tests {
         let mut buf = Vec::new();
         o.take(&mut buf);
         assert_eq!(buf.len(), 5010);
+    }
+
+    /// Requests whose messages fill the budget still get one page at a
+    /// time: nobody waits for a page that nobody can free.
+    #[test]
+    fn one_page_always_goes() {
+        let o = Outbox::new(1000, 100);
+        assert!(o.admit(1000));
+        let first = now(o.reserve(300)).expect("the first page goes");
+        assert!(now(o.reserve(300)).is_none(), "the second waits");
+        drop(first);
+        assert!(now(o.reserve(300)).is_some());
     }
 
     /// The queue is bounded in messages too.

@@ -314,6 +314,43 @@ async fn fixed_a_watcher_beyond_the_history_is_ended_while_blocked() {
     );
 }
 
+/// Found with item 7's class: `enum` with `with_data` put every child's
+/// value into one reply, however many and large. It is now refused with
+/// `too_large` beyond the connection's budget (`max_inflight_bytes`).
+#[tokio::test]
+async fn fixed_enum_of_large_children_is_bounded() {
+    let s = start_with(|c| c.max_inflight_bytes = 1 << 20).await;
+    let mut c = Raw::connect(s.addr()).await;
+    for i in 0..40 {
+        let r = c
+            .call(
+                req(i + 1, "set_value")
+                    .with("path", path(&format!("e.k{i}")))
+                    .with("value", Value::Bin(vec![1; 64 << 10])),
+            )
+            .await;
+        assert!(r.get("error").is_none(), "{r:?}");
+    }
+    let r = c
+        .call(
+            req(100, "enum")
+                .with("path", path("e"))
+                .with("with_data", true),
+        )
+        .await;
+    assert_eq!(code(&r), Some("too_large"), "{r:?}");
+    // Names alone are small.
+    let r = c.call(req(101, "enum").with("path", path("e"))).await;
+    assert_eq!(
+        r.get("result").and_then(|v| match v {
+            Value::Array(a) => Some(a.len()),
+            _ => None,
+        }),
+        Some(40),
+        "{r:?}"
+    );
+}
+
 // ---------------------------------------------------------------- REST
 
 async fn rest(tweak: impl FnOnce(&mut keycard_server::Config)) -> common::TestServer {

@@ -30,18 +30,23 @@ pub enum FeedError {
     Closed,
 }
 
-/// Roughly what a change costs in memory: its path and value, counting
-/// each decoded value's own size (~32 bytes) besides its bytes.
-pub fn weight(change: &Change) -> usize {
-    fn value(v: &Value) -> usize {
-        32 + match v {
-            Value::Str(s) => s.len(),
-            Value::Bin(b) | Value::Ext(_, b) => b.len(),
-            Value::Array(items) => items.iter().map(value).sum(),
-            Value::Map(entries) => entries.iter().map(|(k, v)| value(k) + value(v)).sum(),
-            _ => 0,
-        }
+/// Roughly what a decoded value costs in memory: ~32 bytes per value
+/// besides its strings' and byte strings' bytes.
+pub fn value_weight(v: &Value) -> usize {
+    32 + match v {
+        Value::Str(s) => s.len(),
+        Value::Bin(b) | Value::Ext(_, b) => b.len(),
+        Value::Array(items) => items.iter().map(value_weight).sum(),
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| value_weight(k) + value_weight(v))
+            .sum(),
+        _ => 0,
     }
+}
+
+/// Roughly what a change costs in memory: its path and value.
+pub fn weight(change: &Change) -> usize {
     let path: usize = change
         .path
         .elems()
@@ -52,7 +57,7 @@ pub fn weight(change: &Change) -> usize {
             _ => 32,
         })
         .sum();
-    64 + path + change.value.as_ref().map_or(0, value)
+    64 + path + change.value.as_ref().map_or(0, value_weight)
 }
 
 /// Changes as they commit (see the module docs).

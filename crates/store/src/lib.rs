@@ -10,7 +10,7 @@ mod feed;
 mod redb_store;
 mod types;
 
-pub use feed::{weight, Feed, FeedError, Subscription};
+pub use feed::{value_weight, weight, Feed, FeedError, Subscription};
 pub use redb_store::{RedbOptions, RedbStore};
 pub use types::{
     After, Change, Cond, Cursor, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock,
@@ -36,7 +36,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` valued nodes in `prefix`'s subtree, in path order,
     /// from where `after` says, within the depth bounds of `opts` (depth 0
-    /// is `prefix` itself), and where to go on from.
+    /// is `prefix` itself), and where to go on from. A page may hold fewer
+    /// (a backend bounds the work and the bytes of one call): follow
+    /// `next` until it is `None`.
     async fn scan(
         &self,
         prefix: &Path,
@@ -68,7 +70,8 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
-    /// Up to `limit` changes with tock greater than `after`, oldest first.
+    /// Up to `limit` changes with tock greater than `after`, oldest first
+    /// (fewer when they are large; at least one if there is one).
     /// [`StoreError::HistoryGone`] when changes after `after` are no longer
     /// kept.
     async fn changes_since(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError>;

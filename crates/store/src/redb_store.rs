@@ -657,6 +657,10 @@ impl Store for RedbStore {
 /// least one record): a watch catching up holds one page at a time.
 const CHANGES_PAGE_BYTES: usize = 1 << 20;
 
+/// Most bytes of stored values one `scan` call returns (at least one
+/// node): a walk over large values holds one such page at a time.
+const SCAN_PAGE_BYTES: usize = 1 << 20;
+
 impl RedbStore {
     fn scan_page(
         &self,
@@ -685,6 +689,7 @@ impl RedbStore {
         };
         let mut items = Vec::new();
         let mut examined = 0usize;
+        let mut bytes = 0usize;
         'seek: loop {
             let range = (
                 lower.as_ref().map(Vec::as_slice),
@@ -711,8 +716,9 @@ impl RedbStore {
                 }
                 lower = Bound::Excluded(key.to_vec());
                 if depth >= opts.min_depth {
+                    bytes += v.value().len();
                     items.push((path, decode_entry(v.value())?));
-                    if items.len() >= limit {
+                    if items.len() >= limit || bytes >= SCAN_PAGE_BYTES {
                         break 'seek;
                     }
                 }

@@ -12,6 +12,10 @@ use keycard_auth::acl::Mode;
 /// Nodes read from the store per round trip.
 const PAGE: usize = 512;
 
+/// What a page of nodes or changes is expected to hold at most (the store
+/// bounds its pages to about 1 MiB of values).
+const PAGE_BYTES: usize = 1 << 20;
+
 /// Where a paged walk goes on from.
 pub(super) enum Pos {
     /// From the top.
@@ -149,9 +153,20 @@ impl<'a> TreeItems<'a> {
             max_depth: if self.empty { None } else { self.max_depth },
         };
         let store = self.state.store.clone();
+        let conn = r.conn().clone();
         let mut pos = Pos::Start;
         loop {
+            // Each page counts against the connection's memory budget
+            // while its items go out: a client that does not read holds
+            // up no more than that.
+            let mut held = conn.reserve(PAGE_BYTES).await;
             let page = store.scan(&self.base, opts, pos.after(), PAGE).await?;
+            held.set(
+                page.items
+                    .iter()
+                    .map(|(_, e)| keycard_store::value_weight(&e.value))
+                    .sum(),
+            );
             let mut skip = None;
             for (path, entry) in &page.items {
                 let rel = &path.elems()[self.base.len()..];
@@ -260,6 +275,10 @@ pub(crate) async fn enumerate_at(
     let store = &state.store;
     let mut names = Vec::new();
     let mut data = Vec::new();
+    // One reply holds every child: bound what it may take like everything
+    // else a connection holds.
+    let max = state.config.max_inflight_bytes;
+    let mut weight = 0usize;
     let mut pos = Pos::Start;
     loop {
         // Without `empty`: the valued children, a page at a time. With it:
@@ -282,10 +301,24 @@ pub(crate) async fn enumerate_at(
             } else {
                 None
             };
+            let name = name.to_value();
+            weight += keycard_store::value_weight(&name);
             if with_data {
-                data.push((name.to_value(), value.unwrap_or(Value::Nil)));
+                weight += value.as_ref().map_or(0, keycard_store::value_weight);
+            }
+            if weight > max {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the children come to more than {max} bytes (max_inflight_bytes); \
+                         walk them with get_tree and max_depth 1"
+                    ),
+                ));
+            }
+            if with_data {
+                data.push((name, value.unwrap_or(Value::Nil)));
             } else {
-                names.push(name.to_value());
+                names.push(name);
             }
         }
         pos = match (last_child, page.next) {
@@ -333,7 +366,10 @@ pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
             Err(FeedError::Lagged) => {
                 // The feed (bounded in memory) moved past us: read the next
                 // page from the change log, then try the feed again.
+                let conn = r.conn().clone();
+                let mut held = conn.reserve(PAGE_BYTES).await;
                 let batch = state.store.changes_since(seen, PAGE).await?;
+                held.set(batch.iter().map(keycard_store::weight).sum());
                 let Some(last) = batch.last().map(|c| c.tock) else {
                     return Err(ApiError::new(
                         ErrorCode::Internal,
