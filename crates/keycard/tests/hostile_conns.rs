@@ -147,13 +147,13 @@ async fn a_watcher_that_never_reads_keeps_server_memory_bounded() {
     );
 }
 
-/// Found with item 7's class: every `get_tree` read its subtree 512 nodes
-/// at a time whatever their size and held the page while its client did
-/// not read, so 200 pipelined walks over 64 KiB values pinned a page each
-/// (~500 MiB). Pages are now bounded in bytes and count against the
-/// connection's budget.
+/// A client that pipelines 200 `get_tree`s over 64 KiB values and never
+/// reads. The connection keeps running its requests while its socket is
+/// full, so each walk's page (512 nodes, 2.5 MiB here) would be pinned by
+/// its request: pages are bounded in bytes and reserved against the
+/// connection's budget before they are read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_walks_that_are_never_read_keep_server_memory_bounded() {
+async fn ok_pipelined_walks_that_are_never_read_keep_server_memory_bounded() {
     let dir = tempfile::tempdir().expect("tmp");
     let server = start(&dir, "");
     let addr = server.addr;

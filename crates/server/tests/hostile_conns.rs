@@ -338,7 +338,12 @@ async fn fixed_enum_of_large_children_is_bounded() {
                 .with("with_data", true),
         )
         .await;
-    assert_eq!(code(&r), Some("too_large"), "{r:?}");
+    assert_eq!(
+        code(&r),
+        Some("too_large"),
+        "{:?}",
+        r.get("result").map(|_| "every child's value in one reply")
+    );
     // Names alone are small.
     let r = c.call(req(101, "enum").with("path", path("e"))).await;
     assert_eq!(
