@@ -532,24 +532,31 @@ fn writer_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<WriteReq>, opts: Redb
     // How many requests the previous commit carried: as many are likely to
     // come back for the next one.
     let mut expect = 1usize;
-    // Whether the last commit failed: the file may need reopening.
+    // Whether the last commit failed: the file may need reopening. A
+    // reopen can take a while on a large file (redb checks it), so while
+    // the disk stays full it is tried at most every HEAL_EVERY; writes in
+    // between fail at once.
     let mut failing = false;
+    let mut healed_at: Option<Instant> = None;
+    let mut heal = |failing: &mut bool| {
+        let due = healed_at.is_none_or(|t| t.elapsed() >= HEAL_EVERY);
+        if due && (*failing || shared.suspect.load(Ordering::Acquire)) {
+            healed_at = Some(Instant::now());
+            *failing = !shared.heal(&opts);
+        }
+    };
     loop {
         let first = match rx.recv_timeout(HEAL_EVERY) {
             Ok(r) => r,
             Err(std_mpsc::RecvTimeoutError::Timeout) => {
                 // Idle: bring a failed store back without waiting for a
                 // write (reads fail until then).
-                if failing || shared.suspect.load(Ordering::Acquire) {
-                    failing = !shared.heal(&opts);
-                }
+                heal(&mut failing);
                 continue;
             }
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if failing || shared.suspect.load(Ordering::Acquire) {
-            failing = !shared.heal(&opts);
-        }
+        heal(&mut failing);
         let mut group = vec![first];
         let gather = |group: &mut Vec<WriteReq>| {
             while group.len() < opts.max_group {
@@ -599,7 +606,8 @@ fn writer_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<WriteReq>, opts: Redb
                 // later read and write until the file is reopened: do it
                 // now, so reads work again at once and writes as soon as
                 // there is space.
-                failing = !shared.heal(&opts);
+                failing = true;
+                heal(&mut failing);
             }
         }
     }
