@@ -32,6 +32,11 @@ pub enum StartError {
     /// A configuration value is unusable.
     #[error("bad configuration: {0}")]
     Config(String),
+    /// The data directory or a file holding secrets is open to other
+    /// users, and this start did not create it so: the message says what
+    /// to chmod.
+    #[error("{0}")]
+    Insecure(String),
 }
 
 /// A bound server, ready to accept.
@@ -48,11 +53,9 @@ pub const STORE_FILE: &str = "keycard.redb";
 impl Server {
     /// Opens the embedded store in `config.data` and binds `config.listen`.
     pub async fn open(config: Config) -> Result<Server, StartError> {
-        std::fs::create_dir_all(&config.data).map_err(|source| StartError::Io {
-            what: format!("cannot create data directory {}", config.data.display()),
-            source,
-        })?;
+        private_dir(&config.data)?;
         let file = config.data.join(STORE_FILE);
+        private_file(&file, "the store")?;
         let opts = RedbOptions {
             history: config.history,
             ..RedbOptions::default()
@@ -94,10 +97,8 @@ impl Server {
             .audit_log
             .clone()
             .unwrap_or_else(|| config.data.join("audit.log"));
-        std::fs::create_dir_all(&config.data).map_err(|source| StartError::Io {
-            what: format!("cannot create data directory {}", config.data.display()),
-            source,
-        })?;
+        private_dir(&config.data)?;
+        private_file(&audit_path, "the audit log")?;
         let audit = crate::audit::Audit::open(&audit_path)
             .await
             .map_err(|source| StartError::Io {
@@ -216,6 +217,123 @@ impl Server {
             task,
         })
     }
+}
+
+/// Permission bits that let users other than the owner in.
+const OTHERS: u32 = 0o077;
+
+/// Permission bits that let users other than the owner change things.
+const OTHERS_WRITE: u32 = 0o022;
+
+/// The data directory: created 0700 (whatever the umask) if missing. One
+/// that exists is refused if others may write to it (they could replace
+/// the store); one they may only list gets a loud warning (its files are
+/// 0600 and checked, but their names and sizes show).
+fn private_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", dir.display());
+        move |source| StartError::Io { what, source }
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = mode_of(&meta);
+            if mode & OTHERS_WRITE != 0 {
+                return refuse_if_open(dir, "the data directory", &meta, 0o700);
+            }
+            if mode & OTHERS != 0 {
+                tracing::warn!(
+                    "the data directory {} is readable by other users (mode {mode:o}); \
+                     run `chmod 700 {}`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+            b.create(dir)
+                .map_err(io("cannot create the data directory"))?;
+            set_mode(dir, 0o700).map_err(io("cannot restrict the data directory"))
+        }
+        Err(source) => Err(io("cannot read the data directory")(source)),
+    }
+}
+
+/// A file holding secrets (the store, the audit log): created empty and
+/// 0600 (whatever the umask) if missing, so it is never readable by
+/// others, not even for a moment; refused if it exists and lets other
+/// users in.
+fn private_file(file: &std::path::Path, what: &str) -> Result<(), StartError> {
+    let io = |doing: &str| {
+        let what = format!("{doing} {what} {}", file.display());
+        move |source| StartError::Io { what, source }
+    };
+    match std::fs::metadata(file) {
+        Ok(meta) => refuse_if_open(file, what, &meta, 0o600),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            match o.open(file) {
+                Ok(_) => {}
+                // Created by someone else meanwhile: check that one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return private_file(file, what)
+                }
+                Err(e) => return Err(io("cannot create")(e)),
+            }
+            set_mode(file, 0o600).map_err(io("cannot restrict"))
+        }
+        Err(source) => Err(io("cannot read")(source)),
+    }
+}
+
+#[cfg(unix)]
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o777
+}
+
+#[cfg(not(unix))]
+fn mode_of(_: &std::fs::Metadata) -> u32 {
+    0o700
+}
+
+#[cfg(unix)]
+fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &std::path::Path, _: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Refuses to start on a path this start did not create that lets other
+/// users read (or write) it: secrets would be, or have been, exposed.
+fn refuse_if_open(
+    path: &std::path::Path,
+    what: &str,
+    meta: &std::fs::Metadata,
+    want: u32,
+) -> Result<(), StartError> {
+    let mode = mode_of(meta);
+    // Only regular files and directories: a log sent to a device or a
+    // pipe is the operator's choice.
+    if (meta.is_file() || meta.is_dir()) && mode & OTHERS != 0 {
+        return Err(StartError::Insecure(format!(
+            "refusing to start: {what} {path} is open to other users (mode {mode:o}); \
+             run `chmod {want:o} {path}` and start again",
+            path = path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Aborts a task when dropped.
