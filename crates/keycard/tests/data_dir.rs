@@ -95,6 +95,7 @@ fn serve(data: &Path, umask: &str) -> Started {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("neither served nor exited: {log}");
 }
 
