@@ -640,7 +640,13 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
             .into_iter()
             .flatten()
             .min_by_key(|d| d.0);
-        if let Some((at, _)) = due {
+        if let Some((at, why)) = due {
+            // Checked here too: a connection kept busy (always something
+            // to write or read) would never let the timer's branch win.
+            if at <= Instant::now() {
+                too_late(&conn, why, &state, &mut out.buf);
+                continue;
+            }
             if armed.is_none_or(|a| at < a) {
                 timer.as_mut().reset(at);
                 armed = Some(at);

@@ -78,6 +78,52 @@ async fn fixed_a_connection_that_never_logs_in_is_closed() {
     assert_eq!(r.get("value"), Some(&Value::from(1)), "{r:?}");
 }
 
+/// A client that never logs in but keeps the connection busy (a flood of
+/// pipelined requests, each refused) is closed at the deadline all the
+/// same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_a_busy_connection_that_never_logs_in_is_closed() {
+    let s = common::server(|c| c.login_timeout = 1).await;
+    let c = Raw::connect(s.addr()).await;
+    let (mut rd, mut wr) = c.stream.into_split();
+    let mut batch = Vec::new();
+    for i in 1..=200 {
+        batch.extend(encode(
+            &req(i, "get_value")
+                .with("path", path("data.x"))
+                .into_value(),
+        ));
+    }
+    let writer = tokio::spawn(async move {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(6) {
+            if wr.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    let t = Instant::now();
+    let mut dec = keycard_proto::Decoder::new(keycard_proto::Limits::default());
+    let mut buf = vec![0u8; 1 << 16];
+    let mut timeout_seen = false;
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(6), rd.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break t.elapsed(),
+            Ok(Ok(n)) => dec.feed(&buf[..n]),
+            Err(_) => panic!("neither served nor closed"),
+        }
+        while let Ok(Some(v)) = dec.next_value() {
+            timeout_seen |= v.get("seq").is_none() && code(&v) == Some("timeout");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a busy connection without a login was kept"
+        );
+    };
+    writer.abort();
+    assert!(timeout_seen, "closed after {closed:?} without saying why");
+}
+
 /// An open server (no method current) has no login deadline: nobody
 /// needs to log in there.
 #[tokio::test]
