@@ -55,6 +55,9 @@ pub enum ErrorCode {
     ReauthRequired,
     /// The server is shutting down.
     ShuttingDown,
+    /// The client took too long (to log in, to finish a message, or idle);
+    /// the connection is closed.
+    Timeout,
     /// An unexpected internal failure.
     Internal,
 }
@@ -86,12 +89,13 @@ impl ErrorCode {
             ErrorCode::NoSuchAcl => "no_such_acl",
             ErrorCode::ReauthRequired => "reauth_required",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownAction,
         ErrorCode::SeqInUse,
@@ -115,6 +119,7 @@ impl ErrorCode {
         ErrorCode::NoSuchAcl,
         ErrorCode::ReauthRequired,
         ErrorCode::ShuttingDown,
+        ErrorCode::Timeout,
         ErrorCode::Internal,
     ];
 

@@ -48,13 +48,14 @@ pub fn now_millis() -> u64 {
 }
 
 impl Audit {
-    /// Opens (creating) the log at `path` and starts its writer task.
+    /// Opens (creating, readable by its owner only) the log at `path` and
+    /// starts its writer task.
     pub async fn open(path: &Path) -> std::io::Result<Audit> {
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
+        let mut opts = tokio::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        opts.mode(0o600);
+        let mut file = opts.open(path).await?;
         let (tx, mut rx) = mpsc::channel::<String>(4096);
         tokio::spawn(async move {
             let mut buf = String::new();

@@ -24,25 +24,47 @@ pub struct Config {
     /// Most client connections at once. Default 10000; one more gets a
     /// `too_many_connections` error and is closed.
     pub max_connections: usize,
+    /// Most client connections at once from one IP address (an IPv6
+    /// address counts by its /64). Default 256; one more gets a
+    /// `too_many_connections` error and is closed, so one address cannot
+    /// take every slot.
+    pub max_connections_per_address: usize,
+    /// Seconds a connection may stay without a login on a server that
+    /// requires logins (none while it is open). Default 60; then it is
+    /// told `timeout` and closed. 0: no limit.
+    pub login_timeout: u64,
+    /// Seconds a connection may stay idle (nothing received, no request
+    /// running: a running `watch` is not idle). Default 3600; then it is
+    /// told `timeout` and closed. 0: no limit.
+    pub idle_timeout: u64,
+    /// Seconds a message may take to arrive in full once its first byte
+    /// has. Default 30; then the connection is told `timeout` and closed.
+    /// 0: no limit.
+    pub message_timeout: u64,
     /// Most requests outstanding per connection (streams included).
     /// Default 1024; more are answered with `too_many_requests`.
     pub max_outstanding: usize,
     /// Most values (scalars, arrays, maps) in one message. Default 131072.
     /// A decoded value takes ~32 bytes whatever its wire size.
     pub max_items: usize,
-    /// Most memory the requests running on one connection may hold (wire
-    /// bytes plus ~32 bytes per decoded value), in bytes. Default 16 MiB;
-    /// more is answered with `too_many_requests`.
+    /// Most memory one connection's requests may hold, in bytes: their
+    /// messages (wire bytes plus ~32 bytes per decoded value), the pages
+    /// of nodes they read, and their replies until written to the socket.
+    /// Default 16 MiB. A request beyond it is answered with
+    /// `too_many_requests`; a reply beyond it waits for the client to
+    /// read; an `enum` reply beyond it is `too_large`.
     pub max_inflight_bytes: usize,
-    /// Messages queued for a client that is not reading before the server
-    /// stops reading its requests. Default 1024.
+    /// Most replies queued for a client that is not reading (besides
+    /// `max_inflight_bytes`). Default 1024.
     pub out_queue: usize,
     /// The flow-control window announced in the greeting. Default 10
     /// (DistKV's); each client answers with its own.
     pub qlen: u64,
     /// Failed logins allowed per connection before it is closed. Default 5.
     pub max_auth_attempts: u32,
-    /// Changes kept for watches resuming from a tock. Default 100000.
+    /// Changes kept for watches resuming from a tock (and catching up
+    /// after falling behind). Default 100000. A watch whose client does not
+    /// read for longer than this many changes is ended with `history_gone`.
     pub history: u64,
     /// Argon2id memory for new `password` hashes, KiB. Default 19456
     /// (OWASP's minimum: m = 19 MiB, t = 2, p = 1).
@@ -72,6 +94,18 @@ pub struct Config {
     pub http_max_body: usize,
     /// Most REST connections at once. Default 1024; more get `503`.
     pub http_max_connections: usize,
+    /// Most REST connections at once from one IP address. Default 256;
+    /// more get `503`. Behind a reverse proxy every connection comes from
+    /// the proxy's address: raise it to `http_max_connections` there.
+    pub http_max_connections_per_address: usize,
+    /// Seconds a REST connection may wait for a request's head to arrive
+    /// in full, from its start or the end of the previous response: closes
+    /// idle keep-alive connections and slow senders of headers. Default 10.
+    /// 0: no limit.
+    pub http_idle_timeout: u64,
+    /// Seconds a REST request's body may take to arrive. Default 10; a
+    /// slower one is answered `408` (`timeout`) and the connection closed.
+    pub http_body_timeout: u64,
     /// How far a signed request's `ts` may be from the server's clock,
     /// seconds, either way. Default 60.
     pub http_signature_window: u64,
@@ -154,6 +188,10 @@ impl Default for Config {
             node: "keycard".into(),
             max_message: 1 << 20,
             max_connections: 10_000,
+            max_connections_per_address: 256,
+            login_timeout: 60,
+            idle_timeout: 3600,
+            message_timeout: 30,
             max_outstanding: 1024,
             max_items: 1 << 17,
             max_inflight_bytes: 16 << 20,
@@ -166,6 +204,9 @@ impl Default for Config {
             http: None,
             http_max_body: 64 * 1024,
             http_max_connections: 1024,
+            http_max_connections_per_address: 256,
+            http_idle_timeout: 10,
+            http_body_timeout: 10,
             http_signature_window: 60,
             http_session_nonces: 10_000,
             trusted_proxies: Vec::new(),
@@ -216,6 +257,12 @@ mod tests {
         assert_eq!(c.throttle.known_good_days, 30);
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_address, 256);
+        assert_eq!(
+            (c.login_timeout, c.idle_timeout, c.message_timeout),
+            (60, 3600, 30)
+        );
+        assert_eq!((c.http_idle_timeout, c.http_body_timeout), (10, 10));
         assert_eq!(c.http, Some(SocketAddr::from(([127, 0, 0, 1], 8427))));
     }
 }

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -22,11 +23,13 @@ use keycard_proto::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::actions;
 use crate::bouncer::Ended;
 use crate::error::ApiError;
+use crate::outbox::Outbox;
 use crate::state::ServerState;
 use keycard_auth::bouncer::KeycardId;
 
@@ -198,7 +201,8 @@ pub(crate) struct ConnShared {
     pub(crate) id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) state: Arc<ServerState>,
-    out: mpsc::Sender<Value>,
+    /// The memory budget and the encoded replies waiting for the socket.
+    out: Outbox,
     slots: Mutex<HashMap<i64, Slot>>,
     /// The client's flow-control window; 0 = none.
     qlen: AtomicU64,
@@ -206,9 +210,6 @@ pub(crate) struct ConnShared {
     /// A login is running: logins on one connection go one at a time, so
     /// pipelined guesses cannot outrun the attempt limit.
     login_busy: std::sync::atomic::AtomicBool,
-    /// What the running requests' messages cost in memory (see
-    /// `Decoder::last_cost`).
-    inflight: std::sync::atomic::AtomicUsize,
     session: Mutex<Session>,
     /// Set when the connection must close (after a fatal error).
     closing: watch::Sender<bool>,
@@ -297,10 +298,11 @@ impl ConnShared {
         self.end_streams(&e)
     }
 
-    /// Queues messages for the client.
+    /// Queues the messages that end streams, without waiting for room
+    /// (they are small, two per stream).
     pub(crate) async fn send_all(&self, msgs: Vec<Value>) {
         for v in msgs {
-            self.send(v).await;
+            self.send_now(v);
         }
     }
 
@@ -318,8 +320,31 @@ impl ConnShared {
         rx
     }
 
-    async fn send(&self, v: Value) -> bool {
-        self.out.send(v).await.is_ok()
+    /// Queues a message for the client, waiting while the connection's
+    /// budget is full (the client is not reading).
+    async fn send(&self, v: Value) {
+        let mut bytes = Vec::with_capacity(64);
+        encode_into(&v, &mut bytes);
+        self.out.push(bytes).await;
+    }
+
+    /// Queues a small final message without waiting (see
+    /// [`Outbox::push_now`]).
+    fn send_now(&self, v: Value) {
+        let mut bytes = Vec::with_capacity(64);
+        encode_into(&v, &mut bytes);
+        self.out.push_now(bytes);
+    }
+
+    /// Reserves room in the connection's budget for a page a request is
+    /// about to read, waiting while the connection holds too much.
+    pub(crate) async fn reserve(&self, bytes: usize) -> crate::outbox::Held<'_> {
+        self.out.reserve(bytes).await
+    }
+
+    /// Whether a user is logged in on this connection.
+    fn logged_in(&self) -> bool {
+        lock(&self.session).user.is_some()
     }
 }
 
@@ -423,7 +448,9 @@ impl Responder {
     }
 
     /// Reports an error: as the single reply, or inside a started stream
-    /// (then the stream ends).
+    /// (then the stream ends at once: an ending stream waits neither for
+    /// the client's acks nor for room in the connection's budget, so a
+    /// client that stopped reading cannot keep it alive).
     pub(crate) async fn error(&mut self, e: ApiError) {
         if self.done {
             return;
@@ -432,8 +459,16 @@ impl Responder {
             .with("error", e.text)
             .with("code", e.code.as_str());
         if self.started {
-            self.stream_msg(msg).await;
-            self.end().await;
+            self.done = true;
+            if self.flags.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            self.wseq += 1;
+            let err = self.finish(msg.with("wseq", self.wseq));
+            self.wseq += 1;
+            let end = self.finish(Msg::new().with("state", "end").with("wseq", self.wseq));
+            self.conn.send_now(err);
+            self.conn.send_now(end);
         } else {
             self.reply(msg).await;
         }
@@ -448,15 +483,45 @@ impl Responder {
 /// A request being handled, polled by its connection's task.
 type Running = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Encodes every queued outgoing message into `wbuf`.
-fn drain(out_rx: &mut mpsc::Receiver<Value>, wbuf: &mut Vec<u8>) {
-    while let Ok(v) = out_rx.try_recv() {
-        encode_into(&v, wbuf);
+/// Messages routed before the running requests get to run.
+const BATCH: usize = 64;
+
+/// How long a closing connection may take to write its last messages.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A `0` in the config turns a timeout off.
+fn secs(s: u64) -> Option<Duration> {
+    (s > 0).then(|| Duration::from_secs(s))
+}
+
+/// Bytes on their way to the socket: the greeting, errors the
+/// connection's task writes itself, and replies taken from the outbox
+/// (which stay counted against its budget until written).
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// How much of `buf` is written.
+    pos: usize,
+    /// What the outbox's replies in `buf` count for.
+    counted: usize,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
     }
 }
 
-/// Messages routed before the running requests get to run.
-const BATCH: usize = 64;
+/// Why a connection is closed for taking too long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Late {
+    Login,
+    Idle,
+    Message,
+}
 
 /// Serves one accepted connection until it closes.
 ///
@@ -465,29 +530,33 @@ const BATCH: usize = 64;
 /// `FuturesUnordered`, not spawned tasks, so a request costs no thread
 /// hand-off), and writes their replies in batches. Only store commits leave
 /// the task (to the store's writer thread).
+///
+/// Input is read and routed only once everything before it is written: a
+/// client that stops reading stops being served, and its requests wait on
+/// the connection's budget (`Outbox`). Writing never blocks the task: the
+/// running requests, a keycard's end and the timeouts are served while
+/// the socket is full.
 pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: SocketAddr, id: u64) {
     let _ = socket.set_nodelay(true);
     let (mut rd, mut wr) = socket.into_split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Value>(state.config.out_queue.max(1));
     let (closing, mut closing_rx) = watch::channel(false);
     let conn = Arc::new(ConnShared {
         id,
         peer,
         state: state.clone(),
-        out: out_tx,
+        out: Outbox::new(state.config.max_inflight_bytes, state.config.out_queue),
         slots: Mutex::new(HashMap::new()),
         qlen: AtomicU64::new(0),
         next_gen: AtomicU64::new(1),
         login_busy: std::sync::atomic::AtomicBool::new(false),
-        inflight: std::sync::atomic::AtomicUsize::new(0),
         session: Mutex::new(Session::default()),
         closing,
         kick: tokio::sync::Notify::new(),
     });
     state.bouncer.register(&conn);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
-    let mut wbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    encode_into(&actions::greeting(&state).await, &mut wbuf);
+    let mut out = Pending::default();
+    encode_into(&actions::greeting(&state).await, &mut out.buf);
 
     let limits = Limits {
         max_message: state.config.max_message,
@@ -495,62 +564,144 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
         max_items: state.config.max_items,
     };
     let mut decoder = Decoder::new(limits);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let login_timeout = secs(state.config.login_timeout);
+    let idle_timeout = secs(state.config.idle_timeout);
+    let message_timeout = secs(state.config.message_timeout);
+    let opened = Instant::now();
+    // The last byte received or request ended: idle is measured from it.
+    let mut active = opened;
+    // Since when a message has been arriving (its first byte, or the last
+    // complete message before it).
+    let mut partial_since: Option<Instant> = None;
+    // Once logged in, the login deadline no longer applies.
+    let mut proved = false;
+    // One timer, moved only when a deadline comes closer: activity that
+    // pushes a deadline later is noticed when the timer fires.
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         // A keycard that ended is acted on before anything else: a client
         // that keeps the socket full must not keep its streams (or, once
         // revoked, its connection) alive.
         if conn.kick.notified().now_or_never().is_some() {
-            kicked(&conn, &mut wbuf);
+            kicked(&conn, &mut out.buf);
         }
         // Route a batch of the buffered messages, then let the requests run
         // as far as they can before taking more: a client pipelining
         // thousands of cheap requests is answered as it goes.
-        let mut routed = 0;
         let mut more = false;
-        while !*closing_rx.borrow() {
-            if routed == BATCH {
-                more = true;
-                break;
-            }
-            match decoder.next_value() {
-                Ok(Some(msg)) => {
-                    routed += 1;
-                    if let Some(fut) = route(&conn, msg, decoder.last_cost(), &mut wbuf) {
-                        running.push(fut);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    fatal(&conn, e, &mut wbuf);
+        if out.is_empty() {
+            let mut routed = 0;
+            while !*closing_rx.borrow() {
+                if routed == BATCH {
+                    more = true;
                     break;
                 }
+                match decoder.next_value() {
+                    Ok(Some(msg)) => {
+                        routed += 1;
+                        if let Some(fut) = route(&conn, msg, decoder.last_cost(), &mut out.buf) {
+                            running.push(fut);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        fatal(&conn, e, &mut out.buf);
+                        break;
+                    }
+                }
             }
+            partial_since = match (decoder.buffered(), routed) {
+                (0, _) => None,
+                (_, 0) => partial_since.or(Some(Instant::now())),
+                _ => Some(Instant::now()),
+            };
         }
-        while let Some(Some(())) = running.next().now_or_never() {}
-        drain(&mut out_rx, &mut wbuf);
-        if !wbuf.is_empty() {
-            if wr.write_all(&wbuf).await.is_err() {
-                break;
-            }
-            wbuf.clear();
+        while let Some(Some(())) = running.next().now_or_never() {
+            active = Instant::now();
+        }
+        if out.is_empty() {
+            out.buf.clear();
+            out.pos = 0;
+            out.counted = conn.out.take(&mut out.buf);
         }
         if *closing_rx.borrow() {
+            conn.out.take(&mut out.buf);
+            let rest = &out.buf[out.pos..];
+            let _ = tokio::time::timeout(CLOSE_GRACE, wr.write_all(rest)).await;
             break;
         }
-        if more {
+        if more && out.is_empty() {
             continue;
+        }
+        // The deadlines that apply now.
+        if !proved && conn.logged_in() {
+            proved = true;
+        }
+        let login = login_timeout
+            .filter(|_| !proved && !state.is_open() && !conn.login_busy.load(Ordering::Acquire))
+            .map(|t| (opened + t, Late::Login));
+        let idle = idle_timeout
+            .filter(|_| running.is_empty())
+            .map(|t| (active + t, Late::Idle));
+        // A message cannot arrive while we are not reading.
+        let message = message_timeout
+            .filter(|_| out.is_empty())
+            .zip(partial_since)
+            .map(|(t, since)| (since + t, Late::Message));
+        let due = [login, idle, message]
+            .into_iter()
+            .flatten()
+            .min_by_key(|d| d.0);
+        if let Some((at, why)) = due {
+            // Checked here too: a connection kept busy (always something
+            // to write or read) would never let the timer's branch win.
+            if at <= Instant::now() {
+                too_late(&conn, why, &state, &mut out.buf);
+                continue;
+            }
+            if armed.is_none_or(|a| at < a) {
+                timer.as_mut().reset(at);
+                armed = Some(at);
+            }
         }
         tokio::select! {
             biased;
-            Some(v) = out_rx.recv() => encode_into(&v, &mut wbuf),
-            Some(()) = running.next(), if !running.is_empty() => {}
-            n = rd.read(&mut chunk) => match n {
+            w = wr.write(&out.buf[out.pos..]), if !out.is_empty() => match w {
                 Ok(0) | Err(_) => break,
-                Ok(n) => decoder.feed(&chunk[..n]),
+                Ok(n) => {
+                    out.pos += n;
+                    if out.is_empty() {
+                        conn.out.written(std::mem::take(&mut out.counted));
+                        // Reading resumes: a message that was arriving
+                        // gets its full time again.
+                        if partial_since.is_some() {
+                            partial_since = Some(Instant::now());
+                        }
+                    }
+                }
+            },
+            () = conn.out.queued(), if out.is_empty() => {}
+            Some(()) = running.next(), if !running.is_empty() => active = Instant::now(),
+            n = rd.read(&mut chunk), if out.is_empty() && !more => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    decoder.feed(&chunk[..n]);
+                    active = Instant::now();
+                }
             },
             _ = closing_rx.changed() => {}
-            _ = conn.kick.notified() => kicked(&conn, &mut wbuf),
+            _ = conn.kick.notified() => kicked(&conn, &mut out.buf),
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                if let Some((at, why)) = due {
+                    if at <= Instant::now() {
+                        too_late(&conn, why, &state, &mut out.buf);
+                    }
+                }
+            }
         }
     }
 
@@ -562,6 +713,28 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
     state.bouncer.unregister(id, held);
     let _ = wr.shutdown().await;
     tracing::debug!(conn = id, "connection closed");
+}
+
+/// The client took too long: say why, then close.
+fn too_late(conn: &ConnShared, why: Late, state: &ServerState, wbuf: &mut Vec<u8>) {
+    let c = &state.config;
+    let text = match why {
+        Late::Login => format!(
+            "no login within {} s (login_timeout); closing the connection",
+            c.login_timeout
+        ),
+        Late::Idle => format!(
+            "idle for {} s (idle_timeout); closing the connection",
+            c.idle_timeout
+        ),
+        Late::Message => format!(
+            "a message took more than {} s to arrive (message_timeout); closing the connection",
+            c.message_timeout
+        ),
+    };
+    tracing::info!(conn = conn.id, peer = %conn.peer, why = ?why, "closing a connection that took too long");
+    stray_error(conn, None, ApiError::new(ErrorCode::Timeout, text), wbuf);
+    conn.close();
 }
 
 /// The session's keycard ended: its streams end with the reason; a
@@ -741,22 +914,23 @@ fn start_request(
                     conn.state.config.max_outstanding
                 ),
             ))
-        } else if conn.inflight.load(Ordering::Acquire) + cost
-            > conn.state.config.max_inflight_bytes
-        {
-            Some(ApiError::new(
-                ErrorCode::TooManyRequests,
-                format!(
-                    "more than {} bytes of requests running on this connection",
-                    conn.state.config.max_inflight_bytes
-                ),
-            ))
         } else if is_login && conn.login_busy.swap(true, Ordering::AcqRel) {
             Some(ApiError::bad(
                 "a login is already running on this connection; wait for its answer",
             ))
+        } else if !conn.out.admit(cost) {
+            if is_login {
+                conn.login_busy.store(false, Ordering::Release);
+            }
+            Some(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "more than {} bytes of requests and unread replies on this connection \
+                     (max_inflight_bytes)",
+                    conn.state.config.max_inflight_bytes
+                ),
+            ))
         } else {
-            conn.inflight.fetch_add(cost, Ordering::AcqRel);
             slots.insert(
                 seq,
                 Slot {
@@ -805,7 +979,7 @@ fn start_request(
             if is_login {
                 task_conn.login_busy.store(false, Ordering::Release);
             }
-            task_conn.inflight.fetch_sub(cost, Ordering::AcqRel);
+            task_conn.out.finished(cost);
             let mut slots = lock(&task_conn.slots);
             if slots.get(&seq).is_some_and(|s| s.gen == gen) {
                 slots.remove(&seq);
@@ -843,6 +1017,6 @@ pub(crate) fn stop_task(
             .with("seq", seq)
             .with("state", "end")
             .with("tock", conn.state.store.tock().0);
-        conn.send(msg.into_value()).await;
+        conn.send_now(msg.into_value());
     })
 }

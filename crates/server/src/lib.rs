@@ -15,6 +15,7 @@ mod error;
 mod forwarded;
 mod http;
 pub mod logins;
+mod outbox;
 mod server;
 mod state;
 mod throttle;

@@ -1,7 +1,8 @@
 //! Binding, accepting, and the handle tests and the binary hold.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use keycard_auth::{Argon2Params, MethodSecrets, Registry};
 use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
@@ -31,6 +32,11 @@ pub enum StartError {
     /// A configuration value is unusable.
     #[error("bad configuration: {0}")]
     Config(String),
+    /// The data directory or a file holding secrets is open to other
+    /// users, and this start did not create it so: the message says what
+    /// to chmod.
+    #[error("{0}")]
+    Insecure(String),
 }
 
 /// A bound server, ready to accept.
@@ -47,11 +53,9 @@ pub const STORE_FILE: &str = "keycard.redb";
 impl Server {
     /// Opens the embedded store in `config.data` and binds `config.listen`.
     pub async fn open(config: Config) -> Result<Server, StartError> {
-        std::fs::create_dir_all(&config.data).map_err(|source| StartError::Io {
-            what: format!("cannot create data directory {}", config.data.display()),
-            source,
-        })?;
+        private_dir(&config.data)?;
         let file = config.data.join(STORE_FILE);
+        private_file(&file, "the store")?;
         let opts = RedbOptions {
             history: config.history,
             ..RedbOptions::default()
@@ -93,10 +97,8 @@ impl Server {
             .audit_log
             .clone()
             .unwrap_or_else(|| config.data.join("audit.log"));
-        std::fs::create_dir_all(&config.data).map_err(|source| StartError::Io {
-            what: format!("cannot create data directory {}", config.data.display()),
-            source,
-        })?;
+        private_dir(&config.data)?;
+        private_file(&audit_path, "the audit log")?;
         let audit = crate::audit::Audit::open(&audit_path)
             .await
             .map_err(|source| StartError::Io {
@@ -158,12 +160,25 @@ impl Server {
 
     async fn accept_loop(self) {
         let slots = Arc::new(Semaphore::new(self.state.config.max_connections));
+        let per_address = PerAddress::new(self.state.config.max_connections_per_address);
         loop {
             match self.listener.accept().await {
                 Ok((socket, peer)) => {
+                    let Some(address_slot) = per_address.take(peer.ip()) else {
+                        tracing::warn!(%peer, "connection refused: max_connections_per_address reached");
+                        tokio::spawn(refuse(
+                            socket,
+                            "too many connections from this address (max_connections_per_address); \
+                             close some or try again later",
+                        ));
+                        continue;
+                    };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         tracing::warn!(%peer, "connection refused: max_connections reached");
-                        tokio::spawn(refuse(socket));
+                        tokio::spawn(refuse(
+                            socket,
+                            "the server has too many connections; try again later",
+                        ));
                         continue;
                     };
                     let id = self.state.next_conn_id();
@@ -174,6 +189,7 @@ impl Server {
                         async move {
                             served.await;
                             drop(permit);
+                            drop(address_slot);
                         }
                         .instrument(span),
                     );
@@ -203,6 +219,123 @@ impl Server {
     }
 }
 
+/// Permission bits that let users other than the owner in.
+const OTHERS: u32 = 0o077;
+
+/// Permission bits that let users other than the owner change things.
+const OTHERS_WRITE: u32 = 0o022;
+
+/// The data directory: created 0700 (whatever the umask) if missing. One
+/// that exists is refused if others may write to it (they could replace
+/// the store); one they may only list gets a loud warning (its files are
+/// 0600 and checked, but their names and sizes show).
+fn private_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", dir.display());
+        move |source| StartError::Io { what, source }
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = mode_of(&meta);
+            if mode & OTHERS_WRITE != 0 {
+                return refuse_if_open(dir, "the data directory", &meta, 0o700);
+            }
+            if mode & OTHERS != 0 {
+                tracing::warn!(
+                    "the data directory {} is readable by other users (mode {mode:o}); \
+                     run `chmod 700 {}`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+            b.create(dir)
+                .map_err(io("cannot create the data directory"))?;
+            set_mode(dir, 0o700).map_err(io("cannot restrict the data directory"))
+        }
+        Err(source) => Err(io("cannot read the data directory")(source)),
+    }
+}
+
+/// A file holding secrets (the store, the audit log): created empty and
+/// 0600 (whatever the umask) if missing, so it is never readable by
+/// others, not even for a moment; refused if it exists and lets other
+/// users in.
+fn private_file(file: &std::path::Path, what: &str) -> Result<(), StartError> {
+    let io = |doing: &str| {
+        let what = format!("{doing} {what} {}", file.display());
+        move |source| StartError::Io { what, source }
+    };
+    match std::fs::metadata(file) {
+        Ok(meta) => refuse_if_open(file, what, &meta, 0o600),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            match o.open(file) {
+                Ok(_) => {}
+                // Created by someone else meanwhile: check that one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return private_file(file, what)
+                }
+                Err(e) => return Err(io("cannot create")(e)),
+            }
+            set_mode(file, 0o600).map_err(io("cannot restrict"))
+        }
+        Err(source) => Err(io("cannot read")(source)),
+    }
+}
+
+#[cfg(unix)]
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o777
+}
+
+#[cfg(not(unix))]
+fn mode_of(_: &std::fs::Metadata) -> u32 {
+    0o700
+}
+
+#[cfg(unix)]
+fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &std::path::Path, _: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Refuses to start on a path this start did not create that lets other
+/// users read (or write) it: secrets would be, or have been, exposed.
+fn refuse_if_open(
+    path: &std::path::Path,
+    what: &str,
+    meta: &std::fs::Metadata,
+    want: u32,
+) -> Result<(), StartError> {
+    let mode = mode_of(meta);
+    // Only regular files and directories: a log sent to a device or a
+    // pipe is the operator's choice.
+    if (meta.is_file() || meta.is_dir()) && mode & OTHERS != 0 {
+        return Err(StartError::Insecure(format!(
+            "refusing to start: {what} {path} is open to other users (mode {mode:o}); \
+             run `chmod {want:o} {path}` and start again",
+            path = path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -212,21 +345,79 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Tells a connection over the limit why it is closed, then closes it.
-async fn refuse(mut socket: tokio::net::TcpStream) {
+/// Tells a connection over a limit why it is closed, then closes it.
+async fn refuse(mut socket: tokio::net::TcpStream, why: &'static str) {
     use tokio::io::AsyncWriteExt;
-    let msg = keycard_proto::Msg::new()
-        .with(
-            "error",
-            "the server has too many connections; try again later",
-        )
-        .with(
-            "code",
-            keycard_proto::ErrorCode::TooManyConnections.as_str(),
-        );
+    let msg = keycard_proto::Msg::new().with("error", why).with(
+        "code",
+        keycard_proto::ErrorCode::TooManyConnections.as_str(),
+    );
     let bytes = keycard_proto::encode(&msg.into_value());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.write_all(&bytes)).await;
     let _ = socket.shutdown().await;
+}
+
+/// Connections held per client address, so that one address cannot take
+/// every slot. IPv6 addresses count by their /64 (what one host is
+/// usually given); IPv4-mapped ones as the IPv4 address.
+pub(crate) struct PerAddress {
+    max: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerAddress`], given back when dropped.
+pub(crate) struct AddressSlot {
+    owner: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    /// At most `max` connections per address (0: none at all).
+    pub(crate) fn new(max: usize) -> Arc<PerAddress> {
+        Arc::new(PerAddress {
+            max,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::from(seg)
+            }
+            v4 => v4,
+        }
+    }
+
+    /// A slot for a connection from `ip`, if its address has one left.
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = Self::key(ip);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            owner: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.owner.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            // Only addresses holding connections are remembered.
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// A running server.

@@ -6,9 +6,11 @@
 //! [`RedbStore`]: a single ACID file with group commit. The store knows
 //! paths and values only; it knows nothing of auth, ACLs or the protocol.
 
+mod feed;
 mod redb_store;
 mod types;
 
+pub use feed::{value_weight, weight, Feed, FeedError, Subscription};
 pub use redb_store::{RedbOptions, RedbStore};
 pub use types::{
     After, Change, Cond, Cursor, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock,
@@ -16,7 +18,6 @@ pub use types::{
 
 use async_trait::async_trait;
 use keycard_proto::Path;
-use tokio::sync::broadcast;
 
 /// The storage interface every backend implements.
 ///
@@ -35,7 +36,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` valued nodes in `prefix`'s subtree, in path order,
     /// from where `after` says, within the depth bounds of `opts` (depth 0
-    /// is `prefix` itself), and where to go on from.
+    /// is `prefix` itself), and where to go on from. A page may hold fewer
+    /// (a backend bounds the work and the bytes of one call): follow
+    /// `next` until it is `None`.
     async fn scan(
         &self,
         prefix: &Path,
@@ -67,7 +70,8 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
-    /// Up to `limit` changes with tock greater than `after`, oldest first.
+    /// Up to `limit` changes with tock greater than `after`, oldest first
+    /// (fewer when they are large; at least one if there is one).
     /// [`StoreError::HistoryGone`] when changes after `after` are no longer
     /// kept.
     async fn changes_since(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError>;
@@ -75,7 +79,8 @@ pub trait Store: Send + Sync + 'static {
     /// The tock of the last committed change.
     fn tock(&self) -> Tock;
 
-    /// Live changes, as they commit. A receiver that lags behind gets
-    /// `Lagged` and catches up with [`Store::changes_since`].
-    fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Change>>;
+    /// Live changes after the current tock, as they commit. The feed keeps
+    /// a bounded number of bytes: a subscription that falls behind it gets
+    /// [`FeedError::Lagged`] and catches up with [`Store::changes_since`].
+    fn subscribe(&self) -> Subscription;
 }

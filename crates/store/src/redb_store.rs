@@ -11,17 +11,18 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::path::Path as FsPath;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keycard_proto::{decode_one, encode_into, Limits, Path, Value, KEY_END};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
+use crate::feed::{Feed, Subscription};
 use crate::types::{
     After, Change, Cond, Cursor, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock,
 };
@@ -59,6 +60,11 @@ pub struct RedbOptions {
     /// alternating between a big group and a group of one. A lone writer
     /// never waits.
     pub linger: Duration,
+    /// Most memory the live change feed keeps (its latest changes); a
+    /// watch further behind reads the change log on disk.
+    pub feed_bytes: usize,
+    /// Most changes the live change feed keeps.
+    pub feed_len: usize,
 }
 
 impl Default for RedbOptions {
@@ -68,6 +74,8 @@ impl Default for RedbOptions {
             cache_bytes: 64 << 20,
             max_group: 1024,
             linger: Duration::from_micros(200),
+            feed_bytes: 8 << 20,
+            feed_len: 1024,
         }
     }
 }
@@ -78,11 +86,17 @@ struct WriteReq {
 }
 
 struct Shared {
-    db: Database,
+    /// The open file; `None` while the writer reopens it after an I/O
+    /// error (readers then fail with `Backend`, and retry later).
+    db: RwLock<Option<Arc<Database>>>,
+    /// Set by a reader whose read failed: the writer then checks whether
+    /// the file needs reopening.
+    suspect: AtomicBool,
+    file: PathBuf,
     tock: AtomicU64,
     pruned: AtomicU64,
     commits: AtomicU64,
-    feed: broadcast::Sender<Arc<Change>>,
+    feed: Arc<Feed>,
 }
 
 /// The embedded, single-file store.
@@ -95,39 +109,141 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Opens (or creates) the file and reads its counters: the last tock and
+/// the highest tock pruned from the change log.
+fn open_db(file: &FsPath, opts: &RedbOptions) -> Result<(Database, u64, u64), StoreError> {
+    let db = Database::builder()
+        .set_cache_size(opts.cache_bytes)
+        .create(file)
+        .map_err(backend)?;
+    let (tock, pruned) = {
+        let txn = db.begin_write().map_err(backend)?;
+        let counters = {
+            txn.open_table(DATA).map_err(backend)?;
+            txn.open_table(LOG).map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let get = |k: &str| -> Result<u64, StoreError> {
+                Ok(meta
+                    .get(k)
+                    .map_err(backend)?
+                    .map(|g| g.value())
+                    .unwrap_or(0))
+            };
+            (get("tock")?, get("pruned")?)
+        };
+        txn.commit().map_err(backend)?;
+        counters
+    };
+    Ok((db, tock, pruned))
+}
+
+impl Shared {
+    /// The open database, for one transaction.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner()).clone();
+        db.ok_or_else(|| {
+            StoreError::Backend(
+                "the store is unavailable: it is being reopened after an I/O error".into(),
+            )
+        })
+    }
+
+    /// Notes a failed read: the writer checks the file's health.
+    fn read_failed(&self, e: StoreError) -> StoreError {
+        if matches!(e, StoreError::Backend(_)) {
+            self.suspect.store(true, Ordering::Release);
+        }
+        e
+    }
+
+    /// Whether the file is usable: after one I/O error redb refuses every
+    /// later operation ("previous I/O error") until it is reopened.
+    fn healthy(&self) -> bool {
+        match self.db() {
+            Ok(db) => db.begin_write().is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Reopens the file after an I/O error (the disk was full, say): redb
+    /// recovers it to its last commit. Returns whether the store is usable
+    /// again; if not (the disk is still full), it stays unavailable and the
+    /// writer tries again later. Runs on the writer thread only.
+    fn heal(&self, opts: &RedbOptions) -> bool {
+        self.suspect.store(false, Ordering::Release);
+        if self.healthy() {
+            return true;
+        }
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut old) = old {
+            // Readers hold the database only while they begin a read
+            // transaction; wait them out, so the file's lock is released.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let db = loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => break Some(db),
+                    Err(again) if Instant::now() < deadline => {
+                        old = again;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => break None,
+                }
+            };
+            match db {
+                Some(db) => {
+                    // It was failing: its close may fail too.
+                    let _ = db.close();
+                }
+                None => {
+                    tracing::error!("the store could not be reopened: still in use");
+                    return false;
+                }
+            }
+        }
+        match open_db(&self.file, opts) {
+            Ok((db, tock, pruned)) => {
+                let known = self.tock.load(Ordering::Acquire);
+                if tock != known {
+                    // A commit reported as failed reached the disk after
+                    // all (its fsync failed late): keep what the file says,
+                    // and let watches catch up from the change log.
+                    tracing::error!(
+                        file_tock = tock,
+                        known_tock = known,
+                        "the reopened store's last tock differs from the last commit known"
+                    );
+                }
+                let tock = tock.max(known);
+                self.tock.store(tock, Ordering::Release);
+                let pruned = pruned.max(self.pruned.load(Ordering::Acquire));
+                self.pruned.store(pruned, Ordering::Release);
+                self.feed.set_pruned(pruned);
+                self.feed.reset(tock);
+                *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+                tracing::warn!("the store was reopened after an I/O error and is usable again");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the store cannot be reopened yet; retrying");
+                false
+            }
+        }
+    }
+}
+
 impl RedbStore {
     /// Opens (creating if needed) the store file at `file`. Blocks while
     /// redb opens or recovers the file; call it before serving.
     pub fn open(file: &FsPath, opts: RedbOptions) -> Result<RedbStore, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(opts.cache_bytes)
-            .create(file)
-            .map_err(backend)?;
-        let (tock, pruned) = {
-            let txn = db.begin_write().map_err(backend)?;
-            let counters = {
-                txn.open_table(DATA).map_err(backend)?;
-                txn.open_table(LOG).map_err(backend)?;
-                let meta = txn.open_table(META).map_err(backend)?;
-                let get = |k: &str| -> Result<u64, StoreError> {
-                    Ok(meta
-                        .get(k)
-                        .map_err(backend)?
-                        .map(|g| g.value())
-                        .unwrap_or(0))
-                };
-                (get("tock")?, get("pruned")?)
-            };
-            txn.commit().map_err(backend)?;
-            counters
-        };
-        let (feed, _) = broadcast::channel(1024);
+        let (db, tock, pruned) = open_db(file, &opts)?;
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            suspect: AtomicBool::new(false),
+            file: file.to_owned(),
             tock: AtomicU64::new(tock),
             pruned: AtomicU64::new(pruned),
             commits: AtomicU64::new(0),
-            feed,
+            feed: Arc::new(Feed::new(tock, pruned, opts.feed_bytes, opts.feed_len)),
         });
         // Unbounded, but every sender waits for its reply, so it holds at
         // most one request per outstanding client request.
@@ -144,6 +260,12 @@ impl RedbStore {
     /// (each covers one or more write requests).
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.shared.feed.close();
     }
 }
 
@@ -325,10 +447,15 @@ fn commit_group(
     let start = shared.tock.load(Ordering::Acquire);
     let mut tock = start;
     let mut pruned = shared.pruned.load(Ordering::Acquire);
-    let txn = match shared.db.begin_write() {
+    let db = match shared.db() {
+        Ok(db) => db,
+        Err(e) => return Err((reqs, e)),
+    };
+    let txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => return Err((reqs, backend(e))),
     };
+    drop(db);
     let mut results: Vec<Result<Vec<Outcome>, StoreError>> = Vec::with_capacity(reqs.len());
     let mut changes = Vec::new();
     let applied: Result<(), StoreError> = (|| {
@@ -398,11 +525,38 @@ fn commit_group(
     })
 }
 
+/// How often an unusable store is tried again (and a failed read checked).
+const HEAL_EVERY: Duration = Duration::from_millis(500);
+
 fn writer_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<WriteReq>, opts: RedbOptions) {
     // How many requests the previous commit carried: as many are likely to
     // come back for the next one.
     let mut expect = 1usize;
-    while let Ok(first) = rx.recv() {
+    // Whether the last commit failed: the file may need reopening. A
+    // reopen can take a while on a large file (redb checks it), so while
+    // the disk stays full it is tried at most every HEAL_EVERY; writes in
+    // between fail at once.
+    let mut failing = false;
+    let mut healed_at: Option<Instant> = None;
+    let mut heal = |failing: &mut bool| {
+        let due = healed_at.is_none_or(|t| t.elapsed() >= HEAL_EVERY);
+        if due && (*failing || shared.suspect.load(Ordering::Acquire)) {
+            healed_at = Some(Instant::now());
+            *failing = !shared.heal(&opts);
+        }
+    };
+    loop {
+        let first = match rx.recv_timeout(HEAL_EVERY) {
+            Ok(r) => r,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: bring a failed store back without waiting for a
+                // write (reads fail until then).
+                heal(&mut failing);
+                continue;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        heal(&mut failing);
         let mut group = vec![first];
         let gather = |group: &mut Vec<WriteReq>| {
             while group.len() < opts.max_group {
@@ -437,10 +591,8 @@ fn writer_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<WriteReq>, opts: Redb
                 shared.tock.store(tock, Ordering::Release);
                 shared.pruned.store(pruned, Ordering::Release);
                 shared.commits.fetch_add(1, Ordering::Relaxed);
-                for c in changes {
-                    // No receivers is fine.
-                    let _ = shared.feed.send(Arc::new(c));
-                }
+                shared.feed.publish(changes);
+                shared.feed.set_pruned(pruned);
                 for (tx, result) in replies {
                     let _ = tx.send(result);
                 }
@@ -450,6 +602,12 @@ fn writer_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<WriteReq>, opts: Redb
                 for r in reqs {
                     let _ = r.reply.send(Err(e.clone()));
                 }
+                // An I/O error (a full disk) leaves redb refusing every
+                // later read and write until the file is reopened: do it
+                // now, so reads work again at once and writes as soon as
+                // there is space.
+                failing = true;
+                heal(&mut failing);
             }
         }
     }
@@ -458,10 +616,13 @@ fn writer_loop(shared: Arc<Shared>, rx: std_mpsc::Receiver<WriteReq>, opts: Redb
 #[async_trait]
 impl Store for RedbStore {
     async fn get(&self, path: &Path) -> Result<Option<Entry>, StoreError> {
-        let txn = self.shared.db.begin_read().map_err(backend)?;
-        let data = txn.open_table(DATA).map_err(backend)?;
-        let got = data.get(path.to_key().as_slice()).map_err(backend)?;
-        got.map(|g| decode_entry(g.value())).transpose()
+        let read = || {
+            let txn = self.shared.db()?.begin_read().map_err(backend)?;
+            let data = txn.open_table(DATA).map_err(backend)?;
+            let got = data.get(path.to_key().as_slice()).map_err(backend)?;
+            got.map(|g| decode_entry(g.value())).transpose()
+        };
+        read().map_err(|e| self.shared.read_failed(e))
     }
 
     async fn write(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
@@ -482,10 +643,44 @@ impl Store for RedbStore {
         after: After<'_>,
         limit: usize,
     ) -> Result<ScanPage, StoreError> {
+        self.scan_page(prefix, opts, after, limit)
+            .map_err(|e| self.shared.read_failed(e))
+    }
+
+    async fn changes_since(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.changes_page(after, limit)
+            .map_err(|e| self.shared.read_failed(e))
+    }
+
+    fn tock(&self) -> Tock {
+        Tock(self.shared.tock.load(Ordering::Acquire))
+    }
+
+    fn subscribe(&self) -> Subscription {
+        self.shared.feed.subscribe()
+    }
+}
+
+/// Most bytes of change records one `changes_since` call returns (at
+/// least one record): a watch catching up holds one page at a time.
+const CHANGES_PAGE_BYTES: usize = 1 << 20;
+
+/// Most bytes of stored values one `scan` call returns (at least one
+/// node): a walk over large values holds one such page at a time.
+const SCAN_PAGE_BYTES: usize = 1 << 20;
+
+impl RedbStore {
+    fn scan_page(
+        &self,
+        prefix: &Path,
+        opts: ScanOpts,
+        after: After<'_>,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError> {
         // Bound the work of one call: a depth filter can skip millions of
         // nodes between two results.
         let examine_max = limit.saturating_mul(8).max(4096);
-        let txn = self.shared.db.begin_read().map_err(backend)?;
+        let txn = self.shared.db()?.begin_read().map_err(backend)?;
         let data = txn.open_table(DATA).map_err(backend)?;
         let base = prefix.len();
         let mut end = prefix.to_key();
@@ -502,6 +697,7 @@ impl Store for RedbStore {
         };
         let mut items = Vec::new();
         let mut examined = 0usize;
+        let mut bytes = 0usize;
         'seek: loop {
             let range = (
                 lower.as_ref().map(Vec::as_slice),
@@ -528,8 +724,9 @@ impl Store for RedbStore {
                 }
                 lower = Bound::Excluded(key.to_vec());
                 if depth >= opts.min_depth {
+                    bytes += v.value().len();
                     items.push((path, decode_entry(v.value())?));
-                    if items.len() >= limit {
+                    if items.len() >= limit || bytes >= SCAN_PAGE_BYTES {
                         break 'seek;
                     }
                 }
@@ -547,29 +744,23 @@ impl Store for RedbStore {
         Ok(ScanPage { items, next })
     }
 
-    async fn changes_since(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError> {
-        let txn = self.shared.db.begin_read().map_err(backend)?;
+    fn changes_page(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let txn = self.shared.db()?.begin_read().map_err(backend)?;
         let pruned = self.shared.pruned.load(Ordering::Acquire);
         if after.0 < pruned {
             return Err(StoreError::HistoryGone { oldest: pruned + 1 });
         }
         let log = txn.open_table(LOG).map_err(backend)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in log.range(after.0 + 1..).map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
+            bytes += v.value().len();
             out.push(decode_change(k.value(), v.value())?);
-            if out.len() >= limit {
+            if out.len() >= limit || bytes >= CHANGES_PAGE_BYTES {
                 break;
             }
         }
         Ok(out)
-    }
-
-    fn tock(&self) -> Tock {
-        Tock(self.shared.tock.load(Ordering::Acquire))
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
-        self.shared.feed.subscribe()
     }
 }

@@ -1,8 +1,7 @@
 //! Subtree actions: get_tree, enum, watch, delete_tree.
 
 use keycard_proto::{Elem, ErrorCode, Msg, Path, Value};
-use keycard_store::{After, Change, Cursor, Entry, Op, ScanOpts, StoreError, Tock};
-use tokio::sync::broadcast::error::RecvError;
+use keycard_store::{After, Change, Cursor, Entry, FeedError, Op, ScanOpts, Subscription, Tock};
 
 use super::{authorize, chain, data_path, flag, opt_usize};
 use crate::conn::Responder;
@@ -12,6 +11,10 @@ use keycard_auth::acl::Mode;
 
 /// Nodes read from the store per round trip.
 const PAGE: usize = 512;
+
+/// What a page of nodes or changes is expected to hold at most (the store
+/// bounds its pages to about 1 MiB of values).
+const PAGE_BYTES: usize = 1 << 20;
 
 /// Where a paged walk goes on from.
 pub(super) enum Pos {
@@ -150,9 +153,20 @@ impl<'a> TreeItems<'a> {
             max_depth: if self.empty { None } else { self.max_depth },
         };
         let store = self.state.store.clone();
+        let conn = r.conn().clone();
         let mut pos = Pos::Start;
         loop {
+            // Each page counts against the connection's memory budget
+            // while its items go out: a client that does not read holds
+            // up no more than that.
+            let mut held = conn.reserve(PAGE_BYTES).await;
             let page = store.scan(&self.base, opts, pos.after(), PAGE).await?;
+            held.set(
+                page.items
+                    .iter()
+                    .map(|(_, e)| keycard_store::value_weight(&e.value))
+                    .sum(),
+            );
             let mut skip = None;
             for (path, entry) in &page.items {
                 let rel = &path.elems()[self.base.len()..];
@@ -261,6 +275,10 @@ pub(crate) async fn enumerate_at(
     let store = &state.store;
     let mut names = Vec::new();
     let mut data = Vec::new();
+    // One reply holds every child: bound what it may take like everything
+    // else a connection holds.
+    let max = state.config.max_inflight_bytes;
+    let mut weight = 0usize;
     let mut pos = Pos::Start;
     loop {
         // Without `empty`: the valued children, a page at a time. With it:
@@ -283,10 +301,24 @@ pub(crate) async fn enumerate_at(
             } else {
                 None
             };
+            let name = name.to_value();
+            weight += keycard_store::value_weight(&name);
             if with_data {
-                data.push((name.to_value(), value.unwrap_or(Value::Nil)));
+                weight += value.as_ref().map_or(0, keycard_store::value_weight);
+            }
+            if weight > max {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the children come to more than {max} bytes (max_inflight_bytes); \
+                         walk them with get_tree and max_depth 1"
+                    ),
+                ));
+            }
+            if with_data {
+                data.push((name, value.unwrap_or(Value::Nil)));
             } else {
-                names.push(name.to_value());
+                names.push(name);
             }
         }
         pos = match (last_child, page.next) {
@@ -339,35 +371,58 @@ pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
             Ok(change) => {
                 if change.tock > seen {
                     seen = change.tock;
-                    send_change(&mut items, r, &change).await;
+                    deliver(&mut items, r, &mut feed, &change).await?;
                 }
             }
-            Err(RecvError::Lagged(_)) => {
-                // Catch up from the change log, then resume the feed.
-                loop {
-                    let batch = match state.store.changes_since(seen, PAGE).await {
-                        Ok(b) => b,
-                        Err(e @ StoreError::HistoryGone { .. }) => return Err(e.into()),
-                        Err(e) => return Err(e.into()),
-                    };
-                    let Some(last) = batch.last() else { break };
-                    let last_tock = last.tock;
-                    for change in &batch {
-                        send_change(&mut items, r, change).await;
-                    }
-                    seen = last_tock;
-                    if batch.len() < PAGE {
-                        break;
-                    }
+            Err(FeedError::Lagged) => {
+                // The feed (bounded in memory) moved past us: read the next
+                // page from the change log, then try the feed again.
+                let conn = r.conn().clone();
+                let mut held = conn.reserve(PAGE_BYTES).await;
+                let batch = state.store.changes_since(seen, PAGE).await?;
+                held.set(batch.iter().map(keycard_store::weight).sum());
+                let Some(last) = batch.last().map(|c| c.tock) else {
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        "the change feed is ahead of the change log",
+                    ));
+                };
+                for change in &batch {
+                    deliver(&mut items, r, &mut feed, change).await?;
                 }
+                seen = last;
+                feed.resume_after(seen);
             }
-            Err(RecvError::Closed) => {
+            Err(FeedError::Closed) => {
                 return Err(ApiError::new(
                     ErrorCode::ShuttingDown,
                     "the server is shutting down",
                 ));
             }
         }
+    }
+}
+
+/// Sends one change, ending the watch with `history_gone` if, while the
+/// client is not reading, the change log drops what would come next: a
+/// watcher further behind than the kept history is ended, not buffered.
+async fn deliver(
+    items: &mut TreeItems<'_>,
+    r: &mut Responder,
+    feed: &mut Subscription,
+    change: &Change,
+) -> ApiResult {
+    tokio::select! {
+        biased;
+        () = send_change(items, r, change) => Ok(()),
+        () = feed.gone(change.tock) => Err(ApiError::new(
+            ErrorCode::HistoryGone,
+            format!(
+                "this watch fell more than the kept history behind (it was at tock {}) \
+                 while its client did not read; fetch the current state and watch again",
+                change.tock.0
+            ),
+        )),
     }
 }
 

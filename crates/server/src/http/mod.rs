@@ -35,6 +35,7 @@ use tokio::sync::Semaphore;
 use crate::actions::login::Login;
 use crate::conn::LoggedIn;
 use crate::error::ApiError;
+use crate::server::PerAddress;
 use crate::state::ServerState;
 
 mod kv;
@@ -96,6 +97,12 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
         }
     }));
     let slots = Arc::new(Semaphore::new(state.config.http_max_connections.max(1)));
+    let per_address = PerAddress::new(state.config.http_max_connections_per_address);
+    // hyper's header timer runs from when it starts waiting for a request's
+    // head: on a kept-alive connection, from the end of the previous
+    // response. One timer thus closes idle connections and slow heads.
+    let idle = (state.config.http_idle_timeout > 0)
+        .then(|| Duration::from_secs(state.config.http_idle_timeout));
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -105,20 +112,19 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
                 continue;
             }
         };
+        let Some(address_slot) = per_address.take(peer.ip()) else {
+            tracing::warn!(%peer, "HTTP connection refused: http_max_connections_per_address reached");
+            tokio::spawn(refuse(
+                socket,
+                "too many HTTP connections from this address (http_max_connections_per_address); retry later",
+            ));
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Over the cap: a 503 and close, without reading the request.
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut socket = socket;
-                let body = br#"{"error":"the server has too many HTTP connections; retry later","code":"too_many_connections"}"#;
-                let head = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = socket.write_all(head.as_bytes()).await;
-                let _ = socket.write_all(body).await;
-                let _ = socket.shutdown().await;
-            });
+            tokio::spawn(refuse(
+                socket,
+                "the server has too many HTTP connections; retry later",
+            ));
             continue;
         };
         let rest = rest.clone();
@@ -129,13 +135,14 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(idle)
                 .max_buf_size(MAX_HEADER_BYTES.max(8192))
                 .serve_connection(TokioIo::new(socket), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
             drop(permit);
+            drop(address_slot);
         });
     }
 }
@@ -147,6 +154,22 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Over a connection cap: a `503` and close, without reading the request.
+async fn refuse(mut socket: tokio::net::TcpStream, why: &str) {
+    use tokio::io::AsyncWriteExt;
+    let body = json!({"error": why, "code": ErrorCode::TooManyConnections.as_str()}).to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        socket.write_all(head.as_bytes()).await?;
+        socket.write_all(body.as_bytes()).await?;
+        socket.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
@@ -180,6 +203,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::SeqInUse => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Conflict => StatusCode::PRECONDITION_FAILED,
         ErrorCode::HistoryGone => StatusCode::GONE,
+        ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::TooManyConnections | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StoreFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -197,6 +221,21 @@ fn error(e: &ApiError) -> Response<Body> {
     {
         r.headers_mut().insert(RETRY_AFTER, v);
     }
+    r
+}
+
+/// A body that did not arrive in time: `408`, and the connection closes
+/// (what is left of the body would be read as the next request).
+fn body_too_slow(wait: Duration) -> Response<Body> {
+    let mut r = error(&ApiError::new(
+        ErrorCode::Timeout,
+        format!(
+            "the request's body took more than {} s to arrive (http_body_timeout)",
+            wait.as_secs()
+        ),
+    ));
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
@@ -303,14 +342,16 @@ impl Rest {
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let max = self.state.config.http_max_body;
-        let body = match Limited::new(body, max).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
+        let wait = Duration::from_secs(self.state.config.http_body_timeout);
+        let body = match tokio::time::timeout(wait, Limited::new(body, max).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => {
                 return error(&ApiError::new(
                     ErrorCode::TooLarge,
                     format!("the body is larger than {max} bytes (http_max_body)"),
                 ))
             }
+            Err(_) => return body_too_slow(wait),
         };
         let path = parts.uri.path().to_owned();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();

@@ -53,7 +53,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 impl Raw {
     pub async fn connect(addr: std::net::SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw::from_stream(TcpStream::connect(addr).await.expect("connect")).await
+    }
+
+    /// A raw client on a connected socket (e.g. one bound to another
+    /// local address), once the greeting is read.
+    pub async fn from_stream(stream: TcpStream) -> Raw {
         let mut raw = Raw {
             stream,
             dec: Decoder::new(Limits {
