@@ -1,7 +1,10 @@
 //! `keycard`: the server (`keycard serve`) and a command-line client for it.
 
+mod admin;
 mod cli;
+mod login;
 mod render;
+mod serve;
 
 use std::process::ExitCode;
 
