@@ -762,3 +762,41 @@ fn acl_check_finds_the_users_method() {
     );
     assert_eq!(out.trim(), "allowed: entry app.+ = rx of ACL ro");
 }
+
+/// The client library's own choice (`login_as_needed`) asks the server
+/// too: given a password, it logs a SCRAM user in with SCRAM although
+/// OPAQUE is stronger and accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_logs_in_with_the_users_method() {
+    use keycard_auth::{ClientRegistry, Password};
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Proc::start(dir.path());
+    let a = server.addr;
+    ok(a, &["user", "add", "scram-sha-256", "alice"], &new_pw(PW));
+    ok(a, &["user", "add", "opaque", "carol"], &new_pw(PW));
+    ok(
+        a,
+        &[
+            "auth",
+            "init",
+            "scram-sha-256",
+            "--new-user",
+            "alice",
+            "--accept",
+            "opaque",
+        ],
+        &new_pw(PW),
+    );
+    for (user, method) in [("alice", "scram-sha-256"), ("carol", "opaque")] {
+        let c = Client::connect(a).await.expect("connect");
+        let make = |m: &str| {
+            ClientRegistry::make_with_password(m, Some(user), Some(Password::new(PW))).expect("m")
+        };
+        let (scram, opaque) = (make("scram-sha-256"), make("opaque"));
+        let used = c
+            .login_as_needed(&[scram.as_ref(), opaque.as_ref()])
+            .await
+            .expect("login");
+        assert_eq!(used, Some(method));
+    }
+}
