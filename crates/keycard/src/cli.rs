@@ -1163,7 +1163,7 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
             let name = match (&acl, &who) {
                 (Some(a), _) => {
                     m.set("acl", a.as_str());
-                    format!("ACL {a}")
+                    format!("ACL {a} does not grant")
                 }
                 (None, Some(u)) => {
                     m.set("user", u.as_str());
@@ -1172,7 +1172,7 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                         None => only_method_of(&c, u).await?,
                     };
                     m.set("method", method);
-                    format!("user {u}")
+                    format!("user {u} is not granted")
                 }
                 (None, None) => bail!("say whose access to check"),
             };
@@ -1204,7 +1204,7 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                 ),
             }
             if !allowed {
-                bail!("{name} does not grant '{mode}' on {path}");
+                bail!("{name} '{mode}' on {path}");
             }
             Ok(())
         }
