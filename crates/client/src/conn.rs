@@ -263,9 +263,9 @@ impl Client {
         if qlen > 0 {
             let mut hello = Vec::new();
             encode_into(&Msg::seq(0).with("qlen", qlen).into_value(), &mut hello);
-            wr.write_all(&hello)
-                .await
-                .map_err(|e| ClientError::Io(e.to_string()))?;
+            // A server that refuses the connection has said why by now:
+            // reading it below beats a broken pipe here.
+            let _ = wr.write_all(&hello).await;
         }
         let first = read_greeting(&mut rd, &mut decoder, &mut chunk);
         let greeting = match tokio::time::timeout(GREETING_TIMEOUT, first).await {
@@ -776,6 +776,10 @@ async fn read_greeting(
             .next_value()
             .map_err(|e| ClientError::Protocol(e.to_string()))?
         {
+            // A server over its connection limit says so instead.
+            if let Some(e) = server_error(&v) {
+                return Err(e);
+            }
             return Greeting::parse(v);
         }
         let n = rd

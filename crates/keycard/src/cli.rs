@@ -52,7 +52,13 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    ///
+    /// Every option below overrides the config file (-c), which overrides
+    /// the defaults shown. The file's fields have the same names with '_'
+    /// for '-'; the `--throttle-…` and `--keycards-…` ones are the fields
+    /// of its `[throttle]` and `[keycards]` tables (`--throttle-free` is
+    /// `free` in `[throttle]`).
+    Serve(Box<ServeArgs>),
     /// Print the value at PATH.
     Get {
         #[command(flatten)]
@@ -591,7 +597,7 @@ fn parse_path(text: &str) -> anyhow::Result<Path> {
 
 async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Serve(args) => crate::serve::serve(args).await,
+        Command::Serve(args) => crate::serve::serve(*args).await,
         Command::Get { conn, path } => {
             let c = connect(&conn).await?;
             match c.get(&parse_path(&path)?).await? {

@@ -8,9 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use keycard_server::{Config, Server};
 
-/// `keycard serve` options. Each overrides the config file (`-c`), which
-/// overrides the defaults shown; the file's fields have the same names
-/// with '_' for '-' (`--throttle-free` is `free` in `[throttle]`).
+/// `keycard serve` options: one per configuration field (the command's
+/// help says how they map onto the file's).
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Server")]
 pub(crate) struct ServeArgs {

@@ -79,7 +79,10 @@ fn the_test_script_installs_what_the_peer_tests_need() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{said}");
-    assert!(calls.contains("apt-get install") && calls.contains("chromium"), "{said}");
+    assert!(
+        calls.contains("apt-get install") && calls.contains("chromium"),
+        "{said}"
+    );
     assert!(calls.contains("nodejs npm"), "{said}");
     assert!(
         calls.lines().last() == Some("cargo test --workspace --locked"),
