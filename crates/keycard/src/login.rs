@@ -217,7 +217,8 @@ fn wrong_credentials(e: &ClientError) -> bool {
 
 /// The method to log in with, `None` when the server needs no login. An
 /// explicit --auth is tried as given. Otherwise a user name gets the
-/// strongest of the methods the server says it has; with no name, only
+/// method the server says it has (from a server that cannot say, the
+/// strongest it accepts); with no name, only
 /// `root` needs none, and it is used only when it is the current method
 /// (accepted beside a password method it would quietly make the password
 /// pointless, so it is never a fallback).

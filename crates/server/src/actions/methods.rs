@@ -1,18 +1,19 @@
-//! `auth_methods {ident}` → `{methods: [...]}`: which methods a client may
-//! try for a user name, asked before logging in. Without it a client
+//! `auth_methods {ident}` → `{methods: [METHOD]}`: the method a client
+//! should log in with, asked before logging in. Without it a client
 //! guesses, and a SCRAM user whose client tried OPAQUE first saw "the
 //! server could not be verified", which reads like a forged server.
 //!
-//! The answer must not tell a stranger which names exist. A known user
-//! gets its methods among those the server accepts, in the server's order
-//! (current first). Any other name — unknown, or a user none of whose
-//! methods is accepted — gets one of the accepted password methods, picked
-//! by an HMAC of the name under the server's secret (as SCRAM's mock salt
-//! is): the same answer every time, spread over the methods as real users'
-//! answers are. Every name costs the same store reads and the same HMAC,
-//! so the time taken does not separate the two either. (A secretless
-//! method such as `_test` does show in a known user's answer: a login
-//! with it tells anyone as much.)
+//! The answer must not tell a stranger which names exist, so every answer
+//! has the same shape: one method. A known user gets the first of its
+//! methods in the server's order (the current one, then the accepted
+//! ones). Any other name — unknown, or a user none of whose methods is
+//! accepted — gets one of the accepted password methods, picked by an HMAC
+//! of the name under the server's secret (as SCRAM's mock salt is): the
+//! same answer every time, and spread over the password methods as real
+//! users' answers are. Every name costs the same store reads and the same
+//! HMAC, so the time taken does not separate the two either. (A user whose
+//! first method checks no secret, such as `_test`, is answered with it: a
+//! login with it tells anyone as much.)
 
 use hmac::{Hmac, Mac};
 use keycard_auth::ClientRegistry;
@@ -46,10 +47,10 @@ pub(super) async fn auth_methods(msg: &Value, r: &mut Responder) -> ApiResult {
         .filter(|m| ClientRegistry::needs_password(m))
         .collect();
     let stranger = stranger_method(secret.expose(), &base, ident, &password_methods);
-    let methods: Vec<Value> = match known.is_empty() {
-        true => stranger.into_iter().map(Value::from).collect(),
-        false => known.into_iter().map(Value::from).collect(),
-    };
+    // One method, whoever asks about whom: a list of a user's several
+    // methods would set real users apart from strangers.
+    let answer = known.first().copied().or(stranger);
+    let methods: Vec<Value> = answer.into_iter().map(Value::from).collect();
     r.reply(Msg::new().with("methods", Value::Array(methods)))
         .await;
     Ok(())
