@@ -209,15 +209,7 @@ impl Client {
         addr: impl ToSocketAddrs,
         qlen: u64,
     ) -> Result<Client, ClientError> {
-        let socket = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                ClientError::Io(format!(
-                    "no connection within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                ))
-            })?
-            .map_err(|e| ClientError::Io(e.to_string()))?;
+        let socket = within_connect_timeout(TcpStream::connect(addr)).await?;
         Self::start(socket, qlen).await
     }
 
@@ -234,15 +226,7 @@ impl Client {
         }
         .map_err(io)?;
         sock.bind(std::net::SocketAddr::new(local, 0)).map_err(io)?;
-        let socket = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr))
-            .await
-            .map_err(|_| {
-                ClientError::Io(format!(
-                    "no connection within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                ))
-            })?
-            .map_err(io)?;
+        let socket = within_connect_timeout(sock.connect(addr)).await?;
         Self::start(socket, 64).await
     }
 
@@ -401,10 +385,10 @@ impl Client {
         }
     }
 
-    /// The methods the server says `ident` may log in with, in its order
-    /// of preference (`auth_methods`; needs no login). For a name that is
-    /// no user's the server answers as plausibly as for a real one, so a
-    /// login with the answer can still fail.
+    /// The method the server says `ident` logs in with (`auth_methods`;
+    /// needs no login), as a list (of one). For a name that is no user's
+    /// the server answers as plausibly as for a real one, so a login with
+    /// the answer can still fail.
     pub async fn auth_methods(&self, ident: &str) -> Result<Vec<String>, ClientError> {
         let r = self
             .request(
@@ -761,6 +745,19 @@ impl Client {
         self.request(Msg::new().with("action", "logout"))
             .await
             .map(|_| ())
+    }
+}
+
+/// A TCP connection, or an error once [`CONNECT_TIMEOUT`] has passed.
+async fn within_connect_timeout(
+    connecting: impl std::future::Future<Output = std::io::Result<TcpStream>>,
+) -> Result<TcpStream, ClientError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(socket) => socket.map_err(|e| ClientError::Io(e.to_string())),
+        Err(_) => Err(ClientError::Io(format!(
+            "no connection within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
     }
 }
 
