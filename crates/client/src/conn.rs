@@ -25,6 +25,19 @@ pub const STRENGTH: [&str; 6] = [
     "root",
 ];
 
+/// How long a server has to send its greeting once the connection is up.
+/// A keycard server greets at once; silence means something else is
+/// listening there.
+pub const GREETING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long opening the TCP connection may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a failed login says when the client half finds the credentials
+/// wrong (OPAQUE learns that before the server does: its KE2 does not
+/// open, for a wrong password and an unknown user alike).
+pub const WRONG_CREDENTIALS: &str = "wrong user name or password";
+
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClientError {
@@ -112,6 +125,10 @@ impl Greeting {
     }
 }
 
+/// What a client half's refusal means when it comes after the server
+/// accepted the credentials (SCRAM's server signature did not verify).
+const UNVERIFIED: &str = "the server could not be verified";
+
 type Routes = Arc<Mutex<HashMap<i64, mpsc::UnboundedSender<Value>>>>;
 
 struct Inner {
@@ -192,9 +209,7 @@ impl Client {
         addr: impl ToSocketAddrs,
         qlen: u64,
     ) -> Result<Client, ClientError> {
-        let socket = TcpStream::connect(addr)
-            .await
-            .map_err(|e| ClientError::Io(e.to_string()))?;
+        let socket = within_connect_timeout(TcpStream::connect(addr)).await?;
         Self::start(socket, qlen).await
     }
 
@@ -211,7 +226,7 @@ impl Client {
         }
         .map_err(io)?;
         sock.bind(std::net::SocketAddr::new(local, 0)).map_err(io)?;
-        let socket = sock.connect(addr).await.map_err(io)?;
+        let socket = within_connect_timeout(sock.connect(addr)).await?;
         Self::start(socket, 64).await
     }
 
@@ -224,21 +239,27 @@ impl Client {
             max_items: 1 << 24,
         });
         let mut chunk = vec![0u8; 64 * 1024];
-        let greeting = loop {
-            if let Some(v) = decoder
-                .next_value()
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                break Greeting::parse(v)?;
+        // The flow-control window goes out before the greeting arrives: a
+        // keycard (or DistKV) server reads it after greeting, and an HTTP
+        // server (keycard's REST port, say) answers it at once with an
+        // error page, so a client pointed at the wrong port learns it now
+        // rather than after a timeout.
+        if qlen > 0 {
+            let mut hello = Vec::new();
+            encode_into(&Msg::seq(0).with("qlen", qlen).into_value(), &mut hello);
+            // A server that refuses the connection has said why by now:
+            // reading it below beats a broken pipe here.
+            let _ = wr.write_all(&hello).await;
+        }
+        let first = read_greeting(&mut rd, &mut decoder, &mut chunk);
+        let greeting = match tokio::time::timeout(GREETING_TIMEOUT, first).await {
+            Ok(g) => g?,
+            Err(_) => {
+                return Err(ClientError::Protocol(format!(
+                    "no greeting within {} s: is this keycard's msgpack port?",
+                    GREETING_TIMEOUT.as_secs()
+                )))
             }
-            let n = rd
-                .read(&mut chunk)
-                .await
-                .map_err(|e| ClientError::Io(e.to_string()))?;
-            if n == 0 {
-                return Err(ClientError::Closed(Some("before the greeting".into())));
-            }
-            decoder.feed(&chunk[..n]);
         };
         let (out, mut out_rx) = mpsc::unbounded_channel::<Value>();
         tokio::spawn(async move {
@@ -274,9 +295,6 @@ impl Client {
             // Dropping the senders ends every pending request and stream.
             lock(&routes).clear();
         });
-        if qlen > 0 {
-            let _ = inner.out.send(Msg::seq(0).with("qlen", qlen).into_value());
-        }
         Ok(Client {
             inner,
             greeting: Arc::new(greeting),
@@ -343,6 +361,11 @@ impl Client {
 
     /// Logs in with `method`, answering the server's messages as the
     /// method's client half says.
+    ///
+    /// A login the server refuses is [`ClientError::Server`] with code
+    /// `auth_failed`. OPAQUE's client half finds out first (the server's
+    /// answer does not open with a wrong password or for an unknown user):
+    /// that is [`ClientError::Auth`] saying [`WRONG_CREDENTIALS`].
     pub async fn login(&self, method: &dyn ClientMethod) -> Result<(), ClientError> {
         let key = self.channel_for(method).await?;
         let start = method.login(key.as_ref());
@@ -351,7 +374,39 @@ impl Client {
             .with("action", "auth")
             .with("typ", method.name())
             .with("ident", method.ident());
-        self.exchange(msg, start.exchange).await.map(|_| ())
+        match self.exchange(msg, start.exchange).await {
+            Ok(_) => Ok(()),
+            Err(ClientError::Auth(e))
+                if e == UNVERIFIED && method.name() == keycard_auth::OPAQUE =>
+            {
+                Err(ClientError::Auth(WRONG_CREDENTIALS.into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The method the server says `ident` logs in with (`auth_methods`;
+    /// needs no login), as a list (of one). For a name that is no user's
+    /// the server answers as plausibly as for a real one, so a login with
+    /// the answer can still fail.
+    pub async fn auth_methods(&self, ident: &str) -> Result<Vec<String>, ClientError> {
+        let r = self
+            .request(
+                Msg::new()
+                    .with("action", "auth_methods")
+                    .with("ident", ident),
+            )
+            .await?;
+        match r.get("methods") {
+            Some(Value::Array(items)) => Ok(items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()),
+            _ => Err(ClientError::Protocol(
+                "auth_methods reply without methods".into(),
+            )),
+        }
     }
 
     /// The connection's sealing key, agreed (X25519) on first use, if
@@ -412,6 +467,34 @@ impl Client {
             .filter(|m| accepted.contains(&m.name()))
             .collect();
         usable.sort_by_key(|m| rank(m.name()));
+        // With a choice to make, the server says which methods each name
+        // has; a server without `auth_methods` (DistKV, an older keycard)
+        // leaves the choice to strength alone.
+        if usable.len() > 1 {
+            let mut has: Vec<(String, Vec<String>)> = Vec::new();
+            let mut answered = true;
+            for m in &usable {
+                let ident = m.ident();
+                if has.iter().any(|(i, _)| *i == ident) {
+                    continue;
+                }
+                match self.auth_methods(&ident).await {
+                    Ok(known) => has.push((ident, known)),
+                    Err(e) if e.code() == Some(ErrorCode::UnknownAction) => {
+                        answered = false;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let theirs = |m: &&&dyn ClientMethod| {
+                has.iter()
+                    .any(|(i, known)| *i == m.ident() && known.iter().any(|k| k == m.name()))
+            };
+            if answered && usable.iter().any(theirs) {
+                usable.retain(theirs);
+            }
+        }
         let Some(m) = usable.first() else {
             return Err(ClientError::Auth(format!(
                 "the server accepts {}, none of which the given credentials are for",
@@ -423,16 +506,46 @@ impl Client {
     }
 
     /// Creates or replaces `method`'s user record for its ident (needs the
-    /// super-root capability).
+    /// write_auth capability; super-root for `root`).
     pub async fn set_user(&self, method: &dyn ClientMethod) -> Result<Value, ClientError> {
+        self.set_user_if(method, None).await
+    }
+
+    /// Creates `method`'s user record for its ident; a `conflict` error,
+    /// and nothing changed, if the user already has one.
+    pub async fn create_user(&self, method: &dyn ClientMethod) -> Result<Value, ClientError> {
+        self.set_user_if(method, Some(Value::Nil)).await
+    }
+
+    /// Replaces `method`'s user record for its ident only if it is
+    /// unchanged since `chain` (the `chain` an `auth_list` with `nchain`
+    /// returned for it); a `conflict` error, and nothing changed, if it
+    /// was deleted or changed since.
+    pub async fn replace_user(
+        &self,
+        method: &dyn ClientMethod,
+        chain: Value,
+    ) -> Result<Value, ClientError> {
+        self.set_user_if(method, Some(chain)).await
+    }
+
+    /// `auth_set` for `method`'s user, with DistKV's `chain` condition.
+    async fn set_user_if(
+        &self,
+        method: &dyn ClientMethod,
+        chain: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let key = self.channel_for(method).await?;
         let start = method.set_record(key.as_ref());
-        let msg = start
+        let mut msg = start
             .request
             .with("action", "auth_set")
             .with("typ", method.name())
             .with("kind", "user")
             .with("ident", method.ident());
+        if let Some(c) = chain {
+            msg.set("chain", c);
+        }
         self.exchange(msg, start.exchange).await
     }
 
@@ -472,9 +585,7 @@ impl Client {
                         }
                         Step::Done(()) => last = Some(v),
                         Step::Fail(AuthError::Failed) => {
-                            return Err(ClientError::Auth(
-                                "the server could not be verified".into(),
-                            ))
+                            return Err(ClientError::Auth(UNVERIFIED.into()))
                         }
                         Step::Fail(e) => return Err(ClientError::Auth(e.to_string())),
                         // Client halves do their work inline (a client is one
@@ -634,6 +745,56 @@ impl Client {
         self.request(Msg::new().with("action", "logout"))
             .await
             .map(|_| ())
+    }
+}
+
+/// A TCP connection, or an error once [`CONNECT_TIMEOUT`] has passed.
+async fn within_connect_timeout(
+    connecting: impl std::future::Future<Output = std::io::Result<TcpStream>>,
+) -> Result<TcpStream, ClientError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(socket) => socket.map_err(|e| ClientError::Io(e.to_string())),
+        Err(_) => Err(ClientError::Io(format!(
+            "no connection within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Reads until the server's first message, which must be a greeting.
+async fn read_greeting(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    decoder: &mut Decoder,
+    chunk: &mut [u8],
+) -> Result<Greeting, ClientError> {
+    let mut first = true;
+    loop {
+        if let Some(v) = decoder
+            .next_value()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
+            // A server over its connection limit says so instead.
+            if let Some(e) = server_error(&v) {
+                return Err(e);
+            }
+            return Greeting::parse(v);
+        }
+        let n = rd
+            .read(chunk)
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        if n == 0 {
+            return Err(ClientError::Closed(Some("before the greeting".into())));
+        }
+        if first && chunk[..n].starts_with(b"HTTP/") {
+            return Err(ClientError::Protocol(
+                "the server answered in HTTP: this is an HTTP port (keycard's REST API?), \
+                 not keycard's msgpack listener"
+                    .into(),
+            ));
+        }
+        first = false;
+        decoder.feed(&chunk[..n]);
     }
 }
 

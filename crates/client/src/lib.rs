@@ -18,4 +18,7 @@
 
 mod conn;
 
-pub use conn::{Client, ClientError, Event, Greeting, Node, SetResult, Stream, TreeItem, STRENGTH};
+pub use conn::{
+    Client, ClientError, Event, Greeting, Node, SetResult, Stream, TreeItem, CONNECT_TIMEOUT,
+    GREETING_TIMEOUT, STRENGTH, WRONG_CREDENTIALS,
+};

@@ -1,22 +1,18 @@
 //! Command-line parsing and the commands.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use keycard_auth::{ClientRegistry, Password};
 use keycard_client::{Client, Event};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
-use keycard_server::{Config, Server};
 
+use crate::admin;
+use crate::login::{connect, new_password, AdminConnArgs, ConnArgs, KeycardIdParser, TOKEN_METHOD};
 use crate::render;
-
-/// The login method name of bearer tokens.
-const TOKEN_METHOD: &str = "token";
-/// Bearer tokens start with this.
-const TOKEN_PREFIX: &str = "kct_";
+use crate::serve::ServeArgs;
 
 /// Appends a formatted line to a `String`.
 macro_rules! outln {
@@ -56,7 +52,13 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    ///
+    /// Every option below overrides the config file (-c), which overrides
+    /// the defaults shown. The file's fields have the same names with '_'
+    /// for '-'; the `--throttle-…` and `--keycards-…` ones are the fields
+    /// of its `[throttle]` and `[keycards]` tables (`--throttle-free` is
+    /// `free` in `[throttle]`).
+    Serve(Box<ServeArgs>),
     /// Print the value at PATH.
     Get {
         #[command(flatten)]
@@ -140,6 +142,24 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Show the audit log's last events: logins, user changes, keycards
+    /// (needs read_auth).
+    Audit {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// How many events (the newest, oldest first).
+        #[arg(short = 'n', long, default_value_t = 20)]
+        n: usize,
+        /// Print the events as the log holds them (JSON lines).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grant capabilities, also on a stopped server: the way back into a
+    /// server nobody can administer.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Manage keycards: every login holds one until it ends, expires or is
     /// revoked; tokens are durable ones (needs manage_keycards to see
     /// other users').
@@ -182,8 +202,8 @@ enum KeycardCmd {
     Show {
         #[command(flatten)]
         conn: AdminConnArgs,
-        /// The keycard's id (32 hex digits).
-        #[arg(value_parser = parse_keycard_id)]
+        /// The keycard's id (32 hex digits; a token's as printed).
+        #[arg(value_parser = KeycardIdParser)]
         id: String,
         /// Print the server's record as JSON.
         #[arg(long)]
@@ -199,8 +219,8 @@ enum KeycardCmd {
     Revoke {
         #[command(flatten)]
         conn: AdminConnArgs,
-        /// The keycard's id (32 hex digits).
-        #[arg(value_parser = parse_keycard_id)]
+        /// The keycard's id (32 hex digits; a token's as printed).
+        #[arg(value_parser = KeycardIdParser)]
         id: Option<String>,
         /// Every keycard of this user, tokens included.
         #[arg(long)]
@@ -209,7 +229,7 @@ enum KeycardCmd {
         #[arg(long)]
         requester: Option<u64>,
         /// The logins made with this token (the token itself stays valid).
-        #[arg(long, value_parser = parse_keycard_id)]
+        #[arg(long, value_parser = KeycardIdParser)]
         parent: Option<String>,
     },
 }
@@ -247,22 +267,16 @@ enum TokenCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke token ID: it never works again, and the connections using it
+    /// Revoke a token: it never works again, and the connections using it
     /// are closed.
     Revoke {
         #[command(flatten)]
         conn: AdminConnArgs,
-        /// The token's id (32 hex digits: the part after `kct_`).
-        #[arg(value_parser = parse_keycard_id)]
+        /// The token as `token create` printed it, or its id (the 32 hex
+        /// digits after `kct_`).
+        #[arg(value_name = "TOKEN", value_parser = KeycardIdParser)]
         id: String,
     },
-}
-
-/// A keycard id as given: 32 hex digits, returned in lowercase.
-fn parse_keycard_id(text: &str) -> Result<String, String> {
-    keycard_auth::bouncer::KeycardId::parse(text.trim())
-        .map(|id| id.to_string())
-        .ok_or_else(|| "a keycard id is 32 hex digits".to_owned())
 }
 
 /// A duration in seconds: a number of seconds, or numbers with units
@@ -352,6 +366,11 @@ enum AclCmd {
         /// The ACL's name.
         name: String,
     },
+    /// List the ACLs.
+    Ls {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Bind USER of METHOD to ACL NAME (`*`: no ACL); applies at their next login.
     Bind {
         #[command(flatten)]
@@ -373,7 +392,7 @@ enum AclCmd {
         /// Check this ACL rather than a user's.
         #[arg(long, value_name = "NAME")]
         acl: Option<String>,
-        /// The user's auth method (default: the current one).
+        /// The user's auth method (default: the user's, when it has one).
         #[arg(long)]
         method: Option<String>,
         /// USER PATH MODE (or PATH MODE with --acl); MODE is one letter.
@@ -406,17 +425,56 @@ enum GroupCmd {
         /// The groups.
         groups: Vec<String>,
     },
+    /// List the groups and the ACL each binds.
+    Ls {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Show group NAME: its ACL and its members.
+    Show {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The group's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Add capabilities (default: super_root) to USER. Over a connection
+    /// this needs a super-root session; with --data it works on a stopped
+    /// server's data directory (the server holds the store's lock while it
+    /// runs), for a server nobody can administer any more.
+    Grant {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Work offline on this data directory (the server's --data),
+        /// with the server stopped.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// USER's auth method (default: the current one).
+        #[arg(long)]
+        method: Option<String>,
+        /// The user.
+        #[arg(value_name = "USER")]
+        who: String,
+        /// read_auth, write_auth, manage_keycards, super_root.
+        #[arg(value_parser = admin::parse_cap, default_value = "super_root")]
+        caps: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum UserCmd {
-    /// Create (or re-create) a user of METHOD. For password methods the
-    /// new password comes from --new-password-file, KEYCARD_NEW_PASSWORD or
-    /// a prompt; only a verifier derived from it is sent.
+    /// Create a user of METHOD (an existing one only with --replace). For
+    /// password methods the new password comes from --new-password-file,
+    /// KEYCARD_NEW_PASSWORD or a prompt; only a verifier derived from it
+    /// is sent.
     Add {
         #[command(flatten)]
         conn: ConnArgs,
-        /// The auth method (root, _anon, _test, scram-sha-256).
+        /// The auth method: opaque, scram-sha-256 or password (with a
+        /// password); root, _anon or _test (without).
         method: String,
         /// The user name (`root` has one user, `*`; may be omitted).
         name: Option<String>,
@@ -427,6 +485,26 @@ enum UserCmd {
         /// super-root session).
         #[arg(long)]
         admin: bool,
+        /// Replace the user's credential if it exists (`user passwd`
+        /// changes a password).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Change a password: your own (no NAME), or NAME's (needs
+    /// write_auth). The new one comes from --new-password-file,
+    /// KEYCARD_NEW_PASSWORD or a prompt asked twice.
+    Passwd {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The user (default: the one logged in).
+        name: Option<String>,
+        /// The method whose password to change (default: the one logged
+        /// in with, or the user's only password method).
+        #[arg(long)]
+        method: Option<String>,
+        /// Read the new password from this file (its first line).
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
     },
     /// List the users of METHOD.
     Ls {
@@ -456,203 +534,40 @@ enum UserCmd {
 
 #[derive(Subcommand, Debug)]
 enum AuthCmd {
-    /// Require METHOD from now on: creates its user if needed, then makes it
-    /// current. `keycard auth init root` is DistKV's usual first step.
+    /// Require METHOD from now on. With --new-user, that user is created
+    /// if it does not exist (an existing one keeps its password) and made
+    /// an administrator (super_root); without, some user of METHOD (or of
+    /// an --accept method) must already hold super_root, or nobody could
+    /// administer the server afterwards (--force: do it anyway).
+    /// `keycard auth init root` is DistKV's usual first step.
     Init {
         #[command(flatten)]
         conn: ConnArgs,
-        /// The method (root, _anon, _test).
+        /// The method: opaque, scram-sha-256 or password (with a
+        /// password); root, _anon or _test (without).
         method: String,
-        /// Its first user (not needed for root).
+        /// Its first user, made an administrator (not for root, whose one
+        /// user `*` is super-root).
         #[arg(long = "new-user")]
         new_user: Option<String>,
         /// Read that user's password from this file (its first line).
         #[arg(long)]
         new_password_file: Option<PathBuf>,
         /// Also accept logins with this method (repeatable; each needs a
-        /// user already).
+        /// user already). `root` next to a password method lets anyone in
+        /// as super-root.
         #[arg(long)]
         accept: Vec<String>,
+        /// Go ahead even if no user could administer the server
+        /// afterwards (`keycard admin grant --data` recovers from that).
+        #[arg(long)]
+        force: bool,
     },
     /// Show the current method and the methods the server offers.
     Show {
         #[command(flatten)]
         conn: ConnArgs,
     },
-}
-
-/// How the client commands reach and log in to the server (all but the
-/// user name, which [`ConnArgs`] and [`AdminConnArgs`] spell differently).
-#[derive(Args, Debug, Clone)]
-struct ServerArgs {
-    /// The server's msgpack address.
-    #[arg(
-        long,
-        short = 's',
-        env = "KEYCARD_SERVER",
-        default_value = "127.0.0.1:27586"
-    )]
-    server: String,
-    /// Log in with this method (default: the server's current one).
-    #[arg(long, env = "KEYCARD_AUTH")]
-    auth: Option<String>,
-    /// Read the password from this file (its first line). Without it the
-    /// password comes from KEYCARD_PASSWORD, else a prompt (no echo).
-    #[arg(long, env = "KEYCARD_PASSWORD_FILE")]
-    password_file: Option<PathBuf>,
-    /// Log in with a token (`keycard token create`) read from this file
-    /// (its first line) instead of a method; KEYCARD_TOKEN may hold the
-    /// token itself. The token decides the user.
-    #[arg(long, env = "KEYCARD_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-}
-
-/// How the client commands reach and log in to the server.
-#[derive(Args, Debug, Clone)]
-struct ConnArgs {
-    #[command(flatten)]
-    at: ServerArgs,
-    /// Log in as this user (not needed for `root`).
-    #[arg(long, short = 'u', env = "KEYCARD_USER")]
-    user: Option<String>,
-}
-
-/// [`ConnArgs`] for the commands whose `--user` names the user they act
-/// on: the login's user is `--as`.
-#[derive(Args, Debug, Clone)]
-struct AdminConnArgs {
-    #[command(flatten)]
-    at: ServerArgs,
-    /// Log in as this user (not needed for `root`; `--user` names whose
-    /// keycards).
-    #[arg(long = "as", value_name = "USER", env = "KEYCARD_USER")]
-    login_user: Option<String>,
-}
-
-impl AdminConnArgs {
-    fn conn(&self) -> ConnArgs {
-        ConnArgs {
-            at: self.at.clone(),
-            user: self.login_user.clone(),
-        }
-    }
-}
-
-/// The login password: --password-file, KEYCARD_PASSWORD, or a prompt.
-fn login_password(args: &ConnArgs) -> anyhow::Result<Password> {
-    read_password(
-        args.at.password_file.as_ref(),
-        "KEYCARD_PASSWORD",
-        "password: ",
-        false,
-    )
-}
-
-/// The bearer token to log in with, if one was given (--token-file, else
-/// KEYCARD_TOKEN), and where it came from. Never part of a message.
-fn login_token(args: &ServerArgs) -> anyhow::Result<Option<(Password, String)>> {
-    let (token, source) = if let Some(f) = &args.token_file {
-        let text = Password::new(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read the token file {}", f.display()))?,
-        );
-        let first = text.expose().lines().next().unwrap_or_default().trim();
-        (
-            Password::new(first),
-            format!("the token file {}", f.display()),
-        )
-    } else {
-        match std::env::var("KEYCARD_TOKEN") {
-            Ok(t) => {
-                let t = Password::new(t);
-                (Password::new(t.expose().trim()), "KEYCARD_TOKEN".to_owned())
-            }
-            Err(std::env::VarError::NotPresent) => return Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => bail!("KEYCARD_TOKEN is not valid text"),
-        }
-    };
-    // An empty token is a mistake (`TOKEN=$(failed command)`), not a
-    // request to log in some other way.
-    if token.expose().is_empty() {
-        bail!("no token in {source}");
-    }
-    if !token.expose().starts_with(TOKEN_PREFIX) {
-        bail!("{source} does not hold a keycard token (they start with {TOKEN_PREFIX})");
-    }
-    Ok(Some((token, source)))
-}
-
-/// A new user's password, when `method` needs one: --new-password-file,
-/// KEYCARD_NEW_PASSWORD, or a prompt asked twice.
-fn new_password(method: &str, file: Option<&PathBuf>) -> anyhow::Result<Option<Password>> {
-    if !ClientRegistry::needs_password(method) {
-        return Ok(None);
-    }
-    read_password(file, "KEYCARD_NEW_PASSWORD", "new password: ", true).map(Some)
-}
-
-/// A secret from a file's first line, an environment variable, or a
-/// prompt on the terminal without echo (asked twice when `confirm`).
-fn read_password(
-    file: Option<&PathBuf>,
-    var: &str,
-    prompt: &str,
-    confirm: bool,
-) -> anyhow::Result<Password> {
-    if let Some(f) = file {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        return Ok(Password::new(text.lines().next().unwrap_or_default()));
-    }
-    if let Ok(p) = std::env::var(var) {
-        return Ok(Password::new(p));
-    }
-    let first =
-        rpassword::prompt_password(prompt).context("cannot read a password from the terminal")?;
-    if confirm {
-        let again = rpassword::prompt_password("again: ")
-            .context("cannot read a password from the terminal")?;
-        if again != first {
-            bail!("the passwords differ");
-        }
-    }
-    Ok(Password::new(first))
-}
-
-/// `keycard serve` options. Each overrides the config file; the config
-/// file overrides the defaults shown.
-#[derive(Args, Debug)]
-struct ServeArgs {
-    /// A TOML file with any of the fields below (same names, '_' for '-').
-    #[arg(long, short = 'c', env = "KEYCARD_CONFIG")]
-    config: Option<PathBuf>,
-    /// Data directory holding the embedded store [default: ./keycard-data].
-    #[arg(long, env = "KEYCARD_DATA")]
-    data: Option<PathBuf>,
-    /// Address of the msgpack listener [default: 127.0.0.1:27586].
-    #[arg(long, env = "KEYCARD_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Also serve the REST API here, e.g. 127.0.0.1:8427 [default: off].
-    #[arg(long, env = "KEYCARD_HTTP")]
-    http: Option<SocketAddr>,
-    /// Node name sent in the greeting [default: keycard].
-    #[arg(long)]
-    node: Option<String>,
-    /// Largest message accepted, in bytes [default: 1048576].
-    #[arg(long)]
-    max_message: Option<usize>,
-    /// Most requests outstanding per connection [default: 1024].
-    #[arg(long)]
-    max_outstanding: Option<usize>,
-    /// Failed logins allowed per connection before it is closed [default: 5].
-    #[arg(long)]
-    max_auth_attempts: Option<u32>,
-    /// Changes kept for watches resuming from a tock [default: 100000].
-    #[arg(long)]
-    history: Option<u64>,
-    /// Log filter (tracing's EnvFilter syntax) [default: info].
-    #[arg(long, env = "KEYCARD_LOG", default_value = "info")]
-    log: String,
 }
 
 pub fn main() -> ExitCode {
@@ -682,7 +597,7 @@ fn parse_path(text: &str) -> anyhow::Result<Path> {
 
 async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => crate::serve::serve(*args).await,
         Command::Get { conn, path } => {
             let c = connect(&conn).await?;
             match c.get(&parse_path(&path)?).await? {
@@ -726,6 +641,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             if !r.changed {
                 bail!("no value at {path}");
             }
+            eprintln!("removed {path} (tock {})", r.tock);
             Ok(())
         }
         Command::Ls {
@@ -765,160 +681,28 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Acl { cmd } => acl(cmd).await,
         Command::Group { cmd } => group(cmd).await,
         Command::Whoami { conn } => whoami(&conn).await,
+        Command::Audit { conn, n, json } => audit(&conn, n, json).await,
+        Command::Admin { cmd } => admin_cmd(cmd).await,
         Command::Keycard { cmd } => keycard(cmd).await,
         Command::Token { cmd } => token(cmd).await,
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?,
-        )
-        .with_writer(std::io::stderr)
-        .fmt_fields(crate::logging::EscapedFields::new())
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let mut config = match &args.config {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            Config::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("bad config file {}: {e}", file.display()))?
-        }
-        None => Config::default(),
-    };
-    if let Some(v) = args.data {
-        config.data = v;
-    }
-    if let Some(v) = args.http {
-        config.http = Some(v);
-    }
-    if let Some(v) = args.listen {
-        config.listen = v;
-    }
-    if let Some(v) = args.node {
-        config.node = v;
-    }
-    if let Some(v) = args.max_message {
-        config.max_message = v;
-    }
-    if let Some(v) = args.max_outstanding {
-        config.max_outstanding = v;
-    }
-    if let Some(v) = args.max_auth_attempts {
-        config.max_auth_attempts = v;
-    }
-    if let Some(v) = args.history {
-        config.history = v;
-    }
-    let data = config.data.clone();
-    let server = Server::open(config).await?;
-    let addr = server.local_addr()?;
-    tracing::info!(%addr, data = %data.display(), version = env!("CARGO_PKG_VERSION"), "keycard listening");
-    if let Some(http) = server.http_addr() {
-        tracing::info!(%http, "REST API listening");
-    }
-    // Acknowledged writes are already durable; stopping needs no flush.
-    tokio::select! {
-        _ = server.run() => {}
-        _ = shutdown_signal() => tracing::info!("shutting down"),
-    }
-    Ok(())
+/// What to say about an existing user that `user add` will not replace.
+fn exists_error(method: &str, ident: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "user {ident} of method {method} exists: `keycard user passwd {ident}` changes its \
+         password, `keycard user add {method} {ident} --replace` replaces it"
+    )
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Connects and logs in: with a token when one is given, else, when the
-/// server requires it, with a method.
-async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
-    let token = login_token(&args.at)?;
-    if let (Some(_), Some(m)) = (&token, args.at.auth.as_deref()) {
-        if m != TOKEN_METHOD {
-            bail!("both a token and --auth {m} were given: use one (--auth comes from KEYCARD_AUTH too)");
-        }
-    }
-    if token.is_none() && args.at.auth.as_deref() == Some(TOKEN_METHOD) {
-        bail!("--auth {TOKEN_METHOD} needs --token-file or KEYCARD_TOKEN");
-    }
-    let server = &args.at.server;
-    let c = Client::connect(server.as_str())
-        .await
-        .with_context(|| format!("cannot reach keycard at {server}"))?;
-    if let Some((token, source)) = token {
-        token_login(&c, &token, &source).await?;
-        return Ok(c);
-    }
-    // An explicit --auth is tried as given. Otherwise, if the server asks
-    // for a login, the strongest method it accepts that we can use: one
-    // needing a user name only with --user.
-    let method = match (&args.at.auth, c.greeting().auth.as_ref()) {
-        (Some(m), _) => Some(m.clone()),
-        (None, Some(list)) if list.first().is_some_and(Option::is_some) => {
-            let accepted: Vec<&str> = list.iter().flatten().map(String::as_str).collect();
-            let usable =
-                |m: &&&str| accepted.contains(*m) && (**m == "root" || args.user.is_some());
-            match keycard_client::STRENGTH.iter().find(usable) {
-                Some(m) => Some((*m).to_owned()),
-                None => bail!(
-                    "the server requires a login with one of: {} (give --user, or --auth)",
-                    accepted.join(", ")
-                ),
-            }
-        }
-        _ => None,
-    };
-    if let Some(method) = method {
-        let password = if ClientRegistry::needs_password(&method) {
-            Some(login_password(args)?)
-        } else {
-            None
-        };
-        let m = ClientRegistry::make_with_password(&method, args.user.as_deref(), password)
-            .map_err(|e| anyhow::anyhow!("{e} (use --user, or KEYCARD_USER)"))?;
-        c.login(m.as_ref())
-            .await
-            .with_context(|| format!("login with method {method} failed"))?;
-    }
-    Ok(c)
-}
-
-/// Logs in with a bearer token. No message names the token, only where it
-/// came from.
-async fn token_login(c: &Client, token: &Password, source: &str) -> anyhow::Result<()> {
-    let msg = Msg::new()
-        .with("action", "auth")
-        .with("typ", TOKEN_METHOD)
-        .with("token", token.expose());
-    match c.request(msg).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(ErrorCode::AuthFailed) => bail!(
-            "the server refused the token from {source}: it was revoked, has expired or is \
-             unknown, or its user was deleted"
-        ),
-        Err(e) => {
-            Err(anyhow::Error::new(e).context(format!("login with the token from {source} failed")))
-        }
+/// The user name a method's user needs (`root`'s one user is `*`).
+fn ident_for(method: &str, name: Option<&str>) -> anyhow::Result<String> {
+    match (method, name) {
+        ("root", None | Some("*")) => Ok("*".into()),
+        ("root", Some(other)) => bail!("method root has one user, `*`, not {other:?}"),
+        (_, Some(n)) => Ok(n.to_owned()),
+        (m, None) => bail!("method {m} needs a user NAME"),
     }
 }
 
@@ -930,36 +714,46 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             name,
             new_password_file,
             admin,
+            replace,
         } => {
+            let ident = ident_for(&method, name.as_deref())?;
             let c = connect(&conn).await?;
+            // Asked before the password is: a refusal should not come
+            // after typing one. The write itself is conditional too.
+            let existed = admin::user_exists(&c, &method, &ident).await?;
+            if existed == Some(true) && !replace {
+                return Err(exists_error(&method, &ident));
+            }
             let password = new_password(&method, new_password_file.as_ref())?;
-            let m = ClientRegistry::make_with_password(&method, name.as_deref(), password)?;
-            c.set_user(m.as_ref()).await?;
-            eprintln!("user {} of method {method} created", m.ident());
+            let m = ClientRegistry::make_with_password(&method, Some(&ident), password)?;
+            if replace {
+                c.set_user(m.as_ref()).await?;
+            } else {
+                match c.create_user(m.as_ref()).await {
+                    Err(e) if e.code() == Some(ErrorCode::Conflict) => {
+                        return Err(exists_error(&method, &ident))
+                    }
+                    other => other?,
+                };
+            }
+            match (replace, existed) {
+                (true, Some(true)) => eprintln!("user {ident} of method {method} replaced"),
+                (true, None) => eprintln!("user {ident} of method {method} created or replaced"),
+                _ => eprintln!("user {ident} of method {method} created"),
+            }
             if admin {
-                let caps = ["read_auth", "write_auth", "manage_keycards"];
-                let path = Path::new(vec![
-                    "auth".into(),
-                    method.as_str().into(),
-                    "user".into(),
-                    m.ident().into(),
-                    "caps".into(),
-                ]);
-                c.write(
-                    Msg::new()
-                        .with("action", "set_internal")
-                        .with_path("path", &path)
-                        .with(
-                            "value",
-                            Msg::new().with("caps", Value::Array(caps.map(Value::from).to_vec())),
-                        ),
-                )
-                .await
-                .context("granting the admin capabilities needs a super-root session")?;
+                let caps = ["read_auth", "write_auth", "manage_keycards"].map(str::to_owned);
+                admin::grant(&c, &method, &ident, &caps).await?;
                 eprintln!("granted {}", caps.join(", "));
             }
             Ok(())
         }
+        UserCmd::Passwd {
+            conn,
+            name,
+            method,
+            new_password_file,
+        } => passwd(&conn, name, method, new_password_file).await,
         UserCmd::Ls { conn, method } => {
             let c = connect(&conn).await?;
             let msg = Msg::new()
@@ -1036,9 +830,113 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                     .with("ident", name.as_str()),
             )
             .await?;
+            eprintln!("user {name} of method {method} deleted");
             Ok(())
         }
     }
+}
+
+/// `keycard user passwd`: sets a new password for NAME (default: the
+/// session's user) of a method with passwords, replacing the record only
+/// if it is the one just read (so it never creates a user deleted
+/// meanwhile).
+async fn passwd(
+    conn: &ConnArgs,
+    name: Option<String>,
+    method: Option<String>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let c = connect(conn).await?;
+    let me = c.request(Msg::new().with("action", "whoami")).await?;
+    let my = |k: &str| me.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (name, own) = match (name, my("user")) {
+        (Some(n), me) => {
+            let own = me.as_deref() == Some(n.as_str());
+            (n, own)
+        }
+        (None, Some(me)) => (me, true),
+        (None, None) => bail!("this session is not logged in as anyone: say whose password (NAME)"),
+    };
+    let method = match method {
+        Some(m) => m,
+        None => match my("method") {
+            Some(m) if own && ClientRegistry::needs_password(&m) => m,
+            _ => password_method_of(&c, &name).await?,
+        },
+    };
+    if !ClientRegistry::needs_password(&method) {
+        bail!("method {method} has no password");
+    }
+    let chain = match admin::user_record(&c, &method, &name).await {
+        Ok(Some(record)) => Some(record.get("chain").cloned().unwrap_or(Value::Nil)),
+        Ok(None) => bail!("no user {name:?} of method {method}"),
+        // Without read_auth one can still change one's own.
+        Err(e) if own && e.code() == Some(ErrorCode::PermissionDenied) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let password = new_password(&method, file.as_ref())?;
+    let m = ClientRegistry::make_with_password(&method, Some(&name), password)?;
+    let set = match chain {
+        Some(chain) => c.replace_user(m.as_ref(), chain).await,
+        None => c.set_user(m.as_ref()).await,
+    };
+    match set {
+        Err(e) if e.code() == Some(ErrorCode::Conflict) => {
+            bail!(
+                "user {name} of method {method} changed or was deleted meanwhile; nothing was set"
+            )
+        }
+        other => other?,
+    };
+    eprintln!("password of {name} ({method}) changed");
+    Ok(())
+}
+
+/// The one method with a password that user `name` has (`user_show`).
+async fn password_method_of(c: &Client, name: &str) -> anyhow::Result<String> {
+    let methods: Vec<String> = user_methods(c, name)
+        .await?
+        .into_iter()
+        .filter(|m| ClientRegistry::needs_password(m))
+        .collect();
+    match methods.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("user {name} has no password method"),
+        several => bail!(
+            "user {name} has several password methods ({}): say which with --method",
+            several.join(", ")
+        ),
+    }
+}
+
+/// The methods user `name` has records of (`user_show`).
+async fn user_methods(c: &Client, name: &str) -> anyhow::Result<Vec<String>> {
+    let v = c
+        .request(Msg::new().with("action", "user_show").with("ident", name))
+        .await?;
+    Ok(match v.get("methods") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|m| m.get("method").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// The warning for `root` accepted beside a method with passwords, if
+/// `methods` (current first) has both: `root` needs no secret and grants
+/// super-root, so it makes the passwords pointless.
+fn root_warning(methods: &[&str]) -> Option<String> {
+    let password = methods.iter().find(|m| ClientRegistry::needs_password(m))?;
+    methods.contains(&"root").then(|| {
+        format!(
+            "warning: method root is accepted beside {password}: any client logs in as \
+             super-root without a secret (run `keycard auth init {}` without --accept root \
+             to stop it)",
+            methods.first().copied().unwrap_or_default()
+        )
+    })
 }
 
 async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
@@ -1049,44 +947,108 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
             new_user,
             new_password_file,
             accept,
+            force,
         } => {
             let c = connect(&conn).await?;
-            let password = new_password(&method, new_password_file.as_ref())?;
-            let m = ClientRegistry::make_with_password(&method, new_user.as_deref(), password)?;
-            match c.set_user(m.as_ref()).await {
-                Ok(_) => eprintln!("user {} of method {method} created", m.ident()),
-                Err(e) if e.code() == Some(ErrorCode::Conflict) => {
-                    eprintln!("user {} of method {method} exists", m.ident())
+            match (method.as_str(), &new_user) {
+                ("root", Some(_)) => {
+                    bail!("method root has one user, `*`, who is super-root: drop --new-user")
                 }
-                Err(e) => return Err(e.into()),
+                ("root", None) => {
+                    let m = ClientRegistry::make("root", None)?;
+                    match c.create_user(m.as_ref()).await {
+                        Ok(_) => eprintln!("user * of method root created"),
+                        Err(e) if e.code() == Some(ErrorCode::Conflict) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                (_, Some(name)) => {
+                    // An existing user keeps its credential: `auth init`
+                    // only makes it an administrator.
+                    let created = match admin::user_exists(&c, &method, name).await? {
+                        Some(true) => false,
+                        _ => {
+                            let password = new_password(&method, new_password_file.as_ref())?;
+                            let m =
+                                ClientRegistry::make_with_password(&method, Some(name), password)?;
+                            match c.create_user(m.as_ref()).await {
+                                Ok(_) => true,
+                                Err(e) if e.code() == Some(ErrorCode::Conflict) => false,
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                    };
+                    match created {
+                        true => eprintln!("user {name} of method {method} created"),
+                        false => eprintln!(
+                            "user {name} of method {method} exists (its password is kept)"
+                        ),
+                    }
+                    admin::grant(&c, &method, name, &["super_root".to_owned()]).await?;
+                    eprintln!("granted {name} super_root: it can administer the server");
+                }
+                (_, None) => {
+                    let methods: Vec<&str> = std::iter::once(method.as_str())
+                        .chain(accept.iter().map(String::as_str))
+                        .collect();
+                    if !admin::can_administer(&c, &methods).await? {
+                        let why = format!(
+                            "no user of {} holds super_root: once it is required nobody could \
+                             change users, grants or methods",
+                            methods.join(" or ")
+                        );
+                        if !force {
+                            bail!(
+                                "{why}. Give --new-user NAME (auth init makes it an \
+                                 administrator), or --force if you know another way in \
+                                 (`keycard admin grant --data DIR` on the stopped server)"
+                            );
+                        }
+                        eprintln!("warning: {why} (--force)");
+                    }
+                }
             }
-            let accept: Vec<Value> = accept.iter().map(|a| Value::from(a.as_str())).collect();
+            let accepted: Vec<Value> = accept.iter().map(|a| Value::from(a.as_str())).collect();
             c.request(
                 Msg::new()
                     .with("action", "set_auth_typ")
                     .with("typ", method.as_str())
-                    .with("accept", Value::Array(accept)),
+                    .with("accept", Value::Array(accepted)),
             )
             .await?;
-            eprintln!("method {method} is now required; log in with --auth {method}");
+            match method.as_str() {
+                "root" => eprintln!("method root is now required; the CLI logs in with it"),
+                _ => eprintln!("method {method} is now required; log in with --user NAME"),
+            }
+            let methods: Vec<&str> = std::iter::once(method.as_str())
+                .chain(accept.iter().map(String::as_str))
+                .collect();
+            if let Some(w) = root_warning(&methods) {
+                eprintln!("{w}");
+            }
             Ok(())
         }
         AuthCmd::Show { conn } => {
             let c = connect(&conn).await?;
+            let mut out = String::new();
             match &c.greeting().auth {
-                None => println!("no auth configured: the server is open"),
+                None => outln!(out, "no auth configured: the server is open"),
                 Some(list) => {
                     match list.first().cloned().flatten() {
-                        Some(m) => println!("current: {m}"),
-                        None => println!("current: none (the server is open)"),
+                        Some(m) => outln!(out, "current: {m}"),
+                        None => outln!(out, "current: none (the server is open)"),
                     }
                     let others: Vec<_> = list.iter().skip(1).flatten().cloned().collect();
                     if !others.is_empty() {
-                        println!("also accepted: {}", others.join(", "));
+                        outln!(out, "also accepted: {}", others.join(", "));
+                    }
+                    let methods: Vec<&str> = list.iter().flatten().map(String::as_str).collect();
+                    if let Some(w) = root_warning(&methods) {
+                        outln!(out, "{w}");
                     }
                 }
             }
-            Ok(())
+            emit(&out)
         }
     }
 }
@@ -1110,7 +1072,28 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                     .with("value", modes.as_str()),
             )
             .await?;
+            eprintln!("ACL {name}: {pattern} = {modes}");
             Ok(())
+        }
+        AclCmd::Ls { conn } => {
+            let c = connect(&conn).await?;
+            // An ACL is a name with entries below it: the names with any.
+            let r = c
+                .request(
+                    Msg::new()
+                        .with("action", "enum_internal")
+                        .with_path("path", &Path::new(vec!["acl".into()]))
+                        .with("empty", true),
+                )
+                .await?;
+            let names = match r.get("result") {
+                Some(Value::Array(names)) => names.iter().map(render::plain).collect(),
+                _ => Vec::new(),
+            };
+            if names.is_empty() {
+                eprintln!("no ACLs");
+            }
+            emit(&names.iter().map(|n| format!("{n}\n")).collect::<String>())
         }
         AclCmd::Show { conn, name } => {
             let c = connect(&conn).await?;
@@ -1182,21 +1165,23 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                 .with("action", "test_acl")
                 .with_path("path", &parse_path(&path)?)
                 .with("mode", mode.as_str());
+            let c = connect(&conn).await?;
             let name = match (&acl, &who) {
                 (Some(a), _) => {
                     m.set("acl", a.as_str());
-                    format!("ACL {a}")
+                    format!("ACL {a} does not grant")
                 }
                 (None, Some(u)) => {
                     m.set("user", u.as_str());
-                    if let Some(meth) = &method {
-                        m.set("method", meth.as_str());
-                    }
-                    format!("user {u}")
+                    let method = match method {
+                        Some(meth) => meth,
+                        None => only_method_of(&c, u).await?,
+                    };
+                    m.set("method", method);
+                    format!("user {u} is not granted")
                 }
                 (None, None) => bail!("say whose access to check"),
             };
-            let c = connect(&conn).await?;
             let r = c.request(m).await?;
             let decided_by = r
                 .get("acl")
@@ -1225,15 +1210,128 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                 ),
             }
             if !allowed {
-                bail!("{name} does not grant '{mode}' on {path}");
+                bail!("{name} '{mode}' on {path}");
             }
             Ok(())
         }
     }
 }
 
+/// The one method user `name` has; several need --method.
+async fn only_method_of(c: &Client, name: &str) -> anyhow::Result<String> {
+    let methods = match user_methods(c, name).await {
+        Err(e)
+            if e.downcast_ref::<keycard_client::ClientError>()
+                .and_then(keycard_client::ClientError::code)
+                == Some(ErrorCode::NotFound) =>
+        {
+            bail!("no user {name:?}")
+        }
+        other => other?,
+    };
+    match methods.as_slice() {
+        [one] => Ok(one.clone()),
+        several => bail!(
+            "user {name} has several methods ({}): say which with --method",
+            several.join(", ")
+        ),
+    }
+}
+
+/// `group ls`: each group and the ACL it binds.
+async fn group_ls(conn: &ConnArgs) -> anyhow::Result<()> {
+    let c = connect(conn).await?;
+    let r = c
+        .request(
+            Msg::new()
+                .with("action", "enum_internal")
+                .with_path("path", &Path::new(vec!["group".into()]))
+                .with("with_data", true),
+        )
+        .await?;
+    let rows: Vec<Vec<String>> = match r.get("result") {
+        Some(Value::Map(groups)) => groups
+            .iter()
+            .map(|(name, v)| {
+                let acl = v.get("acl").map_or_else(|| "-".to_owned(), render::plain);
+                vec![render::plain(name), acl]
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if rows.is_empty() {
+        eprintln!("no groups");
+        return Ok(());
+    }
+    emit(&render::table(&["GROUP", "ACL"], &rows))
+}
+
+/// `group show NAME`: the ACL it binds and its members (every user
+/// record whose `groups` lists it).
+async fn group_show(conn: &ConnArgs, name: &str) -> anyhow::Result<()> {
+    let c = connect(conn).await?;
+    let group = c
+        .request(
+            Msg::new()
+                .with("action", "get_internal")
+                .with_path("path", &Path::new(vec!["group".into(), name.into()])),
+        )
+        .await?;
+    let Some(value) = group.get("value") else {
+        bail!("no group {name:?}");
+    };
+    let mut out = String::new();
+    outln!(out, "group: {name}");
+    outln!(
+        out,
+        "ACL: {}",
+        value
+            .get("acl")
+            .map_or_else(|| "-".to_owned(), render::plain)
+    );
+    // (nil, "auth", METHOD, "user", USER, "groups") → {groups: [...]}
+    let mut s = c
+        .stream(
+            Msg::new()
+                .with("action", "get_tree_internal")
+                .with_path("path", &Path::new(vec!["auth".into()]))
+                .with("min_depth", 4)
+                .with("max_depth", 4)
+                .with("long_path", true),
+        )
+        .await?;
+    let mut members = Vec::new();
+    while let Some(item) = s.next().await {
+        let item = item?;
+        let [keycard_proto::Elem::Str(method), _, user, keycard_proto::Elem::Str(aux)] =
+            item.path.elems()
+        else {
+            continue;
+        };
+        let listed = match item.value.as_ref().and_then(|v| v.get("groups")) {
+            Some(Value::Array(g)) => g.iter().any(|g| g.as_str() == Some(name)),
+            _ => false,
+        };
+        if aux == "groups" && listed {
+            members.push(format!("{} ({method})", render::plain(&user.to_value())));
+        }
+    }
+    match members.is_empty() {
+        true => outln!(out, "members: none"),
+        false => {
+            outln!(out, "members:");
+            for m in members {
+                outln!(out, "  {m}");
+            }
+        }
+    }
+    emit(&out)
+}
+
 async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
     let (conn, path, value) = match cmd {
+        GroupCmd::Ls { conn } => return group_ls(&conn).await,
+        GroupCmd::Show { conn, name } => return group_show(&conn, &name).await,
         GroupCmd::Set { conn, name, acl } => (
             conn,
             Path::new(vec!["group".into(), name.as_str().into()]),
@@ -1271,6 +1369,103 @@ async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
     .await?;
     eprintln!("done; it applies at the members' next login");
     Ok(())
+}
+
+/// `keycard audit`: the last `n` events of the audit log, as a table (or
+/// as the log's JSON lines).
+async fn audit(conn: &ConnArgs, n: usize, json: bool) -> anyhow::Result<()> {
+    let c = connect(conn).await?;
+    let r = c
+        .request(Msg::new().with("action", "audit_tail").with("n", n))
+        .await?;
+    let lines: Vec<String> = match r.get("result") {
+        Some(Value::Array(lines)) => lines
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if json {
+        return emit(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
+    }
+    if lines.is_empty() {
+        eprintln!("no events");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|line| {
+            let e: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            let text = |k: &str| match &e[k] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".to_owned(),
+                other => other.to_string(),
+            };
+            let time = e["time"].as_u64().map_or_else(
+                || "-".to_owned(),
+                |t| render::iso_time(t.saturating_mul(1000)),
+            );
+            // A login's client address; a change's author.
+            let from = match e.get("source") {
+                Some(_) => text("source"),
+                None => text("by"),
+            };
+            vec![
+                time,
+                text("event"),
+                text("outcome"),
+                text("user"),
+                text("method"),
+                from,
+            ]
+        })
+        .collect();
+    emit(&render::table(
+        &["TIME", "EVENT", "OUTCOME", "USER", "METHOD", "FROM/BY"],
+        &rows,
+    ))
+}
+
+async fn admin_cmd(cmd: AdminCmd) -> anyhow::Result<()> {
+    match cmd {
+        AdminCmd::Grant {
+            conn,
+            data,
+            method,
+            who,
+            caps,
+        } => {
+            if let Some(dir) = data {
+                let said = admin::grant_offline(&dir, method.as_deref(), &who, &caps).await?;
+                eprintln!("{said}");
+                return Ok(());
+            }
+            let c = connect(&conn).await?;
+            let method = match method {
+                Some(m) => m,
+                None => match c
+                    .greeting()
+                    .auth
+                    .as_ref()
+                    .and_then(|l| l.first().cloned().flatten())
+                {
+                    Some(current) => current,
+                    None => bail!("no auth method is current: say which with --method"),
+                },
+            };
+            if admin::user_exists(&c, &method, &who).await? == Some(false) {
+                bail!("no user {who:?} of method {method}");
+            }
+            let holds = admin::grant(&c, &method, &who, &caps).await?;
+            eprintln!(
+                "granted {who} ({method}) {}; {who} holds {} from their next login",
+                caps.join(", "),
+                holds.join(", ")
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn whoami(conn: &ConnArgs) -> anyhow::Result<()> {
@@ -1685,14 +1880,26 @@ mod tests {
 
     #[test]
     fn keycard_ids() {
-        use super::parse_keycard_id;
+        use crate::login::keycard_id_of;
         let id = "0123456789ABCDEF0123456789abcdef";
         assert_eq!(
-            parse_keycard_id(id).as_deref(),
-            Ok("0123456789abcdef0123456789abcdef")
+            keycard_id_of(id).as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
         );
-        assert!(parse_keycard_id("0123").is_err());
-        assert!(parse_keycard_id(&"g".repeat(32)).is_err());
+        assert!(keycard_id_of("0123").is_none());
+        assert!(keycard_id_of(&"g".repeat(32)).is_none());
+        // A token's id, and a whole token as `token create` printed it.
+        let token = format!("kct_{id}_{}", "5".repeat(64));
+        assert_eq!(
+            keycard_id_of(&token).as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(
+            keycard_id_of(&format!("kct_{id}")).as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert!(keycard_id_of(&format!("kct_{}_{}", "z".repeat(32), "5".repeat(64))).is_none());
+        assert!(keycard_id_of("kct_").is_none());
     }
 
     /// `keycard keycard revoke` takes exactly one selector.

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod support;
 
-use support::{rest_server, Proc, BIN};
+use support::{cli, cli_command, rest_server, Proc, BIN};
 
 fn p(s: &str) -> Path {
     Path::parse(s).expect("path")
@@ -407,35 +407,6 @@ async fn throttling_survives_a_restart() {
         .await
         .expect_err("still throttled after the restart");
     assert_eq!(e.code(), Some(keycard_proto::ErrorCode::Throttled));
-}
-
-/// Runs the CLI against `addr` with `env` set and none of the caller's
-/// login variables: (exit code, stdout, stderr).
-fn cli(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = cli_command(addr, args, env).output().expect("run cli");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn cli_command(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).args(["-s", &addr.to_string()]);
-    for var in [
-        "KEYCARD_SERVER",
-        "KEYCARD_AUTH",
-        "KEYCARD_USER",
-        "KEYCARD_PASSWORD",
-        "KEYCARD_PASSWORD_FILE",
-        "KEYCARD_TOKEN",
-        "KEYCARD_TOKEN_FILE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env.iter().copied());
-    cmd
 }
 
 /// `keycard token create`: the token alone on stdout, one line.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use keycard_auth::{Argon2Params, MethodSecrets, Registry};
+use keycard_auth::{Argon2Params, ClientRegistry, MethodSecrets, Registry};
 use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -113,6 +113,16 @@ impl Server {
                  (create a user and run set_auth_typ, e.g. `keycard auth init root`)"
             ),
             Some(m) => tracing::info!(method = %m, "logins required"),
+        }
+        // `root` needs no secret and grants super-root: accepted beside a
+        // password method, it quietly reopens the server.
+        let methods: Vec<&String> = auth.current.iter().chain(&auth.accept).collect();
+        let password = methods.iter().find(|m| ClientRegistry::needs_password(m));
+        if let (Some(p), true) = (password, methods.iter().any(|m| *m == "root")) {
+            tracing::warn!(
+                "method root is accepted beside {p}: any client logs in as super-root without a \
+                 secret (run `keycard auth init` again without `--accept root` to stop it)"
+            );
         }
         let http = match state.config.http {
             Some(addr) => Some(

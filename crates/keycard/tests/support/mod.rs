@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keycard_client::Client;
@@ -16,6 +17,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_keycard");
 pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Everything the server has logged so far (its stderr).
+    log: Arc<Mutex<String>>,
 }
 
 impl Proc {
@@ -42,10 +45,17 @@ impl Proc {
             .expect("spawn keycard");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(String::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                {
+                    let mut log = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(rest) = line.split("addr=").nth(1) {
                     if let Some(tx) = tx.take() {
                         let addr = rest
@@ -63,7 +73,12 @@ impl Proc {
             .expect("server reports its address")
             .parse()
             .expect("address");
-        Proc { child, addr }
+        Proc { child, addr, log }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn kill9(&mut self) {
@@ -89,6 +104,67 @@ impl Drop for Proc {
     }
 }
 
+/// A free TCP port on 127.0.0.1 (free when asked; tests bind it soon
+/// after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The login variables a test must not inherit from whoever runs it.
+const LOGIN_VARS: [&str; 9] = [
+    "KEYCARD_SERVER",
+    "KEYCARD_AUTH",
+    "KEYCARD_USER",
+    "KEYCARD_PASSWORD",
+    "KEYCARD_PASSWORD_FILE",
+    "KEYCARD_NEW_PASSWORD",
+    "KEYCARD_TOKEN",
+    "KEYCARD_TOKEN_FILE",
+    "KEYCARD_CONFIG",
+];
+
+/// The `keycard` binary with `args` and `env`, none of the caller's login
+/// variables, and no stdin (as in a script: no terminal to prompt on).
+pub fn bin_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null());
+    for var in LOGIN_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    cmd
+}
+
+/// Runs the binary: (exit code, stdout, stderr).
+pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = bin_command(args, env).output().expect("run keycard");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The CLI against the server at `addr` (`-s ADDR` after `args`).
+pub fn cli_command(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = bin_command(args, env);
+    cmd.args(["-s", &addr.to_string()]);
+    cmd
+}
+
+/// Runs the CLI against `addr`: (exit code, stdout, stderr).
+pub fn cli(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = cli_command(addr, args, env).output().expect("run cli");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A binary serving REST on a free port, with SCRAM user `user`/`pw`
 /// (granted `caps`) and `scram-sha-256` current; `config` is the TOML it
 /// starts with. Returns the server, its HTTP address and its temp dir.
@@ -108,10 +184,7 @@ pub async fn rest_server_with(
     config: &str,
 ) -> (Proc, String, tempfile::TempDir) {
     use keycard_auth::{Password, ScramClient};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("keycard.toml");
     std::fs::write(&cfg, config).expect("config");

@@ -11,6 +11,7 @@ mod internal;
 mod keycards;
 pub(crate) mod login;
 mod rank;
+mod methods;
 
 pub(crate) use keycards::reap_durable;
 mod tree;
@@ -76,6 +77,7 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
         "auth_list" => auth::auth_list(msg, r).await,
         "auth_delete" => auth::auth_delete(msg, r).await,
         "auth_info" => auth::auth_info(msg, r).await,
+        "auth_methods" => methods::auth_methods(msg, r).await,
         "set_auth_typ" => auth::set_auth_typ(msg, r).await,
         "whoami" => auth::whoami(r).await,
         "diffie_hellman" => auth::diffie_hellman(msg, r).await,
