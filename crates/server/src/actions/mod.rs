@@ -10,8 +10,8 @@ pub(crate) mod data;
 mod internal;
 mod keycards;
 pub(crate) mod login;
-mod rank;
 mod methods;
+mod rank;
 
 pub(crate) use keycards::reap_durable;
 mod tree;
