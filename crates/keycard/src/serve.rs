@@ -47,6 +47,22 @@ pub(crate) struct ServeArgs {
     /// Most client connections at once [default: 10000].
     #[arg(long, help_heading = "Limits")]
     max_connections: Option<usize>,
+    /// Most client connections at once from one IP address (IPv6: one
+    /// /64) [default: 256].
+    #[arg(long, help_heading = "Limits")]
+    max_connections_per_address: Option<usize>,
+    /// Seconds a connection may stay without a login on a server that
+    /// requires logins; 0: no limit [default: 60].
+    #[arg(long, help_heading = "Limits")]
+    login_timeout: Option<u64>,
+    /// Seconds a connection may stay idle (nothing received, no request
+    /// running); 0: no limit [default: 3600].
+    #[arg(long, help_heading = "Limits")]
+    idle_timeout: Option<u64>,
+    /// Seconds a message may take to arrive once begun; 0: no limit
+    /// [default: 30].
+    #[arg(long, help_heading = "Limits")]
+    message_timeout: Option<u64>,
     /// Most requests in flight per connection [default: 1024].
     #[arg(long, help_heading = "Limits")]
     max_outstanding: Option<usize>,
@@ -95,6 +111,24 @@ pub(crate) struct ServeArgs {
     /// Most REST connections at once [default: 1024].
     #[arg(long, help_heading = "REST API")]
     http_max_connections: Option<usize>,
+    /// Most REST connections at once from one IP address [default: 256].
+    #[arg(long, help_heading = "REST API")]
+    http_max_connections_per_address: Option<usize>,
+    /// Seconds a REST connection may wait for a request's head (closes
+    /// idle keep-alives and slow headers); 0: no limit [default: 10].
+    #[arg(long, help_heading = "REST API")]
+    http_idle_timeout: Option<u64>,
+    /// Seconds a REST request's body may take [default: 10].
+    #[arg(long, help_heading = "REST API")]
+    http_body_timeout: Option<u64>,
+    /// A reverse proxy (address or network) whose X-Forwarded-For is
+    /// believed (repeatable; replaces the file's) [default: none].
+    #[arg(long, value_name = "ADDR[/BITS]", help_heading = "REST API")]
+    trusted_proxies: Vec<keycard_server::Network>,
+    /// How young a REST session's login must be to change its own
+    /// credential, seconds [default: 300].
+    #[arg(long, help_heading = "REST API")]
+    reauth_secs: Option<u64>,
     /// Seconds a signed request's ts may be off [default: 60].
     #[arg(long, help_heading = "REST API")]
     http_signature_window: Option<u64>,
@@ -131,6 +165,14 @@ pub(crate) struct ServeArgs {
     /// Failures older than this are forgotten, seconds [default: 900].
     #[arg(long, help_heading = "Throttling ([throttle])")]
     throttle_window_secs: Option<u64>,
+    /// Days a successful login keeps its (user, address) from refusals
+    /// earned by others from that address; 0: off [default: 30].
+    #[arg(long, help_heading = "Throttling ([throttle])")]
+    throttle_known_good_days: Option<u64>,
+    /// Most counters kept (and, apart, known-good marks); at least 96
+    /// [default: 100000].
+    #[arg(long, help_heading = "Throttling ([throttle])")]
+    throttle_max_entries: Option<usize>,
 
     /// Seconds a login may take to answer its challenge [default: 30].
     #[arg(long, help_heading = "Keycards ([keycards])")]
@@ -199,12 +241,18 @@ impl ServeArgs {
         given!(a, config, {
             data => data, listen => listen, node => node, max_message => max_message,
             max_items => max_items, max_connections => max_connections,
+            max_connections_per_address => max_connections_per_address,
+            login_timeout => login_timeout, idle_timeout => idle_timeout,
+            message_timeout => message_timeout,
             max_outstanding => max_outstanding, max_inflight_bytes => max_inflight_bytes,
             out_queue => out_queue, qlen => qlen, history => history,
             max_auth_attempts => max_auth_attempts, scram_iterations => scram_iterations,
             argon2_m_kib => argon2_m_kib, argon2_t => argon2_t, argon2_p => argon2_p,
             hash_workers => hash_workers, http_max_body => http_max_body,
             http_max_connections => http_max_connections,
+            http_max_connections_per_address => http_max_connections_per_address,
+            http_idle_timeout => http_idle_timeout, http_body_timeout => http_body_timeout,
+            reauth_secs => reauth_secs,
             http_signature_window => http_signature_window,
             http_session_nonces => http_session_nonces,
             throttle_free => throttle.free, throttle_escalate => throttle.escalate,
@@ -215,6 +263,8 @@ impl ServeArgs {
             throttle_user_delay_secs => throttle.user_delay_secs,
             throttle_cooldown_secs => throttle.cooldown_secs,
             throttle_window_secs => throttle.window_secs,
+            throttle_known_good_days => throttle.known_good_days,
+            throttle_max_entries => throttle.max_entries,
             keycards_challenge_window => keycards.challenge_window,
             keycards_duration => keycards.duration,
             keycards_max_lifetime => keycards.max_lifetime,
@@ -227,6 +277,9 @@ impl ServeArgs {
         }
         if let Some(v) = a.http {
             config.http = Some(v);
+        }
+        if !a.trusted_proxies.is_empty() {
+            config.trusted_proxies = a.trusted_proxies;
         }
         for (method, secs) in a.keycards_method_duration {
             config.keycards.method_duration.insert(method, secs);
