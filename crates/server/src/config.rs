@@ -120,7 +120,7 @@ pub struct Config {
     /// none.
     pub trusted_proxies: Vec<crate::forwarded::Network>,
     /// How old a login may be, seconds, and still change its own user's
-    /// credential (`PUT /user/{self}`); an older session logs in again
+    /// credential (`PUT /user/{self}`, `auth_set` of its own record); an older session logs in again
     /// first. Default 300.
     pub reauth_secs: u64,
 }

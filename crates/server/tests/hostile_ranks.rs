@@ -1150,3 +1150,74 @@ async fn finding_a_record_rewritten_internally_ends_the_users_sessions() {
     assert!(!works(&bob).await, "bob's session outlived his record");
     assert!(works(&boss).await);
 }
+
+/// A user without write_auth changes its own password over msgpack (what
+/// `keycard user passwd` does), with a recent login, as over REST: the
+/// record it logged in with, never another user's, never from a token's
+/// session; its other sessions end, its own goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_changes_its_own_password_over_msgpack() {
+    let (s, _) = server_with(|c| c.reauth_secs = 2).await;
+    let alice = msgpack(&s, "alice").await;
+    let alice2 = msgpack(&s, "alice").await;
+    refused(
+        &alice
+            .set_user(&ScramClient::new("bob", Password::new("mine now")))
+            .await,
+        "another user's password",
+    );
+    alice
+        .set_user(&ScramClient::new("alice", Password::new("alice new")))
+        .await
+        .expect("alice changes her own password");
+    assert!(works(&alice).await, "the caller's own session goes on");
+    assert!(!works(&alice2).await, "her other session ended");
+    let again = Client::connect(s.addr()).await.expect("connect");
+    again
+        .login(&ScramClient::new("alice", Password::new("alice new")))
+        .await
+        .expect("the new password logs in");
+
+    // A token's session is not a login with the password.
+    let boss = msgpack(&s, "boss").await;
+    let made = token_for(&boss, "alice").await.expect("token");
+    let by_token = Client::connect(s.addr()).await.expect("connect");
+    by_token
+        .login_token(text(&made, "token"))
+        .await
+        .expect("token login");
+    refused(
+        &by_token
+            .set_user(&ScramClient::new("alice", Password::new("token's pick")))
+            .await,
+        "a token session re-keying its user",
+    );
+
+    // An old login must log in again first.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        code_of(
+            &again
+                .set_user(&ScramClient::new("alice", Password::new("later")))
+                .await
+        ),
+        Some(ErrorCode::ReauthRequired)
+    );
+}
+
+/// `whoami` says super_root for a user granted the capability, not only
+/// for the `root` method's user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_says_super_root_for_a_granted_user() {
+    let (s, _) = server().await;
+    let boss = msgpack(&s, "boss").await;
+    assert_eq!(
+        whoami(&boss).await.get("super_root"),
+        Some(&Value::from(true))
+    );
+    let alice = msgpack(&s, "alice").await;
+    assert_eq!(
+        whoami(&alice).await.get("super_root"),
+        Some(&Value::from(false))
+    );
+}

@@ -171,26 +171,43 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
 pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
     let m = method(&state, msg)?.clone();
-    // A `root` user is super-root: only a super-root may create one.
-    let session = if m.super_root() {
+    let k = kind(m.as_ref(), msg)?;
+    let ident = user_name(str_field(msg, "ident")?)?.to_owned();
+    // A user may change the credential it logged in with (that very
+    // record, by its own method: not a token's session, not another
+    // method), with a recent login, as over REST; anything else needs
+    // write_auth, and a `root` user (super-root) a super-root.
+    let caller = r.conn().session();
+    let path = caller.root.join(&record_path(m.name(), k.name, &ident));
+    let own = k.name == "user"
+        && !m.super_root()
+        && caller.user.as_ref().is_some_and(|u| {
+            u.is_named(&ident, &caller.root) && u.method == m.name() && u.record == path
+        });
+    let session = if own {
+        let s = require_login(r)?;
+        super::users::fresh_enough(&state, &s, &ident)?;
+        s
+    } else if m.super_root() {
         require_super_root(r)?
     } else {
         require_cap(r, Capability::WriteAuth)?
     };
-    let k = kind(m.as_ref(), msg)?;
-    let ident = user_name(str_field(msg, "ident")?)?.to_owned();
     let ctx = LoginCtx {
         channel_key: session.channel_key.as_ref(),
     };
     let step = m.set_record(&ctx, k, &ident, msg);
     let record = drive(r, step).await?;
-    let path = session.root.join(&record_path(m.name(), k.name, &ident));
     let cond = condition(&state, msg)?;
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
     let by = session.user.as_ref().map(|u| u.qualified());
     let (out, existed) = match k.name {
         "user" => {
             let (turn, found) = super::users::guard_user(&state, &session, &ident).await?;
+            // One's own record is changed, never re-created once gone.
+            if own && !found.iter().any(|(_, at, _)| *at == path) {
+                return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
+            }
             let (ops, existed) = super::users::record_ops(
                 &state,
                 &session,
@@ -432,7 +449,7 @@ pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
         Some(u) => {
             m.set("user", u.name.as_str());
             m.set("method", u.method.as_str());
-            m.set("super_root", u.super_root || open);
+            m.set("super_root", u.has(Capability::SuperRoot) || open);
             // Whether the login agreed a key for signing requests.
             m.set("session_key", u.session_key.is_some());
             m.set("keycard", u.keycard.to_string());

@@ -361,7 +361,7 @@ pub(crate) async fn set_credential(
 /// method) unless its login is younger than `reauth_secs`: a session left
 /// open somewhere must not take its account over. Proving the current
 /// credential is logging in again.
-fn fresh_enough(state: &ServerState, session: &Session, name: &str) -> ApiResult {
+pub(crate) fn fresh_enough(state: &ServerState, session: &Session, name: &str) -> ApiResult {
     let Some(u) = me(session, name) else {
         return Ok(());
     };
