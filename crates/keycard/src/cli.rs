@@ -22,11 +22,27 @@ macro_rules! outln {
     }};
 }
 
+/// A line to stdout, through `render::terminal` (no string from the
+/// server reaches the terminal as an escape sequence).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        render::out_line(&format!($($arg)*))
+    };
+}
+
+/// A line to stderr, through `render::terminal`.
+macro_rules! say_err {
+    ($($arg:tt)*) => {
+        render::err_line(&format!($($arg)*))
+    };
+}
+
 /// Writes `text` to stdout; a reader that went away (`keycard … | head`)
 /// is not an error.
 fn emit(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
+    let text = render::terminal(text);
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(anyhow::Error::new(e).context("cannot write to stdout"))
@@ -578,14 +594,14 @@ pub fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say_err!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say_err!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -601,7 +617,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Get { conn, path } => {
             let c = connect(&conn).await?;
             match c.get(&parse_path(&path)?).await? {
-                Some(node) => println!("{}", render::show(&node.value)),
+                Some(node) => say!("{}", render::show(&node.value)),
                 None => bail!("no value at {path}"),
             }
             Ok(())
@@ -628,7 +644,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             } else {
                 c.set(&path, value).await?
             };
-            eprintln!(
+            say_err!(
                 "tock {}{}",
                 r.tock,
                 if r.changed { "" } else { " (unchanged)" }
@@ -641,7 +657,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             if !r.changed {
                 bail!("no value at {path}");
             }
-            eprintln!("removed {path} (tock {})", r.tock);
+            say_err!("removed {path} (tock {})", r.tock);
             Ok(())
         }
         Command::Ls {
@@ -656,7 +672,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             while let Some(item) = s.next().await {
                 let item = item?;
                 if let Some(v) = item.value {
-                    println!("{}\t{}", base.join(&item.path), render::show(&v));
+                    say!("{}\t{}", base.join(&item.path), render::show(&v));
                 }
             }
             Ok(())
@@ -667,10 +683,10 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             let mut s = c.watch(&base, fetch).await?;
             while let Some(ev) = s.next_event().await {
                 match ev? {
-                    Event::UpToDate => eprintln!("-- up to date --"),
+                    Event::UpToDate => say_err!("-- up to date --"),
                     Event::Item(i) => match i.value {
-                        Some(v) => println!("{}\t{}", base.join(&i.path), render::show(&v)),
-                        None => println!("{}\t(deleted)", base.join(&i.path)),
+                        Some(v) => say!("{}\t{}", base.join(&i.path), render::show(&v)),
+                        None => say!("{}\t(deleted)", base.join(&i.path)),
                     },
                 }
             }
@@ -737,14 +753,14 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                 };
             }
             match (replace, existed) {
-                (true, Some(true)) => eprintln!("user {ident} of method {method} replaced"),
-                (true, None) => eprintln!("user {ident} of method {method} created or replaced"),
-                _ => eprintln!("user {ident} of method {method} created"),
+                (true, Some(true)) => say_err!("user {ident} of method {method} replaced"),
+                (true, None) => say_err!("user {ident} of method {method} created or replaced"),
+                _ => say_err!("user {ident} of method {method} created"),
             }
             if admin {
                 let caps = ["read_auth", "write_auth", "manage_keycards"].map(str::to_owned);
                 admin::grant(&c, &method, &ident, &caps).await?;
-                eprintln!("granted {}", caps.join(", "));
+                say_err!("granted {}", caps.join(", "));
             }
             Ok(())
         }
@@ -763,7 +779,7 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             let mut s = c.stream(msg).await?;
             while let Some(ev) = s.next_raw().await {
                 if let Some(ident) = ev?.get("ident").and_then(Value::as_str) {
-                    println!("{ident}");
+                    say!("{ident}");
                 }
             }
             Ok(())
@@ -812,7 +828,7 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                 })
                 .collect();
             match logins.is_empty() {
-                true => println!("\nno logins yet"),
+                true => say!("\nno logins yet"),
                 false => print!(
                     "\n{}",
                     render::table(&["LAST LOGINS", "CLIENT", "METHOD", "VIA"], &logins)
@@ -830,7 +846,7 @@ async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                     .with("ident", name.as_str()),
             )
             .await?;
-            eprintln!("user {name} of method {method} deleted");
+            say_err!("user {name} of method {method} deleted");
             Ok(())
         }
     }
@@ -888,7 +904,7 @@ async fn passwd(
         }
         other => other?,
     };
-    eprintln!("password of {name} ({method}) changed");
+    say_err!("password of {name} ({method}) changed");
     Ok(())
 }
 
@@ -957,7 +973,7 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
                 ("root", None) => {
                     let m = ClientRegistry::make("root", None)?;
                     match c.create_user(m.as_ref()).await {
-                        Ok(_) => eprintln!("user * of method root created"),
+                        Ok(_) => say_err!("user * of method root created"),
                         Err(e) if e.code() == Some(ErrorCode::Conflict) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -979,13 +995,13 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
                         }
                     };
                     match created {
-                        true => eprintln!("user {name} of method {method} created"),
-                        false => eprintln!(
-                            "user {name} of method {method} exists (its password is kept)"
-                        ),
+                        true => say_err!("user {name} of method {method} created"),
+                        false => {
+                            say_err!("user {name} of method {method} exists (its password is kept)")
+                        }
                     }
                     admin::grant(&c, &method, name, &["super_root".to_owned()]).await?;
-                    eprintln!("granted {name} super_root: it can administer the server");
+                    say_err!("granted {name} super_root: it can administer the server");
                 }
                 (_, None) => {
                     let methods: Vec<&str> = std::iter::once(method.as_str())
@@ -1004,7 +1020,7 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
                                  (`keycard admin grant --data DIR` on the stopped server)"
                             );
                         }
-                        eprintln!("warning: {why} (--force)");
+                        say_err!("warning: {why} (--force)");
                     }
                 }
             }
@@ -1017,14 +1033,14 @@ async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
             )
             .await?;
             match method.as_str() {
-                "root" => eprintln!("method root is now required; the CLI logs in with it"),
-                _ => eprintln!("method {method} is now required; log in with --user NAME"),
+                "root" => say_err!("method root is now required; the CLI logs in with it"),
+                _ => say_err!("method {method} is now required; log in with --user NAME"),
             }
             let methods: Vec<&str> = std::iter::once(method.as_str())
                 .chain(accept.iter().map(String::as_str))
                 .collect();
             if let Some(w) = root_warning(&methods) {
-                eprintln!("{w}");
+                say_err!("{w}");
             }
             Ok(())
         }
@@ -1072,7 +1088,7 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                     .with("value", modes.as_str()),
             )
             .await?;
-            eprintln!("ACL {name}: {pattern} = {modes}");
+            say_err!("ACL {name}: {pattern} = {modes}");
             Ok(())
         }
         AclCmd::Ls { conn } => {
@@ -1091,7 +1107,7 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                 _ => Vec::new(),
             };
             if names.is_empty() {
-                eprintln!("no ACLs");
+                say_err!("no ACLs");
             }
             emit(&names.iter().map(|n| format!("{n}\n")).collect::<String>())
         }
@@ -1111,7 +1127,7 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                 let item = item?;
                 if let Some(v) = item.value {
                     any = true;
-                    println!(
+                    say!(
                         "{}\t{}",
                         item.path,
                         v.as_str().unwrap_or("(not a mode string)")
@@ -1144,9 +1160,7 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                     .with("value", Msg::new().with("key", name.as_str())),
             )
             .await?;
-            eprintln!(
-                "user {user} of {method} bound to ACL {name}; it applies at their next login"
-            );
+            say_err!("user {user} of {method} bound to ACL {name}; it applies at their next login");
             Ok(())
         }
         AclCmd::Check {
@@ -1195,16 +1209,16 @@ async fn acl(cmd: AclCmd) -> anyhow::Result<()> {
                     let pattern = Path::from_value(&rule[0])
                         .map(|p| p.to_string())
                         .unwrap_or_default();
-                    println!(
+                    say!(
                         "{}: entry {pattern} = {}{decided_by}",
                         if allowed { "allowed" } else { "denied" },
                         rule[1].as_str().unwrap_or("?")
                     );
                 }
                 _ if allowed && who.is_some() => {
-                    println!("allowed: the user is bound to no ACL (full data access)")
+                    say!("allowed: the user is bound to no ACL (full data access)")
                 }
-                _ => println!(
+                _ => say!(
                     "{}: no entry matches",
                     if allowed { "allowed" } else { "denied" }
                 ),
@@ -1260,7 +1274,7 @@ async fn group_ls(conn: &ConnArgs) -> anyhow::Result<()> {
         _ => Vec::new(),
     };
     if rows.is_empty() {
-        eprintln!("no groups");
+        say_err!("no groups");
         return Ok(());
     }
     emit(&render::table(&["GROUP", "ACL"], &rows))
@@ -1367,7 +1381,7 @@ async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
             .with("value", value),
     )
     .await?;
-    eprintln!("done; it applies at the members' next login");
+    say_err!("done; it applies at the members' next login");
     Ok(())
 }
 
@@ -1390,7 +1404,7 @@ async fn audit(conn: &ConnArgs, n: usize, json: bool) -> anyhow::Result<()> {
         return emit(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
     }
     if lines.is_empty() {
-        eprintln!("no events");
+        say_err!("no events");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = lines
@@ -1438,7 +1452,7 @@ async fn admin_cmd(cmd: AdminCmd) -> anyhow::Result<()> {
         } => {
             if let Some(dir) = data {
                 let said = admin::grant_offline(&dir, method.as_deref(), &who, &caps).await?;
-                eprintln!("{said}");
+                say_err!("{said}");
                 return Ok(());
             }
             let c = connect(&conn).await?;
@@ -1458,7 +1472,7 @@ async fn admin_cmd(cmd: AdminCmd) -> anyhow::Result<()> {
                 bail!("no user {who:?} of method {method}");
             }
             let holds = admin::grant(&c, &method, &who, &caps).await?;
-            eprintln!(
+            say_err!(
                 "granted {who} ({method}) {}; {who} holds {} from their next login",
                 caps.join(", "),
                 holds.join(", ")
@@ -1608,7 +1622,7 @@ fn print_cards(cards: &[Value], json: bool) -> anyhow::Result<()> {
         return emit(&format!("{}\n", serde_json::to_string_pretty(&all)?));
     }
     if cards.is_empty() {
-        eprintln!("no keycards");
+        say_err!("no keycards");
         return Ok(());
     }
     let now = render::now_ms();
@@ -1802,9 +1816,9 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 .get("expires_at")
                 .and_then(Value::as_u64)
                 .map_or_else(|| "?".to_owned(), |ms| render::when(ms, render::now_ms()));
-            println!("{}", token.expose());
-            eprintln!("token {id} for user {user}, expires {expires}");
-            eprintln!(
+            say!("{}", token.expose());
+            say_err!("token {id} for user {user}, expires {expires}");
+            say_err!(
                 "warning: the token is shown this once (the server keeps only its hash); \
                  store it now. Revoke it with `keycard token revoke {id}`."
             );
@@ -1832,7 +1846,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             }
             let n = revoke(&c, Msg::new().with("id", id.as_str())).await?;
             if n == 0 {
-                eprintln!("token {id} was already revoked");
+                say_err!("token {id} was already revoked");
             }
             Ok(())
         }

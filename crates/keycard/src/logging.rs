@@ -31,8 +31,9 @@ impl<'w> FormatFields<'w> for EscapedFields {
     }
 }
 
-/// Whether `c` must not reach the log as itself.
-fn unsafe_in_a_line(c: char) -> bool {
+/// Whether `c` must not reach the log (or a terminal: see
+/// `render::terminal`) as itself.
+pub(crate) fn unsafe_in_a_line(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -44,7 +45,7 @@ fn unsafe_in_a_line(c: char) -> bool {
 
 /// Writes through to `W` with [`unsafe_in_a_line`] characters escaped
 /// (`\n`, `\r`, `\t`, else `\u{…}`), in runs.
-struct Escape<'a, W: fmt::Write>(&'a mut W);
+pub(crate) struct Escape<'a, W: fmt::Write>(pub(crate) &'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Escape<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {

@@ -76,13 +76,66 @@ pub fn to_json(v: &Value) -> serde_json::Value {
     }
 }
 
-/// A value for a table cell or a `key: value` line: strings bare, the
-/// rest as [`show`] prints them.
+/// A value for a table cell or a `key: value` line: strings bare (but
+/// escaped as [`cell`] does), the rest as [`show`] prints them.
 pub fn plain(v: &Value) -> String {
     match v {
-        Value::Str(s) => s.clone(),
+        Value::Str(s) => cell(s).into_owned(),
         other => show(other),
     }
+}
+
+/// `s` for one line of a terminal: every control character (line breaks
+/// and tabs included) and every Unicode line separator or bidi control
+/// escaped, so a name from the server cannot start a line of its own.
+pub fn cell(s: &str) -> std::borrow::Cow<'_, str> {
+    escape(s, crate::logging::unsafe_in_a_line)
+}
+
+/// `text` for a terminal: what [`cell`] escapes, but the line breaks and
+/// tabs the output is laid out with. Everything the CLI prints goes
+/// through it, so no string from the server (a user name, a path, an
+/// error's text) can carry an escape sequence to the terminal.
+pub fn terminal(text: &str) -> std::borrow::Cow<'_, str> {
+    escape(text, |c| {
+        c != '\n' && c != '\t' && crate::logging::unsafe_in_a_line(c)
+    })
+}
+
+fn escape(s: &str, unsafe_char: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    if !s.chars().any(&unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if !unsafe_char(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Writes one line to stdout through [`terminal`] (what `outln!` does).
+pub fn out_line(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(terminal(text).as_bytes());
+    let _ = out.write_all(b"\n");
+}
+
+/// Writes one line to stderr through [`terminal`] (what `errln!` does).
+pub fn err_line(text: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(terminal(text).as_bytes());
+    let _ = err.write_all(b"\n");
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -164,6 +217,12 @@ pub fn when(ms: u64, now: u64) -> String {
 /// Rows as a table: a header line, columns padded to their widest cell
 /// with two spaces between them (the last column unpadded).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    // A cell is one line, whatever the server sent.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| cell(c).into_owned()).collect())
+        .collect();
+    let rows = &rows;
     let cols = header.len();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -215,6 +274,21 @@ mod tests {
         assert_eq!(relative(now + 86_399_000, now), "in 23h 59m");
         assert_eq!(relative(now - 300_000, now), "5m ago");
         assert_eq!(relative(now + 400, now), "now");
+    }
+
+    #[test]
+    fn server_strings_cannot_drive_the_terminal() {
+        let evil = "bob\u{1b}]0;owned\u{7}\nroot\u{202e}x";
+        assert_eq!(cell(evil), "bob\\u{1b}]0;owned\\u{7}\\nroot\\u{202e}x");
+        assert_eq!(
+            terminal(&format!("user {evil}\tok\n")),
+            "user bob\\u{1b}]0;owned\\u{7}\nroot\\u{202e}x\tok\n"
+        );
+        assert_eq!(plain(&Value::from(evil)), cell(evil));
+        assert!(matches!(
+            terminal("plain\ttext\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -802,3 +802,38 @@ async fn the_client_library_logs_in_with_the_users_method() {
         assert_eq!(used, Some(method));
     }
 }
+
+/// Names and values from the server reach an admin's terminal escaped: a
+/// user name (or a stored string) carrying an escape sequence or a line
+/// break cannot retitle the terminal, recolour it or forge an output
+/// line.
+#[test]
+fn server_strings_reach_the_terminal_escaped() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Proc::start(dir.path());
+    let a = server.addr;
+    let evil = "eve\u{1b}]0;pwned\u{7}\nroot";
+    ok(a, &["user", "add", "_anon", evil], &[]);
+    ok(a, &["set", "app.note", evil], &[]);
+    ok(a, &["group", "set", "g", "ro"], &[]);
+    ok(a, &["group", "member", "_anon", evil, "g"], &[]);
+    let listings = [
+        vec!["group", "show", "g"],
+        vec!["get", "app.note"],
+        vec!["ls", "app"],
+        vec!["user", "show", evil],
+        vec!["audit"],
+    ];
+    for args in listings {
+        let (out, err) = ok(a, &args, &[]);
+        let all = format!("{out}{err}");
+        assert!(
+            !all.contains('\u{1b}') && !all.contains('\u{7}'),
+            "{args:?}: {all:?}"
+        );
+        assert!(
+            !all.lines().any(|l| l.trim_start().starts_with("root")),
+            "{args:?} printed a line of the name's own: {all:?}"
+        );
+    }
+}
