@@ -1,0 +1,59 @@
+//! The review of the merged issue-15 fixes: attacks (and a careless
+//! operator's mistakes) where two of the changes meet. Each test is a
+//! finding: it failed before its fix.
+
+mod common;
+
+use std::time::Duration;
+
+use common::rest::{kv, login, now, server_with};
+
+/// A REST session kept alive works past its first expiry: keep-alive
+/// moves the keycard's end in the bouncer, and `/kv` and `/user` must
+/// judge the session by that, not by the expiry its login recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_session_kept_alive_keeps_working() {
+    let (_s, addr) = server_with(|c| {
+        c.keycards.duration = 2;
+        c.keycards.max_lifetime = 60;
+    })
+    .await;
+    let alice = login(addr, "alice", "correct horse")
+        .await
+        .ok()
+        .expect("login");
+    let put = kv(addr, &alice, "PUT", "/kv/app/x", br#"{"value": 1}"#, &[]).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let first = kv(
+        addr,
+        &alice,
+        "GET",
+        &format!("/session/{}", alice.sid),
+        b"",
+        &[],
+    )
+    .await;
+    let first_expiry = first.body["expires_at"].as_u64().expect("expires_at");
+    let keep = format!("/session/{}/keepalive", alice.sid);
+    // Kept alive every half second until well past the first expiry.
+    while now() * 1000 < first_expiry + 1_500 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = kv(addr, &alice, "POST", &keep, b"", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let shown = kv(
+        addr,
+        &alice,
+        "GET",
+        &format!("/session/{}", alice.sid),
+        b"",
+        &[],
+    )
+    .await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert!(shown.body["expires_at"].as_u64().expect("expires_at") > first_expiry);
+    let r = kv(addr, &alice, "GET", "/kv/app/x", b"", &[]).await;
+    assert_eq!(r.status, 200, "a live session's /kv: {}", r.body);
+    let r = kv(addr, &alice, "GET", "/user/alice", b"", &[]).await;
+    assert_eq!(r.status, 200, "a live session's /user: {}", r.body);
+}
