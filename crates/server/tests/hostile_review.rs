@@ -57,3 +57,49 @@ async fn a_rest_session_kept_alive_keeps_working() {
     let r = kv(addr, &alice, "GET", "/user/alice", b"", &[]).await;
     assert_eq!(r.status, 200, "a live session's /user: {}", r.body);
 }
+
+/// A precondition is obeyed or refused, never dropped — on every route:
+/// `/user` (a re-key, a deletion) and a read ignored `If-Match` and
+/// `If-None-Match`, so a client that made its write conditional had it
+/// done unconditionally. Only `PUT` and `DELETE /kv` take them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_precondition_on_a_route_that_cannot_obey_it_is_refused() {
+    let (_s, addr) = server_with(|_| {}).await;
+    let alice = login(addr, "alice", "correct horse")
+        .await
+        .ok()
+        .expect("login");
+    let put = kv(addr, &alice, "PUT", "/kv/app/x", br#"{"value": 1}"#, &[]).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let verifier =
+        keycard_auth::Verifier::generate(&keycard_auth::Password::new("new horse"), 4096)
+            .expect("verifier")
+            .to_text();
+    let rekey = serde_json::json!({"method": "scram-sha-256", "data": verifier}).to_string();
+    let sid = format!("/session/{}", alice.sid);
+    for (method, path, body, pre) in [
+        (
+            "PUT",
+            "/user/alice",
+            rekey.as_bytes(),
+            ("if-match", "\"1\""),
+        ),
+        (
+            "PUT",
+            "/user/alice",
+            rekey.as_bytes(),
+            ("if-none-match", "*"),
+        ),
+        ("DELETE", "/user/bob", b"".as_slice(), ("if-match", "\"1\"")),
+        ("GET", "/user/alice", b"".as_slice(), ("if-none-match", "*")),
+        ("GET", "/kv/app/x", b"".as_slice(), ("if-match", "\"1\"")),
+        ("GET", sid.as_str(), b"".as_slice(), ("if-match", "\"1\"")),
+    ] {
+        let r = kv(addr, &alice, method, path, body, &[pre]).await;
+        assert_eq!(r.status, 400, "{method} {path} with {pre:?}: {}", r.body);
+        assert_eq!(r.body["code"], "bad_request");
+    }
+    // Nothing was done: the old password still logs in, bob still exists.
+    assert!(login(addr, "alice", "correct horse").await.is_ok());
+    assert!(login(addr, "bob", "bobs pw").await.is_ok());
+}
