@@ -250,6 +250,11 @@ impl ConnShared {
         }
     }
 
+    /// Wakes the connection's task (it looks at its deadlines again).
+    pub(crate) fn wake(&self) {
+        self.kick.notify_one();
+    }
+
     /// Ends the open streams (not a running login) with `e`, as the
     /// keycard they ran under is gone; returns the messages that tell the
     /// client (its error, then its end, for each).
@@ -642,7 +647,7 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
         }
         let login = login_timeout
             .filter(|_| !proved && !state.is_open() && !conn.login_busy.load(Ordering::Acquire))
-            .map(|t| (opened + t, Late::Login));
+            .map(|t| (state.login_deadline(opened, t), Late::Login));
         let idle = idle_timeout
             .filter(|_| running.is_empty())
             .map(|t| (active + t, Late::Idle));

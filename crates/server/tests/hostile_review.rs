@@ -7,6 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::rest::{kv, login, now, server_with};
+use common::{code, start_with, Raw};
+use keycard_auth::ClientRegistry;
+use keycard_client::Client;
+use keycard_proto::{Msg, Path, Value};
 
 /// A REST session kept alive works past its first expiry: keep-alive
 /// moves the keycard's end in the bouncer, and `/kv` and `/user` must
@@ -102,4 +106,64 @@ async fn a_precondition_on_a_route_that_cannot_obey_it_is_refused() {
     // Nothing was done: the old password still logs in, bob still exists.
     assert!(login(addr, "alice", "correct horse").await.is_ok());
     assert!(login(addr, "bob", "bobs pw").await.is_ok());
+}
+
+/// The connection that ends the open era keeps its streams (DistKV's
+/// client watches beside its `auth init`), and a connection opened while
+/// the server was open gets its `login_timeout` to log in: both counted
+/// the login deadline from when the connection opened, so one open for
+/// longer than `login_timeout` was closed the moment a method became
+/// current, the `auth init` connection's watch with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_eras_connections_get_their_login_time_from_its_end() {
+    let s = start_with(|c| c.login_timeout = 2).await;
+    let admin = Client::connect(s.addr()).await.expect("connect");
+    let mut own = admin
+        .watch(&Path::parse("data").expect("p"), true)
+        .await
+        .expect("watch");
+    own.uptodate().await.expect("uptodate");
+    let late = Client::connect(s.addr()).await.expect("connect");
+    let mut idle = Raw::connect(s.addr()).await;
+    // Longer than login_timeout, while the server is open.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let root = ClientRegistry::make("root", None).expect("m");
+    admin.set_user(root.as_ref()).await.expect("root user");
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "root"),
+        )
+        .await
+        .expect("auth init");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The connection opened in the open era may still log in.
+    late.login(root.as_ref())
+        .await
+        .expect("a connection of the open era gets its time to log in");
+    late.set(&Path::parse("data.x").expect("p"), Value::from(5))
+        .await
+        .expect("write");
+    let seen = tokio::time::timeout(Duration::from_secs(1), own.next_raw())
+        .await
+        .expect("the change reaches the auth init connection's watch");
+    assert!(matches!(seen, Some(Ok(_))), "{seen:?}");
+    // One of the open era that says nothing is closed once its time is
+    // up (not left to idle_timeout: the era's end wakes it).
+    let ended = tokio::time::Instant::now();
+    let mut why = None;
+    loop {
+        match idle.try_recv(Duration::from_secs(4)).await {
+            Some(Some(v)) => why = code(&v).map(str::to_owned),
+            Some(None) => break,
+            None => panic!("an idle connection of the open era was not closed"),
+        }
+    }
+    assert_eq!(why.as_deref(), Some("timeout"));
+    assert!(
+        ended.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        ended.elapsed()
+    );
 }
