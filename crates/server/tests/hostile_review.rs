@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::rest::{kv, login, now, server_with};
 use common::{code, start_with, Raw};
-use keycard_auth::ClientRegistry;
+use keycard_auth::{ClientRegistry, Password, ScramClient};
 use keycard_client::Client;
 use keycard_proto::{Msg, Path, Value};
 
@@ -166,4 +166,89 @@ async fn the_open_eras_connections_get_their_login_time_from_its_end() {
         "{:?}",
         ended.elapsed()
     );
+}
+
+/// ACL edits apply at once — to a running `watch` too: it kept the ACLs
+/// compiled when it started, so a user whose read access was taken away
+/// went on receiving every change below it for as long as the watch ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_edit_reaches_a_running_watch() {
+    let s = start_with(|_| {}).await;
+    let p = |t: &str| Path::parse(t).expect("path");
+    let setup = Client::connect(s.addr()).await.expect("connect");
+    let root = ClientRegistry::make("root", None).expect("m");
+    setup.set_user(root.as_ref()).await.expect("root");
+    setup
+        .set_user(&ScramClient::new("bob", Password::new("bobs pw")))
+        .await
+        .expect("bob");
+    let internal = |path: &str, v: Value| {
+        Msg::new()
+            .with("action", "set_internal")
+            .with_path("path", &p(path))
+            .with("value", v)
+    };
+    for (path, v) in [
+        ("acl.ro.app.#", Value::from("rxe")),
+        ("acl.ro.app", Value::from("xe")),
+        (
+            "auth.scram-sha-256.user.bob.acl",
+            Msg::new().with("key", "ro").into_value(),
+        ),
+    ] {
+        setup.request(internal(path, v)).await.expect("acl");
+    }
+    setup
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "scram-sha-256")
+                .with("accept", Value::Array(vec!["root".into()])),
+        )
+        .await
+        .expect("current");
+    let admin = Client::connect(s.addr()).await.expect("connect");
+    admin.login(root.as_ref()).await.expect("root login");
+    let bob = Client::connect(s.addr()).await.expect("connect");
+    bob.login(&ScramClient::new("bob", Password::new("bobs pw")))
+        .await
+        .expect("bob login");
+    let mut watch = bob.watch(&p("app"), true).await.expect("watch");
+    watch.uptodate().await.expect("uptodate");
+    admin
+        .set(&p("app.open"), Value::from(1))
+        .await
+        .expect("write");
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.next_raw())
+        .await
+        .expect("bob sees app.open");
+    assert!(matches!(seen, Some(Ok(_))), "{seen:?}");
+    // bob may no longer read app.secret.
+    admin
+        .request(internal("acl.ro.app.secret", Value::from("x")))
+        .await
+        .expect("acl edit");
+    admin
+        .set(&p("app.secret"), Value::from("hush"))
+        .await
+        .expect("write");
+    admin
+        .set(&p("app.open"), Value::from(2))
+        .await
+        .expect("write");
+    loop {
+        let v = tokio::time::timeout(Duration::from_secs(5), watch.next_raw())
+            .await
+            .expect("the watch goes on")
+            .expect("open")
+            .expect("item");
+        assert_ne!(
+            v.get("value"),
+            Some(&Value::from("hush")),
+            "a value bob may no longer read reached his watch: {v:?}"
+        );
+        if v.get("value") == Some(&Value::from(2)) {
+            break;
+        }
+    }
 }
