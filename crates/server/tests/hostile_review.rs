@@ -252,3 +252,40 @@ async fn an_acl_edit_reaches_a_running_watch() {
         }
     }
 }
+
+/// Withdrawing a method (`set_auth_typ` without it in `accept`, e.g. an
+/// operator closing the `--accept root` hole) ends the keycards it let
+/// in: a `root` login kept super-root for its whole lifetime (a day by
+/// default) after `root` was no longer accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawing_a_method_ends_the_logins_it_let_in() {
+    let s = common::server(|_| {}).await;
+    let intruder = common::login(&s, "root", None).await;
+    let joe = common::login(&s, "_test", Some("joe")).await;
+    let admin = common::login(&s, "root", None).await;
+    let internal = || {
+        Msg::new()
+            .with("action", "get_internal")
+            .with_path("path", &Path::parse("auth").expect("p"))
+    };
+    intruder.request(internal()).await.expect("super-root");
+    // `root` is no longer accepted (the admin's own session goes on).
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "_test")
+                .with("accept", Value::Array(vec![])),
+        )
+        .await
+        .expect("withdraw root");
+    let r = tokio::time::timeout(Duration::from_secs(5), intruder.request(internal()))
+        .await
+        .expect("an answer or a close");
+    assert!(r.is_err(), "a root login outlived root's withdrawal: {r:?}");
+    // The methods still accepted keep their logins; so does the caller.
+    joe.request(Msg::new().with("action", "whoami"))
+        .await
+        .expect("joe's _test login goes on");
+    admin.request(internal()).await.expect("the admin's own");
+}
