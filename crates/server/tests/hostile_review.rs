@@ -289,3 +289,40 @@ async fn withdrawing_a_method_ends_the_logins_it_let_in() {
         .expect("joe's _test login goes on");
     admin.request(internal()).await.expect("the admin's own");
 }
+
+/// `login_timeout` applies to a connection that has no live login, not
+/// only to one that never had one: once logged in, a connection that
+/// logged out (or whose keycard expired) could stay for ever without a
+/// login, holding a slot, by sending requests that need none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_logged_out_gets_login_timeout_again() {
+    let s = common::server(|c| c.login_timeout = 1).await;
+    let mut joe = common::raw_login(&s, "joe").await;
+    // Longer than login_timeout, logged in: it stays.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let v = joe.call(common::req(2, "whoami")).await;
+    assert_eq!(code(&v), None, "{v:?}");
+    let v = joe.call(common::req(3, "logout")).await;
+    assert_eq!(code(&v), None, "{v:?}");
+    let out = tokio::time::Instant::now();
+    let mut seq = 4;
+    let closed = loop {
+        if out.elapsed() > Duration::from_secs(4) {
+            break false;
+        }
+        joe.send(common::req(seq, "auth_methods").with("ident", "joe"))
+            .await;
+        seq += 1;
+        match joe.try_recv(Duration::from_millis(300)).await {
+            Some(None) => break true,
+            Some(Some(v)) if code(&v) == Some("timeout") => break true,
+            _ => {}
+        }
+    };
+    assert!(closed, "a logged-out connection stayed without a login");
+    assert!(
+        out.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        out.elapsed()
+    );
+}
