@@ -37,6 +37,12 @@ impl AclCache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// How many times ACLs changed: a holder of compiled ACLs (a running
+    /// walk or watch) compiles them again when this moved.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// The ACL called `name` of the domain at `base` (empty: the server's
     /// own), compiled (an ACL without entries grants nothing).
     pub async fn get(

@@ -237,7 +237,13 @@ impl Bouncer {
         );
         for conn in conns {
             let (user, kept) = conn.update_session(|s| (s.user.is_some(), s.kept_open_era));
-            if user || kept {
+            if user {
+                continue;
+            }
+            // Its task looks at its deadlines again: it has
+            // `login_timeout` from now to log in.
+            conn.wake();
+            if kept {
                 continue;
             }
             let ended = conn.end_streams(&e);

@@ -30,8 +30,9 @@ pub struct Config {
     /// take every slot.
     pub max_connections_per_address: usize,
     /// Seconds a connection may stay without a login on a server that
-    /// requires logins (none while it is open). Default 60; then it is
-    /// told `timeout` and closed. 0: no limit.
+    /// requires logins (none while it is open; a connection opened while
+    /// it was open has this long from when it stopped being open).
+    /// Default 60; then it is told `timeout` and closed. 0: no limit.
     pub login_timeout: u64,
     /// Seconds a connection may stay idle (nothing received, no request
     /// running: a running `watch` is not idle). Default 3600; then it is

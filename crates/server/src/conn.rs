@@ -250,6 +250,11 @@ impl ConnShared {
         }
     }
 
+    /// Wakes the connection's task (it looks at its deadlines again).
+    pub(crate) fn wake(&self) {
+        self.kick.notify_one();
+    }
+
     /// Ends the open streams (not a running login) with `e`, as the
     /// keycard they ran under is gone; returns the messages that tell the
     /// client (its error, then its end, for each).
@@ -342,9 +347,13 @@ impl ConnShared {
         self.out.reserve(bytes).await
     }
 
-    /// Whether a user is logged in on this connection.
+    /// Whether a user is logged in on this connection, its keycard live.
     fn logged_in(&self) -> bool {
-        lock(&self.session).user.is_some()
+        let now = crate::audit::now_millis();
+        lock(&self.session)
+            .user
+            .as_ref()
+            .is_some_and(|u| u.live(now).is_ok())
     }
 }
 
@@ -574,8 +583,10 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
     // Since when a message has been arriving (its first byte, or the last
     // complete message before it).
     let mut partial_since: Option<Instant> = None;
-    // Once logged in, the login deadline no longer applies.
-    let mut proved = false;
+    // Since when the connection has had no live login (from its opening;
+    // after a logout or its keycard's end, from then): the login deadline
+    // counts from there.
+    let mut unproved_since = Some(opened);
     // One timer, moved only when a deadline comes closer: activity that
     // pushes a deadline later is noticed when the timer fires.
     let timer = tokio::time::sleep(Duration::from_secs(3600));
@@ -637,12 +648,15 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
             continue;
         }
         // The deadlines that apply now.
-        if !proved && conn.logged_in() {
-            proved = true;
+        match (conn.logged_in(), unproved_since) {
+            (true, _) => unproved_since = None,
+            (false, None) => unproved_since = Some(Instant::now()),
+            (false, Some(_)) => {}
         }
         let login = login_timeout
-            .filter(|_| !proved && !state.is_open() && !conn.login_busy.load(Ordering::Acquire))
-            .map(|t| (opened + t, Late::Login));
+            .filter(|_| !state.is_open() && !conn.login_busy.load(Ordering::Acquire))
+            .zip(unproved_since)
+            .map(|(t, since)| (state.login_deadline(since, t), Late::Login));
         let idle = idle_timeout
             .filter(|_| running.is_empty())
             .map(|t| (active + t, Late::Idle));

@@ -64,6 +64,10 @@ pub struct ServerState {
     /// The loaded auth methods.
     pub methods: Registry,
     auth: RwLock<AuthConfig>,
+    /// When the server last stopped being open (a method became current
+    /// while this process ran): connections opened before get their
+    /// `login_timeout` from then.
+    logins_since: std::sync::Mutex<Option<tokio::time::Instant>>,
     next_conn: AtomicU64,
     /// Permits for CPU-heavy work (password hashes, key agreement).
     workers: tokio::sync::Semaphore,
@@ -169,6 +173,7 @@ impl ServerState {
             store: store.clone(),
             methods,
             auth: RwLock::new(AuthConfig::default()),
+            logins_since: std::sync::Mutex::new(None),
             next_conn: AtomicU64::new(1),
             workers: tokio::sync::Semaphore::new(workers),
             audit,
@@ -217,8 +222,26 @@ impl ServerState {
     pub async fn refresh_auth(&self) -> Result<AuthConfig, StoreError> {
         let entry = self.store.get(&auth_root()).await?;
         let cfg = AuthConfig::from_record(entry.map(|e| e.value).as_ref());
-        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
+        let mut auth = self.auth.write().unwrap_or_else(|e| e.into_inner());
+        if auth.current.is_none() && cfg.current.is_some() {
+            *self.logins_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(tokio::time::Instant::now());
+        }
+        *auth = cfg.clone();
         Ok(cfg)
+    }
+
+    /// When a connection opened at `opened` must have logged in by, on a
+    /// server that requires logins: `login_timeout` after it opened, or
+    /// after the server stopped being open if that came later (a
+    /// connection of the open era had no reason to log in before).
+    pub(crate) fn login_deadline(
+        &self,
+        opened: tokio::time::Instant,
+        timeout: std::time::Duration,
+    ) -> tokio::time::Instant {
+        let since = *self.logins_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.map_or(opened, |t| t.max(opened)) + timeout
     }
 
     /// Runs CPU-heavy `work` on a blocking thread, at most `hash_workers`

@@ -430,6 +430,13 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
     // The user counted above must still be there when this commits.
     let out = write_guarded(&state, &at, &[(&at, Some(&value))], vec![op]).await?;
     super::refresh_auth(&state, Some(r.conn())).await?;
+    methods_withdrawn(
+        &state,
+        &session,
+        old.as_ref().map(|e| &e.value),
+        Some(&value),
+    )
+    .await;
     match typ {
         Some(t) => tracing::warn!(method = t, "auth is now required: method {t} is current"),
         None => tracing::warn!("auth switched off: the server is open to every client"),
@@ -438,6 +445,51 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
     r.reply(Msg::new().with("changed", true).with("tock", tock))
         .await;
     Ok(())
+}
+
+/// The auth configuration of `session`'s root changed from `old` to
+/// `new` (the `(…, nil, "auth")` records): the logins of the methods it no
+/// longer accepts end now (their keycards, REST sessions and logins under
+/// way), but the caller's own — withdrawing a method (closing the hole an
+/// `accept` of `root` opened, retiring a method) withdraws what it let
+/// in, not only what it would let in next. Tokens are accepted while any
+/// method is current and stay.
+pub(super) async fn methods_withdrawn(
+    state: &ServerState,
+    session: &crate::conn::Session,
+    old: Option<&Value>,
+    new: Option<&Value>,
+) {
+    let (old, new) = (
+        crate::state::AuthConfig::from_record(old),
+        crate::state::AuthConfig::from_record(new),
+    );
+    let keep = session.user.as_ref().map(|u| u.keycard);
+    let by = session.user.as_ref().map(|u| u.qualified());
+    for m in state.methods.names() {
+        if !old.accepts(m) || new.accepts(m) {
+            continue;
+        }
+        let filter = keycard_auth::bouncer::Filter {
+            method: Some(m.to_owned()),
+            domain: Some(crate::conn::domain_text(&session.root)),
+            ..Default::default()
+        };
+        let ids: Vec<_> = state
+            .bouncer
+            .table()
+            .list(&filter, None, usize::MAX)
+            .into_iter()
+            .map(|c| c.id)
+            .filter(|id| Some(*id) != keep)
+            .collect();
+        for id in ids {
+            if let Some(card) = state.bouncer.revoke(id) {
+                state.audit.keycard("revoked", &card, by.as_deref()).await;
+            }
+        }
+        tracing::warn!(method = m, "logins by a method no longer accepted ended");
+    }
 }
 
 /// Who this connection is logged in as (keycard's own action).

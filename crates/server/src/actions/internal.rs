@@ -65,6 +65,10 @@ async fn write_internal(
     let reply = super::data::write_reply(&state, out, value.as_ref(), reveal, nchain);
     super::refresh_auth(&state, Some(r.conn())).await?;
     state.acls.invalidate();
+    if path == auth_at && out.changed {
+        let session = r.conn().session();
+        super::auth::methods_withdrawn(&state, &session, out.prev.as_ref(), value.as_ref()).await;
+    }
     // A user record written here (DistKV's way) is a credential change or
     // a deletion like any other: the user's other keycards end.
     if let (Some((method, name)), true) = (

@@ -70,6 +70,9 @@ struct TreeItems<'a> {
     hide_reserved: bool,
     /// The caller's ACL: only nodes it lets the caller read are sent.
     acl: Option<crate::acl::Grants>,
+    /// Whose ACLs they are, and the ACL cache's epoch they were compiled
+    /// at: an ACL edit applies at once, to a running walk or watch too.
+    acl_of: Option<(crate::conn::Session, u64)>,
     short: Shortener,
     /// The last node sent (relative), to know which ancestors are new.
     last: Option<Vec<Elem>>,
@@ -88,9 +91,36 @@ impl<'a> TreeItems<'a> {
             nchain: opt_usize(msg, "nchain")?.unwrap_or(0),
             hide_reserved,
             acl: None,
+            acl_of: None,
             short: Shortener::default(),
             last: None,
         })
+    }
+
+    /// Checks `mode` on the walk's base for the caller of `r` and keeps
+    /// its ACLs for the nodes below.
+    async fn authorize(&mut self, r: &Responder, mode: Mode) -> ApiResult {
+        // Read before the ACLs are: an edit meanwhile is seen at the next
+        // check.
+        let epoch = self.state.acls.epoch();
+        self.acl = authorize(r, &self.base, mode).await?;
+        if self.acl.is_some() {
+            self.acl_of = Some((r.conn().session(), epoch));
+        }
+        Ok(())
+    }
+
+    /// Compiles the caller's ACLs again if an ACL changed since.
+    async fn fresh_acl(&mut self) -> ApiResult {
+        let Some((session, epoch)) = &mut self.acl_of else {
+            return Ok(());
+        };
+        let now = self.state.acls.epoch();
+        if *epoch != now {
+            *epoch = now;
+            self.acl = super::session_acl(self.state, session).await?;
+        }
+        Ok(())
     }
 
     /// Whether the caller's ACL shows the node at `rel` (with `mode`).
@@ -160,6 +190,7 @@ impl<'a> TreeItems<'a> {
             // while its items go out: a client that does not read holds
             // up no more than that.
             let mut held = conn.reserve(PAGE_BYTES).await;
+            self.fresh_acl().await?;
             let page = store.scan(&self.base, opts, pos.after(), PAGE).await?;
             held.set(
                 page.items
@@ -198,10 +229,9 @@ impl<'a> TreeItems<'a> {
 
 pub(super) async fn get_tree(msg: &Value, r: &mut Responder) -> ApiResult {
     let base = data_path(msg, r)?;
-    let acl = authorize(r, &base, Mode::Enumerate).await?;
     let state = r.conn().state.clone();
     let mut items = TreeItems::new(&state, msg, base)?;
-    items.acl = acl;
+    items.authorize(r, Mode::Enumerate).await?;
     r.start().await;
     items.walk(r, None).await
 }
@@ -344,13 +374,12 @@ pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
     // era, even if the bouncer's notice missed it (the watch began as the
     // era ended, or the connection logged in since).
     let open_era = r.conn().session().user.is_none();
-    let acl = authorize(r, &base, Mode::Enumerate).await?;
     let state = r.conn().state.clone();
+    let mut items = TreeItems::new(&state, msg, base.clone())?;
+    items.authorize(r, Mode::Enumerate).await?;
     // Subscribe before reading, so no change falls between the two.
     let mut feed = state.store.subscribe();
     let start = state.store.tock();
-    let mut items = TreeItems::new(&state, msg, base.clone())?;
-    items.acl = acl;
     r.start().await;
     if flag(msg, "fetch") {
         items.walk(r, Some(start)).await?;
@@ -412,6 +441,7 @@ async fn deliver(
     feed: &mut Subscription,
     change: &Change,
 ) -> ApiResult {
+    items.fresh_acl().await?;
     tokio::select! {
         biased;
         () = send_change(items, r, change) => Ok(()),

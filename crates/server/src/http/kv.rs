@@ -25,6 +25,11 @@ pub(super) struct Preconditions<'a> {
 }
 
 impl<'a> Preconditions<'a> {
+    /// Neither header was sent.
+    pub(super) fn is_empty(&self) -> bool {
+        self.if_match.is_empty() && self.if_none_match.is_empty()
+    }
+
     /// Reads both headers. Each may come once, in visible ASCII, not
     /// empty: a second copy or bytes that do not read as text would be
     /// ignored by one reader and not another (the precondition unsigned,

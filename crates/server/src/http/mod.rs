@@ -409,6 +409,18 @@ impl Rest {
             }
             _ => None,
         };
+        // Only a write to /kv obeys a precondition; anywhere else it
+        // would be dropped, and a write the client made conditional (a
+        // re-key, a deletion) done unconditionally: refused instead (after
+        // the signature, which covers the headers, was checked).
+        let obeys =
+            matches!(route, Route::Kv(_)) && matches!(parts.method, Method::PUT | Method::DELETE);
+        if !obeys && !pre.is_empty() {
+            return error(&ApiError::bad(format!(
+                "{} {path} takes no If-Match or If-None-Match (only PUT and DELETE /kv/… obey them)",
+                parts.method
+            )));
+        }
         let result = match (route, signed, caller) {
             (Route::Index, ..) => Ok(self.index()),
             (Route::OpenApi, ..) => Ok(openapi()),

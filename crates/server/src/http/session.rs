@@ -208,10 +208,12 @@ impl Rest {
             .and_then(|t| Authorization::parse(t).map_err(|e| e.to_string()))?;
         let id = KeycardId::parse(&auth.sid).ok_or("no such session")?;
         let now = crate::audit::now_millis();
-        if self.state.bouncer.table().check(id, now).is_err() {
+        // The bouncer's table is the authority on the keycard's end (a
+        // keep-alive moves it there): the session's user carries that.
+        let Ok(expires_at) = self.state.bouncer.table().check(id, now) else {
             lock(&self.sessions).remove(&id);
             return Err("the session has ended (expired, revoked or logged out)".into());
-        }
+        };
         // The HMAC runs outside the sessions' lock (other connections
         // verify meanwhile); the nonce is admitted under it afterwards.
         let (key, user) = match lock(&self.sessions).get(&id) {
@@ -232,7 +234,11 @@ impl Rest {
             return Err("no such session".into());
         };
         match s.guard.admit(now / 1000, auth.ts, auth.nonce) {
-            Ok(()) => Ok((id, user)),
+            Ok(()) if user.expires_at == expires_at => Ok((id, user)),
+            Ok(()) => {
+                Arc::make_mut(&mut s.user).expires_at = expires_at;
+                Ok((id, s.user.clone()))
+            }
             // A valid request over the nonce memory: slow down, not 401.
             Err(signed::SignError::Busy) => Err(BUSY.into()),
             Err(e) => Err(e.to_string()),
