@@ -190,6 +190,51 @@ async fn ok_pipelined_walks_that_are_never_read_keep_server_memory_bounded() {
     drop(lazy);
 }
 
+/// Found in review of the merged fixes: a client pipelining reads of a
+/// large value and never reading the answers held one value per request
+/// of a routing batch (64 × 1 MiB against a 16 MiB budget), as a read
+/// learns its value's size only once read. A read reserves a whole
+/// message's worth of the connection's budget first, so what an unread
+/// connection holds stays within the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_that_are_never_read_keep_server_memory_bounded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = start(&dir, "");
+    let addr = server.addr;
+    let c = Client::connect(addr).await.expect("connect");
+    c.set(&p("big"), Value::Bin(vec![7; 1000 << 10]))
+        .await
+        .expect("set");
+    let base = status_kib(&server, "VmRSS:");
+    let mut lazy = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut bytes = Vec::new();
+        for seq in 1..=1000i64 {
+            let m = Msg::seq(seq)
+                .with("action", "get_value")
+                .with_path("path", &p("big"));
+            bytes.extend(encode(&m.into_value()));
+        }
+        s.write_all(&bytes).await.expect("write");
+        lazy.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), c.get(&p("big")))
+        .await
+        .expect("in time")
+        .expect("served");
+    assert!(got.is_some());
+    let peak = status_kib(&server, "VmHWM:");
+    eprintln!("reads: {base} KiB before, {peak} KiB at the peak");
+    // Four connections' budgets (16 MiB each) and socket buffers.
+    assert!(
+        peak < base + 110 * 1024,
+        "4 × 1000 unread reads of a 1 MiB value took the server from {base} KiB to {peak} KiB"
+    );
+    drop(lazy);
+}
+
 /// Connects to `addr` from `local` without reading.
 async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> tokio::net::TcpStream {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");

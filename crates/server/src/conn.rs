@@ -330,6 +330,8 @@ impl ConnShared {
     async fn send(&self, v: Value) {
         let mut bytes = Vec::with_capacity(64);
         encode_into(&v, &mut bytes);
+        // Only the bytes wait for room: the value is not held twice.
+        drop(v);
         self.out.push(bytes).await;
     }
 

@@ -12,9 +12,12 @@
 //! the queue holds bytes and its size is known.
 //!
 //! A reply always enters an empty queue, so the connection makes progress
-//! whatever the running requests hold. The budget can be overshot only by
-//! what requests admitted together (one routing batch) produce before the
-//! next admission sees it.
+//! whatever the running requests hold. What a request reads before it
+//! knows the size (a page of a walk, a node's value) is reserved first, at
+//! its largest (a page's bytes, one message), so requests admitted
+//! together cannot read past the budget either; it is overshot only by the
+//! one reply that enters an empty queue and by small replies (a write's
+//! answer, an error) of the requests admitted together.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};

@@ -16,8 +16,15 @@ use keycard_auth::acl::Mode;
 
 pub(super) async fn get_value(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
-    let reply = get_in(&state, &require_login(r)?, msg).await?;
+    let session = require_login(r)?;
+    let conn = r.conn().clone();
+    // A value's size is known once it is read: room for the largest (one
+    // message) is taken from the connection's budget first, so a client
+    // pipelining reads it never takes in holds no more than its budget.
+    let held = conn.reserve(state.config.max_message).await;
+    let reply = get_in(&state, &session, msg).await?;
     r.reply(reply).await;
+    drop(held);
     Ok(())
 }
 

@@ -19,9 +19,13 @@ fn internal_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
 pub(super) async fn get_internal(msg: &Value, r: &mut Responder) -> ApiResult {
     let path = internal_path(msg, r)?;
     let state = r.conn().state.clone();
+    let conn = r.conn().clone();
+    // As get_value: room for the value before it is read.
+    let held = conn.reserve(state.config.max_message).await;
     let entry = state.store.get(&path).await?;
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
     r.reply(entry_msg(&state, entry.as_ref(), nchain)).await;
+    drop(held);
     Ok(())
 }
 
