@@ -1221,3 +1221,78 @@ async fn whoami_says_super_root_for_a_granted_user() {
         Some(&Value::from(false))
     );
 }
+
+/// A token's session (even a keycard manager's) issues no tokens: one it
+/// minted would outlive it and its revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_session_issues_no_tokens() {
+    let (s, _) = server().await;
+    let boss = msgpack(&s, "boss").await;
+    let made = token_for(&boss, "boss").await.expect("token");
+    let by_token = Client::connect(s.addr()).await.expect("connect");
+    by_token
+        .login_token(text(&made, "token"))
+        .await
+        .expect("token login");
+    refused(
+        &token_for(&by_token, "alice").await,
+        "a token minting a token",
+    );
+    token_for(&boss, "alice")
+        .await
+        .expect("a password login still issues tokens");
+}
+
+/// A refusal by the outrank rule names what the user holds only to a
+/// session that may read it (read_auth); a keycard manager learns nothing
+/// of a super-root's capabilities from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outrank_refusal_tells_only_readers_why() {
+    let (s, _) = server().await;
+    let keeper = msgpack(&s, "keeper").await;
+    let e = token_for(&keeper, "admin").await.expect_err("outranked");
+    let text = e.to_string();
+    assert!(
+        !text.contains("write_auth") && !text.contains("read_auth"),
+        "{text}"
+    );
+    let badmin = msgpack(&s, "badmin").await;
+    let e = badmin
+        .set_user(&ScramClient::new("alice", Password::new("x")))
+        .await
+        .expect_err("alice is unbound");
+    assert!(e.to_string().contains("full data access"), "{e}");
+}
+
+/// A user record deleted with `delete_internal` takes its aux nodes with
+/// it, as `auth_delete` does: no capability outlives its user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_record_internally_deletes_its_capabilities() {
+    let (s, _) = server().await;
+    let boss = msgpack(&s, "boss").await;
+    let caps_at = p("auth.scram-sha-256.user.admin.caps");
+    let get = |at: Path| {
+        let boss = &boss;
+        async move {
+            boss.request(
+                Msg::new()
+                    .with("action", "get_internal")
+                    .with_path("path", &at),
+            )
+            .await
+            .expect("get_internal")
+        }
+    };
+    assert!(get(caps_at.clone()).await.get("value").is_some());
+    boss.request(
+        Msg::new()
+            .with("action", "delete_internal")
+            .with_path("path", &p("auth.scram-sha-256.user.admin")),
+    )
+    .await
+    .expect("delete_internal");
+    assert!(
+        get(caps_at).await.get("value").is_none(),
+        "caps outlived the record"
+    );
+}

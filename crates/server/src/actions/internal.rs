@@ -3,6 +3,7 @@
 //! DistKV's client sends them. Only super-root callers get here.
 
 use keycard_proto::{Elem, Msg, Path, Value};
+use keycard_store::Op;
 
 use super::tree::{enumerate_at, get_tree_at};
 use super::{entry_msg, flag, opt_usize, path_field, require_super_root};
@@ -61,8 +62,18 @@ async fn write_internal(
     let reveal = (true, cond == keycard_store::Cond::Any);
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
     let op = super::data::node_op(msg, path.clone(), value.clone(), cond);
+    let mut ops = vec![op];
+    if value.is_none() && super::auth::user_record_of(&auth_at, &path).is_some() {
+        // A user record deleted here goes with its aux nodes, as with
+        // auth_delete: no capability or binding outlives it.
+        ops.extend(
+            super::users::AUX
+                .iter()
+                .map(|aux| Op::delete(path.child(*aux))),
+        );
+    }
     let checks = [(&path, value.as_ref())];
-    let out = super::auth::write_guarded(&state, &auth_at, &checks, vec![op]).await?;
+    let out = super::auth::write_guarded(&state, &auth_at, &checks, ops).await?;
     let out = out
         .first()
         .ok_or_else(|| ApiError::new(keycard_proto::ErrorCode::Internal, "no outcome"))?;

@@ -593,6 +593,14 @@ pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
             "tokens are issued by the server's own keycard managers, not a domain's",
         ));
     }
+    // A token's session issues none: a token it minted would outlive it
+    // and its revocation (revoking a leaked token must end what it gave).
+    if session.user.as_ref().is_some_and(|u| u.method == TOKEN) {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "a token's session cannot issue tokens; log in with a credential",
+        ));
+    }
     let state = r.conn().state.clone();
     let user = str_field(msg, "user")?.to_owned();
     let method = match msg.get("method") {

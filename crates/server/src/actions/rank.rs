@@ -221,9 +221,18 @@ pub(crate) fn check(state: &ServerState, session: &Session, user: Option<&Rank>)
     };
     match Rank::of_session(state, session).short_of(user) {
         None => Ok(()),
-        Some(why) => Err(ApiError::new(
+        // Why names the user's capabilities or ACLs: only for a session
+        // that may read them anyway (read_auth).
+        Some(why) if super::check_cap(state, session, Capability::ReadAuth).is_ok() => {
+            Err(ApiError::new(
+                ErrorCode::PermissionDenied,
+                format!("refused: this session does not outrank the user ({why})"),
+            ))
+        }
+        Some(_) => Err(ApiError::new(
             ErrorCode::PermissionDenied,
-            format!("refused: this session does not outrank the user ({why})"),
+            "refused: this session does not outrank the user (acting on a user needs \
+             every capability it holds and no less data access)",
         )),
     }
 }
