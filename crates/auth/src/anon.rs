@@ -1,4 +1,4 @@
-//! `_anon` (seed 000): a user name and nothing else. Not anonymous — a name
+//! `_anon` (DESIGN §2): a user name and nothing else. Not anonymous — a name
 //! is needed — but no secret: one message, and the name must have a record.
 //! It does not support access control of its own.
 

@@ -1,4 +1,4 @@
-//! The bouncer's keycard table (seed 002), sans-IO.
+//! The bouncer's keycard table (DESIGN §1), sans-IO.
 //!
 //! A keycard is one authentication attempt and, after it succeeds, the
 //! session it grants. The table issues ids (128 random bits from a CSPRNG),
@@ -11,7 +11,7 @@
 //!
 //! Everything a keycard holds is set here, from what the server decided;
 //! nothing is read from a client's message (Flumotion let a client send a
-//! keycard already marked authenticated: reference/keycards.md, W1).
+//! keycard already marked authenticated: DESIGN §8.2, W1).
 //!
 //! Memory: an entry is 64 bytes plus its 16-byte id in a hash map (about
 //! half full just after it grows), the expiry wheel ~20 bytes per keycard;

@@ -7,8 +7,8 @@
 //! verdict; its client half does the mirror image. The front ends (the
 //! msgpack server, later REST) carry the messages and store the records.
 //!
-//! Methods here: `root` (DistKV's: one user `*`, super-root), `_anon` (seed
-//! 000: a name, no secret, one message) and `_test` (DistKV's test method,
+//! Methods here: `root` (DistKV's: one user `*`, super-root), `_anon` (a
+//! name, no secret, one message) and `_test` (DistKV's test method,
 //! with its multi-step record exchange).
 
 pub mod acl;

@@ -1,4 +1,4 @@
-//! The keycard-table suite (issue 9): the bouncer's sans-IO table
+//! The keycard-table suite: the bouncer's sans-IO table
 //! (`keycard_auth::bouncer::Table`) filled with 1 000 000 live authenticated
 //! keycards, in process, on a simulated clock.
 //!

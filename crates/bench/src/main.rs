@@ -37,7 +37,7 @@ struct Args {
     /// Python with distkv 0.65 installed (scripts/test.sh makes one).
     #[arg(long, env = "KEYCARD_DISTKV_PYTHON")]
     distkv_python: Option<PathBuf>,
-    /// DistKV's launcher script.
+    /// DistKV's launcher script (not in this repository: docs/BENCHMARKS.md).
     #[arg(long, default_value = "../shared/tools/distkv-serve.py")]
     distkv_serve: PathBuf,
     /// Skip DistKV (keycard numbers only, no ratios).

@@ -1,5 +1,5 @@
-//! The CLI as a new operator meets it (issue 15, "what a new user ran
-//! into"): the first admin, lock-outs and their recovery, `root` accepted
+//! The CLI as a new operator meets it (what a new user ran into, in
+//! review): the first admin, lock-outs and their recovery, `root` accepted
 //! beside a password method, the method chosen by what the user has, and
 //! the commands that printed the wrong thing or nothing. Each test runs
 //! the real binary, server and client, with no terminal (as a script

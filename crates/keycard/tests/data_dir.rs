@@ -1,4 +1,4 @@
-//! The data directory's permissions (issue 15, item 11), with the binary
+//! The data directory's permissions (found in review), with the binary
 //! as a process so the umask is the process's own.
 
 use std::io::{BufRead, BufReader};
@@ -99,7 +99,7 @@ fn serve(data: &Path, umask: &str) -> Started {
     panic!("neither served nor exited: {log}");
 }
 
-/// Found in review (issue 15, item 11): the data directory was created
+/// Found in review: the data directory was created
 /// 0755 and the store and the audit log 0644 (the umask's choice), so any
 /// local user could read every verifier and the login history. They are
 /// created 0700 / 0600 whatever the umask.
@@ -119,7 +119,7 @@ fn fixed_data_files_are_created_private_whatever_the_umask() {
     assert!(matches!(serve(&data, "000"), Started::Serving { .. }));
 }
 
-/// Found in review (issue 15, item 11): files left open to other users by
+/// Found in review: files left open to other users by
 /// an older version or an operator were used as they were. A store or an
 /// audit log open to others, or a data directory others may write to, is
 /// refused with the chmod to run; a data directory others may only list

@@ -1,6 +1,6 @@
 //! Hostile connections against the real binary, whose memory we can read
 //! from /proc: a watcher that never reads while others write large values,
-//! and 10k idle connections from one address (issue 15, items 6 and 7).
+//! and 10k idle connections from one address (found in review).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ fn start(dir: &tempfile::TempDir, config: &str) -> Proc {
     Proc::start_with(&dir.path().join("data"), &["-c", &cfg])
 }
 
-/// Found in review (issue 15, item 7): a client that opens a `watch` and
+/// Found in review: a client that opens a `watch` and
 /// never reads made the server hold ~700 MiB while others wrote 256 KiB
 /// values: the change feed kept its last 1024 changes whatever their size,
 /// and the connection's queue was bounded in messages, then drained whole
@@ -242,7 +242,7 @@ async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> tokio::net::
     sock.connect(addr).await.expect("connect")
 }
 
-/// Found in review (issue 15, item 6): 10,200 idle connections from one
+/// Found in review: 10,200 idle connections from one
 /// address took every slot, so every new client was refused. Now one
 /// address holds at most `max_connections_per_address`: a client from
 /// another address is served, and the server's memory stays bounded.

@@ -1,5 +1,5 @@
 //! The server's log against the binary: what a client sends cannot forge
-//! log lines (issue 15, item 15). Every field value and message is written
+//! log lines (found in review). Every field value and message is written
 //! with its control characters escaped, and client strings are quoted.
 
 use std::io::{BufRead, BufReader};

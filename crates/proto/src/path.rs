@@ -689,7 +689,7 @@ mod tests {
 
     #[test]
     fn wire_form_matches_distkv_bytes() {
-        // Bytes recorded from a real DistKV server (reference/distkv.md).
+        // Bytes recorded from a real DistKV server (docs/PROTOCOL.md).
         let bar_a = p(vec!["bar".into(), "a".into()]);
         assert_eq!(
             encode(&bar_a.to_value()),

@@ -1,4 +1,4 @@
-//! A full disk (issue 15, item 5), for real: the data directory is a small
+//! A full disk (found in review), for real: the data directory is a small
 //! tmpfs that the test fills and frees. Needs root (to mount); it says so
 //! and passes without it.
 
@@ -78,7 +78,7 @@ async fn login(addr: std::net::SocketAddr) -> Result<Client, ClientError> {
     Ok(c)
 }
 
-/// Found in review (issue 15, item 5): after one ENOSPC, redb refused every
+/// Found in review: after one ENOSPC, redb refused every
 /// later read and write ("previous I/O error"), so every write and every
 /// SCRAM login, even with the right password, failed until a restart —
 /// and stayed so after space came back. Now a failed write is

@@ -1,4 +1,4 @@
-//! Domains (seed 001's meta-root, DESIGN §1 and §7.6): a path P with its
+//! Domains (DistKV's meta-root, DESIGN §1 and §7.6): a path P with its
 //! own users, ACLs and current method under P + (nil, …). A client that
 //! logs in to P is confined to it: no path, nil element, re-rooting or
 //! management action reaches outside P.

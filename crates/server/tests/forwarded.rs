@@ -1,4 +1,4 @@
-//! REST behind a reverse proxy (issue 15, item 10): `X-Forwarded-For` is
+//! REST behind a reverse proxy (DESIGN §8.2, W10): `X-Forwarded-For` is
 //! honoured only from `trusted_proxies`, read from the right; the address
 //! it names is what throttling, the audit log and last logins see. Over
 //! real HTTP.

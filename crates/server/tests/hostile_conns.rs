@@ -1,4 +1,4 @@
-//! Hostile connections (issue 15, items 6 and 7): connections that never
+//! Hostile connections (found in review): connections that never
 //! log in, idle ones, slowloris messages, one address holding every slot,
 //! on the msgpack listener and the REST one; a watch that falls behind.
 //! Each window is configured short so the tests wait little.
@@ -48,7 +48,7 @@ async fn raw_from(local: &str, addr: SocketAddr) -> Raw {
 
 // ------------------------------------------------------------ msgpack
 
-/// Found in review (issue 15, item 6): a connection that never logs in
+/// Found in review: a connection that never logs in
 /// on a server requiring logins was kept for ever. It is now told
 /// `timeout` after `login_timeout` and closed; one that logs in stays.
 #[tokio::test]
@@ -135,7 +135,7 @@ async fn ok_an_open_server_has_no_login_deadline() {
     assert!(r.get("tock").is_some(), "{r:?}");
 }
 
-/// Found in review (issue 15, item 6): idle connections were never
+/// Found in review: idle connections were never
 /// closed. After `idle_timeout` with nothing received and no request
 /// running, a connection is told `timeout` and closed; a running watch
 /// is not idle.
@@ -181,7 +181,7 @@ async fn ok_a_talking_client_is_not_idle() {
     }
 }
 
-/// Found in review (issue 15, item 6): a message trickled a byte at a
+/// Found in review: a message trickled a byte at a
 /// time held its connection (and the decoder's buffer) for ever. Once
 /// its first byte arrived, a message must be complete within
 /// `message_timeout`; else the client is told `timeout` and closed.
@@ -226,7 +226,7 @@ async fn ok_slow_but_complete_messages_are_served() {
     }
 }
 
-/// Found in review (issue 15, item 6): 10,200 idle connections from one
+/// Found in review: 10,200 idle connections from one
 /// address locked every new client out. One address now holds at most
 /// `max_connections_per_address`; one more is told so and closed, and
 /// other addresses are served.
@@ -460,7 +460,7 @@ async fn closed_within(s: &mut TcpStream, d: Duration) -> bool {
     false
 }
 
-/// Found in review (issue 15, item 6, REST): one address could hold every
+/// Found in review (REST): one address could hold every
 /// REST connection. Beyond `http_max_connections_per_address` it gets
 /// `503` (`too_many_connections`); other addresses are served.
 #[tokio::test]
@@ -485,7 +485,7 @@ async fn fixed_rest_connections_per_address_are_capped() {
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 }
 
-/// Found in review (issue 15, item 6, REST): an idle keep-alive
+/// Found in review (REST): an idle keep-alive
 /// connection is closed after `http_idle_timeout`, and so is one whose
 /// request head trickles in; a connection in use is served throughout.
 #[tokio::test]
@@ -533,7 +533,7 @@ async fn fixed_rest_idle_and_slow_heads_are_closed() {
     }
 }
 
-/// Found in review (issue 15, item 6, REST): a body trickled in was
+/// Found in review (REST): a body trickled in was
 /// waited for 30 s and then answered `503 shutting_down`. It is cut off
 /// after `http_body_timeout` with `408` (`timeout`), and the connection
 /// closes.

@@ -1,6 +1,6 @@
 //! Hostile clients against keycards, tokens and domains, from an
-//! adversarial review of the bouncer (DESIGN §1, §7; reference/keycards.md
-//! §5, W1–W16). `fixed_*` tests reproduce bugs the review found (each
+//! adversarial review of the bouncer (DESIGN §1, §7; the lessons W1–W16
+//! of DESIGN §8.2). `fixed_*` tests reproduce bugs the review found (each
 //! comment says what the bug was; they pass since the fixes); `ok_*` tests
 //! are attacks the server handled from the start.
 
@@ -592,7 +592,7 @@ async fn fixed_test_acl_junk_names_do_not_fill_the_acl_cache() {
         let last = 10 + batch * 500 + 499;
         let (seen, closed) = collect(&mut droot, WAIT, last_of(last)).await;
         assert!(!closed);
-        // Each is answered: `no_such_acl` (issue 15, item 20).
+        // Each is answered `no_such_acl` (docs/PROTOCOL.md, `test_acl`).
         assert!(
             seen.iter()
                 .all(|m| code(m).is_none_or(|c| c == "no_such_acl")),

@@ -1,5 +1,5 @@
 //! Hostile callers against the outrank rule (DESIGN §7.10) and the other
-//! findings of issue 15 about acting on other users, atomic ACL checks,
+//! review findings about acting on other users, atomic ACL checks,
 //! existence oracles and the end of the open era.
 //!
 //! `finding_*` tests reproduce what the review found (each failed before
@@ -277,7 +277,7 @@ fn tock(v: &Value) -> u64 {
 
 // ------------------------------------------------- the outrank rule
 
-/// FINDING (issue 15, item 1): `token_create` needed `manage_keycards`
+/// FINDING: `token_create` needed `manage_keycards`
 /// only. keeper (manage_keycards, bound to `ro`) minted a token for boss
 /// (super_root), logged in with it and held every capability. Now the
 /// caller must outrank the user: hold every capability it holds, and no

@@ -1,4 +1,4 @@
-//! Keycards end to end (seed 002, DESIGN §1 and §7.4, 7.7, 7.9): every
+//! Keycards end to end (DESIGN §1 and §7.4, 7.7, 7.9): every
 //! login is a keycard; challenges expire; keycards expire, are kept alive
 //! up to a maximum, and are revoked (their connections closed within
 //! 100 ms); bounds; requester clean-up; tokens; and nothing a client sends
@@ -445,7 +445,7 @@ async fn challenges_expire_and_leave_the_table() {
 }
 
 /// Flumotion let a client send a keycard already marked authenticated
-/// (reference/keycards.md W1, W2). Here the fields a client could send to
+/// (DESIGN §8.2, W1 and W2). Here the fields a client could send to
 /// claim a state, a verdict, an identity or a keycard are ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_sent_state_verdict_and_identity_are_ignored() {

@@ -1,4 +1,4 @@
-//! The REST front end over real HTTP (issue 10, first part): `GET /`, a
+//! The REST front end over real HTTP (DESIGN §4): `GET /`, a
 //! SCRAM-SHA-256 login (`POST /session/new`, `PUT /session/{sid}`) with
 //! keycard's own SCRAM client half, signed `GET` / `DELETE
 //! /session/{sid}`, and what is refused: replayed, stale, re-signed,

@@ -1,4 +1,4 @@
-//! What the REST front end's headers promise (issue 15, items 13 and 14):
+//! What the REST front end's headers promise (DESIGN §4.1, docs/REST.md):
 //! `If-Match` / `If-None-Match` are covered by the signature, so nobody
 //! on the path can add or strip them; and no answer of the API may be
 //! kept by a cache (`Cache-Control: no-store` on every route, error and

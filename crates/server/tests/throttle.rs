@@ -222,7 +222,7 @@ async fn login_from(
     c.login(&user(name, pw)).await.map_err(|e| e.code())
 }
 
-/// Issue 15, item 3: logging in to one's own account cleared the
+/// Found in review: logging in to one's own account cleared the
 /// address's failure count (and the user's), so password spraying from
 /// one address was unbounded. A success clears only its own (user,
 /// address) state.
@@ -276,7 +276,7 @@ async fn a_success_clears_only_its_own_user_and_address() {
     );
 }
 
-/// Issue 15, item 10: 100 failures with random names from an address
+/// Found in review: 100 failures with random names from an address
 /// refused everyone from it for 15 minutes, admin included. A (user,
 /// address) with a success in the last `known_good_days` is not refused by
 /// the address's counter; its own pair counter still applies, and a user

@@ -1,4 +1,4 @@
-//! Login throttling under concurrency (issue 15, items 2 and 4): every
+//! Login throttling under concurrency (DESIGN §7.3, §7.10): every
 //! attempt is counted before anything expensive runs, so N parallel
 //! attempts count N and the refusals begin exactly at the limit, over
 //! msgpack and over REST; and the state one address leaves is bounded and

@@ -213,7 +213,7 @@ impl Login {
         // without logins), or a method it does not take — runs the method
         // against no record and fails, counted, as a wrong password does:
         // which domains exist and what they accept is not for a stranger
-        // to learn (W3).
+        // to learn (DESIGN §8.2, W3).
         let blind = !base.is_empty()
             && (cfg.current.is_none() || (m.is_some() && !cfg.accepts(method_name)));
         if !blind && !cfg.accepts(method_name) && m.is_some() {

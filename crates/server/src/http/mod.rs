@@ -1,4 +1,4 @@
-//! The REST front end (issue 10, DESIGN §4), beside the msgpack listener,
+//! The REST front end (DESIGN §4), beside the msgpack listener,
 //! on the same bouncer and store: JSON over HTTP/1.1, sessions as
 //! keycards, every request after login signed (`keycard_auth::signed`).
 //!
