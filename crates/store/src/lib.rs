@@ -2,15 +2,26 @@
 //!
 //! One [`Store`] trait — get, atomic conditional batch writes, ordered
 //! subtree scans with depth limits, a strictly increasing [`Tock`] and a
-//! change feed to serve watches from a tock — and its embedded backend,
-//! [`RedbStore`]: a single ACID file with group commit. The store knows
-//! paths and values only; it knows nothing of auth, ACLs or the protocol.
+//! change feed to serve watches from a tock — and its backends:
+//! [`RedbStore`], the embedded default (a single ACID file with group
+//! commit), and [`MemStore`] (the same semantics in memory, not durable).
+//! What a batch does is decided once for every backend, without I/O
+//! ([`plan`]), and so is how a scan page walks the key order ([`walk`]);
+//! a backend reads, applies and keeps the change log. [`Backend`] names
+//! them as the configuration does. The store knows paths and values only;
+//! it knows nothing of auth, ACLs or the protocol.
 
+mod backend;
 mod feed;
+mod mem_store;
+pub mod plan;
 mod redb_store;
 mod types;
+pub mod walk;
 
+pub use backend::Backend;
 pub use feed::{value_weight, weight, Feed, FeedError, Subscription};
+pub use mem_store::{MemOptions, MemStore};
 pub use redb_store::{RedbOptions, RedbStore};
 pub use types::{
     After, Change, Cond, Cursor, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock,
