@@ -32,9 +32,11 @@ use keycard_proto::Path;
 
 /// The storage interface every backend implements.
 ///
-/// Writes are atomic per call and durable when the call returns `Ok`.
-/// Each changed node gets a fresh tock; tocks never repeat or go back, also
-/// across restarts.
+/// Writes are atomic per call and durable when the call returns `Ok` (a
+/// backend that is not, [`MemStore`], keeps them while it lives). Each
+/// changed node gets a fresh tock; tocks never repeat or go back, also
+/// across restarts. What a batch does is [`plan::plan`]'s decision on
+/// every backend; `tests/conformance/` holds the contract as tests.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The node at `path`, if it holds a value.
