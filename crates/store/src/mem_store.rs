@@ -13,14 +13,10 @@ use async_trait::async_trait;
 use keycard_proto::Path;
 
 use crate::feed::{value_weight, weight, Feed, Subscription};
-use crate::plan::{check_history, plan, pruned_after};
+use crate::plan::{check_history, plan, pruned_after, CHANGES_PAGE_BYTES};
 use crate::types::{After, Change, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock};
 use crate::walk::{Next, Walk};
 use crate::Store;
-
-/// Most bytes of changes one `changes_since` call returns (at least one
-/// change), as the durable backend pages its change log.
-const CHANGES_PAGE_BYTES: usize = 1 << 20;
 
 /// Tuning for [`MemStore`].
 #[derive(Clone, Debug)]

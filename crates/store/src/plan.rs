@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use keycard_proto::Value;
+
 use crate::types::{Change, Cond, Entry, Op, Outcome, StoreError, Tock};
 
 /// The committed state a batch is planned against: one read, of one key.
@@ -111,7 +113,9 @@ pub fn plan<C: Current + ?Sized>(
             return Err(StoreError::Conflict { index, reason });
         }
         let prev = now.map(|e| e.value);
-        let value = match op {
+        // The node's next value (`None`: deleted), or `None` when the op
+        // leaves it as it is.
+        let next: Option<Option<Value>> = match op {
             Op::Put { value, idem, .. } => {
                 if *idem && prev.as_ref() == Some(value) {
                     None
@@ -121,9 +125,9 @@ pub fn plan<C: Current + ?Sized>(
             }
             Op::Delete { .. } => prev.is_some().then_some(None),
         };
-        // `None`: the op changes nothing, and says so with the store's
-        // tock as it is at this point of the batch.
-        let Some(value) = value else {
+        // An op that changes nothing says so with the store's tock as it
+        // is at this point of the batch.
+        let Some(value) = next else {
             outcomes.push(Outcome {
                 changed: false,
                 prev,
@@ -157,15 +161,17 @@ pub fn plan<C: Current + ?Sized>(
 /// reads them: a backend whose reads are round trips (a database server)
 /// fetches these in one query, then plans over the answer.
 pub fn keys(ops: &[Op]) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::with_capacity(ops.len());
-    for op in ops {
-        let key = op.path().to_key();
-        if !out.contains(&key) {
-            out.push(key);
-        }
-    }
-    out
+    let mut seen = std::collections::HashSet::with_capacity(ops.len());
+    ops.iter()
+        .map(|op| op.path().to_key())
+        .filter(|key| seen.insert(key.clone()))
+        .collect()
 }
+
+/// Most bytes of changes one `changes_since` call returns (at least one
+/// change, whatever its size): a watch catching up holds one page at a
+/// time. A backend counts what its records weigh.
+pub const CHANGES_PAGE_BYTES: usize = 1 << 20;
 
 /// The highest tock the change log no longer needs to keep once the last
 /// tock is `tock`, keeping the last `history` changes; `pruned` is what it
@@ -187,7 +193,7 @@ pub fn check_history(after: Tock, pruned: u64) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keycard_proto::{Elem, Path, Value};
+    use keycard_proto::{Elem, Path};
     use proptest::prelude::*;
 
     fn p(s: &str) -> Path {

@@ -578,10 +578,6 @@ impl Store for RedbStore {
     }
 }
 
-/// Most bytes of change records one `changes_since` call returns (at
-/// least one record): a watch catching up holds one page at a time.
-const CHANGES_PAGE_BYTES: usize = 1 << 20;
-
 impl RedbStore {
     fn scan_page(
         &self,
@@ -618,7 +614,7 @@ impl RedbStore {
             let (k, v) = item.map_err(backend)?;
             bytes += v.value().len();
             out.push(decode_change(k.value(), v.value())?);
-            if out.len() >= limit || bytes >= CHANGES_PAGE_BYTES {
+            if out.len() >= limit || bytes >= plan::CHANGES_PAGE_BYTES {
                 break;
             }
         }
