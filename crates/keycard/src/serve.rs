@@ -27,6 +27,10 @@ pub(crate) struct ServeArgs {
     /// Data directory holding the embedded store [default: ./keycard-data].
     #[arg(long, env = "KEYCARD_DATA")]
     data: Option<PathBuf>,
+    /// Where the tree is kept: redb (the file DATA/keycard.redb) or
+    /// memory (lost when the server stops; for tests) [default: redb].
+    #[arg(long, env = "KEYCARD_STORE")]
+    store: Option<keycard_store::Backend>,
     /// Address of the msgpack listener [default: 127.0.0.1:27586].
     #[arg(long, env = "KEYCARD_LISTEN")]
     listen: Option<SocketAddr>,
@@ -239,7 +243,7 @@ impl ServeArgs {
     fn apply(&self, mut config: Config) -> Config {
         let a = self.clone();
         given!(a, config, {
-            data => data, listen => listen, node => node, max_message => max_message,
+            data => data, store => store, listen => listen, node => node, max_message => max_message,
             max_items => max_items, max_connections => max_connections,
             max_connections_per_address => max_connections_per_address,
             login_timeout => login_timeout, idle_timeout => idle_timeout,
@@ -376,6 +380,7 @@ mod tests {
             r#"
             listen = "127.0.0.9:1"
             data = "elsewhere"
+            store = "memory"
             node = "other"
             max_message = 7
             max_connections = 7

@@ -15,6 +15,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Data directory holding the store file. Default `./keycard-data`.
     pub data: PathBuf,
+    /// Which store keeps the tree: `"redb"` (the default: the file
+    /// `DATA/keycard.redb`) or `"memory"` (nothing outlives the process;
+    /// for tests). A backend's name as text, so that one addressed by a
+    /// URL fits the same key.
+    #[serde(deserialize_with = "store_backend")]
+    pub store: keycard_store::Backend,
     /// This node's name, sent in the greeting. Default `keycard`.
     pub node: String,
     /// Largest message accepted, in bytes. Default 1 MiB. A larger one is
@@ -186,6 +192,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 27586)),
             data: PathBuf::from("keycard-data"),
+            store: keycard_store::Backend::default(),
             node: "keycard".into(),
             max_message: 1 << 20,
             max_connections: 10_000,
@@ -229,6 +236,15 @@ impl Config {
     }
 }
 
+/// The `store` key: a backend's name, parsed by `keycard_store::Backend`
+/// (whose error lists the choices).
+fn store_backend<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<keycard_store::Backend, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
 fn toml_from_str(text: &str) -> Result<Config, String> {
     // Kept in one place so the binary need not depend on toml itself.
     toml::from_str(text).map_err(|e| e.to_string())
@@ -265,5 +281,24 @@ mod tests {
         );
         assert_eq!((c.http_idle_timeout, c.http_body_timeout), (10, 10));
         assert_eq!(c.http, Some(SocketAddr::from(([127, 0, 0, 1], 8427))));
+        assert_eq!(c.store, keycard_store::Backend::Redb);
+    }
+
+    /// `store` names a backend; a name that is none is refused with the
+    /// choices, and leaving it out keeps the embedded store.
+    #[test]
+    fn the_store_key_names_a_backend() {
+        let c = Config::from_toml("store = \"memory\"").expect("memory");
+        assert_eq!(c.store, keycard_store::Backend::Memory);
+        assert_eq!(
+            Config::from_toml("").expect("empty").store,
+            keycard_store::Backend::Redb
+        );
+        let err = Config::from_toml("store = \"sqlite\"").expect_err("no such store");
+        assert!(
+            err.contains("\"sqlite\"") && err.contains("\"redb\""),
+            "{err}"
+        );
+        assert!(Config::from_toml("store = 1").is_err());
     }
 }

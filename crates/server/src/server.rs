@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use keycard_auth::{Argon2Params, ClientRegistry, MethodSecrets, Registry};
-use keycard_store::{RedbOptions, RedbStore, Store, StoreError};
+use keycard_store::{Backend, MemOptions, MemStore, RedbOptions, RedbStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -50,20 +50,42 @@ pub struct Server {
 /// The file in the data directory holding the embedded store.
 pub const STORE_FILE: &str = "keycard.redb";
 
+/// The store factory: opens the backend `config.store` names.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match config.store {
+        Backend::Redb => {
+            let file = config.data.join(STORE_FILE);
+            private_file(&file, "the store")?;
+            let opts = RedbOptions {
+                history: config.history,
+                ..RedbOptions::default()
+            };
+            // redb checks (and may repair) the file as it opens it.
+            let store = tokio::task::spawn_blocking(move || RedbStore::open(&file, opts))
+                .await
+                .map_err(|e| StartError::Store(StoreError::Backend(e.to_string())))??;
+            Ok(Arc::new(store))
+        }
+        Backend::Memory => {
+            tracing::warn!(
+                "the store is in memory (store = \"memory\"): everything written, users \
+                 included, is lost when the server stops"
+            );
+            Ok(Arc::new(MemStore::new(MemOptions {
+                history: config.history,
+                ..MemOptions::default()
+            })))
+        }
+    }
+}
+
 impl Server {
-    /// Opens the embedded store in `config.data` and binds `config.listen`.
+    /// Opens the store `config.store` names (by default the embedded one
+    /// in `config.data`) and binds `config.listen`.
     pub async fn open(config: Config) -> Result<Server, StartError> {
         private_dir(&config.data)?;
-        let file = config.data.join(STORE_FILE);
-        private_file(&file, "the store")?;
-        let opts = RedbOptions {
-            history: config.history,
-            ..RedbOptions::default()
-        };
-        let store = tokio::task::spawn_blocking(move || RedbStore::open(&file, opts))
-            .await
-            .map_err(|e| StartError::Store(StoreError::Backend(e.to_string())))??;
-        Self::with_store(config, Arc::new(store)).await
+        let store = open_store(&config).await?;
+        Self::with_store(config, store).await
     }
 
     /// Binds `config.listen` serving `store`.

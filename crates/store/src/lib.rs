@@ -2,15 +2,26 @@
 //!
 //! One [`Store`] trait — get, atomic conditional batch writes, ordered
 //! subtree scans with depth limits, a strictly increasing [`Tock`] and a
-//! change feed to serve watches from a tock — and its embedded backend,
-//! [`RedbStore`]: a single ACID file with group commit. The store knows
-//! paths and values only; it knows nothing of auth, ACLs or the protocol.
+//! change feed to serve watches from a tock — and its backends:
+//! [`RedbStore`], the embedded default (a single ACID file with group
+//! commit), and [`MemStore`] (the same semantics in memory, not durable).
+//! What a batch does is decided once for every backend, without I/O
+//! ([`plan`]), and so is how a scan page walks the key order ([`walk`]);
+//! a backend reads, applies and keeps the change log. [`Backend`] names
+//! them as the configuration does. The store knows paths and values only;
+//! it knows nothing of auth, ACLs or the protocol.
 
+mod backend;
 mod feed;
+mod mem_store;
+pub mod plan;
 mod redb_store;
 mod types;
+pub mod walk;
 
+pub use backend::Backend;
 pub use feed::{value_weight, weight, Feed, FeedError, Subscription};
+pub use mem_store::{MemOptions, MemStore};
 pub use redb_store::{RedbOptions, RedbStore};
 pub use types::{
     After, Change, Cond, Cursor, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock,
@@ -21,9 +32,11 @@ use keycard_proto::Path;
 
 /// The storage interface every backend implements.
 ///
-/// Writes are atomic per call and durable when the call returns `Ok`.
-/// Each changed node gets a fresh tock; tocks never repeat or go back, also
-/// across restarts.
+/// Writes are atomic per call and durable when the call returns `Ok` (a
+/// backend that is not, [`MemStore`], keeps them while it lives). Each
+/// changed node gets a fresh tock; tocks never repeat or go back, also
+/// across restarts. What a batch does is [`plan::plan`]'s decision on
+/// every backend; `tests/conformance/` holds the contract as tests.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The node at `path`, if it holds a value.

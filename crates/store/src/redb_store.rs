@@ -7,10 +7,11 @@
 //! `Durability::Immediate`), and MVCC readers that never block the writer.
 //! Its write transactions are serialised, which is why writes go through one
 //! thread that batches whatever is queued into one transaction: one fsync
-//! then covers every writer that was waiting (group commit).
+//! then covers every writer that was waiting (group commit). What each
+//! batch does is [`crate::plan`]'s decision, read from the write
+//! transaction (which holds the group's earlier batches too); scans page
+//! with [`crate::walk`].
 
-use std::collections::HashMap;
-use std::ops::Bound;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -18,14 +19,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use keycard_proto::{decode_one, encode_into, Limits, Path, Value, KEY_END};
+use keycard_proto::{decode_one, encode_into, Limits, Path, Value};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::feed::{Feed, Subscription};
-use crate::types::{
-    After, Change, Cond, Cursor, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock,
-};
+use crate::plan;
+use crate::types::{After, Change, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock};
+use crate::walk::{Next, Walk};
 use crate::Store;
 
 /// Path key → tock (8 bytes, big-endian) ++ msgpack value.
@@ -324,99 +325,18 @@ fn decode_change(tock: u64, bytes: &[u8]) -> Result<Change, StoreError> {
     })
 }
 
-/// One accepted change, before commit.
-struct Planned {
-    key: Vec<u8>,
-    path: Path,
-    value: Option<Value>,
-    tock: u64,
-}
+/// The committed state a batch is planned against: the write
+/// transaction's data table, which holds the earlier requests of the
+/// same group too.
+struct TableEntries<'a, T>(&'a T);
 
-/// Checks a batch's conditions against the table and plans its changes,
-/// without writing: a failing batch leaves nothing behind.
-fn plan(
-    data: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    ops: &[Op],
-    mut tock: u64,
-) -> Result<(Vec<Outcome>, Vec<Planned>), StoreError> {
-    // Later ops in a batch see earlier ones.
-    let mut overlay: HashMap<Vec<u8>, Option<Entry>> = HashMap::new();
-    let mut outcomes = Vec::with_capacity(ops.len());
-    let mut planned = Vec::with_capacity(ops.len());
-    for (index, op) in ops.iter().enumerate() {
-        let key = op.path().to_key();
-        let current = match overlay.get(&key) {
-            Some(e) => e.clone(),
-            None => match data.get(key.as_slice()).map_err(backend)? {
-                Some(g) => Some(decode_entry(g.value())?),
-                None => None,
-            },
-        };
-        let cond = match op {
-            Op::Put { cond, .. } | Op::Delete { cond, .. } => cond,
-        };
-        let conflict = |reason| StoreError::Conflict { index, reason };
-        match (cond, &current) {
-            (Cond::Any, _) => {}
-            (Cond::Absent, None) => {}
-            (Cond::Absent, Some(_)) => return Err(conflict("the node exists")),
-            (Cond::Equals(_), None) => return Err(conflict("the node has no value")),
-            (Cond::Equals(want), Some(e)) if *want != e.value => {
-                return Err(conflict("the node holds a different value"))
-            }
-            (Cond::Equals(_), Some(_)) => {}
-            (Cond::TockIs(_), None) => return Err(conflict("the node has no value")),
-            (Cond::TockIs(t), Some(e)) if *t != e.tock => {
-                return Err(conflict("the node was changed at another tock"))
-            }
-            (Cond::TockIs(_), Some(_)) => {}
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> plan::Current for TableEntries<'_, T> {
+    fn entry(&mut self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        match self.0.get(key).map_err(backend)? {
+            Some(g) => Ok(Some(decode_entry(g.value())?)),
+            None => Ok(None),
         }
-        let prev = current.as_ref().map(|e| e.value.clone());
-        let new_value = match op {
-            Op::Put { value, idem, .. } => {
-                if *idem && prev.as_ref() == Some(value) {
-                    outcomes.push(Outcome {
-                        changed: false,
-                        prev,
-                        tock: Tock(tock),
-                    });
-                    continue;
-                }
-                Some(value.clone())
-            }
-            Op::Delete { .. } => {
-                if current.is_none() {
-                    outcomes.push(Outcome {
-                        changed: false,
-                        prev: None,
-                        tock: Tock(tock),
-                    });
-                    continue;
-                }
-                None
-            }
-        };
-        tock += 1;
-        overlay.insert(
-            key.clone(),
-            new_value.clone().map(|value| Entry {
-                value,
-                tock: Tock(tock),
-            }),
-        );
-        outcomes.push(Outcome {
-            changed: true,
-            prev,
-            tock: Tock(tock),
-        });
-        planned.push(Planned {
-            key,
-            path: op.path().clone(),
-            value: new_value,
-            tock,
-        });
     }
-    Ok((outcomes, planned))
 }
 
 type Reply = (
@@ -463,37 +383,34 @@ fn commit_group(
         let mut log = txn.open_table(LOG).map_err(backend)?;
         let mut meta = txn.open_table(META).map_err(backend)?;
         for req in &reqs {
-            match plan(&data, &req.ops, tock) {
+            match plan::plan(&mut TableEntries(&data), &req.ops, Tock(tock)) {
                 Err(e) => results.push(Err(e)),
-                Ok((outcomes, planned)) => {
-                    for p in planned {
-                        match &p.value {
+                Ok(plan) => {
+                    for p in plan.changes {
+                        let value = p.change.value.as_ref();
+                        let at = p.change.tock.0;
+                        match value {
                             Some(v) => {
-                                data.insert(p.key.as_slice(), encode_entry(v, p.tock).as_slice())
+                                data.insert(p.key.as_slice(), encode_entry(v, at).as_slice())
                                     .map_err(backend)?;
                             }
                             None => {
                                 data.remove(p.key.as_slice()).map_err(backend)?;
                             }
                         }
-                        log.insert(p.tock, encode_change(&p.key, p.value.as_ref()).as_slice())
+                        log.insert(at, encode_change(&p.key, value).as_slice())
                             .map_err(backend)?;
-                        tock = p.tock;
-                        changes.push(Change {
-                            path: p.path,
-                            value: p.value,
-                            tock: Tock(p.tock),
-                        });
+                        tock = at;
+                        changes.push(p.change);
                     }
-                    results.push(Ok(outcomes));
+                    results.push(Ok(plan.outcomes));
                 }
             }
         }
         if tock != start {
             meta.insert("tock", tock).map_err(backend)?;
             // Keep the last `history` changes.
-            let floor = tock.saturating_sub(opts.history);
-            if floor > pruned {
+            if let Some(floor) = plan::pruned_after(Tock(tock), opts.history, pruned) {
                 loop {
                     let first = log.first().map_err(backend)?.map(|(k, _)| k.value());
                     match first {
@@ -661,14 +578,6 @@ impl Store for RedbStore {
     }
 }
 
-/// Most bytes of change records one `changes_since` call returns (at
-/// least one record): a watch catching up holds one page at a time.
-const CHANGES_PAGE_BYTES: usize = 1 << 20;
-
-/// Most bytes of stored values one `scan` call returns (at least one
-/// node): a walk over large values holds one such page at a time.
-const SCAN_PAGE_BYTES: usize = 1 << 20;
-
 impl RedbStore {
     fn scan_page(
         &self,
@@ -677,79 +586,27 @@ impl RedbStore {
         after: After<'_>,
         limit: usize,
     ) -> Result<ScanPage, StoreError> {
-        // Bound the work of one call: a depth filter can skip millions of
-        // nodes between two results.
-        let examine_max = limit.saturating_mul(8).max(4096);
         let txn = self.shared.db()?.begin_read().map_err(backend)?;
         let data = txn.open_table(DATA).map_err(backend)?;
-        let base = prefix.len();
-        let mut end = prefix.to_key();
-        end.push(KEY_END);
-        let mut lower: Bound<Vec<u8>> = match after {
-            After::Start => Bound::Included(prefix.to_key()),
-            After::Node(a) => Bound::Excluded(a.to_key()),
-            After::Subtree(a) => {
-                let mut k = a.to_key();
-                k.push(KEY_END);
-                Bound::Excluded(k)
-            }
-            After::Cursor(c) => Bound::Excluded(c.0.clone()),
-        };
-        let mut items = Vec::new();
-        let mut examined = 0usize;
-        let mut bytes = 0usize;
-        'seek: loop {
-            let range = (
-                lower.as_ref().map(Vec::as_slice),
-                Bound::Excluded(end.as_slice()),
-            );
+        let mut walk = Walk::new(prefix, opts, after, limit);
+        'seek: while let Some(range) = walk.range() {
             for item in data.range::<&[u8]>(range).map_err(backend)? {
                 let (k, v) = item.map_err(backend)?;
-                let key = k.value();
-                examined += 1;
-                let path = Path::from_key(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let depth = path.len() - base;
-                if let Some(max) = opts.max_depth {
-                    if depth > max {
-                        // Skip the rest of the subtree of the ancestor at
-                        // the deepest allowed level.
-                        let mut skip = Path::new(path.elems()[..base + max].to_vec()).to_key();
-                        skip.push(KEY_END);
-                        lower = Bound::Excluded(skip);
-                        if examined >= examine_max {
-                            break 'seek;
-                        }
-                        continue 'seek;
-                    }
-                }
-                lower = Bound::Excluded(key.to_vec());
-                if depth >= opts.min_depth {
-                    bytes += v.value().len();
-                    items.push((path, decode_entry(v.value())?));
-                    if items.len() >= limit || bytes >= SCAN_PAGE_BYTES {
-                        break 'seek;
-                    }
-                }
-                if examined >= examine_max {
-                    break 'seek;
+                let stored = v.value();
+                match walk.step(k.value(), stored.len(), || decode_entry(stored))? {
+                    Next::Read => {}
+                    Next::Seek => continue 'seek,
+                    Next::Stop => return Ok(walk.page(false)),
                 }
             }
-            // The range is exhausted.
-            return Ok(ScanPage { items, next: None });
+            break;
         }
-        let next = match lower {
-            Bound::Excluded(k) => Some(Cursor(k)),
-            _ => None,
-        };
-        Ok(ScanPage { items, next })
+        Ok(walk.page(true))
     }
 
     fn changes_page(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError> {
         let txn = self.shared.db()?.begin_read().map_err(backend)?;
-        let pruned = self.shared.pruned.load(Ordering::Acquire);
-        if after.0 < pruned {
-            return Err(StoreError::HistoryGone { oldest: pruned + 1 });
-        }
+        plan::check_history(after, self.shared.pruned.load(Ordering::Acquire))?;
         let log = txn.open_table(LOG).map_err(backend)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -757,7 +614,7 @@ impl RedbStore {
             let (k, v) = item.map_err(backend)?;
             bytes += v.value().len();
             out.push(decode_change(k.value(), v.value())?);
-            if out.len() >= limit || bytes >= CHANGES_PAGE_BYTES {
+            if out.len() >= limit || bytes >= plan::CHANGES_PAGE_BYTES {
                 break;
             }
         }
