@@ -194,9 +194,7 @@ fn parse_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, RestError> {
         let size = usize::try_from(size)
             .ok()
             .filter(|s| body.len().saturating_add(*s) <= MAX_BODY)
-            .ok_or_else(|| {
-                RestError::Http(format!("a chunked body over {MAX_BODY} bytes"))
-            })?;
+            .ok_or_else(|| RestError::Http(format!("a chunked body over {MAX_BODY} bytes")))?;
         at += len;
         if size == 0 {
             // The trailer: fields up to an empty line.
@@ -344,7 +342,9 @@ impl Connection {
         // answer is still there to read, so a failed write is reported
         // only if no answer follows.
         let written = self.stream.write_all(&self.out).await;
-        let read = self.read_response(method.eq_ignore_ascii_case("HEAD")).await;
+        let read = self
+            .read_response(method.eq_ignore_ascii_case("HEAD"))
+            .await;
         let response = match (read, written) {
             (Ok(r), _) => r,
             (Err(e), Ok(())) => {

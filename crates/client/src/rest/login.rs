@@ -36,7 +36,8 @@ enum Started {
         first: String,
         exchange: Box<dyn Exchange<()>>,
     },
-    Opaque(OpaqueLogin),
+    // Boxed: OPAQUE's client state is large beside SCRAM's.
+    Opaque(Box<OpaqueLogin>),
 }
 
 impl Login {
@@ -73,12 +74,13 @@ impl Login {
 
     /// An OPAQUE login: its KE1 is made now.
     pub fn opaque(user: &str, password: &Password) -> Result<Login, RestError> {
-        let (login, ke1) = OpaqueLogin::start(password).map_err(|e| RestError::Auth(e.to_string()))?;
+        let (login, ke1) =
+            OpaqueLogin::start(password).map_err(|e| RestError::Auth(e.to_string()))?;
         Ok(Login {
             method: OPAQUE,
             user: user.to_owned(),
             data: URL_SAFE_NO_PAD.encode(ke1),
-            state: Started::Opaque(login),
+            state: Started::Opaque(Box::new(login)),
         })
     }
 
@@ -187,10 +189,7 @@ impl Challenged {
             }
             Finish::Opaque { key } => key,
         };
-        Ok(Session {
-            sid: self.sid,
-            key,
-        })
+        Ok(Session { sid: self.sid, key })
     }
 }
 

@@ -454,7 +454,8 @@ impl RestClient {
         let r = self
             .maybe_signed(session, "GET", &kv_target(path), &[], b"")
             .await?;
-        if r.status == 404 && r.json().ok().and_then(|j| error_code(&j)) == Some(ErrorCode::NotFound)
+        if r.status == 404
+            && r.json().ok().and_then(|j| error_code(&j)) == Some(ErrorCode::NotFound)
         {
             return Ok(None);
         }
@@ -525,7 +526,8 @@ impl RestClient {
         let r = self
             .maybe_signed(session, "GET", &user_target(name), &[], b"")
             .await?;
-        if r.status == 404 && r.json().ok().and_then(|j| error_code(&j)) == Some(ErrorCode::NotFound)
+        if r.status == 404
+            && r.json().ok().and_then(|j| error_code(&j)) == Some(ErrorCode::NotFound)
         {
             return Ok(None);
         }
@@ -534,7 +536,8 @@ impl RestClient {
             Some(serde_json::Value::Array(items)) => items.clone(),
             _ => Vec::new(),
         };
-        let opt = |m: &serde_json::Value, k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let opt =
+            |m: &serde_json::Value, k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_owned);
         Ok(Some(UserInfo {
             name: text(&j, "name")?,
             methods: list("methods")
@@ -591,7 +594,11 @@ impl RestClient {
 
     /// `DELETE /user/{name}`: every record of the name, its bindings, its
     /// keycards and tokens.
-    pub async fn delete_user(&self, session: Option<&Session>, name: &str) -> Result<(), RestError> {
+    pub async fn delete_user(
+        &self,
+        session: Option<&Session>,
+        name: &str,
+    ) -> Result<(), RestError> {
         let r = self
             .maybe_signed(session, "DELETE", &user_target(name), &[], b"")
             .await?;
@@ -628,9 +635,9 @@ impl RestClient {
                     .maybe_signed(session, method, &target, &[], body.to_string().as_bytes())
                     .await?;
                 let j = expect(r, 200)?.json()?;
-                let response = URL_SAFE_NO_PAD
-                    .decode(text(&j, "data")?)
-                    .map_err(|_| RestError::Protocol("the registration response is not base64url".into()))?;
+                let response = URL_SAFE_NO_PAD.decode(text(&j, "data")?).map_err(|_| {
+                    RestError::Protocol("the registration response is not base64url".into())
+                })?;
                 body["token"] = json!(text(&j, "token")?);
                 let exchange = start
                     .exchange

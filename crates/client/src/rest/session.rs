@@ -207,10 +207,7 @@ mod tests {
             Elem::from(""),
             Elem::from("é"),
         ]);
-        assert_eq!(
-            kv_target(&p),
-            "/kv/app/:5/a:.b/a:_b%2Fc%3Fd%25/:e/%C3%A9"
-        );
+        assert_eq!(kv_target(&p), "/kv/app/:5/a:.b/a:_b%2Fc%3Fd%25/:e/%C3%A9");
         assert_eq!(kv_target(&Path::root()), "/kv");
         assert_eq!(user_target("a b"), "/user/a%20b");
         assert_eq!(session_target("x/y"), "/session/x%2Fy");
