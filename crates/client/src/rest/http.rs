@@ -36,6 +36,8 @@ pub struct Response {
     fields: Vec<(Range<usize>, Range<usize>)>,
     /// The body (decoded from chunks when it was chunked).
     pub body: Vec<u8>,
+    /// Whether the answer was HTTP/1.0.
+    http10: bool,
 }
 
 impl Response {
@@ -62,10 +64,13 @@ impl Response {
             .map_err(|e| RestError::Protocol(format!("the answer is not JSON: {e}")))
     }
 
-    /// Whether the server will close the connection after this response.
+    /// Whether the server will close the connection after this response
+    /// (it says so, or it speaks HTTP/1.0).
     fn closes(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        self.http10
+            || self
+                .header("connection")
+                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
     }
 }
 
@@ -171,6 +176,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(Head, usize)>, R
                 head,
                 fields,
                 body: Vec::new(),
+                http10: parsed.version == Some(0),
             },
             framing,
         },
@@ -370,8 +376,13 @@ impl Connection {
                 if let Some(parsed) = parse_head(&self.buf, head_request)? {
                     break parsed;
                 }
-                if !self.fill().await? {
+                // The end of the stream, or a reset, before any byte of
+                // an answer: the server had let the connection go.
+                let more = self.fill().await;
+                if !matches!(more, Ok(true)) {
                     self.unanswered = self.buf.is_empty();
+                }
+                if !more? {
                     return Err(RestError::Io(if self.unanswered {
                         "the server closed the connection without answering".into()
                     } else {
@@ -494,6 +505,122 @@ mod tests {
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: 1\r\n")).collect();
         let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
         assert!(parse_head(many.as_bytes(), false).is_err());
+    }
+
+    /// A server that answers each request on its connections with the
+    /// next of `answers` (`None`: close the connection instead), and
+    /// counts the connections it accepted.
+    async fn canned(
+        answers: Vec<Option<&'static str>>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            'conns: while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                loop {
+                    // A whole request head (the tests send no body).
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => continue 'conns,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .unwrap_or_default();
+                    buf.drain(..end + 4);
+                    match answers.next() {
+                        Some(Some(a)) => {
+                            if s.write_all(a.as_bytes()).await.is_err() {
+                                continue 'conns;
+                            }
+                        }
+                        Some(None) => continue 'conns,
+                        None => return,
+                    }
+                    // After the last answer the server goes away.
+                    if answers.len() == 0 {
+                        return;
+                    }
+                }
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_the_answers_of_every_framing() {
+        let (addr, accepted) = canned(vec![
+            Some("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none"),
+            Some("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\n"),
+            Some("HTTP/1.1 204 No Content\r\n\r\n"),
+            Some("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nthree and the rest"),
+        ])
+        .await;
+        let mut c = Connection::connect(&addr).await.expect("connect");
+        let r = c.send("GET", "/a", &[], b"").await.expect("first");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"one"[..]));
+        let r = c
+            .send("POST", "/b", &[("x-a", "1")], b"")
+            .await
+            .expect("second");
+        assert_eq!((r.status, r.body.as_slice()), (201, &b"two"[..]));
+        let r = c.send("DELETE", "/c", &[], b"").await.expect("third");
+        assert_eq!((r.status, r.body.len()), (204, 0));
+        // Nothing that would end a field early is sent (and the
+        // connection stays usable).
+        for fields in [[("x-a", "1\r\nx-b: 2")], [("x-a\n", "1")], [("x-a", "\0")]] {
+            assert!(matches!(
+                c.send("GET", "/", &fields, b"").await,
+                Err(RestError::Request(_))
+            ));
+        }
+        assert!(matches!(
+            c.send("GET", "/a b", &[], b"").await,
+            Err(RestError::Request(_))
+        ));
+        let r = c.send("GET", "/d", &[], b"").await.expect("fourth");
+        assert_eq!(r.body, b"three and the rest");
+        assert!(!c.is_open(), "the server said it closes");
+        assert_eq!(c.answered(), 4);
+        assert!(c.send("GET", "/e", &[], b"").await.is_err());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A kept connection the server closed while it was idle is opened
+    /// again for the next request; a connection closed mid-answer is an
+    /// error, not a retry.
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_reopened() {
+        use super::super::RestClient;
+        let (addr, accepted) = canned(vec![
+            Some("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"),
+            None,
+            Some("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"),
+            Some("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nc"),
+        ])
+        .await;
+        let rest = RestClient::new(addr);
+        assert_eq!(rest.send("GET", "/", &[], b"").await.expect("a").body, b"a");
+        // The server reads the next request and closes without a word: it
+        // goes again on a new connection.
+        assert_eq!(rest.send("GET", "/", &[], b"").await.expect("b").body, b"b");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // A body cut short is an error.
+        assert!(matches!(
+            rest.send("GET", "/", &[], b"").await,
+            Err(RestError::Io(_))
+        ));
     }
 
     #[test]
