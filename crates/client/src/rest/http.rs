@@ -26,7 +26,7 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_BODY: usize = 64 << 20;
 
 /// An HTTP response: status, header fields and body.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Response {
     /// The status code.
     pub status: u16,
@@ -38,6 +38,16 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Whether the answer was HTTP/1.0.
     http10: bool,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &self.headers().collect::<Vec<_>>())
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .finish()
+    }
 }
 
 impl Response {
