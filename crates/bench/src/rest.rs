@@ -43,7 +43,7 @@ async fn login(rest: &RestClient, user: &str, pw: &str) -> anyhow::Result<Sessio
 /// One OPAQUE login over REST (KE1, KE2, KE3; the session key from the
 /// exchange).
 async fn login_opaque(rest: &RestClient, user: &str, pw: &str) -> anyhow::Result<Session> {
-    Ok(rest.login(Login::opaque(user, &Password::new(pw))?).await?)
+    Ok(rest.login(Login::opaque(user, Password::new(pw))?).await?)
 }
 
 fn now_s() -> u64 {

@@ -46,7 +46,7 @@ impl Login {
     pub fn new(method: &str, user: &str, password: Password) -> Result<Login, RestError> {
         match method {
             SCRAM_SHA_256 => Login::scram(user, password),
-            OPAQUE => Login::opaque(user, &password),
+            OPAQUE => Login::opaque(user, password),
             other => Err(RestError::Request(format!(
                 "method {other:?} is not offered over REST"
             ))),
@@ -73,9 +73,9 @@ impl Login {
     }
 
     /// An OPAQUE login: its KE1 is made now.
-    pub fn opaque(user: &str, password: &Password) -> Result<Login, RestError> {
+    pub fn opaque(user: &str, password: Password) -> Result<Login, RestError> {
         let (login, ke1) =
-            OpaqueLogin::start(password).map_err(|e| RestError::Auth(e.to_string()))?;
+            OpaqueLogin::start(&password).map_err(|e| RestError::Auth(e.to_string()))?;
         Ok(Login {
             method: OPAQUE,
             user: user.to_owned(),
@@ -110,15 +110,12 @@ impl Login {
                 first,
                 exchange,
             } => {
-                let client_final = match run(exchange.next(&data_msg(challenge)))? {
-                    Step::Send(fin, next) => (data_text(&fin.into_value(), "client-final")?, next),
-                    _ => {
-                        return Err(RestError::Protocol(
-                            "SCRAM's client half ended at the server-first message".into(),
-                        ))
-                    }
+                let Step::Send(fin, next) = run(exchange.next(&data_msg(challenge)))? else {
+                    return Err(RestError::Protocol(
+                        "SCRAM's client half ended at the server-first message".into(),
+                    ));
                 };
-                let (client_final, next) = client_final;
+                let client_final = data_text(&fin.into_value(), "client-final")?;
                 let key = scram_key(&password, &first, challenge, &client_final)?;
                 (client_final, Finish::Scram { next, key })
             }
@@ -294,7 +291,7 @@ mod tests {
         for r in &replies {
             let l = Login::scram("alice", Password::new("pw")).expect("scram");
             assert!(l.challenged(r).is_err(), "SCRAM took {r}");
-            let l = Login::opaque("olga", &Password::new("pw")).expect("opaque");
+            let l = Login::opaque("olga", Password::new("pw")).expect("opaque");
             assert!(l.challenged(r).is_err(), "OPAQUE took {r}");
         }
         // The server's nonce extends ours, but the salt is not base64 or

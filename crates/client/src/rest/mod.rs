@@ -113,7 +113,7 @@ impl RestError {
     /// The error for an answer that is not the success expected.
     fn status_of(response: Response) -> RestError {
         let json = response.json().ok();
-        let text = json
+        let mut text = json
             .as_ref()
             .and_then(|j| j.get("error"))
             .and_then(serde_json::Value::as_str)
@@ -121,6 +121,15 @@ impl RestError {
                 || String::from_utf8_lossy(&response.body).into_owned(),
                 str::to_owned,
             );
+        // A message, not a page: the whole answer stays in `response`.
+        if text.len() > 300 {
+            let mut end = 300;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
         let code = json
             .as_ref()
             .and_then(|j| j.get("code"))

@@ -213,7 +213,7 @@ pub async fn kv(
 
 /// An OPAQUE login over REST: the session, or `None` if KE2 did not open.
 pub async fn opaque_login(addr: SocketAddr, user: &str, pw: &str) -> Option<Session> {
-    let login = Login::opaque(user, &Password::new(pw)).expect("KE1");
+    let login = Login::opaque(user, Password::new(pw)).expect("KE1");
     match client(addr).login(login).await {
         Ok(s) => Some(s),
         Err(RestError::Auth(_)) => None,
