@@ -72,7 +72,8 @@ async fn every_call_of_the_rest_client() {
         let e = rest
             .login(Login::new(method, user, pw("wrong")).expect("login"))
             .await
-            .expect_err("a wrong password");
+            .err()
+            .expect("a wrong password");
         assert!(e.is_wrong_credentials(), "{method} {user}: {e}");
     }
     let info = rest.session(&alice).await.expect("GET /session");
