@@ -312,7 +312,14 @@ fn verify_in_process(n: usize) -> anyhow::Result<InProcess> {
     let mut sessions = HashMap::new();
     let mut signers = Vec::new();
     for i in 0..SESSIONS {
-        let id = table.begin(now_ms, "scram-sha-256", "bench", "", i as u64, None)?;
+        let id = table.begin(
+            now_ms,
+            keycard_auth::SCRAM_SHA_256,
+            "bench",
+            "",
+            i as u64,
+            None,
+        )?;
         table.authenticate(id, now_ms, "bench", "", life, None)?;
         let key = SecretKey::new(rand::random());
         signers.push(Session {

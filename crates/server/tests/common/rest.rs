@@ -122,7 +122,7 @@ pub async fn server_with(
     c.request(
         Msg::new()
             .with("action", "set_auth_typ")
-            .with("typ", "scram-sha-256"),
+            .with("typ", keycard_auth::SCRAM_SHA_256),
     )
     .await
     .expect("current");
