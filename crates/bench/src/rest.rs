@@ -5,7 +5,7 @@
 //! CPU time per request, next to the same `GET /kv/…` unsigned (the server
 //! is open, so the difference is the verification); then REST logins per
 //! second with SCRAM-SHA-256 and OPAQUE.
-//! HTTP/1.1 keep-alive connections, hand-written requests.
+//! HTTP/1.1 keep-alive connections (`keycard_client::rest`'s).
 //!
 //! The signed `GET /kv` does more than verify (a store read, the path,
 //! JSON), so the suite also measures, in process, what verification alone
@@ -26,198 +26,24 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use keycard_auth::bouncer::{KeycardId, Lifetime, Policy, Table};
 use keycard_auth::signed::{self, Authorization, ReplayGuard, Request};
-use keycard_auth::{
-    client_session_key, ClientMethod, OpaqueClient, OpaqueLogin, Password, ScramClient, SecretKey,
-    Step,
-};
+use keycard_auth::{OpaqueClient, Password, ScramClient, SecretKey};
+use keycard_client::rest::{Connection, Login, RestClient, Session};
 use keycard_client::Client;
-use keycard_proto::{Msg, Path, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use keycard_proto::{Path, Value};
 
 use crate::{free_port, start_keycard_with, Args};
 
-/// One keep-alive HTTP/1.1 connection.
-struct Http {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Http {
-    async fn connect(addr: SocketAddr) -> anyhow::Result<Http> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Http {
-            stream,
-            buf: Vec::with_capacity(16 * 1024),
-        })
-    }
-
-    /// Sends a request and reads the response: (status, body).
-    async fn call(
-        &mut self,
-        method: &str,
-        path: &str,
-        auth: Option<&str>,
-        body: &[u8],
-    ) -> anyhow::Result<(u16, Vec<u8>)> {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-        if let Some(a) = auth {
-            head.push_str("authorization: ");
-            head.push_str(a);
-            head.push_str("\r\n");
-        }
-        head.push_str("\r\n");
-        self.stream.write_all(head.as_bytes()).await?;
-        if !body.is_empty() {
-            self.stream.write_all(body).await?;
-        }
-        loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                let status: u16 = head
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .context("no status")?;
-                let len: usize = head
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse().ok())
-                    .unwrap_or(0);
-                let total = end + 4 + len;
-                while self.buf.len() < total {
-                    self.fill().await?;
-                }
-                let body = self.buf[end + 4..total].to_vec();
-                self.buf.drain(..total);
-                return Ok((status, body));
-            }
-            self.fill().await?;
-        }
-    }
-
-    async fn fill(&mut self) -> anyhow::Result<()> {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("the server closed the connection");
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A REST session: id and key.
-struct Session {
-    sid: String,
-    key: SecretKey,
-}
-
-/// An unsigned request that must answer `want`: its body.
-async fn expect(
-    h: &mut Http,
-    method: &str,
-    path: &str,
-    body: &str,
-    want: u16,
-) -> anyhow::Result<Vec<u8>> {
-    let (status, reply) = h.call(method, path, None, body.as_bytes()).await?;
-    if status != want {
-        bail!(
-            "{method} {path}: {status} {}",
-            String::from_utf8_lossy(&reply)
-        );
-    }
-    Ok(reply)
-}
-
-/// One SCRAM login over REST.
-async fn login(h: &mut Http, user: &str, pw: &str) -> anyhow::Result<Session> {
-    let client = ScramClient::new(user, Password::new(pw));
-    let start = client.login(None);
-    let first = start
-        .request
-        .clone()
-        .into_value()
-        .get("data")
-        .and_then(Value::as_str)
-        .context("client-first")?
-        .to_owned();
-    let body =
-        serde_json::json!({"method": "scram-sha-256", "user": user, "data": first}).to_string();
-    let reply = expect(h, "POST", "/session/new", &body, 201).await?;
-    let sid = json_field(&reply, "sid")?;
-    let server_first = json_field(&reply, "data")?;
-    let exchange = start.exchange.context("SCRAM has an exchange")?;
-    let Step::Send(fin, _) =
-        exchange.next(&Msg::new().with("data", server_first.as_str()).into_value())
-    else {
-        bail!("no client-final");
-    };
-    let client_final = fin
-        .into_value()
-        .get("data")
-        .and_then(Value::as_str)
-        .context("client-final")?
-        .to_owned();
-    let body = serde_json::json!({"data": client_final}).to_string();
-    expect(h, "PUT", &format!("/session/{sid}"), &body, 303).await?;
-    let attr = |k: &str| {
-        server_first
-            .split(',')
-            .find_map(|a| a.strip_prefix(k))
-            .map(str::to_owned)
-    };
-    let salt = B64.decode(attr("s=").context("salt")?)?;
-    let iterations = attr("i=").context("i")?.parse()?;
-    let bare = first.trim_start_matches("n,,");
-    let without_proof = client_final.split(",p=").next().unwrap_or_default();
-    let auth_message = format!("{bare},{server_first},{without_proof}");
-    let key = client_session_key(&Password::new(pw), &salt, iterations, &auth_message)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Session { sid, key })
+/// One SCRAM login over REST (on the client's keep-alive connection).
+async fn login(rest: &RestClient, user: &str, pw: &str) -> anyhow::Result<Session> {
+    Ok(rest.login(Login::scram(user, Password::new(pw))?).await?)
 }
 
 /// One OPAQUE login over REST (KE1, KE2, KE3; the session key from the
 /// exchange).
-async fn login_opaque(h: &mut Http, user: &str, pw: &str) -> anyhow::Result<Session> {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (client, ke1) =
-        OpaqueLogin::start(&Password::new(pw)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let body =
-        serde_json::json!({"method": "opaque", "user": user, "data": URL_SAFE_NO_PAD.encode(ke1)})
-            .to_string();
-    let reply = expect(h, "POST", "/session/new", &body, 201).await?;
-    let sid = json_field(&reply, "sid")?;
-    let ke2 = URL_SAFE_NO_PAD.decode(json_field(&reply, "data")?)?;
-    let (ke3, key) = client
-        .finish(&ke2)
-        .map_err(|e| anyhow::anyhow!("KE2: {e}"))?;
-    let body = serde_json::json!({"data": URL_SAFE_NO_PAD.encode(ke3)}).to_string();
-    expect(h, "PUT", &format!("/session/{sid}"), &body, 303).await?;
-    Ok(Session { sid, key })
-}
-
-/// A string field of a JSON reply.
-fn json_field(body: &[u8], key: &str) -> anyhow::Result<String> {
-    let v: serde_json::Value = serde_json::from_slice(body)?;
-    v.get(key)
-        .and_then(|x| x.as_str())
-        .map(str::to_owned)
-        .with_context(|| format!("no {key} in the reply"))
+async fn login_opaque(rest: &RestClient, user: &str, pw: &str) -> anyhow::Result<Session> {
+    Ok(rest.login(Login::opaque(user, Password::new(pw))?).await?)
 }
 
 fn now_s() -> u64 {
@@ -347,7 +173,7 @@ async fn load(
         };
         let (ready, go) = (ready.clone(), go.clone());
         tasks.push(tokio::spawn(async move {
-            let connected = Http::connect(addr).await;
+            let connected = Connection::connect_to(addr, "bench").await;
             ready.wait().await;
             go.wait().await;
             let mut h = connected?;
@@ -401,7 +227,7 @@ const PRESIGNED: usize = 40_000;
 
 /// One connection's share of a load.
 async fn h_run(
-    h: &mut Http,
+    h: &mut Connection,
     requests: &mut impl Iterator<Item = (String, Option<String>)>,
     kind: Kind,
     limit: Limit,
@@ -417,19 +243,23 @@ async fn h_run(
             _ => {}
         }
         let t = Instant::now();
-        let (status, body) = if kind == Kind::Index {
-            h.call("GET", "/", None, b"").await?
+        let r = if kind == Kind::Index {
+            h.send("GET", "/", &[], b"").await?
         } else if kind == Kind::UnsignedKv {
-            h.call("GET", KV_PATH, None, b"").await?
+            h.send("GET", KV_PATH, &[], b"").await?
         } else {
             let Some((path, auth)) = requests.next() else {
                 bail!("ran out of presigned requests; lower --seconds")
             };
-            h.call("GET", &path, auth.as_deref(), b"").await?
+            let fields: &[(&str, &str)] = match &auth {
+                Some(a) => &[("authorization", a.as_str())],
+                None => &[],
+            };
+            h.send("GET", &path, fields, b"").await?
         };
         lat.push(t.elapsed());
-        if status != 200 {
-            bail!("status {status}: {}", String::from_utf8_lossy(&body));
+        if r.status != 200 {
+            bail!("status {}: {}", r.status, String::from_utf8_lossy(&r.body));
         }
         done += 1;
     }
@@ -438,15 +268,7 @@ async fn h_run(
 
 /// An `Authorization` header for `GET path` as `s`, now, with a fresh nonce.
 fn sign_get(s: &Session, path: &str) -> String {
-    let req = Request {
-        method: "GET",
-        path,
-        query: "",
-        body: b"",
-        if_match: "",
-        if_none_match: "",
-    };
-    signed::sign(&s.key, &req, &s.sid, now_s(), rand::random()).to_header()
+    s.authorization("GET", path, b"", "", "", now_s(), rand::random())
 }
 
 fn pct(lat: &mut [Duration], q: f64) -> f64 {
@@ -490,7 +312,14 @@ fn verify_in_process(n: usize) -> anyhow::Result<InProcess> {
     let mut sessions = HashMap::new();
     let mut signers = Vec::new();
     for i in 0..SESSIONS {
-        let id = table.begin(now_ms, "scram-sha-256", "bench", "", i as u64, None)?;
+        let id = table.begin(
+            now_ms,
+            keycard_auth::SCRAM_SHA_256,
+            "bench",
+            "",
+            i as u64,
+            None,
+        )?;
         table.authenticate(id, now_ms, "bench", "", life, None)?;
         let key = SecretKey::new(rand::random());
         signers.push(Session {
@@ -633,13 +462,13 @@ pub async fn rest_suite(args: &Args) -> anyhow::Result<()> {
     // are SCRAM logins as on a closed server.
     const CLIENTS: usize = 16;
     const SESSIONS_PER_CLIENT: usize = 4;
-    let mut h = Http::connect(http).await?;
+    let h = RestClient::new(http.to_string());
     // Fresh sessions for every signed run: a session remembers at most
     // 10 000 nonces per time window (then it gets 429s).
-    let mut fresh = async || -> anyhow::Result<Vec<Session>> {
+    let fresh = async || -> anyhow::Result<Vec<Session>> {
         let mut sessions = Vec::new();
         for _ in 0..CLIENTS * SESSIONS_PER_CLIENT {
-            sessions.push(login(&mut h, "bench", "bench-pw").await?);
+            sessions.push(login(&h, "bench", "bench-pw").await?);
         }
         Ok(sessions)
     };
@@ -749,14 +578,14 @@ pub async fn rest_suite(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut n = 0u32;
     while start.elapsed().as_secs_f64() < secs {
-        login(&mut h, "bench", "bench-pw").await?;
+        login(&h, "bench", "bench-pw").await?;
         n += 1;
     }
     let logins = f64::from(n) / start.elapsed().as_secs_f64();
     let start = Instant::now();
     let mut n = 0u32;
     while start.elapsed().as_secs_f64() < secs {
-        login_opaque(&mut h, "bench-o", "bench-pw").await?;
+        login_opaque(&h, "bench-o", "bench-pw").await?;
         n += 1;
     }
     let opaque_logins = f64::from(n) / start.elapsed().as_secs_f64();

@@ -1,4 +1,5 @@
-//! An async client for keycard (and DistKV) servers.
+//! An async client for keycard (and DistKV) servers: the msgpack protocol
+//! here, the REST API in [`rest`].
 //!
 //! One TCP connection carries many requests at once: each gets a fresh
 //! `seq`, replies are routed back by it, and streams (`get_tree`, `watch`)
@@ -15,8 +16,12 @@
 //! assert_eq!(client.get(&path).await?.map(|n| n.value), Some("hi".into()));
 //! # Ok(()) }
 //! ```
+//!
+//! [`rest`] speaks the REST API: its login, signed requests, `/kv` and
+//! `/user`.
 
 mod conn;
+pub mod rest;
 
 pub use conn::{
     Client, ClientError, Event, Greeting, Node, SetResult, Stream, TreeItem, CONNECT_TIMEOUT,
