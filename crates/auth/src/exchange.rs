@@ -61,6 +61,10 @@ where
 pub struct LoginCtx<'a> {
     /// The key agreed with `diffie_hellman` on this connection, if any.
     pub channel_key: Option<&'a crate::secret::SecretKey>,
+    /// The time the front end read from its clock (Unix ms): a method
+    /// that needs the time (a one-time code's step) takes it from here,
+    /// never from the operating system.
+    pub now_ms: u64,
 }
 
 /// A successful login's outcome.
@@ -73,6 +77,11 @@ pub struct Verdict {
     pub reply: Option<Msg>,
     /// A key both sides now share (SCRAM, OPAQUE), for signing requests.
     pub session_key: Option<crate::secret::SecretKey>,
+    /// A new record to store in place of the one the login read (a
+    /// one-time code's last used step, a counter, a re-hash with new
+    /// parameters). The front end writes it on success, conditional on
+    /// the record not having changed since it was read.
+    pub write_back: Option<Value>,
 }
 
 impl Verdict {
@@ -82,6 +91,7 @@ impl Verdict {
             user: user.into(),
             reply: None,
             session_key: None,
+            write_back: None,
         }
     }
 }

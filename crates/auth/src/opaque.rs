@@ -222,6 +222,7 @@ impl Method for Opaque {
                             user,
                             reply: None,
                             session_key: Some(SecretKey::new(key)),
+                            write_back: None,
                         })
                     }
                     // A wrong password, an unknown user (fake record) and a

@@ -283,6 +283,7 @@ mod tests {
         let key = SecretKey::new([5; 32]);
         let ctx = LoginCtx {
             channel_key: Some(&key),
+            ..Default::default()
         };
         let req = client("s3cret!")
             .set_record(Some(&key))
@@ -295,6 +296,7 @@ mod tests {
         let key2 = SecretKey::new([6; 32]);
         let ctx2 = LoginCtx {
             channel_key: Some(&key2),
+            ..Default::default()
         };
         let good = client("s3cret!").login(Some(&key2)).request.into_value();
         assert_eq!(
@@ -320,7 +322,7 @@ mod tests {
         let m = method();
         let key = SecretKey::new([5; 32]);
         let req = client("pw").login(Some(&key)).request.into_value();
-        let none = LoginCtx { channel_key: None };
+        let none = LoginCtx::default();
         assert!(matches!(
             run(m.login(&none, "a", &req, None)),
             Err(AuthError::Malformed(_))
@@ -328,6 +330,7 @@ mod tests {
         let other = SecretKey::new([7; 32]);
         let wrong = LoginCtx {
             channel_key: Some(&other),
+            ..Default::default()
         };
         assert!(matches!(
             run(m.login(&wrong, "a", &req, None)),
@@ -335,6 +338,7 @@ mod tests {
         ));
         let ctx = LoginCtx {
             channel_key: Some(&key),
+            ..Default::default()
         };
         let short = Msg::new()
             .with("password", seal(&key, b"short"))

@@ -475,6 +475,7 @@ fn finish_login(
         user,
         reply: Some(Msg::new().with("data", format!("v={}", B64.encode(server_signature)))),
         session_key: Some(session_key(&client_key, &auth_message)),
+        write_back: None,
     })
 }
 

@@ -21,6 +21,10 @@ pub struct Config {
     /// URL fits the same key.
     #[serde(deserialize_with = "store_backend")]
     pub store: keycard_store::Backend,
+    /// Where the server reads the time (the system's clock; tests set a
+    /// `ManualClock`). Not read from the config file.
+    #[serde(skip)]
+    pub clock: crate::clock::ClockHandle,
     /// This node's name, sent in the greeting. Default `keycard`.
     pub node: String,
     /// Largest message accepted, in bytes. Default 1 MiB. A larger one is
@@ -193,6 +197,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 27586)),
             data: PathBuf::from("keycard-data"),
             store: keycard_store::Backend::default(),
+            clock: crate::clock::ClockHandle::default(),
             node: "keycard".into(),
             max_message: 1 << 20,
             max_connections: 10_000,

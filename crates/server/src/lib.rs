@@ -9,6 +9,7 @@ mod acl;
 mod actions;
 mod audit;
 mod bouncer;
+pub mod clock;
 mod config;
 mod conn;
 mod error;
@@ -21,6 +22,7 @@ mod state;
 mod throttle;
 
 pub use bouncer::{Bouncer, Ended};
+pub use clock::{Clock, ClockHandle, ManualClock, SystemClock};
 pub use config::{Config, KeycardConfig};
 pub use error::ApiError;
 pub use forwarded::Network;

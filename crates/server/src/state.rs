@@ -150,6 +150,11 @@ pub fn record_path(method: &str, kind: &str, ident: &str) -> Path {
 }
 
 impl ServerState {
+    /// Unix time in milliseconds, from the configured clock.
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
     /// State for a server over `store`; reads the auth configuration.
     pub async fn new(
         config: Config,

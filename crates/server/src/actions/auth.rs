@@ -195,6 +195,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     };
     let ctx = LoginCtx {
         channel_key: session.channel_key.as_ref(),
+        now_ms: state.now_ms(),
     };
     let step = m.set_record(&ctx, k, &ident, msg);
     let record = drive(r, step).await?;

@@ -326,6 +326,7 @@ impl Login {
                 };
                 let ctx = LoginCtx {
                     channel_key: req.channel_key.as_ref(),
+                    now_ms: state.now_ms(),
                 };
                 login.ran();
                 let step = m.login(&ctx, &login.ident, msg, record.as_ref());

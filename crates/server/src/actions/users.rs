@@ -308,7 +308,10 @@ pub(crate) async fn set_credential(
     if !own {
         check_outranks(state, session, &found).await?;
     }
-    let ctx = LoginCtx { channel_key: None };
+    let ctx = LoginCtx {
+        channel_key: None,
+        now_ms: state.now_ms(),
+    };
     let mut step = m.set_record(&ctx, kind, name, &msgs[0]);
     let mut next = 1;
     let record = loop {
