@@ -5,7 +5,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::clock::ClockHandle;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -33,24 +34,14 @@ pub struct LoginEvent<'a> {
 pub struct Audit {
     tx: mpsc::Sender<String>,
     path: PathBuf,
-}
-
-/// Unix time in seconds.
-pub fn now_secs() -> u64 {
-    now_millis() / 1000
-}
-
-/// Unix time in milliseconds.
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    /// Where each event's `time` is read.
+    clock: ClockHandle,
 }
 
 impl Audit {
     /// Opens (creating, readable by its owner only) the log at `path` and
-    /// starts its writer task.
-    pub async fn open(path: &Path) -> std::io::Result<Audit> {
+    /// starts its writer task; events are stamped by `clock`.
+    pub async fn open(path: &Path, clock: ClockHandle) -> std::io::Result<Audit> {
         let mut opts = tokio::fs::OpenOptions::new();
         opts.create(true).append(true);
         #[cfg(unix)]
@@ -75,6 +66,7 @@ impl Audit {
         Ok(Audit {
             tx,
             path: path.to_owned(),
+            clock,
         })
     }
 
@@ -87,7 +79,7 @@ impl Audit {
             keycard = %e.keycard.map(|k| k.to_string()).unwrap_or_default(), "login"
         );
         let mut obj = serde_json::json!({
-            "time": now_secs(),
+            "time": self.clock.now_secs(),
             "event": "login",
             "outcome": e.outcome,
             "user": e.user,
@@ -120,7 +112,7 @@ impl Audit {
             by = by.unwrap_or(""), "{event}"
         );
         let obj = serde_json::json!({
-            "time": now_secs(),
+            "time": self.clock.now_secs(),
             "event": event,
             "keycard": card.id.to_string(),
             "user": &*card.user,
@@ -141,7 +133,7 @@ impl Audit {
             user, method = method.unwrap_or(""), by = by.unwrap_or(""), "{event}"
         );
         let obj = serde_json::json!({
-            "time": now_secs(),
+            "time": self.clock.now_secs(),
             "event": event,
             "user": user,
             "method": method,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use keycard_auth::bouncer::{BouncerError, Filter, Keycard, KeycardId, Lifetime, Policy, Table};
 use keycard_proto::ErrorCode;
 
-use crate::audit::now_millis;
+use crate::clock::ClockHandle;
 use crate::conn::ConnShared;
 use crate::error::ApiError;
 
@@ -55,6 +55,7 @@ impl Ended {
 pub struct Bouncer {
     table: Mutex<Table>,
     conns: Mutex<HashMap<u64, Weak<ConnShared>>>,
+    clock: ClockHandle,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,11 +75,12 @@ impl From<BouncerError> for ApiError {
 }
 
 impl Bouncer {
-    /// An empty bouncer.
-    pub fn new(policy: Policy) -> Bouncer {
+    /// An empty bouncer, reading the time from `clock`.
+    pub fn new(policy: Policy, clock: ClockHandle) -> Bouncer {
         Bouncer {
             table: Mutex::new(Table::new(policy)),
             conns: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
@@ -133,19 +135,24 @@ impl Bouncer {
     ) -> Result<KeycardId, ApiError> {
         let first = self
             .table()
-            .begin(now_millis(), method, user, domain, requester, addr);
+            .begin(self.clock.now_ms(), method, user, domain, requester, addr);
         if let Err(BouncerError::Full(_)) = first {
             self.reap();
-            return Ok(self
-                .table()
-                .begin(now_millis(), method, user, domain, requester, addr)?);
+            return Ok(self.table().begin(
+                self.clock.now_ms(),
+                method,
+                user,
+                domain,
+                requester,
+                addr,
+            )?);
         }
         Ok(first?)
     }
 
     /// The attempt sent a challenge; returns its deadline.
     pub fn challenged(&self, id: KeycardId) -> Result<u64, ApiError> {
-        Ok(self.table().challenged(id, now_millis())?)
+        Ok(self.table().challenged(id, self.clock.now_ms())?)
     }
 
     /// The challenge deadline of a pending attempt.
@@ -163,7 +170,7 @@ impl Bouncer {
         parent: Option<KeycardId>,
     ) -> Result<Keycard, BouncerError> {
         self.table()
-            .authenticate(id, now_millis(), user, domain, life, parent)
+            .authenticate(id, self.clock.now_ms(), user, domain, life, parent)
     }
 
     /// The attempt failed or was abandoned.
@@ -180,7 +187,7 @@ impl Bouncer {
     ) -> Result<u64, ApiError> {
         Ok(self
             .table()
-            .keep_alive(id, requester, now_millis(), ttl_ms)?)
+            .keep_alive(id, requester, self.clock.now_ms(), ttl_ms)?)
     }
 
     /// Removes the requester's own keycard (logout, a new login).
@@ -277,7 +284,7 @@ impl Bouncer {
     /// One reaper pass: removes what expired and tells the requesters.
     /// Returns how many went.
     pub fn reap(&self) -> usize {
-        let cards = self.table().reap(now_millis(), REAP_BATCH);
+        let cards = self.table().reap(self.clock.now_ms(), REAP_BATCH);
         self.tell(&cards, Ended::Expired);
         cards.len()
     }

@@ -351,7 +351,7 @@ impl ConnShared {
 
     /// Whether a user is logged in on this connection, its keycard live.
     fn logged_in(&self) -> bool {
-        let now = crate::audit::now_millis();
+        let now = self.state.now_ms();
         lock(&self.session)
             .user
             .as_ref()

@@ -121,7 +121,7 @@ impl Server {
             .unwrap_or_else(|| config.data.join("audit.log"));
         private_dir(&config.data)?;
         private_file(&audit_path, "the audit log")?;
-        let audit = crate::audit::Audit::open(&audit_path)
+        let audit = crate::audit::Audit::open(&audit_path, config.clock.clone())
             .await
             .map_err(|source| StartError::Io {
                 what: format!("cannot open the audit log {}", audit_path.display()),

@@ -167,10 +167,11 @@ impl ServerState {
             n => n,
         };
         let policy = config.keycards.policy();
+        let bouncer = crate::bouncer::Bouncer::new(policy, config.clock.clone());
         let throttle = crate::throttle::Throttle::load(
             store.clone(),
             config.throttle.clone(),
-            crate::audit::now_millis(),
+            config.clock.clone(),
         )
         .await?;
         let state = Arc::new(ServerState {
@@ -183,7 +184,7 @@ impl ServerState {
             workers: tokio::sync::Semaphore::new(workers),
             audit,
             acls: crate::acl::AclCache::default(),
-            bouncer: Arc::new(crate::bouncer::Bouncer::new(policy)),
+            bouncer: Arc::new(bouncer),
             logins: Arc::new(crate::logins::LastLogins::new(store.clone())),
             names: Default::default(),
             throttle,

@@ -55,6 +55,8 @@ use keycard_store::{After, Op, Store, StoreError};
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
+use crate::clock::ClockHandle;
+
 /// Throttling settings (config `[throttle]`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -485,6 +487,8 @@ pub struct Throttle {
     settled: Notify,
     /// One write at a time.
     writing: tokio::sync::Mutex<()>,
+    /// Where every window and delay reads the time.
+    clock: ClockHandle,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -505,13 +509,15 @@ impl Locked<'_> {
 }
 
 impl Throttle {
-    /// The table over `store`, with the counters stored there; expired
-    /// and malformed nodes are deleted on the way.
+    /// The table over `store`, with the counters stored there, reading
+    /// the time from `clock`; expired and malformed nodes are deleted on
+    /// the way.
     pub async fn load(
         store: Arc<dyn Store>,
         cfg: ThrottleConfig,
-        now: u64,
+        clock: ClockHandle,
     ) -> Result<Arc<Throttle>, StoreError> {
+        let now = clock.now_ms();
         let t = Throttle {
             cfg,
             store,
@@ -521,6 +527,7 @@ impl Throttle {
             wake: Arc::new(Notify::new()),
             settled: Notify::new(),
             writing: tokio::sync::Mutex::new(()),
+            clock,
         };
         let prefix = Path::new(vec![Elem::Nil, "throttle".into()]);
         let mut junk = Vec::new();
@@ -647,7 +654,7 @@ impl Throttle {
             let settled = self.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            let now = crate::audit::now_millis();
+            let now = self.clock.now_ms();
             let last_chance = tokio::time::Instant::now() >= deadline;
             if let Some(done) = self.try_reserve(user, ip, now, last_chance) {
                 return done;
@@ -776,7 +783,7 @@ impl Throttle {
     /// The counters of `user` from `ip` now: failures (live) and attempts
     /// under way. For tests and diagnostics.
     pub fn counters(&self, user: &str, ip: IpAddr) -> Counters {
-        let now = crate::audit::now_millis();
+        let now = self.clock.now_ms();
         let source = Source::of(ip);
         let user = user_key(user);
         let keep = self.cfg.keep_ms();
@@ -811,7 +818,7 @@ impl Throttle {
 
     /// Drops what has expired, then writes every change to the store.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let now = crate::audit::now_millis();
+        let now = self.clock.now_ms();
         for shard in &self.shards {
             let mut shard = lock(shard);
             let gone: Vec<Key> = shard
@@ -945,7 +952,7 @@ impl Reservation {
         }
         self.held = Held::Counted;
         let keep = self.throttle.cfg.keep_ms();
-        let now = crate::audit::now_millis();
+        let now = self.throttle.clock.now_ms();
         self.throttle.update(&self.user, self.source, true, |_, c| {
             c.refresh(now, keep);
             c.pending = c.pending.saturating_sub(1);
@@ -1009,7 +1016,7 @@ impl Reservation {
     /// server error): taken back unless a challenge already counted it.
     pub(crate) fn release(mut self) {
         match self.held {
-            Held::Counted => self.end_failed(crate::audit::now_millis()),
+            Held::Counted => self.end_failed(self.throttle.clock.now_ms()),
             _ => self.take_back(),
         }
     }
@@ -1032,7 +1039,7 @@ impl Drop for Reservation {
             // A client that leaves after its method ran (or after its
             // challenge) has failed.
             Held::Pending { ran: true } | Held::Counted => {
-                self.end_failed(crate::audit::now_millis())
+                self.end_failed(self.throttle.clock.now_ms())
             }
             Held::Pending { ran: false } => self.take_back(),
             Held::Settled => {}

@@ -8,11 +8,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{code, login, path, raw_login, req, server, start_with, Raw};
+use common::{
+    advance, audit_log_with, code, login, manual_clock, path, raw_login, req, server, start_with,
+    wait_for, Raw,
+};
 use keycard_auth::bouncer::KeycardId;
 use keycard_auth::ClientRegistry;
 use keycard_client::Client;
 use keycard_proto::{ErrorCode, Msg, Path, Value};
+use keycard_server::Clock;
 
 fn p(s: &str) -> Path {
     Path::parse(s).expect("path")
@@ -120,11 +124,17 @@ async fn every_login_is_a_keycard_listed_and_shown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_ends_streams_and_refuses_requests_until_a_new_login() {
-    let s = server(|c| c.keycards.duration = 1).await;
+    let mut clock = None;
+    let s = server(|c| {
+        c.keycards.duration = 1;
+        clock = Some(manual_clock(c));
+    })
+    .await;
+    let clock = clock.expect("clock");
     let joe = login(&s, "_test", Some("joe")).await;
     let mut watch = joe.watch(&p("data"), false).await.expect("watch");
     assert!(joe.get(&p("data.x")).await.expect("get").is_some());
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     let e = joe.get(&p("data.x")).await.expect_err("expired");
     assert_eq!(e.code(), Some(ErrorCode::KeycardExpired));
     let e = joe
@@ -157,17 +167,20 @@ async fn expiry_ends_streams_and_refuses_requests_until_a_new_login() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_extends_up_to_the_maximum_lifetime() {
+    let mut clock = None;
     let s = server(|c| {
         c.keycards.duration = 1;
         c.keycards.max_lifetime = 2;
+        clock = Some(manual_clock(c));
     })
     .await;
+    let clock = clock.expect("clock");
     let joe = login(&s, "_test", Some("joe")).await;
     let first = whoami(&joe).await;
     let e0 = first.get("expires_at").and_then(Value::as_u64).expect("e");
     let mut last = e0;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        clock.advance(Duration::from_millis(600));
         let r = joe
             .request(Msg::new().with("action", "keep_alive"))
             .await
@@ -180,7 +193,11 @@ async fn keep_alive_extends_up_to_the_maximum_lifetime() {
     }
     assert!(last > e0, "extended");
     // Past the maximum lifetime nothing keeps it.
-    tokio::time::sleep(Duration::from_millis(last.saturating_sub(now_ms()) + 50)).await;
+    advance(
+        &s,
+        &clock,
+        Duration::from_millis(last.saturating_sub(clock.now_ms()) + 50),
+    );
     let e = joe.get(&p("data.x")).await.expect_err("expired");
     assert_eq!(e.code(), Some(ErrorCode::KeycardExpired));
     // Keep-alive takes no id: another keycard cannot be kept alive from
@@ -297,8 +314,7 @@ async fn revocation_closes_connections_at_once() {
         .expect_err("what?");
     assert_eq!(e.code(), Some(ErrorCode::BadRequest));
     // Revocations are audited with the keycard id.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = std::fs::read_to_string(s.dir.path().join("audit.log")).expect("audit");
+    let log = audit_log_with(&s, |l| l.contains("\"event\":\"revoked\"")).await;
     assert!(log.contains(&format!("\"keycard\":\"{id}\"")), "{log}");
     assert!(log.contains("\"event\":\"revoked\""));
 }
@@ -359,7 +375,7 @@ async fn users_without_the_capability_manage_only_their_own_keycards() {
     if let Ok(r) = r {
         assert_eq!(r.get("revoked").and_then(Value::as_u64), Some(1));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for("joe's keycard to go", || s.handle.state.bouncer.len() == 1).await;
     assert!(joe.get(&p("data.x")).await.is_err());
     assert_eq!(s.handle.state.bouncer.len(), 1);
 }
@@ -385,7 +401,10 @@ async fn bounds_per_user_and_in_total() {
     assert_eq!(e.code(), Some(ErrorCode::TooManyKeycards));
     assert!(e.to_string().contains("maximum"), "{e}");
     drop(_j1);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for("the closed connection's keycard to go", || {
+        s.handle.state.bouncer.len() == 2
+    })
+    .await;
     c.login(m.as_ref()).await.expect("room again");
 }
 
@@ -615,7 +634,9 @@ async fn tokens_log_in_are_listed_without_secrets_and_revoke() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_session_never_outlives_its_token() {
-    let s = server(|_| {}).await;
+    let mut clock = None;
+    let s = server(|c| clock = Some(manual_clock(c))).await;
+    let clock = clock.expect("clock");
     let admin = login(&s, "root", None).await;
     let made = admin
         .request(
@@ -642,7 +663,7 @@ async fn a_token_session_never_outlives_its_token() {
     let exp = who.get("expires_at").and_then(Value::as_u64).expect("e");
     let token_exp = made.get("expires_at").and_then(Value::as_u64).expect("e");
     assert!(exp <= token_exp);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     let v = r
         .call(req(3, "get_value").with("path", path("data.x")))
         .await;
@@ -716,7 +737,13 @@ async fn requester_clean_up_after_100k_cycles() {
 /// logs in with tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_library_keeps_alive_and_reports_revocation() {
-    let s = server(|c| c.keycards.duration = 60).await;
+    let mut clock = None;
+    let s = server(|c| {
+        c.keycards.duration = 60;
+        clock = Some(manual_clock(c));
+    })
+    .await;
+    let clock = clock.expect("clock");
     let admin = login(&s, "root", None).await;
     let made = admin
         .request(
@@ -735,7 +762,7 @@ async fn the_client_library_keeps_alive_and_reports_revocation() {
         .get("expires_at")
         .and_then(Value::as_u64)
         .expect("e");
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock.advance(Duration::from_millis(20));
     let after = c.keep_alive(None).await.expect("keep alive");
     assert!(after > before);
     let id = keycard_of(&whoami(&c).await);

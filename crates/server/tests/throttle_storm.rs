@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::rest::{http, scram_begin, server_with};
-use common::start_with;
+use common::{start_with, start_with_clock};
 use keycard_auth::{Password, ScramClient};
 use keycard_client::Client;
 use keycard_proto::{Elem, Msg, Path, Value};
-use keycard_server::ThrottleConfig;
+use keycard_server::{Clock, ThrottleConfig};
 use serde_json::json;
 use tokio::sync::Barrier;
 
@@ -342,7 +342,7 @@ async fn fresh_names_from_one_address_leave_bounded_state() {
 /// nodes that are not counters at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_counters_leave_memory_and_the_store() {
-    let s = start_with(|c| {
+    let (s, clock) = start_with_clock(|c| {
         c.throttle = ThrottleConfig {
             window_secs: 1,
             cooldown_secs: 1,
@@ -361,7 +361,9 @@ async fn expired_counters_leave_memory_and_the_store() {
     }
     assert_eq!(stored_nodes(&s).await, 41, "20 pairs, 20 users, 1 address");
     assert_eq!(s.handle.state.throttle.len(), 41);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Past the window, the flusher's next sweep (run here at once).
+    clock.advance(std::time::Duration::from_millis(1100));
+    s.handle.state.throttle.flush().await.expect("sweep");
     assert_eq!(stored_nodes(&s).await, 0, "expired nodes are deleted");
     assert!(s.handle.state.throttle.is_empty());
 
@@ -372,10 +374,7 @@ async fn expired_counters_leave_memory_and_the_store() {
         e.extend(tail.iter().map(|t| Elem::from(*t)));
         Path::new(e)
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let now = clock.now_ms();
     let counter = |last: u64| {
         Msg::new()
             .with("failures", 3)
@@ -395,7 +394,7 @@ async fn expired_counters_leave_memory_and_the_store() {
         cooldown_secs: 2,
         ..pair_only()
     };
-    let t = keycard_server::Throttle::load(store.clone(), cfg, now)
+    let t = keycard_server::Throttle::load(store.clone(), cfg, clock.clone().into())
         .await
         .expect("load");
     assert_eq!(t.len(), 1);

@@ -95,8 +95,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             }) => {
                 let rx = cont.get_or_insert_with(|| conn.open_continuation(r.seq()));
                 r.item(msg).await;
-                let wait =
-                    Duration::from_millis(deadline.saturating_sub(crate::audit::now_millis()));
+                let wait = Duration::from_millis(deadline.saturating_sub(state.now_ms()));
                 progress = match tokio::time::timeout(wait, rx.recv()).await {
                     Ok(Some(answer)) => login.answer(&answer).await,
                     Ok(None) => login.fail("the exchange was abandoned".into()).await,
@@ -141,7 +140,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     // A revocation (or the reaper) that took the keycard before the
     // session held it told nobody: tell the session now.
     if state.bouncer.table().show(id).is_none() {
-        let how = match crate::audit::now_millis() >= expires_at {
+        let how = match state.now_ms() >= expires_at {
             true => Ended::Expired,
             false => Ended::Revoked,
         };

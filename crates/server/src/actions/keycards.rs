@@ -22,7 +22,6 @@ use subtle::ConstantTimeEq;
 
 use super::rank::Rank;
 use super::{opt_usize, require_cap, require_login, str_field};
-use crate::audit::now_millis;
 use crate::conn::{Capability, Responder, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{record_path, ServerState};
@@ -70,14 +69,14 @@ fn card_msg(c: &Keycard) -> Msg {
 }
 
 /// What a durable record shows (everything but its hash).
-fn durable_msg(id: &str, v: &Value) -> Msg {
+fn durable_msg(id: &str, v: &Value, now: u64) -> Msg {
     let mut m = Msg::new().with("id", id).with("durable", true);
     // `state` marks stream messages on the wire; a keycard's is `status`.
     // A token past its time is `expired` until the reaper deletes it.
     let expired = v
         .get("expires_at")
         .and_then(Value::as_u64)
-        .is_some_and(|t| t <= now_millis());
+        .is_some_and(|t| t <= now);
     match v.get("state") {
         Some(x) if x.as_str() == Some(State::Authenticated.name()) && expired => {
             m.set("status", State::Expired.name())
@@ -330,7 +329,7 @@ pub(super) async fn keycard_list(msg: &Value, r: &mut Responder) -> ApiResult {
     }
     if after.is_none() {
         for (id, v) in durable(&state, &f, MAX_LIST, |_| true).await? {
-            r.item(durable_msg(&id, &v)).await;
+            r.item(durable_msg(&id, &v, state.now_ms())).await;
         }
     }
     Ok(())
@@ -350,7 +349,8 @@ pub(super) async fn keycard_show(msg: &Value, r: &mut Responder) -> ApiResult {
     }
     if let Some(e) = state.store.get(&durable_path(id)).await? {
         if all || owner(None, Some(&e.value)) == me {
-            r.reply(durable_msg(&id.to_string(), &e.value)).await;
+            r.reply(durable_msg(&id.to_string(), &e.value, state.now_ms()))
+                .await;
             return Ok(());
         }
     }
@@ -371,7 +371,7 @@ async fn revoke_durable(state: &ServerState, id: KeycardId, by: Option<&str>) ->
         if let Value::Map(m) = &mut v {
             m.retain(|(k, _)| k.as_str() != Some("state"));
             m.push(("state".into(), State::Revoked.name().into()));
-            m.push(("revoked_at".into(), now_millis().into()));
+            m.push(("revoked_at".into(), state.now_ms().into()));
             m.push(("revoked_by".into(), Value::from(by)));
         }
         state
@@ -642,7 +642,7 @@ pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
         hex::encode(secret.as_ref())
     ));
     let digest = Sha256::digest(token.as_bytes());
-    let now = now_millis();
+    let now = state.now_ms();
     let expires_at = now.saturating_add(ttl.saturating_mul(1000));
     let by = session.user.as_ref().map(|u| u.qualified());
     let record = Msg::new()
@@ -753,7 +753,7 @@ pub(crate) async fn check_token(state: &ServerState, token: &str) -> ApiResult<O
     };
     let live = v.get("state").and_then(Value::as_str) == Some(State::Authenticated.name());
     let expires_at = v.get("expires_at").and_then(Value::as_u64).unwrap_or(0);
-    if !live || now_millis() >= expires_at {
+    if !live || state.now_ms() >= expires_at {
         return Ok(None);
     }
     let (Some(user), Some(user_method)) = (
@@ -802,12 +802,12 @@ pub(crate) async fn token_live(state: &ServerState, id: KeycardId) -> ApiResult<
         .get("expires_at")
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    Ok(live && now_millis() < expires_at)
+    Ok(live && state.now_ms() < expires_at)
 }
 
 /// A token session's lifetime: the usual one, never past the token.
-pub(crate) fn token_lifetime(base: Lifetime, token_expires_at: u64) -> Lifetime {
-    let left = token_expires_at.saturating_sub(now_millis());
+pub(crate) fn token_lifetime(base: Lifetime, token_expires_at: u64, now: u64) -> Lifetime {
+    let left = token_expires_at.saturating_sub(now);
     Lifetime {
         duration_ms: base.duration_ms.min(left),
         max_lifetime_ms: base.max_lifetime_ms.min(left),
@@ -817,7 +817,7 @@ pub(crate) fn token_lifetime(base: Lifetime, token_expires_at: u64) -> Lifetime 
 /// Deletes durable keycards whose time has passed (a revoked token's
 /// record stays until then, so it is refused as revoked, not unknown).
 pub(crate) async fn reap_durable(state: &ServerState) -> ApiResult<usize> {
-    let now = now_millis();
+    let now = state.now_ms();
     let expired = |v: &Value| v.get("expires_at").and_then(Value::as_u64).unwrap_or(0) <= now;
     // At most MAX_LIST per pass (one write); the next pass takes the rest.
     let gone: Vec<Op> = durable(state, &Filter::default(), MAX_LIST, expired)

@@ -469,7 +469,7 @@ impl Login {
         if let Ok(verdict) = &result {
             let mut life = lifetime(&state, self.method_name, &self.base, &self.record_at).await?;
             if let Some((_, until)) = parent {
-                life = keycards::token_lifetime(life, until);
+                life = keycards::token_lifetime(life, until, state.now_ms());
             }
             match state.bouncer.authenticate(
                 self.card.id,
@@ -503,7 +503,7 @@ impl Login {
                         g.disarm();
                     }
                     if let Some(r) = self.throttle.take() {
-                        r.succeed(crate::audit::now_millis());
+                        r.succeed(state.now_ms());
                     }
                     return Err(ApiError::from(e).into());
                 }
@@ -530,13 +530,13 @@ impl Login {
         match result {
             Ok(verdict) => {
                 if let Some(r) = self.throttle.take() {
-                    r.succeed(crate::audit::now_millis());
+                    r.succeed(state.now_ms());
                 }
                 state.audit.login(ev("success")).await;
                 state.logins.record(
                     &self.record_at,
                     crate::logins::Mark {
-                        at: crate::audit::now_millis(),
+                        at: state.now_ms(),
                         client: self.peer.to_string(),
                         method: self.method_name.to_owned(),
                         via: self.via.to_owned(),
@@ -571,7 +571,7 @@ impl Login {
                         caps,
                         domain: this.base,
                         record: this.record_at,
-                        login_at: crate::audit::now_millis(),
+                        login_at: state.now_ms(),
                         keycard: granted.id,
                         expires_at: granted.expires_at,
                         ended: None,
@@ -598,7 +598,7 @@ impl Login {
                 // attempt's failure must start the next wait from its end.
                 // The reply waits until the count is durable.
                 if let Some(r) = self.throttle.take() {
-                    r.fail(crate::audit::now_millis()).await?;
+                    r.fail(state.now_ms()).await?;
                 }
                 let reason = e.to_string();
                 state

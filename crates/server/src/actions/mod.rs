@@ -109,7 +109,7 @@ pub(crate) fn require_login(r: &Responder) -> ApiResult<Session> {
 /// and it is logged in unless the server is open.
 pub(crate) fn check_login(state: &ServerState, session: &Session) -> ApiResult {
     if let Some(u) = &session.user {
-        u.live(crate::audit::now_millis())?;
+        u.live(state.now_ms())?;
     }
     if !state.is_open() && session.user.is_none() {
         return Err(ApiError::new(
@@ -142,7 +142,7 @@ pub(crate) fn check_cap(
     cap: crate::conn::Capability,
 ) -> ApiResult {
     if let Some(u) = &session.user {
-        u.live(crate::audit::now_millis())?;
+        u.live(state.now_ms())?;
     }
     if state.is_open() {
         return Ok(());

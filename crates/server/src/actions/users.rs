@@ -369,7 +369,7 @@ pub(crate) fn fresh_enough(state: &ServerState, session: &Session, name: &str) -
         return Ok(());
     };
     let max = state.config.reauth_secs.saturating_mul(1000);
-    let age = crate::audit::now_millis().saturating_sub(u.login_at);
+    let age = state.now_ms().saturating_sub(u.login_at);
     if age > max {
         return Err(ApiError::new(
             ErrorCode::ReauthRequired,

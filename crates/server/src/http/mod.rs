@@ -93,7 +93,7 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
         loop {
             tick.tick().await;
             let Some(rest) = weak.upgrade() else { return };
-            rest.sweep(crate::audit::now_millis());
+            rest.sweep(rest.state.now_ms());
         }
     }));
     let slots = Arc::new(Semaphore::new(state.config.http_max_connections.max(1)));

@@ -207,7 +207,7 @@ impl Rest {
             .map_err(|_| "malformed Authorization header".to_owned())
             .and_then(|t| Authorization::parse(t).map_err(|e| e.to_string()))?;
         let id = KeycardId::parse(&auth.sid).ok_or("no such session")?;
-        let now = crate::audit::now_millis();
+        let now = self.state.now_ms();
         // The bouncer's table is the authority on the keycard's end (a
         // keep-alive moves it there): the session's user carries that.
         let Ok(expires_at) = self.state.bouncer.table().check(id, now) else {
@@ -343,7 +343,7 @@ impl Rest {
         drop(pending);
         let mut sessions = lock(&self.sessions);
         if sessions.len() > 1024 {
-            let now = crate::audit::now_millis();
+            let now = self.state.now_ms();
             let t = self.state.bouncer.table();
             sessions.retain(|id, _| t.check(*id, now).is_ok());
         }

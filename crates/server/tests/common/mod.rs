@@ -2,12 +2,13 @@
 //! msgpack client for poking at the protocol byte by byte.
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod rest;
 
 use keycard_proto::{encode, Decoder, Limits, Msg, Value};
-use keycard_server::{Config, Server, ServerHandle};
+use keycard_server::{Config, ManualClock, Server, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -39,6 +40,59 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     let server = Server::open(config).await.expect("server starts");
     let handle = server.spawn().expect("spawn");
     TestServer { handle, dir }
+}
+
+/// [`start_with`] on a manual clock: time moves only when the test
+/// advances the clock it gets back (expiry, windows, keep-alive).
+pub async fn start_with_clock(tweak: impl FnOnce(&mut Config)) -> (TestServer, Arc<ManualClock>) {
+    let clock = ManualClock::new();
+    let s = start_with(|c| {
+        c.clock = clock.clone().into();
+        tweak(c);
+    })
+    .await;
+    (s, clock)
+}
+
+/// Sets `c` on a manual clock, returned (for the kits that take a tweak).
+pub fn manual_clock(c: &mut Config) -> Arc<ManualClock> {
+    let clock = ManualClock::new();
+    c.clock = clock.clone().into();
+    clock
+}
+
+/// Moves `clock` on by `by`, then runs one reaper pass at once (the
+/// reaper task would within 100 ms): what expired is gone and its holders
+/// are told when this returns.
+pub fn advance(s: &TestServer, clock: &ManualClock, by: Duration) {
+    clock.advance(by);
+    while s.handle.state.bouncer.reap() > 0 {}
+}
+
+/// Polls `done` every 10 ms until it holds, for at most 5 s (asynchronous
+/// work: the audit writer, a write-behind flush, a close).
+pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The audit log's text once `done` holds for it (its writer task runs
+/// behind the events).
+pub async fn audit_log_with(s: &TestServer, done: impl Fn(&str) -> bool) -> String {
+    let path = s.dir.path().join("audit.log");
+    let mut text = String::new();
+    wait_for("the audit log", || {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        done(&text)
+    })
+    .await;
+    text
 }
 
 /// A raw protocol client.
