@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::rest::{kv, login, Reply, Session};
-use common::{code, path, req, start_with, Raw, TestServer, WAIT};
+use common::{code, manual_clock, path, req, start_with, Raw, TestServer, WAIT};
 use futures_util::future::join_all;
 use keycard_auth::{ClientRegistry, Password, ScramClient, Verifier};
 use keycard_client::{Client, ClientError};
@@ -906,9 +906,17 @@ async fn finding_showing_oneself_shows_only_ones_own_record() {
 /// `reauth_secs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_changing_ones_own_password_needs_a_recent_login() {
-    let (_s, addr) = server_with(|c| c.reauth_secs = 1).await;
+    let mut clock = None;
+    let (_s, addr) = server_with(|c| {
+        c.reauth_secs = 1;
+        clock = Some(manual_clock(c));
+    })
+    .await;
+    let clock = clock.expect("clock");
     let old = rest(addr, "alice").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // (Signed at the real time: 1.1 s off the server's clock is well
+    // inside the signature window.)
+    clock.advance(Duration::from_millis(1100));
     let r = call(addr, &old, "PUT", "/user/alice", &scram_body("new pw")).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.body["code"], "reauth_required", "{}", r.body);
@@ -1157,7 +1165,13 @@ async fn finding_a_record_rewritten_internally_ends_the_users_sessions() {
 /// session; its other sessions end, its own goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_changes_its_own_password_over_msgpack() {
-    let (s, _) = server_with(|c| c.reauth_secs = 2).await;
+    let mut clock = None;
+    let (s, _) = server_with(|c| {
+        c.reauth_secs = 2;
+        clock = Some(manual_clock(c));
+    })
+    .await;
+    let clock = clock.expect("clock");
     let alice = msgpack(&s, "alice").await;
     let alice2 = msgpack(&s, "alice").await;
     refused(
@@ -1194,7 +1208,7 @@ async fn a_user_changes_its_own_password_over_msgpack() {
     );
 
     // An old login must log in again first.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_millis(2100));
     assert_eq!(
         code_of(
             &again

@@ -6,18 +6,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::rest::{kv, login, now, server_with};
+use common::rest::{kv, kv_on, login, server_with, server_with_clock};
 use common::{code, start_with, Raw};
 use keycard_auth::{ClientRegistry, Password, ScramClient};
 use keycard_client::Client;
 use keycard_proto::{Msg, Path, Value};
+use keycard_server::Clock;
 
 /// A REST session kept alive works past its first expiry: keep-alive
 /// moves the keycard's end in the bouncer, and `/kv` and `/user` must
 /// judge the session by that, not by the expiry its login recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rest_session_kept_alive_keeps_working() {
-    let (_s, addr) = server_with(|c| {
+    let (_s, addr, clock) = server_with_clock(|c| {
         c.keycards.duration = 2;
         c.keycards.max_lifetime = 60;
     })
@@ -26,9 +27,19 @@ async fn a_rest_session_kept_alive_keeps_working() {
         .await
         .ok()
         .expect("login");
-    let put = kv(addr, &alice, "PUT", "/kv/app/x", br#"{"value": 1}"#, &[]).await;
+    let put = kv_on(
+        &clock,
+        addr,
+        &alice,
+        "PUT",
+        "/kv/app/x",
+        br#"{"value": 1}"#,
+        &[],
+    )
+    .await;
     assert_eq!(put.status, 200, "{}", put.body);
-    let first = kv(
+    let first = kv_on(
+        &clock,
         addr,
         &alice,
         "GET",
@@ -40,12 +51,13 @@ async fn a_rest_session_kept_alive_keeps_working() {
     let first_expiry = first.body["expires_at"].as_u64().expect("expires_at");
     let keep = format!("/session/{}/keepalive", alice.sid);
     // Kept alive every half second until well past the first expiry.
-    while now() * 1000 < first_expiry + 1_500 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = kv(addr, &alice, "POST", &keep, b"", &[]).await;
+    while clock.now_ms() < first_expiry + 1_500 {
+        clock.advance(Duration::from_millis(500));
+        let r = kv_on(&clock, addr, &alice, "POST", &keep, b"", &[]).await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let shown = kv(
+    let shown = kv_on(
+        &clock,
         addr,
         &alice,
         "GET",
@@ -56,9 +68,9 @@ async fn a_rest_session_kept_alive_keeps_working() {
     .await;
     assert_eq!(shown.status, 200, "{}", shown.body);
     assert!(shown.body["expires_at"].as_u64().expect("expires_at") > first_expiry);
-    let r = kv(addr, &alice, "GET", "/kv/app/x", b"", &[]).await;
+    let r = kv_on(&clock, addr, &alice, "GET", "/kv/app/x", b"", &[]).await;
     assert_eq!(r.status, 200, "a live session's /kv: {}", r.body);
-    let r = kv(addr, &alice, "GET", "/user/alice", b"", &[]).await;
+    let r = kv_on(&clock, addr, &alice, "GET", "/user/alice", b"", &[]).await;
     assert_eq!(r.status, 200, "a live session's /user: {}", r.body);
 }
 
@@ -125,7 +137,8 @@ async fn the_open_eras_connections_get_their_login_time_from_its_end() {
     own.uptodate().await.expect("uptodate");
     let late = Client::connect(s.addr()).await.expect("connect");
     let mut idle = Raw::connect(s.addr()).await;
-    // Longer than login_timeout, while the server is open.
+    // Longer than login_timeout, while the server is open (real time on
+    // purpose: login_timeout is a socket timeout, on tokio's timer).
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let root = ClientRegistry::make("root", None).expect("m");
     admin.set_user(root.as_ref()).await.expect("root user");
@@ -298,7 +311,8 @@ async fn withdrawing_a_method_ends_the_logins_it_let_in() {
 async fn a_connection_that_logged_out_gets_login_timeout_again() {
     let s = common::server(|c| c.login_timeout = 1).await;
     let mut joe = common::raw_login(&s, "joe").await;
-    // Longer than login_timeout, logged in: it stays.
+    // Longer than login_timeout, logged in: it stays (real time on
+    // purpose: login_timeout is a socket timeout, on tokio's timer).
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let v = joe.call(common::req(2, "whoami")).await;
     assert_eq!(code(&v), None, "{v:?}");

@@ -7,10 +7,13 @@
 
 mod common;
 
-use common::rest::{http, kv, login, now, server, server_with, sign, Session};
+use common::rest::{
+    http, kv, kv_on, login, now, server, server_with, server_with_clock, sign, Session,
+};
 use keycard_auth::{Password, ScramClient, SecretKey};
 use keycard_client::Client;
 use keycard_proto::{Msg, Value};
+use keycard_server::Clock;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -406,7 +409,7 @@ async fn throttled_logins_say_when_to_retry() {
 /// the session signs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_over_its_nonce_memory_is_told_to_slow_down() {
-    let (_s, addr) = server_with(|c| {
+    let (_s, addr, clock) = server_with_clock(|c| {
         c.http_session_nonces = 5;
         c.http_signature_window = 2;
     })
@@ -434,8 +437,8 @@ async fn a_session_over_its_nonce_memory_is_told_to_slow_down() {
     let r = kv(addr, &forged, "GET", &path, b"", &[]).await;
     assert_eq!(r.status, 401, "a forged request is not merely slowed down");
     // The window moves on: the old nonces are forgotten.
-    tokio::time::sleep(std::time::Duration::from_millis(5_500)).await;
-    let r = kv(addr, &alice, "GET", &path, b"", &[]).await;
+    clock.advance(std::time::Duration::from_millis(5_500));
+    let r = kv_on(&clock, addr, &alice, "GET", &path, b"", &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -534,24 +537,24 @@ async fn an_open_server_takes_unsigned_data_requests_until_it_is_closed() {
 /// kept alive any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_session_is_refused_at_once() {
-    let (_s, addr) = server_with(|c| c.keycards.duration = 1).await;
+    let (_s, addr, clock) = server_with_clock(|c| c.keycards.duration = 1).await;
     let alice = login(addr, "alice", "correct horse")
         .await
         .ok()
         .expect("login");
     let path = format!("/session/{}", alice.sid);
-    let r = kv(addr, &alice, "GET", &path, b"", &[]).await;
+    let r = kv_on(&clock, addr, &alice, "GET", &path, b"", &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let expires_at = r.body["expires_at"].as_u64().expect("expires_at");
     // Past its expiry (the reaper runs every 100 ms, but the check at the
     // request does not wait for it).
-    let wait = expires_at.saturating_sub(now() * 1000) + 1_200;
-    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-    let r = kv(addr, &alice, "GET", &path, b"", &[]).await;
+    let wait = expires_at.saturating_sub(clock.now_ms()) + 1_200;
+    clock.advance(std::time::Duration::from_millis(wait));
+    let r = kv_on(&clock, addr, &alice, "GET", &path, b"", &[]).await;
     assert_eq!(r.status, 401, "{}", r.body);
-    let r = kv(addr, &alice, "GET", "/kv/app/x", b"", &[]).await;
+    let r = kv_on(&clock, addr, &alice, "GET", "/kv/app/x", b"", &[]).await;
     assert_eq!(r.status, 401, "{}", r.body);
     let keep = format!("/session/{}/keepalive", alice.sid);
-    let r = kv(addr, &alice, "POST", &keep, b"", &[]).await;
+    let r = kv_on(&clock, addr, &alice, "POST", &keep, b"", &[]).await;
     assert_eq!(r.status, 401, "{}", r.body);
 }

@@ -6,12 +6,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use keycard_auth::signed::Version;
 use keycard_auth::{Password, ScramClient};
 use keycard_client::rest::{Challenged, Login, Response, RestClient, RestError};
 use keycard_client::Client;
 use keycard_proto::{Msg, Value};
+
+use keycard_server::{Clock, ManualClock};
 
 use super::{start_with, TestServer};
 
@@ -130,6 +133,20 @@ pub async fn server_with(
     (s, http_addr)
 }
 
+/// [`server_with`] on a manual clock: sign with [`kv_on`] (the clock's
+/// time), since a signature's `ts` must be near the server's clock.
+pub async fn server_with_clock(
+    tweak: impl FnOnce(&mut keycard_server::Config),
+) -> (TestServer, SocketAddr, Arc<ManualClock>) {
+    let mut clock = None;
+    let (s, addr) = server_with(|c| {
+        clock = Some(super::manual_clock(c));
+        tweak(c);
+    })
+    .await;
+    (s, addr, clock.expect("clock"))
+}
+
 /// The first half of a REST SCRAM login, done: the session id, the
 /// client-final message, and what finishes the login.
 pub struct ScramStart {
@@ -207,7 +224,33 @@ pub async fn kv(
     body: &[u8],
     extra: &[(&str, &str)],
 ) -> Reply {
-    let auth = sign_with(s, Version::V2, method, path, body, extra, now());
+    kv_at(addr, s, method, path, body, extra, now()).await
+}
+
+/// [`kv`] signed at `clock`'s time (a server on that clock).
+pub async fn kv_on(
+    clock: &ManualClock,
+    addr: SocketAddr,
+    s: &Session,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> Reply {
+    kv_at(addr, s, method, path, body, extra, clock.now_ms() / 1000).await
+}
+
+/// [`kv`] signed at `ts` (Unix seconds).
+pub async fn kv_at(
+    addr: SocketAddr,
+    s: &Session,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+    ts: u64,
+) -> Reply {
+    let auth = sign_with(s, Version::V2, method, path, body, extra, ts);
     http_with(addr, method, path, Some(auth), extra, body).await
 }
 
