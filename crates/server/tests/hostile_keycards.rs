@@ -9,12 +9,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    code, domain_login, domain_server, login, path, raw_login, req, server, Raw, TestServer, WAIT,
+    audit_log_with, code, domain_login, domain_server, login, manual_clock, path, raw_login, req,
+    server, wait_for, Raw, TestServer, WAIT,
 };
 use keycard_auth::bouncer::KeycardId;
 use keycard_auth::ClientRegistry;
 use keycard_client::Client;
 use keycard_proto::{Elem, Msg, Path, Value};
+use keycard_server::{Clock, ManualClock};
 use keycard_store::{Cond, Op};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -149,11 +151,10 @@ async fn reads_data(raw: &mut Raw, seq: i64) -> bool {
     }
 }
 
-/// Sleeps until the wall clock reaches `at` (Unix ms).
-async fn sleep_until_ms(at: u64) {
-    let now = now_ms();
-    if at > now {
-        tokio::time::sleep(Duration::from_millis(at - now)).await;
+/// Moves the server's manual clock on to `at` (Unix ms), if it is before.
+fn move_to(clock: &ManualClock, at: u64) {
+    if at > clock.now_ms() {
+        clock.set(at);
     }
 }
 
@@ -322,7 +323,13 @@ async fn fixed_a_flooding_client_is_still_closed_on_revocation() {
 /// action reaches it, right after the expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_keep_alive_at_expiry_still_ends_the_streams() {
-    let s = server(|c| c.keycards.duration = 1).await;
+    let mut clock = None;
+    let s = server(|c| {
+        c.keycards.duration = 1;
+        clock = Some(manual_clock(c));
+    })
+    .await;
+    let clock = clock.expect("clock");
     let admin = login(&s, "root", None).await;
     let mut joe = raw_login(&s, "joe").await;
     let who = whoami(&mut joe, 2).await;
@@ -330,7 +337,7 @@ async fn fixed_keep_alive_at_expiry_still_ends_the_streams() {
     let expires = who.get("expires_at").and_then(Value::as_u64).expect("exp");
     let requester = requester_of(&admin, id).await;
     watch_data(&mut joe, 3).await;
-    sleep_until_ms(expires).await;
+    move_to(&clock, expires);
     let e = s
         .handle
         .state
@@ -338,6 +345,8 @@ async fn fixed_keep_alive_at_expiry_still_ends_the_streams() {
         .keep_alive(id, requester, None)
         .expect_err("expired");
     assert_eq!(e.code.as_str(), "keycard_expired");
+    // Time goes on past the expiry's reaper bucket (100 ms wide).
+    clock.advance(Duration::from_millis(100));
     let (seen, _) = collect(&mut joe, Duration::from_secs(1), ends(3)).await;
     assert!(
         seen.iter()
@@ -353,11 +362,14 @@ async fn fixed_keep_alive_at_expiry_still_ends_the_streams() {
 /// attacker could arrange it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_a_full_table_reaping_at_login_still_ends_the_streams() {
+    let mut clock = None;
     let s = server(|c| {
         c.keycards.duration = 1;
         c.keycards.max_total = 2;
+        clock = Some(manual_clock(c));
     })
     .await;
+    let clock = clock.expect("clock");
     let mut joe = raw_login(&s, "joe").await;
     let _ann = raw_login(&s, "ann").await;
     let expires = whoami(&mut joe, 2)
@@ -367,7 +379,7 @@ async fn fixed_a_full_table_reaping_at_login_still_ends_the_streams() {
         .expect("exp");
     watch_data(&mut joe, 3).await;
     // Past the expiry bucket, before the reaper's next pass (most likely).
-    sleep_until_ms(expires.div_ceil(100) * 100 + 1).await;
+    move_to(&clock, expires.div_ceil(100) * 100 + 1);
     let pending = s
         .handle
         .state
@@ -492,25 +504,30 @@ async fn fixed_a_token_login_racing_its_revocation_never_outlives_it() {
 /// bound (W7). The wheel now stays within twice the table plus a little.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_keep_alive_spam_does_not_grow_the_expiry_wheel() {
-    let s = server(|_| {}).await;
+    let mut clock = None;
+    let s = server(|c| clock = Some(manual_clock(c))).await;
+    let clock = clock.expect("clock");
     let mut joe = raw_login(&s, "joe").await;
-    let t = Instant::now();
     let mut seq = 10;
-    while t.elapsed() < Duration::from_millis(1500) {
+    // 1.5 s of keep-alives, every one moving the expiry.
+    for _ in 0..300 {
         for _ in 0..50 {
             seq += 1;
             joe.send(req(seq, "keep_alive")).await;
         }
         let (seen, _) = collect(&mut joe, WAIT, |v| seq_of(v) == Some(seq)).await;
         assert!(seen.iter().all(|m| code(m).is_none()), "{seen:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        clock.advance(Duration::from_millis(5));
     }
     // Logins that end leave nothing behind either.
     for _ in 0..200 {
         let r = raw_login(&s, "ann").await;
         drop(r);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for("the closed connections' keycards to go", || {
+        s.handle.state.bouncer.len() == 1
+    })
+    .await;
     let table = s.handle.state.bouncer.table();
     assert!(
         table.queued() <= 2 * table.len() + 64,
@@ -773,8 +790,7 @@ async fn fixed_a_malformed_token_is_never_logged() {
     assert_eq!(failed_with(&v), Some("auth_failed"));
     let (_r, v) = token_login(&s, &format!("kct_{secret}")).await;
     assert_eq!(failed_with(&v), Some("auth_failed"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = std::fs::read_to_string(s.dir.path().join("audit.log")).expect("audit");
+    let log = audit_log_with(&s, |l| l.matches("\"event\":\"login\"").count() >= 2).await;
     assert!(!log.contains(&secret[..16]), "{log}");
     let at_rest = s
         .handle
