@@ -1247,11 +1247,17 @@ async fn ok_opaque_junk_uploads_are_refused_and_a_mismatched_one_opens_for_nobod
 /// others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_user_show_on_an_expired_keycard_is_refused() {
-    let s = common::server(|c| c.keycards.duration = 1).await;
+    let mut clock = None;
+    let s = common::server(|c| {
+        c.keycards.duration = 1;
+        clock = Some(common::manual_clock(c));
+    })
+    .await;
+    let clock = clock.expect("clock");
     let mut joe = common::raw_login(&s, "joe").await;
     let v = joe.call(req(2, "user_show").with("ident", "joe")).await;
     assert!(code(&v).is_none(), "{v:?}");
-    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    clock.advance(Duration::from_millis(1_600));
     let v = joe
         .call(req(3, "get_value").with("path", path("data.x")))
         .await;
@@ -1284,7 +1290,8 @@ async fn finding_user_management_is_in_the_audit_log() {
     assert_eq!(r.status, 200);
     let r = call(addr, &admin, "DELETE", "/user/newbie", "").await;
     assert_eq!(r.status, 204);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The writer runs behind the events: wait for the last one.
+    common::audit_log_with(&s, |l| l.contains("user deleted")).await;
     let c = msgpack(&s, ADMIN).await;
     let tail = c
         .request(Msg::new().with("action", "audit_tail").with("n", 10_000))

@@ -55,19 +55,24 @@ async fn opaque_registration_and_login() {
     }
     // A client that gives up after KE2 (it knows the password was wrong)
     // leaves a counted, audited failure behind (RFC 9807).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let log = std::fs::read_to_string(s.dir.path().join("audit.log")).expect("audit");
+    let log = common::audit_log_with(&s, |l| {
+        l.matches("\"outcome\":\"failure\"").count() >= 2 && l.contains("left after the challenge")
+    })
+    .await;
     let failures = log.matches("\"outcome\":\"failure\"").count();
     assert_eq!(failures, 2, "{log}");
     assert!(log.contains("left after the challenge"), "{log}");
-    // And the throttle counted them: the pair counter for alice exists.
-    let counter = s
-        .handle
-        .state
-        .store
-        .get(&keycard_proto::Path::parse(":n.throttle.pair.alice.127:.0:.0:.1").expect("path"))
-        .await
-        .expect("get");
+    // And the throttle counted them: the pair counter for alice exists
+    // (written behind: waited for).
+    let at = keycard_proto::Path::parse(":n.throttle.pair.alice.127:.0:.0:.1").expect("path");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let counter = loop {
+        let e = s.handle.state.store.get(&at).await.expect("get");
+        if e.is_some() || tokio::time::Instant::now() >= deadline {
+            break e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert_eq!(
         counter.and_then(|e| e.value.get("failures").and_then(Value::as_u64)),
         Some(1)
