@@ -120,4 +120,31 @@ mod tests {
     fn system_clock_is_after_2020() {
         assert!(SystemClock.now_ms() > 1_577_836_800_000);
     }
+
+    /// Nothing in the server reads the time of day but [`SystemClock`]:
+    /// every other module takes it from the configured clock.
+    #[test]
+    fn only_the_system_clock_reads_the_os_clock() {
+        fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
+            let entries = std::fs::read_dir(dir).expect("read src");
+            for e in entries {
+                let path = e.expect("entry").path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else if path.extension().is_some_and(|x| x == "rs") && !path.ends_with("clock.rs")
+                {
+                    let text = std::fs::read_to_string(&path).expect("read");
+                    if text.contains("SystemTime") || text.contains("UNIX_EPOCH") {
+                        found.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        assert!(found.is_empty(), "reading the OS clock: {found:?}");
+    }
 }

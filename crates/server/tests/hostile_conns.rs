@@ -1,7 +1,10 @@
 //! Hostile connections (found in review): connections that never
 //! log in, idle ones, slowloris messages, one address holding every slot,
 //! on the msgpack listener and the REST one; a watch that falls behind.
-//! Each window is configured short so the tests wait little.
+//! Each window is configured short so the tests wait little. Real time
+//! on purpose: `login_timeout`, `idle_timeout`, `message_timeout` and
+//! `http_idle_timeout` are socket timeouts on tokio's timer, not the
+//! server's clock.
 
 mod common;
 

@@ -408,6 +408,9 @@ async fn bounds_per_user_and_in_total() {
     c.login(m.as_ref()).await.expect("room again");
 }
 
+/// Real time on purpose: the wait for a challenge's answer runs on
+/// tokio's timer (its length read from the clock), so the window is
+/// waited for end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn challenges_expire_and_leave_the_table() {
     let s = start_with(|c| c.keycards.challenge_window = 1).await;
