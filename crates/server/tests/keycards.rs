@@ -777,8 +777,15 @@ async fn the_client_library_keeps_alive_and_reports_revocation() {
         )
         .await
         .expect("revoke");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let e = c.get(&p("data.x")).await.expect_err("revoked");
+    // Refused at once; the close follows (revocation closes within 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        let e = c.get(&p("data.x")).await.expect_err("revoked");
+        if matches!(e, keycard_client::ClientError::Closed(_)) || Instant::now() >= deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(
         matches!(&e, keycard_client::ClientError::Closed(Some(why)) if why.contains("revoked")),
         "{e:?}"
