@@ -45,12 +45,15 @@ pub(super) enum UserCmd {
     /// Create a user of METHOD (an existing one only with --replace). For
     /// password methods the new password comes from --new-password-file,
     /// KEYCARD_NEW_PASSWORD or a prompt; only a verifier derived from it
-    /// is sent.
+    /// is sent. For totp the server makes the secret, and its
+    /// provisioning URI (otpauth://…, for an authenticator app) is
+    /// printed on stdout.
     Add {
         #[command(flatten)]
         conn: ConnArgs,
         /// The auth method: opaque, scram-sha-256 or password (with a
-        /// password); root, _anon or _test (without).
+        /// password); root, _anon or _test (without); totp (a second
+        /// factor).
         method: String,
         /// The user name (`root` has one user, `*`; may be omitted).
         name: Option<String>,
