@@ -477,8 +477,17 @@ fn user_add_totp_prints_the_provisioning_uri() {
     assert!(!err.contains("otpauth"), "the secret only on stdout: {err}");
     assert!(err.contains("user alice of method totp created"), "{err}");
     // It is no way in on its own.
-    let (_, err) = fails(server.addr, &["auth", "init", "totp", "--force"], &[]);
-    assert!(err.contains("second factor"), "{err}");
+    for args in [
+        &["auth", "init", "totp", "--force"][..],
+        &["auth", "init", "totp", "--new-user", "bob"],
+        &["auth", "init", "_test", "--accept", "totp", "--force"],
+    ] {
+        let (_, err) = fails(server.addr, args, &[]);
+        assert!(err.contains("second factor"), "{args:?}: {err}");
+    }
+    // Nothing was created for the refused ones, and the server is open.
+    let (out, _) = ok(server.addr, &["user", "ls", "totp"], &[]);
+    assert_eq!(out.trim(), "alice", "{out}");
 }
 
 /// The blocks of `keycard serve --help` (one per option).

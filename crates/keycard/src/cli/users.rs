@@ -423,6 +423,15 @@ pub(super) async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
             accept,
             force,
         } => {
+            // Refused before anything is created: a user made for it, or
+            // its enrolment's URI, would be lost.
+            let alone = std::iter::once(&method).chain(&accept);
+            if let Some(m) = alone
+                .into_iter()
+                .find(|m| ClientRegistry::info(m).is_some_and(|i| i.second_factor))
+            {
+                bail!("method {m} is a second factor: it cannot be a way in on its own");
+            }
             let c = connect(&conn).await?;
             let root = ClientRegistry::super_root(&method);
             match (fixed_user(&method).filter(|_| root), &new_user) {

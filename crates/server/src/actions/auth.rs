@@ -367,8 +367,6 @@ pub(super) async fn auth_info(msg: &Value, r: &mut Responder) -> ApiResult {
     Ok(())
 }
 
-/// Makes a method current (`typ: nil` opens the server again). The method
-/// must have a user first, so nobody locks themselves out.
 /// A second factor (`totp`) is never a way in on its own: it cannot be
 /// the current method nor an accepted one.
 fn second_factor_refused(state: &ServerState, method: &str) -> ApiResult {
@@ -381,6 +379,8 @@ fn second_factor_refused(state: &ServerState, method: &str) -> ApiResult {
     }
 }
 
+/// Makes a method current (`typ: nil` opens the server again). The method
+/// must have a user first, so nobody locks themselves out.
 pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
     let session = require_super_root(r)?;
     let state = r.conn().state.clone();
