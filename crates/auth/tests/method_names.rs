@@ -27,14 +27,27 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The code of a file that is not a test: up to its `#[cfg(test)]`
-/// module, without comment lines.
+/// The code of a file that is not a test: without its `#[cfg(test)]`
+/// items (a test module, to its closing brace) and comment lines.
 fn code_lines(text: &str) -> Vec<(usize, &str)> {
     let mut out = Vec::new();
+    // Inside a test item: its brace depth, and whether its body began.
+    let mut skipping: Option<(i64, bool)> = None;
     for (i, line) in text.lines().enumerate() {
         let t = line.trim_start();
+        if let Some((depth, began)) = skipping.as_mut() {
+            let opens = line.matches('{').count() as i64;
+            let closes = line.matches('}').count() as i64;
+            *depth += opens - closes;
+            *began |= opens > 0;
+            if (*began && *depth <= 0) || (!*began && t.ends_with(';')) {
+                skipping = None;
+            }
+            continue;
+        }
         if t.starts_with("#[cfg(test)]") {
-            break;
+            skipping = Some((0, false));
+            continue;
         }
         if t.starts_with("//") {
             continue;
@@ -114,6 +127,7 @@ fn the_guard_sees_what_it_should() {
         true
     ));
     assert!(!names_method("r.get(\"token\")", "token", true));
-    let text = "let a = \"x\";\n// \"opaque\"\n#[cfg(test)]\nmod tests { \"opaque\" }";
-    assert_eq!(code_lines(text).len(), 1);
+    let text = "let a = \"x\";\n// \"opaque\"\n#[cfg(test)]\nmod tests {\n  fn f() { \"opaque\" }\n}\nconst B: &str = \"opaque\";\n#[cfg(test)]\nmod more;\nconst C: u8 = 1;";
+    let lines: Vec<usize> = code_lines(text).iter().map(|(n, _)| *n).collect();
+    assert_eq!(lines, [1, 7, 10]);
 }
