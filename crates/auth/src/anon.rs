@@ -10,16 +10,41 @@ use crate::schema::{Kind, GROUP, USER};
 use crate::secret::SecretKey;
 use crate::{ClientMethod, Method};
 
+/// The method's name on the wire.
+pub const ANON: &str = "_anon";
+
+/// What `_anon` declares (DESIGN §2).
+pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
+    name: ANON,
+    kinds: &[USER, GROUP],
+    payload: crate::Payload::Text,
+    rest: false,
+    rest_set: crate::RestSet::No,
+    needs_password: false,
+    strength: 20,
+    super_root: false,
+    fixed_user: None,
+    second_factor: false,
+    suite: None,
+};
+
+/// `_anon`'s registration.
+pub(crate) static ENTRY: crate::Entry = crate::Entry {
+    info: &INFO,
+    server: |_| Ok(std::sync::Arc::new(Anon)),
+    client: |user, _| {
+        Ok(Box::new(AnonClient {
+            name: crate::info::need_user(ANON, user)?,
+        }))
+    },
+};
+
 /// Server half of `_anon`.
 pub struct Anon;
 
 impl Method for Anon {
-    fn name(&self) -> &'static str {
-        "_anon"
-    }
-
-    fn kinds(&self) -> &'static [Kind] {
-        &[USER, GROUP]
+    fn info(&self) -> &'static crate::MethodInfo {
+        &INFO
     }
 
     fn login(
@@ -51,7 +76,7 @@ pub struct AnonClient {
 
 impl ClientMethod for AnonClient {
     fn name(&self) -> &'static str {
-        "_anon"
+        ANON
     }
 
     fn ident(&self) -> String {

@@ -8,14 +8,18 @@
 //! msgpack server, later REST) carry the messages and store the records.
 //!
 //! Methods here: `root` (DistKV's: one user `*`, super-root), `_anon` (a
-//! name, no secret, one message) and `_test` (DistKV's test method,
-//! with its multi-step record exchange).
+//! name, no secret, one message), `_test` (DistKV's test method, with its
+//! multi-step record exchange), `password`, `scram-sha-256`, `opaque` and
+//! `totp` (a second factor). Each declares its properties once, in its
+//! own file ([`MethodInfo`]), and is registered by one line in the
+//! registry; the transports, the client and the CLI ask the registry.
 
 pub mod acl;
 mod anon;
 pub mod bouncer;
 pub mod channel;
 mod exchange;
+mod info;
 mod opaque;
 mod password;
 mod registry;
@@ -25,31 +29,49 @@ mod scram;
 mod secret;
 pub mod signed;
 mod test_method;
+mod totp;
 
+pub use anon::ANON;
 pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, Step, Verdict};
+pub use info::{Entry, MakeClient, MakeServer, MethodInfo, Payload, RestSet};
 pub use opaque::{new_server_setup, Opaque, OpaqueClient, OpaqueLogin, OPAQUE, OPAQUE_SUITE};
-pub use password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD};
-pub use registry::{ClientRegistry, MethodSecrets, Registry};
+pub use password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD, PASSWORD_FIELD};
+pub use registry::{method_info, ClientRegistry, MethodSecrets, Registry};
+pub use root::{ROOT, ROOT_USER};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};
 pub use scram::{
     client_session_key, Scram, ScramClient, Verifier, MAX_ITERATIONS, MIN_ITERATIONS, SCRAM_SHA_256,
 };
 pub use secret::{Password, SecretKey};
+pub use test_method::TEST;
+pub use totp::{totp_at, Algorithm as TotpAlgorithm, Totp, TotpClient, TOTP, TOTP_ISSUER};
+
+/// The name bearer tokens log in with (`{action:"auth", typ:"token"}`):
+/// not a method of the registry (the server checks tokens against its
+/// keycard table), but a name the transports and the CLI share.
+pub const TOKEN: &str = "token";
 
 use keycard_proto::{Msg, Value};
 
 /// The server half of an auth method.
 pub trait Method: Send + Sync + 'static {
+    /// What the method declares about itself.
+    fn info(&self) -> &'static MethodInfo;
+
     /// The method's name on the wire (`typ`).
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.info().name
+    }
 
     /// The record kinds this method stores (`user` is the one logins use).
-    fn kinds(&self) -> &'static [Kind];
+    fn kinds(&self) -> &'static [Kind] {
+        self.info().kinds
+    }
 
     /// Whether a user logged in with this method holds the super-root
     /// capability. Only DistKV's `root` method does.
     fn super_root(&self) -> bool {
-        false
+        self.info().super_root
     }
 
     /// Begins a login. `request` is the client's `auth` message; `record`
@@ -75,6 +97,13 @@ pub trait Method: Send + Sync + 'static {
 
     /// What `auth_get` may show of a stored record: never secret material.
     fn show_record(&self, _kind: &Kind, _record: &Value) -> Msg {
+        Msg::new()
+    }
+
+    /// What the reply to a successful `auth_set` adds, from the record just
+    /// stored (TOTP's provisioning URI: the server made the secret, and
+    /// the user's authenticator needs it). Nothing by default.
+    fn set_reply(&self, _kind: &Kind, _ident: &str, _record: &Value) -> Msg {
         Msg::new()
     }
 }

@@ -158,13 +158,36 @@ fn credential_id(cid: Option<&[u8]>, ident: &str) -> Vec<u8> {
     id
 }
 
-impl Method for Opaque {
-    fn name(&self) -> &'static str {
-        OPAQUE
-    }
+/// What `opaque` declares (DESIGN §2).
+pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
+    name: OPAQUE,
+    kinds: &[OPAQUE_USER, GROUP],
+    payload: crate::Payload::Bytes,
+    rest: true,
+    rest_set: crate::RestSet::Registration,
+    needs_password: true,
+    strength: 60,
+    super_root: false,
+    fixed_user: None,
+    second_factor: false,
+    suite: Some(OPAQUE_SUITE),
+};
 
-    fn kinds(&self) -> &'static [Kind] {
-        &[OPAQUE_USER, GROUP]
+/// `opaque`'s registration.
+pub(crate) static ENTRY: crate::Entry = crate::Entry {
+    info: &INFO,
+    server: |s| Ok(std::sync::Arc::new(Opaque::new(&s.opaque_setup)?)),
+    client: |user, password| {
+        Ok(Box::new(OpaqueClient {
+            user: crate::info::need_user(OPAQUE, user)?,
+            password: crate::info::need_password(OPAQUE, password)?,
+        }))
+    },
+};
+
+impl Method for Opaque {
+    fn info(&self) -> &'static crate::MethodInfo {
+        &INFO
     }
 
     fn login(

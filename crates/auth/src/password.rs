@@ -27,6 +27,9 @@ use crate::{ClientMethod, Method};
 /// The method's name on the wire.
 pub const PASSWORD: &str = "password";
 
+/// The request field DistKV's client puts the sealed digest in.
+pub const PASSWORD_FIELD: &str = "password";
+
 /// `password`'s user kind.
 pub const PASSWORD_USER: Kind = Kind {
     name: "user",
@@ -111,7 +114,7 @@ impl PasswordMethod {
             )
         })?;
         let sealed = request
-            .get("password")
+            .get(PASSWORD_FIELD)
             .and_then(Value::as_bin)
             .ok_or_else(|| {
                 AuthError::Malformed("'password' must be the sealed digest (bytes)".into())
@@ -126,13 +129,36 @@ impl PasswordMethod {
     }
 }
 
-impl Method for PasswordMethod {
-    fn name(&self) -> &'static str {
-        PASSWORD
-    }
+/// What `password` declares (DESIGN §2).
+pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
+    name: PASSWORD,
+    kinds: &[PASSWORD_USER, GROUP],
+    payload: crate::Payload::Text,
+    rest: false,
+    rest_set: crate::RestSet::No,
+    needs_password: true,
+    strength: 40,
+    super_root: false,
+    fixed_user: None,
+    second_factor: false,
+    suite: None,
+};
 
-    fn kinds(&self) -> &'static [Kind] {
-        &[PASSWORD_USER, GROUP]
+/// `password`'s registration.
+pub(crate) static ENTRY: crate::Entry = crate::Entry {
+    info: &INFO,
+    server: |s| Ok(std::sync::Arc::new(PasswordMethod::new(s.argon2)?)),
+    client: |user, password| {
+        Ok(Box::new(PasswordClient {
+            user: crate::info::need_user(PASSWORD, user)?,
+            password: crate::info::need_password(PASSWORD, password)?,
+        }))
+    },
+};
+
+impl Method for PasswordMethod {
+    fn info(&self) -> &'static crate::MethodInfo {
+        &INFO
     }
 
     fn login(
@@ -208,7 +234,7 @@ impl PasswordClient {
     fn sealed(&self, key: Option<&SecretKey>) -> Msg {
         let digest = Zeroizing::new(Sha256::digest(self.password.expose().as_bytes()));
         match key {
-            Some(k) => Msg::new().with("password", seal(k, digest.as_slice())),
+            Some(k) => Msg::new().with(PASSWORD_FIELD, seal(k, digest.as_slice())),
             // Without a key there is nothing safe to send: send nothing the
             // server would accept.
             None => Msg::new(),

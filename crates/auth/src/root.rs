@@ -9,8 +9,33 @@ use crate::schema::{Kind, USER};
 use crate::secret::SecretKey;
 use crate::{ClientMethod, Method};
 
+/// The method's name on the wire.
+pub const ROOT: &str = "root";
+
 /// The only user name the `root` method knows.
 pub const ROOT_USER: &str = "*";
+
+/// What `root` declares (DESIGN §2).
+pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
+    name: ROOT,
+    kinds: &[USER],
+    payload: crate::Payload::Text,
+    rest: false,
+    rest_set: crate::RestSet::No,
+    needs_password: false,
+    strength: 10,
+    super_root: true,
+    fixed_user: Some(ROOT_USER),
+    second_factor: false,
+    suite: None,
+};
+
+/// `root`'s registration.
+pub(crate) static ENTRY: crate::Entry = crate::Entry {
+    info: &INFO,
+    server: |_| Ok(std::sync::Arc::new(Root)),
+    client: |_, _| Ok(Box::new(RootClient)),
+};
 
 /// Server half of `root`.
 pub struct Root;
@@ -48,16 +73,8 @@ pub(crate) fn empty_record(request: &Value) -> Step<Value> {
 }
 
 impl Method for Root {
-    fn name(&self) -> &'static str {
-        "root"
-    }
-
-    fn kinds(&self) -> &'static [Kind] {
-        &[USER]
-    }
-
-    fn super_root(&self) -> bool {
-        true
+    fn info(&self) -> &'static crate::MethodInfo {
+        &INFO
     }
 
     fn login(
@@ -91,7 +108,7 @@ pub struct RootClient;
 
 impl ClientMethod for RootClient {
     fn name(&self) -> &'static str {
-        "root"
+        ROOT
     }
 
     fn ident(&self) -> String {

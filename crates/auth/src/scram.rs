@@ -346,13 +346,43 @@ fn session_key(client_key: &[u8; 32], auth_message: &str) -> SecretKey {
     ))
 }
 
-impl Method for Scram {
-    fn name(&self) -> &'static str {
-        SCRAM_SHA_256
-    }
+/// What `scram-sha-256` declares (DESIGN §2).
+pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
+    name: SCRAM_SHA_256,
+    kinds: &[SCRAM_USER, GROUP],
+    payload: crate::Payload::Text,
+    rest: true,
+    rest_set: crate::RestSet::Field("verifier"),
+    needs_password: true,
+    strength: 50,
+    super_root: false,
+    fixed_user: None,
+    second_factor: false,
+    suite: None,
+};
 
-    fn kinds(&self) -> &'static [Kind] {
-        &[SCRAM_USER, GROUP]
+/// `scram-sha-256`'s registration.
+pub(crate) static ENTRY: crate::Entry = crate::Entry {
+    info: &INFO,
+    server: |s| {
+        Ok(std::sync::Arc::new(Scram::new(
+            s.mock_key.clone(),
+            s.scram_iterations,
+        )))
+    },
+    client: |user, password| {
+        let mut c = ScramClient::new(
+            crate::info::need_user(SCRAM_SHA_256, user)?,
+            crate::info::need_password(SCRAM_SHA_256, password)?,
+        );
+        c.iterations = MIN_ITERATIONS;
+        Ok(Box::new(c))
+    },
+};
+
+impl Method for Scram {
+    fn info(&self) -> &'static crate::MethodInfo {
+        &INFO
     }
 
     fn login(

@@ -22,6 +22,35 @@ pub const TEST_USER: Kind = Kind {
     }],
 };
 
+/// The method's name on the wire.
+pub const TEST: &str = "_test";
+
+/// What `_test` declares (DESIGN §2).
+pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
+    name: TEST,
+    kinds: &[TEST_USER, GROUP],
+    payload: crate::Payload::Text,
+    rest: false,
+    rest_set: crate::RestSet::No,
+    needs_password: false,
+    strength: 30,
+    super_root: false,
+    fixed_user: None,
+    second_factor: false,
+    suite: None,
+};
+
+/// `_test`'s registration.
+pub(crate) static ENTRY: crate::Entry = crate::Entry {
+    info: &INFO,
+    server: |_| Ok(std::sync::Arc::new(Test)),
+    client: |user, _| {
+        Ok(Box::new(TestClient {
+            name: crate::info::need_user(TEST, user)?,
+        }))
+    },
+};
+
 /// Server half of `_test`.
 pub struct Test;
 
@@ -47,12 +76,8 @@ fn record_for(ident: &str, name: &Value) -> Step<Value> {
 }
 
 impl Method for Test {
-    fn name(&self) -> &'static str {
-        "_test"
-    }
-
-    fn kinds(&self) -> &'static [Kind] {
-        &[TEST_USER, GROUP]
+    fn info(&self) -> &'static crate::MethodInfo {
+        &INFO
     }
 
     fn login(
@@ -111,7 +136,7 @@ pub struct TestClient {
 
 impl ClientMethod for TestClient {
     fn name(&self) -> &'static str {
-        "_test"
+        TEST
     }
 
     fn ident(&self) -> String {

@@ -61,7 +61,8 @@ async fn set_internal(c: &Client, path: Vec<Elem>, value: Value) -> anyhow::Resu
 async fn setup_auth(addr: SocketAddr) -> anyhow::Result<usize> {
     let a = Client::connect(addr).await?;
     for name in [OPEN_USER, ACL_USER] {
-        let m = ClientRegistry::make("_test", Some(name)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let m = ClientRegistry::make(keycard_auth::TEST, Some(name))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         a.set_user(m.as_ref())
             .await
             .with_context(|| format!("create user {name}"))?;
@@ -75,14 +76,14 @@ async fn setup_auth(addr: SocketAddr) -> anyhow::Result<usize> {
     }
     set_internal(
         &a,
-        elems(&["auth", "_test", "user", ACL_USER, "acl"]),
+        elems(&["auth", keycard_auth::TEST, "user", ACL_USER, "acl"]),
         Msg::new().with("key", ACL_NAME).into_value(),
     )
     .await?;
     a.request(
         Msg::new()
             .with("action", "set_auth_typ")
-            .with("typ", "_test"),
+            .with("typ", keycard_auth::TEST),
     )
     .await
     .context("set_auth_typ _test")?;
@@ -94,7 +95,7 @@ async fn login(addr: SocketAddr, user: &str) -> anyhow::Result<Conn> {
     let mut c = Conn::connect(addr).await?;
     let m = Msg::seq(1)
         .with("action", "auth")
-        .with("typ", "_test")
+        .with("typ", keycard_auth::TEST)
         .with("ident", user)
         .with("data", Value::Map(Vec::new()));
     let mut out = Vec::new();

@@ -122,7 +122,11 @@ pub mod counting {
 const N: usize = 1_000_000;
 /// Distinct users in the realistic population.
 const USERS: usize = 10_000;
-const METHODS: [&str; 3] = ["scram-sha-256", "password", "opaque"];
+const METHODS: [&str; 3] = [
+    keycard_auth::SCRAM_SHA_256,
+    keycard_auth::PASSWORD,
+    keycard_auth::OPAQUE,
+];
 /// The simulated clock starts here (Unix ms, 2027).
 const T0: u64 = 1_800_000_000_000;
 /// The server's reaper: every 100 ms, at most 4096 keycards per pass

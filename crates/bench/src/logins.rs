@@ -26,11 +26,11 @@ const PW: &str = "bench password 1";
 fn method_client(method: &str) -> Box<dyn ClientMethod> {
     let pw = Password::new(PW);
     match method {
-        "password" => Box::new(PasswordClient {
+        keycard_auth::PASSWORD => Box::new(PasswordClient {
             user: "pw".into(),
             password: pw,
         }),
-        "scram-sha-256" => Box::new(ScramClient::new("sc", pw)),
+        keycard_auth::SCRAM_SHA_256 => Box::new(ScramClient::new("sc", pw)),
         _ => Box::new(OpaqueClient {
             user: "op".into(),
             password: pw,
@@ -41,7 +41,11 @@ fn method_client(method: &str) -> Box<dyn ClientMethod> {
 /// Creates the bench users and accepts every password method.
 pub async fn setup_users(addr: SocketAddr) -> anyhow::Result<()> {
     let c = Client::connect(addr).await?;
-    for m in ["password", "scram-sha-256", "opaque"] {
+    for m in [
+        keycard_auth::PASSWORD,
+        keycard_auth::SCRAM_SHA_256,
+        keycard_auth::OPAQUE,
+    ] {
         c.set_user(method_client(m).as_ref())
             .await
             .with_context(|| format!("create {m} user"))?;
@@ -49,10 +53,13 @@ pub async fn setup_users(addr: SocketAddr) -> anyhow::Result<()> {
     c.request(
         Msg::new()
             .with("action", "set_auth_typ")
-            .with("typ", "password")
+            .with("typ", keycard_auth::PASSWORD)
             .with(
                 "accept",
-                Value::Array(vec!["scram-sha-256".into(), "opaque".into()]),
+                Value::Array(vec![
+                    keycard_auth::SCRAM_SHA_256.into(),
+                    keycard_auth::OPAQUE.into(),
+                ]),
             ),
     )
     .await?;
@@ -146,9 +153,9 @@ async fn distkv_password_login(addr: SocketAddr, user: &str) -> anyhow::Result<(
     let (mut c, key) = modp_connect(addr).await?;
     let m = Msg::seq(2)
         .with("action", "auth")
-        .with("typ", "password")
+        .with("typ", keycard_auth::PASSWORD)
         .with("ident", user)
-        .with("password", sealed(&key));
+        .with(keycard_auth::PASSWORD_FIELD, sealed(&key));
     send(&mut c, m).await?;
     loop {
         let v = c.recv().await?;
@@ -169,11 +176,11 @@ pub async fn distkv_password_user(addr: SocketAddr, user: &str) -> anyhow::Resul
     let (mut c, key) = modp_connect(addr).await?;
     let m = Msg::seq(2)
         .with("action", "auth_set")
-        .with("typ", "password")
+        .with("typ", keycard_auth::PASSWORD)
         .with("kind", "user")
         .with("ident", user)
         .with("chain", Value::Nil)
-        .with("password", sealed(&key));
+        .with(keycard_auth::PASSWORD_FIELD, sealed(&key));
     send(&mut c, m).await?;
     for step in ["auth_set", "set_auth_typ"] {
         if step == "set_auth_typ" {
@@ -181,7 +188,7 @@ pub async fn distkv_password_user(addr: SocketAddr, user: &str) -> anyhow::Resul
                 &mut c,
                 Msg::seq(3)
                     .with("action", "set_auth_typ")
-                    .with("typ", "password"),
+                    .with("typ", keycard_auth::PASSWORD),
             )
             .await?;
         }
@@ -322,7 +329,7 @@ pub fn raw_opaque(secs: f64) -> anyhow::Result<f64> {
 /// get_value round-trip latencies from one client for `secs`.
 pub async fn get_latencies(addr: SocketAddr, secs: f64) -> anyhow::Result<Vec<Duration>> {
     let c = Client::connect(addr).await?;
-    let m = method_client("password");
+    let m = method_client(keycard_auth::PASSWORD);
     c.login(m.as_ref()).await?;
     let path = Path::parse("bench.g").map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut out = Vec::new();

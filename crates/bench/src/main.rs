@@ -468,17 +468,17 @@ async fn logins_suite(args: &Args) -> anyhow::Result<()> {
     let rtt = logins::percentile(&mut idle, 0.5);
     for (method, raw, raw_name) in [
         (
-            "password",
+            keycard_auth::PASSWORD,
             raw_argon2,
             "Argon2id verifications/s, all cores",
         ),
         (
-            "opaque",
+            keycard_auth::OPAQUE,
             raw_opaque,
             "in-process OPAQUE logins/s (client + server), all cores",
         ),
         (
-            "scram-sha-256",
+            keycard_auth::SCRAM_SHA_256,
             1.0 / rtt.as_secs_f64().max(1e-9),
             "get_value round trips/s, 1 client",
         ),
@@ -494,10 +494,9 @@ async fn logins_suite(args: &Args) -> anyhow::Result<()> {
     // get_value latency from another client, idle and under a login storm.
     let p99_idle = logins::percentile(&mut idle, 0.99);
     let storm_addr = kc.addr;
-    let storm =
-        tokio::spawn(
-            async move { logins::login_rate(storm_addr, "password", 16, secs + 1.0).await },
-        );
+    let storm = tokio::spawn(async move {
+        logins::login_rate(storm_addr, keycard_auth::PASSWORD, 16, secs + 1.0).await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut busy = logins::get_latencies(kc.addr, secs).await?;
     let storm_rate = storm.await??;

@@ -20,7 +20,7 @@ async fn token_conn(addr: SocketAddr, token: &str) -> anyhow::Result<Conn> {
     let mut c = Conn::connect(addr).await?;
     let m = Msg::seq(1)
         .with("action", "auth")
-        .with("typ", "token")
+        .with("typ", keycard_auth::TOKEN)
         .with("token", token);
     let mut out = Vec::new();
     encode_into(&m.into_value(), &mut out);
@@ -115,7 +115,7 @@ pub async fn token_suite(args: &Args) -> anyhow::Result<()> {
         .set(&Path::new(vec!["bench".into(), "g".into()]), Value::from(1))
         .await?;
     admin
-        .set_user(ClientRegistry::make("_test", Some("benchjoe"))?.as_ref())
+        .set_user(ClientRegistry::make(keycard_auth::TEST, Some("benchjoe"))?.as_ref())
         .await?;
     let made = admin
         .request(

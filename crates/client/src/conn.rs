@@ -15,16 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
 
-/// Auth methods from the strongest: the order a client prefers them in.
-pub const STRENGTH: [&str; 6] = [
-    "opaque",
-    "scram-sha-256",
-    "password",
-    "_test",
-    "_anon",
-    "root",
-];
-
 /// How long a server has to send its greeting once the connection is up.
 /// A keycard server greets at once; silence means something else is
 /// listening there.
@@ -443,7 +433,8 @@ impl Client {
     }
 
     /// Logs in if the greeting asks for it, with the strongest of
-    /// `candidates` the server accepts (see [`STRENGTH`]). Returns the
+    /// `candidates` the server accepts (by each method's declared
+    /// strength, `ClientRegistry::strength`). Returns the
     /// method used, or `None` when the server needs no login.
     pub async fn login_as_needed(
         &self,
@@ -456,12 +447,8 @@ impl Client {
             return Ok(None);
         }
         let accepted: Vec<&str> = list.iter().flatten().map(String::as_str).collect();
-        let rank = |name: &str| {
-            STRENGTH
-                .iter()
-                .position(|s| *s == name)
-                .unwrap_or(STRENGTH.len())
-        };
+        // Strongest first; a method keycard does not know goes last.
+        let rank = |name: &str| std::cmp::Reverse(keycard_auth::ClientRegistry::strength(name));
         let mut usable: Vec<&&dyn ClientMethod> = candidates
             .iter()
             .filter(|m| accepted.contains(&m.name()))
@@ -718,7 +705,7 @@ impl Client {
         self.request(
             Msg::new()
                 .with("action", "auth")
-                .with("typ", "token")
+                .with("typ", keycard_auth::TOKEN)
                 .with("token", token),
         )
         .await

@@ -25,5 +25,5 @@ pub mod rest;
 
 pub use conn::{
     Client, ClientError, Event, Greeting, Node, SetResult, Stream, TreeItem, CONNECT_TIMEOUT,
-    GREETING_TIMEOUT, STRENGTH, WRONG_CREDENTIALS,
+    GREETING_TIMEOUT, WRONG_CREDENTIALS,
 };

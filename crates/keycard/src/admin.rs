@@ -6,6 +6,7 @@
 use std::path::Path as FsPath;
 
 use anyhow::{bail, Context};
+use keycard_auth::ClientRegistry;
 use keycard_client::{Client, ClientError};
 use keycard_proto::{Elem, ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Op, RedbOptions, RedbStore, Store, StoreError};
@@ -115,7 +116,7 @@ pub(crate) async fn grant(
 /// `super_root`.
 pub(crate) async fn can_administer(c: &Client, methods: &[&str]) -> anyhow::Result<bool> {
     for method in methods {
-        if *method == "root" {
+        if ClientRegistry::super_root(method) {
             return Ok(true);
         }
         let users = Path::new(vec!["auth".into(), (*method).into(), "user".into()]);

@@ -6,15 +6,23 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use keycard_auth::{ClientRegistry, Password};
-use keycard_client::{Client, ClientError, STRENGTH, WRONG_CREDENTIALS};
+use keycard_client::{Client, ClientError, WRONG_CREDENTIALS};
 use keycard_proto::{ErrorCode, Msg};
 
 /// The login method name of bearer tokens.
-pub(crate) const TOKEN_METHOD: &str = "token";
+pub(crate) const TOKEN_METHOD: &str = keycard_auth::TOKEN;
 /// Bearer tokens start with this.
 pub(crate) const TOKEN_PREFIX: &str = "kct_";
-/// The method that logs anyone in as super-root, with no secret.
-const ROOT: &str = "root";
+/// Whether `method` logs anyone in as super-root (DistKV's `root`: no
+/// secret, one user).
+fn is_root(method: &str) -> bool {
+    ClientRegistry::super_root(method)
+}
+
+/// Whether `method` knows one user only, so a login needs no name.
+fn one_user(method: &str) -> bool {
+    ClientRegistry::info(method).is_some_and(|i| i.fixed_user.is_some())
+}
 
 /// How the client commands reach and log in to the server (all but the
 /// user name, which [`ConnArgs`] and [`AdminConnArgs`] spell differently).
@@ -193,9 +201,9 @@ pub(crate) async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
     let flag = args.user_flag;
     let m = ClientRegistry::make_with_password(&method, args.user.as_deref(), password)
         .map_err(|e| anyhow::anyhow!("{e} (give {flag}, or KEYCARD_USER)"))?;
-    let who = match method.as_str() {
-        ROOT => String::new(),
-        _ => format!(" as {}", m.ident()),
+    let who = match one_user(&method) {
+        true => String::new(),
+        false => format!(" as {}", m.ident()),
     };
     match c.login(m.as_ref()).await {
         Ok(()) => Ok(c),
@@ -239,13 +247,13 @@ async fn method_for(c: &Client, args: &ConnArgs) -> anyhow::Result<Option<String
         .collect();
     let current = accepted.first().copied().unwrap_or_default();
     let flag = args.user_flag;
-    let root_hint = match accepted.contains(&ROOT) {
-        true => ", or --auth root",
-        false => "",
+    let root_hint = match accepted.iter().find(|m| is_root(m)) {
+        Some(root) => format!(", or --auth {root}"),
+        None => String::new(),
     };
     let Some(user) = &args.user else {
-        if current == ROOT {
-            return Ok(Some(ROOT.to_owned()));
+        if is_root(current) && one_user(current) {
+            return Ok(Some(current.to_owned()));
         }
         bail!(
             "the server requires a login with one of: {}: give {flag} NAME{root_hint}",
@@ -260,10 +268,9 @@ async fn method_for(c: &Client, args: &ConnArgs) -> anyhow::Result<Option<String
         }
         Err(e) => return Err(anyhow::Error::new(e).context("cannot ask which methods to use")),
     };
-    let usable =
-        |m: &&&str| **m != ROOT && accepted.contains(*m) && theirs.iter().any(|t| t == **m);
-    match STRENGTH.iter().find(usable) {
-        Some(m) => Ok(Some((*m).to_owned())),
+    let usable = |m: &&str| !is_root(m) && theirs.iter().any(|t| t == *m);
+    match ClientRegistry::strongest(accepted.iter().copied().filter(usable)) {
+        Some(m) => Ok(Some(m.to_owned())),
         None => bail!(
             "the server accepts {}, and {user} logs in with none of them here: give --auth METHOD{root_hint}",
             accepted.join(", ")

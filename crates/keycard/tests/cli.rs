@@ -461,6 +461,35 @@ fn user_add_refuses_to_replace_and_user_passwd_changes_a_password() {
     ok(a, &["whoami", "--user", "admin"], &pw("admin's new"));
 }
 
+/// `user add totp NAME` enrols a second factor: the server makes the
+/// secret and the CLI prints its provisioning URI, on stdout alone.
+#[test]
+fn user_add_totp_prints_the_provisioning_uri() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Proc::start(dir.path());
+    let (out, err) = ok(server.addr, &["user", "add", "totp", "alice"], &[]);
+    let uri = out.trim();
+    assert!(
+        uri.starts_with("otpauth://totp/keycard:alice?secret=")
+            && uri.ends_with("&issuer=keycard&algorithm=SHA1&digits=6&period=30"),
+        "{out}"
+    );
+    assert!(!err.contains("otpauth"), "the secret only on stdout: {err}");
+    assert!(err.contains("user alice of method totp created"), "{err}");
+    // It is no way in on its own.
+    for args in [
+        &["auth", "init", "totp", "--force"][..],
+        &["auth", "init", "totp", "--new-user", "bob"],
+        &["auth", "init", "_test", "--accept", "totp", "--force"],
+    ] {
+        let (_, err) = fails(server.addr, args, &[]);
+        assert!(err.contains("second factor"), "{args:?}: {err}");
+    }
+    // Nothing was created for the refused ones, and the server is open.
+    let (out, _) = ok(server.addr, &["user", "ls", "totp"], &[]);
+    assert_eq!(out.trim(), "alice", "{out}");
+}
+
 /// The blocks of `keycard serve --help` (one per option).
 fn option_blocks(help: &str) -> Vec<String> {
     let mut blocks: Vec<String> = Vec::new();

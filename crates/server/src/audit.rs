@@ -29,10 +29,17 @@ pub struct LoginEvent<'a> {
     pub keycard: Option<keycard_auth::bouncer::KeycardId>,
 }
 
+/// What the writer task is given: a line to append, or a reader waiting
+/// for the lines queued before it.
+enum Item {
+    Line(String),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Appends events to the audit file.
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Item>,
     path: PathBuf,
     /// Where each event's `time` is read.
     clock: ClockHandle,
@@ -47,20 +54,31 @@ impl Audit {
         #[cfg(unix)]
         opts.mode(0o600);
         let mut file = opts.open(path).await?;
-        let (tx, mut rx) = mpsc::channel::<String>(4096);
+        let (tx, mut rx) = mpsc::channel::<Item>(4096);
         tokio::spawn(async move {
             let mut buf = String::new();
-            while let Some(line) = rx.recv().await {
+            let mut flushed = Vec::new();
+            while let Some(first) = rx.recv().await {
                 buf.clear();
-                buf.push_str(&line);
-                while let Ok(more) = rx.try_recv() {
-                    buf.push_str(&more);
+                let mut item = Some(first);
+                // Everything queued so far goes in one write.
+                while let Some(it) = item.take().or_else(|| rx.try_recv().ok()) {
+                    match it {
+                        Item::Line(line) => buf.push_str(&line),
+                        Item::Flush(done) => flushed.push(done),
+                    }
                 }
-                if let Err(e) = file.write_all(buf.as_bytes()).await {
-                    tracing::error!(error = %e, "cannot write the audit log");
-                    continue;
+                if !buf.is_empty() {
+                    if let Err(e) = file.write_all(buf.as_bytes()).await {
+                        tracing::error!(error = %e, "cannot write the audit log");
+                    } else {
+                        let _ = file.sync_data().await;
+                    }
                 }
-                let _ = file.sync_data().await;
+                // A reader waiting for the events queued before it.
+                for done in flushed.drain(..) {
+                    let _ = done.send(());
+                }
             }
         });
         Ok(Audit {
@@ -95,7 +113,7 @@ impl Audit {
         }
         let mut line = obj.to_string();
         line.push('\n');
-        let _ = self.tx.send(line).await;
+        let _ = self.tx.send(Item::Line(line)).await;
     }
 
     /// Records a keycard event (revoked, logged out, token created) by
@@ -122,7 +140,7 @@ impl Audit {
         });
         let mut line = obj.to_string();
         line.push('\n');
-        let _ = self.tx.send(line).await;
+        let _ = self.tx.send(Item::Line(line)).await;
     }
 
     /// A user-management event (`user created`, `credential set`, `user
@@ -141,12 +159,22 @@ impl Audit {
         });
         let mut line = obj.to_string();
         line.push('\n');
-        let _ = self.tx.send(line).await;
+        let _ = self.tx.send(Item::Line(line)).await;
     }
 
-    /// The last `n` events, oldest first.
+    /// Waits until every event recorded before this call is written.
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.tx.send(Item::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
+    /// The last `n` events, oldest first: every event recorded before the
+    /// call is among them (the queue is flushed first).
     pub async fn tail(&self, n: usize) -> std::io::Result<Vec<String>> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        self.flush().await;
         let mut f = tokio::fs::File::open(&self.path).await?;
         let len = f.metadata().await?.len();
         let want = (n as u64).saturating_mul(1024).min(len);
@@ -161,5 +189,29 @@ impl Audit {
         }
         let skip = lines.len().saturating_sub(n);
         Ok(lines.split_off(skip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tail_sees_every_event_recorded_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = Audit::open(&dir.path().join("audit.log"), ClockHandle::default())
+            .await
+            .expect("open");
+        for round in 0..20 {
+            audit
+                .user("user created", &format!("u{round}"), None, None)
+                .await;
+            let lines = audit.tail(1).await.expect("tail");
+            assert_eq!(lines.len(), 1, "round {round}");
+            assert!(
+                lines[0].contains(&format!("\"u{round}\"")),
+                "round {round}: {lines:?}"
+            );
+        }
     }
 }

@@ -140,7 +140,10 @@ impl Server {
         // password method, it quietly reopens the server.
         let methods: Vec<&String> = auth.current.iter().chain(&auth.accept).collect();
         let password = methods.iter().find(|m| ClientRegistry::needs_password(m));
-        if let (Some(p), true) = (password, methods.iter().any(|m| *m == "root")) {
+        if let (Some(p), true) = (
+            password,
+            methods.iter().any(|m| ClientRegistry::super_root(m)),
+        ) {
             tracing::warn!(
                 "method root is accepted beside {p}: any client logs in as super-root without a \
                  secret (run `keycard auth init` again without `--accept root` to stop it)"

@@ -45,12 +45,15 @@ pub(super) enum UserCmd {
     /// Create a user of METHOD (an existing one only with --replace). For
     /// password methods the new password comes from --new-password-file,
     /// KEYCARD_NEW_PASSWORD or a prompt; only a verifier derived from it
-    /// is sent.
+    /// is sent. For totp the server makes the secret, and its
+    /// provisioning URI (otpauth://…, for an authenticator app) is
+    /// printed on stdout.
     Add {
         #[command(flatten)]
         conn: ConnArgs,
         /// The auth method: opaque, scram-sha-256 or password (with a
-        /// password); root, _anon or _test (without).
+        /// password); root, _anon or _test (without); totp (a second
+        /// factor).
         method: String,
         /// The user name (`root` has one user, `*`; may be omitted).
         name: Option<String>,
@@ -154,13 +157,21 @@ fn exists_error(method: &str, ident: &str) -> anyhow::Error {
     )
 }
 
+/// The one user a method knows, if it knows one only (`root`'s `*`).
+fn fixed_user(method: &str) -> Option<&'static str> {
+    ClientRegistry::info(method).and_then(|i| i.fixed_user)
+}
+
 /// The user name a method's user needs (`root`'s one user is `*`).
 fn ident_for(method: &str, name: Option<&str>) -> anyhow::Result<String> {
-    match (method, name) {
-        ("root", None | Some("*")) => Ok("*".into()),
-        ("root", Some(other)) => bail!("method root has one user, `*`, not {other:?}"),
-        (_, Some(n)) => Ok(n.to_owned()),
-        (m, None) => bail!("method {m} needs a user NAME"),
+    match (fixed_user(method), name) {
+        (Some(only), None) => Ok(only.into()),
+        (Some(only), Some(n)) if n == only => Ok(only.into()),
+        (Some(only), Some(other)) => {
+            bail!("method {method} has one user, `{only}`, not {other:?}")
+        }
+        (None, Some(n)) => Ok(n.to_owned()),
+        (None, None) => bail!("method {method} needs a user NAME"),
     }
 }
 
@@ -184,15 +195,21 @@ pub(super) async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             }
             let password = new_password(&method, new_password_file.as_ref())?;
             let m = ClientRegistry::make_with_password(&method, Some(&ident), password)?;
-            if replace {
-                c.set_user(m.as_ref()).await?;
+            let reply = if replace {
+                c.set_user(m.as_ref()).await?
             } else {
                 match c.create_user(m.as_ref()).await {
                     Err(e) if e.code() == Some(ErrorCode::Conflict) => {
                         return Err(exists_error(&method, &ident))
                     }
                     other => other?,
-                };
+                }
+            };
+            // A method whose server made the secret (TOTP) answers with
+            // what the user's authenticator needs: printed once, on
+            // stdout, for the operator to hand over (a QR code, a copy).
+            if let Some(uri) = reply.get("uri").and_then(Value::as_str) {
+                say!("{uri}");
             }
             match (replace, existed) {
                 (true, Some(true)) => say_err!("user {ident} of method {method} replaced"),
@@ -387,14 +404,13 @@ pub(super) async fn user_methods(c: &Client, name: &str) -> anyhow::Result<Vec<S
 /// super-root, so it makes the passwords pointless.
 fn root_warning(methods: &[&str]) -> Option<String> {
     let password = methods.iter().find(|m| ClientRegistry::needs_password(m))?;
-    methods.contains(&"root").then(|| {
-        format!(
-            "warning: method root is accepted beside {password}: any client logs in as \
-             super-root without a secret (run `keycard auth init {}` without --accept root \
-             to stop it)",
-            methods.first().copied().unwrap_or_default()
-        )
-    })
+    let root = methods.iter().find(|m| ClientRegistry::super_root(m))?;
+    Some(format!(
+        "warning: method {root} is accepted beside {password}: any client logs in as \
+         super-root without a secret (run `keycard auth init {}` without --accept {root} \
+         to stop it)",
+        methods.first().copied().unwrap_or_default()
+    ))
 }
 
 pub(super) async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
@@ -407,15 +423,25 @@ pub(super) async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
             accept,
             force,
         } => {
+            // Refused before anything is created: a user made for it, or
+            // its enrolment's URI, would be lost.
+            let alone = std::iter::once(&method).chain(&accept);
+            if let Some(m) = alone
+                .into_iter()
+                .find(|m| ClientRegistry::info(m).is_some_and(|i| i.second_factor))
+            {
+                bail!("method {m} is a second factor: it cannot be a way in on its own");
+            }
             let c = connect(&conn).await?;
-            match (method.as_str(), &new_user) {
-                ("root", Some(_)) => {
-                    bail!("method root has one user, `*`, who is super-root: drop --new-user")
+            let root = ClientRegistry::super_root(&method);
+            match (fixed_user(&method).filter(|_| root), &new_user) {
+                (Some(only), Some(_)) => {
+                    bail!("method {method} has one user, `{only}`, who is super-root: drop --new-user")
                 }
-                ("root", None) => {
-                    let m = ClientRegistry::make("root", None)?;
+                (Some(only), None) => {
+                    let m = ClientRegistry::make(&method, None)?;
                     match c.create_user(m.as_ref()).await {
-                        Ok(_) => say_err!("user * of method root created"),
+                        Ok(_) => say_err!("user {only} of method {method} created"),
                         Err(e) if e.code() == Some(ErrorCode::Conflict) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -474,9 +500,9 @@ pub(super) async fn auth(cmd: AuthCmd) -> anyhow::Result<()> {
                     .with("accept", Value::Array(accepted)),
             )
             .await?;
-            match method.as_str() {
-                "root" => say_err!("method root is now required; the CLI logs in with it"),
-                _ => say_err!("method {method} is now required; log in with --user NAME"),
+            match root {
+                true => say_err!("method {method} is now required; the CLI logs in with it"),
+                false => say_err!("method {method} is now required; log in with --user NAME"),
             }
             let methods: Vec<&str> = std::iter::once(method.as_str())
                 .chain(accept.iter().map(String::as_str))

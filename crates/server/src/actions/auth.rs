@@ -230,7 +230,15 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     let out = out
         .first()
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no outcome"))?;
-    let reply = super::data::write_reply(&state, out, Some(&record), (true, false), nchain);
+    let mut reply = super::data::write_reply(&state, out, Some(&record), (true, false), nchain);
+    // What the method adds (TOTP's provisioning URI), after the write.
+    if let Value::Map(extra) = m.set_reply(k, &ident, &record).into_value() {
+        for (key, value) in extra {
+            if let Some(key) = key.as_str() {
+                reply.set(key, value);
+            }
+        }
+    }
     super::refresh_auth(&state, Some(r.conn())).await?;
     let who = crate::conn::qualify(&ident, &session.root);
     state
@@ -358,6 +366,18 @@ pub(super) async fn auth_info(msg: &Value, r: &mut Responder) -> ApiResult {
     Ok(())
 }
 
+/// A second factor (`totp`) is never a way in on its own: it cannot be
+/// the current method nor an accepted one.
+fn second_factor_refused(state: &ServerState, method: &str) -> ApiResult {
+    match state.methods.get(method) {
+        Some(m) if m.info().second_factor => Err(ApiError::new(
+            ErrorCode::AuthMethod,
+            format!("method {method:?} is a second factor: it cannot be a way in on its own"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Makes a method current (`typ: nil` opens the server again). The method
 /// must have a user first, so nobody locks themselves out.
 pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
@@ -370,6 +390,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
     };
     let at = session.root.join(&auth_root());
     if let Some(t) = typ {
+        second_factor_refused(&state, t)?;
         if users_of(&state, &at, t, 1).await?.is_empty() {
             return Err(ApiError::bad(format!(
                 "method {t:?} has no user yet: create one with auth_set before making it current"
@@ -391,6 +412,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
                         format!("unknown auth method {name:?}"),
                     )
                 })?;
+                second_factor_refused(&state, m.name())?;
                 if users_of(&state, &at, m.name(), 1).await?.is_empty() {
                     return Err(ApiError::bad(format!("method {name:?} has no user yet")));
                 }

@@ -27,7 +27,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::{record_path, ServerState};
 
 /// The token method's name.
-pub(crate) const TOKEN: &str = "token";
+pub(crate) const TOKEN: &str = keycard_auth::TOKEN;
 /// Bearer tokens start with this.
 const TOKEN_PREFIX: &str = "kct_";
 /// Most keycards one listing returns.

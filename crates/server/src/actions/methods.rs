@@ -66,11 +66,21 @@ async fn accepted(state: &ServerState, base: &Path) -> ApiResult<Vec<&'static st
         let entry = state.store.get(&base.join(&auth_root())).await?;
         AuthConfig::from_record(entry.map(|e| e.value).as_ref())
     };
+    // A second factor is never the method to log in with.
+    let first = |m: &&std::sync::Arc<dyn keycard_auth::Method>| !m.info().second_factor;
     Ok(match &cfg.current {
-        None => state.methods.names().collect(),
+        None => state
+            .methods
+            .names()
+            .filter_map(|m| state.methods.get(m))
+            .filter(first)
+            .map(|m| m.name())
+            .collect(),
         Some(current) => std::iter::once(current)
             .chain(cfg.accept.iter())
-            .filter_map(|m| state.methods.get(m).map(|m| m.name()))
+            .filter_map(|m| state.methods.get(m))
+            .filter(first)
+            .map(|m| m.name())
             .collect(),
     })
 }

@@ -39,8 +39,14 @@ pub(crate) async fn greeting(state: &ServerState) -> Value {
         .with("tick", tock)
         .with("tock", tock)
         .with("qlen", state.config.qlen)
-        .with("server", concat!("keycard ", env!("CARGO_PKG_VERSION")))
-        .with("opaque", keycard_auth::OPAQUE_SUITE);
+        .with("server", concat!("keycard ", env!("CARGO_PKG_VERSION")));
+    // A method's parameters a client needs before its login (OPAQUE's
+    // ciphersuite), under the method's name.
+    for i in state.methods.infos() {
+        if let Some(suite) = i.suite {
+            m.set(i.name, suite);
+        }
+    }
     let auth = state.auth();
     if auth.configured {
         let mut list = vec![Value::from(auth.current.clone())];

@@ -47,8 +47,11 @@ mod users;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Longest a request may take, body included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Methods offered over REST (their messages fit in `data`).
-const REST_METHODS: [&str; 2] = ["scram-sha-256", "opaque"];
+/// The loaded methods offered over REST (their messages fit in `data`
+/// and they agree a session key), in the registry's order.
+fn rest_methods(state: &ServerState) -> impl Iterator<Item = &'static str> + '_ {
+    state.methods.infos().filter(|i| i.rest).map(|i| i.name)
+}
 
 type Body = Full<Bytes>;
 

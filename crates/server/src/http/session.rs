@@ -15,7 +15,7 @@ use keycard_auth::signed::{self, Authorization, ReplayGuard};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use serde_json::json;
 
-use super::{error, json_response, lock, Body, Pending, Rest, Session, BUSY, REST_METHODS};
+use super::{error, json_response, lock, rest_methods, Body, Pending, Rest, Session, BUSY};
 use crate::actions::login::{Login, Progress, Refusal, Requester};
 use crate::conn::LoggedIn;
 use crate::error::ApiError;
@@ -36,7 +36,8 @@ pub(super) fn data_value(
     let text = data
         .and_then(|d| d.as_str())
         .ok_or_else(|| ApiError::bad("'data' must be a string"))?;
-    if method == "opaque" {
+    if keycard_auth::method_info(method).is_some_and(|i| i.payload == keycard_auth::Payload::Bytes)
+    {
         let bytes = URL_SAFE_NO_PAD
             .decode(text)
             .map_err(|_| ApiError::bad("'data' must be base64url without padding"))?;
@@ -61,18 +62,19 @@ impl Rest {
     /// `GET /`: the server and the methods it offers.
     pub(super) fn index(&self) -> Response<Body> {
         let cfg = self.state.auth();
-        let methods: Vec<&str> = REST_METHODS
-            .into_iter()
-            .filter(|m| cfg.accepts(m) && self.state.methods.get(m).is_some())
+        let methods: Vec<&str> = rest_methods(&self.state)
+            .filter(|m| cfg.accepts(m))
             .collect();
-        json_response(
-            StatusCode::OK,
-            json!({
-                "server": concat!("keycard ", env!("CARGO_PKG_VERSION")),
-                "methods": methods,
-                "opaque": keycard_auth::OPAQUE_SUITE,
-            }),
-        )
+        let mut index = json!({
+            "server": concat!("keycard ", env!("CARGO_PKG_VERSION")),
+            "methods": methods,
+        });
+        for i in self.state.methods.infos() {
+            if let Some(suite) = i.suite {
+                index[i.name] = json!(suite);
+            }
+        }
+        json_response(StatusCode::OK, index)
     }
 
     /// `POST /session/new {method, user, data}`: starts a login by the
@@ -87,10 +89,11 @@ impl Rest {
         ) else {
             return error(&ApiError::bad("'method' and 'user' must be strings"));
         };
-        if !REST_METHODS.contains(&method) {
+        if !rest_methods(&self.state).any(|m| m == method) {
+            let offered = rest_methods(&self.state).collect::<Vec<_>>().join(", ");
             return error(&ApiError::new(
                 ErrorCode::AuthMethod,
-                format!("method {method:?} is not offered over REST (scram-sha-256, opaque)"),
+                format!("method {method:?} is not offered over REST ({offered})"),
             ));
         }
         let data = match data_value(method, j.get("data")) {

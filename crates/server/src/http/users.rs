@@ -1,16 +1,17 @@
 //! `/user/{name}` (signed): show, create, set a credential, delete
 //! (`actions::users` does the work). Bodies are `{method, data, token?,
-//! upload?, acl?}`: for `scram-sha-256`, `data` is the verifier in
-//! PostgreSQL's text form; for `opaque`, the registration request, then
-//! (second request) the request again with the first answer's `token` and
-//! the registration upload in `upload`, all base64url unpadded. The
-//! password never travels.
+//! upload?, acl?}`, shaped by the method's `RestSet`: for
+//! `scram-sha-256`, `data` is the verifier in PostgreSQL's text form; for
+//! `opaque`, the registration request, then (second request) the request
+//! again with the first answer's `token` and the registration upload in
+//! `upload`, all base64url unpadded. The password never travels.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Response, StatusCode};
+use keycard_auth::RestSet;
 use keycard_proto::{ErrorCode, Msg, Value};
 use serde_json::json;
 
@@ -19,11 +20,9 @@ use super::{error, json_response, Body, Rest};
 use crate::actions::users::{self, Set};
 use crate::error::ApiError;
 
-/// Methods whose credentials may be set over REST.
-const SETTABLE: [&str; 2] = ["scram-sha-256", "opaque"];
-
-/// The method messages a credential body carries.
-fn messages(method: &str, j: &serde_json::Value) -> Result<Vec<Value>, ApiError> {
+/// The method messages a credential body carries, in the shape `how`
+/// (the method's [`RestSet`]) gives them.
+fn messages(method: &str, how: RestSet, j: &serde_json::Value) -> Result<Vec<Value>, ApiError> {
     let text = |k: &str| -> Result<Option<&str>, ApiError> {
         match j.get(k) {
             None | Some(serde_json::Value::Null) => Ok(None),
@@ -39,8 +38,8 @@ fn messages(method: &str, j: &serde_json::Value) -> Result<Vec<Value>, ApiError>
             .map_err(|_| ApiError::bad(format!("'{k}' must be base64url without padding")))
     };
     let upload = text("upload")?;
-    match method {
-        "opaque" => {
+    match how {
+        RestSet::Registration => {
             let mut first = Msg::new().with("data", bytes("data", data)?);
             if let Some(t) = text("token")? {
                 first.set("token", bytes("token", t)?);
@@ -56,16 +55,20 @@ fn messages(method: &str, j: &serde_json::Value) -> Result<Vec<Value>, ApiError>
             }
             Ok(msgs)
         }
-        _ => {
+        RestSet::Field(field) => {
             if upload.is_some() || j.get("token").is_some() {
                 return Err(ApiError::bad(format!(
                     "method {method} takes no 'upload' or 'token'"
                 )));
             }
             Ok(vec![Msg::new()
-                .with("data", Msg::new().with("verifier", data))
+                .with("data", Msg::new().with(field, data))
                 .into_value()])
         }
+        RestSet::No => Err(ApiError::new(
+            ErrorCode::AuthMethod,
+            format!("method {method:?} cannot be set over REST"),
+        )),
     }
 }
 
@@ -99,12 +102,25 @@ impl Rest {
                     .get("method")
                     .and_then(|m| m.as_str())
                     .ok_or_else(|| ApiError::bad("'method' must be a string"))?;
-                if !SETTABLE.contains(&m) {
+                let settable = || {
+                    state
+                        .methods
+                        .infos()
+                        .filter(|i| i.rest_set != RestSet::No)
+                        .map(|i| i.name)
+                };
+                let Some(how) = state
+                    .methods
+                    .get(m)
+                    .map(|x| x.info().rest_set)
+                    .filter(|h| *h != RestSet::No)
+                else {
+                    let list = settable().collect::<Vec<_>>().join(", ");
                     return Err(ApiError::new(
                         ErrorCode::AuthMethod,
-                        format!("method {m:?} cannot be set over REST (scram-sha-256, opaque)"),
+                        format!("method {m:?} cannot be set over REST ({list})"),
                     ));
-                }
+                };
                 let acl = match j.get("acl") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(serde_json::Value::String(a)) if create => Some(a.as_str()),
@@ -113,7 +129,7 @@ impl Rest {
                     }
                     Some(_) => return Err(ApiError::bad("'acl' must be a string")),
                 };
-                let msgs = messages(m, &j)?;
+                let msgs = messages(m, how, &j)?;
                 match users::set_credential(state, &session, &name, m, &msgs, create, acl).await {
                     Ok(Set::Continue(msg)) => {
                         let msg = msg.into_value();
