@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::rest::{http, scram_begin};
 use common::{code, req, start_with, Raw, TestServer};
 use keycard_auth::bouncer::{KeycardId, State};
-use keycard_auth::{AuthError, Kind, LoginCtx, Method, Step, Verdict, USER};
+use keycard_auth::{
+    AuthError, ClientLogin, ClientMethod, Kind, LoginCtx, Method, Step, Verdict, USER,
+};
 use keycard_client::Client;
 use keycard_proto::{Msg, Path, Value};
 
@@ -53,6 +55,30 @@ impl Method for Counter {
 
     fn set_record(&self, _: &LoginCtx<'_>, _: &Kind, _: &str, _: &Value) -> Step<Value> {
         Step::Fail(AuthError::Unsupported("set with set_internal".into()))
+    }
+}
+
+/// [`Counter`]'s client half: a first message without data.
+struct CountClient;
+
+impl ClientMethod for CountClient {
+    fn name(&self) -> &'static str {
+        "_count"
+    }
+
+    fn ident(&self) -> String {
+        String::new()
+    }
+
+    fn login(&self, _: Option<&keycard_auth::SecretKey>) -> ClientLogin {
+        ClientLogin {
+            request: Msg::new(),
+            exchange: None,
+        }
+    }
+
+    fn set_record(&self, _: Option<&keycard_auth::SecretKey>) -> ClientLogin {
+        self.login(None)
     }
 }
 
@@ -228,6 +254,38 @@ async fn a_second_factor_is_asked_for_and_passed_in_the_same_exchange() {
         .call_stream(req(1, "auth").with("typ", "_anon").with("ident", "joe"))
         .await;
     assert_eq!(code(&st[0]), Some("auth_method"), "{st:?}");
+}
+
+/// keycard's client passes the factors it is given when asked, and
+/// refuses a prompt for one it does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_passes_its_factors_in_order() {
+    let (s, _c) = server().await;
+    let make = |m: &str| keycard_auth::ClientRegistry::make(m, Some("eve")).expect("method");
+    let (test, anon) = (make("_test"), make("_anon"));
+    let count: Box<dyn ClientMethod> = Box::new(CountClient);
+    let c = Client::connect(s.addr()).await.expect("connect");
+    let e = c
+        .login_with_factors(test.as_ref(), &[count.as_ref()])
+        .await
+        .expect_err("the server asks for _anon first");
+    assert!(e.to_string().contains("_anon"), "{e}");
+    let c = Client::connect(s.addr()).await.expect("connect");
+    let e = c
+        .login_with_factors(test.as_ref(), &[anon.as_ref(), count.as_ref()])
+        .await
+        .expect_err("eve has no _count record");
+    assert!(e.to_string().contains("login failed"), "{e}");
+    let joe = |m: &str| keycard_auth::ClientRegistry::make(m, Some("joe")).expect("method");
+    let c = Client::connect(s.addr()).await.expect("connect");
+    c.login_with_factors(joe("_test").as_ref(), &[joe("_anon").as_ref()])
+        .await
+        .expect("joe passes both");
+    let who = c
+        .request(Msg::new().with("action", "whoami"))
+        .await
+        .expect("whoami");
+    assert_eq!(who.get("user").and_then(Value::as_str), Some("joe"));
 }
 
 /// Skipping a factor, repeating the first, naming another user, or
