@@ -112,6 +112,7 @@ fn spawn_login(state: &Arc<ServerState>, request: LoginRequest) -> oneshot::Rece
     });
     rx
 }
+
 /// A method message's `data` as JSON: a string as is, bytes as base64url.
 pub(super) fn data_json(msg: &Value) -> serde_json::Value {
     match msg.get("data") {
