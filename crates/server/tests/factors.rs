@@ -481,3 +481,33 @@ async fn rest_refuses_a_skipped_factor_like_a_wrong_password() {
         assert_eq!(gone.status, 404);
     }
 }
+
+/// Two answers to one prompt at once: one is the login's, the other
+/// finds no login waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_takes_one_answer_per_prompt() {
+    let (s, _c) = server().await;
+    let addr = s.handle.http_addr.expect("http");
+    let start = scram_begin(addr, "alice", "correct horse")
+        .await
+        .map_err(|r| r.body)
+        .expect("begin");
+    let at = format!("/session/{}", start.sid);
+    let r = http(
+        addr,
+        "PUT",
+        &at,
+        None,
+        &body(serde_json::json!({"data": start.client_final})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let answer = body(serde_json::json!({"method": "_anon"}));
+    let (a, b) = tokio::join!(
+        http(addr, "PUT", &at, None, &answer),
+        http(addr, "PUT", &at, None, &answer)
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [303, 404], "{:?} {:?}", a.body, b.body);
+}
