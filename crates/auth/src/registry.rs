@@ -56,6 +56,18 @@ impl Registry {
         Ok(Registry { methods })
     }
 
+    /// Registers a further method; refused if its name is taken.
+    pub fn add(&mut self, method: Arc<dyn Method>) -> Result<(), AuthError> {
+        if self.get(method.name()).is_some() {
+            return Err(AuthError::Unsupported(format!(
+                "a method called {:?} is already registered",
+                method.name()
+            )));
+        }
+        self.methods.push(method);
+        Ok(())
+    }
+
     /// The method called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Method>> {
         self.methods.iter().find(|m| m.name() == name)

@@ -1,5 +1,5 @@
 //! `totp`: time-based one-time codes (RFC 6238 over RFC 4226's HOTP), a
-//! second factor (DESIGN §2.2).
+//! second factor (DESIGN §2.3).
 //!
 //! Enrolment is an `auth_set` whose data asks at most for the code's
 //! digits and hash: the server draws the secret from the operating

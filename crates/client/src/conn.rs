@@ -322,7 +322,7 @@ impl Client {
     /// A streamed reply is read to its end; its last item (or the end
     /// marker, when it has none) is returned.
     pub async fn request(&self, msg: Msg) -> Result<Value, ClientError> {
-        self.exchange(msg, None).await
+        self.exchange(msg, None, &[]).await
     }
 
     fn ack(&self, seq: i64, v: &Value, acked: &mut u64) {
@@ -357,14 +357,33 @@ impl Client {
     /// answer does not open with a wrong password or for an unknown user):
     /// that is [`ClientError::Auth`] saying [`WRONG_CREDENTIALS`].
     pub async fn login(&self, method: &dyn ClientMethod) -> Result<(), ClientError> {
+        self.login_with_factors(method, &[]).await
+    }
+
+    /// Logs in with `method`, then passes `factors` in order when the
+    /// server asks for them (a user whose record requires further
+    /// methods: the server prompts `{factor: METHOD}` in the same
+    /// exchange). A prompt for a method other than the next of `factors`
+    /// is an error.
+    pub async fn login_with_factors(
+        &self,
+        method: &dyn ClientMethod,
+        factors: &[&dyn ClientMethod],
+    ) -> Result<(), ClientError> {
         let key = self.channel_for(method).await?;
+        // The factors' keys are agreed first: not in the middle of the
+        // login's exchange.
+        let mut keyed = Vec::with_capacity(factors.len());
+        for m in factors {
+            keyed.push((*m, self.channel_for(*m).await?));
+        }
         let start = method.login(key.as_ref());
         let msg = start
             .request
             .with("action", "auth")
             .with("typ", method.name())
             .with("ident", method.ident());
-        match self.exchange(msg, start.exchange).await {
+        match self.exchange(msg, start.exchange, &keyed).await {
             Ok(_) => Ok(()),
             Err(ClientError::Auth(e))
                 if e == UNVERIFIED && method.name() == keycard_auth::OPAQUE =>
@@ -533,7 +552,15 @@ impl Client {
         if let Some(c) = chain {
             msg.set("chain", c);
         }
-        self.exchange(msg, start.exchange).await
+        self.exchange(msg, start.exchange, &[]).await
+    }
+
+    /// Sends the client's next message of the exchange under `seq`.
+    fn answer(&self, seq: i64, msg: Msg) -> Result<(), ClientError> {
+        self.inner
+            .out
+            .send(msg.with("seq", seq).into_value())
+            .map_err(|_| self.closed_error())
     }
 
     /// Runs a request that may be a multi-step exchange.
@@ -541,8 +568,10 @@ impl Client {
         &self,
         msg: Msg,
         mut ex: Option<Box<dyn keycard_auth::Exchange<()>>>,
+        factors: &[(&dyn ClientMethod, Option<SecretKey>)],
     ) -> Result<Value, ClientError> {
         let (seq, mut rx) = self.send(msg).await?;
+        let mut factors = factors.iter();
         let result = async {
             let mut last = None;
             let mut acked = 0u64;
@@ -561,36 +590,34 @@ impl Client {
                 }
                 let streamed = v.get("wseq").is_some();
                 match ex.take() {
-                    Some(step) => match step.next(&v) {
+                    Some(step) => match crate::steps::settle(step.next(&v)) {
                         Step::Send(answer, next) => {
                             ex = Some(next);
-                            let answer = answer.with("seq", seq);
-                            self.inner
-                                .out
-                                .send(answer.into_value())
-                                .map_err(|_| self.closed_error())?;
+                            self.answer(seq, answer)?;
                         }
-                        Step::Done(()) => last = Some(v),
+                        Step::Done(()) => last = Some(v.clone()),
                         Step::Fail(AuthError::Failed) => {
                             return Err(ClientError::Auth(UNVERIFIED.into()))
                         }
                         Step::Fail(e) => return Err(ClientError::Auth(e.to_string())),
-                        // Client halves do their work inline (a client is one
-                        // user; there is no event loop to protect).
-                        Step::Work(w) => match w() {
-                            Step::Send(answer, next) => {
-                                ex = Some(next);
-                                let answer = answer.with("seq", seq);
-                                self.inner
-                                    .out
-                                    .send(answer.into_value())
-                                    .map_err(|_| self.closed_error())?;
-                            }
-                            Step::Done(()) => last = Some(v),
-                            _ => return Err(ClientError::Auth("the client method failed".into())),
-                        },
+                        Step::Work(_) => {
+                            return Err(ClientError::Auth("the client method failed".into()))
+                        }
                     },
-                    None => last = Some(v),
+                    None => last = Some(v.clone()),
+                }
+                // The server asks for the next factor (after the last
+                // method's final message, which the prompt may carry).
+                if let Some(factor) = v.get("factor").and_then(Value::as_str) {
+                    let Some((m, key)) = factors.next().filter(|(m, _)| m.name() == factor) else {
+                        return Err(ClientError::Auth(format!(
+                            "the server asks for the factor {factor:?}, which this login does not have"
+                        )));
+                    };
+                    let start = m.login(key.as_ref());
+                    ex = start.exchange;
+                    self.answer(seq, start.request.with("typ", m.name()))?;
+                    continue;
                 }
                 if !streamed {
                     return Ok(last.unwrap_or(Value::Nil));

@@ -22,6 +22,7 @@
 
 mod conn;
 pub mod rest;
+mod steps;
 
 pub use conn::{
     Client, ClientError, Event, Greeting, Node, SetResult, Stream, TreeItem, CONNECT_TIMEOUT,

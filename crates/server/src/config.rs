@@ -6,6 +6,18 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// Auth methods a server registers beside the built-in ones.
+#[derive(Clone, Default)]
+pub struct ExtraMethods(pub Vec<std::sync::Arc<dyn keycard_auth::Method>>);
+
+impl std::fmt::Debug for ExtraMethods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|m| m.name()))
+            .finish()
+    }
+}
+
 /// Everything `keycard serve` can be told.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -25,6 +37,10 @@ pub struct Config {
     /// `ManualClock`). Not read from the config file.
     #[serde(skip)]
     pub clock: crate::clock::ClockHandle,
+    /// Auth methods registered beside the built-in ones (a test's or an
+    /// embedding program's own). Not read from the config file.
+    #[serde(skip)]
+    pub extra_methods: ExtraMethods,
     /// This node's name, sent in the greeting. Default `keycard`.
     pub node: String,
     /// Largest message accepted, in bytes. Default 1 MiB. A larger one is
@@ -198,6 +214,7 @@ impl Default for Config {
             data: PathBuf::from("keycard-data"),
             store: keycard_store::Backend::default(),
             clock: crate::clock::ClockHandle::default(),
+            extra_methods: ExtraMethods::default(),
             node: "keycard".into(),
             max_message: 1 << 20,
             max_connections: 10_000,

@@ -111,10 +111,15 @@ impl Server {
             )
             .await?,
         };
-        let methods = tokio::task::spawn_blocking(move || Registry::builtin(secrets))
+        let mut methods = tokio::task::spawn_blocking(move || Registry::builtin(secrets))
             .await
             .map_err(|e| StartError::Config(e.to_string()))?
             .map_err(|e| StartError::Config(e.to_string()))?;
+        for m in &config.extra_methods.0 {
+            methods
+                .add(m.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        }
         let audit_path = config
             .audit_log
             .clone()

@@ -222,13 +222,10 @@ fn scram_key(
 
 /// Runs a client half's `Work` inline (a client is one user: there is no
 /// event loop to keep free) and turns a failure into an error.
-fn run(mut step: Step<()>) -> Result<Step<()>, RestError> {
-    loop {
-        match step {
-            Step::Work(work) => step = work(),
-            Step::Fail(e) => return Err(RestError::Protocol(e.to_string())),
-            other => return Ok(other),
-        }
+fn run(step: Step<()>) -> Result<Step<()>, RestError> {
+    match crate::steps::settle(step) {
+        Step::Fail(e) => Err(RestError::Protocol(e.to_string())),
+        other => Ok(other),
     }
 }
 

@@ -9,7 +9,10 @@ use keycard_auth::{Kind, LoginCtx, Method, Step};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Op, ScanOpts};
 
-use super::login::{auth_error, method, user_name, Granted, Login, Progress, Refusal, Requester};
+use super::login::{
+    auth_error, drive as drive_login, method, until_peer, user_name, Ask, Carrier, Granted, Halt,
+    Login, LoginAnswer, LoginRequest, Refusal, Requester,
+};
 use super::{
     chain, condition, opt_usize, require_cap, require_login, require_super_root, str_field,
 };
@@ -39,24 +42,22 @@ fn kind(m: &dyn Method, msg: &Value) -> ApiResult<&'static Kind> {
 /// under the request's seq, and its heavy work on the server's bounded
 /// worker pool.
 async fn drive<T: Send + 'static>(r: &mut Responder, mut step: Step<T>) -> ApiResult<T> {
-    let mut cont = None;
+    let state = r.conn().state.clone();
+    let mut carrier = Continuations { r, rx: None };
     loop {
-        match step {
-            Step::Done(t) => return Ok(t),
-            Step::Fail(e) => return Err(auth_error(e)),
-            Step::Work(work) => {
-                let state = r.conn().state.clone();
-                step = state.run_work(work).await.ok_or_else(|| {
-                    ApiError::new(ErrorCode::Internal, "the hashing workers are unavailable")
-                })?;
-            }
-            Step::Send(msg, next) => {
-                let rx = cont.get_or_insert_with(|| r.conn().open_continuation(r.seq()));
-                r.item(msg).await;
-                let answer = match tokio::time::timeout(EXCHANGE_TIMEOUT, rx.recv()).await {
-                    Ok(Some(a)) => a,
-                    Ok(None) => return Err(ApiError::bad("the exchange was abandoned")),
-                    Err(_) => {
+        match until_peer(&state, step).await? {
+            Halt::Done(t) => return Ok(t),
+            Halt::Fail(e) => return Err(auth_error(e)),
+            Halt::Ask(msg, next) => {
+                let deadline = state
+                    .now_ms()
+                    .saturating_add(EXCHANGE_TIMEOUT.as_millis() as u64);
+                let answer = match carrier.carry(msg, deadline).await {
+                    Ok(a) => a,
+                    Err(NoAnswer::Abandoned) => {
+                        return Err(ApiError::bad("the exchange was abandoned"))
+                    }
+                    Err(NoAnswer::Timeout(_)) => {
                         return Err(ApiError::bad(format!(
                             "no answer within {} s",
                             EXCHANGE_TIMEOUT.as_secs()
@@ -69,57 +70,83 @@ async fn drive<T: Send + 'static>(r: &mut Responder, mut step: Step<T>) -> ApiRe
     }
 }
 
-/// Logs the connection in: runs a [`Login`], carrying its challenges as
-/// stream items and the client's answers as continuations under the
-/// request's seq, then installs the session.
+/// Carries an exchange's messages over the msgpack stream: each goes out
+/// as an item of the request's stream; the client's answer comes back as
+/// a continuation under the request's seq.
+struct Continuations<'r> {
+    r: &'r mut Responder,
+    rx: Option<tokio::sync::mpsc::Receiver<Value>>,
+}
+
+impl Continuations<'_> {
+    /// Sends `msg` and waits for the answer until `deadline` (Unix ms).
+    async fn carry(&mut self, msg: Msg, deadline: u64) -> Result<Value, NoAnswer> {
+        let conn = self.r.conn().clone();
+        let seq = self.r.seq();
+        let rx = self.rx.get_or_insert_with(|| conn.open_continuation(seq));
+        self.r.item(msg).await;
+        let wait = Duration::from_millis(deadline.saturating_sub(conn.state.now_ms()));
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(NoAnswer::Abandoned),
+            Err(_) => Err(NoAnswer::Timeout(wait)),
+        }
+    }
+}
+
+/// Why an exchange's message got no answer.
+enum NoAnswer {
+    /// The client went away (or the request ended).
+    Abandoned,
+    /// Not within the wait.
+    Timeout(Duration),
+}
+
+impl Carrier for Continuations<'_> {
+    async fn ask(&mut self, ask: Ask) -> Result<LoginAnswer, String> {
+        match self.carry(ask.msg, ask.deadline).await {
+            Ok(answer) => Ok(LoginAnswer::from_msgpack(answer)),
+            Err(NoAnswer::Abandoned) => Err("the exchange was abandoned".into()),
+            Err(NoAnswer::Timeout(wait)) => {
+                Err(format!("no answer within {} ms", wait.as_millis()))
+            }
+        }
+    }
+}
+
+/// Logs the connection in: decodes the request, drives the [`Login`]
+/// with its challenges carried as stream items and the client's answers
+/// as continuations under the request's seq, then installs the session.
 pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
     let conn = r.conn().clone();
     let session = conn.session();
-    let req = Requester {
+    let requester = Requester {
         id: conn.id,
         peer: conn.peer,
         root: session.root.clone(),
         channel_key: session.channel_key.clone(),
         via: "msgpack",
     };
-    let mut progress = Login::begin(&state, &req, msg).await;
-    let mut cont = None;
-    let granted = loop {
-        match progress {
-            Ok(Progress::Done(g)) => break g,
-            Ok(Progress::Challenge {
-                msg,
-                deadline,
-                login,
-            }) => {
-                let rx = cont.get_or_insert_with(|| conn.open_continuation(r.seq()));
-                r.item(msg).await;
-                let wait = Duration::from_millis(deadline.saturating_sub(state.now_ms()));
-                progress = match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some(answer)) => login.answer(&answer).await,
-                    Ok(None) => login.fail("the exchange was abandoned".into()).await,
-                    Err(_) => {
-                        let why = format!("no answer within {} ms", wait.as_millis());
-                        login.fail(why).await
-                    }
-                };
+    let request = LoginRequest::from_msgpack(&state, msg, requester)?;
+    let progress = Login::begin(&state, request).await;
+    let mut carrier = Continuations { r, rx: None };
+    let granted = match drive_login(progress, &mut carrier).await {
+        Ok(g) => g,
+        Err(Refusal::Api(e)) => return Err(e),
+        Err(Refusal::Failed(e)) => {
+            let failures = conn.update_session(|s| {
+                s.failed_logins += 1;
+                s.failed_logins
+            });
+            if failures >= state.config.max_auth_attempts {
+                conn.close();
+                return Err(ApiError::new(
+                    ErrorCode::TooManyAttempts,
+                    format!("{failures} failed logins; closing the connection"),
+                ));
             }
-            Err(Refusal::Api(e)) => return Err(e),
-            Err(Refusal::Failed(e)) => {
-                let failures = conn.update_session(|s| {
-                    s.failed_logins += 1;
-                    s.failed_logins
-                });
-                if failures >= state.config.max_auth_attempts {
-                    conn.close();
-                    return Err(ApiError::new(
-                        ErrorCode::TooManyAttempts,
-                        format!("{failures} failed logins; closing the connection"),
-                    ));
-                }
-                return Err(auth_error(e));
-            }
+            return Err(auth_error(e));
         }
     };
     let Granted { user, reply, card } = *granted;

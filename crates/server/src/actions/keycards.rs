@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 
-use keycard_auth::bouncer::{Filter, Keycard, KeycardId, Lifetime, State};
+use keycard_auth::bouncer::{Filter, Keycard, KeycardId, State};
 use keycard_proto::{hex, Elem, ErrorCode, Msg, Path, Value};
 use keycard_store::{After, Cond, Op, ScanOpts};
 use rand::RngCore;
@@ -803,15 +803,6 @@ pub(crate) async fn token_live(state: &ServerState, id: KeycardId) -> ApiResult<
         .and_then(Value::as_u64)
         .unwrap_or(0);
     Ok(live && state.now_ms() < expires_at)
-}
-
-/// A token session's lifetime: the usual one, never past the token.
-pub(crate) fn token_lifetime(base: Lifetime, token_expires_at: u64, now: u64) -> Lifetime {
-    let left = token_expires_at.saturating_sub(now);
-    Lifetime {
-        duration_ms: base.duration_ms.min(left),
-        max_lifetime_ms: base.max_lifetime_ms.min(left),
-    }
 }
 
 /// Deletes durable keycards whose time has passed (a revoked token's

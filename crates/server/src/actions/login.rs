@@ -1,25 +1,47 @@
-//! Logging in, whatever carries the exchange. [`Login::begin`] takes the
-//! client's first message and either finishes or returns a challenge to
-//! carry, with the [`Login`] to resume with the client's answer
-//! ([`Login::answer`]). The msgpack `auth` action carries challenges as
-//! stream items within one request; a front end that suspends the
-//! exchange between requests (REST) keeps the `Login` bound to the
-//! keycard's id.
+//! Logging in, whatever carries the exchange: request → decide → drive →
+//! record.
 //!
-//! Everything that makes a login a login happens here, once: the domain
-//! and method checks, throttling, the keycard and its challenge window,
-//! counting a challenge as a failure until it succeeds, the audit events,
-//! token checks, and the grants (ACLs, capabilities, lifetime).
+//! - [`request`]: the typed [`LoginRequest`] both transports build (the
+//!   msgpack `auth` message decoded, REST's JSON), and the client's typed
+//!   answers.
+//! - [`policy`]: every decision, pure, with the time passed in — whether
+//!   the domain takes the method, the throttle's answer, what a factor's
+//!   verdict leads to (refuse, the next factor, grant), the keycard's
+//!   lifetime.
+//! - [`drive`]: the one place a method's steps are driven, and the
+//!   [`drive::Carrier`] trait through which a transport carries the
+//!   challenges (the msgpack stream, REST's requests).
+//! - here, the thin shell around them: loading what the policy needs
+//!   (the domain's configuration, throttle counters, records, the user's
+//!   factors), reserving the throttle attempt, the keycard, writing a
+//!   method's record back, recording the outcome (throttle, audit, last
+//!   logins) and the grants (ACLs, capabilities, lifetime).
+//!
+//! [`Login::begin`] takes the request and either finishes or returns a
+//! challenge, with the [`Login`] to resume with the client's answer
+//! ([`Login::answer`]). A user may have to pass further methods (its
+//! factors, `(…record, "factors")`): after each one passes, the next one
+//! is asked for in the same exchange, and the keycard is granted only
+//! when all have passed (docs/DESIGN.md §2.2).
+
+mod drive;
+mod policy;
+mod request;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use keycard_auth::bouncer::{BouncerError, KeycardId, Lifetime};
+use keycard_auth::bouncer::{BouncerError, KeycardId};
 use keycard_auth::{AuthError, Exchange, LoginCtx, Method, SecretKey, Step, Verdict};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
+use keycard_store::{Cond, Op, StoreError, Tock};
 
-use super::keycards::{self, TOKEN};
-use super::str_field;
+pub(crate) use drive::{drive, until_peer, Ask, Carrier, Halt};
+pub(crate) use request::{
+    method_named, user_name, Credential, LoginAnswer, LoginRequest, Requester,
+};
+
+use super::keycards;
 use crate::conn::LoggedIn;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
@@ -27,31 +49,9 @@ use crate::throttle;
 
 pub(crate) const CHALLENGE_EXPIRED: &str = "the login's challenge window has passed";
 
-/// Longest user name, in bytes. Names key throttle counters and records:
-/// a longer one is refused before anything is stored.
-pub(crate) const MAX_USER_NAME: usize = 256;
-
-/// `name`, if it is an acceptable user name (at most [`MAX_USER_NAME`]
-/// bytes). The same rule for every name, known or not, so it reveals
-/// nothing.
-pub(crate) fn user_name(name: &str) -> ApiResult<&str> {
-    if name.len() > MAX_USER_NAME {
-        return Err(ApiError::bad(format!(
-            "user names are at most {MAX_USER_NAME} bytes"
-        )));
-    }
-    Ok(name)
-}
-
 /// The registered method a request's `typ` names.
 pub(crate) fn method<'a>(state: &'a ServerState, msg: &Value) -> ApiResult<&'a Arc<dyn Method>> {
-    let typ = str_field(msg, "typ")?;
-    state.methods.get(typ).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::AuthMethod,
-            format!("unknown auth method {typ:?}"),
-        )
-    })
+    method_named(state, super::str_field(msg, "typ")?)
 }
 
 /// The error a client gets for a failed exchange.
@@ -61,20 +61,6 @@ pub(crate) fn auth_error(e: AuthError) -> ApiError {
         AuthError::Malformed(t) => ApiError::bad(t),
         AuthError::Unsupported(t) => ApiError::bad(t),
     }
-}
-
-/// Who asks to log in: what the front end knows of its client.
-pub(crate) struct Requester {
-    /// The requester's id (the connection's), for the keycard.
-    pub id: u64,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The root its paths are under (a login may name a domain below it).
-    pub root: Path,
-    /// A key agreed with `diffie_hellman` (DistKV's `password` method).
-    pub channel_key: Option<SecretKey>,
-    /// The front end (`msgpack` or `rest`), for the user's last logins.
-    pub via: &'static str,
 }
 
 /// How a login goes on.
@@ -116,8 +102,8 @@ impl From<ApiError> for Refusal {
     }
 }
 
-impl From<keycard_store::StoreError> for Refusal {
-    fn from(e: keycard_store::StoreError) -> Refusal {
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Refusal {
         Refusal::Api(e.into())
     }
 }
@@ -130,14 +116,33 @@ enum Failure {
     Server(ApiError),
 }
 
+/// What the login waits for from the client.
+enum Next {
+    /// The running method's exchange, for its next message.
+    Method(Box<dyn Exchange<Verdict>>),
+    /// The first message of the next factor, this method's.
+    Factor(Arc<dyn Method>),
+}
+
+/// A record a factor read, for its write-back.
+struct Read {
+    at: Path,
+    tock: Option<Tock>,
+}
+
 /// A login under way.
 pub(crate) struct Login {
     state: Arc<ServerState>,
     requester: u64,
     peer: SocketAddr,
     via: &'static str,
+    channel_key: Option<SecretKey>,
+    /// The method the login started with (a token's: none); it names the
+    /// keycard and the session.
     method: Option<Arc<dyn Method>>,
     method_name: &'static str,
+    /// The method running now (the first, or a factor).
+    running: &'static str,
     /// The user name as given (a token's id for a token).
     ident: String,
     /// NAME or NAME@DOMAIN, for the audit log.
@@ -152,95 +157,44 @@ pub(crate) struct Login {
     /// A login that cannot succeed (no such domain, a method it does not
     /// accept): it runs blind and fails like a wrong password.
     blind: bool,
+    /// The first method's user record.
     record_at: Path,
+    /// The record the running factor read.
+    read: Option<Read>,
     /// A token login's ceiling: what its user held when it was issued.
     ceiling: Option<keycards::Ceiling>,
-    next: Option<Box<dyn Exchange<Verdict>>>,
+    next: Option<Next>,
+    /// What the factors passed so far established: the user, the first
+    /// session key, and the records to write back.
+    passed: Option<Verdict>,
+    write_backs: Vec<(Read, Value)>,
+    /// The factors still to pass, in order.
+    remaining: Vec<String>,
 }
 
 impl Login {
-    /// Starts a login with the client's first message (`{typ, ident,
-    /// chroot?, token?, …method fields}`).
+    /// Starts a login.
     pub(crate) async fn begin(
         state: &Arc<ServerState>,
-        req: &Requester,
-        msg: &Value,
+        req: LoginRequest,
     ) -> Result<Progress, Refusal> {
-        // A token is a keycard issued earlier: it is accepted whatever the
-        // current method (only a keycard manager can issue one).
-        let token = match str_field(msg, "typ")? {
-            TOKEN => Some(match msg.get("token") {
-                Some(Value::Str(t)) if t.len() <= 256 => t.clone(),
-                _ => {
-                    return Err(ApiError::bad("'token' must be a string (the bearer token)").into())
-                }
-            }),
-            _ => None,
-        };
-        let m = match token {
-            Some(_) => None,
-            None => Some(method(state, msg)?.clone()),
-        };
-        let method_name: &'static str = m.as_ref().map_or(TOKEN, |m| m.name());
-        // The domain: the requester's root, or one below it (`chroot`),
-        // with its own users, ACLs and methods under `domain + (nil, …)`.
-        let base = match msg.get("chroot") {
-            None | Some(Value::Nil) => req.root.clone(),
-            Some(v) => {
-                let rel = Path::from_value(v).map_err(ApiError::from)?;
-                if !super::is_data_path(rel.elems()) {
-                    return Err(ApiError::new(
-                        ErrorCode::ReservedPath,
-                        "a domain's path cannot hold a nil element",
-                    )
-                    .into());
-                }
-                let full = req.root.join(&rel);
-                if full.len() > keycard_proto::MAX_PATH_LEN
-                    || full.to_key().len() > super::MAX_KEY_BYTES
-                {
-                    return Err(ApiError::bad("the domain's path is too long").into());
-                }
-                full
-            }
-        };
+        let method_name = req.method_name();
+        let base = req.domain.clone();
         let cfg = if base.is_empty() {
             state.auth()
         } else {
             domain_auth(state, &base).await?
         };
-        // A domain login that cannot succeed — no such domain (or one
-        // without logins), or a method it does not take — runs the method
-        // against no record and fails, counted, as a wrong password does:
-        // which domains exist and what they accept is not for a stranger
-        // to learn (DESIGN §8.2, W3).
-        let blind = !base.is_empty()
-            && (cfg.current.is_none() || (m.is_some() && !cfg.accepts(method_name)));
-        if !blind && !cfg.accepts(method_name) && m.is_some() {
-            let list = cfg
-                .current
-                .iter()
-                .chain(cfg.accept.iter())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ApiError::new(
-                ErrorCode::AuthMethod,
-                format!(
-                    "method {method_name:?} is not accepted here; the accepted methods are: {list}",
-                ),
-            )
-            .into());
-        }
-        let ident = match (&token, msg.get("ident")) {
-            // Throttled and audited under the token's id, and only if it
-            // is shaped as a token: never any of what may be a secret.
-            (Some(t), _) => {
-                keycards::token_id(t).map_or_else(|| TOKEN.to_owned(), |id| format!("kct_{id}"))
-            }
-            (None, Some(Value::Str(s))) => user_name(s)?.to_owned(),
-            _ => return Err(ApiError::bad("'ident' (the user name) must be a string").into()),
+        let as_method = match &req.credential {
+            Credential::Method(_) => Some(method_name),
+            Credential::Token(_) => None,
         };
+        let blind = match policy::admit(&cfg, !base.is_empty(), as_method) {
+            policy::Admission::Proceed => false,
+            policy::Admission::Blind => true,
+            policy::Admission::Refuse(e) => return Err(e.into()),
+        };
+        let ident = req.ident.clone();
         let who = crate::conn::qualify(&ident, &base);
         // Throttle counters per (domain, user), without NAME@DOMAIN's
         // ambiguity (a server user may be called "joe@org.acme").
@@ -249,40 +203,27 @@ impl Login {
         } else {
             format!("{ident}\u{0}{base}")
         };
-        let source = req.peer.ip();
+        let r = &req.requester;
+        let source = r.peer.ip();
         // Throttling comes first, and counts the attempt as it decides: a
         // refused attempt costs no hashing, and parallel attempts are each
         // counted before any runs.
-        let reservation = match state.throttle.reserve(&throttled_as, source).await {
-            Err(retry) => {
+        let reserved = state.throttle.reserve(&throttled_as, source).await;
+        let (reservation, wait) = match reserved {
+            Ok((res, wait)) => (Some(res), Ok(wait)),
+            Err(retry) => (None, Err(retry)),
+        };
+        match policy::pace(wait) {
+            Err(e) => {
                 state
                     .audit
-                    .login(event(
-                        req.id,
-                        req.peer,
-                        method_name,
-                        &who,
-                        "throttled",
-                        None,
-                    ))
+                    .login(event(r.id, r.peer, method_name, &who, "throttled", None))
                     .await;
-                return Err(ApiError::new(
-                    ErrorCode::Throttled,
-                    format!(
-                        "too many failed logins from this address; retry in {} s",
-                        retry.as_secs()
-                    ),
-                )
-                .with_retry_after(retry.as_secs().max(1))
-                .into());
+                return Err(e.into());
             }
-            Ok((reservation, wait)) => {
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
-                reservation
-            }
-        };
+            Ok(policy::Pace::Wait(w)) => tokio::time::sleep(w).await,
+            Ok(policy::Pace::Go) => {}
+        }
         // The attempt's keycard: its id, state and challenge window live
         // here, on the server; the guard takes it out of the table if the
         // attempt ends any way but a success (including the client
@@ -293,48 +234,53 @@ impl Login {
                 method_name,
                 &ident,
                 &crate::conn::domain_text(&base),
-                req.id,
+                r.id,
                 Some(source),
             )?,
         );
+        let LoginRequest {
+            credential,
+            payload,
+            requester,
+            ..
+        } = req;
         let mut login = Box::new(Login {
             state: state.clone(),
-            requester: req.id,
-            peer: req.peer,
-            via: req.via,
-            method: m.clone(),
+            requester: requester.id,
+            peer: requester.peer,
+            via: requester.via,
+            channel_key: requester.channel_key,
+            method: None,
             method_name,
+            running: method_name,
             ident,
             who,
-            throttle: Some(reservation),
+            throttle: reservation,
             card,
             abandoned: None,
             base,
             blind,
             record_at: Path::root(),
+            read: None,
             ceiling: None,
             next: None,
+            passed: None,
+            write_backs: Vec::new(),
+            remaining: Vec::new(),
         });
-        match (&m, &token) {
-            (Some(m), _) => {
+        match credential {
+            Credential::Method(m) => {
+                login.method = Some(m.clone());
                 login.record_at = login
                     .base
                     .join(&record_path(m.name(), "user", &login.ident));
-                let record = match blind {
-                    true => None,
-                    false => state.store.get(&login.record_at).await?.map(|e| e.value),
-                };
-                let ctx = LoginCtx {
-                    channel_key: req.channel_key.as_ref(),
-                    now_ms: state.now_ms(),
-                };
                 login.ran();
-                let step = m.login(&ctx, &login.ident, msg, record.as_ref());
+                let step = login.start(m.as_ref(), &payload).await?;
                 login.advance(step).await
             }
-            (None, Some(t)) => {
+            Credential::Token(t) => {
                 login.ran();
-                let (result, parent) = match keycards::check_token(state, t).await? {
+                let (result, parent) = match keycards::check_token(state, &t).await? {
                     Some(g) => {
                         // The token's user must still exist (in its
                         // domain).
@@ -353,8 +299,33 @@ impl Login {
                 };
                 login.finish(result, parent).await
             }
-            (None, None) => Err(ApiError::new(ErrorCode::Internal, "no method").into()),
         }
+    }
+
+    /// Reads the user's record of method `m` (none for a blind login),
+    /// remembers it for a write-back, and starts `m`'s exchange with the
+    /// client's `payload`.
+    async fn start(&mut self, m: &dyn Method, payload: &Value) -> Result<Step<Verdict>, Refusal> {
+        let user = self
+            .passed
+            .as_ref()
+            .map_or(&self.ident, |v| &v.user)
+            .clone();
+        let at = self.base.join(&record_path(m.name(), "user", &user));
+        let entry = match self.blind {
+            true => None,
+            false => self.state.store.get(&at).await?,
+        };
+        self.read = Some(Read {
+            at,
+            tock: entry.as_ref().map(|e| e.tock),
+        });
+        self.running = m.name();
+        let ctx = LoginCtx {
+            channel_key: self.channel_key.as_ref(),
+            now_ms: self.state.now_ms(),
+        };
+        Ok(m.login(&ctx, &user, payload, entry.as_ref().map(|e| &e.value)))
     }
 
     /// The method starts: from here the attempt counts even if the
@@ -365,9 +336,10 @@ impl Login {
         }
     }
 
-    /// The method logging in.
-    pub(crate) fn method_name(&self) -> &'static str {
-        self.method_name
+    /// The method whose message the login waits for (a factor's, once
+    /// the first has passed).
+    pub(crate) fn running(&self) -> &'static str {
+        self.running
     }
 
     /// The attempt's keycard id (a REST session's id).
@@ -376,12 +348,30 @@ impl Login {
     }
 
     /// Resumes the exchange with the client's answer to the challenge.
-    pub(crate) async fn answer(mut self: Box<Self>, answer: &Value) -> Result<Progress, Refusal> {
-        let Some(next) = self.next.take() else {
-            return Err(ApiError::new(ErrorCode::Internal, "no challenge to answer").into());
-        };
-        let step = next.next(answer);
-        self.advance(step).await
+    pub(crate) async fn answer(
+        mut self: Box<Self>,
+        answer: LoginAnswer,
+    ) -> Result<Progress, Refusal> {
+        match self.next.take() {
+            Some(Next::Method(next)) => {
+                let step = next.next(&answer.payload);
+                self.advance(step).await
+            }
+            Some(Next::Factor(m)) => {
+                let user = self.passed.as_ref().map_or("", |v| v.user.as_str());
+                if let Err(e) = policy::factor_message(
+                    answer.method.as_deref(),
+                    answer.ident.as_deref(),
+                    m.name(),
+                    user,
+                ) {
+                    return self.finish(Err(Failure::Auth(e)), None).await;
+                }
+                let step = self.start(m.as_ref(), &answer.payload).await?;
+                self.advance(step).await
+            }
+            None => Err(ApiError::new(ErrorCode::Internal, "no challenge to answer").into()),
+        }
     }
 
     /// Ends the exchange as failed (no answer in time, the client gave
@@ -392,64 +382,150 @@ impl Login {
     }
 
     /// Runs the exchange's steps until it needs the client (a challenge)
-    /// or ends; heavy work runs on the server's bounded worker pool.
-    async fn advance(mut self: Box<Self>, mut step: Step<Verdict>) -> Result<Progress, Refusal> {
-        loop {
-            match step {
-                Step::Done(v) => return self.finish(Ok(v), None).await,
-                Step::Fail(e) => return self.finish(Err(Failure::Auth(e)), None).await,
-                Step::Work(work) => match self.state.run_work(work).await {
-                    Some(s) => step = s,
-                    None => {
-                        let e = ApiError::new(
-                            ErrorCode::Internal,
-                            "the hashing workers are unavailable",
-                        );
-                        return self.finish(Err(Failure::Server(e)), None).await;
-                    }
-                },
-                Step::Send(msg, next) => {
-                    // A challenge-response client learns from the challenge
-                    // whether its password was right (RFC 9807: count a
-                    // login without a valid final message as a failure).
-                    // So the attempt counts as a failure, durably, before
-                    // the challenge goes out; a success takes it back, and
-                    // a client that vanishes mid-exchange is audited as a
-                    // failure. (The future holds no borrow of the `Login`,
-                    // whose exchange is not `Sync`.)
-                    if let Some(durable) = self.throttle.as_mut().and_then(|r| r.count()) {
-                        if let Err(e) = durable.await {
-                            let e = ApiError::from(e);
-                            return self.finish(Err(Failure::Server(e)), None).await;
-                        }
-                        self.abandoned = Some(AbandonGuard {
-                            armed: true,
-                            audit: self.state.audit.clone(),
-                            conn: self.requester,
-                            source: self.peer,
-                            method: self.method_name,
-                            user: self.ident.clone(),
-                            keycard: Some(self.card.id),
-                        });
-                    }
-                    // The challenge is bound to the keycard and must be
-                    // answered within its window.
-                    return match self.state.bouncer.challenged(self.card.id) {
-                        Ok(deadline) => {
-                            self.next = Some(next);
-                            Ok(Progress::Challenge {
-                                msg,
-                                deadline,
-                                login: self,
-                            })
-                        }
-                        Err(_) => {
-                            let e = AuthError::Malformed(CHALLENGE_EXPIRED.into());
-                            self.finish(Err(Failure::Auth(e)), None).await
-                        }
-                    };
+    /// or ends.
+    async fn advance(self: Box<Self>, step: Step<Verdict>) -> Result<Progress, Refusal> {
+        match until_peer(&self.state, step).await {
+            Ok(Halt::Done(v)) => self.verdict(Ok(v)).await,
+            Ok(Halt::Fail(e)) => self.verdict(Err(e)).await,
+            Ok(Halt::Ask(msg, next)) => self.challenge(msg, Next::Method(next)).await,
+            Err(e) => self.finish(Err(Failure::Server(e)), None).await,
+        }
+    }
+
+    /// A factor's verdict: the policy says whether the login fails, goes
+    /// on with the next factor, or is granted.
+    async fn verdict(
+        mut self: Box<Self>,
+        result: Result<Verdict, AuthError>,
+    ) -> Result<Progress, Refusal> {
+        // After the first factor passes, the user's further factors are
+        // read (a failed first factor reads nothing more: every failure
+        // looks the same).
+        if result.is_ok() && self.passed.is_none() && !self.blind {
+            let node = self
+                .state
+                .store
+                .get(&self.record_at.child("factors"))
+                .await?;
+            let methods = &self.state.methods;
+            let first = self.method_name;
+            match policy::factors(node.as_ref().map(|e| &e.value), first, |m| {
+                methods.get(m).is_some()
+            }) {
+                Ok(list) => self.remaining = list,
+                Err(why) => {
+                    let e = ApiError::new(ErrorCode::Internal, why);
+                    return self.finish(Err(Failure::Server(e)), None).await;
                 }
             }
+        }
+        let user = self.passed.as_ref().map(|v| v.user.as_str());
+        let next = match policy::decide(result.as_ref(), self.blind, user, &self.remaining) {
+            policy::Decision::Refuse(e) => return self.finish(Err(Failure::Auth(e)), None).await,
+            policy::Decision::Next(m) => Some(m),
+            policy::Decision::Grant => None,
+        };
+        let Ok(mut v) = result else {
+            return Err(ApiError::new(ErrorCode::Internal, "no verdict").into());
+        };
+        if let (Some(value), Some(read)) = (v.write_back.take(), self.read.take()) {
+            self.write_backs.push((read, value));
+        }
+        let reply = v.reply.take();
+        let merged = match self.passed.take() {
+            None => v,
+            Some(mut first) => {
+                if first.session_key.is_none() {
+                    first.session_key = v.session_key.take();
+                }
+                first
+            }
+        };
+        let Some(name) = next else {
+            let mut v = merged;
+            v.reply = reply;
+            return self.finish(Ok(v), None).await;
+        };
+        self.passed = Some(merged);
+        self.remaining.remove(0);
+        let Some(m) = self.state.methods.get(&name).cloned() else {
+            let e = ApiError::new(ErrorCode::Internal, "a factor's method is gone");
+            return self.finish(Err(Failure::Server(e)), None).await;
+        };
+        self.running = m.name();
+        // The prompt carries this factor's last word (SCRAM's server
+        // signature) and names the next factor.
+        let prompt = reply.unwrap_or_default().with("factor", m.name());
+        self.challenge(prompt, Next::Factor(m)).await
+    }
+
+    /// Sends a challenge: the method's, or the prompt for a factor.
+    async fn challenge(mut self: Box<Self>, msg: Msg, next: Next) -> Result<Progress, Refusal> {
+        // A challenge-response client learns from the challenge whether
+        // its password was right (RFC 9807: count a login without a valid
+        // final message as a failure). So the attempt counts as a failure,
+        // durably, before the challenge goes out; a success takes it back,
+        // and a client that vanishes mid-exchange is audited as a failure.
+        // (The future holds no borrow of the `Login`, whose exchange is
+        // not `Sync`.)
+        if let Some(durable) = self.throttle.as_mut().and_then(|r| r.count()) {
+            if let Err(e) = durable.await {
+                let e = ApiError::from(e);
+                return self.finish(Err(Failure::Server(e)), None).await;
+            }
+            self.abandoned = Some(AbandonGuard {
+                armed: true,
+                audit: self.state.audit.clone(),
+                conn: self.requester,
+                source: self.peer,
+                method: self.method_name,
+                user: self.ident.clone(),
+                keycard: Some(self.card.id),
+            });
+        }
+        // The challenge is bound to the keycard and must be answered
+        // within its window (every factor within the same window).
+        match self.state.bouncer.challenged(self.card.id) {
+            Ok(deadline) => {
+                self.next = Some(next);
+                Ok(Progress::Challenge {
+                    msg,
+                    deadline,
+                    login: self,
+                })
+            }
+            Err(_) => {
+                let e = AuthError::Malformed(CHALLENGE_EXPIRED.into());
+                self.finish(Err(Failure::Auth(e)), None).await
+            }
+        }
+    }
+
+    /// Writes the factors' records back, each only if unchanged since its
+    /// factor read it, all or none: a record changed meanwhile means
+    /// another login used what this one proves (a replayed one-time
+    /// code), and this one fails as a wrong credential.
+    async fn write_back(&mut self) -> Result<(), Failure> {
+        if self.write_backs.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(self.write_backs.len());
+        for (read, value) in self.write_backs.drain(..) {
+            // A method vouches only for a record it read.
+            let Some(tock) = read.tock else {
+                return Err(Failure::Auth(AuthError::Failed));
+            };
+            ops.push(Op::Put {
+                path: read.at,
+                value,
+                cond: Cond::TockIs(tock),
+                idem: false,
+            });
+        }
+        match self.state.store.write(ops).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict { .. }) => Err(Failure::Auth(AuthError::Failed)),
+            Err(e) => Err(Failure::Server(e.into())),
         }
     }
 
@@ -465,12 +541,35 @@ impl Login {
         if self.blind && result.is_ok() {
             result = Err(Failure::Auth(AuthError::Failed));
         }
+        if result.is_ok() {
+            if let Err(f) = self.write_back().await {
+                result = Err(f);
+            }
+        }
         let mut granted = None;
         if let Ok(verdict) = &result {
-            let mut life = lifetime(&state, self.method_name, &self.base, &self.record_at).await?;
-            if let Some((_, until)) = parent {
-                life = keycards::token_lifetime(life, until, state.now_ms());
-            }
+            let domain_says = state
+                .store
+                .get(&self.base.join(&auth_root()))
+                .await?
+                .and_then(|e| e.value.get("keycard").cloned());
+            let user_says = state
+                .store
+                .get(&self.record_at.child("keycard"))
+                .await?
+                .map(|e| e.value);
+            let cfg = &state.config.keycards;
+            let life = policy::lifetime(
+                &policy::LifetimeInputs {
+                    base: state.bouncer.lifetime(),
+                    method_duration_s: cfg.method_duration.get(self.method_name).copied(),
+                    max_lifetime_s: cfg.max_lifetime,
+                    domain: domain_says.as_ref(),
+                    user: user_says.as_ref(),
+                    token_until: parent.map(|p| p.1),
+                },
+                state.now_ms(),
+            );
             match state.bouncer.authenticate(
                 self.card.id,
                 &verdict.user,
@@ -529,14 +628,15 @@ impl Login {
         };
         match result {
             Ok(verdict) => {
+                let now = state.now_ms();
                 if let Some(r) = self.throttle.take() {
-                    r.succeed(state.now_ms());
+                    r.succeed(now);
                 }
                 state.audit.login(ev("success")).await;
                 state.logins.record(
                     &self.record_at,
                     crate::logins::Mark {
-                        at: state.now_ms(),
+                        at: now,
                         client: self.peer.to_string(),
                         method: self.method_name.to_owned(),
                         via: self.via.to_owned(),
@@ -571,7 +671,7 @@ impl Login {
                         caps,
                         domain: this.base,
                         record: this.record_at,
-                        login_at: state.now_ms(),
+                        login_at: now,
                         keycard: granted.id,
                         expires_at: granted.expires_at,
                         ended: None,
@@ -600,7 +700,12 @@ impl Login {
                 if let Some(r) = self.throttle.take() {
                     r.fail(state.now_ms()).await?;
                 }
-                let reason = e.to_string();
+                // The audit names the factor that failed (the client is
+                // told only "login failed").
+                let reason = match self.running == self.method_name {
+                    true => e.to_string(),
+                    false => format!("factor {}: {e}", self.running),
+                };
                 state
                     .audit
                     .login(crate::audit::LoginEvent {
@@ -731,44 +836,4 @@ impl Drop for PendingCard {
     fn drop(&mut self) {
         self.refuse();
     }
-}
-
-/// The lifetime of a login by `method` for the user at `record_at`: the
-/// configured one, the method's (`[keycards.method_duration]`), then the
-/// user's own (`(…, "keycard")` → `{duration, max_lifetime}`, seconds),
-/// never beyond the configured maximum lifetime.
-async fn lifetime(
-    state: &ServerState,
-    method: &str,
-    domain: &Path,
-    record_at: &Path,
-) -> ApiResult<Lifetime> {
-    let cfg = &state.config.keycards;
-    let cap = cfg.max_lifetime.saturating_mul(1000);
-    let mut life = state.bouncer.lifetime();
-    if let Some(d) = cfg.method_duration.get(method) {
-        life.duration_ms = d.saturating_mul(1000);
-    }
-    // The domain's (`(nil, "auth")` → `keycard: {…}`), then the user's.
-    let domain_says = state
-        .store
-        .get(&domain.join(&auth_root()))
-        .await?
-        .and_then(|e| e.value.get("keycard").cloned());
-    let user_says = state
-        .store
-        .get(&record_at.child("keycard"))
-        .await?
-        .map(|e| e.value);
-    for says in [domain_says, user_says].into_iter().flatten() {
-        if let Some(d) = says.get("duration").and_then(Value::as_u64) {
-            life.duration_ms = d.saturating_mul(1000);
-        }
-        if let Some(d) = says.get("max_lifetime").and_then(Value::as_u64) {
-            life.max_lifetime_ms = d.saturating_mul(1000);
-        }
-    }
-    life.max_lifetime_ms = life.max_lifetime_ms.min(cap);
-    life.duration_ms = life.duration_ms.min(life.max_lifetime_ms);
-    Ok(life)
 }

@@ -28,11 +28,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
 
 /// The nodes below a user record that belong to it, deleted with it.
-pub(crate) const AUX: [&str; 5] = ["acl", "caps", "groups", "keycard", "logins"];
+pub(crate) const AUX: [&str; 6] = ["acl", "caps", "factors", "groups", "keycard", "logins"];
 
 /// The aux nodes a record added to an existing user takes from the user's
-/// other record: what the user may do does not depend on how it logs in.
-const BINDINGS: [&str; 4] = ["acl", "caps", "groups", "keycard"];
+/// other record: what the user may do, and the further factors it must
+/// pass, do not depend on how it logs in.
+const BINDINGS: [&str; 5] = ["acl", "caps", "factors", "groups", "keycard"];
 
 /// Per-name locks: every change to a user (its records, their aux nodes)
 /// holds its name's stripe from the existence check to the write, so two

@@ -4,7 +4,7 @@
 //!
 //! Built so far: `GET /`, the login (`POST /session/new`,
 //! `PUT /session/{sid}`) for SCRAM-SHA-256 and OPAQUE through the same
-//! [`Login`] pipeline as the msgpack `auth` action, and the signed
+//! `Login` pipeline as the msgpack `auth` action, and the signed
 //! `GET` / `DELETE /session/{sid}`. Limits: header bytes, body bytes, a
 //! per-request timeout and a connection cap, each a clear 4xx/5xx.
 //!
@@ -32,7 +32,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::actions::login::Login;
 use crate::conn::LoggedIn;
 use crate::error::ApiError;
 use crate::server::PerAddress;
@@ -41,6 +40,8 @@ use crate::state::ServerState;
 mod kv;
 mod page;
 mod session;
+
+use session::Pending;
 mod users;
 
 /// Largest request header block.
@@ -54,11 +55,6 @@ fn rest_methods(state: &ServerState) -> impl Iterator<Item = &'static str> + '_ 
 }
 
 type Body = Full<Bytes>;
-
-/// A login waiting for the client's answer.
-struct Pending {
-    login: Box<Login>,
-}
 
 /// A logged-in REST session.
 struct Session {

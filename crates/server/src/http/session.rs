@@ -15,10 +15,104 @@ use keycard_auth::signed::{self, Authorization, ReplayGuard};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use serde_json::json;
 
-use super::{error, json_response, lock, rest_methods, Body, Pending, Rest, Session, BUSY};
-use crate::actions::login::{Login, Progress, Refusal, Requester};
+use tokio::sync::oneshot;
+
+use super::{error, json_response, lock, rest_methods, Body, Rest, Session, BUSY};
+use crate::actions::login::{
+    drive, user_name, Ask, Carrier, Credential, Granted, Login, LoginAnswer, LoginRequest, Refusal,
+    Requester,
+};
 use crate::conn::LoggedIn;
 use crate::error::ApiError;
+use crate::state::ServerState;
+
+/// A login waiting for the client's answer: where to hand it, and the
+/// method whose message it is.
+pub(super) struct Pending {
+    answer: oneshot::Sender<Answer>,
+    method: &'static str,
+}
+
+/// The client's answer, handed to the login's task, and where the task
+/// says how the login goes on.
+struct Answer {
+    answer: Result<LoginAnswer, String>,
+    said: oneshot::Sender<Said>,
+}
+
+/// What a REST login's task tells the request waiting on it.
+enum Said {
+    /// A challenge (the method's, or the prompt for the next factor):
+    /// the next request answers it through `answer`.
+    Challenge {
+        msg: Msg,
+        sid: KeycardId,
+        method: &'static str,
+        answer: oneshot::Sender<Answer>,
+    },
+    /// The login ended.
+    End(Result<Box<Granted>, Refusal>),
+}
+
+/// Carries a login's challenges over REST requests: each challenge is
+/// the answer to the request that brought the previous message, and the
+/// next request (`PUT /session/{sid}`) brings the client's answer. A
+/// login nobody answers ends with its challenge window (the sweep drops
+/// its [`Pending`]).
+struct Requests {
+    state: Arc<ServerState>,
+    said: Option<oneshot::Sender<Said>>,
+}
+
+impl Carrier for Requests {
+    async fn ask(&mut self, ask: Ask) -> Result<LoginAnswer, String> {
+        let Some(said) = self.said.take() else {
+            return Err("no request waits for the challenge".into());
+        };
+        let (tx, rx) = oneshot::channel();
+        let challenge = Said::Challenge {
+            msg: ask.msg,
+            sid: ask.card,
+            method: ask.method,
+            answer: tx,
+        };
+        if said.send(challenge).is_err() {
+            return Err("the client left".into());
+        }
+        let wait =
+            std::time::Duration::from_millis(ask.deadline.saturating_sub(self.state.now_ms()));
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Answer { answer, said })) => {
+                self.said = Some(said);
+                answer
+            }
+            Ok(Err(_)) => Err("the exchange was abandoned".into()),
+            Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
+        }
+    }
+}
+
+/// Runs a login in its own task, carried by REST requests; the first
+/// challenge or the end arrives on the returned channel.
+fn spawn_login(state: &Arc<ServerState>, request: LoginRequest) -> oneshot::Receiver<Said> {
+    let (tx, rx) = oneshot::channel();
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut carrier = Requests {
+            state: state.clone(),
+            said: Some(tx),
+        };
+        let progress = Login::begin(&state, request).await;
+        let end = drive(progress, &mut carrier).await;
+        if let Some(said) = carrier.said.take() {
+            // Undelivered (the client left), a granted keycard is dropped
+            // unsettled and leaves the table.
+            let _ = said.send(Said::End(end));
+        }
+    });
+    rx
+}
+
 /// A method message's `data` as JSON: a string as is, bytes as base64url.
 pub(super) fn data_json(msg: &Value) -> serde_json::Value {
     match msg.get("data") {
@@ -100,34 +194,53 @@ impl Rest {
             Ok(d) => d,
             Err(e) => return error(&e),
         };
-        let msg = Msg::new()
-            .with("typ", method)
-            .with("ident", user)
-            .with("data", data)
-            .into_value();
-        let req = Requester {
-            id: self.state.next_conn_id(),
-            peer,
-            root: Path::root(),
-            channel_key: None,
-            via: "rest",
+        let user = match user_name(user) {
+            Ok(u) => u.to_owned(),
+            Err(e) => return error(&e),
         };
-        match Login::begin(&self.state, &req, &msg).await {
-            Ok(Progress::Challenge { msg, login, .. }) => {
-                let sid = login.card_id();
+        let Some(m) = self.state.methods.get(method).cloned() else {
+            return error(&ApiError::new(
+                ErrorCode::AuthMethod,
+                format!("unknown auth method {method:?}"),
+            ));
+        };
+        let request = LoginRequest {
+            credential: Credential::Method(m),
+            ident: user,
+            domain: Path::root(),
+            payload: Msg::new().with("data", data).into_value(),
+            requester: Requester {
+                id: self.state.next_conn_id(),
+                peer,
+                root: Path::root(),
+                channel_key: None,
+                via: "rest",
+            },
+        };
+        match spawn_login(&self.state, request).await {
+            Ok(Said::Challenge {
+                msg,
+                sid,
+                method,
+                answer,
+            }) => {
                 let data = data_json(&msg.into_value());
                 self.tidy();
-                lock(&self.pending).insert(sid, Pending { login });
+                lock(&self.pending).insert(sid, Pending { answer, method });
                 json_response(
                     StatusCode::CREATED,
                     json!({"sid": sid.to_string(), "data": data}),
                 )
             }
-            Ok(Progress::Done(_)) => error(&ApiError::new(
+            Ok(Said::End(Ok(_))) => error(&ApiError::new(
                 ErrorCode::Internal,
                 "the method finished without a challenge",
             )),
-            Err(r) => refusal(r),
+            Ok(Said::End(Err(r))) => refusal(r),
+            Err(_) => error(&ApiError::new(
+                ErrorCode::Internal,
+                "the login's task ended",
+            )),
         }
     }
 
@@ -139,23 +252,52 @@ impl Rest {
         let Ok(j) = serde_json::from_slice::<serde_json::Value>(body) else {
             return error(&ApiError::bad("the body must be a JSON object"));
         };
-        let Some(Pending { login }) = lock(&self.pending).remove(&id) else {
+        let Some(Pending { answer, method }) = lock(&self.pending).remove(&id) else {
             return error(&ApiError::new(
                 ErrorCode::NotFound,
                 "no login waits under this session id",
             ));
         };
-        let data = match data_value(login.method_name(), j.get("data")) {
-            Ok(d) => d,
-            Err(e) => {
-                // A malformed answer ends the attempt, as on the wire.
-                let _ = login.fail(e.text.clone()).await;
-                return error(&e);
-            }
+        // After a prompt for a further factor, the answer names the
+        // factor's method (`method`), whose first message `data` is.
+        let named = match j.get("method") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(m)) => Some(m.clone()),
+            Some(_) => Some(String::new()),
         };
-        let answer = Msg::new().with("data", data).into_value();
-        match login.answer(&answer).await {
-            Ok(Progress::Done(g)) => {
+        let decoded = match (&named, j.get("data")) {
+            // A factor that takes no data (its first message is empty).
+            (Some(_), None | Some(serde_json::Value::Null)) => Ok(None),
+            (named, data) => data_value(named.as_deref().unwrap_or(method), data).map(Some),
+        };
+        let (tx, rx) = oneshot::channel();
+        let handed = Answer {
+            answer: match &decoded {
+                // A malformed answer ends the attempt, as on the wire.
+                Err(e) => Err(e.text.clone()),
+                Ok(data) => Ok(LoginAnswer {
+                    method: named,
+                    ident: None,
+                    payload: match data {
+                        Some(d) => Msg::new().with("data", d.clone()).into_value(),
+                        None => Msg::new().into_value(),
+                    },
+                }),
+            },
+            said: tx,
+        };
+        if answer.send(handed).is_err() {
+            return error(&ApiError::new(
+                ErrorCode::NotFound,
+                "no login waits under this session id",
+            ));
+        }
+        let said = rx.await;
+        if let Err(e) = decoded {
+            return error(&e);
+        }
+        match said {
+            Ok(Said::End(Ok(g))) => {
                 let g = *g;
                 let Some(key) = g.user.session_key.clone() else {
                     return error(&ApiError::new(
@@ -185,11 +327,28 @@ impl Rest {
                 }
                 r
             }
-            Ok(Progress::Challenge { .. }) => error(&ApiError::new(
+            // A further factor: the prompt (with the last factor's final
+            // message) and the method to answer with.
+            Ok(Said::Challenge {
+                msg,
+                sid,
+                method,
+                answer,
+            }) => {
+                let msg = msg.into_value();
+                let factor = msg.get("factor").and_then(Value::as_str).map(str::to_owned);
+                let data = data_json(&msg);
+                lock(&self.pending).insert(sid, Pending { answer, method });
+                json_response(
+                    StatusCode::OK,
+                    json!({"sid": sid.to_string(), "data": data, "factor": factor}),
+                )
+            }
+            Ok(Said::End(Err(r))) => refusal(r),
+            Err(_) => error(&ApiError::new(
                 ErrorCode::Internal,
-                "the method asked for another round",
+                "the login's task ended",
             )),
-            Err(r) => refusal(r),
         }
     }
 
