@@ -1,8 +1,7 @@
 //! Binding, accepting, and the handle tests and the binary hold.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use keycard_auth::{Argon2Params, ClientRegistry, MethodSecrets, Registry};
 use keycard_store::{Backend, MemOptions, MemStore, RedbOptions, RedbStore, Store, StoreError};
@@ -13,6 +12,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::conn;
+use crate::listener::PerAddress;
 use crate::state::ServerState;
 
 /// Why a server could not start.
@@ -128,6 +128,7 @@ impl Server {
                 source,
             })?;
         let state = ServerState::new(config, store, methods, audit).await?;
+        crate::actions::spawn_token_reaper(&state);
         let auth = state.auth();
         match &auth.current {
             None => tracing::warn!(
@@ -216,7 +217,13 @@ impl Server {
                     let id = self.state.next_conn_id();
                     let span = tracing::info_span!("conn", id, %peer);
                     tracing::debug!(parent: &span, "connection accepted");
-                    let served = conn::serve(self.state.clone(), socket, peer, id);
+                    let served = conn::serve(
+                        crate::actions::Actions,
+                        self.state.clone(),
+                        socket,
+                        peer,
+                        id,
+                    );
                     tokio::spawn(
                         async move {
                             served.await;
@@ -387,69 +394,6 @@ async fn refuse(mut socket: tokio::net::TcpStream, why: &'static str) {
     let bytes = keycard_proto::encode(&msg.into_value());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.write_all(&bytes)).await;
     let _ = socket.shutdown().await;
-}
-
-/// Connections held per client address, so that one address cannot take
-/// every slot. IPv6 addresses count by their /64 (what one host is
-/// usually given); IPv4-mapped ones as the IPv4 address.
-pub(crate) struct PerAddress {
-    max: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One connection's place in [`PerAddress`], given back when dropped.
-pub(crate) struct AddressSlot {
-    owner: Arc<PerAddress>,
-    key: IpAddr,
-}
-
-impl PerAddress {
-    /// At most `max` connections per address (0: none at all).
-    pub(crate) fn new(max: usize) -> Arc<PerAddress> {
-        Arc::new(PerAddress {
-            max,
-            held: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let mut seg = v6.segments();
-                seg[4..].fill(0);
-                IpAddr::from(seg)
-            }
-            v4 => v4,
-        }
-    }
-
-    /// A slot for a connection from `ip`, if its address has one left.
-    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        let key = Self::key(ip);
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let n = held.entry(key).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(AddressSlot {
-            owner: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut held = self.owner.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.key) {
-            *n -= 1;
-            // Only addresses holding connections are remembered.
-            if *n == 0 {
-                held.remove(&self.key);
-            }
-        }
-    }
 }
 
 /// A running server.

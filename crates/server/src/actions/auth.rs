@@ -13,8 +13,9 @@ use super::login::{auth_error, method, user_name, Granted, Login, Progress, Refu
 use super::{
     chain, condition, opt_usize, require_cap, require_login, require_super_root, str_field,
 };
-use crate::bouncer::Ended;
-use crate::conn::{Capability, Responder};
+use crate::bouncer::{Ended, KeycardWatcher};
+use crate::caller::Capability;
+use crate::conn::Responder;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
 
@@ -79,7 +80,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let req = Requester {
         id: conn.id,
         peer: conn.peer,
-        root: session.root.clone(),
+        root: session.caller.root.clone(),
         channel_key: session.channel_key.clone(),
         via: "msgpack",
     };
@@ -128,13 +129,13 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let previous = conn.update_session(|s| {
         // A connection whose keycard was revoked is being closed: no new
         // login takes over from it.
-        if s.user.as_ref().and_then(|u| u.ended) == Some(Ended::Revoked) {
+        if s.caller.user.as_ref().and_then(|u| u.ended) == Some(Ended::Revoked) {
             return Err(Ended::Revoked.error());
         }
         s.failed_logins = 0;
         // A domain's user is confined to it from now on.
-        s.root = base;
-        Ok(s.user.replace(std::sync::Arc::new(user)))
+        s.caller.root = base;
+        Ok(s.caller.user.replace(std::sync::Arc::new(user)))
     })?;
     // The session holds the keycard now: it is the session's to remove.
     card.settle();
@@ -145,7 +146,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             true => Ended::Expired,
             false => Ended::Revoked,
         };
-        conn.keycard_ended(id, how);
+        conn.ended(id, how);
     }
     // A new login on the connection replaces its keycard, and ends the
     // streams opened under it.
@@ -177,7 +178,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     // record, by its own method: not a token's session, not another
     // method), with a recent login, as over REST; anything else needs
     // write_auth, and a `root` user (super-root) a super-root.
-    let caller = r.conn().session();
+    let caller = r.conn().caller();
     let path = caller.root.join(&record_path(m.name(), k.name, &ident));
     let own = k.name == "user"
         && !m.super_root()
@@ -193,8 +194,9 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     } else {
         require_cap(r, Capability::WriteAuth)?
     };
+    let channel_key = r.conn().session().channel_key;
     let ctx = LoginCtx {
-        channel_key: session.channel_key.as_ref(),
+        channel_key: channel_key.as_ref(),
         now_ms: state.now_ms(),
     };
     let step = m.set_record(&ctx, k, &ident, msg);
@@ -233,7 +235,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "store returned no outcome"))?;
     let reply = super::data::write_reply(&state, out, Some(&record), (true, false), nchain);
     super::refresh_auth(&state, Some(r.conn())).await?;
-    let who = crate::conn::qualify(&ident, &session.root);
+    let who = crate::caller::qualify(&ident, &session.root);
     state
         .audit
         .user(
@@ -457,7 +459,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
 /// method is current and stay.
 pub(super) async fn methods_withdrawn(
     state: &ServerState,
-    session: &crate::conn::Session,
+    session: &crate::caller::Caller,
     old: Option<&Value>,
     new: Option<&Value>,
 ) {
@@ -473,7 +475,7 @@ pub(super) async fn methods_withdrawn(
         }
         let filter = keycard_auth::bouncer::Filter {
             method: Some(m.to_owned()),
-            domain: Some(crate::conn::domain_text(&session.root)),
+            domain: Some(crate::caller::domain_text(&session.root)),
             ..Default::default()
         };
         let ids: Vec<_> = state
@@ -495,7 +497,7 @@ pub(super) async fn methods_withdrawn(
 
 /// Who this connection is logged in as (keycard's own action).
 pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
-    let session = r.conn().session();
+    let session = r.conn().caller();
     let open = r.conn().state.is_open();
     let mut m = Msg::new().with("root", session.root.to_value());
     match &session.user {
@@ -774,7 +776,7 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
     if k.name == "user" {
         revoked = record_deleted(&state, &session.root, ident, m.name(), by.as_deref()).await?;
     }
-    let who = crate::conn::qualify(ident, &session.root);
+    let who = crate::caller::qualify(ident, &session.root);
     state
         .audit
         .user(
@@ -806,7 +808,7 @@ pub(super) async fn record_deleted(
     for m in [method, super::keycards::TOKEN] {
         let filter = keycard_auth::bouncer::Filter {
             user: Some(ident.to_owned()),
-            domain: (!root.is_empty()).then(|| crate::conn::domain_text(root)),
+            domain: (!root.is_empty()).then(|| crate::caller::domain_text(root)),
             method: Some(m.to_owned()),
             ..Default::default()
         };

@@ -23,7 +23,8 @@ use subtle::ConstantTimeEq;
 use super::rank::Rank;
 use super::{opt_usize, require_cap, require_login, str_field};
 use crate::audit::now_millis;
-use crate::conn::{Capability, Responder, Session};
+use crate::caller::{Caller, Capability};
+use crate::conn::Responder;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{record_path, ServerState};
 
@@ -109,7 +110,7 @@ fn parse_id(msg: &Value) -> ApiResult<KeycardId> {
 }
 
 /// The caller, if logged in (keep-alive and logout need one).
-fn own(session: &Session) -> ApiResult<&crate::conn::LoggedIn> {
+fn own(session: &Caller) -> ApiResult<&crate::caller::LoggedIn> {
     session.user.as_deref().ok_or_else(|| {
         ApiError::new(
             ErrorCode::AuthRequired,
@@ -126,11 +127,11 @@ type Owner = (String, String, String);
 
 /// Who the caller is to keycards (without `manage_keycards` it owns the
 /// keycards with the same owner).
-fn me(session: &Session) -> Option<Owner> {
+fn me(session: &Caller) -> Option<Owner> {
     session.user.as_ref().map(|u| {
         (
             u.name.clone(),
-            crate::conn::domain_text(&u.domain),
+            crate::caller::domain_text(&u.domain),
             u.method.clone(),
         )
     })
@@ -155,7 +156,7 @@ fn owner(live: Option<&Keycard>, stored: Option<&Value>) -> Option<Owner> {
         .unwrap_or_default();
     Some((
         user.to_owned(),
-        crate::conn::domain_text(&domain),
+        crate::caller::domain_text(&domain),
         method.to_owned(),
     ))
 }
@@ -163,7 +164,7 @@ fn owner(live: Option<&Keycard>, stored: Option<&Value>) -> Option<Owner> {
 /// Whether the caller manages every keycard, or only its own user's.
 /// Keycards are server-wide: only the server's own users (not a domain's)
 /// manage them all.
-fn manages_all(r: &Responder, session: &Session) -> bool {
+fn manages_all(r: &Responder, session: &Caller) -> bool {
     match &session.user {
         None => r.conn().state.is_open(),
         Some(u) => u.domain.is_empty() && u.has(Capability::ManageKeycards),
@@ -180,7 +181,7 @@ pub(super) async fn keep_alive(msg: &Value, r: &mut Responder) -> ApiResult {
     let expires_at = conn.state.bouncer.keep_alive(me.keycard, conn.id, ttl)?;
     let id = me.keycard;
     conn.update_session(|s| {
-        if let Some(u) = s.user.as_mut().filter(|u| u.keycard == id) {
+        if let Some(u) = s.caller.user.as_mut().filter(|u| u.keycard == id) {
             std::sync::Arc::make_mut(u).expires_at = expires_at;
         }
     });
@@ -196,7 +197,7 @@ pub(super) async fn keep_alive(msg: &Value, r: &mut Responder) -> ApiResult {
 /// Ends the caller's login: its keycard is removed.
 pub(super) async fn logout(r: &mut Responder) -> ApiResult {
     let conn = r.conn().clone();
-    let previous = conn.update_session(|s| s.user.take());
+    let previous = conn.update_session(|s| s.caller.user.take());
     let Some(me) = previous else {
         return Err(ApiError::new(ErrorCode::AuthRequired, "not logged in"));
     };
@@ -311,7 +312,7 @@ pub(super) async fn keycard_list(msg: &Value, r: &mut Responder) -> ApiResult {
         // keycard managers only).
         let me = own(&session)?;
         f.user = Some(me.name.clone());
-        f.domain = Some(crate::conn::domain_text(&me.domain));
+        f.domain = Some(crate::caller::domain_text(&me.domain));
         f.method = Some(me.method.clone());
     }
     let after = match msg.get("after") {
@@ -399,7 +400,7 @@ async fn revoke_durable(state: &ServerState, id: KeycardId, by: Option<&str>) ->
 /// that user. `ranks` keeps the users already looked up.
 async fn may_revoke(
     state: &ServerState,
-    session: &Session,
+    session: &Caller,
     whose: &Owner,
     ranks: &mut HashSet<(String, String)>,
 ) -> ApiResult {
@@ -427,7 +428,7 @@ async fn may_revoke(
             format!(
                 "{} (a keycard of {})",
                 e.text,
-                crate::conn::qualify(user, &root)
+                crate::caller::qualify(user, &root)
             ),
         )
     })?;

@@ -20,7 +20,7 @@ use keycard_proto::{ErrorCode, Msg, Path, Value};
 
 use super::keycards::{self, TOKEN};
 use super::str_field;
-use crate::conn::LoggedIn;
+use crate::caller::LoggedIn;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
 use crate::throttle;
@@ -241,7 +241,7 @@ impl Login {
             (None, Some(Value::Str(s))) => user_name(s)?.to_owned(),
             _ => return Err(ApiError::bad("'ident' (the user name) must be a string").into()),
         };
-        let who = crate::conn::qualify(&ident, &base);
+        let who = crate::caller::qualify(&ident, &base);
         // Throttle counters per (domain, user), without NAME@DOMAIN's
         // ambiguity (a server user may be called "joe@org.acme").
         let throttled_as = if base.is_empty() {
@@ -292,7 +292,7 @@ impl Login {
             state.bouncer.begin(
                 method_name,
                 &ident,
-                &crate::conn::domain_text(&base),
+                &crate::caller::domain_text(&base),
                 req.id,
                 Some(source),
             )?,
@@ -474,7 +474,7 @@ impl Login {
             match state.bouncer.authenticate(
                 self.card.id,
                 &verdict.user,
-                &crate::conn::domain_text(&self.base),
+                &crate::caller::domain_text(&self.base),
                 life,
                 parent.map(|p| p.0),
             ) {

@@ -72,7 +72,7 @@ struct TreeItems<'a> {
     acl: Option<crate::acl::Grants>,
     /// Whose ACLs they are, and the ACL cache's epoch they were compiled
     /// at: an ACL edit applies at once, to a running walk or watch too.
-    acl_of: Option<(crate::conn::Session, u64)>,
+    acl_of: Option<(crate::caller::Caller, u64)>,
     short: Shortener,
     /// The last node sent (relative), to know which ancestors are new.
     last: Option<Vec<Elem>>,
@@ -105,7 +105,7 @@ impl<'a> TreeItems<'a> {
         let epoch = self.state.acls.epoch();
         self.acl = authorize(r, &self.base, mode).await?;
         if self.acl.is_some() {
-            self.acl_of = Some((r.conn().session(), epoch));
+            self.acl_of = Some((r.conn().caller(), epoch));
         }
         Ok(())
     }
@@ -373,7 +373,7 @@ pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
     // Opened without a login (the server was open): it ends with the open
     // era, even if the bouncer's notice missed it (the watch began as the
     // era ended, or the connection logged in since).
-    let open_era = r.conn().session().user.is_none();
+    let open_era = r.conn().caller().user.is_none();
     let state = r.conn().state.clone();
     let mut items = TreeItems::new(&state, msg, base.clone())?;
     items.authorize(r, Mode::Enumerate).await?;

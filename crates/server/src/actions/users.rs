@@ -12,8 +12,6 @@
 //! replays the (deterministic) exchange and either stores the record or
 //! answers the next message to compute.
 
-use std::hash::{Hash, Hasher};
-
 use keycard_auth::bouncer::{Filter, KeycardId};
 use keycard_auth::{Kind, LoginCtx, Method, Step};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
@@ -23,7 +21,7 @@ use super::auth::write_guarded;
 use super::check_cap;
 use super::login::{auth_error, user_name};
 use super::rank::Rank;
-use crate::conn::{domain_text, Capability, Session};
+use crate::caller::{domain_text, Caller, Capability};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
 
@@ -34,33 +32,6 @@ pub(crate) const AUX: [&str; 5] = ["acl", "caps", "groups", "keycard", "logins"]
 /// other record: what the user may do does not depend on how it logs in.
 const BINDINGS: [&str; 4] = ["acl", "caps", "groups", "keycard"];
 
-/// Per-name locks: every change to a user (its records, their aux nodes)
-/// holds its name's stripe from the existence check to the write, so two
-/// changes to one name take turns (a deletion and a credential change, two
-/// creations under two methods).
-pub(crate) struct NameLocks {
-    stripes: Vec<tokio::sync::Mutex<()>>,
-}
-
-impl Default for NameLocks {
-    fn default() -> NameLocks {
-        NameLocks {
-            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
-        }
-    }
-}
-
-impl NameLocks {
-    /// Waits for user `name` under `root`.
-    pub(crate) async fn lock(&self, root: &Path, name: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        root.hash(&mut h);
-        name.hash(&mut h);
-        let i = usize::try_from(h.finish() % self.stripes.len() as u64).unwrap_or(0);
-        self.stripes[i].lock().await
-    }
-}
-
 /// Most messages a registration may take.
 const MAX_MESSAGES: usize = 4;
 
@@ -70,7 +41,7 @@ fn no_such_user() -> ApiError {
 
 /// The session's user, if user `name` under the session's root is it
 /// (by any method: the same name in the same domain).
-fn me<'a>(session: &'a Session, name: &str) -> Option<&'a crate::conn::LoggedIn> {
+fn me<'a>(session: &'a Caller, name: &str) -> Option<&'a crate::caller::LoggedIn> {
     session
         .user
         .as_deref()
@@ -89,7 +60,7 @@ fn user_kind(m: &dyn Method) -> ApiResult<&'static Kind> {
 /// `name`'s records under `session`'s root: (method, record path, value).
 async fn records(
     state: &ServerState,
-    session: &Session,
+    session: &Caller,
     name: &str,
 ) -> ApiResult<Vec<(&'static str, Path, Value)>> {
     let mut out = Vec::new();
@@ -107,7 +78,7 @@ async fn records(
 /// reads every record with `auth_get` already: showing is reading, no
 /// outranking needed), or to be the user: then only the record it logged
 /// in with (same name, method and domain), and its last logins.
-pub(crate) async fn show(state: &ServerState, session: &Session, name: &str) -> ApiResult<Msg> {
+pub(crate) async fn show(state: &ServerState, session: &Caller, name: &str) -> ApiResult<Msg> {
     super::check_login(state, session)?;
     let own_only = match check_cap(state, session, Capability::ReadAuth) {
         Ok(()) => None,
@@ -163,7 +134,7 @@ pub(crate) async fn show(state: &ServerState, session: &Session, name: &str) -> 
 
 /// `user_show {ident}`: [`show`] over msgpack.
 pub(super) async fn user_show(msg: &Value, r: &mut crate::conn::Responder) -> ApiResult {
-    let session = r.conn().session();
+    let session = r.conn().caller();
     let state = r.conn().state.clone();
     let name = super::str_field(msg, "ident")?;
     let reply = show(&state, &session, name).await?;
@@ -176,7 +147,7 @@ pub(super) async fn user_show(msg: &Value, r: &mut crate::conn::Responder) -> Ap
 /// delete, a user who may do more than it, or reach more data.
 async fn check_outranks(
     state: &ServerState,
-    session: &Session,
+    session: &Caller,
     found: &[(&'static str, Path, Value)],
 ) -> ApiResult {
     let records: Vec<(&str, Path)> = found.iter().map(|(m, at, _)| (*m, at.clone())).collect();
@@ -238,7 +209,7 @@ pub(crate) enum Set {
 /// `write_auth`, and a `root` method super-root.
 fn may_set(
     state: &ServerState,
-    session: &Session,
+    session: &Caller,
     name: &str,
     m: &dyn Method,
     create: bool,
@@ -264,7 +235,7 @@ fn may_set(
 /// user takes its bindings ([`BINDINGS`]) from the user's other record.
 pub(crate) async fn set_credential(
     state: &ServerState,
-    session: &Session,
+    session: &Caller,
     name: &str,
     method: &str,
     msgs: &[Value],
@@ -341,7 +312,7 @@ pub(crate) async fn set_credential(
     let out = state.store.write(ops).await?;
     super::refresh_auth(state, None).await?;
     let by = session.user.as_ref().map(|u| u.qualified());
-    let who = crate::conn::qualify(name, &session.root);
+    let who = crate::caller::qualify(name, &session.root);
     let event = match (create, existed) {
         (true, _) => "user created",
         (false, true) => "credential set",
@@ -364,7 +335,7 @@ pub(crate) async fn set_credential(
 /// method) unless its login is younger than `reauth_secs`: a session left
 /// open somewhere must not take its account over. Proving the current
 /// credential is logging in again.
-pub(crate) fn fresh_enough(state: &ServerState, session: &Session, name: &str) -> ApiResult {
+pub(crate) fn fresh_enough(state: &ServerState, session: &Caller, name: &str) -> ApiResult {
     let Some(u) = me(session, name) else {
         return Ok(());
     };
@@ -391,7 +362,7 @@ pub(crate) fn fresh_enough(state: &ServerState, session: &Session, name: &str) -
 /// gives it ([`new_user_bindings`]).
 pub(crate) async fn record_ops(
     state: &ServerState,
-    session: &Session,
+    session: &Caller,
     at: &Path,
     found: &[(&'static str, Path, Value)],
     record: Value,
@@ -439,7 +410,7 @@ pub(crate) async fn record_ops(
 /// through a user it made.
 async fn new_user_bindings(
     state: &ServerState,
-    session: &Session,
+    session: &Caller,
     acl: Option<&str>,
 ) -> ApiResult<Vec<(&'static str, Value)>> {
     let given = acl.map(|a| ("acl", Msg::new().with("key", a).into_value()));
@@ -499,7 +470,7 @@ async fn new_user_bindings(
 /// `write_auth` and every capability the user holds (super-root for a
 /// `root`-method user); refuses to delete the last user of the current
 /// method. Returns how many keycards were revoked.
-pub(crate) async fn delete(state: &ServerState, session: &Session, name: &str) -> ApiResult<usize> {
+pub(crate) async fn delete(state: &ServerState, session: &Caller, name: &str) -> ApiResult<usize> {
     check_cap(state, session, Capability::WriteAuth)?;
     let name = user_name(name)?;
     let _turn = state.names.lock(&session.root, name).await;
@@ -528,7 +499,7 @@ pub(crate) async fn delete(state: &ServerState, session: &Session, name: &str) -
     super::refresh_auth(state, None).await?;
     let by = session.user.as_ref().map(|u| u.qualified());
     let revoked = revoke_user(state, &session.root, name, None, true, by.as_deref()).await?;
-    let who = crate::conn::qualify(name, &session.root);
+    let who = crate::caller::qualify(name, &session.root);
     state
         .audit
         .user("user deleted", &who, None, by.as_deref())
@@ -541,7 +512,7 @@ pub(crate) async fn delete(state: &ServerState, session: &Session, name: &str) -
 /// the user (every record of the name). Returns the turn and the records.
 pub(crate) async fn guard_user<'a>(
     state: &'a ServerState,
-    session: &Session,
+    session: &Caller,
     ident: &str,
 ) -> ApiResult<(
     tokio::sync::MutexGuard<'a, ()>,

@@ -33,9 +33,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::actions::login::Login;
-use crate::conn::LoggedIn;
+use crate::caller::LoggedIn;
 use crate::error::ApiError;
-use crate::server::PerAddress;
+use crate::listener::PerAddress;
 use crate::state::ServerState;
 
 mod kv;
@@ -395,13 +395,12 @@ impl Rest {
         let caller = match route {
             Route::Kv(_) | Route::User(_) => {
                 if !parts.headers.contains_key(AUTHORIZATION) && self.state.is_open() {
-                    Some(crate::conn::Session::default())
+                    Some(crate::caller::Caller::default())
                 } else {
                     match self.verify(&parts, pre, &body) {
-                        Ok((_, user)) => Some(crate::conn::Session {
+                        Ok((_, user)) => Some(crate::caller::Caller {
                             root: user.domain.clone(),
                             user: Some(user),
-                            ..Default::default()
                         }),
                         Err(why) => return refused(&why),
                     }

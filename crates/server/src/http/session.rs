@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{error, json_response, lock, Body, Pending, Rest, Session, BUSY, REST_METHODS};
 use crate::actions::login::{Login, Progress, Refusal, Requester};
-use crate::conn::LoggedIn;
+use crate::caller::LoggedIn;
 use crate::error::ApiError;
 /// A method message's `data` as JSON: a string as is, bytes as base64url.
 pub(super) fn data_json(msg: &Value) -> serde_json::Value {

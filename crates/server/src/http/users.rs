@@ -73,7 +73,7 @@ impl Rest {
     /// `GET|POST|PUT|DELETE /user/{name}`.
     pub(super) async fn user(
         &self,
-        session: crate::conn::Session,
+        session: crate::caller::Caller,
         method: &Method,
         name: &str,
         body: &[u8],
