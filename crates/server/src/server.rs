@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use keycard_auth::{Argon2Params, ClientRegistry, MethodSecrets, Registry};
 use keycard_store::{Backend, MemOptions, MemStore, RedbOptions, RedbStore, Store, StoreError};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::conn;
-use crate::listener::PerAddress;
+use crate::listener::{Listener, Protocol, Refused};
 use crate::state::ServerState;
 
 /// Why a server could not start.
@@ -41,9 +40,9 @@ pub enum StartError {
 
 /// A bound server, ready to accept.
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     /// The REST listener (`config.http`).
-    http: Option<TcpListener>,
+    http: Option<Listener>,
     state: Arc<ServerState>,
 }
 
@@ -90,12 +89,17 @@ impl Server {
 
     /// Binds `config.listen` serving `store`.
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, StartError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Io {
-                what: format!("cannot listen on {}", config.listen),
-                source,
-            })?;
+        let listener = Listener::bind(
+            "msgpack",
+            config.listen,
+            config.max_connections,
+            config.max_connections_per_address,
+        )
+        .await
+        .map_err(|source| StartError::Io {
+            what: format!("cannot listen on {}", config.listen),
+            source,
+        })?;
         let secrets = MethodSecrets {
             mock_key: crate::state::server_secret(store.as_ref()).await?,
             scram_iterations: config.scram_iterations,
@@ -149,12 +153,17 @@ impl Server {
         }
         let http = match state.config.http {
             Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Io {
-                        what: format!("cannot listen on {addr} (http)"),
-                        source,
-                    })?,
+                Listener::bind(
+                    "http",
+                    addr,
+                    state.config.http_max_connections.max(1),
+                    state.config.http_max_connections_per_address,
+                )
+                .await
+                .map_err(|source| StartError::Io {
+                    what: format!("cannot listen on {addr} (http)"),
+                    source,
+                })?,
             ),
             None => None,
         };
@@ -192,55 +201,10 @@ impl Server {
     }
 
     async fn accept_loop(self) {
-        let slots = Arc::new(Semaphore::new(self.state.config.max_connections));
-        let per_address = PerAddress::new(self.state.config.max_connections_per_address);
-        loop {
-            match self.listener.accept().await {
-                Ok((socket, peer)) => {
-                    let Some(address_slot) = per_address.take(peer.ip()) else {
-                        tracing::warn!(%peer, "connection refused: max_connections_per_address reached");
-                        tokio::spawn(refuse(
-                            socket,
-                            "too many connections from this address (max_connections_per_address); \
-                             close some or try again later",
-                        ));
-                        continue;
-                    };
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "connection refused: max_connections reached");
-                        tokio::spawn(refuse(
-                            socket,
-                            "the server has too many connections; try again later",
-                        ));
-                        continue;
-                    };
-                    let id = self.state.next_conn_id();
-                    let span = tracing::info_span!("conn", id, %peer);
-                    tracing::debug!(parent: &span, "connection accepted");
-                    let served = conn::serve(
-                        crate::actions::Actions,
-                        self.state.clone(),
-                        socket,
-                        peer,
-                        id,
-                    );
-                    tokio::spawn(
-                        async move {
-                            served.await;
-                            drop(permit);
-                            drop(address_slot);
-                        }
-                        .instrument(span),
-                    );
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep
-                    // serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let msgpack = Msgpack {
+            state: self.state.clone(),
+        };
+        self.listener.run(msgpack).await
     }
 
     /// Runs the server in a task.
@@ -381,6 +345,45 @@ struct AbortOnDrop(JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The msgpack protocol, as a listener serves it.
+#[derive(Clone)]
+struct Msgpack {
+    state: Arc<ServerState>,
+}
+
+impl Protocol<TcpStream> for Msgpack {
+    fn serve(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let id = self.state.next_conn_id();
+        let span = tracing::info_span!("conn", id, %peer);
+        tracing::debug!(parent: &span, "connection accepted");
+        conn::serve(crate::actions::Actions, self.state, socket, peer, id).instrument(span)
+    }
+
+    fn refuse(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        why: Refused,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let why = match why {
+            Refused::PerAddress => {
+                tracing::warn!(%peer, "connection refused: max_connections_per_address reached");
+                "too many connections from this address (max_connections_per_address); \
+                 close some or try again later"
+            }
+            Refused::Total => {
+                tracing::warn!(%peer, "connection refused: max_connections reached");
+                "the server has too many connections; try again later"
+            }
+        };
+        refuse(socket, why)
     }
 }
 

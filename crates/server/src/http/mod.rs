@@ -29,13 +29,12 @@ use keycard_auth::signed::ReplayGuard;
 use keycard_auth::SecretKey;
 use keycard_proto::{ErrorCode, Value};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 
 use crate::actions::login::Login;
 use crate::caller::LoggedIn;
 use crate::error::ApiError;
-use crate::listener::PerAddress;
+use crate::listener::{Listener, Protocol, Refused};
 use crate::state::ServerState;
 
 mod kv;
@@ -78,7 +77,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Serves HTTP on `listener` until the task is dropped.
-pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
+pub(crate) async fn serve(state: Arc<ServerState>, listener: Listener) {
     let rest = Arc::new(Rest {
         state: state.clone(),
         pending: Mutex::new(HashMap::new()),
@@ -96,39 +95,29 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
             rest.sweep(crate::audit::now_millis());
         }
     }));
-    let slots = Arc::new(Semaphore::new(state.config.http_max_connections.max(1)));
-    let per_address = PerAddress::new(state.config.http_max_connections_per_address);
     // hyper's header timer runs from when it starts waiting for a request's
     // head: on a kept-alive connection, from the end of the previous
     // response. One timer thus closes idle connections and slow heads.
     let idle = (state.config.http_idle_timeout > 0)
         .then(|| Duration::from_secs(state.config.http_idle_timeout));
-    loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(address_slot) = per_address.take(peer.ip()) else {
-            tracing::warn!(%peer, "HTTP connection refused: http_max_connections_per_address reached");
-            tokio::spawn(refuse(
-                socket,
-                "too many HTTP connections from this address (http_max_connections_per_address); retry later",
-            ));
-            continue;
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(
-                socket,
-                "the server has too many HTTP connections; retry later",
-            ));
-            continue;
-        };
-        let rest = rest.clone();
-        tokio::spawn(async move {
+    listener.run(Http { rest, idle }).await
+}
+
+/// The HTTP protocol, as a listener serves it.
+#[derive(Clone)]
+struct Http {
+    rest: Arc<Rest>,
+    idle: Option<Duration>,
+}
+
+impl Protocol<TcpStream> for Http {
+    fn serve(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let Http { rest, idle } = self;
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let rest = rest.clone();
                 async move { Ok::<_, Infallible>(rest.handle(req, peer).await) }
@@ -141,9 +130,23 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
-            drop(permit);
-            drop(address_slot);
-        });
+        }
+    }
+
+    fn refuse(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        why: Refused,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let why = match why {
+            Refused::PerAddress => {
+                tracing::warn!(%peer, "HTTP connection refused: http_max_connections_per_address reached");
+                "too many HTTP connections from this address (http_max_connections_per_address); retry later"
+            }
+            Refused::Total => "the server has too many HTTP connections; retry later",
+        };
+        refuse(socket, why)
     }
 }
 
@@ -157,7 +160,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Over a connection cap: a `503` and close, without reading the request.
-async fn refuse(mut socket: tokio::net::TcpStream, why: &str) {
+async fn refuse(mut socket: TcpStream, why: &str) {
     use tokio::io::AsyncWriteExt;
     let body = json!({"error": why, "code": ErrorCode::TooManyConnections.as_str()}).to_string();
     let head = format!(
