@@ -7,10 +7,12 @@ use keycard_store::{Cond, Op, Outcome};
 
 use super::{
     authorize_reading, chain, condition, data_path, entry_msg, flag, opt_usize, path_field,
-    require_login, require_super_root,
+    require_cap, require_login,
 };
+use crate::caller::Capability;
 use crate::conn::{stop_task, Responder};
 use crate::core;
+use crate::core::acl::Whose;
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
 use keycard_auth::acl::Mode;
@@ -172,7 +174,8 @@ pub(super) async fn stop(msg: &Value, r: &mut Responder) -> ApiResult {
 /// matched. Checks the caller's own ACL; a super-root may name another
 /// ACL with `acl`.
 pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
-    let path = data_path(msg, r)?;
+    let session = require_login(r)?;
+    let path = core::access::data_path(&session, &path_field(msg, "path")?)?;
     let mode = match msg.get("mode") {
         None | Some(Value::Nil) => Mode::Access,
         Some(Value::Str(s)) => {
@@ -189,81 +192,38 @@ pub(super) async fn test_acl(msg: &Value, r: &mut Responder) -> ApiResult {
         Some(_) => return Err(ApiError::bad("'mode' must be a string")),
     };
     let state = r.conn().state.clone();
-    let session = r.conn().caller();
-    // Named ACLs and users are those of the session's domain.
-    let mut acl_base = session.root.clone();
-    let names = match (msg.get("acl"), msg.get("user")) {
-        (None | Some(Value::Nil), None | Some(Value::Nil)) => session.user.and_then(|u| {
-            acl_base = u.domain.clone();
-            u.acls.clone()
-        }),
-        (Some(Value::Str(name)), None | Some(Value::Nil)) => {
-            require_super_root(r)?;
-            // An ACL exists while it has an entry: a typo is not an ACL
-            // that denies everything.
-            let at = acl_base.join(&crate::acl::acl_root()).child(name.as_str());
-            let any = keycard_store::ScanOpts::default();
-            if state.store.scan_up_to(&at, any, 1).await?.is_empty() {
-                return Err(ApiError::new(
-                    keycard_proto::ErrorCode::NoSuchAcl,
-                    format!("there is no ACL {name:?}"),
-                ));
-            }
-            Some(vec![name.clone()])
-        }
-        (None | Some(Value::Nil), Some(Value::Str(user))) => {
-            // What USER's ACLs (its own and its groups') allow.
-            let session = super::require_cap(r, crate::caller::Capability::ReadAuth)?;
-            let method = match msg.get("method") {
-                Some(Value::Str(m)) => m.clone(),
-                None | Some(Value::Nil) => state.auth().current.ok_or_else(|| {
-                    ApiError::bad("no current auth method; say which with 'method'")
-                })?,
-                Some(_) => return Err(ApiError::bad("'method' must be a string")),
-            };
-            let at = session
-                .root
-                .join(&crate::state::record_path(&method, "user", user));
-            if state.store.get(&at).await?.is_none() {
-                return Err(ApiError::new(
-                    keycard_proto::ErrorCode::NotFound,
-                    format!("no user {user:?} of method {method}"),
-                ));
-            }
-            // What a user may do is its own business, up to those who
-            // outrank it.
-            let rank = super::rank::Rank::of_user(&state, &session.root, user).await?;
-            super::rank::check(&state, &session, rank.as_ref())?;
-            crate::acl::bound_acls(state.store.as_ref(), &session.root, &at).await?
-        }
+    let whose = match (msg.get("acl"), msg.get("user")) {
+        (None | Some(Value::Nil), None | Some(Value::Nil)) => Whose::Own,
+        (Some(Value::Str(name)), None | Some(Value::Nil)) => Whose::Acl(name.clone()),
+        (None | Some(Value::Nil), Some(Value::Str(user))) => Whose::User {
+            name: user.clone(),
+            method: match msg.get("method") {
+                Some(Value::Str(m)) => Some(m.clone()),
+                None | Some(Value::Nil) => None,
+                Some(_) => {
+                    // Who may ask is decided before the fields are read.
+                    require_cap(r, Capability::ReadAuth)?;
+                    return Err(ApiError::bad("'method' must be a string"));
+                }
+            },
+        },
         _ => {
             return Err(ApiError::bad(
                 "'acl' (an ACL name) or 'user' (a user name), not both",
             ))
         }
     };
-    let mut reply = Msg::new();
-    match names {
-        None => reply.set("access", true),
-        Some(names) => {
-            let grants = super::grants(&state, &acl_base, names).await?;
-            let have = crate::acl::existing_depth(state.store.as_ref(), &path).await?;
-            let (ok, rule) = match grants.decide(path.elems(), have, mode) {
-                Ok(rule) => (true, rule),
-                Err((acl, d)) => (false, d.rule.map(|(p, m)| (acl, p, m))),
-            };
-            reply.set("access", ok);
-            if let Some((acl, pattern, modes)) = rule {
-                reply.set(
-                    "rule",
-                    Value::Array(vec![
-                        Path::new(pattern).to_value(),
-                        Value::from(modes.to_string()),
-                    ]),
-                );
-                reply.set("acl", acl);
-            }
-        }
+    let tested = core::acl::test(&state, &session, &path, mode, whose).await?;
+    let mut reply = Msg::new().with("access", tested.access);
+    if let Some((acl, pattern, modes)) = tested.rule {
+        reply.set(
+            "rule",
+            Value::Array(vec![
+                Path::new(pattern).to_value(),
+                Value::from(modes.to_string()),
+            ]),
+        );
+        reply.set("acl", acl);
     }
     r.reply(reply).await;
     Ok(())

@@ -11,7 +11,6 @@ mod internal;
 mod keycards;
 pub(crate) mod login;
 mod methods;
-mod rank;
 
 /// Durable keycards (tokens) past their time leave the store, once a
 /// minute, until the state is dropped.
@@ -40,8 +39,9 @@ use crate::caller::Caller;
 use crate::conn::{ConnShared, Responder};
 pub(crate) use crate::core::access::{check_cap, check_login, is_data_path, MAX_KEY_BYTES};
 pub(crate) use crate::core::acl::{
-    authorize as authorize_in, authorize_reading, caller_acl as session_acl, grants,
+    authorize as authorize_in, authorize_reading, caller_acl as session_acl,
 };
+pub(crate) use crate::core::rank;
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
 

@@ -1,11 +1,12 @@
 //! ACL decisions for a caller: the grants its login bound it to, and
 //! whether they allow a mode on a path as the tree is now.
 
-use keycard_auth::acl::Mode;
-use keycard_proto::{ErrorCode, Path};
+use keycard_auth::acl::{Mode, Modes};
+use keycard_proto::{Elem, ErrorCode, Path};
 
+use super::access::{check_cap, DataPath};
 use crate::acl::Grants;
-use crate::caller::Caller;
+use crate::caller::{Caller, Capability};
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
 
@@ -93,4 +94,102 @@ pub(crate) fn refusal(path: &Path, what: &str) -> ApiError {
         ErrorCode::PermissionDenied,
         format!("permission denied: {what} at {path}"),
     )
+}
+
+/// Whose ACLs an ACL test asks about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Whose {
+    /// The caller's own (what its login bound it to).
+    Own,
+    /// The caller's domain's ACL of this name (super-root only).
+    Acl(String),
+    /// What a user's ACLs (its own and its groups') allow: `read_auth`,
+    /// and outranking the user. `method`: the record's method (default:
+    /// the current one).
+    User {
+        /// The user's name.
+        name: String,
+        /// Its record's method.
+        method: Option<String>,
+    },
+}
+
+/// What an ACL test found.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Tested {
+    /// Whether the mode is allowed.
+    pub access: bool,
+    /// The deciding entry, when one matched: its ACL, pattern and modes.
+    pub rule: Option<(String, Vec<Elem>, Modes)>,
+}
+
+/// What `whose` ACLs allow of `mode` on `path`, as the tree is now.
+pub(crate) async fn test(
+    state: &ServerState,
+    caller: &Caller,
+    path: &DataPath,
+    mode: Mode,
+    whose: Whose,
+) -> ApiResult<Tested> {
+    // Named ACLs and users are those of the caller's domain.
+    let mut acl_base = caller.root.clone();
+    let names = match whose {
+        Whose::Own => caller.user.as_ref().and_then(|u| {
+            acl_base = u.domain.clone();
+            u.acls.clone()
+        }),
+        Whose::Acl(name) => {
+            check_cap(state, caller, Capability::SuperRoot)?;
+            // An ACL exists while it has an entry: a typo is not an ACL
+            // that denies everything.
+            let at = acl_base.join(&crate::acl::acl_root()).child(name.as_str());
+            let any = keycard_store::ScanOpts::default();
+            if state.store.scan_up_to(&at, any, 1).await?.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::NoSuchAcl,
+                    format!("there is no ACL {name:?}"),
+                ));
+            }
+            Some(vec![name])
+        }
+        Whose::User { name, method } => {
+            check_cap(state, caller, Capability::ReadAuth)?;
+            let method = match method {
+                Some(m) => m,
+                None => state.auth().current.ok_or_else(|| {
+                    ApiError::bad("no current auth method; say which with 'method'")
+                })?,
+            };
+            let at = caller
+                .root
+                .join(&crate::state::record_path(&method, "user", &name));
+            if state.store.get(&at).await?.is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no user {name:?} of method {method}"),
+                ));
+            }
+            // What a user may do is its own business, up to those who
+            // outrank it.
+            let rank = super::rank::Rank::of_user(state, &caller.root, &name).await?;
+            super::rank::check(state, caller, rank.as_ref())?;
+            crate::acl::bound_acls(state.store.as_ref(), &caller.root, &at).await?
+        }
+    };
+    let Some(names) = names else {
+        return Ok(Tested {
+            access: true,
+            rule: None,
+        });
+    };
+    let path = path.path();
+    let grants = grants(state, &acl_base, names).await?;
+    let have = crate::acl::existing_depth(state.store.as_ref(), path).await?;
+    Ok(match grants.decide(path.elems(), have, mode) {
+        Ok(rule) => Tested { access: true, rule },
+        Err((acl, d)) => Tested {
+            access: false,
+            rule: d.rule.map(|(p, m)| (acl, p, m)),
+        },
+    })
 }

@@ -13,3 +13,4 @@
 pub(crate) mod access;
 pub(crate) mod acl;
 pub(crate) mod data;
+pub(crate) mod rank;

@@ -223,7 +223,7 @@ pub(crate) fn check(state: &ServerState, session: &Caller, user: Option<&Rank>) 
         None => Ok(()),
         // Why names the user's capabilities or ACLs: only for a session
         // that may read them anyway (read_auth).
-        Some(why) if super::check_cap(state, session, Capability::ReadAuth).is_ok() => {
+        Some(why) if super::access::check_cap(state, session, Capability::ReadAuth).is_ok() => {
             Err(ApiError::new(
                 ErrorCode::PermissionDenied,
                 format!("refused: this session does not outrank the user ({why})"),
