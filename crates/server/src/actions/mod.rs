@@ -38,9 +38,7 @@ use keycard_store::{Cond, Entry, Tock};
 use crate::caller::Caller;
 use crate::conn::{ConnShared, Responder};
 pub(crate) use crate::core::access::{check_cap, check_login, is_data_path, MAX_KEY_BYTES};
-pub(crate) use crate::core::acl::{
-    authorize as authorize_in, authorize_reading, caller_acl as session_acl,
-};
+pub(crate) use crate::core::acl::{authorize as authorize_in, authorize_reading};
 pub(crate) use crate::core::rank;
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;

@@ -14,3 +14,4 @@ pub(crate) mod access;
 pub(crate) mod acl;
 pub(crate) mod data;
 pub(crate) mod rank;
+pub(crate) mod tree;
