@@ -132,7 +132,7 @@ impl Server {
                 source,
             })?;
         let state = ServerState::new(config, store, methods, audit).await?;
-        crate::actions::spawn_token_reaper(&state);
+        crate::core::tokens::spawn_reaper(&state);
         let auth = state.auth();
         match &auth.current {
             None => tracing::warn!(

@@ -11,26 +11,8 @@ mod internal;
 mod keycards;
 pub(crate) mod login;
 mod methods;
-
-/// Durable keycards (tokens) past their time leave the store, once a
-/// minute, until the state is dropped.
-pub(crate) fn spawn_token_reaper(state: &std::sync::Arc<ServerState>) {
-    let weak = Arc::downgrade(state);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            let Some(state) = weak.upgrade() else { return };
-            if let Err(e) = keycards::reap_durable(&state).await {
-                tracing::warn!(error = %e.text, "reaping expired tokens failed");
-            }
-        }
-    });
-}
 mod tree;
 pub(crate) mod users;
-
-use std::sync::Arc;
 
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Entry, Tock};

@@ -13,5 +13,7 @@
 pub(crate) mod access;
 pub(crate) mod acl;
 pub(crate) mod data;
+pub(crate) mod keycards;
 pub(crate) mod rank;
+pub(crate) mod tokens;
 pub(crate) mod tree;
