@@ -195,3 +195,117 @@ pub(crate) async fn write_one(state: &ServerState, op: Op) -> ApiResult<Outcome>
 fn no_outcome() -> ApiError {
     ApiError::new(ErrorCode::Internal, "store returned no outcome")
 }
+
+#[cfg(test)]
+mod tests {
+    //! The core as plain function calls: no listener, no connection, a
+    //! manual clock.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use keycard_auth::{Argon2Params, MethodSecrets, Registry, SecretKey};
+    use keycard_proto::{ErrorCode, Path, Value};
+    use keycard_store::{Cond, MemOptions, MemStore, Tock};
+
+    use super::{delete, get, set};
+    use crate::caller::{Caller, LoggedIn};
+    use crate::clock::ManualClock;
+    use crate::core::access::data_path;
+    use crate::state::ServerState;
+
+    async fn state(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> Arc<ServerState> {
+        let config = crate::config::Config {
+            clock: clock.into(),
+            ..Default::default()
+        };
+        let secrets = MethodSecrets {
+            mock_key: SecretKey::new([7; 32]),
+            scram_iterations: config.scram_iterations,
+            argon2: Argon2Params {
+                m_kib: config.argon2_m_kib,
+                t: config.argon2_t,
+                p: config.argon2_p,
+            },
+            opaque_setup: keycard_auth::new_server_setup(),
+        };
+        let methods = Registry::builtin(secrets).expect("methods");
+        let audit = crate::audit::Audit::open(&dir.path().join("audit.log"))
+            .await
+            .expect("audit log");
+        let store = Arc::new(MemStore::new(MemOptions::default()));
+        ServerState::new(config, store, methods, audit)
+            .await
+            .expect("state")
+    }
+
+    fn path(s: &str) -> Path {
+        Path::parse(s).expect("a path")
+    }
+
+    #[tokio::test]
+    async fn set_get_delete_for_a_caller_of_an_open_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = state(&dir, ManualClock::at(1_000_000)).await;
+        let anyone = Caller::default();
+        let at = data_path(&anyone, &path("app.x")).expect("a data path");
+        let w = set(&s, &anyone, &at, Value::from(1), Cond::Any, false)
+            .await
+            .expect("set");
+        assert!(w.changed);
+        assert_eq!(w.prev, None);
+        let e = get(&s, &anyone, &at).await.expect("get").expect("a value");
+        assert_eq!((e.value, e.tock), (Value::from(1), w.tock));
+        // A condition on another tock fails; on the node's own it holds.
+        let stale = Cond::TockIs(Tock(w.tock.0 + 1));
+        let refused = set(&s, &anyone, &at, Value::from(2), stale, false).await;
+        assert_eq!(refused.err().map(|e| e.code), Some(ErrorCode::Conflict));
+        let gone = delete(&s, &anyone, &at, Cond::TockIs(w.tock))
+            .await
+            .expect("delete");
+        // A conditional write answers no previous value (DistKV's rule).
+        assert_eq!((gone.changed, gone.prev), (true, None));
+        assert!(get(&s, &anyone, &at).await.expect("get").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_caller_is_confined_and_its_keycard_ends_by_the_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::at(1_000_000);
+        let s = state(&dir, clock.clone()).await;
+        // Reserved subtrees are not data paths.
+        let reserved = data_path(&Caller::default(), &Path::parse(":n.auth").expect("path"));
+        assert_eq!(
+            reserved.err().map(|e| e.code),
+            Some(ErrorCode::ReservedPath)
+        );
+        let user = LoggedIn {
+            method: "_test".into(),
+            name: "ann".into(),
+            super_root: false,
+            session_key: None,
+            acls: None,
+            caps: Vec::new(),
+            domain: Path::root(),
+            record: Path::root(),
+            login_at: 1_000_000,
+            keycard: keycard_auth::bouncer::KeycardId::parse("00112233445566778899aabbccddeeff")
+                .expect("an id"),
+            expires_at: 1_000_000 + 60_000,
+            ended: None,
+        };
+        let ann = Caller {
+            root: path("app"),
+            user: Some(Arc::new(user)),
+        };
+        let at = data_path(&ann, &path("x")).expect("a data path");
+        // Under the caller's root.
+        assert_eq!(at.path(), &path("app.x"));
+        set(&s, &ann, &at, Value::from("v"), Cond::Any, false)
+            .await
+            .expect("set while the keycard lives");
+        clock.advance(Duration::from_secs(61));
+        let late = get(&s, &ann, &at).await;
+        assert_eq!(late.err().map(|e| e.code), Some(ErrorCode::KeycardExpired));
+    }
+}
