@@ -67,7 +67,7 @@ async fn write_internal(
         // A user record deleted here goes with its aux nodes, as with
         // auth_delete: no capability or binding outlives it.
         ops.extend(
-            super::users::AUX
+            crate::core::users::AUX
                 .iter()
                 .map(|aux| Op::delete(path.child(*aux))),
         );
@@ -96,7 +96,8 @@ async fn write_internal(
         match value {
             Some(_) => {
                 let keep = session.user.as_ref().map(|u| u.keycard);
-                super::users::credential_changed(&state, root, &name, keep, by.as_deref()).await?;
+                crate::core::users::credential_changed(&state, root, &name, keep, by.as_deref())
+                    .await?;
             }
             None => {
                 super::auth::record_deleted(&state, root, &name, &method, by.as_deref()).await?;

@@ -21,27 +21,12 @@ use keycard_proto::{ErrorCode, Msg, Path, Value};
 use super::keycards::{self, TOKEN};
 use super::str_field;
 use crate::caller::LoggedIn;
+pub(crate) use crate::core::users::{auth_error, user_name};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
 use crate::throttle;
 
 pub(crate) const CHALLENGE_EXPIRED: &str = "the login's challenge window has passed";
-
-/// Longest user name, in bytes. Names key throttle counters and records:
-/// a longer one is refused before anything is stored.
-pub(crate) const MAX_USER_NAME: usize = 256;
-
-/// `name`, if it is an acceptable user name (at most [`MAX_USER_NAME`]
-/// bytes). The same rule for every name, known or not, so it reveals
-/// nothing.
-pub(crate) fn user_name(name: &str) -> ApiResult<&str> {
-    if name.len() > MAX_USER_NAME {
-        return Err(ApiError::bad(format!(
-            "user names are at most {MAX_USER_NAME} bytes"
-        )));
-    }
-    Ok(name)
-}
 
 /// The registered method a request's `typ` names.
 pub(crate) fn method<'a>(state: &'a ServerState, msg: &Value) -> ApiResult<&'a Arc<dyn Method>> {
@@ -52,15 +37,6 @@ pub(crate) fn method<'a>(state: &'a ServerState, msg: &Value) -> ApiResult<&'a A
             format!("unknown auth method {typ:?}"),
         )
     })
-}
-
-/// The error a client gets for a failed exchange.
-pub(crate) fn auth_error(e: AuthError) -> ApiError {
-    match e {
-        AuthError::Failed => ApiError::new(ErrorCode::AuthFailed, "login failed"),
-        AuthError::Malformed(t) => ApiError::bad(t),
-        AuthError::Unsupported(t) => ApiError::bad(t),
-    }
 }
 
 /// Who asks to log in: what the front end knows of its client.

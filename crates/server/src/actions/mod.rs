@@ -179,16 +179,12 @@ pub(crate) async fn authorize(
 /// own client runs a watch beside the `set_auth_typ` of its `auth init`),
 /// not its access: its next request needs a login too.
 pub(crate) async fn refresh_auth(state: &ServerState, by: Option<&ConnShared>) -> ApiResult {
-    let was_open = state.is_open();
-    state.refresh_auth().await?;
-    if was_open && !state.is_open() {
+    crate::core::auth::refresh_auth(state, || {
         if let Some(conn) = by {
             conn.update_session(|s| s.kept_open_era = true);
         }
-        tracing::info!("auth is now required: the open era's streams end");
-        state.bouncer.end_open_era();
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// An optional non-negative integer field.

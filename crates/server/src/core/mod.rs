@@ -12,8 +12,11 @@
 
 pub(crate) mod access;
 pub(crate) mod acl;
+pub(crate) mod auth;
 pub(crate) mod data;
+pub(crate) mod guard;
 pub(crate) mod keycards;
 pub(crate) mod rank;
 pub(crate) mod tokens;
 pub(crate) mod tree;
+pub(crate) mod users;

@@ -1,10 +1,10 @@
 //! `/user/{name}` (signed): show, create, set a credential, delete
-//! (`actions::users` does the work). Bodies are `{method, data, token?,
-//! upload?, acl?}`: for `scram-sha-256`, `data` is the verifier in
-//! PostgreSQL's text form; for `opaque`, the registration request, then
-//! (second request) the request again with the first answer's `token` and
-//! the registration upload in `upload`, all base64url unpadded. The
-//! password never travels.
+//! (`core::users` does the work; showing is `actions::users::show`).
+//! Bodies are `{method, data, token?, upload?, acl?}`: for
+//! `scram-sha-256`, `data` is the verifier in PostgreSQL's text form; for
+//! `opaque`, the registration request, then (second request) the request
+//! again with the first answer's `token` and the registration upload in
+//! `upload`, all base64url unpadded. The password never travels.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -16,7 +16,8 @@ use serde_json::json;
 
 use super::kv::{percent_decode, to_json};
 use super::{error, json_response, Body, Rest};
-use crate::actions::users::{self, Set};
+use crate::actions::users::show;
+use crate::core::users::{self, Set};
 use crate::error::ApiError;
 
 /// Methods whose credentials may be set over REST.
@@ -82,7 +83,7 @@ impl Rest {
             .ok_or_else(|| ApiError::bad("the name is not valid percent-encoded UTF-8"))?;
         let state = &self.state;
         let result = match *method {
-            Method::GET => users::show(state, &session, &name)
+            Method::GET => show(state, &session, &name)
                 .await
                 .map(|m| json_response(StatusCode::OK, to_json(&m.into_value()))),
             Method::DELETE => users::delete(state, &session, &name).await.map(|_| {
