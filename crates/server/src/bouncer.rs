@@ -2,11 +2,12 @@
 //! behind a lock, the clock, the reaper task, and the requesters to tell
 //! when a keycard they carry is revoked or expires.
 //!
-//! A requester is a connection. The table knows keycards by requester id;
-//! this module maps ids to live connections and, for each keycard that
-//! ends, marks the connection's session (so its next request is refused at
-//! once) and wakes its task (which ends the open streams and, for a
-//! revocation, closes the connection).
+//! A requester is whatever carries keycards (a msgpack connection). The
+//! table knows keycards by requester id; this module maps ids to
+//! [`KeycardWatcher`]s and, for each keycard that ends, tells its watcher
+//! (a connection marks its session, so its next request is refused at
+//! once, and wakes its task, which ends the open streams and, for a
+//! revocation, closes the connection). It knows no transport.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,7 +18,6 @@ use keycard_auth::bouncer::{BouncerError, Filter, Keycard, KeycardId, Lifetime, 
 use keycard_proto::ErrorCode;
 
 use crate::clock::ClockHandle;
-use crate::conn::ConnShared;
 use crate::error::ApiError;
 
 /// How often the reaper looks for expired keycards.
@@ -51,10 +51,21 @@ impl Ended {
     }
 }
 
+/// A requester that carries keycards, told when one ends. Registered
+/// with [`Bouncer::register`] under its requester id; held weakly.
+pub trait KeycardWatcher: Send + Sync {
+    /// Keycard `id`, which this requester carried, ended (`how`).
+    fn ended(&self, id: KeycardId, how: Ended);
+
+    /// The server stopped being open (a method became current): a
+    /// requester without a login loses the open era's access.
+    fn open_era_ended(&self);
+}
+
 /// The keycard table and the requesters that carry its keycards.
 pub struct Bouncer {
     table: Mutex<Table>,
-    conns: Mutex<HashMap<u64, Weak<ConnShared>>>,
+    conns: Mutex<HashMap<u64, Weak<dyn KeycardWatcher>>>,
     clock: ClockHandle,
 }
 
@@ -109,12 +120,12 @@ impl Bouncer {
         }
     }
 
-    /// A connection that may carry keycards.
-    pub(crate) fn register(&self, conn: &Arc<ConnShared>) {
-        lock(&self.conns).insert(conn.id, Arc::downgrade(conn));
+    /// A requester that may carry keycards, under its id.
+    pub(crate) fn register(&self, requester: u64, watcher: Weak<dyn KeycardWatcher>) {
+        lock(&self.conns).insert(requester, watcher);
     }
 
-    /// A connection closed: forget it, and remove the keycard it held.
+    /// A requester is gone: forget it, and remove the keycard it held.
     pub(crate) fn unregister(&self, requester: u64, held: Option<KeycardId>) {
         lock(&self.conns).remove(&requester);
         if let Some(id) = held {
@@ -228,48 +239,25 @@ impl Bouncer {
         cards
     }
 
-    /// The server stopped being open: every connection that is not
-    /// logged in loses the open era's access. Its open streams end with
-    /// `auth_required` (a logged-in connection's go on: its keycard carries
-    /// them; so do those of the connection that made the method current);
-    /// later requests are refused as for any connection without a login.
+    /// The server stopped being open: every requester is told (one that
+    /// is not logged in loses the open era's access; see
+    /// [`KeycardWatcher::open_era_ended`]).
     pub(crate) fn end_open_era(&self) {
-        let conns: Vec<Arc<ConnShared>> = lock(&self.conns)
+        let watchers: Vec<Arc<dyn KeycardWatcher>> = lock(&self.conns)
             .values()
             .filter_map(Weak::upgrade)
             .collect();
-        let e = ApiError::new(
-            ErrorCode::AuthRequired,
-            "the server now requires a login: streams opened without one have ended",
-        );
-        for conn in conns {
-            let (user, kept) = conn.update_session(|s| (s.user.is_some(), s.kept_open_era));
-            if user {
-                continue;
-            }
-            // Its task looks at its deadlines again: it has
-            // `login_timeout` from now to log in.
-            conn.wake();
-            if kept {
-                continue;
-            }
-            let ended = conn.end_streams(&e);
-            if ended.is_empty() {
-                continue;
-            }
-            // Through the connection's queue, without waiting here on a
-            // client that does not read: the task ends when the messages
-            // are queued or the connection closes.
-            tokio::spawn(async move { conn.send_all(ended).await });
+        for w in watchers {
+            w.open_era_ended();
         }
     }
 
-    /// Marks the sessions holding `cards` and wakes their connections.
+    /// Tells the watchers of `cards` that they ended.
     fn tell(&self, cards: &[Keycard], how: Ended) {
         if cards.is_empty() {
             return;
         }
-        let conns: Vec<(KeycardId, Arc<ConnShared>)> = {
+        let conns: Vec<(KeycardId, Arc<dyn KeycardWatcher>)> = {
             let map = lock(&self.conns);
             cards
                 .iter()
@@ -277,7 +265,7 @@ impl Bouncer {
                 .collect()
         };
         for (id, conn) in conns {
-            conn.keycard_ended(id, how);
+            conn.ended(id, how);
         }
     }
 

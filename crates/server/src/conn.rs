@@ -17,29 +17,26 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use keycard_proto::{
-    encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Path, Value,
-};
+use keycard_proto::{encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::actions;
-use crate::bouncer::Ended;
+use crate::bouncer::{Ended, KeycardWatcher};
+use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::outbox::Outbox;
 use crate::state::ServerState;
 use keycard_auth::bouncer::KeycardId;
 
-/// Who is on the other end, and where they are confined.
+/// A connection's session: who is on the other end ([`Caller`]) and the
+/// state only this transport keeps for it.
 #[derive(Clone, Debug, Default)]
 pub struct Session {
-    /// The connection's root (`root` action): every data path is under it.
-    pub root: Path,
-    /// The logged-in user, once an `auth` succeeded.
-    pub user: Option<Arc<LoggedIn>>,
+    /// Who is acting: the connection's root and its logged-in user.
+    pub caller: Caller,
     /// Failed logins so far on this connection.
     pub failed_logins: u32,
     /// The key agreed with `diffie_hellman` (once per connection).
@@ -47,124 +44,6 @@ pub struct Session {
     /// This connection made a method current, ending the open era: its
     /// streams opened before are not ended with the others'.
     pub kept_open_era: bool,
-}
-
-/// `name`, or `name@domain` for a domain's user.
-pub fn qualify(name: &str, domain: &Path) -> String {
-    if domain.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{name}@{domain}")
-    }
-}
-
-/// A domain's text form as keycards carry it (empty: the server's own).
-pub fn domain_text(domain: &Path) -> String {
-    if domain.is_empty() {
-        String::new()
-    } else {
-        domain.to_string()
-    }
-}
-
-/// A management capability (DESIGN §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Capability {
-    /// Read auth records (`auth_get`, `auth_list`) and the audit log.
-    ReadAuth,
-    /// Create, re-key and delete users of methods other than `root`.
-    WriteAuth,
-    /// List and revoke keycards.
-    ManageKeycards,
-    /// Everything, including the reserved root and which methods log in.
-    SuperRoot,
-}
-
-impl Capability {
-    /// Every capability.
-    pub const ALL: [Capability; 4] = [
-        Capability::ReadAuth,
-        Capability::WriteAuth,
-        Capability::ManageKeycards,
-        Capability::SuperRoot,
-    ];
-
-    /// The name stored in a user's `caps` list.
-    pub fn name(self) -> &'static str {
-        match self {
-            Capability::ReadAuth => "read_auth",
-            Capability::WriteAuth => "write_auth",
-            Capability::ManageKeycards => "manage_keycards",
-            Capability::SuperRoot => "super_root",
-        }
-    }
-
-    /// The capability of a stored name.
-    pub fn parse(s: &str) -> Option<Capability> {
-        Self::ALL.into_iter().find(|c| c.name() == s)
-    }
-}
-
-/// A successful login.
-#[derive(Clone, Debug)]
-pub struct LoggedIn {
-    /// The method that logged the user in.
-    pub method: String,
-    /// The user's name.
-    pub name: String,
-    /// Whether the user holds the super-root capability.
-    pub super_root: bool,
-    /// The key the login agreed (SCRAM, OPAQUE), for signed requests.
-    pub session_key: Option<keycard_auth::SecretKey>,
-    /// The ACLs the user (and its groups) were bound to when logging in
-    /// (`None`: full data access, as in DistKV).
-    pub acls: Option<Vec<String>>,
-    /// Capabilities granted to the user (read at login).
-    pub caps: Vec<Capability>,
-    /// The domain the user logged in to (empty: the server's own): its
-    /// users, ACLs and groups live under `domain + (nil, …)`, and the
-    /// session never leaves it.
-    pub domain: Path,
-    /// The user record the login read its grants from (a token's: its
-    /// user's): with the name, method and domain, who the session is.
-    pub record: Path,
-    /// When the login succeeded (Unix ms): a credential change of one's
-    /// own needs a recent one (`reauth_secs`).
-    pub login_at: u64,
-    /// The keycard the login was granted.
-    pub keycard: KeycardId,
-    /// When it stops working (Unix ms); keep-alive moves it.
-    pub expires_at: u64,
-    /// Set by the bouncer when the keycard was revoked or reaped.
-    pub ended: Option<Ended>,
-}
-
-impl LoggedIn {
-    /// The name keycards know the user by: `NAME`, or `NAME@DOMAIN` for a
-    /// domain's user.
-    pub fn qualified(&self) -> String {
-        qualify(&self.name, &self.domain)
-    }
-
-    /// Whether the login's keycard still works at `now` (Unix ms).
-    pub fn live(&self, now: u64) -> Result<(), ApiError> {
-        match self.ended {
-            Some(how) => Err(how.error()),
-            None if now >= self.expires_at => Err(Ended::Expired.error()),
-            None => Ok(()),
-        }
-    }
-
-    /// Whether the user holds `cap`.
-    pub fn has(&self, cap: Capability) -> bool {
-        self.super_root || self.caps.contains(&Capability::SuperRoot) || self.caps.contains(&cap)
-    }
-
-    /// Whether user `name` of the domain at `root` is this session's own
-    /// user (by any of its methods).
-    pub fn is_named(&self, name: &str, root: &Path) -> bool {
-        self.name == name && self.domain == *root
-    }
 }
 
 /// Acknowledgement state of one stream.
@@ -229,25 +108,14 @@ impl ConnShared {
         lock(&self.session).clone()
     }
 
+    /// Who is acting on this connection now.
+    pub(crate) fn caller(&self) -> Caller {
+        lock(&self.session).caller.clone()
+    }
+
     /// Changes the session.
     pub(crate) fn update_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> R {
         f(&mut lock(&self.session))
-    }
-
-    /// The bouncer ended keycard `id`: if the session still holds it, its
-    /// requests are refused from now on, and the connection's task ends
-    /// its streams (and, for a revocation, closes it).
-    pub(crate) fn keycard_ended(&self, id: KeycardId, how: Ended) {
-        let held = self.update_session(|s| match &mut s.user {
-            Some(u) if u.keycard == id => {
-                Arc::make_mut(u).ended = Some(how);
-                true
-            }
-            _ => false,
-        });
-        if held {
-            self.kick.notify_one();
-        }
     }
 
     /// Wakes the connection's task (it looks at its deadlines again).
@@ -353,9 +221,59 @@ impl ConnShared {
     fn logged_in(&self) -> bool {
         let now = self.state.now_ms();
         lock(&self.session)
+            .caller
             .user
             .as_ref()
             .is_some_and(|u| u.live(now).is_ok())
+    }
+}
+
+impl KeycardWatcher for ConnShared {
+    /// If the session still holds keycard `id`, its requests are refused
+    /// from now on, and the connection's task ends its streams (and, for a
+    /// revocation, closes it).
+    fn ended(&self, id: KeycardId, how: Ended) {
+        let held = self.update_session(|s| match &mut s.caller.user {
+            Some(u) if u.keycard == id => {
+                Arc::make_mut(u).ended = Some(how);
+                true
+            }
+            _ => false,
+        });
+        if held {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Without a login, the connection's open streams end with
+    /// `auth_required` (a logged-in connection's go on: its keycard
+    /// carries them; so do those of the connection that made the method
+    /// current); later requests are refused as for any connection without
+    /// a login.
+    fn open_era_ended(&self) {
+        let (user, kept) = self.update_session(|s| (s.caller.user.is_some(), s.kept_open_era));
+        if user {
+            return;
+        }
+        // Its task looks at its deadlines again: it has `login_timeout`
+        // from now to log in.
+        self.wake();
+        if kept {
+            return;
+        }
+        let e = ApiError::new(
+            ErrorCode::AuthRequired,
+            "the server now requires a login: streams opened without one have ended",
+        );
+        let ended = self.end_streams(&e);
+        if ended.is_empty() {
+            return;
+        }
+        // Queued without waiting for room (two small messages a stream):
+        // the bouncer never waits on a client that does not read.
+        for v in ended {
+            self.send_now(v);
+        }
     }
 }
 
@@ -491,6 +409,21 @@ impl Responder {
     }
 }
 
+/// What a connection's requests run: the msgpack adapter (`actions`),
+/// given to [`serve`] by the listener. The transport knows no action.
+pub(crate) trait Handler: Copy + Send + Sync + 'static {
+    /// The greeting, sent at seq 0 when a connection opens.
+    fn greeting(self, state: &ServerState) -> Value;
+
+    /// Runs `action`; an error becomes the request's error reply.
+    fn dispatch<'a>(
+        self,
+        action: &'a str,
+        msg: &'a Value,
+        r: &'a mut Responder,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a;
+}
+
 /// A request being handled, polled by its connection's task.
 type Running = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -547,7 +480,13 @@ enum Late {
 /// the connection's budget (`Outbox`). Writing never blocks the task: the
 /// running requests, a keycard's end and the timeouts are served while
 /// the socket is full.
-pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: SocketAddr, id: u64) {
+pub(crate) async fn serve<H: Handler>(
+    handler: H,
+    state: Arc<ServerState>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) {
     let _ = socket.set_nodelay(true);
     let (mut rd, mut wr) = socket.into_split();
     let (closing, mut closing_rx) = watch::channel(false);
@@ -564,10 +503,12 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
         closing,
         kick: tokio::sync::Notify::new(),
     });
-    state.bouncer.register(&conn);
+    let watcher: Arc<dyn KeycardWatcher> = conn.clone();
+    state.bouncer.register(id, Arc::downgrade(&watcher));
+    drop(watcher);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut out = Pending::default();
-    encode_into(&actions::greeting(&state).await, &mut out.buf);
+    encode_into(&handler.greeting(&state), &mut out.buf);
 
     let limits = Limits {
         max_message: state.config.max_message,
@@ -615,7 +556,9 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
                 match decoder.next_value() {
                     Ok(Some(msg)) => {
                         routed += 1;
-                        if let Some(fut) = route(&conn, msg, decoder.last_cost(), &mut out.buf) {
+                        if let Some(fut) =
+                            route(handler, &conn, msg, decoder.last_cost(), &mut out.buf)
+                        {
                             running.push(fut);
                         }
                     }
@@ -725,7 +668,7 @@ pub(crate) async fn serve(state: Arc<ServerState>, socket: TcpStream, peer: Sock
     drop(running);
     lock(&conn.slots).clear();
     // The requester is gone: so is its keycard.
-    let held = conn.session().user.map(|u| u.keycard);
+    let held = conn.caller().user.map(|u| u.keycard);
     state.bouncer.unregister(id, held);
     let _ = wr.shutdown().await;
     tracing::debug!(conn = id, "connection closed");
@@ -756,7 +699,7 @@ fn too_late(conn: &ConnShared, why: Late, state: &ServerState, wbuf: &mut Vec<u8
 /// The session's keycard ended: its streams end with the reason; a
 /// revoked keycard's connection closes.
 fn kicked(conn: &ConnShared, wbuf: &mut Vec<u8>) {
-    let Some(how) = conn.session().user.and_then(|u| u.ended) else {
+    let Some(how) = conn.caller().user.and_then(|u| u.ended) else {
         return;
     };
     let e = how.error();
@@ -801,7 +744,13 @@ fn stray_error(conn: &ConnShared, seq: Option<i64>, e: ApiError, wbuf: &mut Vec<
 }
 
 /// Routes one message; a new request comes back as the future to run.
-fn route(conn: &Arc<ConnShared>, msg: Value, cost: usize, wbuf: &mut Vec<u8>) -> Option<Running> {
+fn route<H: Handler>(
+    handler: H,
+    conn: &Arc<ConnShared>,
+    msg: Value,
+    cost: usize,
+    wbuf: &mut Vec<u8>,
+) -> Option<Running> {
     if !matches!(msg, Value::Map(_)) {
         stray_error(conn, None, ApiError::bad("a message must be a map"), wbuf);
         return None;
@@ -827,7 +776,7 @@ fn route(conn: &Arc<ConnShared>, msg: Value, cost: usize, wbuf: &mut Vec<u8>) ->
             );
             None
         }
-        Some(Value::Str(_)) => start_request(conn, seq, msg, cost, wbuf),
+        Some(Value::Str(_)) => start_request(handler, conn, seq, msg, cost, wbuf),
         Some(_) => {
             stray_error(
                 conn,
@@ -901,7 +850,8 @@ fn control(conn: &ConnShared, seq: i64, msg: Value, wbuf: &mut Vec<u8>) {
     }
 }
 
-fn start_request(
+fn start_request<H: Handler>(
+    handler: H,
     conn: &Arc<ConnShared>,
     seq: i64,
     msg: Value,
@@ -981,7 +931,7 @@ fn start_request(
     Some(Box::pin(
         async move {
             let work = async {
-                match actions::dispatch(&action, &msg, &mut r).await {
+                match handler.dispatch(&action, &msg, &mut r).await {
                     Ok(()) => r.end().await,
                     Err(e) => r.error(e).await,
                 }

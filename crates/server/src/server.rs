@@ -1,18 +1,17 @@
 //! Binding, accepting, and the handle tests and the binary hold.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use keycard_auth::{Argon2Params, ClientRegistry, MethodSecrets, Registry};
 use keycard_store::{Backend, MemOptions, MemStore, RedbOptions, RedbStore, Store, StoreError};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::conn;
+use crate::listener::{Listener, Protocol, Refused};
 use crate::state::ServerState;
 
 /// Why a server could not start.
@@ -41,9 +40,9 @@ pub enum StartError {
 
 /// A bound server, ready to accept.
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     /// The REST listener (`config.http`).
-    http: Option<TcpListener>,
+    http: Option<Listener>,
     state: Arc<ServerState>,
 }
 
@@ -90,12 +89,17 @@ impl Server {
 
     /// Binds `config.listen` serving `store`.
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, StartError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Io {
-                what: format!("cannot listen on {}", config.listen),
-                source,
-            })?;
+        let listener = Listener::bind(
+            "msgpack",
+            config.listen,
+            config.max_connections,
+            config.max_connections_per_address,
+        )
+        .await
+        .map_err(|source| StartError::Io {
+            what: format!("cannot listen on {}", config.listen),
+            source,
+        })?;
         let secrets = MethodSecrets {
             mock_key: crate::state::server_secret(store.as_ref()).await?,
             scram_iterations: config.scram_iterations,
@@ -133,6 +137,7 @@ impl Server {
                 source,
             })?;
         let state = ServerState::new(config, store, methods, audit).await?;
+        crate::core::tokens::spawn_reaper(&state);
         let auth = state.auth();
         match &auth.current {
             None => tracing::warn!(
@@ -156,12 +161,17 @@ impl Server {
         }
         let http = match state.config.http {
             Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Io {
-                        what: format!("cannot listen on {addr} (http)"),
-                        source,
-                    })?,
+                Listener::bind(
+                    "http",
+                    addr,
+                    state.config.http_max_connections.max(1),
+                    state.config.http_max_connections_per_address,
+                )
+                .await
+                .map_err(|source| StartError::Io {
+                    what: format!("cannot listen on {addr} (http)"),
+                    source,
+                })?,
             ),
             None => None,
         };
@@ -199,49 +209,10 @@ impl Server {
     }
 
     async fn accept_loop(self) {
-        let slots = Arc::new(Semaphore::new(self.state.config.max_connections));
-        let per_address = PerAddress::new(self.state.config.max_connections_per_address);
-        loop {
-            match self.listener.accept().await {
-                Ok((socket, peer)) => {
-                    let Some(address_slot) = per_address.take(peer.ip()) else {
-                        tracing::warn!(%peer, "connection refused: max_connections_per_address reached");
-                        tokio::spawn(refuse(
-                            socket,
-                            "too many connections from this address (max_connections_per_address); \
-                             close some or try again later",
-                        ));
-                        continue;
-                    };
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "connection refused: max_connections reached");
-                        tokio::spawn(refuse(
-                            socket,
-                            "the server has too many connections; try again later",
-                        ));
-                        continue;
-                    };
-                    let id = self.state.next_conn_id();
-                    let span = tracing::info_span!("conn", id, %peer);
-                    tracing::debug!(parent: &span, "connection accepted");
-                    let served = conn::serve(self.state.clone(), socket, peer, id);
-                    tokio::spawn(
-                        async move {
-                            served.await;
-                            drop(permit);
-                            drop(address_slot);
-                        }
-                        .instrument(span),
-                    );
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep
-                    // serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let msgpack = Msgpack {
+            state: self.state.clone(),
+        };
+        self.listener.run(msgpack).await
     }
 
     /// Runs the server in a task.
@@ -385,6 +356,45 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The msgpack protocol, as a listener serves it.
+#[derive(Clone)]
+struct Msgpack {
+    state: Arc<ServerState>,
+}
+
+impl Protocol<TcpStream> for Msgpack {
+    fn serve(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let id = self.state.next_conn_id();
+        let span = tracing::info_span!("conn", id, %peer);
+        tracing::debug!(parent: &span, "connection accepted");
+        conn::serve(crate::actions::Actions, self.state, socket, peer, id).instrument(span)
+    }
+
+    fn refuse(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        why: Refused,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let why = match why {
+            Refused::PerAddress => {
+                tracing::warn!(%peer, "connection refused: max_connections_per_address reached");
+                "too many connections from this address (max_connections_per_address); \
+                 close some or try again later"
+            }
+            Refused::Total => {
+                tracing::warn!(%peer, "connection refused: max_connections reached");
+                "the server has too many connections; try again later"
+            }
+        };
+        refuse(socket, why)
+    }
+}
+
 /// Tells a connection over a limit why it is closed, then closes it.
 async fn refuse(mut socket: tokio::net::TcpStream, why: &'static str) {
     use tokio::io::AsyncWriteExt;
@@ -395,69 +405,6 @@ async fn refuse(mut socket: tokio::net::TcpStream, why: &'static str) {
     let bytes = keycard_proto::encode(&msg.into_value());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.write_all(&bytes)).await;
     let _ = socket.shutdown().await;
-}
-
-/// Connections held per client address, so that one address cannot take
-/// every slot. IPv6 addresses count by their /64 (what one host is
-/// usually given); IPv4-mapped ones as the IPv4 address.
-pub(crate) struct PerAddress {
-    max: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One connection's place in [`PerAddress`], given back when dropped.
-pub(crate) struct AddressSlot {
-    owner: Arc<PerAddress>,
-    key: IpAddr,
-}
-
-impl PerAddress {
-    /// At most `max` connections per address (0: none at all).
-    pub(crate) fn new(max: usize) -> Arc<PerAddress> {
-        Arc::new(PerAddress {
-            max,
-            held: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let mut seg = v6.segments();
-                seg[4..].fill(0);
-                IpAddr::from(seg)
-            }
-            v4 => v4,
-        }
-    }
-
-    /// A slot for a connection from `ip`, if its address has one left.
-    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        let key = Self::key(ip);
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let n = held.entry(key).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(AddressSlot {
-            owner: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut held = self.owner.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.key) {
-            *n -= 1;
-            // Only addresses holding connections are remembered.
-            if *n == 0 {
-                held.remove(&self.key);
-            }
-        }
-    }
 }
 
 /// A running server.

@@ -80,7 +80,7 @@ pub struct ServerState {
     /// Each user record's last logins (written behind).
     pub logins: Arc<crate::logins::LastLogins>,
     /// Changes to one user take turns.
-    pub(crate) names: crate::actions::users::NameLocks,
+    pub(crate) names: crate::names::NameLocks,
     /// The login throttle's counters (the authority; written behind).
     pub throttle: Arc<crate::throttle::Throttle>,
 }
@@ -192,18 +192,6 @@ impl ServerState {
         state.bouncer.spawn_reaper();
         state.throttle.spawn_flusher();
         state.logins.spawn_flusher();
-        // Durable keycards (tokens) past their time leave the store.
-        let weak = Arc::downgrade(&state);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                let Some(state) = weak.upgrade() else { return };
-                if let Err(e) = crate::actions::reap_durable(&state).await {
-                    tracing::warn!(error = %e.text, "reaping expired tokens failed");
-                }
-            }
-        });
         state.refresh_auth().await?;
         Ok(state)
     }

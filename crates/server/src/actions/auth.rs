@@ -16,8 +16,11 @@ use super::login::{
 use super::{
     chain, condition, opt_usize, require_cap, require_login, require_super_root, str_field,
 };
-use crate::bouncer::Ended;
-use crate::conn::{Capability, Responder};
+use crate::bouncer::{Ended, KeycardWatcher};
+use crate::caller::Capability;
+use crate::conn::Responder;
+use crate::core::guard::users_of;
+pub(super) use crate::core::guard::{user_record_of, write_guarded};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
 
@@ -124,7 +127,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let requester = Requester {
         id: conn.id,
         peer: conn.peer,
-        root: session.root.clone(),
+        root: session.caller.root.clone(),
         channel_key: session.channel_key.clone(),
         via: "msgpack",
     };
@@ -154,13 +157,13 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
     let previous = conn.update_session(|s| {
         // A connection whose keycard was revoked is being closed: no new
         // login takes over from it.
-        if s.user.as_ref().and_then(|u| u.ended) == Some(Ended::Revoked) {
+        if s.caller.user.as_ref().and_then(|u| u.ended) == Some(Ended::Revoked) {
             return Err(Ended::Revoked.error());
         }
         s.failed_logins = 0;
         // A domain's user is confined to it from now on.
-        s.root = base;
-        Ok(s.user.replace(std::sync::Arc::new(user)))
+        s.caller.root = base;
+        Ok(s.caller.user.replace(std::sync::Arc::new(user)))
     })?;
     // The session holds the keycard now: it is the session's to remove.
     card.settle();
@@ -171,7 +174,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
             true => Ended::Expired,
             false => Ended::Revoked,
         };
-        conn.keycard_ended(id, how);
+        conn.ended(id, how);
     }
     // A new login on the connection replaces its keycard, and ends the
     // streams opened under it.
@@ -189,9 +192,9 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
 }
 
 /// Creates or replaces an auth record. A user record needs the name's
-/// turn and to outrank the user ([`super::users::guard_user`]); a new one
+/// turn and to outrank the user ([`crate::core::users::guard_user`]); a new one
 /// starts clean and takes the user's bindings, or for a new user the
-/// caller's ([`super::users::record_ops`]); a changed credential ends the
+/// caller's ([`crate::core::users::record_ops`]); a changed credential ends the
 /// user's other keycards. The reply never carries the old record (`prev`):
 /// it may hold what `auth_get` does not show.
 pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
@@ -203,7 +206,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     // record, by its own method: not a token's session, not another
     // method), with a recent login, as over REST; anything else needs
     // write_auth, and a `root` user (super-root) a super-root.
-    let caller = r.conn().session();
+    let caller = r.conn().caller();
     let path = caller.root.join(&record_path(m.name(), k.name, &ident));
     let own = k.name == "user"
         && !m.super_root()
@@ -212,15 +215,16 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
         });
     let session = if own {
         let s = require_login(r)?;
-        super::users::fresh_enough(&state, &s, &ident)?;
+        crate::core::users::fresh_enough(&state, &s, &ident)?;
         s
     } else if m.super_root() {
         require_super_root(r)?
     } else {
         require_cap(r, Capability::WriteAuth)?
     };
+    let channel_key = r.conn().session().channel_key;
     let ctx = LoginCtx {
-        channel_key: session.channel_key.as_ref(),
+        channel_key: channel_key.as_ref(),
         now_ms: state.now_ms(),
     };
     let step = m.set_record(&ctx, k, &ident, msg);
@@ -230,12 +234,12 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     let by = session.user.as_ref().map(|u| u.qualified());
     let (out, existed) = match k.name {
         "user" => {
-            let (turn, found) = super::users::guard_user(&state, &session, &ident).await?;
+            let (turn, found) = crate::core::users::guard_user(&state, &session, &ident).await?;
             // One's own record is changed, never re-created once gone.
             if own && !found.iter().any(|(_, at, _)| *at == path) {
                 return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
             }
-            let (ops, existed) = super::users::record_ops(
+            let (ops, existed) = crate::core::users::record_ops(
                 &state,
                 &session,
                 &path,
@@ -267,7 +271,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
         }
     }
     super::refresh_auth(&state, Some(r.conn())).await?;
-    let who = crate::conn::qualify(&ident, &session.root);
+    let who = crate::caller::qualify(&ident, &session.root);
     state
         .audit
         .user(
@@ -281,7 +285,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
         // A changed credential ends the user's other sessions, on every
         // path (the caller's own goes on).
         let keep = session.user.as_ref().map(|u| u.keycard);
-        super::users::credential_changed(&state, &session.root, &ident, keep, by.as_deref())
+        crate::core::users::credential_changed(&state, &session.root, &ident, keep, by.as_deref())
             .await?;
     }
     if r.is_done() {
@@ -505,7 +509,7 @@ pub(super) async fn set_auth_typ(msg: &Value, r: &mut Responder) -> ApiResult {
 /// method is current and stay.
 pub(super) async fn methods_withdrawn(
     state: &ServerState,
-    session: &crate::conn::Session,
+    session: &crate::caller::Caller,
     old: Option<&Value>,
     new: Option<&Value>,
 ) {
@@ -521,7 +525,7 @@ pub(super) async fn methods_withdrawn(
         }
         let filter = keycard_auth::bouncer::Filter {
             method: Some(m.to_owned()),
-            domain: Some(crate::conn::domain_text(&session.root)),
+            domain: Some(crate::caller::domain_text(&session.root)),
             ..Default::default()
         };
         let ids: Vec<_> = state
@@ -543,7 +547,7 @@ pub(super) async fn methods_withdrawn(
 
 /// Who this connection is logged in as (keycard's own action).
 pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
-    let session = r.conn().session();
+    let session = r.conn().caller();
     let open = r.conn().state.is_open();
     let mut m = Msg::new().with("root", session.root.to_value());
     match &session.user {
@@ -567,129 +571,6 @@ pub(super) async fn whoami(r: &mut Responder) -> ApiResult {
     }
     r.reply(m).await;
     Ok(())
-}
-
-/// The users (at most `limit`) of method `method` under the auth root
-/// `at`.
-async fn users_of(
-    state: &ServerState,
-    at: &Path,
-    method: &str,
-    limit: usize,
-) -> ApiResult<Vec<(Path, keycard_store::Entry)>> {
-    let users = at.child(method).child("user");
-    let opts = ScanOpts {
-        min_depth: 1,
-        max_depth: Some(1),
-    };
-    Ok(state.store.scan_up_to(&users, opts, limit).await?)
-}
-
-/// An op that writes nothing and fails unless the node is as `seen`
-/// (unchanged since its tock, or still absent).
-fn unchanged(path: Path, seen: Option<&keycard_store::Entry>) -> Op {
-    match seen {
-        Some(e) => Op::Put {
-            path,
-            value: e.value.clone(),
-            cond: Cond::TockIs(e.tock),
-            idem: true,
-        },
-        None => Op::Delete {
-            path,
-            cond: Cond::Absent,
-        },
-    }
-}
-
-/// Refuses a management write that would leave nobody able to log in: a
-/// current method that is unknown or has no user. `value` is the node's new
-/// value, `None` for a deletion. (Deleting `(nil, "auth")` itself is not a
-/// lock-out: it opens the server.) Returns what the decision rests on, as
-/// ops that write nothing: the write's batch carries them, so two changes
-/// at once (two deletions of a method's last two users, a deletion and
-/// `set_auth_typ`) cannot each pass and together lock everyone out.
-pub(super) async fn guard_lockout(
-    state: &ServerState,
-    auth_at: &Path,
-    path: &Path,
-    value: Option<&Value>,
-) -> ApiResult<Vec<Op>> {
-    let lockout = |why: String| {
-        Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!("refused: {why}; nobody could log in"),
-        ))
-    };
-    if path == auth_at {
-        if let Some(m) = value.and_then(|v| v.get("current")).and_then(Value::as_str) {
-            if state.methods.get(m).is_none() {
-                return lockout(format!("{m:?} is not a loaded auth method"));
-            }
-            return match users_of(state, auth_at, m, 1).await?.first() {
-                Some((p, e)) => Ok(vec![unchanged(p.clone(), Some(e))]),
-                None => lockout(format!("method {m:?} has no user")),
-            };
-        }
-        return Ok(Vec::new());
-    }
-    let Some((method, _)) = user_record_of(auth_at, path).filter(|_| value.is_none()) else {
-        return Ok(Vec::new());
-    };
-    let auth = state.store.get(auth_at).await?;
-    let current = auth
-        .as_ref()
-        .and_then(|e| e.value.get("current"))
-        .and_then(Value::as_str);
-    let mut seen = vec![unchanged(auth_at.clone(), auth.as_ref())];
-    if current == Some(method.as_str()) {
-        let users = users_of(state, auth_at, &method, 2).await?;
-        match users.iter().find(|(p, _)| p != path) {
-            Some((p, e)) => seen.push(unchanged(p.clone(), Some(e))),
-            None => {
-                return lockout(format!(
-                    "that is the last user of the current method {method:?}"
-                ))
-            }
-        }
-    }
-    Ok(seen)
-}
-
-/// How often a guarded write checks again after what its guard saw
-/// changed meanwhile.
-const GUARD_TRIES: usize = 16;
-
-/// Writes `ops` with the lock-out guard's conditions for `checks` (each a
-/// path the ops write and its new value, `None` for a deletion); if only
-/// those conditions failed (the current method or its users changed
-/// meanwhile), checks again. Returns the outcomes of `ops`.
-pub(super) async fn write_guarded(
-    state: &ServerState,
-    auth_at: &Path,
-    checks: &[(&Path, Option<&Value>)],
-    ops: Vec<Op>,
-) -> ApiResult<Vec<keycard_store::Outcome>> {
-    for _ in 0..GUARD_TRIES {
-        let mut batch = ops.clone();
-        for (path, value) in checks {
-            batch.extend(guard_lockout(state, auth_at, path, *value).await?);
-        }
-        match state.store.write(batch).await {
-            Ok(mut out) => {
-                out.truncate(ops.len());
-                return Ok(out);
-            }
-            Err(keycard_store::StoreError::Conflict { index, .. }) if index >= ops.len() => {
-                continue
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::new(
-        ErrorCode::Conflict,
-        "the auth configuration kept changing during this write; try again",
-    ))
 }
 
 /// Agrees a key for sealing passwords (once per connection): DistKV's
@@ -793,12 +674,16 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
     let auth_at = session.root.join(&auth_root());
     let path = session.root.join(&record_path(m.name(), k.name, ident));
     let turn = match k.name {
-        "user" => Some(super::users::guard_user(&state, &session, ident).await?.0),
+        "user" => Some(
+            crate::core::users::guard_user(&state, &session, ident)
+                .await?
+                .0,
+        ),
         _ => None,
     };
     // The record and its aux nodes go together.
     let mut ops = vec![Op::delete(path.clone())];
-    for aux in super::users::AUX {
+    for aux in crate::core::users::AUX {
         ops.push(Op::delete(path.child(aux)));
     }
     let out = {
@@ -822,7 +707,7 @@ pub(super) async fn auth_delete(msg: &Value, r: &mut Responder) -> ApiResult {
     if k.name == "user" {
         revoked = record_deleted(&state, &session.root, ident, m.name(), by.as_deref()).await?;
     }
-    let who = crate::conn::qualify(ident, &session.root);
+    let who = crate::caller::qualify(ident, &session.root);
     state
         .audit
         .user(
@@ -854,25 +739,11 @@ pub(super) async fn record_deleted(
     for m in [method, super::keycards::TOKEN] {
         let filter = keycard_auth::bouncer::Filter {
             user: Some(ident.to_owned()),
-            domain: (!root.is_empty()).then(|| crate::conn::domain_text(root)),
+            domain: (!root.is_empty()).then(|| crate::caller::domain_text(root)),
             method: Some(m.to_owned()),
             ..Default::default()
         };
         revoked += super::keycards::revoke_matching(state, &filter, by).await?;
     }
     Ok(revoked)
-}
-
-/// The user record `path` names under the auth root `auth_at`: its method
-/// and user name, if it is one (`auth_at + (METHOD, "user", NAME)`).
-pub(super) fn user_record_of(auth_at: &Path, path: &Path) -> Option<(String, String)> {
-    let rest = path.strip_prefix(auth_at)?;
-    match rest.elems() {
-        [keycard_proto::Elem::Str(m), kind, keycard_proto::Elem::Str(name)]
-            if *kind == keycard_proto::Elem::from("user") =>
-        {
-            Some((m.to_string(), name.to_string()))
-        }
-        _ => None,
-    }
 }

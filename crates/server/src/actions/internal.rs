@@ -57,7 +57,7 @@ async fn write_internal(
     value: Option<Value>,
 ) -> ApiResult<Msg> {
     let state = r.conn().state.clone();
-    let auth_at = r.conn().session().root.join(&crate::state::auth_root());
+    let auth_at = r.conn().caller().root.join(&crate::state::auth_root());
     let cond = super::condition(&state, msg)?;
     let reveal = (true, cond == keycard_store::Cond::Any);
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(1);
@@ -67,7 +67,7 @@ async fn write_internal(
         // A user record deleted here goes with its aux nodes, as with
         // auth_delete: no capability or binding outlives it.
         ops.extend(
-            super::users::AUX
+            crate::core::users::AUX
                 .iter()
                 .map(|aux| Op::delete(path.child(*aux))),
         );
@@ -81,7 +81,7 @@ async fn write_internal(
     super::refresh_auth(&state, Some(r.conn())).await?;
     state.acls.invalidate();
     if path == auth_at && out.changed {
-        let session = r.conn().session();
+        let session = r.conn().caller();
         super::auth::methods_withdrawn(&state, &session, out.prev.as_ref(), value.as_ref()).await;
     }
     // A user record written here (DistKV's way) is a credential change or
@@ -90,13 +90,14 @@ async fn write_internal(
         super::auth::user_record_of(&auth_at, &path),
         out.changed && out.prev.is_some() && out.prev.as_ref() != value.as_ref(),
     ) {
-        let session = r.conn().session();
+        let session = r.conn().caller();
         let root = &session.root;
         let by = session.user.as_ref().map(|u| u.qualified());
         match value {
             Some(_) => {
                 let keep = session.user.as_ref().map(|u| u.keycard);
-                super::users::credential_changed(&state, root, &name, keep, by.as_deref()).await?;
+                crate::core::users::credential_changed(&state, root, &name, keep, by.as_deref())
+                    .await?;
             }
             None => {
                 super::auth::record_deleted(&state, root, &name, &method, by.as_deref()).await?;

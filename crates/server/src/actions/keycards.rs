@@ -14,33 +14,22 @@
 use std::collections::HashSet;
 
 use keycard_auth::bouncer::{Filter, Keycard, KeycardId, State};
-use keycard_proto::{hex, Elem, ErrorCode, Msg, Path, Value};
-use keycard_store::{After, Cond, Op, ScanOpts};
+use keycard_proto::{hex, ErrorCode, Msg, Path, Value};
+use keycard_store::{Cond, Op};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::rank::Rank;
 use super::{opt_usize, require_cap, require_login, str_field};
-use crate::conn::{Capability, Responder, Session};
+use crate::caller::{Caller, Capability};
+use crate::conn::Responder;
+use crate::core::keycards::{durable, owner, revoke_durable, Owner, MAX_LIST};
+pub(crate) use crate::core::keycards::{durable_path, revoke_matching, TOKEN};
+// The login reaches tokens through here.
+use crate::core::tokens::TOKEN_PREFIX;
+pub(crate) use crate::core::tokens::{check_token, token_id, token_live, Ceiling};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{record_path, ServerState};
-
-/// The token method's name.
-pub(crate) const TOKEN: &str = keycard_auth::TOKEN;
-/// Bearer tokens start with this.
-const TOKEN_PREFIX: &str = "kct_";
-/// Most keycards one listing returns.
-const MAX_LIST: usize = 10_000;
-
-/// `(nil, "keycard", ID)`: a durable keycard.
-pub(crate) fn durable_path(id: KeycardId) -> Path {
-    durable_root().child(id.to_string().as_str())
-}
-
-fn durable_root() -> Path {
-    Path::new(vec![Elem::Nil, "keycard".into()])
-}
 
 fn card_msg(c: &Keycard) -> Msg {
     let mut m = Msg::new()
@@ -108,7 +97,7 @@ fn parse_id(msg: &Value) -> ApiResult<KeycardId> {
 }
 
 /// The caller, if logged in (keep-alive and logout need one).
-fn own(session: &Session) -> ApiResult<&crate::conn::LoggedIn> {
+fn own(session: &Caller) -> ApiResult<&crate::caller::LoggedIn> {
     session.user.as_deref().ok_or_else(|| {
         ApiError::new(
             ErrorCode::AuthRequired,
@@ -117,52 +106,22 @@ fn own(session: &Session) -> ApiResult<&crate::conn::LoggedIn> {
     })
 }
 
-/// A keycard's owner: user name, domain (text; empty for the server's own
-/// users) and method. Compared as a whole: a `_test` "bob" is not the
-/// `scram-sha-256` "bob", and a domain's "joe" is not the server's
-/// "joe@org.acme".
-type Owner = (String, String, String);
-
 /// Who the caller is to keycards (without `manage_keycards` it owns the
 /// keycards with the same owner).
-fn me(session: &Session) -> Option<Owner> {
+fn me(session: &Caller) -> Option<Owner> {
     session.user.as_ref().map(|u| {
         (
             u.name.clone(),
-            crate::conn::domain_text(&u.domain),
+            crate::caller::domain_text(&u.domain),
             u.method.clone(),
         )
     })
 }
 
-/// Whose a keycard is: a live one's user, domain and method, or a durable
-/// one's user, domain and the method of its user record.
-fn owner(live: Option<&Keycard>, stored: Option<&Value>) -> Option<Owner> {
-    if let Some(c) = live {
-        return Some((
-            c.user.to_string(),
-            c.domain.to_string(),
-            c.method.to_string(),
-        ));
-    }
-    let v = stored?;
-    let user = v.get("user").and_then(Value::as_str)?;
-    let method = v.get("user_method").and_then(Value::as_str)?;
-    let domain = v
-        .get("domain")
-        .and_then(|d| Path::from_value(d).ok())
-        .unwrap_or_default();
-    Some((
-        user.to_owned(),
-        crate::conn::domain_text(&domain),
-        method.to_owned(),
-    ))
-}
-
 /// Whether the caller manages every keycard, or only its own user's.
 /// Keycards are server-wide: only the server's own users (not a domain's)
 /// manage them all.
-fn manages_all(r: &Responder, session: &Session) -> bool {
+fn manages_all(r: &Responder, session: &Caller) -> bool {
     match &session.user {
         None => r.conn().state.is_open(),
         Some(u) => u.domain.is_empty() && u.has(Capability::ManageKeycards),
@@ -179,7 +138,7 @@ pub(super) async fn keep_alive(msg: &Value, r: &mut Responder) -> ApiResult {
     let expires_at = conn.state.bouncer.keep_alive(me.keycard, conn.id, ttl)?;
     let id = me.keycard;
     conn.update_session(|s| {
-        if let Some(u) = s.user.as_mut().filter(|u| u.keycard == id) {
+        if let Some(u) = s.caller.user.as_mut().filter(|u| u.keycard == id) {
             std::sync::Arc::make_mut(u).expires_at = expires_at;
         }
     });
@@ -195,7 +154,7 @@ pub(super) async fn keep_alive(msg: &Value, r: &mut Responder) -> ApiResult {
 /// Ends the caller's login: its keycard is removed.
 pub(super) async fn logout(r: &mut Responder) -> ApiResult {
     let conn = r.conn().clone();
-    let previous = conn.update_session(|s| s.user.take());
+    let previous = conn.update_session(|s| s.caller.user.take());
     let Some(me) = previous else {
         return Err(ApiError::new(ErrorCode::AuthRequired, "not logged in"));
     };
@@ -242,64 +201,6 @@ fn filter(msg: &Value) -> ApiResult<Filter> {
     })
 }
 
-/// Durable keycards (tokens) matching `f` and `keep`, as `(id, record)`,
-/// at most `max`. Every record is looked at (page by page), not only the
-/// first few thousand: revoking a user must reach all of its tokens.
-async fn durable(
-    state: &ServerState,
-    f: &Filter,
-    max: usize,
-    keep: impl Fn(&Value) -> bool,
-) -> ApiResult<Vec<(String, Value)>> {
-    if f.requester.is_some()
-        || f.parent.is_some()
-        || f.method.as_deref().is_some_and(|m| m != TOKEN)
-    {
-        return Ok(Vec::new());
-    }
-    let opts = ScanOpts {
-        min_depth: 1,
-        max_depth: Some(1),
-    };
-    let root = durable_root();
-    let mut out = Vec::new();
-    let mut page = state.store.scan(&root, opts, After::Start, 1024).await?;
-    loop {
-        for (p, e) in page.items {
-            let id = match p.elems().last() {
-                Some(Elem::Str(s)) => s.to_string(),
-                _ => continue,
-            };
-            let Some((user, domain, _)) = owner(None, Some(&e.value)) else {
-                continue;
-            };
-            // As in the live table: a user without a domain is one of
-            // the server's own.
-            let in_domain = match (&f.domain, &f.user) {
-                (Some(d), _) => *d == domain,
-                (None, Some(_)) => domain.is_empty(),
-                (None, None) => true,
-            };
-            if in_domain && f.user.as_deref().is_none_or(|u| u == user) && keep(&e.value) {
-                out.push((id, e.value));
-                if out.len() >= max {
-                    return Ok(out);
-                }
-            }
-        }
-        match page.next {
-            Some(c) => {
-                tokio::task::yield_now().await;
-                page = state
-                    .store
-                    .scan(&root, opts, After::Cursor(&c), 1024)
-                    .await?;
-            }
-            None => return Ok(out),
-        }
-    }
-}
-
 /// Lists keycards: `{user, method, requester, parent, after, limit}` → a
 /// stream of keycards, live ones by id, then durable ones.
 pub(super) async fn keycard_list(msg: &Value, r: &mut Responder) -> ApiResult {
@@ -310,7 +211,7 @@ pub(super) async fn keycard_list(msg: &Value, r: &mut Responder) -> ApiResult {
         // keycard managers only).
         let me = own(&session)?;
         f.user = Some(me.name.clone());
-        f.domain = Some(crate::conn::domain_text(&me.domain));
+        f.domain = Some(crate::caller::domain_text(&me.domain));
         f.method = Some(me.method.clone());
     }
     let after = match msg.get("after") {
@@ -357,49 +258,12 @@ pub(super) async fn keycard_show(msg: &Value, r: &mut Responder) -> ApiResult {
     Err(ApiError::new(ErrorCode::NotFound, "no such keycard"))
 }
 
-/// Marks a durable keycard revoked (it never works again, across
-/// restarts) and revokes the connections using it. Returns whether it was
-/// live.
-async fn revoke_durable(state: &ServerState, id: KeycardId, by: Option<&str>) -> ApiResult<usize> {
-    let path = durable_path(id);
-    let Some(e) = state.store.get(&path).await? else {
-        return Ok(0);
-    };
-    let mut n = 0;
-    if e.value.get("state").and_then(Value::as_str) == Some(State::Authenticated.name()) {
-        let mut v = e.value.clone();
-        if let Value::Map(m) = &mut v {
-            m.retain(|(k, _)| k.as_str() != Some("state"));
-            m.push(("state".into(), State::Revoked.name().into()));
-            m.push(("revoked_at".into(), state.now_ms().into()));
-            m.push(("revoked_by".into(), Value::from(by)));
-        }
-        state
-            .store
-            .write(vec![Op::Put {
-                path,
-                value: v,
-                cond: Cond::TockIs(e.tock),
-                idem: false,
-            }])
-            .await?;
-        n += 1;
-        let user = e.value.get("user").and_then(Value::as_str).unwrap_or("");
-        tracing::info!(target: "keycard::audit", keycard = %id, user, by = by.unwrap_or(""), "token revoked");
-    }
-    let children = state.bouncer.revoke_where(&Filter {
-        parent: Some(id),
-        ..Filter::default()
-    });
-    Ok(n + children.len())
-}
-
 /// Refuses unless the caller may revoke the keycards of `whose`: its own
 /// always; another user's with `manage_keycards` (`all`) when it outranks
 /// that user. `ranks` keeps the users already looked up.
 async fn may_revoke(
     state: &ServerState,
-    session: &Session,
+    session: &Caller,
     whose: &Owner,
     ranks: &mut HashSet<(String, String)>,
 ) -> ApiResult {
@@ -427,7 +291,7 @@ async fn may_revoke(
             format!(
                 "{} (a keycard of {})",
                 e.text,
-                crate::conn::qualify(user, &root)
+                crate::caller::qualify(user, &root)
             ),
         )
     })?;
@@ -518,26 +382,6 @@ pub(super) async fn keycard_revoke(msg: &Value, r: &mut Responder) -> ApiResult 
     }
     r.reply(Msg::new().with("revoked", n)).await;
     Ok(())
-}
-
-/// Revokes every live keycard and token `f` matches, audited as revoked
-/// `by`; returns how many.
-pub(crate) async fn revoke_matching(
-    state: &ServerState,
-    f: &Filter,
-    by: Option<&str>,
-) -> ApiResult<usize> {
-    let mut n = 0;
-    for card in state.bouncer.revoke_where(f) {
-        state.audit.keycard("revoked", &card, by).await;
-        n += 1;
-    }
-    for (id, _) in durable(state, f, usize::MAX, |_| true).await? {
-        if let Some(id) = KeycardId::parse(&id) {
-            n += revoke_durable(state, id, by).await?;
-        }
-    }
-    Ok(n)
 }
 
 /// The method under which `user` has a user record: `method` if given,
@@ -678,151 +522,4 @@ pub(super) async fn token_create(msg: &Value, r: &mut Responder) -> ApiResult {
     )
     .await;
     Ok(())
-}
-
-/// What a token may carry at most: what its user held when it was
-/// issued.
-pub(crate) struct Ceiling {
-    /// The capabilities (a token record without them, from before
-    /// ceilings were kept, carries none).
-    pub caps: Vec<Capability>,
-    /// The ACLs; `None`: full data access.
-    pub acls: Option<Vec<String>>,
-}
-
-impl Ceiling {
-    fn of_record(v: &Value) -> Ceiling {
-        let names = |x: &Value| match x {
-            Value::Array(items) => Some(
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>(),
-            ),
-            _ => None,
-        };
-        Ceiling {
-            caps: v
-                .get("caps")
-                .and_then(names)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|n| Capability::parse(n))
-                .collect(),
-            acls: v.get("acls").and_then(names),
-        }
-    }
-}
-
-/// A token login's verified facts.
-pub(crate) struct TokenGrant {
-    /// The token's keycard id.
-    pub id: KeycardId,
-    /// Its user.
-    pub user: String,
-    /// The method whose user record holds the user's ACL and capabilities.
-    pub user_method: String,
-    /// When the token expires.
-    pub expires_at: u64,
-    /// The domain its user belongs to (empty: the server's own).
-    pub domain: Path,
-    /// The most it carries.
-    pub ceiling: Ceiling,
-}
-
-/// Checks a bearer token against its durable record. Every way it can be
-/// wrong (malformed, unknown, wrong secret, revoked, expired) is the same
-/// `None`; the digest comparison is constant-time.
-pub(crate) async fn check_token(state: &ServerState, token: &str) -> ApiResult<Option<TokenGrant>> {
-    let digest = Sha256::digest(token.as_bytes());
-    let id = token_id(token);
-    let record = match id {
-        Some(id) => state.store.get(&durable_path(id)).await?.map(|e| e.value),
-        None => None,
-    };
-    let stored = record
-        .as_ref()
-        .and_then(|v| v.get("sha256"))
-        .and_then(Value::as_bin)
-        .map(<[u8]>::to_vec)
-        .unwrap_or_else(|| vec![0xa5; 32]);
-    let same: bool = digest.as_slice().ct_eq(&stored).into();
-    let (Some(id), Some(v), true) = (id, record, same) else {
-        return Ok(None);
-    };
-    let live = v.get("state").and_then(Value::as_str) == Some(State::Authenticated.name());
-    let expires_at = v.get("expires_at").and_then(Value::as_u64).unwrap_or(0);
-    if !live || state.now_ms() >= expires_at {
-        return Ok(None);
-    }
-    let (Some(user), Some(user_method)) = (
-        v.get("user").and_then(Value::as_str),
-        v.get("user_method").and_then(Value::as_str),
-    ) else {
-        return Ok(None);
-    };
-    let domain = match v.get("domain") {
-        None | Some(Value::Nil) => Path::root(),
-        Some(p) => match Path::from_value(p) {
-            Ok(p) => p,
-            Err(_) => return Ok(None),
-        },
-    };
-    Ok(Some(TokenGrant {
-        ceiling: Ceiling::of_record(&v),
-        domain,
-        id,
-        user: user.to_owned(),
-        user_method: user_method.to_owned(),
-        expires_at,
-    }))
-}
-
-/// The id of a bearer token shaped as one (`kct_<32 hex>_<64 hex>`);
-/// nothing else of what a client sends as a token may be logged.
-pub(crate) fn token_id(token: &str) -> Option<KeycardId> {
-    let (id, secret) = token.strip_prefix(TOKEN_PREFIX)?.split_once('_')?;
-    if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    KeycardId::parse(id)
-}
-
-/// Whether token `id` still grants logins (not revoked, not expired):
-/// checked again once a login's keycard carries it as parent, so a
-/// revocation in between is not missed.
-pub(crate) async fn token_live(state: &ServerState, id: KeycardId) -> ApiResult<bool> {
-    let Some(e) = state.store.get(&durable_path(id)).await? else {
-        return Ok(false);
-    };
-    let live = e.value.get("state").and_then(Value::as_str) == Some(State::Authenticated.name());
-    let expires_at = e
-        .value
-        .get("expires_at")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    Ok(live && state.now_ms() < expires_at)
-}
-
-/// Deletes durable keycards whose time has passed (a revoked token's
-/// record stays until then, so it is refused as revoked, not unknown).
-pub(crate) async fn reap_durable(state: &ServerState) -> ApiResult<usize> {
-    let now = state.now_ms();
-    let expired = |v: &Value| v.get("expires_at").and_then(Value::as_u64).unwrap_or(0) <= now;
-    // At most MAX_LIST per pass (one write); the next pass takes the rest.
-    let gone: Vec<Op> = durable(state, &Filter::default(), MAX_LIST, expired)
-        .await?
-        .into_iter()
-        .filter_map(|(id, _)| KeycardId::parse(&id))
-        .map(|id| Op::Delete {
-            path: durable_path(id),
-            cond: Cond::Any,
-        })
-        .collect();
-    let n = gone.len();
-    if n > 0 {
-        state.store.write(gone).await?;
-    }
-    Ok(n)
 }

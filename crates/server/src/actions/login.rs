@@ -42,7 +42,8 @@ pub(crate) use request::{
 };
 
 use super::keycards;
-use crate::conn::LoggedIn;
+use crate::caller::LoggedIn;
+pub(crate) use crate::core::users::auth_error;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{auth_root, record_path, ServerState};
 use crate::throttle;
@@ -52,15 +53,6 @@ pub(crate) const CHALLENGE_EXPIRED: &str = "the login's challenge window has pas
 /// The registered method a request's `typ` names.
 pub(crate) fn method<'a>(state: &'a ServerState, msg: &Value) -> ApiResult<&'a Arc<dyn Method>> {
     method_named(state, super::str_field(msg, "typ")?)
-}
-
-/// The error a client gets for a failed exchange.
-pub(crate) fn auth_error(e: AuthError) -> ApiError {
-    match e {
-        AuthError::Failed => ApiError::new(ErrorCode::AuthFailed, "login failed"),
-        AuthError::Malformed(t) => ApiError::bad(t),
-        AuthError::Unsupported(t) => ApiError::bad(t),
-    }
 }
 
 /// How a login goes on.
@@ -195,7 +187,7 @@ impl Login {
             policy::Admission::Refuse(e) => return Err(e.into()),
         };
         let ident = req.ident.clone();
-        let who = crate::conn::qualify(&ident, &base);
+        let who = crate::caller::qualify(&ident, &base);
         // Throttle counters per (domain, user), without NAME@DOMAIN's
         // ambiguity (a server user may be called "joe@org.acme").
         let throttled_as = if base.is_empty() {
@@ -233,7 +225,7 @@ impl Login {
             state.bouncer.begin(
                 method_name,
                 &ident,
-                &crate::conn::domain_text(&base),
+                &crate::caller::domain_text(&base),
                 r.id,
                 Some(source),
             )?,
@@ -573,7 +565,7 @@ impl Login {
             match state.bouncer.authenticate(
                 self.card.id,
                 &verdict.user,
-                &crate::conn::domain_text(&self.base),
+                &crate::caller::domain_text(&self.base),
                 life,
                 parent.map(|p| p.0),
             ) {

@@ -31,7 +31,7 @@ use crate::state::{auth_root, record_path, AuthConfig, ServerState};
 pub(super) async fn auth_methods(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
     let ident = user_name(str_field(msg, "ident")?)?;
-    let base = r.conn().session().root;
+    let base = r.conn().caller().root;
     let accepted = accepted(&state, &base).await?;
     let mut known = Vec::new();
     for m in &accepted {

@@ -11,24 +11,44 @@ mod internal;
 mod keycards;
 pub(crate) mod login;
 mod methods;
-mod rank;
-
-pub(crate) use keycards::reap_durable;
 mod tree;
 pub(crate) mod users;
 
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_store::{Cond, Entry, Tock};
 
-use crate::conn::{ConnShared, Responder, Session};
+use crate::caller::Caller;
+use crate::conn::{ConnShared, Responder};
+pub(crate) use crate::core::access::{check_cap, check_login, is_data_path, MAX_KEY_BYTES};
+pub(crate) use crate::core::acl::{authorize as authorize_in, authorize_reading};
+pub(crate) use crate::core::rank;
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
 
 /// The DistKV protocol version keycard speaks; DistKV's client reads it.
 pub const DISTKV_VERSION: [u32; 3] = [0, 65, 0];
 
+/// The msgpack adapter, as the connection runs it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Actions;
+
+impl crate::conn::Handler for Actions {
+    fn greeting(self, state: &ServerState) -> Value {
+        greeting(state)
+    }
+
+    fn dispatch<'a>(
+        self,
+        action: &'a str,
+        msg: &'a Value,
+        r: &'a mut Responder,
+    ) -> impl std::future::Future<Output = ApiResult> + Send + 'a {
+        dispatch(action, msg, r)
+    }
+}
+
 /// The greeting, sent at seq 0 when a connection opens.
-pub(crate) async fn greeting(state: &ServerState) -> Value {
+pub(crate) fn greeting(state: &ServerState) -> Value {
     let tock = state.store.tock().0;
     let mut m = Msg::seq(0)
         .with(
@@ -105,65 +125,24 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
 
 /// The caller's session, if it may run data actions: logged in, or the
 /// server has no current auth method.
-pub(crate) fn require_login(r: &Responder) -> ApiResult<Session> {
-    let session = r.conn().session();
+pub(crate) fn require_login(r: &Responder) -> ApiResult<Caller> {
+    let session = r.conn().caller();
     check_login(&r.conn().state, &session)?;
     Ok(session)
-}
-
-/// Whether `session` may run data actions: its keycard (if any) is live,
-/// and it is logged in unless the server is open.
-pub(crate) fn check_login(state: &ServerState, session: &Session) -> ApiResult {
-    if let Some(u) = &session.user {
-        u.live(state.now_ms())?;
-    }
-    if !state.is_open() && session.user.is_none() {
-        return Err(ApiError::new(
-            ErrorCode::AuthRequired,
-            "this server requires a login (action 'auth') first",
-        ));
-    }
-    Ok(())
 }
 
 /// The caller's session, if it holds the super-root capability: every
 /// connection while the server is open, else a `root`-method login or a
 /// user granted `super_root`.
-pub(crate) fn require_super_root(r: &Responder) -> ApiResult<Session> {
-    require_cap(r, crate::conn::Capability::SuperRoot)
+pub(crate) fn require_super_root(r: &Responder) -> ApiResult<Caller> {
+    require_cap(r, crate::caller::Capability::SuperRoot)
 }
 
 /// The caller's session, if it holds `cap` (super-root holds them all).
-pub(crate) fn require_cap(r: &Responder, cap: crate::conn::Capability) -> ApiResult<Session> {
-    let session = r.conn().session();
+pub(crate) fn require_cap(r: &Responder, cap: crate::caller::Capability) -> ApiResult<Caller> {
+    let session = r.conn().caller();
     check_cap(&r.conn().state, &session, cap)?;
     Ok(session)
-}
-
-/// Whether `session` holds `cap` (super-root holds them all; everyone,
-/// while the server is open), its keycard live.
-pub(crate) fn check_cap(
-    state: &ServerState,
-    session: &Session,
-    cap: crate::conn::Capability,
-) -> ApiResult {
-    if let Some(u) = &session.user {
-        u.live(state.now_ms())?;
-    }
-    if state.is_open() {
-        return Ok(());
-    }
-    match &session.user {
-        None => Err(ApiError::new(
-            ErrorCode::AuthRequired,
-            "this server requires a login (action 'auth') first",
-        )),
-        Some(u) if u.has(cap) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            ErrorCode::PermissionDenied,
-            format!("this needs the {} capability", cap.name()),
-        )),
-    }
 }
 
 /// A required path field.
@@ -174,18 +153,6 @@ pub(crate) fn path_field(msg: &Value, key: &str) -> ApiResult<Path> {
     }
 }
 
-/// Longest full path (the connection's root plus the request's path), in
-/// elements and in key bytes.
-const MAX_FULL_PATH: usize = keycard_proto::MAX_PATH_LEN;
-const MAX_KEY_BYTES: usize = 16 * 1024;
-
-/// Whether a data request may name this path: no element is nil. A nil
-/// element starts a reserved subtree — the server's own at the root, a
-/// domain's below it — that only management actions reach.
-pub(crate) fn is_data_path(rel: &[keycard_proto::Elem]) -> bool {
-    !rel.iter().any(|e| matches!(e, keycard_proto::Elem::Nil))
-}
-
 /// The full path of a data request: logged in, nothing reserved in it,
 /// under the connection's root, and not too long.
 pub(crate) fn data_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
@@ -193,53 +160,9 @@ pub(crate) fn data_path(msg: &Value, r: &Responder) -> ApiResult<Path> {
     data_path_in(&session, msg)
 }
 
-/// [`data_path`] for a session already checked with [`check_login`].
-pub(crate) fn data_path_in(session: &Session, msg: &Value) -> ApiResult<Path> {
-    let p = path_field(msg, "path")?;
-    if !is_data_path(p.elems()) {
-        return Err(ApiError::new(
-            ErrorCode::ReservedPath,
-            "paths with a nil element are reserved; ordinary requests cannot name them",
-        ));
-    }
-    let full = session.root.join(&p);
-    if full.len() > MAX_FULL_PATH || full.to_key().len() > MAX_KEY_BYTES {
-        return Err(ApiError::bad(format!(
-            "path too long: at most {MAX_FULL_PATH} elements and {MAX_KEY_BYTES} bytes, counting the connection's root"
-        )));
-    }
-    Ok(full)
-}
-
-/// The ACLs `session`'s user is bound to, if any.
-pub(crate) async fn session_acl(
-    state: &ServerState,
-    session: &Session,
-) -> ApiResult<Option<crate::acl::Grants>> {
-    let Some(user) = &session.user else {
-        return Ok(None);
-    };
-    match &user.acls {
-        None => Ok(None),
-        Some(names) => Ok(Some(grants(state, &user.domain, names.clone()).await?)),
-    }
-}
-
-/// The compiled ACLs called `names` of the domain at `base`.
-pub(crate) async fn grants(
-    state: &ServerState,
-    base: &Path,
-    names: Vec<String>,
-) -> ApiResult<crate::acl::Grants> {
-    let mut acls = Vec::with_capacity(names.len());
-    for n in names {
-        let a = state.acls.get(state.store.as_ref(), base, &n).await?;
-        acls.push((n, a));
-    }
-    Ok(crate::acl::Grants {
-        acls,
-        skip: base.len(),
-    })
+/// [`data_path`] for a caller already checked with [`check_login`].
+pub(crate) fn data_path_in(session: &Caller, msg: &Value) -> ApiResult<Path> {
+    Ok(crate::core::access::data_path(session, &path_field(msg, "path")?)?.into_path())
 }
 
 /// Checks `mode` on `path` against the caller's ACL; returns the ACL for
@@ -249,64 +172,7 @@ pub(crate) async fn authorize(
     path: &Path,
     mode: keycard_auth::acl::Mode,
 ) -> ApiResult<Option<crate::acl::Grants>> {
-    authorize_in(&r.conn().state, &r.conn().session(), path, mode).await
-}
-
-/// [`authorize`] for `session`.
-pub(crate) async fn authorize_in(
-    state: &ServerState,
-    session: &Session,
-    path: &Path,
-    mode: keycard_auth::acl::Mode,
-) -> ApiResult<Option<crate::acl::Grants>> {
-    let acl = session_acl(state, session).await?;
-    if let Some(a) = &acl {
-        if !allows(state, a, path, mode).await? {
-            return Err(refusal(path, &format!("mode '{}'", mode.letter())));
-        }
-    }
-    Ok(acl)
-}
-
-/// [`authorize_in`] for a request that answers the node's value (a
-/// write's `prev`, `root`'s value): whether the caller may also read it.
-pub(crate) async fn authorize_reading(
-    state: &ServerState,
-    session: &Session,
-    path: &Path,
-    mode: keycard_auth::acl::Mode,
-) -> ApiResult<bool> {
-    let Some(acl) = session_acl(state, session).await? else {
-        return Ok(true);
-    };
-    let have = crate::acl::existing_depth(state.store.as_ref(), path).await?;
-    if acl.decide(path.elems(), have, mode).is_err() {
-        return Err(refusal(path, &format!("mode '{}'", mode.letter())));
-    }
-    let read = keycard_auth::acl::Mode::Read;
-    Ok(acl.decide(path.elems(), have, read).is_ok())
-}
-
-/// Whether `acl` allows `mode` on `path` (as it exists now).
-pub(crate) async fn allows(
-    state: &ServerState,
-    acl: &crate::acl::Grants,
-    path: &Path,
-    mode: keycard_auth::acl::Mode,
-) -> ApiResult<bool> {
-    let have = crate::acl::existing_depth(state.store.as_ref(), path).await?;
-    Ok(acl.decide(path.elems(), have, mode).is_ok())
-}
-
-/// The refusal of a data request asking `what` (`mode 'r'`) on `path`.
-/// It names the request, not the level where the ACL refused nor the mode
-/// that level lacked: whether passing it needed `x` (an existing level)
-/// or `n` (a missing one) would say what exists.
-pub(crate) fn refusal(path: &Path, what: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::PermissionDenied,
-        format!("permission denied: {what} at {path}"),
-    )
+    authorize_in(&r.conn().state, &r.conn().caller(), path, mode).await
 }
 
 /// Re-reads the auth configuration after a write under the reserved
@@ -319,16 +185,12 @@ pub(crate) fn refusal(path: &Path, what: &str) -> ApiError {
 /// own client runs a watch beside the `set_auth_typ` of its `auth init`),
 /// not its access: its next request needs a login too.
 pub(crate) async fn refresh_auth(state: &ServerState, by: Option<&ConnShared>) -> ApiResult {
-    let was_open = state.is_open();
-    state.refresh_auth().await?;
-    if was_open && !state.is_open() {
+    crate::core::auth::refresh_auth(state, || {
         if let Some(conn) = by {
             conn.update_session(|s| s.kept_open_era = true);
         }
-        tracing::info!("auth is now required: the open era's streams end");
-        state.bouncer.end_open_era();
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// An optional non-negative integer field.

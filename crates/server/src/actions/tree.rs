@@ -5,6 +5,7 @@ use keycard_store::{After, Change, Cursor, Entry, FeedError, Op, ScanOpts, Subsc
 
 use super::{authorize, chain, data_path, flag, opt_usize};
 use crate::conn::Responder;
+use crate::core::tree::Visibility;
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
 use keycard_auth::acl::Mode;
@@ -59,20 +60,13 @@ impl Shortener {
 /// Streams nodes of one subtree as DistKV's tree items.
 struct TreeItems<'a> {
     state: &'a ServerState,
-    base: Path,
+    /// Which nodes the caller is shown (the core decides).
+    vis: Visibility,
     min_depth: usize,
     max_depth: Option<usize>,
     /// Also send interior nodes that hold no value.
     empty: bool,
     nchain: usize,
-    /// Leave out every node below a nil element (reserved subtrees): set
-    /// for data actions, clear for the management ones.
-    hide_reserved: bool,
-    /// The caller's ACL: only nodes it lets the caller read are sent.
-    acl: Option<crate::acl::Grants>,
-    /// Whose ACLs they are, and the ACL cache's epoch they were compiled
-    /// at: an ACL edit applies at once, to a running walk or watch too.
-    acl_of: Option<(crate::conn::Session, u64)>,
     short: Shortener,
     /// The last node sent (relative), to know which ancestors are new.
     last: Option<Vec<Elem>>,
@@ -80,18 +74,13 @@ struct TreeItems<'a> {
 
 impl<'a> TreeItems<'a> {
     fn new(state: &'a ServerState, msg: &Value, base: Path) -> ApiResult<TreeItems<'a>> {
-        // A data request's base has no nil (management bases do).
-        let hide_reserved = super::is_data_path(base.elems());
         Ok(TreeItems {
             state,
-            base,
+            vis: Visibility::all(base),
             min_depth: opt_usize(msg, "min_depth")?.unwrap_or(0),
             max_depth: opt_usize(msg, "max_depth")?,
             empty: flag(msg, "empty"),
             nchain: opt_usize(msg, "nchain")?.unwrap_or(0),
-            hide_reserved,
-            acl: None,
-            acl_of: None,
             short: Shortener::default(),
             last: None,
         })
@@ -100,38 +89,18 @@ impl<'a> TreeItems<'a> {
     /// Checks `mode` on the walk's base for the caller of `r` and keeps
     /// its ACLs for the nodes below.
     async fn authorize(&mut self, r: &Responder, mode: Mode) -> ApiResult {
-        // Read before the ACLs are: an edit meanwhile is seen at the next
-        // check.
-        let epoch = self.state.acls.epoch();
-        self.acl = authorize(r, &self.base, mode).await?;
-        if self.acl.is_some() {
-            self.acl_of = Some((r.conn().session(), epoch));
-        }
-        Ok(())
+        let caller = r.conn().caller();
+        self.vis.authorize(self.state, &caller, mode).await
     }
 
     /// Compiles the caller's ACLs again if an ACL changed since.
     async fn fresh_acl(&mut self) -> ApiResult {
-        let Some((session, epoch)) = &mut self.acl_of else {
-            return Ok(());
-        };
-        let now = self.state.acls.epoch();
-        if *epoch != now {
-            *epoch = now;
-            self.acl = super::session_acl(self.state, session).await?;
-        }
-        Ok(())
+        self.vis.refresh(self.state).await
     }
 
     /// Whether the caller's ACL shows the node at `rel` (with `mode`).
     fn shown(&self, rel: &[Elem], mode: Mode) -> bool {
-        match &self.acl {
-            None => true,
-            Some(acl) => {
-                let full: Vec<Elem> = self.base.elems().iter().chain(rel).cloned().collect();
-                acl.visible(self.base.len(), &full, mode)
-            }
-        }
+        self.vis.shows(rel, mode)
     }
 
     fn in_depth(&self, depth: usize) -> bool {
@@ -191,7 +160,8 @@ impl<'a> TreeItems<'a> {
             // up no more than that.
             let mut held = conn.reserve(PAGE_BYTES).await;
             self.fresh_acl().await?;
-            let page = store.scan(&self.base, opts, pos.after(), PAGE).await?;
+            let base = self.vis.base().clone();
+            let page = store.scan(&base, opts, pos.after(), PAGE).await?;
             held.set(
                 page.items
                     .iter()
@@ -200,12 +170,12 @@ impl<'a> TreeItems<'a> {
             );
             let mut skip = None;
             for (path, entry) in &page.items {
-                let rel = &path.elems()[self.base.len()..];
-                if self.hide_reserved {
+                let rel = &path.elems()[base.len()..];
+                if self.vis.hide_reserved() {
                     if let Some(i) = rel.iter().position(|e| matches!(e, Elem::Nil)) {
                         // Skip the whole reserved subtree, not node by node.
                         skip = Some(Pos::Subtree(Path::new(
-                            path.elems()[..self.base.len() + i + 1].to_vec(),
+                            path.elems()[..base.len() + i + 1].to_vec(),
                         )));
                         break;
                     }
@@ -373,7 +343,7 @@ pub(super) async fn watch(msg: &Value, r: &mut Responder) -> ApiResult {
     // Opened without a login (the server was open): it ends with the open
     // era, even if the bouncer's notice missed it (the watch began as the
     // era ended, or the connection logged in since).
-    let open_era = r.conn().session().user.is_none();
+    let open_era = r.conn().caller().user.is_none();
     let state = r.conn().state.clone();
     let mut items = TreeItems::new(&state, msg, base.clone())?;
     items.authorize(r, Mode::Enumerate).await?;
@@ -457,13 +427,11 @@ async fn deliver(
 }
 
 async fn send_change(items: &mut TreeItems<'_>, r: &mut Responder, change: &Change) {
-    if !change.path.starts_with(&items.base) {
+    if !change.path.starts_with(items.vis.base()) {
         return;
     }
-    let rel = &change.path.elems()[items.base.len()..];
-    if !items.in_depth(rel.len())
-        || (items.hide_reserved && !super::is_data_path(rel))
-        || !items.shown(rel, Mode::Read)
+    let rel = &change.path.elems()[items.vis.base().len()..];
+    if !items.in_depth(rel.len()) || items.vis.hides_reserved(rel) || !items.shown(rel, Mode::Read)
     {
         return;
     }

@@ -9,10 +9,14 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH};
 use hyper::{HeaderMap, Method, Response, StatusCode};
-use keycard_proto::{ErrorCode, Msg, Path, Value};
+use keycard_proto::{ErrorCode, Path, Value};
+use keycard_store::{Cond, Tock};
 use serde_json::json;
 
 use super::{json_response, Body, Rest};
+use crate::caller::Caller;
+use crate::core::access::{check_login, data_path};
+use crate::core::data;
 use crate::error::ApiError;
 
 /// A request's `If-Match` and `If-None-Match` values, read once: the
@@ -63,44 +67,40 @@ impl Rest {
     /// conditional on the node's tock, `If-None-Match: *` on its absence.
     pub(super) async fn kv(
         &self,
-        session: crate::conn::Session,
+        session: Caller,
         parts: &hyper::http::request::Parts,
         pre: Preconditions<'_>,
         segs: &[&str],
         body: &[u8],
     ) -> Result<Response<Body>, ApiError> {
-        crate::actions::check_login(&self.state, &session)?;
-        let path = url_path(segs)?;
-        let mut msg = Msg::new().with("path", path.to_value()).with("nchain", 0);
+        check_login(&self.state, &session)?;
+        let rel = url_path(segs)?;
         // A precondition the server cannot honour is refused, never
         // dropped: dropping it would make the write unconditional.
-        match (pre.if_match, pre.if_none_match) {
-            ("", "") => {}
+        let cond = match (pre.if_match, pre.if_none_match) {
+            ("", "") => Cond::Any,
             (tag, "") => {
                 let tock: u64 = tag
                     .trim_matches('"')
                     .parse()
                     .map_err(|_| ApiError::bad("If-Match must be a tock (a number)"))?;
-                msg.set(
-                    "chain",
-                    Msg::new()
-                        .with("node", self.state.config.node.as_str())
-                        .with("tick", tock),
-                );
+                Cond::TockIs(Tock(tock))
             }
-            ("", "*") => msg.set("chain", Value::Nil),
+            ("", "*") => Cond::Absent,
             ("", _) => return Err(ApiError::bad("If-None-Match takes only *")),
             _ => return Err(ApiError::bad("send If-Match or If-None-Match, not both")),
-        }
-        let (status, reply) = match parts.method {
+        };
+        let (reply, tock) = match parts.method {
             Method::GET => {
-                let r = crate::actions::data::get_in(&self.state, &session, &msg.into_value())
-                    .await?
-                    .into_value();
-                if r.get("value").is_none() {
+                let path = data_path(&session, &rel)?;
+                let entry = data::get(&self.state, &session, &path).await?;
+                let Some(e) = entry else {
                     return Err(ApiError::new(ErrorCode::NotFound, "no value at this path"));
-                }
-                (StatusCode::OK, r)
+                };
+                let mut o = serde_json::Map::new();
+                o.insert("value".into(), to_json(&e.value));
+                o.insert("tock".into(), json!(e.tock.0));
+                (o, e.tock)
             }
             Method::PUT => {
                 let j: serde_json::Value = serde_json::from_slice(body)
@@ -108,25 +108,35 @@ impl Rest {
                 let v = j
                     .get("value")
                     .ok_or_else(|| ApiError::bad("the body must be JSON: {\"value\": …}"))?;
-                msg.set("value", from_json(v, 0)?);
-                let r =
-                    crate::actions::data::set_in(&self.state, &session, &msg.into_value()).await?;
-                (StatusCode::OK, r.into_value())
+                let value = from_json(v, 0)?;
+                let path = data_path(&session, &rel)?;
+                let w = data::set(&self.state, &session, &path, value, cond, false).await?;
+                (written_json(&w), w.tock)
             }
             _ => {
-                let r = crate::actions::data::delete_in(&self.state, &session, &msg.into_value())
-                    .await?;
-                (StatusCode::OK, r.into_value())
+                let path = data_path(&session, &rel)?;
+                let w = data::delete(&self.state, &session, &path, cond).await?;
+                (written_json(&w), w.tock)
             }
         };
-        let tock = reply.get("tock").and_then(Value::as_u64);
-        let mut out = json_bytes(status, &to_json(&strip_chain(reply)));
+        let mut out = json_bytes(StatusCode::OK, &serde_json::Value::Object(reply));
         // The node's tock, for a later If-Match.
-        if let Some(v) = tock.and_then(|t| HeaderValue::from_str(&format!("\"{t}\"")).ok()) {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", tock.0)) {
             out.headers_mut().insert(hyper::header::ETAG, v);
         }
         Ok(out)
     }
+}
+
+/// A write's answer: `{changed, tock, prev?}`.
+fn written_json(w: &data::Written) -> serde_json::Map<String, serde_json::Value> {
+    let mut o = serde_json::Map::new();
+    o.insert("changed".into(), json!(w.changed));
+    o.insert("tock".into(), json!(w.tock.0));
+    if let Some(prev) = &w.prev {
+        o.insert("prev".into(), to_json(prev));
+    }
+    o
 }
 
 /// `json_response`'s answer, serialised straight to bytes (the same
@@ -184,19 +194,6 @@ pub(super) fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// A reply without DistKV's chain (REST has the tock in `ETag`).
-pub(super) fn strip_chain(v: Value) -> Value {
-    match v {
-        // Rebuilt only when there is a chain to leave out.
-        Value::Map(m) if m.iter().any(|(k, _)| k.as_str() == Some("chain")) => Value::Map(
-            m.into_iter()
-                .filter(|(k, _)| k.as_str() != Some("chain"))
-                .collect(),
-        ),
-        other => other,
-    }
 }
 
 /// msgpack → JSON: bytes as `{"$bytes": base64url}`, integers beyond

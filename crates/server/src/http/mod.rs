@@ -29,12 +29,11 @@ use keycard_auth::signed::ReplayGuard;
 use keycard_auth::SecretKey;
 use keycard_proto::{ErrorCode, Value};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 
-use crate::conn::LoggedIn;
+use crate::caller::LoggedIn;
 use crate::error::ApiError;
-use crate::server::PerAddress;
+use crate::listener::{Listener, Protocol, Refused};
 use crate::state::ServerState;
 
 mod kv;
@@ -77,7 +76,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Serves HTTP on `listener` until the task is dropped.
-pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
+pub(crate) async fn serve(state: Arc<ServerState>, listener: Listener) {
     let rest = Arc::new(Rest {
         state: state.clone(),
         pending: Mutex::new(HashMap::new()),
@@ -95,39 +94,29 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
             rest.sweep(rest.state.now_ms());
         }
     }));
-    let slots = Arc::new(Semaphore::new(state.config.http_max_connections.max(1)));
-    let per_address = PerAddress::new(state.config.http_max_connections_per_address);
     // hyper's header timer runs from when it starts waiting for a request's
     // head: on a kept-alive connection, from the end of the previous
     // response. One timer thus closes idle connections and slow heads.
     let idle = (state.config.http_idle_timeout > 0)
         .then(|| Duration::from_secs(state.config.http_idle_timeout));
-    loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(address_slot) = per_address.take(peer.ip()) else {
-            tracing::warn!(%peer, "HTTP connection refused: http_max_connections_per_address reached");
-            tokio::spawn(refuse(
-                socket,
-                "too many HTTP connections from this address (http_max_connections_per_address); retry later",
-            ));
-            continue;
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(
-                socket,
-                "the server has too many HTTP connections; retry later",
-            ));
-            continue;
-        };
-        let rest = rest.clone();
-        tokio::spawn(async move {
+    listener.run(Http { rest, idle }).await
+}
+
+/// The HTTP protocol, as a listener serves it.
+#[derive(Clone)]
+struct Http {
+    rest: Arc<Rest>,
+    idle: Option<Duration>,
+}
+
+impl Protocol<TcpStream> for Http {
+    fn serve(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let Http { rest, idle } = self;
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let rest = rest.clone();
                 async move { Ok::<_, Infallible>(rest.handle(req, peer).await) }
@@ -140,9 +129,23 @@ pub(crate) async fn serve(state: Arc<ServerState>, listener: TcpListener) {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
-            drop(permit);
-            drop(address_slot);
-        });
+        }
+    }
+
+    fn refuse(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        why: Refused,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let why = match why {
+            Refused::PerAddress => {
+                tracing::warn!(%peer, "HTTP connection refused: http_max_connections_per_address reached");
+                "too many HTTP connections from this address (http_max_connections_per_address); retry later"
+            }
+            Refused::Total => "the server has too many HTTP connections; retry later",
+        };
+        refuse(socket, why)
     }
 }
 
@@ -156,7 +159,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Over a connection cap: a `503` and close, without reading the request.
-async fn refuse(mut socket: tokio::net::TcpStream, why: &str) {
+async fn refuse(mut socket: TcpStream, why: &str) {
     use tokio::io::AsyncWriteExt;
     let body = json!({"error": why, "code": ErrorCode::TooManyConnections.as_str()}).to_string();
     let head = format!(
@@ -394,13 +397,12 @@ impl Rest {
         let caller = match route {
             Route::Kv(_) | Route::User(_) => {
                 if !parts.headers.contains_key(AUTHORIZATION) && self.state.is_open() {
-                    Some(crate::conn::Session::default())
+                    Some(crate::caller::Caller::default())
                 } else {
                     match self.verify(&parts, pre, &body) {
-                        Ok((_, user)) => Some(crate::conn::Session {
+                        Ok((_, user)) => Some(crate::caller::Caller {
                             root: user.domain.clone(),
                             user: Some(user),
-                            ..Default::default()
                         }),
                         Err(why) => return refused(&why),
                     }

@@ -22,7 +22,7 @@ use crate::actions::login::{
     drive, user_name, Ask, Carrier, Credential, Granted, Login, LoginAnswer, LoginRequest, Refusal,
     Requester,
 };
-use crate::conn::LoggedIn;
+use crate::caller::LoggedIn;
 use crate::error::ApiError;
 use crate::state::ServerState;
 

@@ -1,6 +1,7 @@
 //! `/user/{name}` (signed): show, create, set a credential, delete
-//! (`actions::users` does the work). Bodies are `{method, data, token?,
-//! upload?, acl?}`, shaped by the method's `RestSet`: for
+//! (`core::users` does the work; showing is `actions::users::show`).
+//! Bodies are `{method, data, token?, upload?, acl?}`, shaped by the
+//! method's `RestSet`: for
 //! `scram-sha-256`, `data` is the verifier in PostgreSQL's text form; for
 //! `opaque`, the registration request, then (second request) the request
 //! again with the first answer's `token` and the registration upload in
@@ -17,7 +18,8 @@ use serde_json::json;
 
 use super::kv::{percent_decode, to_json};
 use super::{error, json_response, Body, Rest};
-use crate::actions::users::{self, Set};
+use crate::actions::users::show;
+use crate::core::users::{self, Set};
 use crate::error::ApiError;
 
 /// The method messages a credential body carries, in the shape `how`
@@ -76,7 +78,7 @@ impl Rest {
     /// `GET|POST|PUT|DELETE /user/{name}`.
     pub(super) async fn user(
         &self,
-        session: crate::conn::Session,
+        session: crate::caller::Caller,
         method: &Method,
         name: &str,
         body: &[u8],
@@ -85,7 +87,7 @@ impl Rest {
             .ok_or_else(|| ApiError::bad("the name is not valid percent-encoded UTF-8"))?;
         let state = &self.state;
         let result = match *method {
-            Method::GET => users::show(state, &session, &name)
+            Method::GET => show(state, &session, &name)
                 .await
                 .map(|m| json_response(StatusCode::OK, to_json(&m.into_value()))),
             Method::DELETE => users::delete(state, &session, &name).await.map(|_| {

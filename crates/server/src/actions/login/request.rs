@@ -11,6 +11,7 @@ use keycard_proto::{ErrorCode, Path, Value};
 
 use super::super::keycards::{self, TOKEN};
 use super::super::str_field;
+pub(crate) use crate::core::users::user_name;
 use crate::error::{ApiError, ApiResult};
 use crate::state::ServerState;
 
@@ -72,22 +73,6 @@ impl LoginAnswer {
             payload: msg,
         }
     }
-}
-
-/// Longest user name, in bytes. Names key throttle counters and records:
-/// a longer one is refused before anything is stored.
-pub(crate) const MAX_USER_NAME: usize = 256;
-
-/// `name`, if it is an acceptable user name (at most [`MAX_USER_NAME`]
-/// bytes). The same rule for every name, known or not, so it reveals
-/// nothing.
-pub(crate) fn user_name(name: &str) -> ApiResult<&str> {
-    if name.len() > MAX_USER_NAME {
-        return Err(ApiError::bad(format!(
-            "user names are at most {MAX_USER_NAME} bytes"
-        )));
-    }
-    Ok(name)
 }
 
 /// The registered method called `typ`.

@@ -15,7 +15,7 @@
 
 use keycard_proto::{ErrorCode, Path, Value};
 
-use crate::conn::{Capability, Session};
+use crate::caller::{Caller, Capability};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{record_path, ServerState};
 
@@ -35,7 +35,7 @@ pub(crate) struct Rank {
 
 impl Rank {
     /// The rank of `session`, as its login granted it.
-    pub(crate) fn of_session(state: &ServerState, session: &Session) -> Rank {
+    pub(crate) fn of_session(state: &ServerState, session: &Caller) -> Rank {
         match &session.user {
             // Everyone is super-root while the server is open.
             _ if state.is_open() => Rank::top(session.root.clone()),
@@ -215,7 +215,7 @@ pub(crate) async fn caps_of(state: &ServerState, at: &Path) -> ApiResult<Vec<Cap
 
 /// Refuses unless `session` outranks `user` (`None`: no such user, nobody
 /// to protect).
-pub(crate) fn check(state: &ServerState, session: &Session, user: Option<&Rank>) -> ApiResult {
+pub(crate) fn check(state: &ServerState, session: &Caller, user: Option<&Rank>) -> ApiResult {
     let Some(user) = user else {
         return Ok(());
     };
@@ -223,7 +223,7 @@ pub(crate) fn check(state: &ServerState, session: &Session, user: Option<&Rank>)
         None => Ok(()),
         // Why names the user's capabilities or ACLs: only for a session
         // that may read them anyway (read_auth).
-        Some(why) if super::check_cap(state, session, Capability::ReadAuth).is_ok() => {
+        Some(why) if super::access::check_cap(state, session, Capability::ReadAuth).is_ok() => {
             Err(ApiError::new(
                 ErrorCode::PermissionDenied,
                 format!("refused: this session does not outrank the user ({why})"),
