@@ -16,6 +16,8 @@ mod anon;
 pub mod bouncer;
 pub mod channel;
 mod exchange;
+#[doc(hidden)]
+pub mod fuzzing;
 mod opaque;
 mod password;
 mod registry;

@@ -13,6 +13,8 @@ mod config;
 mod conn;
 mod error;
 mod forwarded;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod logins;
 mod outbox;
