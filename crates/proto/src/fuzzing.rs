@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets over this crate's decoders, as plain
 //! functions: `fuzz/` calls them under libFuzzer, and a stable test
-//! replays the checked-in inputs (`fuzz/regressions/`, `fuzz/seeds/`)
+//! replays the checked-in inputs (`fuzz/regressions/`, `fuzz/inputs/`)
 //! through them. Each asserts properties, so a failed property is a panic
 //! the fuzzer reports. Not an API.
 
@@ -13,19 +13,20 @@ const LIMITS: Limits = Limits {
     max_items: 512,
 };
 
-/// Nesting depth (a scalar is 1) and item count of `v`.
+/// How deep non-empty arrays and maps nest in `v` (what `max_depth`
+/// bounds: an empty one holds nothing to descend into, so it counts as a
+/// scalar), and how many values it holds, itself included.
 fn shape(v: &Value) -> (usize, usize) {
-    match v {
-        Value::Array(items) => items.iter().fold((1, 1), |(d, n), x| {
+    let inner = |children: &mut dyn Iterator<Item = &Value>| {
+        children.fold((0, 1), |(d, n), x| {
             let (xd, xn) = shape(x);
             (d.max(xd + 1), n + xn)
-        }),
-        Value::Map(entries) => entries.iter().fold((1, 1), |(d, n), (k, x)| {
-            let (kd, kn) = shape(k);
-            let (xd, xn) = shape(x);
-            (d.max(kd + 1).max(xd + 1), n + kn + xn)
-        }),
-        _ => (1, 1),
+        })
+    };
+    match v {
+        Value::Array(items) => inner(&mut items.iter()),
+        Value::Map(entries) => inner(&mut entries.iter().flat_map(|(k, x)| [k, x])),
+        _ => (0, 1),
     }
 }
 
