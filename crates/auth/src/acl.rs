@@ -258,21 +258,38 @@ impl<'a> Finder<'a> {
     pub fn step_into(&self, e: &Elem, next: &mut Finder<'a>) {
         let steps = &mut next.steps;
         steps.clear();
+        // Each pattern node is kept once, where it first comes: that is
+        // the most specific way it matches, the only one `result` can see,
+        // and what follows from a later copy follows from the first too.
+        // (Kept as often as it matched, `#/#/#` on a path of n elements
+        // held O(n²) nodes, and every further `#` another factor of n.)
+        let mut push = |node: &'a Node, keep: bool| {
+            if !steps.iter().any(|(n, _)| std::ptr::eq(*n, node)) {
+                steps.push((node, keep));
+            }
+        };
         for &(node, keep) in &self.steps {
             if let Some(child) = node.exact.get(e) {
-                steps.push((child, false));
+                push(child, false);
             }
             if let Some(child) = &node.plus {
-                steps.push((child.as_ref(), false));
+                push(child.as_ref(), false);
             }
             if let Some(child) = &node.hash {
-                steps.push((child.as_ref(), true));
+                push(child.as_ref(), true);
             }
             if keep {
                 // A `#` node goes on matching further elements.
-                steps.push((node, true));
+                push(node, true);
             }
         }
+    }
+
+    /// How many pattern nodes the matcher holds (the fuzz target bounds
+    /// it by the ACL's size).
+    #[doc(hidden)]
+    pub fn width(&self) -> usize {
+        self.steps.len()
     }
 
     /// The modes of the most specific matching entry.
@@ -301,6 +318,7 @@ impl<'a> Finder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keycard_proto::MAX_PATH_LEN;
 
     fn p(parts: &[&str]) -> Vec<Elem> {
         parts.iter().map(|s| Elem::from(*s)).collect()
@@ -374,6 +392,23 @@ mod tests {
             .check(&p(&["pub", "a", "b"]), all, Mode::Read)
             .expect_err("no x");
         assert_eq!((e.depth, e.mode), (2, Mode::Access));
+    }
+
+    /// Found by the `acl` fuzz target: the matcher kept a `#` node once per
+    /// way it matched, so `#/#/#/#` on a long path held millions of them.
+    #[test]
+    fn the_matcher_holds_each_pattern_node_once() {
+        let a = acl(&[(&["#", "#", "#", "#"], "rx"), (&["#", "+", "#"], "r")]);
+        let path: Vec<Elem> = (0..MAX_PATH_LEN as i128).map(Elem::Int).collect();
+        let mut f = a.finder();
+        for e in &path {
+            f = f.step(e);
+            assert!(f.width() <= 7, "{} matcher states", f.width());
+        }
+        // `+` at the second level is more specific than `#` there.
+        assert_eq!(f.result(), Modes::parse("r").ok());
+        let e = a.check(&path, |_| true, Mode::Read).expect_err("no x");
+        assert_eq!((e.depth, e.mode), (3, Mode::Access));
     }
 
     #[test]

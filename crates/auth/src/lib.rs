@@ -19,6 +19,8 @@ mod anon;
 pub mod bouncer;
 pub mod channel;
 mod exchange;
+#[doc(hidden)]
+pub mod fuzzing;
 mod info;
 mod opaque;
 mod password;

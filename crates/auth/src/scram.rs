@@ -210,8 +210,12 @@ impl Verifier {
     }
 }
 
-/// Decodes a SCRAM `saslname` (`=2C` is ',', `=3D` is '=').
+/// Decodes a SCRAM `saslname` (`=2C` is ',', `=3D` is '='; RFC 5802
+/// allows no NUL).
 fn decode_saslname(s: &str) -> Option<String> {
+    if s.contains('\0') {
+        return None;
+    }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('=') {
@@ -235,6 +239,15 @@ fn encode_saslname(s: &str) -> String {
 /// A nonce: printable ASCII except ','.
 fn valid_nonce(n: &str) -> bool {
     !n.is_empty() && n.len() <= 256 && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+}
+
+/// An extension attribute (RFC 5802 `attr-val`): a letter, `=`, and a
+/// value of at least one character without NUL (nor ',', which separates
+/// attributes). Extensions are optional, so keycard ignores them; anything
+/// else after the nonce is malformed.
+fn valid_extension(a: &str) -> bool {
+    let b = a.as_bytes();
+    b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b'=' && !b.contains(&0)
 }
 
 fn random_nonce() -> String {
@@ -287,6 +300,11 @@ fn parse_client_first(msg: &str) -> Result<ClientFirst, AuthError> {
     if !valid_nonce(nonce) {
         return Err(bad(
             "the nonce must be 1-256 printable characters without ','",
+        ));
+    }
+    if !attrs.all(valid_extension) {
+        return Err(bad(
+            "an attribute after the nonce is not an extension (x=value)",
         ));
     }
     Ok(ClientFirst {
@@ -479,6 +497,9 @@ fn finish_login(
     }
     if attrs.next().and_then(|a| a.strip_prefix("r=")) != Some(nonce) {
         return bad("the nonce does not match");
+    }
+    if !attrs.all(valid_extension) {
+        return bad("an attribute before the proof is not an extension (x=value)");
     }
     let Ok(proof) = B64.decode(proof) else {
         return bad("the proof is not base64");
@@ -810,6 +831,15 @@ mod tests {
             "n,,n=a=zz,r=b",
             "n,,n=a,r=b c",
             "n,,n=other,r=abc",
+            // Found by the `scram` fuzz target: what follows the nonce
+            // must be extensions (`x=value`), and a name holds no NUL.
+            "y,,n=,r=abc,x=ext,,",
+            "n,,n=a,r=abc,",
+            "n,,n=a,r=abc,xyz",
+            "n,,n=a,r=abc,1=x",
+            "n,,n=a,r=abc,e=",
+            "n,,n=a\0,r=abc",
+            "n,,n=a,r=abc,e=\0",
         ] {
             let req = Msg::new().with("data", bad).into_value();
             assert!(
@@ -827,7 +857,15 @@ mod tests {
         ));
         // A bad client-final after a good start.
         let req = Msg::new().with("data", "n,,n=a,r=abc").into_value();
-        for bad in ["", "c=biws,r=abc,p=AAAA", "c=eSws,r=abc,p=", "p=xyz"] {
+        let proof = format!("p={}", B64.encode([0u8; 32]));
+        for bad in [
+            "",
+            "c=biws,r=abc,p=AAAA",
+            "c=eSws,r=abc,p=",
+            "p=xyz",
+            &format!("c=biws,r=abc,,{proof}"),
+            &format!("c=biws,r=abc,e,{proof}"),
+        ] {
             let Step::Send(_, next) = s.login(&LoginCtx::default(), "a", &req, Some(&record("x")))
             else {
                 panic!("start")
@@ -859,5 +897,10 @@ mod tests {
         assert_eq!(encode_saslname("a,b=c"), "a=2Cb=3Dc");
         assert_eq!(decode_saslname("a=2Cb=3Dc").as_deref(), Some("a,b=c"));
         assert_eq!(decode_saslname("a=2"), None);
+        assert_eq!(decode_saslname("a\0b"), None);
+        assert!(valid_extension("e=x") && valid_extension("Z=a=b"));
+        for bad in ["", "e", "e=", "=x", "1=x", "ee=x", "e=\0"] {
+            assert!(!valid_extension(bad), "{bad:?}");
+        }
     }
 }

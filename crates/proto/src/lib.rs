@@ -8,6 +8,8 @@
 
 mod codec;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hex;
 mod msg;
 mod path;

@@ -16,6 +16,8 @@ mod conn;
 mod core;
 mod error;
 mod forwarded;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod listener;
 pub mod logins;
