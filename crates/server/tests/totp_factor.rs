@@ -372,3 +372,36 @@ async fn pyotp_makes_the_code_for_the_server_clock() {
         advance(&f.s, &f.clock, Duration::from_secs(30));
     }
 }
+
+/// The client asks for a factor only when the server prompts for it
+/// (`Client::login_asking`, what the CLI uses to read a code then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_asks_for_the_code_when_prompted() {
+    let f = fixture().await;
+    let code = f.code(0);
+    let mut asked = Vec::new();
+    let c = Client::connect(f.s.addr()).await.expect("connect");
+    let mut factor = |name: &str| {
+        asked.push(name.to_owned());
+        ClientRegistry::make_with_password(name, Some("alice"), Some(Password::new(&code)))
+            .map_err(|e| ClientError::Auth(e.to_string()))
+    };
+    c.login_asking(
+        &ScramClient::new("alice", Password::new(PASSWORD)),
+        &mut factor,
+    )
+    .await
+    .expect("asked, then in");
+    assert_eq!(asked, [TOTP]);
+    assert_eq!(user_of(&c).await.as_deref(), Some("alice"));
+    // A user without factors is never asked.
+    let admin = Client::connect(f.s.addr()).await.expect("connect");
+    let mut never = |name: &str| -> Result<Box<dyn keycard_auth::ClientMethod>, ClientError> {
+        panic!("asked for {name}")
+    };
+    let root = ClientRegistry::make(ROOT, None).expect("root");
+    admin
+        .login_asking(root.as_ref(), &mut never)
+        .await
+        .expect("root");
+}
