@@ -514,33 +514,41 @@ fn uri_secret(uri: &str) -> Vec<u8> {
 /// A user whose factor list names `totp` logs in with the CLI: the
 /// password, then the code from KEYCARD_TOTP_CODE when the server asks
 /// for it. A wrong code and a code used already fail as wrong
-/// credentials.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_passes_a_totp_factor() {
+/// credentials. `user factors` sets the list, refusing what no login
+/// could pass.
+#[test]
+fn the_cli_passes_a_totp_factor() {
     let dir = tempfile::tempdir().expect("tmp");
     let server = Proc::start(dir.path());
     let a = server.addr;
     ok(a, &["user", "add", "scram-sha-256", "alice"], &new_pw(PW));
     let (out, _) = ok(a, &["user", "add", "totp", "alice"], &[]);
     let secret = uri_secret(out.trim());
-    let c = Client::connect(a).await.expect("connect");
-    c.request(
-        Msg::new()
-            .with("action", "set_internal")
-            .with_path(
-                "path",
-                &keycard_proto::Path::parse("auth.scram-sha-256.user.alice.factors").expect("path"),
-            )
-            .with(
-                "value",
-                Msg::new().with(
-                    "factors",
-                    keycard_proto::Value::Array(vec![keycard_auth::TOTP.into()]),
-                ),
-            ),
-    )
-    .await
-    .expect("factors");
+    // `user factors`: refusals (bob has totp alone), then the list.
+    ok(a, &["user", "add", "totp", "bob"], &[]);
+    for (args, says) in [
+        (
+            &["user", "factors", "alice", "totp", "--method", "totp"][..],
+            "second factor",
+        ),
+        (
+            &["user", "factors", "alice", "nosuch"],
+            "unknown auth method",
+        ),
+        (
+            &["user", "factors", "alice", "opaque"],
+            "no \"opaque\" record",
+        ),
+        (&["user", "factors", "bob", "totp"], "no method"),
+    ] {
+        let (_, err) = fails(a, args, &[]);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let (out, _) = ok(a, &["user", "factors", "alice"], &[]);
+    assert_eq!(out.trim(), "scram-sha-256 alone");
+    ok(a, &["user", "factors", "alice", "totp"], &[]);
+    let (out, _) = ok(a, &["user", "factors", "alice"], &[]);
+    assert_eq!(out.trim(), "scram-sha-256 then totp");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
