@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use keycard_auth::channel::X25519Client;
-use keycard_auth::{AuthError, ClientMethod, SecretKey, Step};
+use keycard_auth::{AuthError, ClientLogin, ClientMethod, SecretKey, Step};
 use keycard_proto::{
     encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Path, Value,
 };
@@ -174,6 +174,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What [`Client::login_asking`] asks for a factor's client half, by the
+/// method the server's prompt names.
+pub type FactorSource<'a> =
+    dyn FnMut(&str) -> Result<Box<dyn ClientMethod>, ClientError> + Send + 'a;
+
+/// The error for a prompt for `factor` that this login cannot answer.
+fn not_given(factor: &str) -> ClientError {
+    ClientError::Auth(format!(
+        "the server asks for the factor {factor:?}, which this login does not have"
+    ))
+}
+
+/// A request's answer to a factor prompt: none, it is not a login.
+fn no_factor(factor: &str) -> Result<ClientLogin, ClientError> {
+    Err(not_given(factor))
+}
+
+/// `method`'s first message as the answer to a prompt for it (its `typ`
+/// names it).
+fn started(method: &dyn ClientMethod, key: Option<&SecretKey>) -> ClientLogin {
+    let start = method.login(key);
+    ClientLogin {
+        request: start.request.with("typ", method.name()),
+        exchange: start.exchange,
+    }
+}
+
 fn server_error(v: &Value) -> Option<ClientError> {
     let text = v.get("error")?;
     let text = match text {
@@ -322,7 +349,7 @@ impl Client {
     /// A streamed reply is read to its end; its last item (or the end
     /// marker, when it has none) is returned.
     pub async fn request(&self, msg: Msg) -> Result<Value, ClientError> {
-        self.exchange(msg, None, &[]).await
+        self.exchange(msg, None, &mut no_factor).await
     }
 
     fn ack(&self, seq: i64, v: &Value, acked: &mut u64) {
@@ -377,13 +404,61 @@ impl Client {
         for m in factors {
             keyed.push((*m, self.channel_for(*m).await?));
         }
+        let mut keyed = keyed.into_iter();
+        let mut next = |factor: &str| {
+            let Some((m, key)) = keyed.next().filter(|(m, _)| m.name() == factor) else {
+                return Err(not_given(factor));
+            };
+            Ok(started(m, key.as_ref()))
+        };
+        self.login_driven(method, key, &mut next).await
+    }
+
+    /// Logs in with `method`, and when the server prompts for a further
+    /// factor, asks `factor` for that method's client half (the prompt
+    /// names the method): a caller learns that a code is needed only
+    /// when the server asks for it (the CLI reads a one-time code then).
+    /// `factor` runs while the exchange waits, inside the login's
+    /// challenge window. A factor that needs an agreed key is refused:
+    /// give it to [`Client::login_with_factors`], which agrees keys
+    /// before the exchange.
+    pub async fn login_asking(
+        &self,
+        method: &dyn ClientMethod,
+        factor: &mut FactorSource<'_>,
+    ) -> Result<(), ClientError> {
+        let key = self.channel_for(method).await?;
+        let mut next = |name: &str| {
+            let m = factor(name)?;
+            if m.name() != name {
+                return Err(not_given(name));
+            }
+            if m.needs_channel() {
+                return Err(ClientError::Auth(format!(
+                    "the factor {name:?} needs an agreed key: give it before the login"
+                )));
+            }
+            Ok(started(m.as_ref(), None))
+        };
+        self.login_driven(method, key, &mut next).await
+    }
+
+    /// The login of [`Client::login_with_factors`] and
+    /// [`Client::login_asking`]: `method`'s exchange, each prompted
+    /// factor started by `next`.
+    async fn login_driven(
+        &self,
+        method: &dyn ClientMethod,
+        key: Option<SecretKey>,
+        next: &mut (dyn FnMut(&str) -> Result<ClientLogin, ClientError> + Send),
+    ) -> Result<(), ClientError> {
         let start = method.login(key.as_ref());
         let msg = start
             .request
             .with("action", "auth")
             .with("typ", method.name())
             .with("ident", method.ident());
-        match self.exchange(msg, start.exchange, &keyed).await {
+        match self.exchange(msg, start.exchange, next).await {
             Ok(_) => Ok(()),
             Err(ClientError::Auth(e))
                 if e == UNVERIFIED && method.name() == keycard_auth::OPAQUE =>
@@ -552,7 +627,7 @@ impl Client {
         if let Some(c) = chain {
             msg.set("chain", c);
         }
-        self.exchange(msg, start.exchange, &[]).await
+        self.exchange(msg, start.exchange, &mut no_factor).await
     }
 
     /// Sends the client's next message of the exchange under `seq`.
@@ -568,10 +643,9 @@ impl Client {
         &self,
         msg: Msg,
         mut ex: Option<Box<dyn keycard_auth::Exchange<()>>>,
-        factors: &[(&dyn ClientMethod, Option<SecretKey>)],
+        next_factor: &mut (dyn FnMut(&str) -> Result<ClientLogin, ClientError> + Send),
     ) -> Result<Value, ClientError> {
         let (seq, mut rx) = self.send(msg).await?;
-        let mut factors = factors.iter();
         let result = async {
             let mut last = None;
             let mut acked = 0u64;
@@ -609,14 +683,9 @@ impl Client {
                 // The server asks for the next factor (after the last
                 // method's final message, which the prompt may carry).
                 if let Some(factor) = v.get("factor").and_then(Value::as_str) {
-                    let Some((m, key)) = factors.next().filter(|(m, _)| m.name() == factor) else {
-                        return Err(ClientError::Auth(format!(
-                            "the server asks for the factor {factor:?}, which this login does not have"
-                        )));
-                    };
-                    let start = m.login(key.as_ref());
+                    let start = next_factor(factor)?;
                     ex = start.exchange;
-                    self.answer(seq, start.request.with("typ", m.name()))?;
+                    self.answer(seq, start.request)?;
                     continue;
                 }
                 if !streamed {

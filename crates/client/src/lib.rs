@@ -25,6 +25,6 @@ pub mod rest;
 mod steps;
 
 pub use conn::{
-    Client, ClientError, Event, Greeting, Node, SetResult, Stream, TreeItem, CONNECT_TIMEOUT,
-    GREETING_TIMEOUT, WRONG_CREDENTIALS,
+    Client, ClientError, Event, FactorSource, Greeting, Node, SetResult, Stream, TreeItem,
+    CONNECT_TIMEOUT, GREETING_TIMEOUT, WRONG_CREDENTIALS,
 };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use keycard_auth::{ClientRegistry, Password};
+use keycard_auth::{ClientMethod, ClientRegistry, Password};
 use keycard_client::{Client, ClientError, WRONG_CREDENTIALS};
 use keycard_proto::{ErrorCode, Msg};
 
@@ -37,7 +37,9 @@ pub(crate) struct ServerArgs {
     )]
     pub(crate) server: String,
     /// Log in with this method (default: what the user has; `root` only
-    /// when it is the current method or named here).
+    /// when it is the current method or named here). When the user must
+    /// also pass `totp` (a factor list), its one-time code comes from
+    /// KEYCARD_TOTP_CODE, else a prompt (no echo), when the server asks.
     #[arg(long, env = "KEYCARD_AUTH")]
     pub(crate) auth: Option<String>,
     /// Read the password from this file (its first line). Without it the
@@ -205,7 +207,9 @@ pub(crate) async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
         true => String::new(),
         false => format!(" as {}", m.ident()),
     };
-    match c.login(m.as_ref()).await {
+    let user = m.ident();
+    let mut factor = |name: &str| factor_for(args, name, &user);
+    match c.login_asking(m.as_ref(), &mut factor).await {
         Ok(()) => Ok(c),
         Err(e) if wrong_credentials(&e) => {
             bail!("login failed{who} with {method}: {WRONG_CREDENTIALS}")
@@ -213,6 +217,44 @@ pub(crate) async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
         Err(e) => Err(anyhow::Error::new(e).context(format!("login{who} with {method} failed"))),
     }
 }
+
+/// The client half of a further factor the server asks `user` for
+/// (DESIGN §2.2), asked for only then: for `totp` the one-time code from
+/// KEYCARD_TOTP_CODE, else a prompt on the terminal (no echo); a method
+/// that needs a password gets the login's (from where the first one
+/// came).
+fn factor_for(
+    args: &ConnArgs,
+    name: &str,
+    user: &str,
+) -> Result<Box<dyn ClientMethod>, ClientError> {
+    let secret = if name == keycard_auth::TOTP {
+        Some(one_time_code().map_err(|e| ClientError::Auth(format!("{e:#}")))?)
+    } else if ClientRegistry::needs_password(name) {
+        Some(login_password(args).map_err(|e| ClientError::Auth(format!("{e:#}")))?)
+    } else {
+        None
+    };
+    ClientRegistry::make_with_password(name, Some(user), secret)
+        .map_err(|e| ClientError::Auth(e.to_string()))
+}
+
+/// A `totp` factor's code: KEYCARD_TOTP_CODE, else a prompt (no echo).
+fn one_time_code() -> anyhow::Result<Password> {
+    let code = match std::env::var(TOTP_CODE_VAR) {
+        Ok(c) => Password::new(c),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{TOTP_CODE_VAR} is not valid text"),
+        Err(std::env::VarError::NotPresent) => Password::new(
+            rpassword::prompt_password("one-time code: ").with_context(|| {
+                format!("the server asks for a one-time code: cannot read one from the terminal (set {TOTP_CODE_VAR})")
+            })?,
+        ),
+    };
+    Ok(Password::new(code.expose().trim()))
+}
+
+/// Where scripts give a `totp` factor's code.
+const TOTP_CODE_VAR: &str = "KEYCARD_TOTP_CODE";
 
 /// Whether `e` is a refused login (the server's `auth_failed`, or
 /// OPAQUE's client finding the credentials wrong).

@@ -490,6 +490,87 @@ fn user_add_totp_prints_the_provisioning_uri() {
     assert_eq!(out.trim(), "alice", "{out}");
 }
 
+/// The secret of a provisioning URI (RFC 4648 base32, unpadded).
+fn uri_secret(uri: &str) -> Vec<u8> {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let text = uri
+        .split_once("secret=")
+        .and_then(|(_, rest)| rest.split('&').next())
+        .expect("a secret");
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in text.bytes() {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base32") as u32;
+        buffer = (buffer << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// A user whose factor list names `totp` logs in with the CLI: the
+/// password, then the code from KEYCARD_TOTP_CODE when the server asks
+/// for it. A wrong code and a code used already fail as wrong
+/// credentials. `user factors` sets the list, refusing what no login
+/// could pass.
+#[test]
+fn the_cli_passes_a_totp_factor() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Proc::start(dir.path());
+    let a = server.addr;
+    ok(a, &["user", "add", "scram-sha-256", "alice"], &new_pw(PW));
+    let (out, _) = ok(a, &["user", "add", "totp", "alice"], &[]);
+    let secret = uri_secret(out.trim());
+    // `user factors`: refusals (bob has totp alone), then the list.
+    ok(a, &["user", "add", "totp", "bob"], &[]);
+    for (args, says) in [
+        (
+            &["user", "factors", "alice", "totp", "--method", "totp"][..],
+            "second factor",
+        ),
+        (
+            &["user", "factors", "alice", "nosuch"],
+            "unknown auth method",
+        ),
+        (
+            &["user", "factors", "alice", "opaque"],
+            "no \"opaque\" record",
+        ),
+        (&["user", "factors", "bob", "totp"], "no method"),
+    ] {
+        let (_, err) = fails(a, args, &[]);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let (out, _) = ok(a, &["user", "factors", "alice"], &[]);
+    assert_eq!(out.trim(), "scram-sha-256 alone");
+    ok(a, &["user", "factors", "alice", "totp"], &[]);
+    let (out, _) = ok(a, &["user", "factors", "alice"], &[]);
+    assert_eq!(out.trim(), "scram-sha-256 then totp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let code = keycard_auth::totp_at(keycard_auth::TotpAlgorithm::Sha1, &secret, now, 30, 6);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let login = ["whoami", "--auth", "scram-sha-256", "--user", "alice"];
+    fn env(code: &str) -> [(&str, &str); 2] {
+        [("KEYCARD_PASSWORD", PW), ("KEYCARD_TOTP_CODE", code)]
+    }
+    let (_, err) = fails(a, &login, &env(wrong));
+    assert!(err.contains("login failed as alice"), "{err}");
+    let (out, _) = ok(a, &login, &env(&code));
+    assert!(out.contains("alice"), "{out}");
+    // The code is good once.
+    let (_, err) = fails(a, &login, &env(&code));
+    assert!(err.contains("login failed as alice"), "{err}");
+    // --help says where a script gives the code.
+    let (out, _) = ok(a, &["whoami", "--help"], &[]);
+    assert!(out.contains("KEYCARD_TOTP_CODE"), "{out}");
+}
+
 /// The blocks of `keycard serve --help` (one per option).
 fn option_blocks(help: &str) -> Vec<String> {
     let mut blocks: Vec<String> = Vec::new();

@@ -100,6 +100,28 @@ pub(super) enum UserCmd {
         /// The user name.
         name: String,
     },
+    /// Show or set the further factors NAME must pass after logging in
+    /// with one of its methods (DESIGN §2.2): `user factors alice totp`
+    /// makes alice's password logins also ask for a totp code; no METHOD
+    /// shows the list, `--clear` removes it. Each METHOD must be one NAME
+    /// has a record of; the record the list belongs to must be a way in
+    /// on its own (not a second factor such as totp). Needs a super-root
+    /// session.
+    Factors {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The user name.
+        name: String,
+        /// The methods to pass after the first, in order.
+        factors: Vec<String>,
+        /// The record (method) the list belongs to (default: NAME's only
+        /// method that is no second factor).
+        #[arg(long)]
+        method: Option<String>,
+        /// Remove the list: the first method is enough again.
+        #[arg(long, conflicts_with = "factors")]
+        clear: bool,
+    },
     /// Delete a user of METHOD (its keycards of that method are revoked).
     Rm {
         #[command(flatten)]
@@ -295,6 +317,13 @@ pub(super) async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        UserCmd::Factors {
+            conn,
+            name,
+            factors,
+            method,
+            clear,
+        } => user_factors(&conn, &name, factors, method, clear).await,
         UserCmd::Rm { conn, method, name } => {
             let c = connect(&conn).await?;
             c.request(
@@ -576,4 +605,125 @@ pub(super) async fn admin_cmd(cmd: AdminCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// At most this many factors in a list (the server's bound).
+const MAX_FACTORS: usize = 8;
+
+/// `user factors`: shows or sets `name`'s factor list, the aux node
+/// `(…record, "factors")` of its record of the first method, through the
+/// reserved-tree actions (super-root only, who outranks every user).
+async fn user_factors(
+    conn: &ConnArgs,
+    name: &str,
+    factors: Vec<String>,
+    method: Option<String>,
+    clear: bool,
+) -> anyhow::Result<()> {
+    let c = connect(conn).await?;
+    let shown = c
+        .request(Msg::new().with("action", "user_show").with("ident", name))
+        .await?;
+    let has: Vec<String> = match shown.get("methods") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|m| m.get("method").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let q = |t: &str| format!("{t:?}");
+    let first = match method {
+        Some(m) => m,
+        None => {
+            let ways: Vec<&String> = has
+                .iter()
+                .filter(|m| ClientRegistry::info(m).is_some_and(|i| !i.second_factor))
+                .collect();
+            match ways.as_slice() {
+                [one] => (*one).clone(),
+                [] => bail!("user {} has no method to log in with first", q(name)),
+                _ => bail!(
+                    "user {} logs in with several methods ({}): give --method",
+                    q(name),
+                    ways.iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    if !has.contains(&first) {
+        bail!("user {} has no {} record", q(name), q(&first));
+    }
+    if ClientRegistry::info(&first).is_none_or(|i| i.second_factor) {
+        bail!(
+            "{} is a second factor: it cannot be the way in (the list belongs to the first method)",
+            q(&first)
+        );
+    }
+    let at = keycard_proto::Path::new(vec![
+        "auth".into(),
+        first.as_str().into(),
+        "user".into(),
+        name.into(),
+        "factors".into(),
+    ]);
+    if factors.is_empty() && !clear {
+        let v = c
+            .request(
+                Msg::new()
+                    .with("action", "get_internal")
+                    .with_path("path", &at),
+            )
+            .await?;
+        let list: Vec<&str> = match v.get("value").and_then(|v| v.get("factors")) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        match list.is_empty() {
+            true => say!("{first} alone"),
+            false => say!("{first} then {}", list.join(", ")),
+        }
+        return Ok(());
+    }
+    if clear {
+        c.request(
+            Msg::new()
+                .with("action", "delete_internal")
+                .with_path("path", &at),
+        )
+        .await?;
+        say_err!("user {} logs in with {first} alone", q(name));
+        return Ok(());
+    }
+    if factors.len() > MAX_FACTORS {
+        bail!("at most {MAX_FACTORS} factors");
+    }
+    for (i, f) in factors.iter().enumerate() {
+        if ClientRegistry::info(f).is_none() {
+            bail!("unknown auth method {}", q(f));
+        }
+        if *f == first || factors[..i].contains(f) {
+            bail!("{} is named twice", q(f));
+        }
+        if !has.contains(f) {
+            bail!("user {} has no {} record: create it first", q(name), q(f));
+        }
+    }
+    let list = Value::Array(factors.iter().map(|f| Value::from(f.as_str())).collect());
+    c.request(
+        Msg::new()
+            .with("action", "set_internal")
+            .with_path("path", &at)
+            .with("value", Msg::new().with("factors", list)),
+    )
+    .await?;
+    say_err!(
+        "user {} logs in with {first} then {}",
+        q(name),
+        factors.join(", ")
+    );
+    Ok(())
 }

@@ -114,7 +114,7 @@ pub fn free_port() -> u16 {
 }
 
 /// The login variables a test must not inherit from whoever runs it.
-const LOGIN_VARS: [&str; 9] = [
+const LOGIN_VARS: [&str; 10] = [
     "KEYCARD_SERVER",
     "KEYCARD_AUTH",
     "KEYCARD_USER",
@@ -124,6 +124,7 @@ const LOGIN_VARS: [&str; 9] = [
     "KEYCARD_TOKEN",
     "KEYCARD_TOKEN_FILE",
     "KEYCARD_CONFIG",
+    "KEYCARD_TOTP_CODE",
 ];
 
 /// The `keycard` binary with `args` and `env`, none of the caller's login

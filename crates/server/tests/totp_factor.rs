@@ -1,0 +1,407 @@
+//! TOTP as a second factor, end to end: a SCRAM user enrolled in `totp`
+//! through `auth_set` (the secret read back from the provisioning URI,
+//! as an authenticator app would) whose factor list is `["totp"]` logs
+//! in with password and code, over msgpack and REST, on the server's
+//! manual clock. A wrong code, a code two steps old and a code used
+//! once already (`last_step`, written back by the first login) fail as
+//! `auth_failed`, each counted once by the throttle; two logins racing
+//! with one code let exactly one in; pyotp's codes are accepted.
+
+mod common;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::rest::{http, scram_begin, Reply};
+use common::{advance, start_with_clock, TestServer};
+use keycard_auth::bouncer::{KeycardId, State};
+use keycard_auth::{
+    totp_at, ClientRegistry, Password, ScramClient, TotpAlgorithm, TotpClient, ROOT, SCRAM_SHA_256,
+    TOTP,
+};
+use keycard_client::{Client, ClientError};
+use keycard_proto::{ErrorCode, Msg, Path, Value};
+use keycard_server::{Clock, ManualClock};
+
+const PASSWORD: &str = "correct horse";
+
+/// RFC 4648 base32 (no padding), as the URI carries the secret.
+fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in text.bytes() {
+        let v = ALPHABET
+            .iter()
+            .position(|a| *a == c)
+            .expect("a base32 digit") as u32;
+        buffer = (buffer << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// The `secret` parameter of a provisioning URI, decoded.
+fn secret_of(uri: &str) -> Vec<u8> {
+    let query = uri.split_once('?').expect("a query").1;
+    let secret = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("secret="))
+        .expect("a secret");
+    base32_decode(secret)
+}
+
+/// The server under test, its clock, and alice's provisioning URI.
+struct Fixture {
+    s: TestServer,
+    clock: Arc<ManualClock>,
+    uri: String,
+    secret: Vec<u8>,
+}
+
+impl Fixture {
+    /// The code for the step `steps` away from the server clock's.
+    fn code(&self, steps: i64) -> String {
+        let now = (self.clock.now_ms() / 1000).saturating_add_signed(steps * 30);
+        totp_at(TotpAlgorithm::Sha1, &self.secret, now, 30, 6)
+    }
+
+    /// alice's failures from this address, as the throttle counts them.
+    fn failures(&self) -> u32 {
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        self.s
+            .handle
+            .state
+            .throttle
+            .counters("alice", ip)
+            .pair
+            .failures
+    }
+}
+
+/// SCRAM current (`root` accepted, for the admin), alice a SCRAM user
+/// enrolled in `totp` by `auth_set`, her factor list `["totp"]`; the
+/// REST listener on; the server on a manual clock.
+async fn fixture() -> Fixture {
+    let (s, clock) = start_with_clock(|c| {
+        c.http = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let c = Client::connect(s.addr()).await.expect("connect");
+    let root = ClientRegistry::make(ROOT, None).expect("root");
+    c.set_user(root.as_ref()).await.expect("root user");
+    c.set_user(&ScramClient::new("alice", Password::new(PASSWORD)))
+        .await
+        .expect("alice");
+    let reply = c
+        .create_user(&TotpClient {
+            user: "alice".into(),
+            code: None,
+        })
+        .await
+        .expect("enrolled");
+    let uri = reply
+        .get("uri")
+        .and_then(Value::as_str)
+        .expect("the provisioning URI")
+        .to_owned();
+    let secret = secret_of(&uri);
+    assert_eq!(secret.len(), 20);
+    c.request(
+        Msg::new()
+            .with("action", "set_internal")
+            .with_path(
+                "path",
+                &Path::parse("auth.scram-sha-256.user.alice.factors").expect("path"),
+            )
+            .with(
+                "value",
+                Msg::new().with("factors", Value::Array(vec![TOTP.into()])),
+            ),
+    )
+    .await
+    .expect("factors");
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", SCRAM_SHA_256)
+            .with("accept", Value::Array(vec![ROOT.into()])),
+    )
+    .await
+    .expect("current");
+    Fixture {
+        s,
+        clock,
+        uri,
+        secret,
+    }
+}
+
+/// A msgpack login as alice with `password` and then `code`.
+async fn login(f: &Fixture, password: &str, code: &str) -> Result<Client, ClientError> {
+    let c = Client::connect(f.s.addr()).await.expect("connect");
+    let scram = ScramClient::new("alice", Password::new(password));
+    let totp = TotpClient {
+        user: "alice".into(),
+        code: Some(Password::new(code)),
+    };
+    c.login_with_factors(&scram, &[&totp]).await.map(|()| c)
+}
+
+async fn user_of(c: &Client) -> Option<String> {
+    let who = c
+        .request(Msg::new().with("action", "whoami"))
+        .await
+        .expect("whoami");
+    who.get("user").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// A login that must be refused with `auth_failed`, counted once.
+async fn refused(f: &Fixture, code: &str, why: &str) {
+    let before = f.failures();
+    let e = login(f, PASSWORD, code)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{why}: logged in"));
+    assert_eq!(e.code(), Some(ErrorCode::AuthFailed), "{why}: {e}");
+    assert_eq!(f.failures(), before + 1, "{why}: counted once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_and_code_over_msgpack() {
+    let f = fixture().await;
+    // The password alone does not do: the server asks for the code.
+    let c = Client::connect(f.s.addr()).await.expect("connect");
+    let e = c
+        .login(&ScramClient::new("alice", Password::new(PASSWORD)))
+        .await
+        .expect_err("no code");
+    assert!(e.to_string().contains("totp"), "{e}");
+    // Wrong codes, before any was used: a wrong one, one two steps old.
+    let good = f.code(0);
+    let wrong = if good == "000000" { "000001" } else { "000000" };
+    refused(&f, wrong, "a wrong code").await;
+    refused(&f, &f.code(-2), "a code two steps old").await;
+    // The right code, at the server's time.
+    let c = login(&f, PASSWORD, &good).await.expect("password and code");
+    assert_eq!(user_of(&c).await.as_deref(), Some("alice"));
+    assert_eq!(f.failures(), 0, "a success clears the pair's counter");
+    // The same code again: the first login wrote its step back.
+    refused(&f, &good, "the same code a second time").await;
+    // A wrong password with the right next code fails before the code.
+    let before = f.failures();
+    let e = login(&f, "wrong", &f.code(1)).await.err().expect("refused");
+    assert_eq!(e.code(), Some(ErrorCode::AuthFailed), "{e}");
+    assert_eq!(f.failures(), before + 1);
+    // Thirty seconds on, the next step's code works.
+    advance(&f.s, &f.clock, Duration::from_secs(30));
+    let next = f.code(0);
+    let c = login(&f, PASSWORD, &next).await.expect("the next step");
+    assert_eq!(user_of(&c).await.as_deref(), Some("alice"));
+    refused(&f, &next, "the next step's code a second time").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_logins_racing_with_one_code_let_one_in() {
+    let f = fixture().await;
+    let code = f.code(0);
+    let before = f.failures();
+    let (a, b) = tokio::join!(login(&f, PASSWORD, &code), login(&f, PASSWORD, &code));
+    let (won, lost) = match (a, b) {
+        (Ok(c), Err(e)) | (Err(e), Ok(c)) => (c, e),
+        (a, b) => panic!("exactly one wins: {:?} {:?}", a.err(), b.err()),
+    };
+    assert_eq!(user_of(&won).await.as_deref(), Some("alice"));
+    assert_eq!(lost.code(), Some(ErrorCode::AuthFailed), "{lost}");
+    // The winner's success cleared the pair; the loser counted once,
+    // whichever settled first.
+    assert!(f.failures() <= before + 1);
+}
+
+fn body(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).expect("json")
+}
+
+/// A REST login as alice up to the factor's prompt; returns the session
+/// path.
+async fn rest_prompted(f: &Fixture) -> String {
+    let addr = f.s.handle.http_addr.expect("http");
+    let start = scram_begin(addr, "alice", PASSWORD)
+        .await
+        .map_err(|r| r.body)
+        .expect("begin");
+    let at = format!("/session/{}", start.sid);
+    let r = http(
+        addr,
+        "PUT",
+        &at,
+        None,
+        &body(serde_json::json!({"data": start.client_final})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["factor"], TOTP, "{:?}", r.body);
+    assert!(r.body["data"].as_str().is_some_and(|d| d.starts_with("v=")));
+    at
+}
+
+async fn rest_code(f: &Fixture, at: &str, code: &str) -> Reply {
+    let addr = f.s.handle.http_addr.expect("http");
+    http(
+        addr,
+        "PUT",
+        at,
+        None,
+        &body(serde_json::json!({"method": TOTP, "data": code})),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_and_code_over_rest() {
+    let f = fixture().await;
+    let card = |at: &str| {
+        let id = KeycardId::parse(at.trim_start_matches("/session/")).expect("sid");
+        f.s.handle.state.bouncer.table().show(id)
+    };
+    // What a wrong password gets.
+    let addr = f.s.handle.http_addr.expect("http");
+    let bad = scram_begin(addr, "alice", "wrong")
+        .await
+        .map_err(|r| r.body)
+        .expect("begin");
+    let r = http(
+        addr,
+        "PUT",
+        &format!("/session/{}", bad.sid),
+        None,
+        &body(serde_json::json!({"data": bad.client_final})),
+    )
+    .await;
+    let refusal = (r.status, r.body);
+    assert_eq!(refusal.1["code"], "auth_failed", "{refusal:?}");
+    // A wrong code gets the same, counted once.
+    let good = f.code(0);
+    let wrong = if good == "000000" { "000001" } else { "000000" };
+    for (code, why) in [(wrong.to_owned(), "wrong"), (f.code(-2), "two steps old")] {
+        let before = f.failures();
+        let at = rest_prompted(&f).await;
+        let r = rest_code(&f, &at, &code).await;
+        assert_eq!((r.status, &r.body), (refusal.0, &refusal.1), "{why}");
+        assert_eq!(f.failures(), before + 1, "{why}: counted once");
+        assert!(card(&at).is_none_or(|c| c.state != State::Authenticated));
+    }
+    // The right code.
+    let at = rest_prompted(&f).await;
+    assert_eq!(card(&at).map(|c| c.state), Some(State::Challenged));
+    let r = rest_code(&f, &at, &good).await;
+    assert_eq!(r.status, 303, "{:?}", r.body);
+    let c = card(&at).expect("keycard");
+    assert_eq!((c.state, &*c.user), (State::Authenticated, "alice"));
+    // Replayed in another session: refused.
+    let before = f.failures();
+    let at = rest_prompted(&f).await;
+    let r = rest_code(&f, &at, &good).await;
+    assert_eq!((r.status, &r.body), (refusal.0, &refusal.1), "replay");
+    assert_eq!(f.failures(), before + 1);
+    // The next step, thirty seconds on.
+    advance(&f.s, &f.clock, Duration::from_secs(30));
+    let at = rest_prompted(&f).await;
+    let r = rest_code(&f, &at, &f.code(0)).await;
+    assert_eq!(r.status, 303, "{:?}", r.body);
+}
+
+/// The venv python with pyotp, or `None` when the peer tests are
+/// skipped (as crates/auth/tests/pyotp.rs finds it).
+fn python() -> Option<String> {
+    if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
+        eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
+        return None;
+    }
+    Some(std::env::var("KEYCARD_DISTKV_PYTHON").expect(
+        "KEYCARD_DISTKV_PYTHON must point at a python with pyotp installed: run the tests with \
+         scripts/test.sh (it creates the venv), or set KEYCARD_SKIP_PEERS=1 to skip",
+    ))
+}
+
+/// pyotp's code for Unix time `t`, from the provisioning URI. The
+/// compatibility script checks pyotp agrees with keycard at `t - 17`,
+/// then answers its own code for `t`.
+fn pyotp_code(python: &str, uri: &str, secret: &[u8], t: u64) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/compat/totp_pyotp.py"
+    );
+    let before = t - 17;
+    let ours = totp_at(TotpAlgorithm::Sha1, secret, before, 30, 6);
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(uri)
+        .arg(format!("{before}:{ours}"))
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "pyotp on {uri}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{t}:")))
+        .expect("pyotp's code")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyotp_makes_the_code_for_the_server_clock() {
+    let Some(python) = python() else { return };
+    let f = fixture().await;
+    for round in 0..2 {
+        let t = f.clock.now_ms() / 1000;
+        let code = pyotp_code(&python, &f.uri, &f.secret, t);
+        assert_eq!(code, f.code(0), "round {round}");
+        let c = login(&f, PASSWORD, &code).await.expect("pyotp's code");
+        assert_eq!(user_of(&c).await.as_deref(), Some("alice"));
+        refused(&f, &code, "pyotp's code a second time").await;
+        advance(&f.s, &f.clock, Duration::from_secs(30));
+    }
+}
+
+/// The client asks for a factor only when the server prompts for it
+/// (`Client::login_asking`, what the CLI uses to read a code then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_asks_for_the_code_when_prompted() {
+    let f = fixture().await;
+    let code = f.code(0);
+    let mut asked = Vec::new();
+    let c = Client::connect(f.s.addr()).await.expect("connect");
+    let mut factor = |name: &str| {
+        asked.push(name.to_owned());
+        ClientRegistry::make_with_password(name, Some("alice"), Some(Password::new(&code)))
+            .map_err(|e| ClientError::Auth(e.to_string()))
+    };
+    c.login_asking(
+        &ScramClient::new("alice", Password::new(PASSWORD)),
+        &mut factor,
+    )
+    .await
+    .expect("asked, then in");
+    assert_eq!(asked, [TOTP]);
+    assert_eq!(user_of(&c).await.as_deref(), Some("alice"));
+    // A user without factors is never asked.
+    let admin = Client::connect(f.s.addr()).await.expect("connect");
+    let mut never = |name: &str| -> Result<Box<dyn keycard_auth::ClientMethod>, ClientError> {
+        panic!("asked for {name}")
+    };
+    let root = ClientRegistry::make(ROOT, None).expect("root");
+    admin
+        .login_asking(root.as_ref(), &mut never)
+        .await
+        .expect("root");
+}
