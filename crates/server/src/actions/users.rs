@@ -1,58 +1,34 @@
-//! `user_show`: a user by name (its methods, bindings and last logins),
-//! over msgpack and for REST's `GET /user/{name}`; the rest of user
-//! management is the core's (`core::users`).
+//! `user_show` over msgpack, and the reply both front ends give for a
+//! shown user (REST's `GET /user/{name}` answers it as JSON); the work is
+//! the core's (`core::users::show`).
 
 use keycard_proto::{Msg, Value};
 
-use crate::caller::{Caller, Capability};
-use crate::core::access::{check_cap, check_login};
-use crate::core::users::{me, no_such_user, records, user_kind, user_name};
+use crate::caller::Caller;
+use crate::core::users::{self, Shown};
 use crate::error::ApiResult;
 use crate::state::ServerState;
 
-/// `GET /user/{name}`: `{name, methods: [{method, acl?, groups?, …}],
-/// last_logins: [{at, client, method, via}]}`. Needs `read_auth` (which
-/// reads every record with `auth_get` already: showing is reading, no
-/// outranking needed), or to be the user: then only the record it logged
-/// in with (same name, method and domain), and its last logins.
-pub(crate) async fn show(state: &ServerState, session: &Caller, name: &str) -> ApiResult<Msg> {
-    check_login(state, session)?;
-    let own_only = match check_cap(state, session, Capability::ReadAuth) {
-        Ok(()) => None,
-        Err(e) => Some(me(session, name).ok_or(e)?.record.clone()),
-    };
-    let name = user_name(name)?;
-    let mut found = records(state, session, name).await?;
-    if let Some(mine) = &own_only {
-        found.retain(|(_, at, _)| at == mine);
-    }
-    if found.is_empty() {
-        return Err(no_such_user());
-    }
-    let mut methods = Vec::new();
-    let mut logins = Vec::new();
-    for (m, at, value) in &found {
-        let Some(method) = state.methods.get(m) else {
-            continue;
-        };
-        let mut item = method.show_record(user_kind(method.as_ref())?, value);
-        item.set("method", *m);
-        if let Some(e) = state.store.get(&at.child("acl")).await? {
-            if let Some(acl) = e.value.get("key").and_then(Value::as_str) {
+/// A shown user: `{name, methods: [{…what the method shows, method,
+/// acl?, groups?}], last_logins: [{at, client, method, via}]}`.
+pub(crate) fn reply(shown: Shown) -> Msg {
+    let methods: Vec<Value> = shown
+        .records
+        .into_iter()
+        .map(|r| {
+            let mut item = r.fields;
+            item.set("method", r.method);
+            if let Some(acl) = r.acl {
                 item.set("acl", acl);
             }
-        }
-        if let Some(e) = state.store.get(&at.child("groups")).await? {
-            if let Some(Value::Array(g)) = e.value.get("groups") {
-                item.set("groups", Value::Array(g.clone()));
+            if let Some(g) = r.groups {
+                item.set("groups", Value::Array(g));
             }
-        }
-        methods.push(item.into_value());
-        logins.extend(state.logins.of(at).await?);
-    }
-    logins.sort_by_key(|m| std::cmp::Reverse(m.at));
-    logins.truncate(crate::logins::KEEP);
-    let last: Vec<Value> = logins
+            item.into_value()
+        })
+        .collect();
+    let last: Vec<Value> = shown
+        .last_logins
         .iter()
         .map(|l| {
             Msg::new()
@@ -63,10 +39,15 @@ pub(crate) async fn show(state: &ServerState, session: &Caller, name: &str) -> A
                 .into_value()
         })
         .collect();
-    Ok(Msg::new()
-        .with("name", name)
+    Msg::new()
+        .with("name", shown.name)
         .with("methods", Value::Array(methods))
-        .with("last_logins", Value::Array(last)))
+        .with("last_logins", Value::Array(last))
+}
+
+/// Shows user `name` to `session` ([`users::show`]), as the reply.
+pub(crate) async fn show(state: &ServerState, session: &Caller, name: &str) -> ApiResult<Msg> {
+    Ok(reply(users::show(state, session, name).await?))
 }
 
 /// `user_show {ident}`: [`show`] over msgpack.

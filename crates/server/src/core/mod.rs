@@ -20,3 +20,6 @@ pub(crate) mod rank;
 pub(crate) mod tokens;
 pub(crate) mod tree;
 pub(crate) mod users;
+
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -2,8 +2,8 @@
 //! msgpack's `auth_set`/`auth_delete`): create a user with a credential,
 //! set a credential, delete one, and the guards every change to a user
 //! passes (its name's turn, the outrank rule, a recent login for one's
-//! own credential). Showing a user builds a reply: the adapter's
-//! (`actions/users.rs`).
+//! own credential), and showing a user (what each record shows, its
+//! bindings and last logins; the adapters encode it).
 //!
 //! A user is a name with one record per method
 //! (`(…, "auth", METHOD, "user", NAME)`) and the aux nodes below each
@@ -17,6 +17,8 @@
 use keycard_auth::bouncer::{Filter, KeycardId};
 use keycard_auth::{AuthError, Kind, LoginCtx, Method, Step};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
+
+use crate::logins::Mark;
 use keycard_store::{Cond, Op};
 
 use super::access::{check_cap, check_login};
@@ -494,4 +496,139 @@ pub(crate) async fn credential_changed(
     by: Option<&str>,
 ) -> ApiResult<usize> {
     revoke_user(state, root, name, keep, false, by).await
+}
+
+/// What showing a user finds.
+#[derive(Clone, Debug)]
+pub(crate) struct Shown {
+    /// The user's name.
+    pub name: String,
+    /// Each record the caller may see, by method.
+    pub records: Vec<ShownRecord>,
+    /// The most recent logins by those records, newest first (at most
+    /// `logins::KEEP`).
+    pub last_logins: Vec<Mark>,
+}
+
+/// One record of a shown user.
+#[derive(Clone, Debug)]
+pub(crate) struct ShownRecord {
+    /// Its method.
+    pub method: &'static str,
+    /// What the method shows of it (nothing secret).
+    pub fields: Msg,
+    /// The ACL it is bound to.
+    pub acl: Option<String>,
+    /// Its groups.
+    pub groups: Option<Vec<Value>>,
+}
+
+/// User `name` under the caller's root: its records, bindings and last
+/// logins. Needs `read_auth` (which reads every record with `auth_get`
+/// already: showing is reading, no outranking needed), or to be the user:
+/// then only the record it logged in with (same name, method and
+/// domain), and its last logins.
+pub(crate) async fn show(state: &ServerState, session: &Caller, name: &str) -> ApiResult<Shown> {
+    check_login(state, session)?;
+    let own_only = match check_cap(state, session, Capability::ReadAuth) {
+        Ok(()) => None,
+        Err(e) => Some(me(session, name).ok_or(e)?.record.clone()),
+    };
+    let name = user_name(name)?;
+    let mut found = records(state, session, name).await?;
+    if let Some(mine) = &own_only {
+        found.retain(|(_, at, _)| at == mine);
+    }
+    if found.is_empty() {
+        return Err(no_such_user());
+    }
+    let mut shown = Vec::new();
+    let mut logins = Vec::new();
+    for (m, at, value) in &found {
+        let Some(method) = state.methods.get(m) else {
+            continue;
+        };
+        let fields = method.show_record(user_kind(method.as_ref())?, value);
+        let acl = match state.store.get(&at.child("acl")).await? {
+            Some(e) => e
+                .value
+                .get("key")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            None => None,
+        };
+        let groups = match state.store.get(&at.child("groups")).await? {
+            Some(e) => match e.value.get("groups") {
+                Some(Value::Array(g)) => Some(g.clone()),
+                _ => None,
+            },
+            None => None,
+        };
+        shown.push(ShownRecord {
+            method: m,
+            fields,
+            acl,
+            groups,
+        });
+        logins.extend(state.logins.of(at).await?);
+    }
+    logins.sort_by_key(|m| std::cmp::Reverse(m.at));
+    logins.truncate(crate::logins::KEEP);
+    Ok(Shown {
+        name: name.to_owned(),
+        records: shown,
+        last_logins: logins,
+    })
+}
+
+#[cfg(test)]
+mod show_tests {
+    //! Showing a user as a plain call.
+
+    use keycard_proto::{ErrorCode, Path};
+
+    use super::show;
+    use crate::caller::Capability;
+    use crate::clock::ManualClock;
+    use crate::core::testkit::{close, login, state, user};
+
+    #[tokio::test]
+    async fn a_user_is_shown_to_read_auth_and_to_itself_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = state(&dir, ManualClock::at(1_000_000)).await;
+        close(&s).await;
+        let root = Path::root();
+        let reader = login(&s, &root, "rita", &[Capability::ReadAuth], 1).await;
+        let ann = login(&s, &root, "ann", &[], 2).await;
+        user(&s, &root, "bob", &[]).await;
+        let bob = show(&s, &reader, "bob").await.expect("shown");
+        assert_eq!(bob.name, "bob");
+        assert_eq!(
+            bob.records.iter().map(|r| r.method).collect::<Vec<_>>(),
+            vec![keycard_auth::TEST]
+        );
+        // Itself, without the capability.
+        let me = show(&s, &ann, "ann").await.expect("itself");
+        assert_eq!(me.records.len(), 1);
+        // Another user: the capability is missing, whether or not it exists.
+        for name in ["bob", "nobody"] {
+            let refused = show(&s, &ann, name).await;
+            assert_eq!(
+                refused.err().map(|e| e.code),
+                Some(ErrorCode::PermissionDenied)
+            );
+        }
+        assert_eq!(
+            show(&s, &reader, "nobody").await.err().map(|e| e.code),
+            Some(ErrorCode::NotFound)
+        );
+        // A domain's reader sees only its domain's users.
+        let acme = Path::parse("org.acme").expect("path");
+        let dom = login(&s, &acme, "dora", &[Capability::ReadAuth], 3).await;
+        assert_eq!(
+            show(&s, &dom, "bob").await.err().map(|e| e.code),
+            Some(ErrorCode::NotFound)
+        );
+        assert!(show(&s, &dom, "dora").await.is_ok());
+    }
 }

@@ -1,5 +1,6 @@
 //! `/user/{name}` (signed): show, create, set a credential, delete
-//! (`core::users` does the work; showing is `actions::users::show`).
+//! (`core::users` does the work; a shown user is encoded by
+//! `actions::users::reply`, as msgpack answers it).
 //! Bodies are `{method, data, token?, upload?, acl?}`, shaped by the
 //! method's `RestSet`: for
 //! `scram-sha-256`, `data` is the verifier in PostgreSQL's text form; for
