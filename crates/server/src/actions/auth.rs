@@ -392,8 +392,7 @@ pub(super) async fn auth_info(msg: &Value, r: &mut Responder) -> ApiResult {
     let state = r.conn().state.clone();
     let entry = state.store.get(&session.root.join(&auth_root())).await?;
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
-    r.reply(super::entry_msg(&state, entry.as_ref(), nchain))
-        .await;
+    r.reply(super::entry_msg(&state, entry, nchain)).await;
     Ok(())
 }
 

@@ -28,7 +28,7 @@ pub(super) async fn get_value(msg: &Value, r: &mut Responder) -> ApiResult {
     let path = core::access::data_path(&session, &path_field(msg, "path")?)?;
     let entry = core::data::get(&state, &session, &path).await?;
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
-    r.reply(entry_msg(&state, entry.as_ref(), nchain)).await;
+    r.reply(entry_msg(&state, entry, nchain)).await;
     drop(held);
     Ok(())
 }
@@ -139,12 +139,8 @@ pub(super) async fn root(msg: &Value, r: &mut Responder) -> ApiResult {
     };
     r.conn().update_session(|s| s.caller.root = path.clone());
     tracing::debug!(conn = r.conn().id, root = ?path.to_string(), "connection re-rooted");
-    let reply = entry_msg(
-        &state,
-        entry.as_ref(),
-        opt_usize(msg, "nchain")?.unwrap_or(0),
-    )
-    .with("path", Value::Array(Vec::new()));
+    let reply = entry_msg(&state, entry, opt_usize(msg, "nchain")?.unwrap_or(0))
+        .with("path", Value::Array(Vec::new()));
     r.reply(reply).await;
     Ok(())
 }

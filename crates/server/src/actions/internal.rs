@@ -25,7 +25,7 @@ pub(super) async fn get_internal(msg: &Value, r: &mut Responder) -> ApiResult {
     let held = conn.reserve(state.config.max_message).await;
     let entry = state.store.get(&path).await?;
     let nchain = opt_usize(msg, "nchain")?.unwrap_or(0);
-    r.reply(entry_msg(&state, entry.as_ref(), nchain)).await;
+    r.reply(entry_msg(&state, entry, nchain)).await;
     drop(held);
     Ok(())
 }

@@ -256,12 +256,14 @@ pub(crate) fn condition(state: &ServerState, msg: &Value) -> ApiResult<Cond> {
 }
 
 /// The reply for a node: its value (if any), tock and, with `nchain`, its
-/// chain.
-pub(crate) fn entry_msg(state: &ServerState, entry: Option<&Entry>, nchain: usize) -> Msg {
+/// chain. The entry is taken, not borrowed: its value moves into the
+/// reply, so a large value is held once while the reply is encoded (a
+/// read's budget reservation counts one copy).
+pub(crate) fn entry_msg(state: &ServerState, entry: Option<Entry>, nchain: usize) -> Msg {
     let mut m = Msg::new();
     match entry {
         Some(e) => {
-            m.set("value", e.value.clone());
+            m.set("value", e.value);
             m.set("tock", e.tock.0);
             if nchain > 0 {
                 m.set("chain", chain(state, e.tock));
