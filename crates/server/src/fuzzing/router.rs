@@ -526,7 +526,9 @@ impl Client {
         self.model.used.insert(seq);
         let end = msg.clone().into_value().state() == Some("end");
         match self.model.live.get_mut(&seq).and_then(|r| r.first_mut()) {
-            Some(r) if r.kind == Kind::Dialogue && r.asked && !r.answered => r.answered = true,
+            // Its answer, even before the question came (held back by the
+            // window): the dialogue listens from before it asks.
+            Some(r) if r.kind == Kind::Dialogue && r.started && !r.answered => r.answered = true,
             // An answered dialogue may still take it, silently.
             Some(r) if r.kind == Kind::Dialogue => {
                 *self.model.may_owe.entry(seq).or_default() += 1;
