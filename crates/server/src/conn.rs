@@ -18,8 +18,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use keycard_proto::{encode_into, DecodeError, Decoder, ErrorCode, Limits, Msg, MsgExt, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -480,15 +479,20 @@ enum Late {
 /// the connection's budget (`Outbox`). Writing never blocks the task: the
 /// running requests, a keycard's end and the timeouts are served while
 /// the socket is full.
-pub(crate) async fn serve<H: Handler>(
+///
+/// The connection is its two halves, `rd` and `wr`: a TCP socket's, or
+/// an in-memory pipe's (the `router` fuzz target drives one).
+pub(crate) async fn serve<H, R, W>(
     handler: H,
     state: Arc<ServerState>,
-    socket: TcpStream,
+    (mut rd, mut wr): (R, W),
     peer: SocketAddr,
     id: u64,
-) {
-    let _ = socket.set_nodelay(true);
-    let (mut rd, mut wr) = socket.into_split();
+) where
+    H: Handler,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let (closing, mut closing_rx) = watch::channel(false);
     let conn = Arc::new(ConnShared {
         id,

@@ -371,7 +371,9 @@ impl Protocol<TcpStream> for Msgpack {
         let id = self.state.next_conn_id();
         let span = tracing::info_span!("conn", id, %peer);
         tracing::debug!(parent: &span, "connection accepted");
-        conn::serve(crate::actions::Actions, self.state, socket, peer, id).instrument(span)
+        let _ = socket.set_nodelay(true);
+        let halves = socket.into_split();
+        conn::serve(crate::actions::Actions, self.state, halves, peer, id).instrument(span)
     }
 
     fn refuse(

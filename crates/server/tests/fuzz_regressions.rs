@@ -19,6 +19,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("acl", keycard_auth::fuzzing::fuzz_acl),
     ("bouncer", keycard_auth::fuzzing::fuzz_bouncer),
     ("config", keycard_server::fuzzing::fuzz_config),
+    ("router", keycard_server::fuzzing::fuzz_router),
 ];
 
 fn fuzz_dir() -> PathBuf {

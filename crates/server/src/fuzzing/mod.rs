@@ -1,6 +1,7 @@
-//! The body of the `config` fuzz target, as a plain function: `fuzz/`
-//! calls it under libFuzzer, and `tests/fuzz_regressions.rs` replays the
-//! checked-in inputs through it. Not an API.
+//! The bodies of the `config` and `router` fuzz targets, as plain
+//! functions: `fuzz/` calls them under libFuzzer, and
+//! `tests/fuzz_regressions.rs` replays the checked-in inputs through them.
+//! Not an API.
 
 use crate::config::Config;
 
@@ -58,3 +59,8 @@ pub fn fuzz_config(data: &[u8]) {
     let again = Config::from_toml(text).expect("parses again");
     assert_eq!(format!("{again:?}"), format!("{config:?}"));
 }
+
+/// The body of the `router` fuzz target; see [`fuzz_router`].
+mod router;
+
+pub use router::fuzz_router;
