@@ -80,42 +80,47 @@ pub(crate) fn greeting(state: &ServerState) -> Value {
 }
 
 /// Runs the handler for `action`.
+/// Runs one action. Every request's task holds this future while it
+/// waits (for room in the budget, for the store), so it is kept as small
+/// as the data actions' own: every other action's future is boxed (a
+/// login's is several KiB), and a connection pipelining a thousand reads
+/// holds a thousand small futures, not a thousand login-sized ones.
 pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> ApiResult {
     match action {
         "get_value" => data::get_value(msg, r).await,
         "set_value" => data::set_value(msg, r).await,
         "delete_value" => data::delete_value(msg, r).await,
         "get_tock" => data::get_tock(r).await,
-        "root" => data::root(msg, r).await,
+        "root" => Box::pin(data::root(msg, r)).await,
         "stop" => data::stop(msg, r).await,
-        "get_tree" => tree::get_tree(msg, r).await,
-        "enum" => tree::enumerate(msg, r).await,
-        "watch" => tree::watch(msg, r).await,
-        "delete_tree" => tree::delete_tree(msg, r).await,
-        "get_internal" => internal::get_internal(msg, r).await,
-        "set_internal" => internal::set_internal(msg, r).await,
-        "delete_internal" => internal::delete_internal(msg, r).await,
-        "enum_internal" => internal::enum_internal(msg, r).await,
-        "get_tree_internal" => internal::get_tree_internal(msg, r).await,
-        "auth" => auth::auth(msg, r).await,
-        "auth_get" => auth::auth_get(msg, r).await,
-        "auth_set" => auth::auth_set(msg, r).await,
-        "auth_list" => auth::auth_list(msg, r).await,
-        "auth_delete" => auth::auth_delete(msg, r).await,
-        "auth_info" => auth::auth_info(msg, r).await,
-        "auth_methods" => methods::auth_methods(msg, r).await,
-        "set_auth_typ" => auth::set_auth_typ(msg, r).await,
-        "whoami" => auth::whoami(r).await,
-        "diffie_hellman" => auth::diffie_hellman(msg, r).await,
-        "audit_tail" => auth::audit_tail(msg, r).await,
-        "test_acl" => data::test_acl(msg, r).await,
-        "keep_alive" => keycards::keep_alive(msg, r).await,
-        "logout" => keycards::logout(r).await,
-        "keycard_list" => keycards::keycard_list(msg, r).await,
-        "keycard_show" => keycards::keycard_show(msg, r).await,
-        "keycard_revoke" => keycards::keycard_revoke(msg, r).await,
-        "token_create" => keycards::token_create(msg, r).await,
-        "user_show" => users::user_show(msg, r).await,
+        "get_tree" => Box::pin(tree::get_tree(msg, r)).await,
+        "enum" => Box::pin(tree::enumerate(msg, r)).await,
+        "watch" => Box::pin(tree::watch(msg, r)).await,
+        "delete_tree" => Box::pin(tree::delete_tree(msg, r)).await,
+        "get_internal" => Box::pin(internal::get_internal(msg, r)).await,
+        "set_internal" => Box::pin(internal::set_internal(msg, r)).await,
+        "delete_internal" => Box::pin(internal::delete_internal(msg, r)).await,
+        "enum_internal" => Box::pin(internal::enum_internal(msg, r)).await,
+        "get_tree_internal" => Box::pin(internal::get_tree_internal(msg, r)).await,
+        "auth" => Box::pin(auth::auth(msg, r)).await,
+        "auth_get" => Box::pin(auth::auth_get(msg, r)).await,
+        "auth_set" => Box::pin(auth::auth_set(msg, r)).await,
+        "auth_list" => Box::pin(auth::auth_list(msg, r)).await,
+        "auth_delete" => Box::pin(auth::auth_delete(msg, r)).await,
+        "auth_info" => Box::pin(auth::auth_info(msg, r)).await,
+        "auth_methods" => Box::pin(methods::auth_methods(msg, r)).await,
+        "set_auth_typ" => Box::pin(auth::set_auth_typ(msg, r)).await,
+        "whoami" => Box::pin(auth::whoami(r)).await,
+        "diffie_hellman" => Box::pin(auth::diffie_hellman(msg, r)).await,
+        "audit_tail" => Box::pin(auth::audit_tail(msg, r)).await,
+        "test_acl" => Box::pin(data::test_acl(msg, r)).await,
+        "keep_alive" => Box::pin(keycards::keep_alive(msg, r)).await,
+        "logout" => Box::pin(keycards::logout(r)).await,
+        "keycard_list" => Box::pin(keycards::keycard_list(msg, r)).await,
+        "keycard_show" => Box::pin(keycards::keycard_show(msg, r)).await,
+        "keycard_revoke" => Box::pin(keycards::keycard_revoke(msg, r)).await,
+        "token_create" => Box::pin(keycards::token_create(msg, r)).await,
+        "user_show" => Box::pin(users::user_show(msg, r)).await,
         other => Err(ApiError::new(
             ErrorCode::UnknownAction,
             format!("unknown action {other:?}"),
@@ -276,4 +281,39 @@ pub(crate) fn entry_msg(state: &ServerState, entry: Option<Entry>, nchain: usize
         }
     }
     m
+}
+
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+
+    fn size<'a, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(&'a Value, &'a mut Responder) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A pipelined read waits inside `dispatch`'s future: it must cost no
+    /// more than the data actions themselves (plus the match's own state),
+    /// whatever a login's future grows to.
+    #[test]
+    fn dispatch_is_no_bigger_than_the_data_actions() {
+        let dispatched = size(|m: &'static Value, r: &'static mut Responder| dispatch("x", m, r));
+        let data = [
+            size(data::get_value),
+            size(data::set_value),
+            size(data::delete_value),
+        ];
+        let largest = data.into_iter().max().unwrap_or(0);
+        assert!(
+            dispatched <= largest + 128,
+            "dispatch's future is {dispatched} bytes, the data actions' at most {largest}; \
+             box the action that grew it"
+        );
+        assert!(
+            size(auth::auth) > dispatched,
+            "a login's future is boxed, not inline"
+        );
+    }
 }
