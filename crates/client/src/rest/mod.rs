@@ -1,12 +1,13 @@
 //! keycard's REST API from Rust (docs/REST.md): the login (SCRAM-SHA-256
 //! or OPAQUE over `POST /session/new` and `PUT /session/{sid}`, agreeing
-//! the session key `K`), signed requests (version 2, `If-Match` and
-//! `If-None-Match` signed too), keep-alive, logout, `/kv` and `/user`.
+//! the session key `K`, then any further factors the server prompts
+//! for), signed requests (version 2, `If-Match` and `If-None-Match`
+//! signed too), keep-alive, logout, `/kv` and `/user`.
 //!
 //! Three layers, each usable alone:
-//! - [`Login`] / [`Challenged`] and [`Session`]: sans-IO. The login's
-//!   messages and checks, and signing with the time and the nonce passed
-//!   in.
+//! - [`Login`] / [`Challenged`] / [`Prompted`] and [`Session`]: sans-IO.
+//!   The login's messages and checks (a further factor's prompt
+//!   included), and signing with the time and the nonce passed in.
 //! - [`Connection`]: one HTTP/1.1 connection (keep-alive, bounded reads).
 //! - [`RestClient`]: both together against one server, reading the clock
 //!   and drawing nonces; one call per route, answers and errors typed.
