@@ -45,6 +45,10 @@ pub use http::{Connection, Response, MAX_BODY, MAX_HEAD, MAX_HEADERS};
 pub use login::{Challenged, Continued, Login, Prompted};
 pub use session::{kv_target, session_target, user_target, Precondition, Session};
 
+/// The most `PUT /session/{sid}` one login sends before giving up on a
+/// server that keeps prompting.
+const MAX_PUTS: usize = 32;
+
 /// What a login says when SCRAM's server signature does not verify: the
 /// server does not hold the user's verifier.
 pub(crate) const UNVERIFIED: &str = "the server could not be verified";
@@ -442,7 +446,9 @@ impl RestClient {
         mut challenged: Challenged,
         factor: &mut FactorSource<'_, RestError>,
     ) -> Result<Session, RestError> {
-        loop {
+        // A server lists at most 8 factors (docs/DESIGN.md §2.2), each of a
+        // few messages: a server that goes on past this is not keycard.
+        for _ in 0..MAX_PUTS {
             let target = session_target(challenged.sid());
             let r = self
                 .send("PUT", &target, &[], challenged.body().as_bytes())
@@ -466,6 +472,9 @@ impl RestClient {
             }
             return challenged.finish(&r.json()?);
         }
+        Err(RestError::Protocol(format!(
+            "the login did not end within {MAX_PUTS} answers"
+        )))
     }
 
     /// `GET /session/{sid}`, signed: who the session is and until when.
