@@ -175,9 +175,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// What [`Client::login_asking`] asks for a factor's client half, by the
-/// method the server's prompt names.
-pub type FactorSource<'a> =
-    dyn FnMut(&str) -> Result<Box<dyn ClientMethod>, ClientError> + Send + 'a;
+/// method the server's prompt names; with `E` = [`crate::rest::RestError`],
+/// what [`crate::rest::RestClient::login_asking`] asks.
+pub type FactorSource<'a, E = ClientError> =
+    dyn FnMut(&str) -> Result<Box<dyn ClientMethod>, E> + Send + 'a;
 
 /// The error for a prompt for `factor` that this login cannot answer.
 fn not_given(factor: &str) -> ClientError {

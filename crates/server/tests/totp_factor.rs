@@ -13,13 +13,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::rest::{http, scram_begin, Reply};
 use common::{advance, start_with_clock, TestServer};
 use keycard_auth::bouncer::{KeycardId, State};
 use keycard_auth::{
     totp_at, ClientRegistry, Password, ScramClient, TotpAlgorithm, TotpClient, ROOT, SCRAM_SHA_256,
     TOTP,
 };
+use keycard_client::rest::{Login, RestClient, RestError, Session};
 use keycard_client::{Client, ClientError};
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use keycard_server::{Clock, ManualClock};
@@ -223,97 +223,88 @@ async fn two_logins_racing_with_one_code_let_one_in() {
     assert!(f.failures() <= before + 1);
 }
 
-fn body(v: serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(&v).expect("json")
-}
-
-/// A REST login as alice up to the factor's prompt; returns the session
-/// path.
-async fn rest_prompted(f: &Fixture) -> String {
-    let addr = f.s.handle.http_addr.expect("http");
-    let start = scram_begin(addr, "alice", PASSWORD)
+/// A REST login as alice through `keycard_client::rest`: `password`,
+/// then `code` when the server prompts. Returns the session id, the
+/// keycard's state when the prompt came (outer `None`: no prompt), and how the
+/// login ended. A prompt reaches the source only once the client checked
+/// the server's SCRAM signature in it.
+async fn rest_login(
+    f: &Fixture,
+    password: &str,
+    code: &str,
+) -> (String, Option<Option<State>>, Result<Session, RestError>) {
+    let rest = RestClient::connection_per_request(f.s.handle.http_addr.expect("http").to_string());
+    let challenged = rest
+        .begin(Login::scram("alice", Password::new(password)).expect("first"))
         .await
-        .map_err(|r| r.body)
         .expect("begin");
-    let at = format!("/session/{}", start.sid);
-    let r = http(
-        addr,
-        "PUT",
-        &at,
-        None,
-        &body(serde_json::json!({"data": start.client_final})),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(r.body["factor"], TOTP, "{:?}", r.body);
-    assert!(r.body["data"].as_str().is_some_and(|d| d.starts_with("v=")));
-    at
+    let sid = challenged.sid().to_owned();
+    let mut prompted = None;
+    let mut factor = |name: &str| {
+        assert_eq!(prompted, None, "prompted twice");
+        assert_eq!(name, TOTP);
+        prompted = Some(card(f, &sid).map(|c| c.state));
+        ClientRegistry::make_with_password(name, Some("alice"), Some(Password::new(code)))
+            .map_err(|e| RestError::Auth(e.to_string()))
+    };
+    let r = rest.prove_asking(challenged, &mut factor).await;
+    (sid.clone(), prompted, r)
 }
 
-async fn rest_code(f: &Fixture, at: &str, code: &str) -> Reply {
-    let addr = f.s.handle.http_addr.expect("http");
-    http(
-        addr,
-        "PUT",
-        at,
-        None,
-        &body(serde_json::json!({"method": TOTP, "data": code})),
-    )
-    .await
+/// The keycard of the REST session `sid`.
+fn card(f: &Fixture, sid: &str) -> Option<keycard_auth::bouncer::Keycard> {
+    let id = KeycardId::parse(sid).expect("sid");
+    f.s.handle.state.bouncer.table().show(id)
+}
+
+/// A refused REST login's status and body.
+fn refusal_of(r: Result<Session, RestError>) -> (u16, serde_json::Value) {
+    match r {
+        Err(RestError::Status { response, .. }) => (
+            response.status,
+            response.json().unwrap_or(serde_json::Value::Null),
+        ),
+        Err(e) => panic!("not the server's refusal: {e}"),
+        Ok(_) => panic!("logged in"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_and_code_over_rest() {
     let f = fixture().await;
-    let card = |at: &str| {
-        let id = KeycardId::parse(at.trim_start_matches("/session/")).expect("sid");
-        f.s.handle.state.bouncer.table().show(id)
-    };
-    // What a wrong password gets.
-    let addr = f.s.handle.http_addr.expect("http");
-    let bad = scram_begin(addr, "alice", "wrong")
-        .await
-        .map_err(|r| r.body)
-        .expect("begin");
-    let r = http(
-        addr,
-        "PUT",
-        &format!("/session/{}", bad.sid),
-        None,
-        &body(serde_json::json!({"data": bad.client_final})),
-    )
-    .await;
-    let refusal = (r.status, r.body);
+    // What a wrong password gets: refused before any prompt.
+    let (_, prompted, r) = rest_login(&f, "wrong", "000000").await;
+    assert_eq!(prompted, None, "a wrong password is never prompted");
+    let refusal = refusal_of(r);
     assert_eq!(refusal.1["code"], "auth_failed", "{refusal:?}");
     // A wrong code gets the same, counted once.
     let good = f.code(0);
     let wrong = if good == "000000" { "000001" } else { "000000" };
     for (code, why) in [(wrong.to_owned(), "wrong"), (f.code(-2), "two steps old")] {
         let before = f.failures();
-        let at = rest_prompted(&f).await;
-        let r = rest_code(&f, &at, &code).await;
-        assert_eq!((r.status, &r.body), (refusal.0, &refusal.1), "{why}");
+        let (at, prompted, r) = rest_login(&f, PASSWORD, &code).await;
+        assert_eq!(prompted, Some(Some(State::Challenged)), "{why}: prompted");
+        assert_eq!(refusal_of(r), refusal, "{why}");
         assert_eq!(f.failures(), before + 1, "{why}: counted once");
-        assert!(card(&at).is_none_or(|c| c.state != State::Authenticated));
+        assert!(card(&f, &at).is_none_or(|c| c.state != State::Authenticated));
     }
     // The right code.
-    let at = rest_prompted(&f).await;
-    assert_eq!(card(&at).map(|c| c.state), Some(State::Challenged));
-    let r = rest_code(&f, &at, &good).await;
-    assert_eq!(r.status, 303, "{:?}", r.body);
-    let c = card(&at).expect("keycard");
+    let (at, prompted, r) = rest_login(&f, PASSWORD, &good).await;
+    assert_eq!(prompted, Some(Some(State::Challenged)));
+    r.expect("303");
+    let c = card(&f, &at).expect("keycard");
     assert_eq!((c.state, &*c.user), (State::Authenticated, "alice"));
     // Replayed in another session: refused.
     let before = f.failures();
-    let at = rest_prompted(&f).await;
-    let r = rest_code(&f, &at, &good).await;
-    assert_eq!((r.status, &r.body), (refusal.0, &refusal.1), "replay");
+    let (_, prompted, r) = rest_login(&f, PASSWORD, &good).await;
+    assert_eq!(prompted, Some(Some(State::Challenged)), "replay: prompted");
+    assert_eq!(refusal_of(r), refusal, "replay");
     assert_eq!(f.failures(), before + 1);
     // The next step, thirty seconds on.
     advance(&f.s, &f.clock, Duration::from_secs(30));
-    let at = rest_prompted(&f).await;
-    let r = rest_code(&f, &at, &f.code(0)).await;
-    assert_eq!(r.status, 303, "{:?}", r.body);
+    let (_, prompted, r) = rest_login(&f, PASSWORD, &f.code(0)).await;
+    assert_eq!(prompted, Some(Some(State::Challenged)));
+    r.expect("303");
 }
 
 /// The venv python with pyotp, or `None` when the peer tests are

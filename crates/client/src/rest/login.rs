@@ -5,12 +5,19 @@
 //!
 //! The methods offered over REST carry their messages in `data`: SCRAM's
 //! as the RFC 5802 strings, OPAQUE's as base64url (unpadded) bytes.
+//!
+//! A user with further factors (docs/DESIGN.md §2.2) is prompted instead
+//! of let in: the `PUT`'s `200 {sid, data, factor}` is a [`Prompted`],
+//! answered with that factor's client half as another [`Challenged`]
+//! (`{method, data?}`), until the `303`. The key is the first method's;
+//! a factor's message travels as its method declares (text, or base64url
+//! bytes).
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use keycard_auth::{
-    client_session_key, ClientMethod, Exchange, OpaqueLogin, Password, ScramClient, SecretKey,
-    Step, OPAQUE, SCRAM_SHA_256,
+    client_session_key, method_info, ClientMethod, Exchange, OpaqueLogin, Password, Payload,
+    ScramClient, SecretKey, Step, OPAQUE, SCRAM_SHA_256,
 };
 use keycard_proto::{Msg, Value};
 use serde_json::json;
@@ -132,7 +139,12 @@ impl Login {
                 (URL_SAFE_NO_PAD.encode(ke3), Finish::Opaque { key })
             }
         };
-        Ok(Challenged { sid, proof, finish })
+        Ok(Challenged {
+            sid,
+            body: json!({"data": proof}),
+            proof,
+            finish,
+        })
     }
 }
 
@@ -142,6 +154,8 @@ impl Login {
 pub struct Challenged {
     sid: String,
     proof: String,
+    /// The `PUT`'s body: `{data}`, or `{method, data?}` for a factor.
+    body: serde_json::Value,
     finish: Finish,
 }
 
@@ -154,6 +168,40 @@ enum Finish {
     Opaque {
         key: SecretKey,
     },
+    /// A further factor's exchange, under the first method's key.
+    Factor {
+        method: &'static str,
+        next: Option<Box<dyn Exchange<()>>>,
+        key: SecretKey,
+    },
+}
+
+impl Finish {
+    /// The key, once the method's last message (the `data` of the answer
+    /// that ends it: a prompt or the `303`) checks out.
+    fn settle(self, reply: &serde_json::Value) -> Result<SecretKey, RestError> {
+        match self {
+            Finish::Scram { next, key } => {
+                let last = field(reply, "data")?;
+                match run(next.next(&data_msg(last)))? {
+                    Step::Done(()) => Ok(key),
+                    _ => Err(RestError::Auth(UNVERIFIED.into())),
+                }
+            }
+            Finish::Opaque { key } => Ok(key),
+            Finish::Factor {
+                next: None, key, ..
+            } => Ok(key),
+            Finish::Factor {
+                method,
+                next: Some(next),
+                key,
+            } => match run(next.next(&factor_msg(method, reply)?))? {
+                Step::Done(()) => Ok(key),
+                _ => Err(RestError::Auth(UNVERIFIED.into())),
+            },
+        }
+    }
 }
 
 impl Challenged {
@@ -170,24 +218,179 @@ impl Challenged {
 
     /// The body of `PUT /session/{sid}`.
     pub fn body(&self) -> String {
-        json!({"data": self.proof}).to_string()
+        self.body.to_string()
     }
 
     /// Takes the server's `303` body: the session, once SCRAM's server
-    /// signature proved that the server holds the user's verifier.
+    /// signature proved that the server holds the user's verifier (and a
+    /// factor with several messages took the server's last).
     pub fn finish(self, reply: &serde_json::Value) -> Result<Session, RestError> {
-        let key = match self.finish {
-            Finish::Scram { next, key } => {
-                let last = field(reply, "data")?;
-                match run(next.next(&data_msg(last)))? {
-                    Step::Done(()) => key,
-                    _ => return Err(RestError::Auth(UNVERIFIED.into())),
-                }
-            }
-            Finish::Opaque { key } => key,
-        };
+        let key = self.finish.settle(reply)?;
         Ok(Session { sid: self.sid, key })
     }
+
+    /// Takes the server's `200` body: a prompt for a further factor
+    /// (`{sid, data, factor}`, `data` the last method's final message,
+    /// checked here as the `303`'s would be), or, in a factor's exchange
+    /// of several messages, its next challenge (`{sid, data}`).
+    pub fn prompted(self, reply: &serde_json::Value) -> Result<Continued, RestError> {
+        let sid = field(reply, "sid")?;
+        if sid != self.sid {
+            return Err(RestError::Protocol(format!(
+                "the prompt names the session {sid:?}, not {:?}",
+                self.sid
+            )));
+        }
+        match reply.get("factor") {
+            Some(serde_json::Value::String(factor)) => {
+                let factor = factor.clone();
+                let key = self.finish.settle(reply)?;
+                Ok(Continued::Factor(Prompted {
+                    sid: self.sid,
+                    factor,
+                    key,
+                }))
+            }
+            None | Some(serde_json::Value::Null) => {
+                let Finish::Factor {
+                    method,
+                    next: Some(next),
+                    key,
+                } = self.finish
+                else {
+                    return Err(RestError::Protocol(
+                        "a 200 without a factor before the login's last message".into(),
+                    ));
+                };
+                let Step::Send(answer, next) = run(next.next(&factor_msg(method, reply)?))? else {
+                    return Err(RestError::Protocol(format!(
+                        "the factor {method:?} ended at the server's challenge"
+                    )));
+                };
+                let (proof, body) = factor_body(method, None, &answer.into_value())?;
+                Ok(Continued::Put(Challenged {
+                    sid: self.sid,
+                    proof,
+                    body,
+                    finish: Finish::Factor {
+                        method,
+                        next: Some(next),
+                        key,
+                    },
+                }))
+            }
+            Some(other) => Err(RestError::Protocol(format!(
+                "the prompt's factor is not a method name: {other}"
+            ))),
+        }
+    }
+}
+
+/// What a `200` to `PUT /session/{sid}` leads to ([`Challenged::prompted`]).
+pub enum Continued {
+    /// The server asks for a further factor.
+    Factor(Prompted),
+    /// A factor's exchange goes on: `PUT` this.
+    Put(Challenged),
+}
+
+/// A login the server prompts for a further factor: the first method
+/// passed (its key is agreed and, for SCRAM, the server verified).
+pub struct Prompted {
+    sid: String,
+    factor: String,
+    key: SecretKey,
+}
+
+impl Prompted {
+    /// The session (keycard) id.
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// The method the server asks for.
+    pub fn factor(&self) -> &str {
+        &self.factor
+    }
+
+    /// Answers the prompt with `method`'s first message: the `PUT`
+    /// carrying `{method, data?}`. A method other than the one prompted is
+    /// refused, as is one that needs an agreed key (REST agrees none for a
+    /// factor).
+    pub fn answer(self, method: &dyn ClientMethod) -> Result<Challenged, RestError> {
+        let name = method.name();
+        if name != self.factor {
+            return Err(not_given(&self.factor));
+        }
+        if method.needs_channel() {
+            return Err(RestError::Auth(format!(
+                "the factor {name:?} needs an agreed key, which REST does not offer"
+            )));
+        }
+        let start = method.login(None);
+        let (proof, body) = factor_body(name, Some(name), &start.request.into_value())?;
+        Ok(Challenged {
+            sid: self.sid,
+            proof,
+            body,
+            finish: Finish::Factor {
+                method: name,
+                next: start.exchange,
+                key: self.key,
+            },
+        })
+    }
+}
+
+/// The error for a prompt for `factor` that this login cannot answer.
+pub(super) fn not_given(factor: &str) -> RestError {
+    RestError::Auth(format!(
+        "the server asks for the factor {factor:?}, which this login does not have"
+    ))
+}
+
+/// A factor's message as the `PUT`'s `data` (text, or base64url bytes),
+/// with `method` named when it answers a prompt: the proof and the body.
+fn factor_body(
+    method: &str,
+    named: Option<&str>,
+    msg: &Value,
+) -> Result<(String, serde_json::Value), RestError> {
+    let data = match msg.get("data") {
+        None | Some(Value::Nil) => None,
+        Some(Value::Str(s)) => Some(s.clone()),
+        Some(Value::Bin(b)) => Some(URL_SAFE_NO_PAD.encode(b)),
+        Some(_) => {
+            return Err(RestError::Request(format!(
+                "the factor {method:?} makes a message REST cannot carry"
+            )))
+        }
+    };
+    let mut body = serde_json::Map::new();
+    if let Some(m) = named {
+        body.insert("method".into(), json!(m));
+    }
+    if let Some(d) = &data {
+        body.insert("data".into(), json!(d));
+    }
+    Ok((data.unwrap_or_default(), serde_json::Value::Object(body)))
+}
+
+/// The server's `data` for a factor's client half: `{data}` as the method
+/// takes it (text, or bytes from base64url), `{}` when there is none.
+fn factor_msg(method: &str, reply: &serde_json::Value) -> Result<Value, RestError> {
+    let Some(text) = reply.get("data").and_then(serde_json::Value::as_str) else {
+        return Ok(Msg::new().into_value());
+    };
+    let bytes = method_info(method).is_some_and(|i| i.payload == Payload::Bytes);
+    let data = if bytes {
+        Value::Bin(URL_SAFE_NO_PAD.decode(text).map_err(|_| {
+            RestError::Protocol(format!("the factor {method:?}'s data is not base64url"))
+        })?)
+    } else {
+        Value::Str(text.to_owned())
+    };
+    Ok(Msg::new().with("data", data).into_value())
 }
 
 /// `K` for SCRAM: HMAC-SHA256(ClientKey, "keycard session key" ‖
@@ -299,6 +502,91 @@ mod tests {
             let nonce = first.rsplit_once("r=").map(|(_, n)| n).unwrap_or_default();
             let r = json!({"sid": "s", "data": format!("r={nonce}srv{tail}")});
             assert!(l.challenged(&r).is_err(), "SCRAM took {r}");
+        }
+    }
+
+    fn prompted_for(factor: &str) -> Prompted {
+        Prompted {
+            sid: "s".into(),
+            factor: factor.into(),
+            key: SecretKey::new([7; 32]),
+        }
+    }
+
+    /// A prompt is answered with the prompted method's first message,
+    /// `data` left out for a method that sends none; another method is
+    /// refused.
+    #[test]
+    fn answering_a_prompt() {
+        let totp = |code: Option<&str>| keycard_auth::TotpClient {
+            user: "alice".into(),
+            code: code.map(Password::new),
+        };
+        let c = prompted_for(keycard_auth::TOTP)
+            .answer(&totp(Some("123456")))
+            .expect("answered");
+        assert_eq!(c.sid(), "s");
+        let body: serde_json::Value = serde_json::from_str(&c.body()).expect("json");
+        assert_eq!(body, json!({"method": "totp", "data": "123456"}));
+        let c = prompted_for(keycard_auth::TOTP)
+            .answer(&totp(None))
+            .expect("answered");
+        assert_eq!(c.body(), json!({"method": "totp"}).to_string());
+        // The one-message factor ends at the 303, with the first
+        // method's key.
+        let session = c.finish(&json!({"data": null})).expect("in");
+        assert_eq!(session.key.expose(), &[7; 32]);
+        let e = prompted_for(keycard_auth::TOTP)
+            .answer(&ScramClient::new("alice", Password::new("pw")))
+            .err()
+            .expect("another method");
+        assert!(e.to_string().contains("\"totp\""), "{e}");
+    }
+
+    /// Whatever a server's `200` says, a login goes on or fails with an
+    /// error, never a panic.
+    #[test]
+    fn hostile_prompts_are_errors() {
+        let replies = [
+            json!(null),
+            json!({"sid": "other", "factor": "totp"}),
+            json!({"sid": "s", "factor": 5}),
+            // No factor, and the factor sent has no further message.
+            json!({"sid": "s", "data": "x"}),
+        ];
+        for r in &replies {
+            let c = prompted_for(keycard_auth::TOTP)
+                .answer(&keycard_auth::TotpClient {
+                    user: "alice".into(),
+                    code: Some(Password::new("123456")),
+                })
+                .expect("answered");
+            assert!(c.prompted(r).is_err(), "took {r}");
+        }
+        // SCRAM's prompt must carry a server signature that verifies.
+        for r in [
+            json!({"sid": "s", "factor": "totp"}),
+            json!({"sid": "s", "factor": "totp", "data": "v=AAAA"}),
+        ] {
+            let challenged = Challenged {
+                sid: "s".into(),
+                proof: String::new(),
+                body: json!({}),
+                finish: Finish::Scram {
+                    next: Box::new(Refuses),
+                    key: SecretKey::new([1; 32]),
+                },
+            };
+            assert!(challenged.prompted(&r).is_err(), "took {r}");
+        }
+    }
+
+    /// A SCRAM client half whose server signature never verifies.
+    struct Refuses;
+
+    impl Exchange<()> for Refuses {
+        fn next(self: Box<Self>, _msg: &Value) -> Step<()> {
+            Step::Fail(keycard_auth::AuthError::Failed)
         }
     }
 }

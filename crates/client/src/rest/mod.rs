@@ -1,12 +1,13 @@
 //! keycard's REST API from Rust (docs/REST.md): the login (SCRAM-SHA-256
 //! or OPAQUE over `POST /session/new` and `PUT /session/{sid}`, agreeing
-//! the session key `K`), signed requests (version 2, `If-Match` and
-//! `If-None-Match` signed too), keep-alive, logout, `/kv` and `/user`.
+//! the session key `K`, then any further factors the server prompts
+//! for), signed requests (version 2, `If-Match` and `If-None-Match`
+//! signed too), keep-alive, logout, `/kv` and `/user`.
 //!
 //! Three layers, each usable alone:
-//! - [`Login`] / [`Challenged`] and [`Session`]: sans-IO. The login's
-//!   messages and checks, and signing with the time and the nonce passed
-//!   in.
+//! - [`Login`] / [`Challenged`] / [`Prompted`] and [`Session`]: sans-IO.
+//!   The login's messages and checks (a further factor's prompt
+//!   included), and signing with the time and the nonce passed in.
 //! - [`Connection`]: one HTTP/1.1 connection (keep-alive, bounded reads).
 //! - [`RestClient`]: both together against one server, reading the clock
 //!   and drawing nonces; one call per route, answers and errors typed.
@@ -38,9 +39,15 @@ use keycard_auth::{ClientMethod, OpaqueClient, Password, Step, Verifier, MIN_ITE
 use keycard_proto::{ErrorCode, Msg, Path, Value};
 use serde_json::json;
 
+use crate::FactorSource;
+
 pub use http::{Connection, Response, MAX_BODY, MAX_HEAD, MAX_HEADERS};
-pub use login::{Challenged, Login};
+pub use login::{Challenged, Continued, Login, Prompted};
 pub use session::{kv_target, session_target, user_target, Precondition, Session};
+
+/// The most `PUT /session/{sid}` one login sends before giving up on a
+/// server that keeps prompting.
+const MAX_PUTS: usize = 32;
 
 /// What a login says when SCRAM's server signature does not verify: the
 /// server does not hold the user's verifier.
@@ -396,26 +403,78 @@ impl RestClient {
 
     /// `PUT /session/{sid}` with the proof: the session, once the server's
     /// answer checks out. A refused login is `403` with code `auth_failed`
-    /// (a wrong password and an unknown user alike).
+    /// (a wrong password and an unknown user alike). A user with further
+    /// factors is an error naming the factor: log in with
+    /// [`RestClient::login_asking`].
     pub async fn prove(&self, challenged: Challenged) -> Result<Session, RestError> {
-        let target = session_target(challenged.sid());
-        let r = self
-            .send("PUT", &target, &[], challenged.body().as_bytes())
-            .await?;
-        let r = expect(r, 303)?;
-        if r.header("location") != Some(target.as_str()) {
-            return Err(RestError::Protocol(format!(
-                "the login's 303 points to {:?}, not {target}",
-                r.header("location")
-            )));
-        }
-        challenged.finish(&r.json()?)
+        self.prove_asking(challenged, &mut |factor: &str| {
+            Err(login::not_given(factor))
+        })
+        .await
     }
 
     /// Logs in: [`RestClient::begin`], then [`RestClient::prove`].
     pub async fn login(&self, login: Login) -> Result<Session, RestError> {
         let challenged = self.begin(login).await?;
         self.prove(challenged).await
+    }
+
+    /// Logs in, and when the server prompts for a further factor (docs/DESIGN.md
+    /// §2.2), asks `factor` for that method's client half (the prompt names
+    /// the method), answers with it, and goes on until the `303`: a caller
+    /// learns that a code is needed only when the server asks for it.
+    /// `factor` runs inside the login's challenge window. A wrong factor is
+    /// `403` with code `auth_failed`, as a wrong password is; `factor`'s
+    /// error (no answer) ends the login with it, and an answer for another
+    /// method than the one prompted is [`RestError::Auth`].
+    pub async fn login_asking(
+        &self,
+        login: Login,
+        factor: &mut FactorSource<'_, RestError>,
+    ) -> Result<Session, RestError> {
+        let challenged = self.begin(login).await?;
+        self.prove_asking(challenged, factor).await
+    }
+
+    /// [`RestClient::prove`] for a user who may have further factors: the
+    /// `PUT`s from the first proof to the `303`, asking `factor` at each
+    /// prompt (what [`RestClient::login_asking`] runs after
+    /// [`RestClient::begin`]; apart, the caller knows the session id
+    /// meanwhile).
+    pub async fn prove_asking(
+        &self,
+        mut challenged: Challenged,
+        factor: &mut FactorSource<'_, RestError>,
+    ) -> Result<Session, RestError> {
+        // A server lists at most 8 factors (docs/DESIGN.md §2.2), each of a
+        // few messages: a server that goes on past this is not keycard.
+        for _ in 0..MAX_PUTS {
+            let target = session_target(challenged.sid());
+            let r = self
+                .send("PUT", &target, &[], challenged.body().as_bytes())
+                .await?;
+            if r.status == 200 {
+                challenged = match challenged.prompted(&r.json()?)? {
+                    Continued::Put(next) => next,
+                    Continued::Factor(prompted) => {
+                        let method = factor(prompted.factor())?;
+                        prompted.answer(method.as_ref())?
+                    }
+                };
+                continue;
+            }
+            let r = expect(r, 303)?;
+            if r.header("location") != Some(target.as_str()) {
+                return Err(RestError::Protocol(format!(
+                    "the login's 303 points to {:?}, not {target}",
+                    r.header("location")
+                )));
+            }
+            return challenged.finish(&r.json()?);
+        }
+        Err(RestError::Protocol(format!(
+            "the login did not end within {MAX_PUTS} answers"
+        )))
     }
 
     /// `GET /session/{sid}`, signed: who the session is and until when.
