@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::bouncer::{Ended, KeycardWatcher};
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Pending};
 use crate::state::ServerState;
 use keycard_auth::bouncer::KeycardId;
 
@@ -440,24 +440,6 @@ fn secs(s: u64) -> Option<Duration> {
     (s > 0).then(|| Duration::from_secs(s))
 }
 
-/// Bytes on their way to the socket: the greeting, errors the
-/// connection's task writes itself, and replies taken from the outbox
-/// (which stay counted against its budget until written).
-#[derive(Default)]
-struct Pending {
-    buf: Vec<u8>,
-    /// How much of `buf` is written.
-    pos: usize,
-    /// What the outbox's replies in `buf` count for.
-    counted: usize,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.pos == self.buf.len()
-    }
-}
-
 /// Why a connection is closed for taking too long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Late {
@@ -512,7 +494,7 @@ pub(crate) async fn serve<H, R, W>(
     drop(watcher);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut out = Pending::default();
-    encode_into(&handler.greeting(&state), &mut out.buf);
+    encode_into(&handler.greeting(&state), out.tail());
 
     let limits = Limits {
         max_message: state.config.max_message,
@@ -544,7 +526,7 @@ pub(crate) async fn serve<H, R, W>(
         // that keeps the socket full must not keep its streams (or, once
         // revoked, its connection) alive.
         if conn.kick.notified().now_or_never().is_some() {
-            kicked(&conn, &mut out.buf);
+            kicked(&conn, &mut out);
         }
         // Route a batch of the buffered messages, then let the requests run
         // as far as they can before taking more: a client pipelining
@@ -560,15 +542,14 @@ pub(crate) async fn serve<H, R, W>(
                 match decoder.next_value() {
                     Ok(Some(msg)) => {
                         routed += 1;
-                        if let Some(fut) =
-                            route(handler, &conn, msg, decoder.last_cost(), &mut out.buf)
+                        if let Some(fut) = route(handler, &conn, msg, decoder.last_cost(), &mut out)
                         {
                             running.push(fut);
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        fatal(&conn, e, &mut out.buf);
+                        fatal(&conn, e, &mut out);
                         break;
                     }
                 }
@@ -583,14 +564,20 @@ pub(crate) async fn serve<H, R, W>(
             active = Instant::now();
         }
         if out.is_empty() {
-            out.buf.clear();
-            out.pos = 0;
-            out.counted = conn.out.take(&mut out.buf);
+            conn.out.take(&mut out);
         }
         if *closing_rx.borrow() {
-            conn.out.take(&mut out.buf);
-            let rest = &out.buf[out.pos..];
-            let _ = tokio::time::timeout(CLOSE_GRACE, wr.write_all(rest)).await;
+            conn.out.take(&mut out);
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                while !out.is_empty() {
+                    let n = out.unwritten().len();
+                    if wr.write_all(out.unwritten()).await.is_err() {
+                        break;
+                    }
+                    out.advance(n);
+                }
+            })
+            .await;
             break;
         }
         if more && out.is_empty() {
@@ -622,7 +609,7 @@ pub(crate) async fn serve<H, R, W>(
             // Checked here too: a connection kept busy (always something
             // to write or read) would never let the timer's branch win.
             if at <= Instant::now() {
-                too_late(&conn, why, &state, &mut out.buf);
+                too_late(&conn, why, &state, &mut out);
                 continue;
             }
             if armed.is_none_or(|a| at < a) {
@@ -632,12 +619,12 @@ pub(crate) async fn serve<H, R, W>(
         }
         tokio::select! {
             biased;
-            w = wr.write(&out.buf[out.pos..]), if !out.is_empty() => match w {
+            w = wr.write(out.unwritten()), if !out.is_empty() => match w {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    out.pos += n;
+                    out.advance(n);
                     if out.is_empty() {
-                        conn.out.written(std::mem::take(&mut out.counted));
+                        conn.out.written(out.take_counted());
                         // Reading resumes: a message that was arriving
                         // gets its full time again.
                         if partial_since.is_some() {
@@ -656,12 +643,12 @@ pub(crate) async fn serve<H, R, W>(
                 }
             },
             _ = closing_rx.changed() => {}
-            _ = conn.kick.notified() => kicked(&conn, &mut out.buf),
+            _ = conn.kick.notified() => kicked(&conn, &mut out),
             () = &mut timer, if armed.is_some() => {
                 armed = None;
                 if let Some((at, why)) = due {
                     if at <= Instant::now() {
-                        too_late(&conn, why, &state, &mut out.buf);
+                        too_late(&conn, why, &state, &mut out);
                     }
                 }
             }
@@ -679,7 +666,7 @@ pub(crate) async fn serve<H, R, W>(
 }
 
 /// The client took too long: say why, then close.
-fn too_late(conn: &ConnShared, why: Late, state: &ServerState, wbuf: &mut Vec<u8>) {
+fn too_late(conn: &ConnShared, why: Late, state: &ServerState, wbuf: &mut Pending) {
     let c = &state.config;
     let text = match why {
         Late::Login => format!(
@@ -702,13 +689,13 @@ fn too_late(conn: &ConnShared, why: Late, state: &ServerState, wbuf: &mut Vec<u8
 
 /// The session's keycard ended: its streams end with the reason; a
 /// revoked keycard's connection closes.
-fn kicked(conn: &ConnShared, wbuf: &mut Vec<u8>) {
+fn kicked(conn: &ConnShared, wbuf: &mut Pending) {
     let Some(how) = conn.caller().user.and_then(|u| u.ended) else {
         return;
     };
     let e = how.error();
     for v in conn.end_streams(&e) {
-        encode_into(&v, wbuf);
+        encode_into(&v, wbuf.tail());
     }
     if how == Ended::Revoked {
         tracing::info!(conn = conn.id, peer = %conn.peer, "keycard revoked; closing the connection");
@@ -718,7 +705,7 @@ fn kicked(conn: &ConnShared, wbuf: &mut Vec<u8>) {
 }
 
 /// An error that ends the connection: say why, then close.
-fn fatal(conn: &ConnShared, e: DecodeError, wbuf: &mut Vec<u8>) {
+fn fatal(conn: &ConnShared, e: DecodeError, wbuf: &mut Pending) {
     let code = match e {
         DecodeError::TooLarge { .. }
         | DecodeError::TooDeep { .. }
@@ -729,14 +716,14 @@ fn fatal(conn: &ConnShared, e: DecodeError, wbuf: &mut Vec<u8>) {
     let msg = Msg::new()
         .with("error", format!("{e}; closing the connection"))
         .with("code", code.as_str());
-    encode_into(&msg.into_value(), wbuf);
+    encode_into(&msg.into_value(), wbuf.tail());
     conn.close();
 }
 
 /// An error about a message that cannot be tied to a running request.
 /// Written straight into the outgoing buffer: the connection's own task
 /// must never wait on its own queue.
-fn stray_error(conn: &ConnShared, seq: Option<i64>, e: ApiError, wbuf: &mut Vec<u8>) {
+fn stray_error(conn: &ConnShared, seq: Option<i64>, e: ApiError, wbuf: &mut Pending) {
     let mut msg = Msg::new()
         .with("error", e.text)
         .with("code", e.code.as_str())
@@ -744,7 +731,7 @@ fn stray_error(conn: &ConnShared, seq: Option<i64>, e: ApiError, wbuf: &mut Vec<
     if let Some(seq) = seq {
         msg.set("seq", seq);
     }
-    encode_into(&msg.into_value(), wbuf);
+    encode_into(&msg.into_value(), wbuf.tail());
 }
 
 /// Routes one message; a new request comes back as the future to run.
@@ -753,7 +740,7 @@ fn route<H: Handler>(
     conn: &Arc<ConnShared>,
     msg: Value,
     cost: usize,
-    wbuf: &mut Vec<u8>,
+    wbuf: &mut Pending,
 ) -> Option<Running> {
     if !matches!(msg, Value::Map(_)) {
         stray_error(conn, None, ApiError::bad("a message must be a map"), wbuf);
@@ -798,7 +785,7 @@ fn route<H: Handler>(
 }
 
 /// A message without an action: flow control or a continuation.
-fn control(conn: &ConnShared, seq: i64, msg: Value, wbuf: &mut Vec<u8>) {
+fn control(conn: &ConnShared, seq: i64, msg: Value, wbuf: &mut Pending) {
     if seq == 0 {
         match msg.get("qlen").and_then(Value::as_u64) {
             Some(q) => conn.qlen.store(q, Ordering::Relaxed),
@@ -860,7 +847,7 @@ fn start_request<H: Handler>(
     seq: i64,
     msg: Value,
     cost: usize,
-    wbuf: &mut Vec<u8>,
+    wbuf: &mut Pending,
 ) -> Option<Running> {
     let window = Arc::new(Window {
         acked: watch::channel(0).0,

@@ -50,6 +50,76 @@ struct Inner {
     pages: usize,
 }
 
+/// Replies no larger than this are copied together into one buffer, so a
+/// pipeline of small replies is written in few system calls; a larger one
+/// is written from its own buffer, never copied.
+const COALESCE: usize = 64 * 1024;
+
+/// Bytes on their way to the socket, in order: the greeting, what the
+/// connection's task writes itself (errors, a stream's end) and replies
+/// taken from the outbox, which stay counted against the budget until
+/// written. Replies are moved here, not copied into one buffer: such a
+/// buffer, grown by doubling to hold a full budget's replies, once held
+/// three times what was counted (the old and the new allocation while it
+/// grew) and kept its size for the connection's life.
+#[derive(Default)]
+pub(crate) struct Pending {
+    chunks: VecDeque<Vec<u8>>,
+    /// How much of the first chunk is written.
+    pos: usize,
+    /// What the outbox's replies among `chunks` count for.
+    counted: usize,
+}
+
+impl Pending {
+    /// Whether everything is written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// The buffer a small message the task writes itself is encoded at
+    /// the end of.
+    pub(crate) fn tail(&mut self) -> &mut Vec<u8> {
+        if self.chunks.back().is_none_or(|b| b.len() >= COALESCE) {
+            self.chunks.push_back(Vec::with_capacity(256));
+        }
+        let last = self.chunks.len() - 1;
+        &mut self.chunks[last]
+    }
+
+    fn push(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.chunks.back_mut() {
+            Some(b) if b.len() + bytes.len() <= COALESCE => b.extend_from_slice(&bytes),
+            _ => self.chunks.push_back(bytes),
+        }
+    }
+
+    /// The next bytes to write.
+    pub(crate) fn unwritten(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |c| &c[self.pos..])
+    }
+
+    /// `n` more bytes of [`Pending::unwritten`] are written.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.pos += n;
+        while let Some(first) = self.chunks.front() {
+            if self.pos < first.len() {
+                break;
+            }
+            self.pos -= first.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    /// What the replies written since the last call count for.
+    pub(crate) fn take_counted(&mut self) -> usize {
+        std::mem::take(&mut self.counted)
+    }
+}
+
 /// Bytes a request holds (a page it read) until dropped.
 pub(crate) struct Held<'a> {
     out: &'a Outbox,
@@ -190,19 +260,17 @@ impl Outbox {
         self.queued.notify_one();
     }
 
-    /// Moves every queued reply into `buf`; returns what they count for,
-    /// to pass to [`Outbox::written`] once `buf` is on the socket.
-    pub(crate) fn take(&self, buf: &mut Vec<u8>) -> usize {
+    /// Moves every queued reply to `out`, which counts them until
+    /// [`Pending::take_counted`] hands them to [`Outbox::written`].
+    pub(crate) fn take(&self, out: &mut Pending) {
         let mut inner = self.lock();
-        let mut counted = 0;
         while let Some(m) = inner.queue.pop_front() {
-            counted += m.len() + PER_MESSAGE;
-            buf.extend_from_slice(&m);
+            out.counted += m.len() + PER_MESSAGE;
+            out.push(m);
         }
-        counted
     }
 
-    /// Replies taken with [`Outbox::take`] are written.
+    /// Replies taken with [`Outbox::take`] (counting `counted`) are written.
     pub(crate) fn written(&self, counted: usize) {
         if counted == 0 {
             return;
@@ -254,12 +322,14 @@ mod tests {
         assert!(now(second.as_mut()).is_none());
         assert_eq!(o.held(), (1128, 364));
         assert!(!o.admit(1), "no room for another request");
-        let mut buf = Vec::new();
-        let counted = o.take(&mut buf);
-        assert_eq!(buf.len(), 300);
-        o.written(counted);
+        let mut out = Pending::default();
+        o.take(&mut out);
+        assert_eq!(drain(&mut out).len(), 300);
+        o.written(out.take_counted());
         assert!(now(second.as_mut()).is_some());
-        o.written(o.take(&mut buf));
+        o.take(&mut out);
+        drain(&mut out);
+        o.written(out.take_counted());
         assert_eq!(o.held(), (400, 0));
         {
             let mut page = now(o.reserve(100)).expect("room");
@@ -280,9 +350,54 @@ mod tests {
         assert!(now(o.push(vec![0; 5000])).is_some());
         assert!(now(o.push(vec![0; 10])).is_none());
         o.push_now(vec![9; 10]);
-        let mut buf = Vec::new();
-        o.take(&mut buf);
-        assert_eq!(buf.len(), 5010);
+        let mut out = Pending::default();
+        o.take(&mut out);
+        assert_eq!(drain(&mut out).len(), 5010);
+    }
+
+    /// Everything `out` holds, written in steps of at most 1000 bytes as
+    /// a socket might take them.
+    fn drain(out: &mut Pending) -> Vec<u8> {
+        let mut written = Vec::new();
+        while !out.is_empty() {
+            let n = out.unwritten().len().min(1000);
+            assert!(n > 0, "a pending chunk is never empty");
+            written.extend_from_slice(&out.unwritten()[..n]);
+            out.advance(n);
+        }
+        written
+    }
+
+    /// Replies leave in order; small ones are written together and a
+    /// large one from its own buffer, which is moved, not copied (the
+    /// write buffer once doubled to hold a whole budget of large replies,
+    /// three times what was counted while it grew).
+    #[test]
+    fn pending_keeps_order_and_never_copies_a_large_reply() {
+        let o = Outbox::new(1 << 24, 100);
+        let mut out = Pending::default();
+        out.tail().extend_from_slice(b"greeting");
+        for b in [1u8, 2] {
+            assert!(now(o.push(vec![b; 10])).is_some());
+        }
+        let big = vec![3u8; 1 << 20];
+        let at = big.as_ptr();
+        assert!(now(o.push(big)).is_some());
+        assert!(now(o.push(vec![4; 10])).is_some());
+        o.take(&mut out);
+        out.tail().extend_from_slice(b"end");
+        assert_eq!(
+            out.take_counted(),
+            3 * (10 + PER_MESSAGE) + (1 << 20) + PER_MESSAGE
+        );
+        assert_eq!(out.chunks.len(), 3, "small, large, small");
+        assert_eq!(out.chunks[1].as_ptr(), at, "the large reply is not copied");
+        let mut want = b"greeting".to_vec();
+        for (b, n) in [(1u8, 10), (2, 10), (3, 1 << 20), (4, 10)] {
+            want.extend(std::iter::repeat_n(b, n));
+        }
+        want.extend_from_slice(b"end");
+        assert!(drain(&mut out) == want, "bytes out of order");
     }
 
     /// Requests whose messages fill the budget still get one page at a
