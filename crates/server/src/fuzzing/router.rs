@@ -637,7 +637,7 @@ async fn request(c: &mut Client, seq: i64, s: &mut Script<'_>) {
             Kind::Dialogue,
             "auth_set",
             Msg::new()
-                .with("typ", "_test")
+                .with("typ", keycard_auth::TEST)
                 .with("kind", "user")
                 .with("ident", IDENTS[usize::from(arg & 1)])
                 .with("state", "start"),
