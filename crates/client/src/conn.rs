@@ -51,6 +51,9 @@ pub enum ClientError {
     /// The login exchange failed on this side.
     #[error("login failed: {0}")]
     Auth(String),
+    /// TLS could not be set up (a CA file, the handshake).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -248,9 +251,31 @@ impl Client {
         Self::start(socket, 64).await
     }
 
+    /// Connects over TLS (trusting what `tls` trusts), reads the greeting
+    /// and announces a window of 64 stream messages.
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        tls: &crate::ClientTls,
+    ) -> Result<Client, ClientError> {
+        let socket = within_connect_timeout(TcpStream::connect(addr)).await?;
+        let _ = socket.set_nodelay(true);
+        let stream = tls.connect(socket).await?;
+        let (rd, wr) = tokio::io::split(stream);
+        Self::start_on(rd, wr, 64).await
+    }
+
     async fn start(socket: TcpStream, qlen: u64) -> Result<Client, ClientError> {
         let _ = socket.set_nodelay(true);
-        let (mut rd, mut wr) = socket.into_split();
+        let (rd, wr) = socket.into_split();
+        Self::start_on(rd, wr, qlen).await
+    }
+
+    /// Starts the protocol on a connection's two halves.
+    async fn start_on<R, W>(mut rd: R, mut wr: W, qlen: u64) -> Result<Client, ClientError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let mut decoder = Decoder::new(Limits {
             max_message: 64 << 20,
             max_depth: 64,
@@ -846,8 +871,8 @@ async fn within_connect_timeout(
 }
 
 /// Reads until the server's first message, which must be a greeting.
-async fn read_greeting(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+async fn read_greeting<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
     decoder: &mut Decoder,
     chunk: &mut [u8],
 ) -> Result<Greeting, ClientError> {
@@ -882,8 +907,8 @@ async fn read_greeting(
     }
 }
 
-async fn read_loop(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
     decoder: &mut Decoder,
     chunk: &mut [u8],
     routes: &Routes,

@@ -23,8 +23,10 @@
 mod conn;
 pub mod rest;
 mod steps;
+mod tls;
 
 pub use conn::{
     Client, ClientError, Event, FactorSource, Greeting, Node, SetResult, Stream, TreeItem,
     CONNECT_TIMEOUT, GREETING_TIMEOUT, WRONG_CREDENTIALS,
 };
+pub use tls::ClientTls;

@@ -51,6 +51,42 @@ pub(crate) struct ServerArgs {
     /// token itself. The token decides the user.
     #[arg(long, env = "KEYCARD_TOKEN_FILE")]
     pub(crate) token_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA certificates in this PEM file
+    /// (only them).
+    #[arg(long, value_name = "FILE", env = "KEYCARD_TLS_CA")]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// Connect over TLS, trusting the system's CA certificates (implied
+    /// by --tls-ca, which trusts its own instead).
+    #[arg(long, env = "KEYCARD_TLS")]
+    pub(crate) tls: bool,
+    /// The name the server's certificate must carry [default: the host
+    /// part of --server].
+    #[arg(long, value_name = "NAME", env = "KEYCARD_TLS_NAME")]
+    pub(crate) tls_name: Option<String>,
+}
+
+impl ServerArgs {
+    /// The TLS the flags ask for, if any.
+    pub(crate) fn client_tls(&self) -> anyhow::Result<Option<keycard_client::ClientTls>> {
+        if self.tls_ca.is_none() && !self.tls {
+            return Ok(None);
+        }
+        let name = match &self.tls_name {
+            Some(n) => n.clone(),
+            None => host_of(&self.server).to_owned(),
+        };
+        let tls = match &self.tls_ca {
+            Some(ca) => keycard_client::ClientTls::with_ca_file(ca, &name)?,
+            None => keycard_client::ClientTls::with_system_roots(&name)?,
+        };
+        Ok(Some(tls))
+    }
+}
+
+/// The host part of `HOST:PORT` (`[V6]:PORT` without its brackets).
+fn host_of(server: &str) -> &str {
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// How the client commands reach and log in to the server.
@@ -185,9 +221,11 @@ pub(crate) async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
         bail!("--auth {TOKEN_METHOD} needs --token-file or KEYCARD_TOKEN");
     }
     let server = &args.at.server;
-    let c = Client::connect(server.as_str())
-        .await
-        .with_context(|| format!("cannot reach keycard at {server}"))?;
+    let c = match args.at.client_tls()? {
+        Some(tls) => Client::connect_tls(server.as_str(), &tls).await,
+        None => Client::connect(server.as_str()).await,
+    }
+    .with_context(|| format!("cannot reach keycard at {server}"))?;
     if let Some((token, source)) = token {
         token_login(&c, &token, &source).await?;
         return Ok(c);

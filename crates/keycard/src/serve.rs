@@ -141,6 +141,30 @@ pub(crate) struct ServeArgs {
     #[arg(long, help_heading = "REST API")]
     http_session_nonces: Option<usize>,
 
+    /// The server's certificate, PEM (a chain may follow it): with
+    /// --tls-key, both listeners speak TLS only [default: none].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "KEYCARD_TLS_CERT",
+        help_heading = "TLS ([tls])"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key, PEM [default: none].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "KEYCARD_TLS_KEY",
+        help_heading = "TLS ([tls])"
+    )]
+    tls_key: Option<PathBuf>,
+    /// The oldest TLS version accepted, 1.3 or 1.2 [default: 1.3].
+    #[arg(long, help_heading = "TLS ([tls])")]
+    tls_min_version: Option<keycard_server::TlsVersion>,
+    /// Seconds a client has to finish its TLS handshake [default: 10].
+    #[arg(long, help_heading = "TLS ([tls])")]
+    tls_handshake_timeout: Option<u64>,
+
     /// Failures per (user, address) before delays [default: 5].
     #[arg(long, help_heading = "Throttling ([throttle])")]
     throttle_free: Option<u32>,
@@ -275,7 +299,15 @@ impl ServeArgs {
             keycards_max_total => keycards.max_total,
             keycards_max_per_user => keycards.max_per_user,
             keycards_max_token_ttl => keycards.max_token_ttl,
+            tls_min_version => tls.min_version,
+            tls_handshake_timeout => tls.handshake_timeout,
         });
+        if let Some(v) = a.tls_cert {
+            config.tls.cert = Some(v);
+        }
+        if let Some(v) = a.tls_key {
+            config.tls.key = Some(v);
+        }
         if let Some(v) = a.audit_log {
             config.audit_log = Some(v);
         }
@@ -310,12 +342,33 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(http) = server.http_addr() {
         tracing::info!(%http, "REST API listening");
     }
+    let state = server.state().clone();
     // Acknowledged writes are already durable; stopping needs no flush.
     tokio::select! {
         _ = server.run() => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = reload_on_hangup(state) => {}
     }
     Ok(())
+}
+
+/// On each SIGHUP, reads the TLS certificate and key again (a bad file is
+/// logged and changes nothing). Never returns where signals work.
+async fn reload_on_hangup(state: std::sync::Arc<keycard_server::ServerState>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return std::future::pending().await;
+        };
+        while hup.recv().await.is_some() {
+            match state.reload_tls(None).await {
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => tracing::info!("SIGHUP: nothing to reload (no TLS)"),
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 async fn shutdown_signal() {
@@ -373,7 +426,7 @@ mod tests {
             argv.push(format!("--{long}"));
             argv.push(default.trim_start_matches("./").to_owned());
         }
-        assert!(argv.len() >= 2 * 35, "{argv:?}");
+        assert!(argv.len() >= 2 * 37, "{argv:?}");
         let matches = command().try_get_matches_from(&argv).expect("parses");
         let args = ServeArgs::from_arg_matches(&matches).expect("args");
         let elsewhere = Config::from_toml(
@@ -417,6 +470,9 @@ mod tests {
             max_total = 7
             max_per_user = 7
             max_token_ttl = 7
+            [tls]
+            min_version = "1.2"
+            handshake_timeout = 7
             "#,
         )
         .expect("toml");

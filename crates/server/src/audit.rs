@@ -162,6 +162,24 @@ impl Audit {
         let _ = self.tx.send(Item::Line(line)).await;
     }
 
+    /// A server event (`tls reloaded`, `tls reload refused`): what, with
+    /// what outcome or detail, by whom (`None`: the operator's signal).
+    pub async fn server(&self, event: &str, detail: &str, by: Option<&str>) {
+        tracing::info!(
+            target: "keycard::audit",
+            detail, by = by.unwrap_or(""), "{event}"
+        );
+        let obj = serde_json::json!({
+            "time": self.clock.now_secs(),
+            "event": event,
+            "detail": detail,
+            "by": by,
+        });
+        let mut line = obj.to_string();
+        line.push('\n');
+        let _ = self.tx.send(Item::Line(line)).await;
+    }
+
     /// Waits until every event recorded before this call is written.
     pub async fn flush(&self) {
         let (done, written) = tokio::sync::oneshot::channel();

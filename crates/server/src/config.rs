@@ -150,6 +150,9 @@ pub struct Config {
     /// credential (`PUT /user/{self}`, `auth_set` of its own record); an older session logs in again
     /// first. Default 300.
     pub reauth_secs: u64,
+    /// TLS on both listeners (a `[tls]` table; see `TlsConfig`). Off
+    /// unless `cert` and `key` are set.
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// Keycard lifetimes and bounds. Times are in seconds.
@@ -241,6 +244,7 @@ impl Default for Config {
             http_session_nonces: 10_000,
             trusted_proxies: Vec::new(),
             reauth_secs: 300,
+            tls: crate::tls::TlsConfig::default(),
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
             argon2_p: 1,

@@ -26,6 +26,7 @@ mod outbox;
 mod server;
 mod state;
 mod throttle;
+mod tls;
 
 pub use bouncer::{Bouncer, Ended};
 pub use clock::{Clock, ClockHandle, ManualClock, SystemClock};
@@ -35,3 +36,4 @@ pub use forwarded::Network;
 pub use server::{Server, ServerHandle, StartError, STORE_FILE};
 pub use state::{AuthConfig, ServerState};
 pub use throttle::{Counter, Counters, Throttle, ThrottleConfig};
+pub use tls::{Tls, TlsConfig, TlsVersion};

@@ -2,17 +2,26 @@
 //! accepts, applies the global and per-address connection limits, and
 //! hands each admitted `(stream, peer)` to its [`Protocol`], or a refused
 //! one to the protocol's refusal. The msgpack and HTTP front ends are two
-//! protocols; TLS will wrap the stream here, after the limits and before
-//! the protocol (the protocol is generic over its stream).
+//! protocols. With TLS on, the handshake runs here, after the limits (a
+//! handshake holds its connection's slots) and before the protocol, in
+//! the connection's own task and within `[tls] handshake_timeout`, so a
+//! slow or hostile handshake stalls nobody else; the protocol gets a
+//! [`Stream`], plain or TLS.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+
+use crate::tls::{Front, Tls};
 
 /// Which limit a connection was refused by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,19 +32,97 @@ pub(crate) enum Refused {
     Total,
 }
 
-/// What a listener serves: a protocol over a stream of type `S`.
-pub(crate) trait Protocol<S>: Clone + Send + Sync + 'static {
+/// What a listener serves: a protocol over a [`Stream`].
+pub(crate) trait Protocol: Clone + Send + Sync + 'static {
     /// Serves one admitted connection until it closes.
-    fn serve(self, stream: S, peer: SocketAddr) -> impl Future<Output = ()> + Send + 'static;
+    fn serve(self, stream: Stream, peer: SocketAddr) -> impl Future<Output = ()> + Send + 'static;
 
     /// Tells a connection over a limit why it is closed (in the
-    /// protocol's own words), then closes it.
+    /// protocol's own words), then closes it. Only on a plaintext
+    /// listener: over TLS a refused connection is closed before any
+    /// handshake (telling it why would cost the server a handshake per
+    /// refused connection, which is what a flood wants).
     fn refuse(
         self,
-        stream: S,
+        stream: TcpStream,
         peer: SocketAddr,
         why: Refused,
     ) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// An accepted connection, as its protocol reads and writes it.
+pub(crate) enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP, its handshake done.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A listener's TLS: the reloadable configuration, which front it is,
+/// and how long a handshake may take.
+#[derive(Clone)]
+pub(crate) struct ListenerTls {
+    pub(crate) tls: Arc<Tls>,
+    pub(crate) front: Front,
+    pub(crate) handshake_timeout: Duration,
 }
 
 /// A bound socket and its connection limits.
@@ -45,6 +132,7 @@ pub(crate) struct Listener {
     name: &'static str,
     max_total: usize,
     per_address: Arc<PerAddress>,
+    tls: Option<ListenerTls>,
 }
 
 impl Listener {
@@ -61,7 +149,14 @@ impl Listener {
             name,
             max_total,
             per_address: PerAddress::new(max_per_address),
+            tls: None,
         })
+    }
+
+    /// This listener speaks TLS only.
+    pub(crate) fn with_tls(mut self, tls: Option<ListenerTls>) -> Listener {
+        self.tls = tls;
+        self
     }
 
     /// The address actually bound.
@@ -70,10 +165,11 @@ impl Listener {
     }
 
     /// Accepts until the task is dropped: each connection gets its
-    /// address's slot, then a global one, then a task of its own running
-    /// `proto` (which holds both slots until it ends); one over a limit
-    /// is given to [`Protocol::refuse`] in a task of its own.
-    pub(crate) async fn run<P: Protocol<TcpStream>>(self, proto: P) {
+    /// address's slot, then a global one, then a task of its own that
+    /// runs the TLS handshake (if the listener has TLS) and `proto` (the
+    /// task holds both slots until it ends); one over a limit is given to
+    /// [`Protocol::refuse`] in a task of its own (closed, over TLS).
+    pub(crate) async fn run<P: Protocol>(self, proto: P) {
         let slots = Arc::new(Semaphore::new(self.max_total));
         loop {
             let (socket, peer) = match self.tcp.accept().await {
@@ -86,20 +182,61 @@ impl Listener {
                     continue;
                 }
             };
-            let Some(address_slot) = self.per_address.take(peer.ip()) else {
-                tokio::spawn(proto.clone().refuse(socket, peer, Refused::PerAddress));
-                continue;
+            let why = match self.per_address.take(peer.ip()) {
+                None => Err(Refused::PerAddress),
+                Some(address_slot) => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => Ok((address_slot, permit)),
+                    Err(_) => Err(Refused::Total),
+                },
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tokio::spawn(proto.clone().refuse(socket, peer, Refused::Total));
-                continue;
+            let (address_slot, permit) = match why {
+                Ok(slots) => slots,
+                Err(why) if self.tls.is_none() => {
+                    tokio::spawn(proto.clone().refuse(socket, peer, why));
+                    continue;
+                }
+                Err(why) => {
+                    tracing::warn!(listener = self.name, %peer, ?why, "TLS connection refused over a limit");
+                    drop(socket);
+                    continue;
+                }
             };
-            let served = proto.clone().serve(socket, peer);
+            let proto = proto.clone();
+            let tls = self.tls.clone();
+            let name = self.name;
             tokio::spawn(async move {
-                served.await;
+                if let Some(stream) = handshake(name, socket, peer, tls).await {
+                    proto.serve(stream, peer).await;
+                }
                 drop(permit);
                 drop(address_slot);
             });
+        }
+    }
+}
+
+/// The connection as its protocol gets it: plain, or once its TLS
+/// handshake is done (`None` if it failed or took too long).
+async fn handshake(
+    name: &'static str,
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Option<ListenerTls>,
+) -> Option<Stream> {
+    let _ = socket.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Some(Stream::Plain(socket));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.tls.config(tls.front));
+    match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => Some(Stream::Tls(Box::new(stream))),
+        Ok(Err(e)) => {
+            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(listener = name, %peer, "TLS handshake timed out; closing");
+            None
         }
     }
 }

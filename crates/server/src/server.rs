@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::conn;
-use crate::listener::{Listener, Protocol, Refused};
+use crate::listener::{Listener, ListenerTls, Protocol, Refused, Stream};
 use crate::state::ServerState;
 
 /// Why a server could not start.
@@ -36,6 +36,9 @@ pub enum StartError {
     /// to chmod.
     #[error("{0}")]
     Insecure(String),
+    /// The TLS certificate or key would not load.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A bound server, ready to accept.
@@ -89,6 +92,20 @@ impl Server {
 
     /// Binds `config.listen` serving `store`.
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, StartError> {
+        let tls = crate::tls::Tls::load(&config.tls)
+            .map_err(StartError::Tls)?
+            .map(Arc::new);
+        let listener_tls = |front| {
+            tls.clone().map(|tls| ListenerTls {
+                tls,
+                front,
+                handshake_timeout: std::time::Duration::from_secs(
+                    config.tls.handshake_timeout.max(1),
+                ),
+            })
+        };
+        let msgpack_tls = listener_tls(crate::tls::Front::Msgpack);
+        let http_tls = listener_tls(crate::tls::Front::Http);
         let listener = Listener::bind(
             "msgpack",
             config.listen,
@@ -99,7 +116,8 @@ impl Server {
         .map_err(|source| StartError::Io {
             what: format!("cannot listen on {}", config.listen),
             source,
-        })?;
+        })?
+        .with_tls(msgpack_tls);
         let secrets = MethodSecrets {
             mock_key: crate::state::server_secret(store.as_ref()).await?,
             scram_iterations: config.scram_iterations,
@@ -137,6 +155,27 @@ impl Server {
                 source,
             })?;
         let state = ServerState::new(config, store, methods, audit).await?;
+        match tls {
+            Some(tls) => {
+                tracing::info!(fingerprint = %tls.fingerprint(), "TLS on both listeners");
+                let _ = state.tls.set(tls);
+            }
+            None => {
+                let c = &state.config;
+                let exposed: Vec<String> = std::iter::once(c.listen)
+                    .chain(c.http)
+                    .filter(|a| !a.ip().is_loopback())
+                    .map(|a| a.to_string())
+                    .collect();
+                if !exposed.is_empty() {
+                    tracing::warn!(
+                        addresses = %exposed.join(", "),
+                        "listening beyond loopback without TLS: tokens, data and REST answers \
+                         cross the network in clear (set [tls] cert and key, or --tls-cert and --tls-key)"
+                    );
+                }
+            }
+        }
         crate::core::tokens::spawn_reaper(&state);
         let auth = state.auth();
         match &auth.current {
@@ -171,7 +210,8 @@ impl Server {
                 .map_err(|source| StartError::Io {
                     what: format!("cannot listen on {addr} (http)"),
                     source,
-                })?,
+                })?
+                .with_tls(http_tls),
             ),
             None => None,
         };
@@ -362,18 +402,27 @@ struct Msgpack {
     state: Arc<ServerState>,
 }
 
-impl Protocol<TcpStream> for Msgpack {
+impl Protocol for Msgpack {
     fn serve(
         self,
-        socket: TcpStream,
+        stream: Stream,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let id = self.state.next_conn_id();
         let span = tracing::info_span!("conn", id, %peer);
         tracing::debug!(parent: &span, "connection accepted");
-        let _ = socket.set_nodelay(true);
-        let halves = socket.into_split();
-        conn::serve(crate::actions::Actions, self.state, halves, peer, id).instrument(span)
+        let state = self.state;
+        async move {
+            let actions = crate::actions::Actions;
+            match stream {
+                // A TCP socket's halves need no lock between them.
+                Stream::Plain(socket) => {
+                    conn::serve(actions, state, socket.into_split(), peer, id).await
+                }
+                tls => conn::serve(actions, state, tokio::io::split(tls), peer, id).await,
+            }
+        }
+        .instrument(span)
     }
 
     fn refuse(

@@ -83,6 +83,8 @@ pub struct ServerState {
     pub(crate) names: crate::names::NameLocks,
     /// The login throttle's counters (the authority; written behind).
     pub throttle: Arc<crate::throttle::Throttle>,
+    /// The listeners' TLS, when on (set once, as the server starts).
+    pub(crate) tls: std::sync::OnceLock<Arc<crate::tls::Tls>>,
 }
 
 /// `(nil, "auth")`.
@@ -188,6 +190,7 @@ impl ServerState {
             logins: Arc::new(crate::logins::LastLogins::new(store.clone())),
             names: Default::default(),
             throttle,
+            tls: std::sync::OnceLock::new(),
         });
         state.bouncer.spawn_reaper();
         state.throttle.spawn_flusher();
@@ -251,5 +254,39 @@ impl ServerState {
     /// A fresh connection id, for logs.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl ServerState {
+    /// Whether the listeners speak TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.get().is_some()
+    }
+
+    /// Reads the TLS certificate and key again (SIGHUP, the `reload`
+    /// action, `by` the user who asked). New handshakes use them;
+    /// established connections keep theirs. A bad file changes nothing:
+    /// the error says why, and the old certificate stays in use. Both
+    /// outcomes are audited. Without TLS there is nothing to reload:
+    /// `Ok(None)`.
+    pub async fn reload_tls(&self, by: Option<&str>) -> Result<Option<String>, String> {
+        let Some(tls) = self.tls.get() else {
+            return Ok(None);
+        };
+        match tls.reload() {
+            Ok(fingerprint) => {
+                self.audit.server("tls reloaded", &fingerprint, by).await;
+                Ok(Some(fingerprint))
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    kept = %tls.fingerprint(),
+                    "TLS reload refused; the certificate in use stays"
+                );
+                self.audit.server("tls reload refused", &e, by).await;
+                Err(e)
+            }
+        }
     }
 }

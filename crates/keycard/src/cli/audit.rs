@@ -1,4 +1,4 @@
-//! `keycard audit`: the audit log's last events.
+//! `keycard audit`: the audit log's last events; `keycard reload`.
 
 use keycard_proto::{Msg, Value};
 
@@ -60,4 +60,18 @@ pub(super) async fn audit(conn: &ConnArgs, n: usize, json: bool) -> anyhow::Resu
         &["TIME", "EVENT", "OUTCOME", "USER", "METHOD", "FROM/BY"],
         &rows,
     ))
+}
+
+/// `keycard reload`: the server reads its TLS certificate and key again.
+pub(super) async fn reload(conn: &ConnArgs) -> anyhow::Result<()> {
+    let c = connect(conn).await?;
+    let r = c.request(Msg::new().with("action", "reload")).await?;
+    match r.get("tls").and_then(Value::as_str) {
+        Some(fingerprint) => say_err!(
+            "reloaded: the TLS certificate now served has SHA-256 {}",
+            render::terminal(fingerprint)
+        ),
+        None => say_err!("reloaded: the server has no TLS to reload"),
+    }
+    Ok(())
 }

@@ -161,6 +161,13 @@ enum Command {
         #[command(subcommand)]
         cmd: GroupCmd,
     },
+    /// Make the running server read its TLS certificate and key again, as
+    /// SIGHUP does (needs super_root). A file that does not load changes
+    /// nothing; the error says why.
+    Reload {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Show who this login is: user, method, keycard, expiry, capabilities.
     Whoami {
         #[command(flatten)]
@@ -249,6 +256,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Auth { cmd } => users::auth(cmd).await,
         Command::Acl { cmd } => acl::acl(cmd).await,
         Command::Group { cmd } => acl::group(cmd).await,
+        Command::Reload { conn } => audit::reload(&conn).await,
         Command::Whoami { conn } => keycards::whoami(&conn).await,
         Command::Audit { conn, n, json } => audit::audit(&conn, n, json).await,
         Command::Admin { cmd } => users::admin_cmd(cmd).await,

@@ -5,6 +5,7 @@
 //! [`Responder`]. Handlers return `Err(ApiError)` for every failure; the
 //! connection turns it into the error reply.
 
+mod admin;
 mod auth;
 pub(crate) mod data;
 mod internal;
@@ -121,6 +122,7 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
         "keycard_revoke" => Box::pin(keycards::keycard_revoke(msg, r)).await,
         "token_create" => Box::pin(keycards::token_create(msg, r)).await,
         "user_show" => Box::pin(users::user_show(msg, r)).await,
+        "reload" => Box::pin(admin::reload(r)).await,
         other => Err(ApiError::new(
             ErrorCode::UnknownAction,
             format!("unknown action {other:?}"),

@@ -12,6 +12,7 @@
 
 pub(crate) mod access;
 pub(crate) mod acl;
+pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod data;
 pub(crate) mod guard;

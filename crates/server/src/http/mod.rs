@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::caller::LoggedIn;
 use crate::error::ApiError;
-use crate::listener::{Listener, Protocol, Refused};
+use crate::listener::{Listener, Protocol, Refused, Stream};
 use crate::state::ServerState;
 
 mod kv;
@@ -109,10 +109,10 @@ struct Http {
     idle: Option<Duration>,
 }
 
-impl Protocol<TcpStream> for Http {
+impl Protocol for Http {
     fn serve(
         self,
-        socket: TcpStream,
+        socket: Stream,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let Http { rest, idle } = self;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod pki;
 pub mod rest;
 
 use keycard_proto::{encode, Decoder, Limits, Msg, Value};

@@ -1,0 +1,245 @@
+//! TLS on the listeners: the server's certificate chain and key (PEM
+//! files), the protocol versions it speaks, and a live reload.
+//!
+//! The crypto is rustls with its `aws-lc-rs` provider. Its C library,
+//! AWS-LC, is built by the `cc` crate with the C compiler alone: no
+//! cmake, Go, NASM or system OpenSSL. So `cargo build` on a fresh Linux
+//! machine needs nothing beyond the Rust toolchain and gcc, and it adds
+//! about half a minute to a cold build on two cores. It is chosen over
+//! `ring`, which builds as easily, because rustls offers the hybrid
+//! post-quantum key exchange X25519MLKEM768 only with aws-lc-rs (preferred
+//! here, with X25519 and the NIST curves after it), and because rustls
+//! 0.23.48 marks its `ring` provider deprecated for that reason. Every
+//! suite it offers is an AEAD with an ephemeral key exchange: TLS 1.3's,
+//! and, with `min_version = "1.2"`, TLS 1.2's ECDHE suites with AES-GCM
+//! or ChaCha20-Poly1305. rustls has no CBC, RSA key exchange or static DH
+//! to turn off.
+//!
+//! [`Tls`] holds what the files gave when last read. A reload (SIGHUP, or
+//! the `reload` action) reads them again and builds a new configuration;
+//! only if that succeeds does it replace the old one, so a bad file leaves
+//! the server serving the certificate it had. A handshake takes the
+//! configuration current when it starts: established connections keep
+//! theirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The `[tls]` table of the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate, PEM; a chain may follow it in the same
+    /// file (leaf first). With `key`, both listeners speak TLS only.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// The oldest protocol version accepted: `"1.3"` (the default) or
+    /// `"1.2"` (forward-secret AEAD suites only).
+    pub min_version: TlsVersion,
+    /// Seconds a client has to finish its handshake. Default 10; then
+    /// the connection is closed. A plaintext client, which sends no
+    /// handshake, is closed then too.
+    pub handshake_timeout: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            min_version: TlsVersion::V13,
+            handshake_timeout: 10,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether TLS is asked for, and consistently: a certificate without
+    /// its key (or the reverse) is an error.
+    pub fn enabled(&self) -> Result<bool, String> {
+        match (&self.cert, &self.key) {
+            (Some(_), Some(_)) => Ok(true),
+            (None, None) => Ok(false),
+            (Some(_), None) => Err("[tls] cert is set without key (--tls-key)".into()),
+            (None, Some(_)) => Err("[tls] key is set without cert (--tls-cert)".into()),
+        }
+    }
+}
+
+/// A TLS protocol version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[serde(rename = "1.2")]
+    V12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V13,
+}
+
+impl std::str::FromStr for TlsVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "1.2" => Ok(TlsVersion::V12),
+            "1.3" => Ok(TlsVersion::V13),
+            other => Err(format!(
+                "{other:?} is not a TLS version keycard speaks (1.2 or 1.3)"
+            )),
+        }
+    }
+}
+
+/// Which listener a configuration is for: they differ in ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Front {
+    /// The msgpack listener: no ALPN protocol is named for it (DistKV's
+    /// protocol has no registered name), so a client offering any is
+    /// served as one offering none.
+    Msgpack,
+    /// The HTTP listener: `http/1.1`.
+    Http,
+}
+
+/// What one reading of the files gave.
+struct Loaded {
+    msgpack: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
+    /// The SHA-256 of the leaf certificate, hex, for the logs.
+    fingerprint: String,
+}
+
+/// The listeners' TLS configuration, reloadable (see the module docs).
+pub struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    min_version: TlsVersion,
+    current: RwLock<Arc<Loaded>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("min_version", &self.min_version)
+            .field("fingerprint", &self.fingerprint())
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Reads the files `config` names; `None` if TLS is not asked for.
+    pub fn load(config: &TlsConfig) -> Result<Option<Tls>, String> {
+        let (Some(cert), Some(key)) = (&config.cert, &config.key) else {
+            config.enabled()?;
+            return Ok(None);
+        };
+        let loaded = build(cert, key, config.min_version)?;
+        Ok(Some(Tls {
+            cert: cert.clone(),
+            key: key.clone(),
+            min_version: config.min_version,
+            current: RwLock::new(Arc::new(loaded)),
+        }))
+    }
+
+    /// Reads the files again. On success new handshakes use what they
+    /// hold and the new certificate's fingerprint is returned; on failure
+    /// nothing changes and the error says which file and why.
+    pub fn reload(&self) -> Result<String, String> {
+        let loaded = build(&self.cert, &self.key, self.min_version)?;
+        let fingerprint = loaded.fingerprint.clone();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+        Ok(fingerprint)
+    }
+
+    /// The SHA-256 fingerprint (hex) of the certificate in use.
+    pub fn fingerprint(&self) -> String {
+        self.loaded().fingerprint.clone()
+    }
+
+    /// The configuration a handshake on `front` starts with now.
+    pub(crate) fn config(&self, front: Front) -> Arc<ServerConfig> {
+        let loaded = self.loaded();
+        match front {
+            Front::Msgpack => loaded.msgpack.clone(),
+            Front::Http => loaded.http.clone(),
+        }
+    }
+
+    fn loaded(&self) -> Arc<Loaded> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Builds both listeners' configurations from the files.
+fn build(cert: &Path, key: &Path, min: TlsVersion) -> Result<Loaded, String> {
+    let chain = read_chain(cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", quoted(key)))?;
+    let fingerprint = chain
+        .first()
+        .map(|c| hex(&Sha256::digest(c.as_ref())))
+        .unwrap_or_default();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match min {
+        TlsVersion::V13 => &[&rustls::version::TLS13],
+        TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    // Checked here for a message that names both files (rustls would
+    // only say the key does not match).
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider).map_err(
+        |e| {
+            format!(
+                "the key in {} does not go with the certificate in {}: {e}",
+                quoted(key),
+                quoted(cert)
+            )
+        },
+    )?;
+    let base = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| format!("the certificate in {}: {e}", quoted(cert)))?;
+    let mut http = base.clone();
+    http.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Loaded {
+        msgpack: Arc::new(base),
+        http: Arc::new(http),
+        fingerprint,
+    })
+}
+
+/// The certificates in a PEM file, leaf first.
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", quoted(path)))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate in {}", quoted(path)));
+    }
+    Ok(chain)
+}
+
+/// A path as it goes into a message: quoted, escaped.
+fn quoted(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

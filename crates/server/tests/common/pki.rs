@@ -1,0 +1,68 @@
+//! Certificates for TLS tests, made in the test: a CA, and server
+//! certificates it signs for `localhost` and 127.0.0.1, written as PEM
+//! files where a server's config can name them.
+
+use std::path::PathBuf;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SerialNumber,
+};
+
+/// A CA, and a directory for the files.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+    /// The CA certificate, PEM.
+    pub ca_file: PathBuf,
+}
+
+/// A server certificate's files, and its DER.
+pub struct ServerCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: Vec<u8>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "keycard test CA");
+        let ca =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("write CA");
+        Pki { dir, ca, ca_file }
+    }
+
+    /// Writes a server certificate with serial `serial` to
+    /// `server.pem`/`server.key` (replacing what was there).
+    pub fn server_cert(&self, serial: u64) -> ServerCert {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params");
+        params.serial_number = Some(SerialNumber::from(serial));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "keycard test server");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        let out = ServerCert {
+            cert: self.dir.path().join("server.pem"),
+            key: self.dir.path().join("server.key"),
+            der: cert.der().to_vec(),
+        };
+        // The chain: the leaf, then its CA.
+        std::fs::write(&out.cert, format!("{}{}", cert.pem(), self.ca.pem())).expect("cert");
+        std::fs::write(&out.key, key.serialize_pem()).expect("key");
+        out
+    }
+
+    /// A client trusting this CA, expecting `localhost`.
+    pub fn client(&self) -> keycard_client::ClientTls {
+        keycard_client::ClientTls::with_ca_file(&self.ca_file, "localhost").expect("client tls")
+    }
+}

@@ -1,0 +1,446 @@
+//! TLS on both listeners, with certificates made here (rcgen) and real
+//! handshakes (rustls on both sides): the msgpack protocol and REST over
+//! TLS, plaintext clients closed while TLS clients are served, the
+//! protocol versions, a live reload (new connections see the new
+//! certificate, established ones stay; a bad file keeps the old one),
+//! and hostile handshakes that stall nobody.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::pki::Pki;
+use common::{start_with, TestServer};
+use keycard_client::{Client, ClientTls};
+use keycard_proto::{Msg, Path, Value};
+use keycard_server::TlsVersion;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn p(s: &str) -> Path {
+    Path::parse(s).expect("path")
+}
+
+/// A server with TLS on both listeners (the certificate `serial` 1).
+async fn tls_server(pki: &Pki, tweak: impl FnOnce(&mut keycard_server::Config)) -> TestServer {
+    let cert = pki.server_cert(1);
+    start_with(|c| {
+        c.http = Some("127.0.0.1:0".parse().expect("addr"));
+        c.tls.cert = Some(cert.cert.clone());
+        c.tls.key = Some(cert.key.clone());
+        c.tls.handshake_timeout = 1;
+        tweak(c);
+    })
+    .await
+}
+
+/// A TLS connection made by hand, for what the client library does not
+/// show: the server's certificate, the version, ALPN.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    tls: &ClientTls,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut config = (*tls.config()).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let socket = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").expect("name");
+    connector.connect(name, socket).await
+}
+
+/// The leaf certificate a new TLS connection to `addr` is shown.
+async fn served_cert(addr: std::net::SocketAddr, tls: &ClientTls) -> Vec<u8> {
+    let s = handshake(addr, tls, &[]).await.expect("handshake");
+    let (_, conn) = s.get_ref();
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .expect("a certificate")
+}
+
+/// Reads until the peer closes or `within` passes: what arrived, and
+/// whether it closed.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn msgpack_and_rest_speak_tls_and_plaintext_clients_are_closed() {
+    let pki = Pki::new();
+    let s = tls_server(&pki, |_| {}).await;
+    let http = s.handle.http_addr.expect("http");
+
+    // A plaintext msgpack client waits for a greeting that never comes,
+    // and is closed once the handshake timeout (1 s) passes.
+    let started = Instant::now();
+    let mut plain = TcpStream::connect(s.addr()).await.expect("connect");
+
+    // Meanwhile TLS clients are served.
+    let c = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("TLS client");
+    assert_eq!(c.greeting().node, "test-node");
+    c.set(&p("over.tls"), Value::from("sealed in transit"))
+        .await
+        .expect("set");
+    let got = c.get(&p("over.tls")).await.expect("get").expect("a value");
+    assert_eq!(got.value, Value::from("sealed in transit"));
+
+    let (bytes, closed) = read_until_closed(&mut plain, Duration::from_secs(5)).await;
+    assert!(bytes.is_empty(), "a plaintext client got {bytes:?}");
+    assert!(closed, "a plaintext client was not closed");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A plaintext HTTP request gets no HTTP answer, and is closed.
+    let mut plain = TcpStream::connect(http).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let (bytes, closed) = read_until_closed(&mut plain, Duration::from_secs(5)).await;
+    assert!(!bytes.starts_with(b"HTTP/"), "plaintext HTTP was answered");
+    assert!(closed);
+
+    // HTTPS: ALPN says http/1.1, and the API answers.
+    let mut https = handshake(http, &pki.client(), &[b"h2", b"http/1.1"])
+        .await
+        .expect("handshake");
+    assert_eq!(https.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    https
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), https.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"methods\""), "{answer}");
+
+    // The msgpack listener names no ALPN protocol, whatever is offered.
+    let m = handshake(s.addr(), &pki.client(), &[b"http/1.1"])
+        .await
+        .expect("handshake");
+    assert_eq!(m.get_ref().1.alpn_protocol(), None);
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_server_gets_no_greeting() {
+    let pki = Pki::new();
+    let s = tls_server(&pki, |_| {}).await;
+    let other = Pki::new();
+    let err = Client::connect_tls(s.addr(), &other.client())
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    // The certificate is for localhost and 127.0.0.1, not another name.
+    let elsewhere = pki.client().for_name("keycard.example").expect("name");
+    assert!(Client::connect_tls(s.addr(), &elsewhere).await.is_err());
+    // The server is unharmed.
+    Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("served");
+}
+
+#[tokio::test]
+async fn tls_1_3_only_unless_1_2_is_allowed() {
+    let pki = Pki::new();
+    let tls12 = {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read_to_string(&pki.ca_file).expect("ca");
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let name = || ServerName::try_from("localhost").expect("name");
+
+    let s = tls_server(&pki, |_| {}).await;
+    let socket = TcpStream::connect(s.addr()).await.expect("connect");
+    assert!(
+        tls12.connect(name(), socket).await.is_err(),
+        "TLS 1.2 accepted by default"
+    );
+    let default = handshake(s.addr(), &pki.client(), &[]).await.expect("1.3");
+    assert_eq!(
+        default.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    // The hybrid post-quantum key exchange, when the client offers it
+    // (keycard's own client does).
+    assert_eq!(
+        default
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name()),
+        Some(rustls::NamedGroup::X25519MLKEM768)
+    );
+
+    let s = tls_server(&pki, |c| c.tls.min_version = TlsVersion::V12).await;
+    let socket = TcpStream::connect(s.addr()).await.expect("connect");
+    let old = tls12.connect(name(), socket).await.expect("1.2 allowed");
+    let conn = old.get_ref().1;
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    // An ephemeral key exchange and an AEAD.
+    let suite = format!(
+        "{:?}",
+        conn.negotiated_cipher_suite().expect("suite").suite()
+    );
+    assert!(suite.starts_with("TLS_ECDHE_"), "{suite}");
+    assert!(
+        suite.contains("GCM") || suite.contains("CHACHA20_POLY1305"),
+        "{suite}"
+    );
+    // And 1.3 still comes first.
+    let new = handshake(s.addr(), &pki.client(), &[]).await.expect("1.3");
+    assert_eq!(
+        new.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}
+
+#[tokio::test]
+async fn a_reload_swaps_the_certificate_and_keeps_established_connections() {
+    let pki = Pki::new();
+    let s = tls_server(&pki, |_| {}).await;
+    let first = served_cert(s.addr(), &pki.client()).await;
+    let c = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("client");
+    c.set(&p("kept"), Value::from(1)).await.expect("set");
+
+    // A new certificate (serial 2) in the same files, then a reload.
+    let second = pki.server_cert(2);
+    assert_ne!(first, second.der);
+    let fingerprint = s
+        .handle
+        .state
+        .reload_tls(None)
+        .await
+        .expect("reloads")
+        .expect("TLS is on");
+    assert_eq!(fingerprint, sha256_hex(&second.der));
+    assert_eq!(served_cert(s.addr(), &pki.client()).await, second.der);
+    assert_eq!(
+        served_cert(s.handle.http_addr.expect("http"), &pki.client()).await,
+        second.der,
+        "the HTTP listener reloads too"
+    );
+    // The connection made before the reload still works.
+    c.set(&p("kept"), Value::from(2))
+        .await
+        .expect("still served");
+
+    // A corrupt certificate file: refused, the old one stays.
+    std::fs::write(&second.cert, "-----BEGIN CERTIFICATE-----\nnot base64!\n").expect("write");
+    let err = s.handle.state.reload_tls(None).await.expect_err("refused");
+    assert!(err.contains("server.pem"), "{err}");
+    assert_eq!(served_cert(s.addr(), &pki.client()).await, second.der);
+    // A key that belongs to another certificate: refused too.
+    let third = pki.server_cert(3);
+    let other_key = pki.dir.path().join("other.key");
+    std::fs::write(
+        &other_key,
+        rcgen::KeyPair::generate().expect("key").serialize_pem(),
+    )
+    .expect("write");
+    std::fs::copy(&other_key, &third.key).expect("copy");
+    let err = s.handle.state.reload_tls(None).await.expect_err("refused");
+    assert!(err.contains("does not go with"), "{err}");
+    assert_eq!(served_cert(s.addr(), &pki.client()).await, second.der);
+    c.set(&p("kept"), Value::from(3))
+        .await
+        .expect("still served");
+
+    // Both outcomes are audited.
+    let log = common::audit_log_with(&s, |l| l.contains("tls reload refused")).await;
+    assert!(log.contains("\"tls reloaded\""), "{log}");
+}
+
+#[tokio::test]
+async fn the_reload_action_needs_super_root() {
+    let pki = Pki::new();
+    let s = tls_server(&pki, |_| {}).await;
+    // Make the server require logins: `_test` current, `root` accepted.
+    let admin = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("client");
+    for (m, u) in [("root", None), ("_test", Some("joe"))] {
+        let m = keycard_auth::ClientRegistry::make(m, u).expect("method");
+        admin.set_user(m.as_ref()).await.expect("user");
+    }
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", keycard_auth::TEST)
+                .with("accept", Value::Array(vec!["root".into()])),
+        )
+        .await
+        .expect("current");
+
+    let joe = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("client");
+    let m = keycard_auth::ClientRegistry::make(keycard_auth::TEST, Some("joe")).expect("m");
+    joe.login(m.as_ref()).await.expect("login");
+    let err = joe
+        .request(Msg::new().with("action", "reload"))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err.code().map(|c| c.as_str()),
+        Some("permission_denied"),
+        "{err}"
+    );
+
+    let root = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("client");
+    let m = keycard_auth::ClientRegistry::make("root", None).expect("m");
+    root.login(m.as_ref()).await.expect("login");
+    let second = pki.server_cert(2);
+    let r = root
+        .request(Msg::new().with("action", "reload"))
+        .await
+        .expect("reloaded");
+    assert_eq!(
+        r.get("tls").and_then(Value::as_str),
+        Some(sha256_hex(&second.der).as_str())
+    );
+    assert_eq!(served_cert(s.addr(), &pki.client()).await, second.der);
+}
+
+#[tokio::test]
+async fn without_tls_a_reload_has_nothing_to_do() {
+    let s = start_with(|_| {}).await;
+    assert_eq!(s.handle.state.reload_tls(None).await, Ok(None));
+    let c = Client::connect(s.addr()).await.expect("client");
+    let r = c
+        .request(Msg::new().with("action", "reload"))
+        .await
+        .expect("open server: anyone is super-root");
+    assert_eq!(r.get("tls"), Some(&Value::Nil));
+}
+
+#[tokio::test]
+async fn half_open_and_garbage_handshakes_stall_nobody_and_are_cut() {
+    let pki = Pki::new();
+    let s = tls_server(&pki, |c| {
+        c.max_connections_per_address = 5000;
+        c.http_max_connections_per_address = 5000;
+    })
+    .await;
+    // 1000 connections that never finish a handshake: half of them send
+    // nothing, half the first bytes of a ClientHello.
+    let mut hostile = Vec::new();
+    for i in 0..1000 {
+        let mut t = TcpStream::connect(s.addr()).await.expect("connect");
+        if i % 2 == 1 {
+            t.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .expect("write");
+        }
+        hostile.push(t);
+    }
+    // And garbage instead of a ClientHello: closed at once.
+    let mut garbage = TcpStream::connect(s.addr()).await.expect("connect");
+    garbage
+        .write_all(b"\x00\x01\x02 this is not TLS at all \r\n\r\n")
+        .await
+        .expect("write");
+    let (bytes, closed) = read_until_closed(&mut garbage, Duration::from_millis(900)).await;
+    assert!(closed, "garbage kept the connection open");
+    assert!(!bytes.is_empty(), "rustls answers garbage with an alert");
+
+    // Everyone else is served meanwhile.
+    let c = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("served beside 1000 half-open handshakes");
+    c.set(&p("x"), Value::from(1)).await.expect("set");
+
+    // Past the handshake timeout (1 s) the half-open ones are closed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut open = 0;
+    for t in &mut hostile {
+        let (_, closed) = read_until_closed(t, Duration::from_millis(500)).await;
+        if !closed {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "{open} half-open handshakes outlived the timeout");
+    c.set(&p("x"), Value::from(2)).await.expect("still served");
+}
+
+#[tokio::test]
+async fn a_certificate_without_its_key_or_a_bad_file_stops_the_start() {
+    let pki = Pki::new();
+    let cert = pki.server_cert(1);
+    for (certf, keyf, want) in [
+        (Some(cert.cert.clone()), None, "without key"),
+        (None, Some(cert.key.clone()), "without cert"),
+        (
+            Some(pki.dir.path().join("missing.pem")),
+            Some(cert.key.clone()),
+            "missing.pem",
+        ),
+        (
+            Some(cert.key.clone()),
+            Some(cert.key.clone()),
+            "no certificate",
+        ),
+        (
+            Some(cert.cert.clone()),
+            Some(cert.cert.clone()),
+            "private key",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = keycard_server::Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data: dir.path().to_path_buf(),
+            tls: keycard_server::TlsConfig {
+                cert: certf,
+                key: keyf,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = keycard_server::Server::open(config)
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains(want), "{want}: {err}");
+    }
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
