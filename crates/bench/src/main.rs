@@ -59,7 +59,8 @@ struct Args {
     /// checks), acltree (get_tree with and without an ACL), keycards (the
     /// bouncer's keycard table with 1M keycards, in process), tokens
     /// (get_value with and without a token login), rest (signed REST
-    /// requests next to unsigned ones, REST logins), or all.
+    /// requests next to unsigned ones, REST logins), tls (the same
+    /// workloads over TLS and over plain TCP), or all.
     #[arg(long, default_value = "kv")]
     suite: String,
     /// Start the keycard server under this command, split on spaces (e.g.
@@ -130,11 +131,16 @@ async fn wait_for_greeting(addr: SocketAddr, child: &mut Child) -> anyhow::Resul
 }
 
 async fn start_keycard(args: &Args) -> anyhow::Result<Peer> {
-    start_keycard_with(args, &[]).await
+    start_keycard_with(args, &[], None).await
 }
 
-/// Starts keycard with `extra` arguments to `serve`.
-async fn start_keycard_with(args: &Args, extra: &[&str]) -> anyhow::Result<Peer> {
+/// Starts keycard with `extra` arguments to `serve`; with `tls`, the
+/// bench's connections to it go over TLS ([`tls::register`]).
+async fn start_keycard_with(
+    args: &Args,
+    extra: &[&str],
+    tls: Option<keycard_client::ClientTls>,
+) -> anyhow::Result<Peer> {
     if let Some(addr) = args.keycard_addr {
         return Ok(Peer {
             name: "keycard",
@@ -175,6 +181,9 @@ async fn start_keycard_with(args: &Args, extra: &[&str]) -> anyhow::Result<Peer>
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
+    if let Some(tls) = tls {
+        tls::register(addr, tls);
+    }
     wait_for_greeting(addr, &mut child).await?;
     Ok(Peer {
         name: "keycard",
@@ -207,17 +216,28 @@ async fn start_distkv(args: &Args) -> anyhow::Result<Peer> {
     })
 }
 
+/// What a [`Conn`] reads and writes: a TCP socket, or TLS over one.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// A raw protocol connection (no flow control, as the server allows).
 struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     dec: Decoder,
     buf: Vec<u8>,
 }
 
 impl Conn {
+    /// Connects to `addr`, over TLS if `addr` is a server the tls suite
+    /// started with TLS ([`tls::client_for`]).
     async fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match tls::client_for(addr) {
+            Some(tls) => Box::new(tls.connect(socket).await?),
+            None => Box::new(socket),
+        };
         let mut c = Conn {
             stream,
             dec: Decoder::new(Limits {
@@ -423,6 +443,7 @@ mod acltree;
 mod keycards;
 mod logins;
 mod rest;
+mod tls;
 mod tokens;
 
 /// Counts the bytes allocated, for the keycards suite's bytes per keycard
@@ -433,9 +454,14 @@ static ALLOCATOR: keycards::counting::Counting = keycards::counting::Counting;
 /// Prints a Markdown table: a row per workload, a column per peer, and the
 /// keycard/DistKV ratio when both were measured.
 fn print_table(names: &[&str], rows: Vec<Row>) {
+    print_table_with(names, "keycard / DistKV", rows)
+}
+
+/// [`print_table`] with the ratio column named `ratio` (first ÷ second).
+fn print_table_with(names: &[&str], ratio: &str, rows: Vec<Row>) {
     print!("| workload | {} |", names.join(" | "));
     if names.len() > 1 {
-        print!(" keycard / DistKV |");
+        print!(" {ratio} |");
     }
     println!();
     println!(
@@ -623,6 +649,12 @@ async fn main() -> anyhow::Result<()> {
     if args.suite == "tokens" || args.suite == "all" {
         tokens::token_suite(&args).await?;
         if args.suite == "tokens" {
+            return Ok(());
+        }
+    }
+    if args.suite == "tls" || args.suite == "all" {
+        tls::tls_suite(&args).await?;
+        if args.suite == "tls" {
             return Ok(());
         }
     }

@@ -439,7 +439,7 @@ pub async fn rest_suite(args: &Args) -> anyhow::Result<()> {
         bail!("the rest suite starts its own server (it needs its HTTP port)");
     }
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let peer = start_keycard_with(args, &["--http", &http.to_string()]).await?;
+    let peer = start_keycard_with(args, &["--http", &http.to_string()], None).await?;
     let pid = peer.child.as_ref().map(std::process::Child::id);
     let admin = Client::connect(peer.addr).await?;
     admin

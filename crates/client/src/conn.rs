@@ -902,6 +902,15 @@ async fn read_greeting<R: tokio::io::AsyncRead + Unpin>(
                     .into(),
             ));
         }
+        // A TLS record (an alert, or a handshake): a TLS listener that
+        // took our plaintext for a broken ClientHello.
+        if first && matches!(chunk[..n], [0x15 | 0x16, 0x03, ..]) {
+            return Err(ClientError::Tls(
+                "the server answered with TLS: connect over TLS (keycard: --tls-ca FILE, or \
+                 --tls for the system's CAs)"
+                    .into(),
+            ));
+        }
         first = false;
         decoder.feed(&chunk[..n]);
     }

@@ -104,8 +104,8 @@ impl ClientTls {
         self.config.clone()
     }
 
-    /// Runs the handshake over `socket`.
-    pub(crate) async fn connect(
+    /// Runs the handshake over `socket` (within [`crate::CONNECT_TIMEOUT`]).
+    pub async fn connect(
         &self,
         socket: tokio::net::TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {

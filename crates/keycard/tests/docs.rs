@@ -412,7 +412,7 @@ fn every_security_property_names_tests_that_exist() {
             }
         }
     }
-    assert_eq!(items, 10, "DESIGN §7 has ten properties");
+    assert_eq!(items, 11, "DESIGN §7 has eleven properties");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

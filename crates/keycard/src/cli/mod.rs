@@ -79,9 +79,9 @@ enum Command {
     ///
     /// Every option below overrides the config file (-c), which overrides
     /// the defaults shown. The file's fields have the same names with '_'
-    /// for '-'; the `--throttle-…` and `--keycards-…` ones are the fields
-    /// of its `[throttle]` and `[keycards]` tables (`--throttle-free` is
-    /// `free` in `[throttle]`).
+    /// for '-'; the `--throttle-…`, `--keycards-…` and `--tls-…` ones are
+    /// the fields of its `[throttle]`, `[keycards]` and `[tls]` tables
+    /// (`--throttle-free` is `free` in `[throttle]`).
     Serve(Box<ServeArgs>),
     /// Print the value at PATH.
     Get {

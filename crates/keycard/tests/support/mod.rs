@@ -114,7 +114,10 @@ pub fn free_port() -> u16 {
 }
 
 /// The login variables a test must not inherit from whoever runs it.
-const LOGIN_VARS: [&str; 10] = [
+const LOGIN_VARS: [&str; 13] = [
+    "KEYCARD_TLS_CA",
+    "KEYCARD_TLS",
+    "KEYCARD_TLS_NAME",
     "KEYCARD_SERVER",
     "KEYCARD_AUTH",
     "KEYCARD_USER",

@@ -1,0 +1,215 @@
+//! TLS as an operator turns it on: certificates made with the `openssl`
+//! command (a CA, an RSA CA key, an ECDSA server key), `keycard serve
+//! --tls-cert --tls-key`, OpenSSL's own client (`openssl s_client`)
+//! verifying the chain and reading the serial, the CLI over TLS, and
+//! SIGHUP swapping the certificate while an established connection keeps
+//! working; a corrupt file keeps the old certificate.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keycard_client::{Client, ClientTls};
+use keycard_proto::Value;
+
+mod support;
+
+use support::{cli, Proc};
+
+/// Runs `openssl` with `args` in `dir`; panics with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A CA (`ca.pem`, RSA) in `dir`.
+fn make_ca(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=keycard test CA",
+        ],
+    );
+}
+
+/// A server certificate for localhost and 127.0.0.1 with `serial`, signed
+/// by the CA, as `server.pem` (leaf, then the CA) and `server.key`.
+fn make_server_cert(dir: &Path, serial: u32) -> (PathBuf, PathBuf) {
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("ext");
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            "new.key", "-out", "new.csr", "-subj", "/CN=localhost",
+        ],
+    );
+    let serial = serial.to_string();
+    openssl(
+        dir,
+        &[
+            "x509", "-req", "-in", "new.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial",
+            &serial, "-days", "2", "-extfile", "san.ext", "-out", "new.pem",
+        ],
+    );
+    let leaf = std::fs::read_to_string(dir.join("new.pem")).expect("leaf");
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
+    // Written whole, then renamed: the server never reads half a file.
+    std::fs::write(dir.join("chain.tmp"), format!("{leaf}{ca}")).expect("chain");
+    std::fs::rename(dir.join("chain.tmp"), dir.join("server.pem")).expect("rename");
+    std::fs::rename(dir.join("new.key"), dir.join("server.key")).expect("rename");
+    (dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// What `openssl s_client` sees at `addr`: whether it verified the chain
+/// against the CA, and the leaf's serial (`serial=…`).
+fn s_client(dir: &Path, addr: std::net::SocketAddr) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+            "-verify_hostname",
+            "localhost",
+            "-CAfile",
+            "ca.pem",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("s_client runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let verified = text.contains("Verify return code: 0 (ok)");
+    let start = text.find("-----BEGIN CERTIFICATE-----");
+    let end = text.find("-----END CERTIFICATE-----");
+    let serial = match (start, end) {
+        (Some(s), Some(e)) => {
+            let pem = &text[s..e + "-----END CERTIFICATE-----".len()];
+            std::fs::write(dir.join("seen.pem"), pem).expect("seen");
+            openssl(dir, &["x509", "-in", "seen.pem", "-noout", "-serial"])
+                .trim()
+                .to_owned()
+        }
+        _ => String::new(),
+    };
+    (verified, serial)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_certificates_sighup_and_the_cli_over_tls() {
+    let pki = tempfile::tempdir().expect("tmp");
+    let dir = pki.path();
+    make_ca(dir);
+    let (cert, key) = make_server_cert(dir, 1001);
+    let data = tempfile::tempdir().expect("tmp");
+    let server = Proc::start_with(
+        &data.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+        ],
+    );
+    let addr = server.addr;
+
+    // OpenSSL's client verifies the chain and the name.
+    assert_eq!(s_client(dir, addr), (true, "serial=03E9".to_owned()));
+
+    // The CLI, told which CA to trust.
+    let ca = dir.join("ca.pem");
+    let ca_env = ("KEYCARD_TLS_CA", ca.to_str().expect("utf-8"));
+    let (code, out, err) = cli(addr, &["set", "app.x", "over tls"], &[ca_env]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = cli(addr, &["get", "app.x"], &[ca_env]);
+    assert_eq!((code, out.trim()), (Some(0), "\"over tls\""), "{err}");
+    // Without TLS it gets no greeting, and says why.
+    let (code, _, err) = cli(addr, &["get", "app.x"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("answered with TLS") && err.contains("--tls-ca"), "{err}");
+
+    // A connection made before the reload.
+    let tls = ClientTls::with_ca_file(&ca, "localhost").expect("tls");
+    let held = Client::connect_tls(addr, &tls).await.expect("client");
+
+    // A new certificate, then SIGHUP: new clients see serial 1002.
+    make_server_cert(dir, 1002);
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = s_client(dir, addr);
+        if seen == (true, "serial=03EA".to_owned()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after SIGHUP still {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The held connection still works.
+    held.set(&keycard_proto::Path::parse("app.y").expect("p"), Value::from(2))
+        .await
+        .expect("still served after the reload");
+
+    // A corrupt certificate: `keycard reload` says why, the old one stays.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").expect("write");
+    let (code, _, err) = cli(addr, &["reload"], &[ca_env]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("reload refused") && err.contains("server.pem"), "{err}");
+    assert_eq!(s_client(dir, addr), (true, "serial=03EA".to_owned()));
+    // And SIGHUP with the bad file logs it and keeps serving.
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.log().matches("TLS reload refused").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held.set(&keycard_proto::Path::parse("app.y").expect("p"), Value::from(3))
+        .await
+        .expect("still served");
+    assert_eq!(s_client(dir, addr), (true, "serial=03EA".to_owned()));
+}
+
+#[test]
+fn serve_refuses_a_key_without_its_certificate() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = support::bin_command(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.path().to_str().expect("utf-8"),
+            "--tls-key",
+            "/nonexistent/server.key",
+        ],
+        &[],
+    )
+    .output()
+    .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("key is set without cert"), "{err}");
+}
