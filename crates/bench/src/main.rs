@@ -474,7 +474,7 @@ fn print_table_with(names: &[&str], ratio: &str, rows: Vec<Row>) {
             print!(" {v:.1} |");
         }
         if r.results.len() > 1 && r.results[1] > 0.0 {
-            print!(" {:.1}× |", r.results[0] / r.results[1]);
+            print!(" {:.2}× |", r.results[0] / r.results[1]);
         }
         println!();
     }

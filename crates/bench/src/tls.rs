@@ -153,7 +153,10 @@ pub(crate) async fn tls_suite(args: &Args) -> anyhow::Result<()> {
         });
     }
     for (name, clients) in [
-        ("new connections/s, 1 client (connect, handshake, greeting, close)", 1),
+        (
+            "new connections/s, 1 client (connect, handshake, greeting, close)",
+            1,
+        ),
         ("new connections/s, 16 clients", 16),
     ] {
         let mut results = Vec::new();

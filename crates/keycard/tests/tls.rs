@@ -37,8 +37,19 @@ fn make_ca(dir: &Path) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.pem", "-days", "2", "-subj", "/CN=keycard test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=keycard test CA",
         ],
     );
 }
@@ -54,16 +65,40 @@ fn make_server_cert(dir: &Path, serial: u32) -> (PathBuf, PathBuf) {
     openssl(
         dir,
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            "new.key", "-out", "new.csr", "-subj", "/CN=localhost",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "new.key",
+            "-out",
+            "new.csr",
+            "-subj",
+            "/CN=localhost",
         ],
     );
     let serial = serial.to_string();
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "new.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial",
-            &serial, "-days", "2", "-extfile", "san.ext", "-out", "new.pem",
+            "x509",
+            "-req",
+            "-in",
+            "new.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            &serial,
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "new.pem",
         ],
     );
     let leaf = std::fs::read_to_string(dir.join("new.pem")).expect("leaf");
@@ -142,7 +177,10 @@ async fn openssl_certificates_sighup_and_the_cli_over_tls() {
     // Without TLS it gets no greeting, and says why.
     let (code, _, err) = cli(addr, &["get", "app.x"], &[]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("answered with TLS") && err.contains("--tls-ca"), "{err}");
+    assert!(
+        err.contains("answered with TLS") && err.contains("--tls-ca"),
+        "{err}"
+    );
 
     // A connection made before the reload.
     let tls = ClientTls::with_ca_file(&ca, "localhost").expect("tls");
@@ -165,15 +203,21 @@ async fn openssl_certificates_sighup_and_the_cli_over_tls() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The held connection still works.
-    held.set(&keycard_proto::Path::parse("app.y").expect("p"), Value::from(2))
-        .await
-        .expect("still served after the reload");
+    held.set(
+        &keycard_proto::Path::parse("app.y").expect("p"),
+        Value::from(2),
+    )
+    .await
+    .expect("still served after the reload");
 
     // A corrupt certificate: `keycard reload` says why, the old one stays.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").expect("write");
     let (code, _, err) = cli(addr, &["reload"], &[ca_env]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("reload refused") && err.contains("server.pem"), "{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("server.pem"),
+        "{err}"
+    );
     assert_eq!(s_client(dir, addr), (true, "serial=03EA".to_owned()));
     // And SIGHUP with the bad file logs it and keeps serving.
     let hup = Command::new("kill")
@@ -186,9 +230,12 @@ async fn openssl_certificates_sighup_and_the_cli_over_tls() {
         assert!(Instant::now() < deadline, "{}", server.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    held.set(&keycard_proto::Path::parse("app.y").expect("p"), Value::from(3))
-        .await
-        .expect("still served");
+    held.set(
+        &keycard_proto::Path::parse("app.y").expect("p"),
+        Value::from(3),
+    )
+    .await
+    .expect("still served");
     assert_eq!(s_client(dir, addr), (true, "serial=03EA".to_owned()));
 }
 
