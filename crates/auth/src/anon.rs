@@ -26,6 +26,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     fixed_user: None,
     second_factor: false,
     suite: None,
+    plaintext_secret: false,
 };
 
 /// `_anon`'s registration.

@@ -66,6 +66,12 @@ pub struct MethodInfo {
     /// A parameter the greeting and REST's index announce under the
     /// method's name (OPAQUE's ciphersuite), if any.
     pub suite: Option<&'static str>,
+    /// Whether its login hands the server a secret that logs in by itself
+    /// (DistKV's `password`: the password, sealed to a key agreed without
+    /// authentication, so a man in the middle reads it). Such a login is
+    /// refused over plaintext from beyond loopback unless the server
+    /// allows it (`allow_plaintext_secrets`), as bearer tokens are.
+    pub plaintext_secret: bool,
 }
 
 /// What the client half of a method is made from: the user name and, for

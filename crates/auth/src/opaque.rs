@@ -171,6 +171,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     fixed_user: None,
     second_factor: false,
     suite: Some(OPAQUE_SUITE),
+    plaintext_secret: false,
 };
 
 /// `opaque`'s registration.

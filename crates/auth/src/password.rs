@@ -142,6 +142,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     fixed_user: None,
     second_factor: false,
     suite: None,
+    plaintext_secret: true,
 };
 
 /// `password`'s registration.

@@ -28,6 +28,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     fixed_user: Some(ROOT_USER),
     second_factor: false,
     suite: None,
+    plaintext_secret: false,
 };
 
 /// `root`'s registration.

@@ -377,6 +377,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     fixed_user: None,
     second_factor: false,
     suite: None,
+    plaintext_secret: false,
 };
 
 /// `scram-sha-256`'s registration.

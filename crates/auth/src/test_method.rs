@@ -38,6 +38,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     fixed_user: None,
     second_factor: false,
     suite: None,
+    plaintext_secret: false,
 };
 
 /// `_test`'s registration.

@@ -80,6 +80,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     fixed_user: None,
     second_factor: true,
     suite: None,
+    plaintext_secret: false,
 };
 
 /// `totp`'s registration.

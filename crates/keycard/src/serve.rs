@@ -141,6 +141,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, help_heading = "REST API")]
     http_session_nonces: Option<usize>,
 
+    /// Take token and `password` logins over plaintext from beyond
+    /// loopback (they send a secret that logs in by itself) [default:
+    /// false].
+    #[arg(long, value_name = "BOOL", help_heading = "TLS ([tls])")]
+    allow_plaintext_secrets: Option<bool>,
     /// The server's certificate, PEM (a chain may follow it): with
     /// --tls-key, both listeners speak TLS only [default: none].
     #[arg(
@@ -299,6 +304,7 @@ impl ServeArgs {
             keycards_max_total => keycards.max_total,
             keycards_max_per_user => keycards.max_per_user,
             keycards_max_token_ttl => keycards.max_token_ttl,
+            allow_plaintext_secrets => allow_plaintext_secrets,
             tls_min_version => tls.min_version,
             tls_handshake_timeout => tls.handshake_timeout,
         });
@@ -453,6 +459,7 @@ mod tests {
             http_max_connections = 7
             http_signature_window = 7
             http_session_nonces = 7
+            allow_plaintext_secrets = true
             [throttle]
             free = 7
             escalate = 7

@@ -153,6 +153,11 @@ pub struct Config {
     /// TLS on both listeners (a `[tls]` table; see `TlsConfig`). Off
     /// unless `cert` and `key` are set.
     pub tls: crate::tls::TlsConfig,
+    /// Whether a login that sends a secret that logs in by itself (a
+    /// bearer token, DistKV's `password`) is taken over an unencrypted
+    /// connection from beyond loopback. Default false: such a login is
+    /// refused there (over TLS, or from loopback, it is always taken).
+    pub allow_plaintext_secrets: bool,
 }
 
 /// Keycard lifetimes and bounds. Times are in seconds.
@@ -245,6 +250,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             reauth_secs: 300,
             tls: crate::tls::TlsConfig::default(),
+            allow_plaintext_secrets: false,
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
             argon2_p: 1,

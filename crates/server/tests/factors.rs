@@ -38,6 +38,7 @@ static COUNTER: MethodInfo = MethodInfo {
     fixed_user: None,
     second_factor: false,
     suite: None,
+    plaintext_secret: false,
 };
 
 impl Method for Counter {

@@ -444,3 +444,130 @@ fn sha256_hex(der: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// This machine's address on its default route (no packet is sent): an
+/// address beyond loopback that a client here can connect from.
+fn non_loopback_ip() -> std::net::IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    probe.connect("192.0.2.1:9").expect("a default route");
+    let ip = probe.local_addr().expect("local address").ip();
+    assert!(
+        !ip.is_loopback(),
+        "this test needs an address beyond loopback, and found {ip}"
+    );
+    ip
+}
+
+/// A bearer-token login, and a `password` login, send a secret that logs
+/// in by itself: over plaintext they are refused from beyond loopback,
+/// before anything is checked; from loopback, over TLS, or with
+/// `allow_plaintext_secrets`, they go on. SCRAM sends no such secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_over_plaintext_are_refused_from_beyond_loopback() {
+    use common::{code, req, Raw};
+    let ip = non_loopback_ip();
+    let pki = Pki::new();
+    for (tls, allow) in [(false, false), (false, true), (true, false)] {
+        let s = start_with(|c| {
+            c.listen = "0.0.0.0:0".parse().expect("addr");
+            c.allow_plaintext_secrets = allow;
+            if tls {
+                let cert = pki.server_cert(1);
+                c.tls.cert = Some(cert.cert);
+                c.tls.key = Some(cert.key);
+            }
+        })
+        .await;
+        let port = s.addr().port();
+        // Users, logins required, and a token for joe, over loopback.
+        let near = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let admin = match tls {
+            true => Client::connect_tls(near, &pki.client()).await,
+            false => Client::connect(near).await,
+        }
+        .expect("admin");
+        for (m, u) in [("root", None), (keycard_auth::TEST, Some("joe"))] {
+            let m = keycard_auth::ClientRegistry::make(m, u).expect("method");
+            admin.set_user(m.as_ref()).await.expect("user");
+        }
+        admin
+            .request(
+                Msg::new()
+                    .with("action", "set_auth_typ")
+                    .with("typ", keycard_auth::TEST)
+                    .with("accept", Value::Array(vec!["root".into()])),
+            )
+            .await
+            .expect("current");
+        let m = keycard_auth::ClientRegistry::make("root", None).expect("m");
+        admin.login(m.as_ref()).await.expect("root");
+        let token = admin
+            .request(
+                Msg::new()
+                    .with("action", "token_create")
+                    .with("user", "joe")
+                    .with("ttl", 3600),
+            )
+            .await
+            .expect("token")
+            .get("token")
+            .and_then(Value::as_str)
+            .expect("token")
+            .to_owned();
+
+        let far = std::net::SocketAddr::new(ip, port);
+        if tls {
+            // From beyond loopback, over TLS (the client checks the name
+            // the certificate carries, 127.0.0.1, not the address).
+            let named = pki.client().for_name("127.0.0.1").expect("name");
+            let c = Client::connect_tls(far, &named).await.expect("c");
+            c.login_token(&token)
+                .await
+                .expect("over TLS a token is taken");
+            continue;
+        }
+        let mut r = Raw::connect(far).await;
+        let v = r
+            .call_stream(
+                req(1, "auth")
+                    .with("typ", "token")
+                    .with("token", token.as_str()),
+            )
+            .await;
+        let last = v.last().expect("an answer");
+        if allow {
+            assert!(v.iter().all(|m| code(m).is_none()), "allowed: {v:?}");
+            continue;
+        }
+        assert_eq!(code(last), Some("auth_method"), "{v:?}");
+        let text = last.get("error").and_then(Value::as_str).unwrap_or("");
+        assert!(text.contains("allow_plaintext_secrets"), "{text}");
+        // A password login is refused the same way; SCRAM-like methods
+        // that send no secret are not (the kit's `_test` stands for them).
+        let v = r
+            .call_stream(req(2, "auth").with("typ", "password").with("ident", "joe"))
+            .await;
+        let last = v.last().expect("an answer");
+        assert_eq!(code(last), Some("auth_method"), "{v:?}");
+        let text = last.get("error").and_then(Value::as_str).unwrap_or("");
+        assert!(text.contains("not encrypted"), "{text}");
+        let v = r
+            .call_stream(
+                req(3, "auth")
+                    .with("typ", keycard_auth::TEST)
+                    .with("ident", "joe"),
+            )
+            .await;
+        assert!(v.iter().all(|m| code(m).is_none()), "{v:?}");
+        // From loopback the token is taken.
+        let mut r = Raw::connect(near).await;
+        let v = r
+            .call_stream(
+                req(1, "auth")
+                    .with("typ", "token")
+                    .with("token", token.as_str()),
+            )
+            .await;
+        assert!(v.iter().all(|m| code(m).is_none()), "loopback: {v:?}");
+    }
+}

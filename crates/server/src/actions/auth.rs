@@ -130,6 +130,8 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         root: session.caller.root.clone(),
         channel_key: session.channel_key.clone(),
         via: "msgpack",
+        // Both listeners speak TLS only once it is on.
+        secure: state.tls_enabled(),
     };
     let request = LoginRequest::from_msgpack(&state, msg, requester)?;
     let progress = Login::begin(&state, request).await;

@@ -171,6 +171,13 @@ impl Login {
         req: LoginRequest,
     ) -> Result<Progress, Refusal> {
         let method_name = req.method_name();
+        policy::carriable(
+            req.sends_secret(),
+            req.requester.secure,
+            req.requester.peer.ip(),
+            state.config.allow_plaintext_secrets,
+            method_name,
+        )?;
         let base = req.domain.clone();
         let cfg = if base.is_empty() {
             state.auth()

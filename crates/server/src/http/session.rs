@@ -215,6 +215,8 @@ impl Rest {
                 root: Path::root(),
                 channel_key: None,
                 via: "rest",
+                // Both listeners speak TLS only once it is on.
+                secure: self.state.tls_enabled(),
             },
         };
         match spawn_login(&self.state, request).await {

@@ -57,6 +57,30 @@ pub(crate) fn admit(cfg: &AuthConfig, in_domain: bool, method: Option<&str>) -> 
     }
 }
 
+/// Whether a login may carry its credential over this connection: one
+/// that sends a secret that logs in by itself (`sends_secret`: a bearer
+/// token, DistKV's `password`) is refused over plaintext (`secure`
+/// false) from an address beyond loopback, unless the server allows it.
+pub(crate) fn carriable(
+    sends_secret: bool,
+    secure: bool,
+    peer: std::net::IpAddr,
+    allowed: bool,
+    what: &str,
+) -> Result<(), ApiError> {
+    if !sends_secret || secure || allowed || peer.to_canonical().is_loopback() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::AuthMethod,
+        format!(
+            "a {what} login sends a secret that logs in by itself, and this connection is not \
+             encrypted: it is refused from beyond loopback (connect over TLS; the server's \
+             allow_plaintext_secrets lifts this)"
+        ),
+    ))
+}
+
 /// How the throttle's reservation goes on.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pace {
@@ -377,5 +401,36 @@ mod tests {
             }
         );
         assert_eq!(lifetime(&i, 2_000_000).duration_ms, 0);
+    }
+
+    #[test]
+    fn secrets_cross_plaintext_only_on_loopback_or_when_allowed() {
+        let far: std::net::IpAddr = "192.0.2.7".parse().expect("ip");
+        let near: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+        let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        let far6: std::net::IpAddr = "2001:db8::1".parse().expect("ip");
+        for peer in [far, far6] {
+            let e = carriable(true, false, peer, false, "token").expect_err("refused");
+            assert_eq!(e.code, ErrorCode::AuthMethod);
+            assert!(e.text.contains("allow_plaintext_secrets"), "{}", e.text);
+            assert!(
+                carriable(true, true, peer, false, "token").is_ok(),
+                "over TLS"
+            );
+            assert!(
+                carriable(true, false, peer, true, "token").is_ok(),
+                "allowed"
+            );
+            assert!(
+                carriable(false, false, peer, false, "scram").is_ok(),
+                "no secret"
+            );
+        }
+        for peer in [near, mapped, "::1".parse().expect("ip")] {
+            assert!(
+                carriable(true, false, peer, false, "token").is_ok(),
+                "{peer}"
+            );
+        }
     }
 }

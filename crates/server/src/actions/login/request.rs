@@ -27,6 +27,8 @@ pub(crate) struct Requester {
     pub channel_key: Option<SecretKey>,
     /// The front end (`msgpack` or `rest`), for the user's last logins.
     pub via: &'static str,
+    /// Whether the connection is protected by TLS.
+    pub secure: bool,
 }
 
 /// How the client proves who it is.
@@ -152,6 +154,15 @@ impl LoginRequest {
         match &self.credential {
             Credential::Method(m) => m.name(),
             Credential::Token(_) => TOKEN,
+        }
+    }
+
+    /// Whether the credential is a secret that logs in by itself once
+    /// read off the wire: a bearer token, or a method that says so.
+    pub(crate) fn sends_secret(&self) -> bool {
+        match &self.credential {
+            Credential::Method(m) => m.info().plaintext_secret,
+            Credential::Token(_) => true,
         }
     }
 }
