@@ -36,6 +36,24 @@ async fn tls_server(pki: &Pki, tweak: impl FnOnce(&mut keycard_server::Config)) 
     .await
 }
 
+/// Users `root` and `_test` joe, then logins required: `_test` current,
+/// `root` accepted.
+async fn require_logins(admin: &Client) {
+    for (m, u) in [("root", None), (keycard_auth::TEST, Some("joe"))] {
+        let m = keycard_auth::ClientRegistry::make(m, u).expect("method");
+        admin.set_user(m.as_ref()).await.expect("user");
+    }
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", keycard_auth::TEST)
+                .with("accept", Value::Array(vec!["root".into()])),
+        )
+        .await
+        .expect("current");
+}
+
 /// A TLS connection made by hand, for what the client library does not
 /// show: the server's certificate, the version, ALPN.
 async fn handshake(
@@ -288,19 +306,7 @@ async fn the_reload_action_needs_super_root() {
     let admin = Client::connect_tls(s.addr(), &pki.client())
         .await
         .expect("client");
-    for (m, u) in [("root", None), ("_test", Some("joe"))] {
-        let m = keycard_auth::ClientRegistry::make(m, u).expect("method");
-        admin.set_user(m.as_ref()).await.expect("user");
-    }
-    admin
-        .request(
-            Msg::new()
-                .with("action", "set_auth_typ")
-                .with("typ", keycard_auth::TEST)
-                .with("accept", Value::Array(vec!["root".into()])),
-        )
-        .await
-        .expect("current");
+    require_logins(&admin).await;
 
     let joe = Client::connect_tls(s.addr(), &pki.client())
         .await
@@ -486,19 +492,7 @@ async fn secrets_over_plaintext_are_refused_from_beyond_loopback() {
             false => Client::connect(near).await,
         }
         .expect("admin");
-        for (m, u) in [("root", None), (keycard_auth::TEST, Some("joe"))] {
-            let m = keycard_auth::ClientRegistry::make(m, u).expect("method");
-            admin.set_user(m.as_ref()).await.expect("user");
-        }
-        admin
-            .request(
-                Msg::new()
-                    .with("action", "set_auth_typ")
-                    .with("typ", keycard_auth::TEST)
-                    .with("accept", Value::Array(vec!["root".into()])),
-            )
-            .await
-            .expect("current");
+        require_logins(&admin).await;
         let m = keycard_auth::ClientRegistry::make("root", None).expect("m");
         admin.login(m.as_ref()).await.expect("root");
         let token = admin
