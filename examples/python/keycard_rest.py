@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A small keycard REST client: standard library plus PyPI `scramp`.
 
-    python keycard_rest.py URL USER PASSWORD
+    python keycard_rest.py URL USER PASSWORD [--cafile CA.pem]
 
 Logs in with SCRAM-SHA-256 (scramp computes every SCRAM message; the
 password never leaves this process), derives the session key K as
@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -64,9 +65,17 @@ def error_text(body):
 
 
 class Keycard:
-    def __init__(self, url):
+    def __init__(self, url, cafile=None):
         self.url = url.rstrip("/")
-        self.opener = urllib.request.build_opener(NoRedirect)
+        handlers = [NoRedirect]
+        if cafile is not None:
+            # HTTPS trusting this CA (else the system's, as urllib does).
+            try:
+                context = ssl.create_default_context(cafile=cafile)
+            except (OSError, ssl.SSLError) as e:
+                raise Failure(f"cannot use the CA file {cafile!r}: {e}") from None
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self.opener = urllib.request.build_opener(*handlers)
         self.sid = None
         self.key = None
 
@@ -173,8 +182,8 @@ def check(ok, what):
         raise Failure(f"unexpected answer: {what}")
 
 
-def demo(url, user, password):
-    kc = Keycard(url)
+def demo(url, user, password, cafile=None):
+    kc = Keycard(url, cafile)
 
     status, _, body = kc.request("GET", "/", sign=False)
     try:
@@ -186,7 +195,7 @@ def demo(url, user, password):
     # A wrong password and an unknown user are refused alike.
     for who, pw in ((user, password + "x"), ("nobody-" + user, password)):
         try:
-            Keycard(url).login(who, pw)
+            Keycard(url, cafile).login(who, pw)
         except LoginFailed as e:
             check(e.status == 403, f"a bad login: {e}")
         else:
@@ -250,6 +259,12 @@ def parse_args(argv):
     p.add_argument("url", metavar="URL", help="the REST API, e.g. http://127.0.0.1:8427")
     p.add_argument("user", metavar="USER", help="a scram-sha-256 user")
     p.add_argument("password", metavar="PASSWORD", help="its password")
+    p.add_argument(
+        "--cafile",
+        metavar="CA.pem",
+        help="for an https URL: trust the CA certificates in this file "
+        "(default: the system's)",
+    )
     args = p.parse_args(argv)
     u = urllib.parse.urlsplit(args.url)
     if u.scheme not in ("http", "https") or not u.hostname:
@@ -264,7 +279,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        demo(args.url, args.user, args.password)
+        demo(args.url, args.user, args.password, args.cafile)
     except Failure as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1

@@ -260,3 +260,50 @@ fn serve_refuses_a_key_without_its_certificate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("key is set without cert"), "{err}");
 }
+
+/// The REST example client (examples/python, Python's own `ssl`) over
+/// HTTPS: it logs in with SCRAM, signs, reads and writes, trusting the
+/// test CA with `--cafile`; without it, it refuses the unknown CA in one
+/// line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_rest_example_over_https() {
+    if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
+        eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
+        return;
+    }
+    let python = std::env::var("KEYCARD_DISTKV_PYTHON")
+        .expect("KEYCARD_DISTKV_PYTHON: run the tests with scripts/test.sh");
+    let pki = tempfile::tempdir().expect("tmp");
+    let dir = pki.path();
+    make_ca(dir);
+    let (cert, key) = make_server_cert(dir, 7);
+    let config = format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n");
+    let ca = dir.join("ca.pem");
+    let tls = ClientTls::with_ca_file(&ca, "127.0.0.1").expect("tls");
+    let (_server, http, _data) =
+        support::rest_server_on(&[("ada", "lovelace-1842")], &[], &config, Some(&tls)).await;
+    let script = format!(
+        "{}/../../examples/python/keycard_rest.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let run = |extra: &[&str]| {
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(format!("https://{http}"))
+            .args(["ada", "lovelace-1842"])
+            .args(extra)
+            .output()
+            .expect("run python");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["--cafile", ca.to_str().expect("utf-8")]);
+    assert!(code == Some(0) && out.contains("ALL OK"), "{out}\n{err}");
+    let (code, _, err) = run(&[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("CERTIFICATE_VERIFY_FAILED"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

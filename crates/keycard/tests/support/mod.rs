@@ -187,6 +187,17 @@ pub async fn rest_server_with(
     caps: &[&str],
     config: &str,
 ) -> (Proc, String, tempfile::TempDir) {
+    rest_server_on(users, caps, config, None).await
+}
+
+/// [`rest_server_with`]; with `tls`, the server's config has TLS on (its
+/// `[tls]` table in `config`) and the users are made over TLS.
+pub async fn rest_server_on(
+    users: &[(&str, &str)],
+    caps: &[&str],
+    config: &str,
+    tls: Option<&keycard_client::ClientTls>,
+) -> (Proc, String, tempfile::TempDir) {
     use keycard_auth::{Password, ScramClient};
     let port = free_port();
     let dir = tempfile::tempdir().expect("tmp");
@@ -195,7 +206,11 @@ pub async fn rest_server_with(
     let cfg = cfg.to_string_lossy().into_owned();
     let http = format!("127.0.0.1:{port}");
     let server = Proc::start_with(&dir.path().join("data"), &["-c", &cfg, "--http", &http]);
-    let c = Client::connect(server.addr).await.expect("connect");
+    let c = match tls {
+        Some(tls) => Client::connect_tls(server.addr, tls).await,
+        None => Client::connect(server.addr).await,
+    }
+    .expect("connect");
     for (user, pw) in users {
         c.set_user(&ScramClient::new(*user, Password::new(*pw)))
             .await
