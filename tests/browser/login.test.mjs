@@ -52,6 +52,10 @@ const browser = await chromium.launch({
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
+    // Over HTTPS with a test certificate: trust its key, and only it.
+    ...(process.env.KEYCARD_BROWSER_SPKI
+      ? [`--ignore-certificate-errors-spki-list=${process.env.KEYCARD_BROWSER_SPKI}`]
+      : []),
   ],
 });
 

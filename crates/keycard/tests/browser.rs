@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::rest_server_with;
+use support::pki::{make_ca, make_server_cert, spki_sha256};
+use support::{rest_server_on, rest_server_with};
 
 /// How long the whole browser script may take.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -87,6 +88,24 @@ async fn login_page_in_headless_chromium() {
         eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
         return;
     }
+    login_page(false).await;
+}
+
+/// The same script over HTTPS: the server with TLS on (a certificate made
+/// with openssl), Chromium trusting that certificate's key by a flag
+/// (`--ignore-certificate-errors-spki-list`), and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_page_over_https_in_headless_chromium() {
+    if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
+        eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
+        return;
+    }
+    login_page(true).await;
+}
+
+/// Runs tests/browser/login.test.mjs against a fresh server, over HTTPS
+/// if `https`.
+async fn login_page(https: bool) {
     let node_dir = PathBuf::from(needed(
         "KEYCARD_BROWSER_NODE_DIR",
         "a folder whose node_modules holds playwright-core (tests/browser after `npm ci`)",
@@ -111,8 +130,28 @@ async fn login_page_in_headless_chromium() {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/login.test.mjs");
 
-    let (_server, http, _dir) =
-        rest_server_with(&[(USER, PASSWORD), (USER2, PASSWORD2)], &[], "").await;
+    let pki = tempfile::tempdir().expect("tmp");
+    let users = [(USER, PASSWORD), (USER2, PASSWORD2)];
+    let (_server, http, _dir, scheme, spki) = if https {
+        let dir = pki.path();
+        make_ca(dir);
+        let (cert, key) = make_server_cert(dir, 11);
+        let config = format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n");
+        let tls =
+            keycard_client::ClientTls::with_ca_file(&dir.join("ca.pem"), "127.0.0.1").expect("tls");
+        let (server, http, data) = rest_server_on(&users, &[], &config, Some(&tls)).await;
+        let spki = spki_sha256(dir, "server.pem");
+        (
+            server,
+            http,
+            data,
+            "https",
+            Some((spki, dir.join("ca.pem"))),
+        )
+    } else {
+        let (server, http, data) = rest_server_with(&users, &[], "").await;
+        (server, http, data, "http", None)
+    };
     // Screenshots go to a temp dir, never into the source tree (or to
     // KEYCARD_BROWSER_SCREENSHOTS, to look at them afterwards).
     let shots = tempfile::Builder::new()
@@ -120,12 +159,19 @@ async fn login_page_in_headless_chromium() {
         .tempdir()
         .expect("tmp");
     let shot_dir = std::env::var_os("KEYCARD_BROWSER_SCREENSHOTS")
-        .map(PathBuf::from)
+        .map(|d| PathBuf::from(d).join(scheme))
         .unwrap_or_else(|| shots.path().to_owned());
+    std::fs::create_dir_all(&shot_dir).expect("screenshot folder");
 
     let mut cmd = Command::new(&node);
+    if let Some((spki, ca)) = &spki {
+        // Chromium trusts the server's key by its flag; the script's own
+        // requests (playwright's `route.fetch`, from node) trust the CA.
+        cmd.env("KEYCARD_BROWSER_SPKI", spki)
+            .env("NODE_EXTRA_CA_CERTS", ca);
+    }
     cmd.arg(&script)
-        .arg(format!("http://{http}"))
+        .arg(format!("{scheme}://{http}"))
         .args([USER, PASSWORD, USER2, PASSWORD2])
         .arg(&shot_dir)
         .env("KEYCARD_BROWSER_NODE_DIR", &node_dir)

@@ -5,7 +5,7 @@
 //! SIGHUP swapping the certificate while an established connection keeps
 //! working; a corrupt file keeps the old certificate.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,101 +14,8 @@ use keycard_proto::Value;
 
 mod support;
 
+use support::pki::{make_ca, make_server_cert, openssl};
 use support::{cli, Proc};
-
-/// Runs `openssl` with `args` in `dir`; panics with its output if it fails.
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A CA (`ca.pem`, RSA) in `dir`.
-fn make_ca(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=keycard test CA",
-        ],
-    );
-}
-
-/// A server certificate for localhost and 127.0.0.1 with `serial`, signed
-/// by the CA, as `server.pem` (leaf, then the CA) and `server.key`.
-fn make_server_cert(dir: &Path, serial: u32) -> (PathBuf, PathBuf) {
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .expect("ext");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "new.key",
-            "-out",
-            "new.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    let serial = serial.to_string();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "new.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            &serial,
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "new.pem",
-        ],
-    );
-    let leaf = std::fs::read_to_string(dir.join("new.pem")).expect("leaf");
-    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
-    // Written whole, then renamed: the server never reads half a file.
-    std::fs::write(dir.join("chain.tmp"), format!("{leaf}{ca}")).expect("chain");
-    std::fs::rename(dir.join("chain.tmp"), dir.join("server.pem")).expect("rename");
-    std::fs::rename(dir.join("new.key"), dir.join("server.key")).expect("rename");
-    (dir.join("server.pem"), dir.join("server.key"))
-}
 
 /// What `openssl s_client` sees at `addr`: whether it verified the chain
 /// against the CA, and the leaf's serial (`serial=…`).

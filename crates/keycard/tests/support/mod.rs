@@ -2,6 +2,8 @@
 //! REST server with SCRAM users made over msgpack.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
