@@ -11,36 +11,16 @@ import base64
 import socket
 import sys
 
-import msgpack
 import scramp
+
+from kc_msgpack import Conn as Msgpack
 
 HOST, PORT = sys.argv[1], int(sys.argv[2])
 PASSWORD = "pässwörd with spaces"
 
 
-class Conn:
-    def __init__(self):
-        self.sock = socket.create_connection((HOST, PORT), timeout=10)
-        self.unpacker = msgpack.Unpacker(raw=False)
-        self.greeting = self.recv()
-        self.seq = 0
-
-    def recv(self):
-        while True:
-            for msg in self.unpacker:
-                return msg
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("server closed")
-            self.unpacker.feed(data)
-
-    def send(self, **msg):
-        self.sock.sendall(msgpack.packb(msg, use_bin_type=True))
-
-    def request(self, **msg):
-        self.seq += 1
-        self.send(seq=self.seq, **msg)
-        return self.seq
+def Conn():
+    return Msgpack(socket.create_connection((HOST, PORT), timeout=10))
 
 
 def step(msg):

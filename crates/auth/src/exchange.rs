@@ -65,6 +65,11 @@ pub struct LoginCtx<'a> {
     /// that needs the time (a one-time code's step) takes it from here,
     /// never from the operating system.
     pub now_ms: u64,
+    /// The connection's TLS channel-binding data; `None` over plaintext.
+    pub channel_binding: Option<&'a crate::binding::ChannelBinding>,
+    /// The client asked for the method's channel-binding variant (its
+    /// [`crate::MethodInfo::plus`] name, e.g. `scram-sha-256-plus`).
+    pub plus: bool,
 }
 
 /// A successful login's outcome.

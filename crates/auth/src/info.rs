@@ -72,6 +72,11 @@ pub struct MethodInfo {
     /// refused over plaintext from beyond loopback unless the server
     /// allows it (`allow_plaintext_secrets`), as bearer tokens are.
     pub plaintext_secret: bool,
+    /// The name under which the method runs bound to the TLS connection
+    /// (SCRAM's `-PLUS`, RFC 5802 §6), if it has such a variant: offered
+    /// only over TLS, wherever the method itself is accepted, with the
+    /// method's own records.
+    pub plus: Option<&'static str>,
 }
 
 /// What the client half of a method is made from: the user name and, for

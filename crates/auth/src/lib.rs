@@ -16,6 +16,7 @@
 
 pub mod acl;
 mod anon;
+mod binding;
 pub mod bouncer;
 pub mod channel;
 mod exchange;
@@ -34,6 +35,7 @@ mod test_method;
 mod totp;
 
 pub use anon::ANON;
+pub use binding::{tls_server_end_point, ChannelBinding};
 pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, Step, Verdict};
 pub use info::{Entry, MakeClient, MakeServer, MethodInfo, Payload, RestSet};
 pub use opaque::{new_server_setup, Opaque, OpaqueClient, OpaqueLogin, OPAQUE, OPAQUE_SUITE};
@@ -42,7 +44,8 @@ pub use registry::{method_info, ClientRegistry, MethodSecrets, Registry};
 pub use root::{ROOT, ROOT_USER};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};
 pub use scram::{
-    client_session_key, Scram, ScramClient, Verifier, MAX_ITERATIONS, MIN_ITERATIONS, SCRAM_SHA_256,
+    client_session_key, Scram, ScramClient, Verifier, MAX_ITERATIONS, MIN_ITERATIONS,
+    SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
 };
 pub use secret::{Password, SecretKey};
 pub use test_method::TEST;
@@ -132,4 +135,13 @@ pub trait ClientMethod: Send + Sync {
     /// Starts creating or updating this user's record (`auth_set`): the
     /// request's extra fields and how to answer the server's messages.
     fn set_record(&self, channel: Option<&SecretKey>) -> ClientLogin;
+
+    /// Binds the login to a TLS connection (`binding`, as the client sees
+    /// it), if the method has a channel-binding variant: from then on it
+    /// logs in as that variant (its [`MethodInfo::plus`] name). Returns
+    /// whether it did. By default a method has no such variant.
+    fn bind(&mut self, binding: &ChannelBinding) -> bool {
+        let _ = binding;
+        false
+    }
 }

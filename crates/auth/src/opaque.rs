@@ -172,6 +172,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     second_factor: false,
     suite: Some(OPAQUE_SUITE),
     plaintext_secret: false,
+    plus: None,
 };
 
 /// `opaque`'s registration.

@@ -143,6 +143,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     second_factor: false,
     suite: None,
     plaintext_secret: true,
+    plus: None,
 };
 
 /// `password`'s registration.

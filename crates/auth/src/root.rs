@@ -29,6 +29,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     second_factor: false,
     suite: None,
     plaintext_secret: false,
+    plus: None,
 };
 
 /// `root`'s registration.

@@ -9,8 +9,19 @@
 //!
 //! An unknown user gets the same exchange as a known one: a salt derived
 //! from a server secret (stable per name, like PostgreSQL's mock salt), the
-//! default iteration count, the same HMACs, then the same failure. No
-//! channel binding yet: `n,,` and `y,,` are accepted, `p=` is refused.
+//! default iteration count, the same HMACs, then the same failure.
+//!
+//! Channel binding (RFC 5802 §6): over TLS the method also runs as
+//! `scram-sha-256-plus`, whose client-first message must start with
+//! `p=tls-server-end-point,,` or `p=tls-exporter,,` and whose client-final
+//! `c=` must carry that header followed by this connection's binding data
+//! (RFC 5929, RFC 9266). A man in the middle, who holds another
+//! certificate or another TLS session, cannot produce it. The downgrade
+//! rules hold: plain `scram-sha-256` refuses `p=` (that is the `-plus`
+//! name), and refuses `y,,` over TLS, where the server offers `-plus` (the
+//! client supports binding and believes the server does not: someone
+//! removed `-plus` from what it saw). Over plaintext, `-plus` is refused
+//! and `y,,` is fine.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -28,6 +39,9 @@ use crate::{ClientMethod, Method};
 
 /// The method's name on the wire.
 pub const SCRAM_SHA_256: &str = "scram-sha-256";
+
+/// Its channel-binding variant's name (offered over TLS only).
+pub const SCRAM_SHA_256_PLUS: &str = "scram-sha-256-plus";
 
 /// The fewest iterations accepted in a verifier (RFC 7677's minimum).
 pub const MIN_ITERATIONS: u32 = 4096;
@@ -258,24 +272,55 @@ fn random_nonce() -> String {
 
 /// The parsed client-first-message.
 struct ClientFirst {
-    gs2_header: String,
+    /// The GS2 header followed by the channel-binding data: what the
+    /// client-final `c=` must carry, base64.
+    cbind_input: Vec<u8>,
     bare: String,
     name: String,
     nonce: String,
 }
 
-fn parse_client_first(msg: &str) -> Result<ClientFirst, AuthError> {
+/// Checks the GS2 channel-binding flag against the connection and the
+/// variant asked for (see the module docs); returns the binding data the
+/// client-final must carry after the header.
+fn channel_binding<'a>(flag: &str, ctx: &LoginCtx<'a>) -> Result<&'a [u8], AuthError> {
+    let bad = |why: &str| AuthError::Malformed(format!("bad SCRAM client-first-message: {why}"));
+    match (flag, ctx.plus) {
+        ("n", false) => Ok(&[]),
+        ("y", false) if ctx.channel_binding.is_some() => Err(AuthError::Unsupported(format!(
+            "the client supports channel binding ('y') but saw no {SCRAM_SHA_256_PLUS} offered, \
+             and this server offers it over TLS: someone may have removed it; log in with \
+             {SCRAM_SHA_256_PLUS}"
+        ))),
+        ("y", false) => Ok(&[]),
+        (f, false) if f.starts_with("p=") => Err(AuthError::Unsupported(format!(
+            "channel binding (p=) is method {SCRAM_SHA_256_PLUS}"
+        ))),
+        ("n" | "y", true) => Err(bad(&format!(
+            "{SCRAM_SHA_256_PLUS} needs a p= channel-binding header"
+        ))),
+        (f, true) if f.starts_with("p=") => {
+            let Some(cb) = ctx.channel_binding else {
+                return Err(AuthError::Unsupported(format!(
+                    "{SCRAM_SHA_256_PLUS} needs a TLS connection to bind to"
+                )));
+            };
+            let kind = &f[2..];
+            cb.get(kind).ok_or_else(|| {
+                AuthError::Unsupported(format!(
+                    "channel-binding type {kind:?} is not offered here (tls-server-end-point, \
+                     tls-exporter)"
+                ))
+            })
+        }
+        _ => Err(bad("unknown channel-binding flag")),
+    }
+}
+
+fn parse_client_first(msg: &str, ctx: &LoginCtx<'_>) -> Result<ClientFirst, AuthError> {
     let bad = |why: &str| AuthError::Malformed(format!("bad SCRAM client-first-message: {why}"));
     let (flag, rest) = msg.split_once(',').ok_or_else(|| bad("no GS2 header"))?;
-    match flag {
-        "n" | "y" => {}
-        f if f.starts_with("p=") => {
-            return Err(AuthError::Unsupported(
-                "channel binding (SCRAM-SHA-256-PLUS) is not offered".into(),
-            ))
-        }
-        _ => return Err(bad("unknown channel-binding flag")),
-    }
+    let cb_data = channel_binding(flag, ctx)?;
     let (authzid, bare) = rest
         .split_once(',')
         .ok_or_else(|| bad("no authzid field"))?;
@@ -307,8 +352,10 @@ fn parse_client_first(msg: &str) -> Result<ClientFirst, AuthError> {
             "an attribute after the nonce is not an extension (x=value)",
         ));
     }
+    let mut cbind_input = format!("{flag},,").into_bytes();
+    cbind_input.extend_from_slice(cb_data);
     Ok(ClientFirst {
-        gs2_header: format!("{flag},,"),
+        cbind_input,
         bare: bare.to_owned(),
         name,
         nonce: nonce.to_owned(),
@@ -378,6 +425,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     second_factor: false,
     suite: None,
     plaintext_secret: false,
+    plus: Some(SCRAM_SHA_256_PLUS),
 };
 
 /// `scram-sha-256`'s registration.
@@ -406,12 +454,12 @@ impl Method for Scram {
 
     fn login(
         &self,
-        _ctx: &LoginCtx<'_>,
+        ctx: &LoginCtx<'_>,
         ident: &str,
         request: &Value,
         record: Option<&Value>,
     ) -> Step<Verdict> {
-        let first = match data_str(request).and_then(parse_client_first) {
+        let first = match data_str(request).and_then(|m| parse_client_first(m, ctx)) {
             Ok(f) => f,
             Err(e) => return Step::Fail(e),
         };
@@ -493,8 +541,8 @@ fn finish_login(
     };
     let mut attrs = without_proof.split(',');
     let cbind = attrs.next().and_then(|a| a.strip_prefix("c="));
-    if cbind != Some(B64.encode(first.gs2_header.as_bytes()).as_str()) {
-        return bad("channel binding does not match the GS2 header");
+    if cbind != Some(B64.encode(&first.cbind_input).as_str()) {
+        return bad("channel binding does not match the GS2 header and this connection");
     }
     if attrs.next().and_then(|a| a.strip_prefix("r=")) != Some(nonce) {
         return bad("the nonce does not match");
@@ -531,7 +579,8 @@ fn finish_login(
     })
 }
 
-/// Client half of `scram-sha-256`.
+/// Client half of `scram-sha-256` (and, bound to a TLS connection, of
+/// `scram-sha-256-plus`).
 pub struct ScramClient {
     /// The user name.
     pub user: String,
@@ -539,6 +588,10 @@ pub struct ScramClient {
     pub password: Password,
     /// Iterations for newly set verifiers.
     pub iterations: u32,
+    /// Log in as `scram-sha-256-plus`, bound to this channel-binding type
+    /// (`tls-server-end-point`, `tls-exporter`) and its data, taken from
+    /// the client's own view of the TLS connection.
+    pub channel_binding: Option<(String, Vec<u8>)>,
 }
 
 impl ScramClient {
@@ -550,13 +603,17 @@ impl ScramClient {
             user: user.into(),
             password,
             iterations: MIN_ITERATIONS,
+            channel_binding: None,
         }
     }
 }
 
 impl ClientMethod for ScramClient {
     fn name(&self) -> &'static str {
-        SCRAM_SHA_256
+        match self.channel_binding {
+            Some(_) => SCRAM_SHA_256_PLUS,
+            None => SCRAM_SHA_256,
+        }
     }
 
     fn ident(&self) -> String {
@@ -566,14 +623,38 @@ impl ClientMethod for ScramClient {
     fn login(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         let cnonce = random_nonce();
         let bare = format!("n={},r={cnonce}", encode_saslname(&self.user));
-        let first = format!("n,,{bare}");
+        let (header, mut cbind_input) = match &self.channel_binding {
+            Some((kind, _)) => (format!("p={kind},,"), Vec::new()),
+            None => ("n,,".to_owned(), Vec::new()),
+        };
+        cbind_input.extend_from_slice(header.as_bytes());
+        if let Some((_, data)) = &self.channel_binding {
+            cbind_input.extend_from_slice(data);
+        }
+        let first = format!("{header}{bare}");
         let password = self.password.clone();
+        let cbind = B64.encode(&cbind_input);
         ClientLogin {
             request: Msg::new().with("data", first),
             exchange: Some(Box::new(move |msg: &Value| {
-                client_final(&password, &bare, &cnonce, msg)
+                client_final(&password, &bare, &cnonce, &cbind, msg)
             })),
         }
+    }
+
+    /// Binds with `tls-exporter` (RFC 9266: what TLS 1.3 recommends),
+    /// else `tls-server-end-point`.
+    fn bind(&mut self, binding: &crate::ChannelBinding) -> bool {
+        let chosen = ["tls-exporter", "tls-server-end-point"]
+            .into_iter()
+            .find_map(|kind| {
+                binding
+                    .get(kind)
+                    .map(|data| (kind.to_owned(), data.to_vec()))
+            });
+        let bound = chosen.is_some();
+        self.channel_binding = chosen;
+        bound
     }
 
     fn set_record(&self, _channel: Option<&SecretKey>) -> ClientLogin {
@@ -604,7 +685,13 @@ pub fn client_session_key(
     Ok(session_key(&keys.client_key, auth_message))
 }
 
-fn client_final(password: &Password, bare: &str, cnonce: &str, msg: &Value) -> Step<()> {
+fn client_final(
+    password: &Password,
+    bare: &str,
+    cnonce: &str,
+    cbind: &str,
+    msg: &Value,
+) -> Step<()> {
     let server_first = match data_str(msg) {
         Ok(s) => s.to_owned(),
         Err(e) => return Step::Fail(e),
@@ -638,7 +725,7 @@ fn client_final(password: &Password, bare: &str, cnonce: &str, msg: &Value) -> S
         Ok(k) => k,
         Err(e) => return Step::Fail(e),
     };
-    let without_proof = format!("c=biws,r={nonce}");
+    let without_proof = format!("c={cbind},r={nonce}");
     let auth_message = format!("{bare},{server_first},{without_proof}");
     let stored_key = sha256(keys.client_key.as_ref());
     let signature = hmac(&stored_key, &[auth_message.as_bytes()]);
@@ -668,6 +755,7 @@ fn client_final(password: &Password, bare: &str, cnonce: &str, msg: &Value) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::binding::ChannelBinding;
 
     fn server() -> Scram {
         Scram::new(SecretKey::new([9; 32]), MIN_ITERATIONS)
@@ -686,7 +774,7 @@ mod tests {
         let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").expect("b64");
         let v = Verifier::from_password(&Password::new("pencil"), &salt, 4096).expect("verifier");
         // The server side of the RFC exchange, with the RFC's nonces.
-        let first = parse_client_first(CLIENT_FIRST).expect("first");
+        let first = parse_client_first(CLIENT_FIRST, &LoginCtx::default()).expect("first");
         let nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let msg = Msg::new().with("data", CLIENT_FINAL).into_value();
         match finish_login(&v, true, &first, SERVER_FIRST, nonce, "user".into(), &msg) {
@@ -709,10 +797,20 @@ mod tests {
         record: Option<&Value>,
         tamper: impl Fn(&mut Value),
     ) -> Result<Verdict, String> {
+        run_on(&LoginCtx::default(), client, record, tamper)
+    }
+
+    /// [`run`] on a connection the server describes with `ctx`.
+    fn run_on(
+        ctx: &LoginCtx<'_>,
+        client: &ScramClient,
+        record: Option<&Value>,
+        tamper: impl Fn(&mut Value),
+    ) -> Result<Verdict, String> {
         let start = client.login(None);
         let request = start.request.into_value();
         let mut cx = start.exchange.expect("multi-step");
-        let mut step = server().login(&LoginCtx::default(), &client.user, &request, record);
+        let mut step = server().login(ctx, &client.user, &request, record);
         loop {
             match step {
                 Step::Send(msg, next) => {
@@ -748,6 +846,91 @@ mod tests {
         Verifier::generate(&Password::new(password), MIN_ITERATIONS)
             .expect("v")
             .to_record()
+    }
+
+    /// RFC 5802 §6 with RFC 5929 and RFC 9266: `-plus` logs in bound to
+    /// the connection's data of either type, and only then; the
+    /// downgrade rules hold.
+    #[test]
+    fn channel_binding_and_its_downgrade_rules() {
+        let pw = "correct horse";
+        let rec = record(pw);
+        let tls = ChannelBinding {
+            tls_server_end_point: Some(vec![1; 32]),
+            tls_exporter: Some(vec![2; 32]),
+        };
+        let over_tls = |plus| LoginCtx {
+            channel_binding: Some(&tls),
+            plus,
+            ..Default::default()
+        };
+        let plain = |plus| LoginCtx {
+            plus,
+            ..Default::default()
+        };
+        let bound = |kind: &str, data: &[u8]| {
+            let mut c = ScramClient::new("alice", Password::new(pw));
+            c.channel_binding = Some((kind.to_owned(), data.to_vec()));
+            c
+        };
+        // Bound to what the server sees: logged in, either type.
+        for (kind, data) in [("tls-server-end-point", [1; 32]), ("tls-exporter", [2; 32])] {
+            let c = bound(kind, &data);
+            assert_eq!(c.name(), SCRAM_SHA_256_PLUS);
+            let v = run_on(&over_tls(true), &c, Some(&rec), |_| {}).expect("bound login");
+            assert!(v.session_key.is_some());
+            // A man in the middle's connection has other data: refused.
+            let mitm = bound(kind, &[9; 32]);
+            let e = run_on(&over_tls(true), &mitm, Some(&rec), |_| {}).expect_err("mitm");
+            assert!(e.contains("does not match"), "{e}");
+        }
+        // -plus over plaintext, or with a type the server lacks: refused.
+        let c = bound("tls-server-end-point", &[1; 32]);
+        let e = run_on(&plain(true), &c, Some(&rec), |_| {}).expect_err("plaintext");
+        assert!(e.contains("needs a TLS connection"), "{e}");
+        let only_exporter = ChannelBinding {
+            tls_server_end_point: None,
+            tls_exporter: Some(vec![2; 32]),
+        };
+        let ctx = LoginCtx {
+            channel_binding: Some(&only_exporter),
+            plus: true,
+            ..Default::default()
+        };
+        let e = run_on(&ctx, &c, Some(&rec), |_| {}).expect_err("no end point");
+        assert!(e.contains("not offered here"), "{e}");
+        let e = run_on(
+            &over_tls(true),
+            &bound("tls-unique", &[1; 32]),
+            Some(&rec),
+            |_| {},
+        )
+        .expect_err("tls-unique");
+        assert!(e.contains("not offered here"), "{e}");
+        // -plus asked for, but the client sends n,, (no binding): refused.
+        let unbound = ScramClient::new("alice", Password::new(pw));
+        let e = run_on(&over_tls(true), &unbound, Some(&rec), |_| {}).expect_err("n,,");
+        assert!(e.contains("needs a p="), "{e}");
+        // p= under the plain method's name: refused, over TLS or not.
+        for ctx in [over_tls(false), plain(false)] {
+            let e = run_on(&ctx, &c, Some(&rec), |_| {}).expect_err("p= as plain");
+            assert!(e.contains("is method scram-sha-256-plus"), "{e}");
+        }
+        // n,, under the plain name: fine over TLS and plaintext.
+        run_on(&over_tls(false), &unbound, Some(&rec), |_| {}).expect("n,, over TLS");
+        // y,,: the client supports binding but saw no -plus. Over TLS the
+        // server offers it, so someone removed it: refused. Over plaintext
+        // the server offers none: fine.
+        let req = |first: &str| Msg::new().with("data", first).into_value();
+        let y = req("y,,n=alice,r=abcdefgh");
+        match server().login(&over_tls(false), "alice", &y, Some(&rec)) {
+            Step::Fail(AuthError::Unsupported(e)) => assert!(e.contains("removed"), "{e}"),
+            other => panic!("y,, over TLS: {other:?}"),
+        }
+        assert!(matches!(
+            server().login(&plain(false), "alice", &y, Some(&rec)),
+            Step::Send(..)
+        ));
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     second_factor: false,
     suite: None,
     plaintext_secret: false,
+    plus: None,
 };
 
 /// `_test`'s registration.

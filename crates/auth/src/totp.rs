@@ -81,6 +81,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     second_factor: true,
     suite: None,
     plaintext_secret: false,
+    plus: None,
 };
 
 /// `totp`'s registration.
@@ -493,6 +494,8 @@ mod tests {
         let ctx = LoginCtx {
             channel_key: None,
             now_ms: secs * 1000,
+            channel_binding: None,
+            plus: false,
         };
         let req = Msg::new().with("data", code).into_value();
         m.login(&ctx, "joe", &req, record)

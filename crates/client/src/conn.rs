@@ -83,6 +83,11 @@ pub struct Greeting {
 }
 
 impl Greeting {
+    /// Whether the greeting lists `method` among those accepted.
+    pub fn offers(&self, method: &str) -> bool {
+        self.auth.iter().flatten().flatten().any(|m| m == method)
+    }
+
     fn parse(v: Value) -> Result<Greeting, ClientError> {
         if v.seq() != Some(0) {
             return Err(ClientError::Protocol(
@@ -140,6 +145,8 @@ struct Inner {
 pub struct Client {
     inner: Arc<Inner>,
     greeting: Arc<Greeting>,
+    /// What the connection can be bound to, over TLS.
+    binding: Option<Arc<keycard_auth::ChannelBinding>>,
 }
 
 /// A node's value and the tock of its last change.
@@ -260,8 +267,11 @@ impl Client {
         let socket = within_connect_timeout(TcpStream::connect(addr)).await?;
         let _ = socket.set_nodelay(true);
         let stream = tls.connect(socket).await?;
+        let binding = crate::tls::binding_of(stream.get_ref().1);
         let (rd, wr) = tokio::io::split(stream);
-        Self::start_on(rd, wr, 64).await
+        let mut client = Self::start_on(rd, wr, 64).await?;
+        client.binding = Some(Arc::new(binding));
+        Ok(client)
     }
 
     async fn start(socket: TcpStream, qlen: u64) -> Result<Client, ClientError> {
@@ -341,7 +351,17 @@ impl Client {
         Ok(Client {
             inner,
             greeting: Arc::new(greeting),
+            binding: None,
         })
+    }
+
+    /// The connection's channel-binding data as this client sees it
+    /// (RFC 5929 `tls-server-end-point` from the server's certificate,
+    /// RFC 9266 `tls-exporter`); `None` over plaintext. A SCRAM client
+    /// bound to it (`ScramClient::channel_binding`) logs in as
+    /// `scram-sha-256-plus`.
+    pub fn channel_binding(&self) -> Option<&keycard_auth::ChannelBinding> {
+        self.binding.as_deref()
     }
 
     /// The server's greeting.

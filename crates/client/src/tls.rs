@@ -121,3 +121,18 @@ impl ClientTls {
         }
     }
 }
+
+/// The channel-binding data of a client connection, as RFC 5929 and RFC
+/// 9266 define them from the client's side.
+pub(crate) fn binding_of(conn: &rustls::ClientConnection) -> keycard_auth::ChannelBinding {
+    keycard_auth::ChannelBinding {
+        tls_server_end_point: conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| keycard_auth::tls_server_end_point(c.as_ref())),
+        tls_exporter: conn
+            .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(b""))
+            .ok()
+            .map(|k| k.to_vec()),
+    }
+}

@@ -239,9 +239,18 @@ pub(crate) async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
         None
     };
     let flag = args.user_flag;
-    let m = ClientRegistry::make_with_password(&method, args.user.as_deref(), password)
+    let mut m = ClientRegistry::make_with_password(&method, args.user.as_deref(), password)
         .map_err(|e| anyhow::anyhow!("{e} (give {flag}, or KEYCARD_USER)"))?;
-    let who = match one_user(&method) {
+    // Over TLS, the method's channel-binding variant when the server
+    // offers it (scram-sha-256-plus over scram-sha-256).
+    let plus = ClientRegistry::info(&method).and_then(|i| i.plus);
+    if let (Some(plus), Some(binding)) = (plus, c.channel_binding()) {
+        if c.greeting().offers(plus) {
+            m.bind(binding);
+        }
+    }
+    let method = m.name();
+    let who = match one_user(method) {
         true => String::new(),
         false => format!(" as {}", m.ident()),
     };

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::pki::{make_ca, make_server_cert, spki_sha256};
-use support::{rest_server_on, rest_server_with};
+use support::pki::{spki_sha256, tls_rest_server};
+use support::rest_server_with;
 
 /// How long the whole browser script may take.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -130,27 +130,15 @@ async fn login_page(https: bool) {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/login.test.mjs");
 
-    let pki = tempfile::tempdir().expect("tmp");
     let users = [(USER, PASSWORD), (USER2, PASSWORD2)];
-    let (_server, http, _dir, scheme, spki) = if https {
-        let dir = pki.path();
-        make_ca(dir);
-        let (cert, key) = make_server_cert(dir, 11);
-        let config = format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n");
-        let tls =
-            keycard_client::ClientTls::with_ca_file(&dir.join("ca.pem"), "127.0.0.1").expect("tls");
-        let (server, http, data) = rest_server_on(&users, &[], &config, Some(&tls)).await;
-        let spki = spki_sha256(dir, "server.pem");
-        (
-            server,
-            http,
-            data,
-            "https",
-            Some((spki, dir.join("ca.pem"))),
-        )
+    let (_server, http, _dirs, scheme, spki) = if https {
+        let (server, http, ca, dirs) = tls_rest_server(&users, 11).await;
+        let pki = ca.parent().expect("the CA's folder");
+        let spki = spki_sha256(pki, "server.pem");
+        (server, http, Vec::from(dirs), "https", Some((spki, ca)))
     } else {
         let (server, http, data) = rest_server_with(&users, &[], "").await;
-        (server, http, data, "http", None)
+        (server, http, vec![data], "http", None)
     };
     // Screenshots go to a temp dir, never into the source tree (or to
     // KEYCARD_BROWSER_SCREENSHOTS, to look at them afterwards).

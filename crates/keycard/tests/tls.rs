@@ -14,7 +14,7 @@ use keycard_proto::Value;
 
 mod support;
 
-use support::pki::{make_ca, make_server_cert, openssl};
+use support::pki::{make_ca, make_server_cert, openssl, tls_rest_server};
 use support::{cli, Proc};
 
 /// What `openssl s_client` sees at `addr`: whether it verified the chain
@@ -180,15 +180,7 @@ async fn the_python_rest_example_over_https() {
     }
     let python = std::env::var("KEYCARD_DISTKV_PYTHON")
         .expect("KEYCARD_DISTKV_PYTHON: run the tests with scripts/test.sh");
-    let pki = tempfile::tempdir().expect("tmp");
-    let dir = pki.path();
-    make_ca(dir);
-    let (cert, key) = make_server_cert(dir, 7);
-    let config = format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n");
-    let ca = dir.join("ca.pem");
-    let tls = ClientTls::with_ca_file(&ca, "127.0.0.1").expect("tls");
-    let (_server, http, _data) =
-        support::rest_server_on(&[("ada", "lovelace-1842")], &[], &config, Some(&tls)).await;
+    let (_server, http, ca, _dirs) = tls_rest_server(&[("ada", "lovelace-1842")], 7).await;
     let script = format!(
         "{}/../../examples/python/keycard_rest.py",
         env!("CARGO_MANIFEST_DIR")
@@ -213,4 +205,63 @@ async fn the_python_rest_example_over_https() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("CERTIFICATE_VERIFY_FAILED"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// SCRAM-SHA-256-PLUS with a standard client: PyPI scramp, its binding
+/// data from Python's own `ssl` socket, on msgpack and on REST
+/// (tests/compat/scramp_plus.py says what it checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scramp_logs_in_with_channel_binding_on_both_listeners() {
+    if std::env::var_os("KEYCARD_SKIP_PEERS").is_some() {
+        eprintln!("SKIPPED: KEYCARD_SKIP_PEERS is set");
+        return;
+    }
+    let python = std::env::var("KEYCARD_DISTKV_PYTHON")
+        .expect("KEYCARD_DISTKV_PYTHON: run the tests with scripts/test.sh");
+    const PW: &str = "pässwörd with spaces";
+    let (server, http, ca, _dirs) = tls_rest_server(&[("pat", PW)], 21).await;
+    let http_port = http.rsplit_once(':').map(|(_, p)| p).expect("port");
+    let script = format!(
+        "{}/../../tests/compat/scramp_plus.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new(python)
+        .arg(script)
+        .arg(server.addr.ip().to_string())
+        .arg(server.addr.port().to_string())
+        .arg(http_port)
+        .arg(&ca)
+        .args(["pat", PW])
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "scramp_plus.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The CLI over TLS prefers scram-sha-256-plus when the server offers it:
+/// the audit log records the login under that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_logs_in_with_channel_binding() {
+    const PW: &str = "correct horse battery staple";
+    let (server, _http, ca, _dirs) = tls_rest_server(&[("pat", PW)], 31).await;
+    let env = [
+        ("KEYCARD_TLS_CA", ca.to_str().expect("utf-8")),
+        ("KEYCARD_PASSWORD", PW),
+    ];
+    let (code, out, err) = cli(server.addr, &["whoami", "--user", "pat"], &env);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("pat"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .log()
+        .lines()
+        .any(|l| l.contains("method=\"scram-sha-256-plus\"") && l.contains("outcome=\"success\""))
+    {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -29,6 +29,7 @@ use crate::error::ApiError;
 use crate::outbox::{Outbox, Pending};
 use crate::state::ServerState;
 use keycard_auth::bouncer::KeycardId;
+use keycard_auth::ChannelBinding;
 
 /// A connection's session: who is on the other end ([`Caller`]) and the
 /// state only this transport keeps for it.
@@ -93,6 +94,8 @@ pub(crate) struct ConnShared {
     closing: watch::Sender<bool>,
     /// Woken when the bouncer ended this connection's keycard.
     kick: tokio::sync::Notify,
+    /// What the connection can be bound to: `None` over plaintext.
+    pub(crate) binding: Option<ChannelBinding>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -411,8 +414,9 @@ impl Responder {
 /// What a connection's requests run: the msgpack adapter (`actions`),
 /// given to [`serve`] by the listener. The transport knows no action.
 pub(crate) trait Handler: Copy + Send + Sync + 'static {
-    /// The greeting, sent at seq 0 when a connection opens.
-    fn greeting(self, state: &ServerState) -> Value;
+    /// The greeting, sent at seq 0 when a connection opens (`tls`: the
+    /// connection is TLS, so channel-binding variants are offered).
+    fn greeting(self, state: &ServerState, tls: bool) -> Value;
 
     /// Runs `action`; an error becomes the request's error reply.
     fn dispatch<'a>(
@@ -470,6 +474,7 @@ pub(crate) async fn serve<H, R, W>(
     (mut rd, mut wr): (R, W),
     peer: SocketAddr,
     id: u64,
+    binding: Option<ChannelBinding>,
 ) where
     H: Handler,
     R: AsyncRead + Unpin,
@@ -488,13 +493,17 @@ pub(crate) async fn serve<H, R, W>(
         session: Mutex::new(Session::default()),
         closing,
         kick: tokio::sync::Notify::new(),
+        binding,
     });
     let watcher: Arc<dyn KeycardWatcher> = conn.clone();
     state.bouncer.register(id, Arc::downgrade(&watcher));
     drop(watcher);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut out = Pending::default();
-    encode_into(&handler.greeting(&state), out.tail());
+    encode_into(
+        &handler.greeting(&state, conn.binding.is_some()),
+        out.tail(),
+    );
 
     let limits = Limits {
         max_message: state.config.max_message,

@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use keycard_auth::ChannelBinding;
+
 use crate::tls::{Front, Tls};
 
 /// Which limit a connection was refused by.
@@ -54,8 +56,21 @@ pub(crate) trait Protocol: Clone + Send + Sync + 'static {
 pub(crate) enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS over TCP, its handshake done.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS over TCP, its handshake done, and what it can be bound to.
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        ChannelBinding,
+    ),
+}
+
+impl Stream {
+    /// The connection's channel-binding data; `None` over plaintext.
+    pub(crate) fn binding(&self) -> Option<&ChannelBinding> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(_, b) => Some(b),
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -66,7 +81,7 @@ impl AsyncRead for Stream {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -79,7 +94,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -90,28 +105,28 @@ impl AsyncWrite for Stream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Tls(s, _) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -227,9 +242,23 @@ async fn handshake(
     let Some(tls) = tls else {
         return Some(Stream::Plain(socket));
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.tls.config(tls.front));
+    let offer = tls.tls.offer(tls.front);
+    let acceptor = tokio_rustls::TlsAcceptor::from(offer.config);
     match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(socket)).await {
-        Ok(Ok(stream)) => Some(Stream::Tls(Box::new(stream))),
+        Ok(Ok(stream)) => {
+            // RFC 9266: 32 bytes, this label, an empty context.
+            let exporter = stream
+                .get_ref()
+                .1
+                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(b""))
+                .ok()
+                .map(|k| k.to_vec());
+            let binding = ChannelBinding {
+                tls_server_end_point: offer.end_point.map(|e| e.to_vec()),
+                tls_exporter: exporter,
+            };
+            Some(Stream::Tls(Box::new(stream), binding))
+        }
         Ok(Err(e)) => {
             tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
             None

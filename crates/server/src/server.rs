@@ -417,9 +417,12 @@ impl Protocol for Msgpack {
             match stream {
                 // A TCP socket's halves need no lock between them.
                 Stream::Plain(socket) => {
-                    conn::serve(actions, state, socket.into_split(), peer, id).await
+                    conn::serve(actions, state, socket.into_split(), peer, id, None).await
                 }
-                tls => conn::serve(actions, state, tokio::io::split(tls), peer, id).await,
+                Stream::Tls(tls, binding) => {
+                    let halves = tokio::io::split(tls);
+                    conn::serve(actions, state, halves, peer, id, Some(binding)).await
+                }
             }
         }
         .instrument(span)

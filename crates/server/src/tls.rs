@@ -115,6 +115,15 @@ struct Loaded {
     http: Arc<ServerConfig>,
     /// The SHA-256 of the leaf certificate, hex, for the logs.
     fingerprint: String,
+    /// The leaf's `tls-server-end-point` channel-binding data.
+    end_point: Option<Arc<[u8]>>,
+}
+
+/// What a handshake starts with: the configuration, and the end-point
+/// binding data of the certificate it serves.
+pub(crate) struct Offer {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) end_point: Option<Arc<[u8]>>,
 }
 
 /// The listeners' TLS configuration, reloadable (see the module docs).
@@ -167,12 +176,16 @@ impl Tls {
         self.loaded().fingerprint.clone()
     }
 
-    /// The configuration a handshake on `front` starts with now.
-    pub(crate) fn config(&self, front: Front) -> Arc<ServerConfig> {
+    /// What a handshake on `front` starts with now.
+    pub(crate) fn offer(&self, front: Front) -> Offer {
         let loaded = self.loaded();
-        match front {
+        let config = match front {
             Front::Msgpack => loaded.msgpack.clone(),
             Front::Http => loaded.http.clone(),
+        };
+        Offer {
+            config,
+            end_point: loaded.end_point.clone(),
         }
     }
 
@@ -193,6 +206,10 @@ fn build(cert: &Path, key: &Path, min: TlsVersion) -> Result<Loaded, String> {
         .first()
         .map(|c| hex(&Sha256::digest(c.as_ref())))
         .unwrap_or_default();
+    let end_point = chain
+        .first()
+        .and_then(|c| keycard_auth::tls_server_end_point(c.as_ref()))
+        .map(Arc::from);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match min {
         TlsVersion::V13 => &[&rustls::version::TLS13],
@@ -221,6 +238,7 @@ fn build(cert: &Path, key: &Path, min: TlsVersion) -> Result<Loaded, String> {
         msgpack: Arc::new(base),
         http: Arc::new(http),
         fingerprint,
+        end_point,
     })
 }
 

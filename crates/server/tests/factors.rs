@@ -39,6 +39,7 @@ static COUNTER: MethodInfo = MethodInfo {
     second_factor: false,
     suite: None,
     plaintext_secret: false,
+    plus: None,
 };
 
 impl Method for Counter {

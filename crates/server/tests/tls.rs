@@ -565,3 +565,126 @@ async fn secrets_over_plaintext_are_refused_from_beyond_loopback() {
         assert!(v.iter().all(|m| code(m).is_none()), "loopback: {v:?}");
     }
 }
+
+/// A server (TLS on if `pki`) with SCRAM user `pat` and scram-sha-256
+/// current; returns it and pat's password.
+async fn scram_server(pki: Option<&Pki>) -> (TestServer, &'static str) {
+    const PW: &str = "pässwörd with spaces";
+    let s = match pki {
+        Some(pki) => tls_server(pki, |_| {}).await,
+        None => start_with(|_| {}).await,
+    };
+    let admin = match pki {
+        Some(pki) => Client::connect_tls(s.addr(), &pki.client()).await,
+        None => Client::connect(s.addr()).await,
+    }
+    .expect("admin");
+    let pat = keycard_auth::ScramClient::new("pat", keycard_auth::Password::new(PW));
+    admin.set_user(&pat).await.expect("user");
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", keycard_auth::SCRAM_SHA_256),
+        )
+        .await
+        .expect("current");
+    (s, PW)
+}
+
+/// SCRAM-SHA-256-PLUS over TLS with keycard's own client: offered in the
+/// greeting, logs in bound by `tls-server-end-point` and by
+/// `tls-exporter` (RFC 9266; scramp does not offer it), refuses binding
+/// data from another connection (a man in the middle's) and the `y,,`
+/// downgrade; over plaintext it is not offered and `p=` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_plus_binds_the_login_to_the_tls_connection() {
+    use keycard_auth::{Password, ScramClient, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
+    let pki = Pki::new();
+    let (s, pw) = scram_server(Some(&pki)).await;
+    let bound = |kind: &str, data: &[u8]| {
+        let mut c = ScramClient::new("pat", Password::new(pw));
+        c.channel_binding = Some((kind.to_owned(), data.to_vec()));
+        c
+    };
+    for kind in ["tls-server-end-point", "tls-exporter"] {
+        let c = Client::connect_tls(s.addr(), &pki.client())
+            .await
+            .expect("client");
+        assert!(
+            c.greeting().offers(SCRAM_SHA_256_PLUS),
+            "{:?}",
+            c.greeting().auth
+        );
+        let data = c
+            .channel_binding()
+            .and_then(|b| b.get(kind))
+            .expect("the client sees binding data")
+            .to_vec();
+        c.login(&bound(kind, &data)).await.expect("a bound login");
+        let who = c
+            .request(Msg::new().with("action", "whoami"))
+            .await
+            .expect("whoami");
+        assert_eq!(who.get("user").and_then(Value::as_str), Some("pat"));
+        // The keycard is the method's: its records, its bindings.
+        assert_eq!(
+            who.get("method").and_then(Value::as_str),
+            Some(SCRAM_SHA_256)
+        );
+
+        // Another connection's data (what a man in the middle, holding
+        // another certificate or TLS session, would present): refused.
+        let c = Client::connect_tls(s.addr(), &pki.client())
+            .await
+            .expect("client");
+        let mut other = data.clone();
+        other[0] ^= 1;
+        let err = c.login(&bound(kind, &other)).await.expect_err("refused");
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+    // The end point is the certificate's SHA-256 (ECDSA with SHA-256).
+    let c = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("client");
+    let leaf = served_cert(s.addr(), &pki.client()).await;
+    assert_eq!(
+        c.channel_binding()
+            .and_then(|b| b.get("tls-server-end-point")),
+        Some(sha2_256(&leaf).as_slice())
+    );
+    // `y,,` to a server that offers -plus: a downgrade, refused.
+    let err = c
+        .request(
+            Msg::new()
+                .with("action", "auth")
+                .with("typ", SCRAM_SHA_256)
+                .with("ident", "pat")
+                .with("data", "y,,n=pat,r=abcdefghijkl"),
+        )
+        .await
+        .expect_err("downgrade");
+    assert!(err.to_string().contains("removed"), "{err}");
+    // The plain method still logs in (`n,,`: a client without binding).
+    let plain = ScramClient::new("pat", Password::new(pw));
+    c.login(&plain).await.expect("n,, over TLS");
+
+    // Over plaintext: no -plus offered, and `p=` refused.
+    let (s, _) = scram_server(None).await;
+    let c = Client::connect(s.addr()).await.expect("client");
+    assert!(
+        !c.greeting().offers(SCRAM_SHA_256_PLUS),
+        "{:?}",
+        c.greeting().auth
+    );
+    let err = c
+        .login(&bound("tls-exporter", &[0; 32]))
+        .await
+        .expect_err("no TLS");
+    assert!(err.to_string().contains("needs a TLS connection"), "{err}");
+}
+
+fn sha2_256(der: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(der).to_vec()
+}

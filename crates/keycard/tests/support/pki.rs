@@ -115,3 +115,22 @@ pub fn spki_sha256(dir: &Path, cert: &str) -> String {
     use sha2::Digest;
     base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(der))
 }
+
+/// A REST server (the binary) with TLS on and SCRAM users `users` made
+/// over TLS, scram-sha-256 current: its certificates made here with
+/// serial `serial`. Returns the server, its HTTP address, the CA file and
+/// the directories to keep alive.
+pub async fn tls_rest_server(
+    users: &[(&str, &str)],
+    serial: u32,
+) -> (super::Proc, String, PathBuf, [tempfile::TempDir; 2]) {
+    let pki = tempfile::tempdir().expect("tmp");
+    let dir = pki.path();
+    make_ca(dir);
+    let (cert, key) = make_server_cert(dir, serial);
+    let config = format!("[tls]\ncert = {cert:?}\nkey = {key:?}\n");
+    let ca = dir.join("ca.pem");
+    let tls = keycard_client::ClientTls::with_ca_file(&ca, "127.0.0.1").expect("tls");
+    let (server, http, data) = super::rest_server_on(users, &[], &config, Some(&tls)).await;
+    (server, http, ca, [pki, data])
+}

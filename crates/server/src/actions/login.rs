@@ -38,7 +38,7 @@ use keycard_store::{Cond, Op, StoreError, Tock};
 
 pub(crate) use drive::{drive, until_peer, Ask, Carrier, Halt};
 pub(crate) use request::{
-    method_named, user_name, Credential, LoginAnswer, LoginRequest, Requester,
+    login_method, method_named, user_name, Credential, LoginAnswer, LoginRequest, Requester,
 };
 
 use super::keycards;
@@ -129,6 +129,13 @@ pub(crate) struct Login {
     peer: SocketAddr,
     via: &'static str,
     channel_key: Option<SecretKey>,
+    /// What the connection can be bound to (TLS only).
+    binding: Option<keycard_auth::ChannelBinding>,
+    /// The first method runs as its channel-binding variant.
+    plus: bool,
+    /// The name the audit log gives the login: the method's, or its
+    /// channel-binding variant's when it ran as that.
+    audit_name: &'static str,
     /// The method the login started with (a token's: none); it names the
     /// keycard and the session.
     method: Option<Arc<dyn Method>>,
@@ -171,6 +178,10 @@ impl Login {
         req: LoginRequest,
     ) -> Result<Progress, Refusal> {
         let method_name = req.method_name();
+        let audit_name = match &req.credential {
+            Credential::Method(m) if req.plus => m.info().plus.unwrap_or(method_name),
+            _ => method_name,
+        };
         policy::carriable(
             req.sends_secret(),
             req.requester.secure,
@@ -216,7 +227,7 @@ impl Login {
             Err(e) => {
                 state
                     .audit
-                    .login(event(r.id, r.peer, method_name, &who, "throttled", None))
+                    .login(event(r.id, r.peer, audit_name, &who, "throttled", None))
                     .await;
                 return Err(e.into());
             }
@@ -241,6 +252,7 @@ impl Login {
             credential,
             payload,
             requester,
+            plus,
             ..
         } = req;
         let mut login = Box::new(Login {
@@ -249,6 +261,9 @@ impl Login {
             peer: requester.peer,
             via: requester.via,
             channel_key: requester.channel_key,
+            binding: requester.binding,
+            plus,
+            audit_name,
             method: None,
             method_name,
             running: method_name,
@@ -323,6 +338,9 @@ impl Login {
         let ctx = LoginCtx {
             channel_key: self.channel_key.as_ref(),
             now_ms: self.state.now_ms(),
+            channel_binding: self.binding.as_ref(),
+            // Only the first method runs bound (a factor has no variant).
+            plus: self.plus && self.passed.is_none(),
         };
         Ok(m.login(&ctx, &user, payload, entry.as_ref().map(|e| &e.value)))
     }
@@ -477,7 +495,7 @@ impl Login {
                 audit: self.state.audit.clone(),
                 conn: self.requester,
                 source: self.peer,
-                method: self.method_name,
+                method: self.audit_name,
                 user: self.ident.clone(),
                 keycard: Some(self.card.id),
             });
@@ -619,7 +637,7 @@ impl Login {
             event(
                 self.requester,
                 self.peer,
-                self.method_name,
+                self.audit_name,
                 &self.who,
                 outcome,
                 card,

@@ -34,8 +34,8 @@ pub const DISTKV_VERSION: [u32; 3] = [0, 65, 0];
 pub(crate) struct Actions;
 
 impl crate::conn::Handler for Actions {
-    fn greeting(self, state: &ServerState) -> Value {
-        greeting(state)
+    fn greeting(self, state: &ServerState, tls: bool) -> Value {
+        greeting(state, tls)
     }
 
     fn dispatch<'a>(
@@ -48,8 +48,9 @@ impl crate::conn::Handler for Actions {
     }
 }
 
-/// The greeting, sent at seq 0 when a connection opens.
-pub(crate) fn greeting(state: &ServerState) -> Value {
+/// The greeting, sent at seq 0 when a connection opens. Over TLS
+/// (`tls`), each accepted method's channel-binding variant is listed too.
+pub(crate) fn greeting(state: &ServerState, tls: bool) -> Value {
     let tock = state.store.tock().0;
     let mut m = Msg::seq(0)
         .with(
@@ -72,6 +73,15 @@ pub(crate) fn greeting(state: &ServerState) -> Value {
     if auth.configured {
         let mut list = vec![Value::from(auth.current.clone())];
         list.extend(auth.accept.iter().map(|m| Value::from(m.as_str())));
+        if tls {
+            list.extend(
+                auth.current
+                    .iter()
+                    .chain(&auth.accept)
+                    .filter_map(|m| state.methods.get(m).and_then(|m| m.info().plus))
+                    .map(Value::from),
+            );
+        }
         if auth.current.is_some() {
             list.push(Value::from(keycards::TOKEN));
         }

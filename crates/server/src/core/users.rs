@@ -242,6 +242,8 @@ pub(crate) async fn set_credential(
     let ctx = LoginCtx {
         channel_key: None,
         now_ms: state.now_ms(),
+        channel_binding: None,
+        plus: false,
     };
     let mut step = m.set_record(&ctx, kind, name, &msgs[0]);
     let mut next = 1;

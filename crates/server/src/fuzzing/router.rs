@@ -767,6 +767,7 @@ async fn play(data: &[u8]) {
         tokio::io::split(theirs),
         peer,
         1,
+        None,
     ));
     let (rd, wr) = tokio::io::split(ours);
     let mut c = Client {

@@ -35,6 +35,7 @@ use crate::caller::LoggedIn;
 use crate::error::ApiError;
 use crate::listener::{Listener, Protocol, Refused, Stream};
 use crate::state::ServerState;
+use keycard_auth::ChannelBinding;
 
 mod kv;
 mod page;
@@ -48,9 +49,17 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Longest a request may take, body included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The loaded methods offered over REST (their messages fit in `data`
-/// and they agree a session key), in the registry's order.
-fn rest_methods(state: &ServerState) -> impl Iterator<Item = &'static str> + '_ {
-    state.methods.infos().filter(|i| i.rest).map(|i| i.name)
+/// and they agree a session key), in the registry's order, as (the name a
+/// client gives, the method it runs): over TLS (`tls`) each one's
+/// channel-binding variant too, which runs the method bound to the
+/// connection.
+fn rest_methods(
+    state: &ServerState,
+    tls: bool,
+) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+    state.methods.infos().filter(|i| i.rest).flat_map(move |i| {
+        std::iter::once((i.name, i.name)).chain(i.plus.filter(|_| tls).map(|p| (p, i.name)))
+    })
 }
 
 type Body = Full<Bytes>;
@@ -116,10 +125,12 @@ impl Protocol for Http {
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let Http { rest, idle } = self;
+        let binding = socket.binding().cloned().map(Arc::new);
         async move {
             let service = hyper::service::service_fn(move |req| {
                 let rest = rest.clone();
-                async move { Ok::<_, Infallible>(rest.handle(req, peer).await) }
+                let binding = binding.clone();
+                async move { Ok::<_, Infallible>(rest.handle(req, peer, binding).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -326,8 +337,14 @@ impl Rest {
         }
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let mut r = match tokio::time::timeout(REQUEST_TIMEOUT, self.route(req, peer)).await {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        binding: Option<Arc<ChannelBinding>>,
+    ) -> Response<Body> {
+        let routed = self.route(req, peer, binding.as_deref());
+        let mut r = match tokio::time::timeout(REQUEST_TIMEOUT, routed).await {
             Ok(r) => r,
             Err(_) => error(&ApiError::new(
                 ErrorCode::ShuttingDown,
@@ -341,7 +358,12 @@ impl Rest {
         r
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        binding: Option<&ChannelBinding>,
+    ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let max = self.state.config.http_max_body;
         let wait = Duration::from_secs(self.state.config.http_body_timeout);
@@ -423,7 +445,7 @@ impl Rest {
             )));
         }
         let result = match (route, signed, caller) {
-            (Route::Index, ..) => Ok(self.index()),
+            (Route::Index, ..) => Ok(self.index(binding.is_some())),
             (Route::OpenApi, ..) => Ok(openapi()),
             (Route::LoginPage, ..) => Ok(page::login_page()),
             (Route::LoginScript, ..) => Ok(page::login_script()),
@@ -434,7 +456,7 @@ impl Rest {
                     &parts.headers,
                     &self.state.config.trusted_proxies,
                 );
-                Ok(self.session_new(&body, client).await)
+                Ok(self.session_new(&body, client, binding).await)
             }
             (Route::SessionAnswer(sid), ..) => Ok(self.session_answer(sid, &body).await),
             (Route::SessionShow(_), Some(id), _) => Ok(self.session_show(id)),

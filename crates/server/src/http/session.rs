@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 
 use super::{error, json_response, lock, rest_methods, Body, Rest, Session, BUSY};
 use crate::actions::login::{
-    drive, user_name, Ask, Carrier, Credential, Granted, Login, LoginAnswer, LoginRequest, Refusal,
-    Requester,
+    drive, login_method, user_name, Ask, Carrier, Credential, Granted, Login, LoginAnswer,
+    LoginRequest, Refusal, Requester,
 };
 use crate::caller::LoggedIn;
 use crate::error::ApiError;
@@ -154,10 +154,13 @@ pub(super) fn refusal(r: Refusal) -> Response<Body> {
 
 impl Rest {
     /// `GET /`: the server and the methods it offers.
-    pub(super) fn index(&self) -> Response<Body> {
+    /// Over TLS (`tls`), each method's channel-binding variant is offered
+    /// too.
+    pub(super) fn index(&self, tls: bool) -> Response<Body> {
         let cfg = self.state.auth();
-        let methods: Vec<&str> = rest_methods(&self.state)
-            .filter(|m| cfg.accepts(m))
+        let methods: Vec<&str> = rest_methods(&self.state, tls)
+            .filter(|(_, runs)| cfg.accepts(runs))
+            .map(|(name, _)| name)
             .collect();
         let mut index = json!({
             "server": concat!("keycard ", env!("CARGO_PKG_VERSION")),
@@ -173,7 +176,12 @@ impl Rest {
 
     /// `POST /session/new {method, user, data}`: starts a login by the
     /// client at `peer` (behind a trusted proxy, the client it names).
-    pub(super) async fn session_new(&self, body: &[u8], peer: SocketAddr) -> Response<Body> {
+    pub(super) async fn session_new(
+        &self,
+        body: &[u8],
+        peer: SocketAddr,
+        binding: Option<&keycard_auth::ChannelBinding>,
+    ) -> Response<Body> {
         let Ok(j) = serde_json::from_slice::<serde_json::Value>(body) else {
             return error(&ApiError::bad("the body must be a JSON object"));
         };
@@ -183,8 +191,12 @@ impl Rest {
         ) else {
             return error(&ApiError::bad("'method' and 'user' must be strings"));
         };
-        if !rest_methods(&self.state).any(|m| m == method) {
-            let offered = rest_methods(&self.state).collect::<Vec<_>>().join(", ");
+        let tls = binding.is_some();
+        if !rest_methods(&self.state, tls).any(|(m, _)| m == method) {
+            let offered = rest_methods(&self.state, tls)
+                .map(|(m, _)| m)
+                .collect::<Vec<_>>()
+                .join(", ");
             return error(&ApiError::new(
                 ErrorCode::AuthMethod,
                 format!("method {method:?} is not offered over REST ({offered})"),
@@ -198,14 +210,13 @@ impl Rest {
             Ok(u) => u.to_owned(),
             Err(e) => return error(&e),
         };
-        let Some(m) = self.state.methods.get(method).cloned() else {
-            return error(&ApiError::new(
-                ErrorCode::AuthMethod,
-                format!("unknown auth method {method:?}"),
-            ));
+        let (m, plus) = match login_method(&self.state, method) {
+            Ok(m) => m,
+            Err(e) => return error(&e),
         };
         let request = LoginRequest {
             credential: Credential::Method(m),
+            plus,
             ident: user,
             domain: Path::root(),
             payload: Msg::new().with("data", data).into_value(),
@@ -217,6 +228,7 @@ impl Rest {
                 via: "rest",
                 // Both listeners speak TLS only once it is on.
                 secure: self.state.tls_enabled(),
+                binding: binding.cloned(),
             },
         };
         match spawn_login(&self.state, request).await {

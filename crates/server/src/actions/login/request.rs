@@ -29,6 +29,8 @@ pub(crate) struct Requester {
     pub via: &'static str,
     /// Whether the connection is protected by TLS.
     pub secure: bool,
+    /// What the connection can be bound to (TLS only).
+    pub binding: Option<keycard_auth::ChannelBinding>,
 }
 
 /// How the client proves who it is.
@@ -51,6 +53,9 @@ pub(crate) struct LoginRequest {
     pub payload: Value,
     /// Who asks.
     pub requester: Requester,
+    /// The client named the method's channel-binding variant
+    /// (`scram-sha-256-plus`): the method runs bound to the connection.
+    pub plus: bool,
 }
 
 /// The client's answer to a challenge, typed.
@@ -90,6 +95,18 @@ pub(crate) fn method_named<'a>(
     })
 }
 
+/// The method a login's `typ` names, and whether it names the method's
+/// channel-binding variant (its `plus` name).
+pub(crate) fn login_method(state: &ServerState, typ: &str) -> ApiResult<(Arc<dyn Method>, bool)> {
+    if let Some(m) = state.methods.get(typ) {
+        return Ok((m.clone(), false));
+    }
+    match state.methods.infos().find(|i| i.plus == Some(typ)) {
+        Some(i) => Ok((method_named(state, i.name)?.clone(), true)),
+        None => method_named(state, typ).map(|m| (m.clone(), false)),
+    }
+}
+
 /// The domain a login names: `root`, or `chroot` below it.
 pub(crate) fn domain_below(root: &Path, chroot: Option<&Value>) -> ApiResult<Path> {
     match chroot {
@@ -123,12 +140,18 @@ impl LoginRequest {
     ) -> ApiResult<LoginRequest> {
         // A token is a keycard issued earlier: it is accepted whatever the
         // current method (only a keycard manager can issue one).
-        let credential = match str_field(msg, "typ")? {
-            TOKEN => Credential::Token(match msg.get("token") {
-                Some(Value::Str(t)) if t.len() <= 256 => t.clone(),
-                _ => return Err(ApiError::bad("'token' must be a string (the bearer token)")),
-            }),
-            typ => Credential::Method(method_named(state, typ)?.clone()),
+        let (credential, plus) = match str_field(msg, "typ")? {
+            TOKEN => (
+                Credential::Token(match msg.get("token") {
+                    Some(Value::Str(t)) if t.len() <= 256 => t.clone(),
+                    _ => return Err(ApiError::bad("'token' must be a string (the bearer token)")),
+                }),
+                false,
+            ),
+            typ => {
+                let (m, plus) = login_method(state, typ)?;
+                (Credential::Method(m), plus)
+            }
         };
         let domain = domain_below(&requester.root, msg.get("chroot"))?;
         let ident = match (&credential, msg.get("ident")) {
@@ -146,6 +169,7 @@ impl LoginRequest {
             domain,
             payload: msg.clone(),
             requester,
+            plus,
         })
     }
 
