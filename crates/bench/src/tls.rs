@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use keycard_client::ClientTls;
 
-use crate::{print_table_with, setup, start_keycard_with, throughput, Args, Conn, Op, Peer, Row};
+use crate::{
+    free_port, print_table_with, setup, start_keycard_with, throughput, Args, Conn, Op, Peer, Row,
+};
 
 /// The servers reached over TLS, and how.
 fn registry() -> &'static Mutex<HashMap<SocketAddr, ClientTls>> {
@@ -120,13 +122,26 @@ pub(crate) async fn tls_suite(args: &Args) -> anyhow::Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("keycard-bench-tls-{}", std::process::id()));
     let (cert, key, client) = certificates(&dir)?;
-    // Enough connections from one address for the memory measurement.
-    let caps = ["--max-connections-per-address", "5000"];
-    let plain = start_keycard_with(args, &caps, None).await?;
+    // Enough connections from one address for the memory measurement,
+    // and signed requests for the REST rows.
+    let caps = [
+        "--max-connections-per-address",
+        "5000",
+        "--http-session-nonces",
+        "100000000",
+    ];
+    let plain_http = format!("127.0.0.1:{}", free_port()?);
+    let tls_http = format!("127.0.0.1:{}", free_port()?);
+    let plain =
+        start_keycard_with(args, &[&caps[..], &["--http", &plain_http]].concat(), None).await?;
     let tls = start_keycard_with(
         args,
-        &[&caps[..], &["--tls-cert", &cert, "--tls-key", &key]].concat(),
-        Some(client),
+        &[
+            &caps[..],
+            &["--http", &tls_http, "--tls-cert", &cert, "--tls-key", &key],
+        ]
+        .concat(),
+        Some(client.clone()),
     )
     .await?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -177,6 +192,102 @@ pub(crate) async fn tls_suite(args: &Args) -> anyhow::Result<()> {
         name: "server memory per idle connection, 1000 held (KiB)".into(),
         results,
     });
+
+    // Logins required from here: a SCRAM user on both, scram-sha-256
+    // current. Over TLS the client binds (scram-sha-256-plus).
+    for (p, tls) in [(&tls, Some(&client)), (&plain, None)] {
+        require_scram(p.addr, tls).await?;
+    }
+    let mut results = Vec::new();
+    for (p, tls) in [(&tls, Some(&client)), (&plain, None)] {
+        results.push(scram_logins(p.addr, tls, args.seconds).await?);
+    }
+    eprintln!(
+        "logins: tls (-plus) {:.0}, plain {:.0}",
+        results[0], results[1]
+    );
+    rows.push(Row {
+        name: "SCRAM logins/s, 1 client, a new connection each (TLS: scram-sha-256-plus)".into(),
+        results,
+    });
+    let mut results = Vec::new();
+    for (http, tls) in [(&tls_http, Some(&client)), (&plain_http, None)] {
+        results.push(signed_gets(http, tls, args.seconds).await?);
+    }
+    eprintln!("REST: tls {:.0}, plain {:.0}", results[0], results[1]);
+    rows.push(Row {
+        name: "signed REST GET /kv, 1 client, kept alive (req/s)".into(),
+        results,
+    });
     print_table_with(&["keycard TLS", "keycard plain"], "TLS / plain", rows);
     Ok(())
+}
+
+/// The bench user's password.
+const PW: &str = "bench password";
+
+/// Creates SCRAM user `bench` and makes scram-sha-256 current.
+async fn require_scram(addr: SocketAddr, tls: Option<&ClientTls>) -> anyhow::Result<()> {
+    use keycard_auth::{Password, ScramClient};
+    use keycard_proto::Msg;
+    let c = match tls {
+        Some(tls) => keycard_client::Client::connect_tls(addr, tls).await?,
+        None => keycard_client::Client::connect(addr).await?,
+    };
+    c.set_user(&ScramClient::new("bench", Password::new(PW)))
+        .await?;
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", keycard_auth::SCRAM_SHA_256),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Logins per second: each on a new connection (over TLS: the handshake,
+/// then scram-sha-256-plus bound with tls-exporter, as keycard's CLI
+/// does).
+async fn scram_logins(addr: SocketAddr, tls: Option<&ClientTls>, secs: f64) -> anyhow::Result<f64> {
+    use keycard_auth::{ClientMethod, Password, ScramClient};
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let mut m = ScramClient::new("bench", Password::new(PW));
+        let c = match tls {
+            Some(tls) => {
+                let c = keycard_client::Client::connect_tls(addr, tls).await?;
+                let binding = c.channel_binding().context("no binding data")?;
+                anyhow::ensure!(m.bind(binding), "the login did not bind");
+                c
+            }
+            None => keycard_client::Client::connect(addr).await?,
+        };
+        c.login(&m).await?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Signed `GET /kv/bench/g` per second from one REST client on one
+/// kept-alive connection (HTTPS with `tls`), after a SCRAM login.
+async fn signed_gets(http: &str, tls: Option<&ClientTls>, secs: f64) -> anyhow::Result<f64> {
+    use keycard_client::rest::{Login, RestClient};
+    let rest = match tls {
+        Some(tls) => RestClient::new(http).with_tls(tls.clone()),
+        None => RestClient::new(http),
+    };
+    let session = rest
+        .login(Login::scram("bench", keycard_auth::Password::new(PW))?)
+        .await?;
+    let at = keycard_proto::Path::new(vec!["bench".into(), "g".into()]);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        rest.get(Some(&session), &at)
+            .await?
+            .context("the bench value")?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }

@@ -688,3 +688,39 @@ fn sha2_256(der: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(der).to_vec()
 }
+
+/// keycard's REST client over HTTPS: a SCRAM login, a signed write and
+/// read, on one kept-alive TLS connection; a client that does not trust
+/// the server's CA gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_client_over_https() {
+    use keycard_client::rest::{Login, RestClient};
+    let pki = Pki::new();
+    let (s, pw) = scram_server(Some(&pki)).await;
+    let http = s.handle.http_addr.expect("http").to_string();
+    let rest =
+        RestClient::new(http.clone()).with_tls(pki.client().for_name("127.0.0.1").expect("n"));
+    let session = rest
+        .login(Login::scram("pat", keycard_auth::Password::new(pw)).expect("first"))
+        .await
+        .expect("login over HTTPS");
+    let at = p("over.https");
+    rest.put(
+        Some(&session),
+        &at,
+        &serde_json::json!("yes"),
+        Default::default(),
+    )
+    .await
+    .expect("signed write");
+    let got = rest
+        .get(Some(&session), &at)
+        .await
+        .expect("read")
+        .expect("a value");
+    assert_eq!(got.value, serde_json::json!("yes"));
+    // Plain HTTP to the HTTPS listener, or another CA: no answer.
+    assert!(RestClient::new(http.clone()).index().await.is_err());
+    let stranger = RestClient::new(http).with_tls(Pki::new().client());
+    assert!(stranger.index().await.is_err());
+}

@@ -241,10 +241,15 @@ fn parse_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, RestError> {
     }
 }
 
+/// What a [`Connection`] reads and writes: a TCP socket, or TLS over one.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Io for T {}
+
 /// One HTTP/1.1 connection. Requests go one at a time; the connection is
 /// kept open between them unless either side said `Connection: close`.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     /// The `Host` field sent with every request.
     host: String,
     /// Bytes read and not yet consumed.
@@ -268,12 +273,36 @@ impl Connection {
 
     /// Opens a connection to `addr`, sending `host` as the `Host` field.
     pub async fn connect_to(addr: impl ToSocketAddrs, host: &str) -> Result<Connection, RestError> {
-        let stream = TcpStream::connect(addr)
+        Connection::open(addr, host, None).await
+    }
+
+    /// Opens an HTTPS connection to `addr` trusting what `tls` trusts, the
+    /// `Host` field naming it as given.
+    pub async fn connect_tls(addr: &str, tls: &crate::ClientTls) -> Result<Connection, RestError> {
+        Connection::open(addr, addr, Some(tls)).await
+    }
+
+    /// Opens a connection to `addr` (over TLS with `tls`), sending `host`
+    /// as the `Host` field.
+    pub async fn open(
+        addr: impl ToSocketAddrs,
+        host: &str,
+        tls: Option<&crate::ClientTls>,
+    ) -> Result<Connection, RestError> {
+        let socket = TcpStream::connect(addr)
             .await
             .map_err(|e| RestError::Io(format!("cannot connect: {e}")))?;
         // Requests are small and answered one by one: Nagle would hold
         // each back for the previous one's ACK.
-        let _ = stream.set_nodelay(true);
+        let _ = socket.set_nodelay(true);
+        let stream: Box<dyn Io> = match tls {
+            Some(tls) => Box::new(
+                tls.connect(socket)
+                    .await
+                    .map_err(|e| RestError::Io(e.to_string()))?,
+            ),
+            None => Box::new(socket),
+        };
         Ok(Connection {
             stream,
             host: host.to_owned(),

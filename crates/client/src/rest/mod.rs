@@ -271,6 +271,8 @@ pub struct RestClient {
     addr: String,
     per_request: bool,
     conn: tokio::sync::Mutex<Option<Connection>>,
+    /// HTTPS, trusting what this trusts.
+    tls: Option<crate::ClientTls>,
 }
 
 impl RestClient {
@@ -280,7 +282,20 @@ impl RestClient {
             addr: addr.into(),
             per_request: false,
             conn: tokio::sync::Mutex::new(None),
+            tls: None,
         }
+    }
+
+    /// This client over HTTPS, trusting what `tls` trusts.
+    pub fn with_tls(self, tls: crate::ClientTls) -> RestClient {
+        RestClient {
+            tls: Some(tls),
+            ..self
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, RestError> {
+        Connection::open(self.addr.as_str(), &self.addr, self.tls.as_ref()).await
     }
 
     /// A client that opens a connection for each request (sent with
@@ -310,14 +325,14 @@ impl RestClient {
             let mut all = Vec::with_capacity(fields.len() + 1);
             all.push(("connection", "close"));
             all.extend_from_slice(fields);
-            let mut c = Connection::connect(&self.addr).await?;
+            let mut c = self.connect().await?;
             return c.send(method, target, &all, body).await;
         }
         let mut slot = self.conn.lock().await;
         let reused = match slot.as_ref() {
             Some(c) if c.is_open() => true,
             _ => {
-                *slot = Some(Connection::connect(&self.addr).await?);
+                *slot = Some(self.connect().await?);
                 false
             }
         };
@@ -329,7 +344,7 @@ impl RestClient {
             // `http_idle_timeout`) fails before any byte of an answer; the
             // server never read the request, so it goes again on a new one.
             Err(RestError::Io(_)) if reused && c.closed_unanswered() => {
-                let mut fresh = Connection::connect(&self.addr).await?;
+                let mut fresh = self.connect().await?;
                 let r = fresh.send(method, target, fields, body).await;
                 *slot = Some(fresh);
                 r
