@@ -17,6 +17,20 @@ mod support;
 use support::pki::{make_ca, make_server_cert, openssl, tls_rest_server};
 use support::{cli, Proc};
 
+/// `keycard serve` on a fresh data folder under `data`, with TLS from
+/// `cert` and `key`.
+fn serve_tls(data: &Path, cert: &Path, key: &Path) -> Proc {
+    Proc::start_with(
+        &data.join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+        ],
+    )
+}
+
 /// What `openssl s_client` sees at `addr`: whether it verified the chain
 /// against the CA, and the leaf's serial (`serial=…`).
 fn s_client(dir: &Path, addr: std::net::SocketAddr) -> (bool, String) {
@@ -60,15 +74,7 @@ async fn openssl_certificates_sighup_and_the_cli_over_tls() {
     make_ca(dir);
     let (cert, key) = make_server_cert(dir, 1001);
     let data = tempfile::tempdir().expect("tmp");
-    let server = Proc::start_with(
-        &data.path().join("data"),
-        &[
-            "--tls-cert",
-            cert.to_str().expect("utf-8"),
-            "--tls-key",
-            key.to_str().expect("utf-8"),
-        ],
-    );
+    let server = serve_tls(data.path(), &cert, &key);
     let addr = server.addr;
 
     // OpenSSL's client verifies the chain and the name.
@@ -264,4 +270,70 @@ async fn the_cli_logs_in_with_channel_binding() {
         assert!(Instant::now() < deadline, "{}", server.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `keycard cert init` makes what an operator needs to try TLS: a server
+/// started with its files is verified by OpenSSL's client against its
+/// CA, the CLI connects with `--tls-ca`, the key is the owner's alone,
+/// and a second run into the same folder replaces nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_init_makes_a_working_ca_and_server_certificate() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("tls");
+    let d = dir.to_str().expect("utf-8");
+    let out = support::bin_command(&["cert", "init", d], &[])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("--tls-cert") && err.contains("--tls-ca"),
+        "{err}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("server.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is readable by others: {mode:o}");
+    }
+    let data = tempfile::tempdir().expect("tmp");
+    let server = serve_tls(
+        data.path(),
+        &dir.join("server.pem"),
+        &dir.join("server.key"),
+    );
+    let (verified, serial) = s_client(&dir, server.addr);
+    assert!(verified, "OpenSSL does not verify the chain ({serial})");
+    let ca = dir.join("ca.pem");
+    let (code, out, err) = cli(
+        server.addr,
+        &["set", "app.x", "1"],
+        &[("KEYCARD_TLS_CA", ca.to_str().expect("utf-8"))],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    // The names asked for are in the certificate.
+    let text = openssl(
+        &dir,
+        &[
+            "x509",
+            "-in",
+            "server.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        text.contains("DNS:localhost") && text.contains("IP Address:127.0.0.1"),
+        "{text}"
+    );
+    // Nothing is replaced.
+    let out = support::bin_command(&["cert", "init", d], &[])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never replaces"));
 }

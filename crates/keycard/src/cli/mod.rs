@@ -37,6 +37,7 @@ macro_rules! say_err {
 
 mod acl;
 mod audit;
+mod cert;
 mod data;
 mod keycards;
 mod users;
@@ -204,6 +205,11 @@ enum Command {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Certificates for trying TLS out (docs/TLS.md).
+    Cert {
+        #[command(subcommand)]
+        cmd: cert::CertCmd,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -262,6 +268,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Admin { cmd } => users::admin_cmd(cmd).await,
         Command::Keycard { cmd } => keycards::keycard(cmd).await,
         Command::Token { cmd } => keycards::token(cmd).await,
+        Command::Cert { cmd } => cert::cert(cmd),
     }
 }
 
