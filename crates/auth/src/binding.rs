@@ -28,6 +28,20 @@ impl ChannelBinding {
     }
 }
 
+/// A TLS connection's `tls-exporter` data (RFC 9266): 32 bytes exported
+/// with the label `EXPORTER-Channel-Binding` and an empty context. TLS 1.3
+/// only: RFC 9266 forbids it over TLS 1.2 without the extended master
+/// secret, which is not checked here, so over TLS 1.2 only
+/// `tls-server-end-point` is offered.
+pub fn tls_exporter<D>(conn: &rustls::ConnectionCommon<D>) -> Option<Vec<u8>> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(b""))
+        .ok()
+        .map(|k| k.to_vec())
+}
+
 /// The `tls-server-end-point` channel-binding data of a certificate
 /// (RFC 5929 §4.1): its hash, with the hash function of its signature
 /// algorithm, SHA-256 if that is MD5 or SHA-1. `None` for an algorithm

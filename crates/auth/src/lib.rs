@@ -35,7 +35,7 @@ mod test_method;
 mod totp;
 
 pub use anon::ANON;
-pub use binding::{tls_server_end_point, ChannelBinding};
+pub use binding::{tls_exporter, tls_server_end_point, ChannelBinding};
 pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, Step, Verdict};
 pub use info::{Entry, MakeClient, MakeServer, MethodInfo, Payload, RestSet};
 pub use opaque::{new_server_setup, Opaque, OpaqueClient, OpaqueLogin, OPAQUE, OPAQUE_SUITE};
@@ -136,12 +136,15 @@ pub trait ClientMethod: Send + Sync {
     /// request's extra fields and how to answer the server's messages.
     fn set_record(&self, channel: Option<&SecretKey>) -> ClientLogin;
 
-    /// Binds the login to a TLS connection (`binding`, as the client sees
-    /// it), if the method has a channel-binding variant: from then on it
-    /// logs in as that variant (its [`MethodInfo::plus`] name). Returns
-    /// whether it did. By default a method has no such variant.
-    fn bind(&mut self, binding: &ChannelBinding) -> bool {
-        let _ = binding;
+    /// Prepares the login for a TLS connection (`binding`, as the client
+    /// sees it), if the method has a channel-binding variant. When the
+    /// server `offered` the variant, the login binds and runs as it (its
+    /// [`MethodInfo::plus`] name). When it did not, the login says that it
+    /// could have bound (SCRAM's `y,,`), so that a server that does offer
+    /// it sees that someone removed it (RFC 5802 §6). Returns whether the
+    /// login is bound. By default a method has no such variant.
+    fn bind(&mut self, binding: &ChannelBinding, offered: bool) -> bool {
+        let _ = (binding, offered);
         false
     }
 }

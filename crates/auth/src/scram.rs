@@ -592,6 +592,9 @@ pub struct ScramClient {
     /// (`tls-server-end-point`, `tls-exporter`) and its data, taken from
     /// the client's own view of the TLS connection.
     pub channel_binding: Option<(String, Vec<u8>)>,
+    /// Unbound, but able to bind (over TLS, to a server that offered no
+    /// `-plus`): the login starts `y,,` rather than `n,,` (RFC 5802 §6).
+    pub can_bind: bool,
 }
 
 impl ScramClient {
@@ -604,6 +607,7 @@ impl ScramClient {
             password,
             iterations: MIN_ITERATIONS,
             channel_binding: None,
+            can_bind: false,
         }
     }
 }
@@ -623,9 +627,10 @@ impl ClientMethod for ScramClient {
     fn login(&self, _channel: Option<&SecretKey>) -> ClientLogin {
         let cnonce = random_nonce();
         let bare = format!("n={},r={cnonce}", encode_saslname(&self.user));
-        let (header, mut cbind_input) = match &self.channel_binding {
-            Some((kind, _)) => (format!("p={kind},,"), Vec::new()),
-            None => ("n,,".to_owned(), Vec::new()),
+        let (header, mut cbind_input) = match (&self.channel_binding, self.can_bind) {
+            (Some((kind, _)), _) => (format!("p={kind},,"), Vec::new()),
+            (None, true) => ("y,,".to_owned(), Vec::new()),
+            (None, false) => ("n,,".to_owned(), Vec::new()),
         };
         cbind_input.extend_from_slice(header.as_bytes());
         if let Some((_, data)) = &self.channel_binding {
@@ -643,8 +648,8 @@ impl ClientMethod for ScramClient {
     }
 
     /// Binds with `tls-exporter` (RFC 9266: what TLS 1.3 recommends),
-    /// else `tls-server-end-point`.
-    fn bind(&mut self, binding: &crate::ChannelBinding) -> bool {
+    /// else `tls-server-end-point`; without `-plus` offered, `y,,`.
+    fn bind(&mut self, binding: &crate::ChannelBinding, offered: bool) -> bool {
         let chosen = ["tls-exporter", "tls-server-end-point"]
             .into_iter()
             .find_map(|kind| {
@@ -652,9 +657,9 @@ impl ClientMethod for ScramClient {
                     .get(kind)
                     .map(|data| (kind.to_owned(), data.to_vec()))
             });
-        let bound = chosen.is_some();
-        self.channel_binding = chosen;
-        bound
+        self.can_bind = chosen.is_some();
+        self.channel_binding = chosen.filter(|_| offered);
+        self.channel_binding.is_some()
     }
 
     fn set_record(&self, _channel: Option<&SecretKey>) -> ClientLogin {
@@ -931,6 +936,19 @@ mod tests {
             server().login(&plain(false), "alice", &y, Some(&rec)),
             Step::Send(..)
         ));
+        // keycard's client, over TLS but shown no -plus (someone removed
+        // it), says y,,: the server that does offer -plus refuses it; one
+        // that really offers none takes it.
+        let mut stripped = ScramClient::new("alice", Password::new(pw));
+        assert!(!stripped.bind(&tls, false), "not bound when not offered");
+        assert_eq!(stripped.name(), SCRAM_SHA_256);
+        let e = run_on(&over_tls(false), &stripped, Some(&rec), |_| {}).expect_err("y,,");
+        assert!(e.contains("removed"), "{e}");
+        run_on(&plain(false), &stripped, Some(&rec), |_| {}).expect("y,, without -plus");
+        let mut offered = ScramClient::new("alice", Password::new(pw));
+        assert!(offered.bind(&tls, true));
+        assert_eq!(offered.name(), SCRAM_SHA_256_PLUS);
+        run_on(&over_tls(true), &offered, Some(&rec), |_| {}).expect("bound by exporter");
     }
 
     #[test]

@@ -258,7 +258,7 @@ async fn scram_logins(addr: SocketAddr, tls: Option<&ClientTls>, secs: f64) -> a
             Some(tls) => {
                 let c = keycard_client::Client::connect_tls(addr, tls).await?;
                 let binding = c.channel_binding().context("no binding data")?;
-                anyhow::ensure!(m.bind(binding), "the login did not bind");
+                anyhow::ensure!(m.bind(binding, true), "the login did not bind");
                 c
             }
             None => keycard_client::Client::connect(addr).await?,

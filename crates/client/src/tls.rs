@@ -130,9 +130,6 @@ pub(crate) fn binding_of(conn: &rustls::ClientConnection) -> keycard_auth::Chann
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| keycard_auth::tls_server_end_point(c.as_ref())),
-        tls_exporter: conn
-            .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(b""))
-            .ok()
-            .map(|k| k.to_vec()),
+        tls_exporter: keycard_auth::tls_exporter(&**conn),
     }
 }

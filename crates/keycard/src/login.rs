@@ -242,12 +242,12 @@ pub(crate) async fn connect(args: &ConnArgs) -> anyhow::Result<Client> {
     let mut m = ClientRegistry::make_with_password(&method, args.user.as_deref(), password)
         .map_err(|e| anyhow::anyhow!("{e} (give {flag}, or KEYCARD_USER)"))?;
     // Over TLS, the method's channel-binding variant when the server
-    // offers it (scram-sha-256-plus over scram-sha-256).
+    // offers it (scram-sha-256-plus over scram-sha-256); when it does not,
+    // the login says it could have bound, so a server that offers it sees
+    // that someone removed it from the greeting.
     let plus = ClientRegistry::info(&method).and_then(|i| i.plus);
     if let (Some(plus), Some(binding)) = (plus, c.channel_binding()) {
-        if c.greeting().offers(plus) {
-            m.bind(binding);
-        }
+        m.bind(binding, c.greeting().offers(plus));
     }
     let method = m.name();
     let who = match one_user(method) {

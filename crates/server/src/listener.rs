@@ -246,13 +246,7 @@ async fn handshake(
     let acceptor = tokio_rustls::TlsAcceptor::from(offer.config);
     match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(socket)).await {
         Ok(Ok(stream)) => {
-            // RFC 9266: 32 bytes, this label, an empty context.
-            let exporter = stream
-                .get_ref()
-                .1
-                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", Some(b""))
-                .ok()
-                .map(|k| k.to_vec());
+            let exporter = keycard_auth::tls_exporter(&**stream.get_ref().1);
             let binding = ChannelBinding {
                 tls_server_end_point: offer.end_point.map(|e| e.to_vec()),
                 tls_exporter: exporter,

@@ -553,6 +553,51 @@ async fn secrets_over_plaintext_are_refused_from_beyond_loopback() {
             )
             .await;
         assert!(v.iter().all(|m| code(m).is_none()), "{v:?}");
+        // A `password` factor after a method that sends no secret: the
+        // login is refused before the client is asked for the password.
+        let pw = keycard_auth::ClientRegistry::make_with_password(
+            keycard_auth::PASSWORD,
+            Some("joe"),
+            Some(keycard_auth::Password::new("joe's password")),
+        )
+        .expect("password method");
+        admin
+            .set_user(pw.as_ref())
+            .await
+            .expect("joe's password record");
+        let factors = keycard_proto::Path::new(vec![
+            "auth".into(),
+            keycard_auth::TEST.into(),
+            "user".into(),
+            "joe".into(),
+            "factors".into(),
+        ]);
+        admin
+            .request(
+                Msg::new()
+                    .with("action", "set_internal")
+                    .with_path("path", &factors)
+                    .with(
+                        "value",
+                        Msg::new()
+                            .with("factors", Value::Array(vec![keycard_auth::PASSWORD.into()])),
+                    ),
+            )
+            .await
+            .expect("joe's factors");
+        let v = r
+            .call_stream(
+                req(4, "auth")
+                    .with("typ", keycard_auth::TEST)
+                    .with("ident", "joe"),
+            )
+            .await;
+        assert!(
+            v.iter().all(|m| m.get("factor").is_none()),
+            "asked for the password over plaintext: {v:?}"
+        );
+        let last = v.last().expect("an answer");
+        assert_eq!(code(last), Some("auth_method"), "{v:?}");
         // From loopback the token is taken.
         let mut r = Raw::connect(near).await;
         let v = r

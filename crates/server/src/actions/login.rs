@@ -128,6 +128,8 @@ pub(crate) struct Login {
     requester: u64,
     peer: SocketAddr,
     via: &'static str,
+    /// The connection is protected by TLS.
+    secure: bool,
     channel_key: Option<SecretKey>,
     /// What the connection can be bound to (TLS only).
     binding: Option<keycard_auth::ChannelBinding>,
@@ -260,6 +262,7 @@ impl Login {
             requester: requester.id,
             peer: requester.peer,
             via: requester.via,
+            secure: requester.secure,
             channel_key: requester.channel_key,
             binding: requester.binding,
             plus,
@@ -320,6 +323,15 @@ impl Login {
     /// remembers it for a write-back, and starts `m`'s exchange with the
     /// client's `payload`.
     async fn start(&mut self, m: &dyn Method, payload: &Value) -> Result<Step<Verdict>, Refusal> {
+        // Every method, a further factor too: a `password` factor would
+        // otherwise carry its secret where the first method may not.
+        policy::carriable(
+            m.info().plaintext_secret,
+            self.secure,
+            self.peer.ip(),
+            self.state.config.allow_plaintext_secrets,
+            m.name(),
+        )?;
         let user = self
             .passed
             .as_ref()
@@ -469,6 +481,18 @@ impl Login {
             let e = ApiError::new(ErrorCode::Internal, "a factor's method is gone");
             return self.finish(Err(Failure::Server(e)), None).await;
         };
+        // A factor that would carry a secret over plaintext is refused
+        // before the client is asked for it.
+        let carried = policy::carriable(
+            m.info().plaintext_secret,
+            self.secure,
+            self.peer.ip(),
+            self.state.config.allow_plaintext_secrets,
+            m.name(),
+        );
+        if let Err(e) = carried {
+            return self.finish(Err(Failure::Server(e)), None).await;
+        }
         self.running = m.name();
         // The prompt carries this factor's last word (SCRAM's server
         // signature) and names the next factor.
