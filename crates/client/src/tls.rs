@@ -14,6 +14,7 @@ use crate::ClientError;
 pub struct ClientTls {
     config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
+    roots: Arc<rustls::RootCertStore>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -75,17 +76,49 @@ impl ClientTls {
     }
 
     fn with_store(store: rustls::RootCertStore, name: &str) -> Result<ClientTls, ClientError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Tls(e.to_string()))?
-            .with_root_certificates(store)
-            .with_no_client_auth();
+        let roots = Arc::new(store);
+        let config = Self::builder(&roots)?.with_no_client_auth();
         let name = ServerName::try_from(name.to_owned())
             .map_err(|e| ClientError::Tls(format!("{name:?} is not a server name: {e}")))?;
         Ok(ClientTls {
             config: Arc::new(config),
             name,
+            roots,
+        })
+    }
+
+    fn builder(
+        roots: &Arc<rustls::RootCertStore>,
+    ) -> Result<
+        rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+        ClientError,
+    > {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(roots.clone()))
+    }
+
+    /// This configuration, presenting the client certificate in `cert`
+    /// (PEM, a chain may follow) with its key in `key` when the server
+    /// asks for one.
+    pub fn with_client_cert(&self, cert: &Path, key: &Path) -> Result<ClientTls, ClientError> {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                ClientError::Tls(format!("cannot read certificates from {cert:?}: {e}"))
+            })?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| {
+            ClientError::Tls(format!("cannot read a private key from {key:?}: {e}"))
+        })?;
+        let config = Self::builder(&self.roots)?
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ClientError::Tls(format!("the client certificate: {e}")))?;
+        Ok(ClientTls {
+            config: Arc::new(config),
+            name: self.name.clone(),
+            roots: self.roots.clone(),
         })
     }
 
@@ -96,6 +129,7 @@ impl ClientTls {
         Ok(ClientTls {
             config: self.config.clone(),
             name,
+            roots: self.roots.clone(),
         })
     }
 

@@ -169,6 +169,14 @@ pub(crate) struct ServeArgs {
     /// Seconds a client has to finish its TLS handshake [default: 10].
     #[arg(long, help_heading = "TLS ([tls])")]
     tls_handshake_timeout: Option<u64>,
+    /// CA certificates (PEM) for client certificates: clients are asked
+    /// for one, and one these CAs did not sign is refused [default: none].
+    #[arg(long, value_name = "FILE", help_heading = "TLS ([tls])")]
+    tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca, refuse clients without a certificate
+    /// [default: false].
+    #[arg(long, value_name = "BOOL", help_heading = "TLS ([tls])")]
+    tls_require_client_cert: Option<bool>,
 
     /// Failures per (user, address) before delays [default: 5].
     #[arg(long, help_heading = "Throttling ([throttle])")]
@@ -307,7 +315,11 @@ impl ServeArgs {
             allow_plaintext_secrets => allow_plaintext_secrets,
             tls_min_version => tls.min_version,
             tls_handshake_timeout => tls.handshake_timeout,
+            tls_require_client_cert => tls.require_client_cert,
         });
+        if let Some(v) = a.tls_client_ca {
+            config.tls.client_ca = Some(v);
+        }
         if let Some(v) = a.tls_cert {
             config.tls.cert = Some(v);
         }
@@ -432,7 +444,7 @@ mod tests {
             argv.push(format!("--{long}"));
             argv.push(default.trim_start_matches("./").to_owned());
         }
-        assert!(argv.len() >= 2 * 37, "{argv:?}");
+        assert!(argv.len() >= 2 * 39, "{argv:?}");
         let matches = command().try_get_matches_from(&argv).expect("parses");
         let args = ServeArgs::from_arg_matches(&matches).expect("args");
         let elsewhere = Config::from_toml(
@@ -480,6 +492,7 @@ mod tests {
             [tls]
             min_version = "1.2"
             handshake_timeout = 7
+            require_client_cert = true
             "#,
         )
         .expect("toml");

@@ -47,6 +47,13 @@ pub struct TlsConfig {
     /// the connection is closed. A plaintext client, which sends no
     /// handshake, is closed then too.
     pub handshake_timeout: u64,
+    /// CA certificates (PEM) that sign client certificates: with it, the
+    /// server asks clients for a certificate and refuses the handshake of
+    /// one that presents a certificate these CAs did not sign.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: a client without a certificate is refused too.
+    /// Default false (a certificate is asked for, not required).
+    pub require_client_cert: bool,
 }
 
 impl Default for TlsConfig {
@@ -56,6 +63,8 @@ impl Default for TlsConfig {
             key: None,
             min_version: TlsVersion::V13,
             handshake_timeout: 10,
+            client_ca: None,
+            require_client_cert: false,
         }
     }
 }
@@ -64,6 +73,9 @@ impl TlsConfig {
     /// Whether TLS is asked for, and consistently: a certificate without
     /// its key (or the reverse) is an error.
     pub fn enabled(&self) -> Result<bool, String> {
+        if self.client_ca.is_none() && self.require_client_cert {
+            return Err("[tls] require_client_cert needs client_ca".into());
+        }
         match (&self.cert, &self.key) {
             (Some(_), Some(_)) => Ok(true),
             (None, None) => Ok(false),
@@ -128,9 +140,9 @@ pub(crate) struct Offer {
 
 /// The listeners' TLS configuration, reloadable (see the module docs).
 pub struct Tls {
+    config: TlsConfig,
     cert: PathBuf,
     key: PathBuf,
-    min_version: TlsVersion,
     current: RwLock<Arc<Loaded>>,
 }
 
@@ -139,7 +151,7 @@ impl std::fmt::Debug for Tls {
         f.debug_struct("Tls")
             .field("cert", &self.cert)
             .field("key", &self.key)
-            .field("min_version", &self.min_version)
+            .field("min_version", &self.config.min_version)
             .field("fingerprint", &self.fingerprint())
             .finish()
     }
@@ -148,15 +160,17 @@ impl std::fmt::Debug for Tls {
 impl Tls {
     /// Reads the files `config` names; `None` if TLS is not asked for.
     pub fn load(config: &TlsConfig) -> Result<Option<Tls>, String> {
+        if !config.enabled()? {
+            return Ok(None);
+        }
         let (Some(cert), Some(key)) = (&config.cert, &config.key) else {
-            config.enabled()?;
             return Ok(None);
         };
-        let loaded = build(cert, key, config.min_version)?;
+        let loaded = build(cert, key, config)?;
         Ok(Some(Tls {
+            config: config.clone(),
             cert: cert.clone(),
             key: key.clone(),
-            min_version: config.min_version,
             current: RwLock::new(Arc::new(loaded)),
         }))
     }
@@ -165,7 +179,7 @@ impl Tls {
     /// hold and the new certificate's fingerprint is returned; on failure
     /// nothing changes and the error says which file and why.
     pub fn reload(&self) -> Result<String, String> {
-        let loaded = build(&self.cert, &self.key, self.min_version)?;
+        let loaded = build(&self.cert, &self.key, &self.config)?;
         let fingerprint = loaded.fingerprint.clone();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
         Ok(fingerprint)
@@ -198,7 +212,8 @@ impl Tls {
 }
 
 /// Builds both listeners' configurations from the files.
-fn build(cert: &Path, key: &Path, min: TlsVersion) -> Result<Loaded, String> {
+fn build(cert: &Path, key: &Path, config: &TlsConfig) -> Result<Loaded, String> {
+    let min = config.min_version;
     let chain = read_chain(cert)?;
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read a private key from {}: {e}", quoted(key)))?;
@@ -226,10 +241,33 @@ fn build(cert: &Path, key: &Path, min: TlsVersion) -> Result<Loaded, String> {
             )
         },
     )?;
-    let base = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| format!("TLS versions: {e}"))?
-        .with_no_client_auth()
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = match &config.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_chain(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("a CA certificate in {} is unusable: {e}", quoted(ca)))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = match config.require_client_cert {
+                true => verifier,
+                false => verifier.allow_unauthenticated(),
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("client CAs in {}: {e}", quoted(ca)))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let base = builder
         .with_single_cert(chain, key_der)
         .map_err(|e| format!("the certificate in {}: {e}", quoted(cert)))?;
     let mut http = base.clone();

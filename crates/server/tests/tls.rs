@@ -424,23 +424,30 @@ async fn a_certificate_without_its_key_or_a_bad_file_stops_the_start() {
             "private key",
         ),
     ] {
-        let dir = tempfile::tempdir().expect("tmp");
-        let config = keycard_server::Config {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            data: dir.path().to_path_buf(),
-            tls: keycard_server::TlsConfig {
-                cert: certf,
-                key: keyf,
-                ..Default::default()
-            },
+        let err = start_error(keycard_server::TlsConfig {
+            cert: certf,
+            key: keyf,
             ..Default::default()
-        };
-        let err = keycard_server::Server::open(config)
-            .await
-            .err()
-            .expect("refused");
-        assert!(err.to_string().contains(want), "{want}: {err}");
+        })
+        .await;
+        assert!(err.contains(want), "{want}: {err}");
     }
+}
+
+/// Why a server with `tls` does not start.
+async fn start_error(tls: keycard_server::TlsConfig) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = keycard_server::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data: dir.path().to_path_buf(),
+        tls,
+        ..Default::default()
+    };
+    keycard_server::Server::open(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string()
 }
 
 fn sha256_hex(der: &[u8]) -> String {
@@ -768,4 +775,50 @@ async fn the_rest_client_over_https() {
     assert!(RestClient::new(http.clone()).index().await.is_err());
     let stranger = RestClient::new(http).with_tls(Pki::new().client());
     assert!(stranger.index().await.is_err());
+}
+
+/// `[tls] client_ca`: clients are asked for a certificate signed by it. A
+/// certificate from another CA is refused at the handshake; without
+/// `require_client_cert` a client without one is served, with it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_asked_for_and_checked() {
+    let pki = Pki::new();
+    let (cert, key) = pki.client_cert("pat");
+    let stranger = Pki::new();
+    let (other_cert, other_key) = stranger.client_cert("pat");
+    let with = pki
+        .client()
+        .with_client_cert(&cert, &key)
+        .expect("identity");
+    let forged = pki
+        .client()
+        .with_client_cert(&other_cert, &other_key)
+        .expect("identity");
+    for require in [false, true] {
+        let s = tls_server(&pki, |c| {
+            c.tls.client_ca = Some(pki.ca_file.clone());
+            c.tls.require_client_cert = require;
+        })
+        .await;
+        let c = Client::connect_tls(s.addr(), &with)
+            .await
+            .expect("a good client certificate is served");
+        c.set(&p("x"), Value::from(1)).await.expect("served");
+        assert!(
+            Client::connect_tls(s.addr(), &forged).await.is_err(),
+            "a certificate from another CA is refused"
+        );
+        let without = Client::connect_tls(s.addr(), &pki.client()).await;
+        assert_eq!(without.is_ok(), !require, "require_client_cert = {require}");
+    }
+    // require_client_cert without client_ca is a configuration error.
+    let server_cert = pki.server_cert(1);
+    let err = start_error(keycard_server::TlsConfig {
+        cert: Some(server_cert.cert),
+        key: Some(server_cert.key),
+        require_client_cert: true,
+        ..Default::default()
+    })
+    .await;
+    assert!(err.contains("needs client_ca"), "{err}");
 }

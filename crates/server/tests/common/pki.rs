@@ -61,6 +61,23 @@ impl Pki {
         out
     }
 
+    /// Writes a client certificate for `name` (its CN and a DNS name)
+    /// signed by this CA, as `NAME.pem` and `NAME.key`; returns both.
+    pub fn client_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        let at = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&at.0, cert.pem()).expect("cert");
+        std::fs::write(&at.1, key.serialize_pem()).expect("key");
+        at
+    }
+
     /// A client trusting this CA, expecting `localhost`.
     pub fn client(&self) -> keycard_client::ClientTls {
         keycard_client::ClientTls::with_ca_file(&self.ca_file, "localhost").expect("client tls")
