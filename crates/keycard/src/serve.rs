@@ -173,6 +173,10 @@ pub(crate) struct ServeArgs {
     /// for one, and one these CAs did not sign is refused [default: none].
     #[arg(long, value_name = "FILE", help_heading = "TLS ([tls])")]
     tls_client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of the client CAs; reloaded
+    /// with the certificate [default: none].
+    #[arg(long, value_name = "FILE", help_heading = "TLS ([tls])")]
+    tls_client_crl: Option<PathBuf>,
     /// With --tls-client-ca, refuse clients without a certificate
     /// [default: false].
     #[arg(long, value_name = "BOOL", help_heading = "TLS ([tls])")]
@@ -319,6 +323,9 @@ impl ServeArgs {
         });
         if let Some(v) = a.tls_client_ca {
             config.tls.client_ca = Some(v);
+        }
+        if let Some(v) = a.tls_client_crl {
+            config.tls.client_crl = Some(v);
         }
         if let Some(v) = a.tls_cert {
             config.tls.cert = Some(v);

@@ -54,6 +54,10 @@ pub struct TlsConfig {
     /// With `client_ca`: a client without a certificate is refused too.
     /// Default false (a certificate is asked for, not required).
     pub require_client_cert: bool,
+    /// Certificate revocation lists (PEM) of the client CAs: a client
+    /// certificate they revoke is refused at the handshake. Read again on
+    /// a reload.
+    pub client_crl: Option<PathBuf>,
 }
 
 impl Default for TlsConfig {
@@ -65,6 +69,7 @@ impl Default for TlsConfig {
             handshake_timeout: 10,
             client_ca: None,
             require_client_cert: false,
+            client_crl: None,
         }
     }
 }
@@ -75,6 +80,9 @@ impl TlsConfig {
     pub fn enabled(&self) -> Result<bool, String> {
         if self.client_ca.is_none() && self.require_client_cert {
             return Err("[tls] require_client_cert needs client_ca".into());
+        }
+        if self.client_ca.is_none() && self.client_crl.is_some() {
+            return Err("[tls] client_crl needs client_ca".into());
         }
         match (&self.cert, &self.key) {
             (Some(_), Some(_)) => Ok(true),
@@ -260,6 +268,20 @@ fn build(cert: &Path, key: &Path, config: &TlsConfig) -> Result<Loaded, String> 
             let verifier = match config.require_client_cert {
                 true => verifier,
                 false => verifier.allow_unauthenticated(),
+            };
+            let verifier = match &config.client_crl {
+                None => verifier,
+                Some(crl) => {
+                    let crls = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(crl)
+                        .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                        .map_err(|e| {
+                            format!("cannot read revocation lists from {}: {e}", quoted(crl))
+                        })?;
+                    if crls.is_empty() {
+                        return Err(format!("no revocation list in {}", quoted(crl)));
+                    }
+                    verifier.with_crls(crls)
+                }
             };
             let verifier = verifier
                 .build()

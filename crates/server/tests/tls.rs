@@ -822,3 +822,56 @@ async fn client_certificates_are_asked_for_and_checked() {
     .await;
     assert!(err.contains("needs client_ca"), "{err}");
 }
+
+/// `[tls] client_crl`: a client certificate the CA's revocation list names
+/// is refused at the handshake, others are served; a new list is read on
+/// a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_certificates_are_refused_and_the_list_reloads() {
+    let pki = Pki::new();
+    let (pat_cert, pat_key) = pki.client_cert_serial("pat", 7);
+    let (ann_cert, ann_key) = pki.client_cert_serial("ann", 8);
+    let pat = pki
+        .client()
+        .with_client_cert(&pat_cert, &pat_key)
+        .expect("pat");
+    let ann = pki
+        .client()
+        .with_client_cert(&ann_cert, &ann_key)
+        .expect("ann");
+    let crl = pki.crl(&[7]);
+    let s = tls_server(&pki, |c| {
+        c.tls.client_ca = Some(pki.ca_file.clone());
+        c.tls.require_client_cert = true;
+        c.tls.client_crl = Some(crl.clone());
+    })
+    .await;
+    assert!(
+        Client::connect_tls(s.addr(), &pat).await.is_err(),
+        "pat is revoked"
+    );
+    Client::connect_tls(s.addr(), &ann)
+        .await
+        .expect("ann is not");
+    // A new list that revokes nobody, read on a reload.
+    pki.crl(&[]);
+    s.handle.state.reload_tls(None).await.expect("reloads");
+    Client::connect_tls(s.addr(), &pat)
+        .await
+        .expect("pat after the new list");
+    // A corrupt list is refused and the old one stays.
+    std::fs::write(&crl, "-----BEGIN X509 CRL-----\nnot base64\n").expect("write");
+    assert!(s.handle.state.reload_tls(None).await.is_err());
+    Client::connect_tls(s.addr(), &pat)
+        .await
+        .expect("the old list stays");
+    // A list without client_ca is a configuration error.
+    let err = start_error(keycard_server::TlsConfig {
+        cert: Some(pki.server_cert(1).cert),
+        key: Some(pki.dir.path().join("server.key")),
+        client_crl: Some(crl),
+        ..Default::default()
+    })
+    .await;
+    assert!(err.contains("needs client_ca"), "{err}");
+}

@@ -64,8 +64,14 @@ impl Pki {
     /// Writes a client certificate for `name` (its CN and a DNS name)
     /// signed by this CA, as `NAME.pem` and `NAME.key`; returns both.
     pub fn client_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.client_cert_serial(name, 1)
+    }
+
+    /// [`Pki::client_cert`] with serial `serial`.
+    pub fn client_cert_serial(&self, name: &str, serial: u64) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params.serial_number = Some(SerialNumber::from(serial));
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.ca).expect("sign");
@@ -75,6 +81,32 @@ impl Pki {
         );
         std::fs::write(&at.0, cert.pem()).expect("cert");
         std::fs::write(&at.1, key.serialize_pem()).expect("key");
+        at
+    }
+
+    /// Writes this CA's revocation list, revoking the certificates with
+    /// these serials, as `crl.pem` (replacing it); returns its path.
+    pub fn crl(&self, revoked: &[u64]) -> PathBuf {
+        let now = rcgen::date_time_ymd(2026, 1, 1);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.ca).expect("crl");
+        let at = self.dir.path().join("crl.pem");
+        std::fs::write(&at, crl.pem().expect("pem")).expect("crl");
         at
     }
 
