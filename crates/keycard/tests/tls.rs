@@ -31,6 +31,15 @@ fn serve_tls(data: &Path, cert: &Path, key: &Path) -> Proc {
     )
 }
 
+/// Sends the server SIGHUP.
+fn hangup(server: &Proc) {
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+}
+
 /// What `openssl s_client` sees at `addr`: whether it verified the chain
 /// against the CA, and the leaf's serial (`serial=…`).
 fn s_client(dir: &Path, addr: std::net::SocketAddr) -> (bool, String) {
@@ -98,14 +107,11 @@ async fn openssl_certificates_sighup_and_the_cli_over_tls() {
     // A connection made before the reload.
     let tls = ClientTls::with_ca_file(&ca, "localhost").expect("tls");
     let held = Client::connect_tls(addr, &tls).await.expect("client");
+    let app_y = keycard_proto::Path::parse("app.y").expect("path");
 
     // A new certificate, then SIGHUP: new clients see serial 1002.
     make_server_cert(dir, 1002);
-    let hup = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(hup.success());
+    hangup(&server);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let seen = s_client(dir, addr);
@@ -116,12 +122,9 @@ async fn openssl_certificates_sighup_and_the_cli_over_tls() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The held connection still works.
-    held.set(
-        &keycard_proto::Path::parse("app.y").expect("p"),
-        Value::from(2),
-    )
-    .await
-    .expect("still served after the reload");
+    held.set(&app_y, Value::from(2))
+        .await
+        .expect("still served after the reload");
 
     // A corrupt certificate: `keycard reload` says why, the old one stays.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").expect("write");
@@ -133,22 +136,15 @@ async fn openssl_certificates_sighup_and_the_cli_over_tls() {
     );
     assert_eq!(s_client(dir, addr), (true, "serial=03EA".to_owned()));
     // And SIGHUP with the bad file logs it and keeps serving.
-    let hup = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(hup.success());
+    hangup(&server);
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.log().matches("TLS reload refused").count() < 2 {
         assert!(Instant::now() < deadline, "{}", server.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    held.set(
-        &keycard_proto::Path::parse("app.y").expect("p"),
-        Value::from(3),
-    )
-    .await
-    .expect("still served");
+    held.set(&app_y, Value::from(3))
+        .await
+        .expect("still served");
     assert_eq!(s_client(dir, addr), (true, "serial=03EA".to_owned()));
 }
 

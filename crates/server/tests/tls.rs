@@ -527,14 +527,17 @@ async fn secrets_over_plaintext_are_refused_from_beyond_loopback() {
                 .expect("over TLS a token is taken");
             continue;
         }
-        let mut r = Raw::connect(far).await;
-        let v = r
-            .call_stream(
-                req(1, "auth")
-                    .with("typ", "token")
-                    .with("token", token.as_str()),
-            )
-            .await;
+        let token_login = |at| {
+            let token = token.clone();
+            async move {
+                let mut r = Raw::connect(at).await;
+                let v = r
+                    .call_stream(req(1, "auth").with("typ", "token").with("token", token))
+                    .await;
+                (r, v)
+            }
+        };
+        let (mut r, v) = token_login(far).await;
         let last = v.last().expect("an answer");
         if allow {
             assert!(v.iter().all(|m| code(m).is_none()), "allowed: {v:?}");
@@ -606,14 +609,7 @@ async fn secrets_over_plaintext_are_refused_from_beyond_loopback() {
         let last = v.last().expect("an answer");
         assert_eq!(code(last), Some("auth_method"), "{v:?}");
         // From loopback the token is taken.
-        let mut r = Raw::connect(near).await;
-        let v = r
-            .call_stream(
-                req(1, "auth")
-                    .with("typ", "token")
-                    .with("token", token.as_str()),
-            )
-            .await;
+        let (_, v) = token_login(near).await;
         assert!(v.iter().all(|m| code(m).is_none()), "loopback: {v:?}");
     }
 }

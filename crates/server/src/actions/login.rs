@@ -323,15 +323,6 @@ impl Login {
     /// remembers it for a write-back, and starts `m`'s exchange with the
     /// client's `payload`.
     async fn start(&mut self, m: &dyn Method, payload: &Value) -> Result<Step<Verdict>, Refusal> {
-        // Every method, a further factor too: a `password` factor would
-        // otherwise carry its secret where the first method may not.
-        policy::carriable(
-            m.info().plaintext_secret,
-            self.secure,
-            self.peer.ip(),
-            self.state.config.allow_plaintext_secrets,
-            m.name(),
-        )?;
         let user = self
             .passed
             .as_ref()
