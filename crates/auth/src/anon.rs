@@ -2,13 +2,12 @@
 //! is needed — but no secret: one message, and the name must have a record.
 //! It does not support access control of its own.
 
-use keycard_proto::{Msg, Value};
+use keycard_proto::Value;
 
-use crate::exchange::{ClientLogin, LoginCtx, Step, Verdict};
-use crate::root::{empty_record, known_user};
+use crate::exchange::{LoginCtx, Step, Verdict};
+use crate::root::{empty_record, known_user, NameClient};
 use crate::schema::{Kind, GROUP, USER};
-use crate::secret::SecretKey;
-use crate::{ClientMethod, Method};
+use crate::Method;
 
 /// The method's name on the wire.
 pub const ANON: &str = "_anon";
@@ -28,6 +27,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     suite: None,
     plaintext_secret: false,
     plus: None,
+    client_cert: false,
 };
 
 /// `_anon`'s registration.
@@ -35,9 +35,10 @@ pub(crate) static ENTRY: crate::Entry = crate::Entry {
     info: &INFO,
     server: |_| Ok(std::sync::Arc::new(Anon)),
     client: |user, _| {
-        Ok(Box::new(AnonClient {
-            name: crate::info::need_user(ANON, user)?,
-        }))
+        Ok(Box::new(NameClient::new(
+            ANON,
+            crate::info::need_user(ANON, user)?,
+        )))
     },
 };
 
@@ -70,40 +71,11 @@ impl Method for Anon {
     }
 }
 
-/// Client half of `_anon`.
-pub struct AnonClient {
-    /// The name to log in as.
-    pub name: String,
-}
-
-impl ClientMethod for AnonClient {
-    fn name(&self) -> &'static str {
-        ANON
-    }
-
-    fn ident(&self) -> String {
-        self.name.clone()
-    }
-
-    fn login(&self, _channel: Option<&SecretKey>) -> ClientLogin {
-        ClientLogin {
-            request: Msg::new(),
-            exchange: None,
-        }
-    }
-
-    fn set_record(&self, _channel: Option<&SecretKey>) -> ClientLogin {
-        ClientLogin {
-            request: Msg::new(),
-            exchange: None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::exchange::AuthError;
+    use keycard_proto::Msg;
 
     #[test]
     fn known_name_logs_in_unknown_fails() {

@@ -86,7 +86,7 @@ pub fn tls_server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
 
 /// One DER element with tag `tag` at the start of `input`: its contents
 /// and what follows it. `None` if it is not there or runs past the end.
-fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+pub(crate) fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let (&t, rest) = input.split_first()?;
     if t != tag {
         return None;

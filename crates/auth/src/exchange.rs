@@ -9,12 +9,33 @@ pub enum AuthError {
     /// Wrong credentials or unknown user: deliberately the same.
     #[error("login failed")]
     Failed,
+    /// Refused for a reason the audit log may know and the client must
+    /// not (a client certificate expired, revoked, or naming another
+    /// user): the client is told exactly what [`AuthError::Failed`] tells.
+    #[error("login failed: {0}")]
+    Refused(String),
     /// A message did not have the shape this method expects.
     #[error("malformed auth message: {0}")]
     Malformed(String),
     /// The request asks for something this method does not do.
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl AuthError {
+    /// Whether the login was refused (a wrong or unacceptable
+    /// credential), as opposed to a malformed or unsupported request.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, AuthError::Failed | AuthError::Refused(_))
+    }
+
+    /// What the client is told: a refusal's reason stays on the server.
+    pub fn client_text(&self) -> String {
+        match self {
+            AuthError::Refused(_) => AuthError::Failed.to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// One step of an exchange producing a `T`.
@@ -70,6 +91,11 @@ pub struct LoginCtx<'a> {
     /// The client asked for the method's channel-binding variant (its
     /// [`crate::MethodInfo::plus`] name, e.g. `scram-sha-256-plus`).
     pub plus: bool,
+    /// The connection's TLS client certificate as the front end judged
+    /// it, for a method that logs in with it
+    /// ([`crate::MethodInfo::client_cert`]); `None` when none was
+    /// presented (or the method does not use it).
+    pub client_cert: Option<&'a crate::cert::PeerCert>,
 }
 
 /// A successful login's outcome.

@@ -77,6 +77,11 @@ pub struct MethodInfo {
     /// only over TLS, wherever the method itself is accepted, with the
     /// method's own records.
     pub plus: Option<&'static str>,
+    /// Whether it logs in with the connection's TLS client certificate:
+    /// the front end verifies the certificate (against its client CAs and
+    /// revocation lists, at its own time) and hands the method what it
+    /// found ([`crate::LoginCtx::client_cert`]). Such a login needs TLS.
+    pub client_cert: bool,
 }
 
 /// What the client half of a method is made from: the user name and, for

@@ -9,8 +9,8 @@
 //!
 //! Methods here: `root` (DistKV's: one user `*`, super-root), `_anon` (a
 //! name, no secret, one message), `_test` (DistKV's test method, with its
-//! multi-step record exchange), `password`, `scram-sha-256`, `opaque` and
-//! `totp` (a second factor). Each declares its properties once, in its
+//! multi-step record exchange), `password`, `scram-sha-256`, `opaque`,
+//! `cert` (the TLS client certificate) and `totp` (a second factor). Each declares its properties once, in its
 //! own file ([`MethodInfo`]), and is registered by one line in the
 //! registry; the transports, the client and the CLI ask the registry.
 
@@ -18,6 +18,7 @@ pub mod acl;
 mod anon;
 mod binding;
 pub mod bouncer;
+mod cert;
 pub mod channel;
 mod exchange;
 #[doc(hidden)]
@@ -33,15 +34,17 @@ mod secret;
 pub mod signed;
 mod test_method;
 mod totp;
+pub mod x509;
 
 pub use anon::ANON;
 pub use binding::{tls_exporter, tls_server_end_point, ChannelBinding};
+pub use cert::{CertMethod, PeerCert, CERT};
 pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, Step, Verdict};
 pub use info::{Entry, MakeClient, MakeServer, MethodInfo, Payload, RestSet};
 pub use opaque::{new_server_setup, Opaque, OpaqueClient, OpaqueLogin, OPAQUE, OPAQUE_SUITE};
 pub use password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD, PASSWORD_FIELD};
 pub use registry::{method_info, ClientRegistry, MethodSecrets, Registry};
-pub use root::{ROOT, ROOT_USER};
+pub use root::{NameClient, ROOT, ROOT_USER};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};
 pub use scram::{
     client_session_key, Scram, ScramClient, Verifier, MAX_ITERATIONS, MIN_ITERATIONS,

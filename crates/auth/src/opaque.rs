@@ -173,6 +173,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     suite: Some(OPAQUE_SUITE),
     plaintext_secret: false,
     plus: None,
+    client_cert: false,
 };
 
 /// `opaque`'s registration.

@@ -144,6 +144,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     suite: None,
     plaintext_secret: true,
     plus: None,
+    client_cert: false,
 };
 
 /// `password`'s registration.

@@ -17,6 +17,7 @@ const ENTRIES: &[&Entry] = &[
     &crate::password::ENTRY,
     &crate::scram::ENTRY,
     &crate::opaque::ENTRY,
+    &crate::cert::ENTRY,
     &crate::totp::ENTRY,
 ];
 

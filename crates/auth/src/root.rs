@@ -30,6 +30,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     suite: None,
     plaintext_secret: false,
     plus: None,
+    client_cert: false,
 };
 
 /// `root`'s registration.
@@ -63,6 +64,48 @@ pub(crate) fn known_user(ident: &str, request: &Value, record: Option<&Value>) -
     match record {
         Some(_) => Step::Done(Verdict::user(ident)),
         None => Step::Fail(AuthError::Failed),
+    }
+}
+
+/// The client half of a method whose login is the user's name alone
+/// (`_anon`; `cert`, whose proof went with the TLS handshake): no
+/// fields beyond `typ` and `ident`, nothing to answer.
+pub struct NameClient {
+    method: &'static str,
+    name: String,
+}
+
+impl NameClient {
+    /// A client of `method` logging in as `name`.
+    pub fn new(method: &'static str, name: impl Into<String>) -> NameClient {
+        NameClient {
+            method,
+            name: name.into(),
+        }
+    }
+}
+
+impl ClientMethod for NameClient {
+    fn name(&self) -> &'static str {
+        self.method
+    }
+
+    fn ident(&self) -> String {
+        self.name.clone()
+    }
+
+    fn login(&self, _channel: Option<&SecretKey>) -> ClientLogin {
+        ClientLogin {
+            request: Msg::new(),
+            exchange: None,
+        }
+    }
+
+    fn set_record(&self, _channel: Option<&SecretKey>) -> ClientLogin {
+        ClientLogin {
+            request: Msg::new(),
+            exchange: None,
+        }
     }
 }
 

@@ -426,6 +426,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     suite: None,
     plaintext_secret: false,
     plus: Some(SCRAM_SHA_256_PLUS),
+    client_cert: false,
 };
 
 /// `scram-sha-256`'s registration.

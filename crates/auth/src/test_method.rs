@@ -40,6 +40,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     suite: None,
     plaintext_secret: false,
     plus: None,
+    client_cert: false,
 };
 
 /// `_test`'s registration.

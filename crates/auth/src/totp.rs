@@ -82,6 +82,7 @@ pub(crate) static INFO: crate::MethodInfo = crate::MethodInfo {
     suite: None,
     plaintext_secret: false,
     plus: None,
+    client_cert: false,
 };
 
 /// `totp`'s registration.
@@ -494,8 +495,7 @@ mod tests {
         let ctx = LoginCtx {
             channel_key: None,
             now_ms: secs * 1000,
-            channel_binding: None,
-            plus: false,
+            ..LoginCtx::default()
         };
         let req = Msg::new().with("data", code).into_value();
         m.login(&ctx, "joe", &req, record)

@@ -70,8 +70,7 @@ fn against_pyotp(python: &str, ident: &str, options: Msg, algorithm: TotpAlgorit
         let ctx = LoginCtx {
             channel_key: None,
             now_ms: t * 1000,
-            channel_binding: None,
-            plus: false,
+            ..LoginCtx::default()
         };
         let login = Msg::new().with("data", code).into_value();
         match method.login(&ctx, ident, &login, Some(&record)) {

@@ -63,12 +63,26 @@ pub(crate) struct ServerArgs {
     /// part of --server].
     #[arg(long, value_name = "NAME", env = "KEYCARD_TLS_NAME")]
     pub(crate) tls_name: Option<String>,
+    /// Present this client certificate (PEM; a chain may follow it) when
+    /// the server asks for one, and log in with `cert` when the server
+    /// and the user take it (implies TLS; needs --tls-key).
+    #[arg(long, value_name = "FILE", env = "KEYCARD_TLS_CLIENT_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "KEYCARD_TLS_CLIENT_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 impl ServerArgs {
     /// The TLS the flags ask for, if any.
     pub(crate) fn client_tls(&self) -> anyhow::Result<Option<keycard_client::ClientTls>> {
-        if self.tls_ca.is_none() && !self.tls {
+        let client_cert = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => bail!("--tls-cert needs --tls-key (its private key)"),
+            (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate)"),
+        };
+        if self.tls_ca.is_none() && !self.tls && client_cert.is_none() {
             return Ok(None);
         }
         let name = match &self.tls_name {
@@ -78,6 +92,10 @@ impl ServerArgs {
         let tls = match &self.tls_ca {
             Some(ca) => keycard_client::ClientTls::with_ca_file(ca, &name)?,
             None => keycard_client::ClientTls::with_system_roots(&name)?,
+        };
+        let tls = match client_cert {
+            Some((cert, key)) => tls.with_client_cert(cert, key)?,
+            None => tls,
         };
         Ok(Some(tls))
     }
@@ -357,7 +375,14 @@ async fn method_for(c: &Client, args: &ConnArgs) -> anyhow::Result<Option<String
         }
         Err(e) => return Err(anyhow::Error::new(e).context("cannot ask which methods to use")),
     };
-    let usable = |m: &&str| !is_root(m) && theirs.iter().any(|t| t == *m);
+    // A method that logs in with a client certificate only when this
+    // client presents one.
+    let has_cert = args.at.tls_cert.is_some();
+    let usable = |m: &&str| {
+        !is_root(m)
+            && theirs.iter().any(|t| t == *m)
+            && (has_cert || !ClientRegistry::info(m).is_some_and(|i| i.client_cert))
+    };
     match ClientRegistry::strongest(accepted.iter().copied().filter(usable)) {
         Some(m) => Ok(Some(m.to_owned())),
         None => bail!(

@@ -170,17 +170,23 @@ pub(crate) struct ServeArgs {
     #[arg(long, help_heading = "TLS ([tls])")]
     tls_handshake_timeout: Option<u64>,
     /// CA certificates (PEM) for client certificates: clients are asked
-    /// for one, and one these CAs did not sign is refused [default: none].
+    /// for one, and only one these CAs signed logs in with `cert`
+    /// [default: none].
     #[arg(long, value_name = "FILE", help_heading = "TLS ([tls])")]
     tls_client_ca: Option<PathBuf>,
     /// Certificate revocation lists (PEM) of the client CAs; reloaded
     /// with the certificate [default: none].
     #[arg(long, value_name = "FILE", help_heading = "TLS ([tls])")]
     tls_client_crl: Option<PathBuf>,
-    /// With --tls-client-ca, refuse clients without a certificate
-    /// [default: false].
+    /// With --tls-client-ca, refuse at the handshake a client without a
+    /// certificate these CAs signed [default: false].
     #[arg(long, value_name = "BOOL", help_heading = "TLS ([tls])")]
     tls_require_client_cert: Option<bool>,
+    /// Which names of a client certificate a `cert` login may log in as:
+    /// cn (its subject's common name), dns or uri (its subject
+    /// alternative names of that kind) [default: cn].
+    #[arg(long, value_name = "KIND", help_heading = "TLS ([tls])")]
+    tls_client_cert_name: Option<keycard_server::ClientName>,
 
     /// Failures per (user, address) before delays [default: 5].
     #[arg(long, help_heading = "Throttling ([throttle])")]
@@ -320,6 +326,7 @@ impl ServeArgs {
             tls_min_version => tls.min_version,
             tls_handshake_timeout => tls.handshake_timeout,
             tls_require_client_cert => tls.require_client_cert,
+            tls_client_cert_name => tls.client_cert_name,
         });
         if let Some(v) = a.tls_client_ca {
             config.tls.client_ca = Some(v);

@@ -333,3 +333,82 @@ async fn cert_init_makes_a_working_ca_and_server_certificate() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("never replaces"));
 }
+
+/// A `cert` login from the command line, as an operator sets it up:
+/// `keycard cert init --client pat` makes pat's certificate, the server
+/// asks for client certificates from the same CA, `auth init cert
+/// --new-user pat` makes pat the administrator, and the CLI logs pat in
+/// with `--tls-cert/--tls-key` and no password; without the certificate
+/// it cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_logs_in_with_a_client_certificate() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("tls");
+    let d = dir.to_str().expect("utf-8");
+    let out = support::bin_command(&["cert", "init", d, "--client", "pat"], &[])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("client-pat.pem"), "{err}");
+    // A client name that could leave the folder is refused.
+    let out = support::bin_command(&["cert", "init", d, "--client", "../x"], &[])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let s = |f: &str| dir.join(f).to_str().expect("utf-8").to_owned();
+    let data = tempfile::tempdir().expect("tmp");
+    let server = Proc::start_with(
+        &data.path().join("data"),
+        &[
+            "--tls-cert",
+            &s("server.pem"),
+            "--tls-key",
+            &s("server.key"),
+            "--tls-client-ca",
+            &s("ca.pem"),
+        ],
+    );
+    let ca = s("ca.pem");
+    let (cert, key) = (s("client-pat.pem"), s("client-pat.key"));
+    let with_cert = [
+        ("KEYCARD_TLS_CA", ca.as_str()),
+        ("KEYCARD_TLS_CLIENT_CERT", cert.as_str()),
+        ("KEYCARD_TLS_CLIENT_KEY", key.as_str()),
+    ];
+    let (code, out, err) = cli(
+        server.addr,
+        &["auth", "init", "cert", "--new-user", "pat"],
+        &with_cert,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = cli(
+        server.addr,
+        &[
+            "whoami",
+            "--user",
+            "pat",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        &[("KEYCARD_TLS_CA", ca.as_str())],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("pat") && out.contains("cert"), "{out}");
+    let (code, out, err) = cli(
+        server.addr,
+        &["whoami", "--user", "pat"],
+        &[("KEYCARD_TLS_CA", ca.as_str())],
+    );
+    assert_ne!(code, Some(0), "{out}{err}");
+    // A certificate without its key is a usage error, said plainly.
+    let (code, _, err) = cli(
+        server.addr,
+        &["whoami", "--user", "pat", "--tls-cert", &cert],
+        &[("KEYCARD_TLS_CA", ca.as_str())],
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--tls-key"), "{err}");
+}

@@ -96,6 +96,9 @@ pub(crate) struct ConnShared {
     kick: tokio::sync::Notify,
     /// What the connection can be bound to: `None` over plaintext.
     pub(crate) binding: Option<ChannelBinding>,
+    /// The client's TLS certificate chain, if it presented one (for a
+    /// `cert` login, which verifies it).
+    pub(crate) client_chain: Option<crate::tls::ClientChain>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -474,7 +477,7 @@ pub(crate) async fn serve<H, R, W>(
     (mut rd, mut wr): (R, W),
     peer: SocketAddr,
     id: u64,
-    binding: Option<ChannelBinding>,
+    tls: Option<crate::listener::TlsPeer>,
 ) where
     H: Handler,
     R: AsyncRead + Unpin,
@@ -493,7 +496,8 @@ pub(crate) async fn serve<H, R, W>(
         session: Mutex::new(Session::default()),
         closing,
         kick: tokio::sync::Notify::new(),
-        binding,
+        binding: tls.as_ref().map(|t| t.binding.clone()),
+        client_chain: tls.and_then(|t| t.client_chain),
     });
     let watcher: Arc<dyn KeycardWatcher> = conn.clone();
     state.bouncer.register(id, Arc::downgrade(&watcher));

@@ -36,4 +36,4 @@ pub use forwarded::Network;
 pub use server::{Server, ServerHandle, StartError, STORE_FILE};
 pub use state::{AuthConfig, ServerState};
 pub use throttle::{Counter, Counters, Throttle, ThrottleConfig};
-pub use tls::{Tls, TlsConfig, TlsVersion};
+pub use tls::{ClientName, Tls, TlsConfig, TlsVersion};

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 use keycard_auth::ChannelBinding;
 
-use crate::tls::{Front, Tls};
+use crate::tls::{ClientChain, Front, Tls};
 
 /// Which limit a connection was refused by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,11 +56,19 @@ pub(crate) trait Protocol: Clone + Send + Sync + 'static {
 pub(crate) enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS over TCP, its handshake done, and what it can be bound to.
-    Tls(
-        Box<tokio_rustls::server::TlsStream<TcpStream>>,
-        ChannelBinding,
-    ),
+    /// TLS over TCP, its handshake done, and what it told of the peer.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, TlsPeer),
+}
+
+/// What a TLS handshake established about the connection.
+#[derive(Clone, Debug)]
+pub(crate) struct TlsPeer {
+    /// What the connection can be bound to.
+    pub(crate) binding: ChannelBinding,
+    /// The certificate chain the client presented, if it presented one
+    /// (verified at the handshake only if one is required: a `cert`
+    /// login verifies it again).
+    pub(crate) client_chain: Option<ClientChain>,
 }
 
 impl Stream {
@@ -68,7 +76,7 @@ impl Stream {
     pub(crate) fn binding(&self) -> Option<&ChannelBinding> {
         match self {
             Stream::Plain(_) => None,
-            Stream::Tls(_, b) => Some(b),
+            Stream::Tls(_, p) => Some(&p.binding),
         }
     }
 }
@@ -251,7 +259,17 @@ async fn handshake(
                 tls_server_end_point: offer.end_point.map(|e| e.to_vec()),
                 tls_exporter: exporter,
             };
-            Some(Stream::Tls(Box::new(stream), binding))
+            let client_chain = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .filter(|c| !c.is_empty())
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
+            let peer_info = TlsPeer {
+                binding,
+                client_chain,
+            };
+            Some(Stream::Tls(Box::new(stream), peer_info))
         }
         Ok(Err(e)) => {
             tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");

@@ -419,9 +419,9 @@ impl Protocol for Msgpack {
                 Stream::Plain(socket) => {
                     conn::serve(actions, state, socket.into_split(), peer, id, None).await
                 }
-                Stream::Tls(tls, binding) => {
+                Stream::Tls(tls, info) => {
                     let halves = tokio::io::split(tls);
-                    conn::serve(actions, state, halves, peer, id, Some(binding)).await
+                    conn::serve(actions, state, halves, peer, id, Some(info)).await
                 }
             }
         }

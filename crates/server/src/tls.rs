@@ -24,9 +24,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::ServerConfig;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -55,9 +57,42 @@ pub struct TlsConfig {
     /// Default false (a certificate is asked for, not required).
     pub require_client_cert: bool,
     /// Certificate revocation lists (PEM) of the client CAs: a client
-    /// certificate they revoke is refused at the handshake. Read again on
+    /// certificate they revoke logs nobody in (and, with
+    /// `require_client_cert`, is refused at the handshake). Read again on
     /// a reload.
     pub client_crl: Option<PathBuf>,
+    /// Which names of a client certificate a `cert` login may log in as:
+    /// `"cn"` (the subject's common name, the default), `"dns"` (its DNS
+    /// subject alternative names) or `"uri"` (its URI ones: SPIFFE IDs).
+    pub client_cert_name: ClientName,
+}
+
+/// Which names of a client certificate are user names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientName {
+    /// The subject's common names (`CN=`).
+    #[default]
+    Cn,
+    /// The DNS names among the subject alternative names.
+    Dns,
+    /// The URIs among the subject alternative names.
+    Uri,
+}
+
+impl std::str::FromStr for ClientName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cn" => Ok(ClientName::Cn),
+            "dns" => Ok(ClientName::Dns),
+            "uri" => Ok(ClientName::Uri),
+            other => Err(format!(
+                "{other:?} is not a kind of certificate name (cn, dns or uri)"
+            )),
+        }
+    }
 }
 
 impl Default for TlsConfig {
@@ -70,6 +105,7 @@ impl Default for TlsConfig {
             client_ca: None,
             require_client_cert: false,
             client_crl: None,
+            client_cert_name: ClientName::Cn,
         }
     }
 }
@@ -137,6 +173,22 @@ struct Loaded {
     fingerprint: String,
     /// The leaf's `tls-server-end-point` channel-binding data.
     end_point: Option<Arc<[u8]>>,
+    /// The client CAs and revocation lists, strictly: what a `cert`
+    /// login's certificate is verified with.
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// A client's certificate chain as its handshake presented it, leaf
+/// first.
+pub(crate) type ClientChain = Arc<[CertificateDer<'static>]>;
+
+/// What a client certificate is worth for a `cert` login.
+pub(crate) struct ClientCheck {
+    /// The verdict and, if verified, its names.
+    pub(crate) cert: keycard_auth::PeerCert,
+    /// A verified certificate's end (Unix ms): a keycard it logs in ends
+    /// no later.
+    pub(crate) not_after_ms: Option<u64>,
 }
 
 /// What a handshake starts with: the configuration, and the end-point
@@ -157,7 +209,7 @@ pub struct Tls {
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls")
-            .field("cert", &self.cert)
+            .field("certificate", &self.cert)
             .field("key", &self.key)
             .field("min_version", &self.config.min_version)
             .field("fingerprint", &self.fingerprint())
@@ -211,6 +263,45 @@ impl Tls {
         }
     }
 
+    /// Judges a client's certificate `chain` for a `cert` login: against
+    /// the client CAs and revocation lists in use now, at `now_ms` (the
+    /// server's clock), and with the names the configuration says.
+    pub(crate) fn check_client(
+        &self,
+        chain: &[CertificateDer<'static>],
+        now_ms: u64,
+    ) -> ClientCheck {
+        let refused = |why: String| ClientCheck {
+            cert: keycard_auth::PeerCert::Refused(why),
+            not_after_ms: None,
+        };
+        let loaded = self.loaded();
+        let Some(verifier) = &loaded.clients else {
+            return refused("the server has no client CAs ([tls] client_ca)".into());
+        };
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return refused("no certificate".into());
+        };
+        let now = UnixTime::since_unix_epoch(Duration::from_millis(now_ms));
+        if let Err(e) = verifier.verify_client_cert(leaf, intermediates, now) {
+            return refused(e.to_string());
+        }
+        let names = match self.config.client_cert_name {
+            ClientName::Cn => keycard_auth::x509::common_names(leaf),
+            ClientName::Dns | ClientName::Uri => match webpki::EndEntityCert::try_from(leaf) {
+                Ok(ee) if self.config.client_cert_name == ClientName::Dns => {
+                    ee.valid_dns_names().map(str::to_owned).collect()
+                }
+                Ok(ee) => ee.valid_uri_names().map(str::to_owned).collect(),
+                Err(e) => return refused(format!("the certificate does not parse: {e}")),
+            },
+        };
+        ClientCheck {
+            cert: keycard_auth::PeerCert::Verified { names },
+            not_after_ms: keycard_auth::x509::not_after_ms(leaf),
+        }
+    }
+
     fn loaded(&self) -> Arc<Loaded> {
         self.current
             .read()
@@ -252,6 +343,7 @@ fn build(cert: &Path, key: &Path, config: &TlsConfig) -> Result<Loaded, String> 
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS versions: {e}"))?;
+    let mut clients = None;
     let builder = match &config.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -265,10 +357,6 @@ fn build(cert: &Path, key: &Path, config: &TlsConfig) -> Result<Loaded, String> 
                 Arc::new(roots),
                 provider,
             );
-            let verifier = match config.require_client_cert {
-                true => verifier,
-                false => verifier.allow_unauthenticated(),
-            };
             let verifier = match &config.client_crl {
                 None => verifier,
                 Some(crl) => {
@@ -283,10 +371,19 @@ fn build(cert: &Path, key: &Path, config: &TlsConfig) -> Result<Loaded, String> 
                     verifier.with_crls(crls)
                 }
             };
-            let verifier = verifier
+            let strict = verifier
                 .build()
                 .map_err(|e| format!("client CAs in {}: {e}", quoted(ca)))?;
-            builder.with_client_cert_verifier(verifier)
+            clients = Some(strict.clone());
+            // A required certificate must pass at the handshake. An
+            // optional one only has to prove its key there: whether it
+            // logs anyone in is the `cert` login's business, which checks
+            // it again (the same refusal for every reason, audited).
+            let handshake: Arc<dyn ClientCertVerifier> = match config.require_client_cert {
+                true => strict,
+                false => Arc::new(Optional(strict)),
+            };
+            builder.with_client_cert_verifier(handshake)
         }
     };
     let base = builder
@@ -299,7 +396,66 @@ fn build(cert: &Path, key: &Path, config: &TlsConfig) -> Result<Loaded, String> 
         http: Arc::new(http),
         fingerprint,
         end_point,
+        clients,
     })
+}
+
+/// A client certificate asked for but not required: one that fails
+/// verification still completes the handshake (its signature over the
+/// handshake must be good: the client holds the key), and the connection
+/// is served as one without a certificate, except that a `cert` login
+/// on it is refused and audited with the reason.
+#[derive(Debug)]
+struct Optional(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for Optional {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.0.verify_client_cert(end_entity, intermediates, now) {
+            // What does not parse cannot prove a key either.
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)) => Err(
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
+            ),
+            Err(rustls::Error::InvalidCertificate(_)) | Ok(_) => {
+                Ok(ClientCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// The certificates in a PEM file, leaf first.

@@ -40,6 +40,7 @@ static COUNTER: MethodInfo = MethodInfo {
     suite: None,
     plaintext_secret: false,
     plus: None,
+    client_cert: false,
 };
 
 impl Method for Counter {

@@ -18,6 +18,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("scram", keycard_auth::fuzzing::fuzz_scram),
     ("acl", keycard_auth::fuzzing::fuzz_acl),
     ("bouncer", keycard_auth::fuzzing::fuzz_bouncer),
+    ("x509", keycard_auth::fuzzing::fuzz_x509),
     ("config", keycard_server::fuzzing::fuzz_config),
     ("router", keycard_server::fuzzing::fuzz_router),
 ];

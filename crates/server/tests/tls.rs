@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pki::Pki;
-use common::{start_with, TestServer};
+use common::{audit_log_with, start_with, TestServer};
 use keycard_client::{Client, ClientTls};
 use keycard_proto::{Msg, Path, Value};
 use keycard_server::TlsVersion;
@@ -36,6 +36,20 @@ async fn tls_server(pki: &Pki, tweak: impl FnOnce(&mut keycard_server::Config)) 
     .await
 }
 
+/// Makes `typ` the current method, with `accept` accepted too.
+async fn set_current(admin: &Client, typ: &str, accept: &[&str]) {
+    let accept = accept.iter().map(|m| Value::from(*m)).collect();
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", typ)
+                .with("accept", Value::Array(accept)),
+        )
+        .await
+        .expect("current");
+}
+
 /// Users `root` and `_test` joe, then logins required: `_test` current,
 /// `root` accepted.
 async fn require_logins(admin: &Client) {
@@ -43,15 +57,7 @@ async fn require_logins(admin: &Client) {
         let m = keycard_auth::ClientRegistry::make(m, u).expect("method");
         admin.set_user(m.as_ref()).await.expect("user");
     }
-    admin
-        .request(
-            Msg::new()
-                .with("action", "set_auth_typ")
-                .with("typ", keycard_auth::TEST)
-                .with("accept", Value::Array(vec!["root".into()])),
-        )
-        .await
-        .expect("current");
+    set_current(admin, keycard_auth::TEST, &["root"]).await;
 }
 
 /// A TLS connection made by hand, for what the client library does not
@@ -629,14 +635,7 @@ async fn scram_server(pki: Option<&Pki>) -> (TestServer, &'static str) {
     .expect("admin");
     let pat = keycard_auth::ScramClient::new("pat", keycard_auth::Password::new(PW));
     admin.set_user(&pat).await.expect("user");
-    admin
-        .request(
-            Msg::new()
-                .with("action", "set_auth_typ")
-                .with("typ", keycard_auth::SCRAM_SHA_256),
-        )
-        .await
-        .expect("current");
+    set_current(&admin, keycard_auth::SCRAM_SHA_256, &[]).await;
     (s, PW)
 }
 
@@ -773,9 +772,10 @@ async fn the_rest_client_over_https() {
     assert!(stranger.index().await.is_err());
 }
 
-/// `[tls] client_ca`: clients are asked for a certificate signed by it. A
-/// certificate from another CA is refused at the handshake; without
-/// `require_client_cert` a client without one is served, with it refused.
+/// `[tls] client_ca`: clients are asked for a certificate signed by it.
+/// With `require_client_cert`, a client without one or with one from
+/// another CA is refused at the handshake; without it both are served
+/// (such a certificate logs nobody in: see the `cert` tests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_are_asked_for_and_checked() {
     let pki = Pki::new();
@@ -800,9 +800,11 @@ async fn client_certificates_are_asked_for_and_checked() {
             .await
             .expect("a good client certificate is served");
         c.set(&p("x"), Value::from(1)).await.expect("served");
-        assert!(
-            Client::connect_tls(s.addr(), &forged).await.is_err(),
-            "a certificate from another CA is refused"
+        let forged_conn = Client::connect_tls(s.addr(), &forged).await;
+        assert_eq!(
+            forged_conn.is_ok(),
+            !require,
+            "a certificate from another CA, require_client_cert = {require}"
         );
         let without = Client::connect_tls(s.addr(), &pki.client()).await;
         assert_eq!(without.is_ok(), !require, "require_client_cert = {require}");
@@ -870,4 +872,273 @@ async fn revoked_client_certificates_are_refused_and_the_list_reloads() {
     })
     .await;
     assert!(err.contains("needs client_ca"), "{err}");
+}
+
+/// A server with TLS, client certificates asked for (not required) from
+/// `pki`'s CA with `crl`, users `root` and the `cert` users `names`, and
+/// `cert` the current method (`root` accepted).
+async fn cert_server(
+    pki: &Pki,
+    tweak: impl FnOnce(&mut keycard_server::Config),
+    names: &[&str],
+) -> TestServer {
+    let s = tls_server(pki, |c| {
+        c.tls.client_ca = Some(pki.ca_file.clone());
+        tweak(c);
+    })
+    .await;
+    let admin = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("admin");
+    let root = keycard_auth::ClientRegistry::make("root", None).expect("root");
+    admin.set_user(root.as_ref()).await.expect("root user");
+    for name in names {
+        let m = keycard_auth::ClientRegistry::make(keycard_auth::CERT, Some(name)).expect("cert");
+        admin.set_user(m.as_ref()).await.expect("cert user");
+    }
+    set_current(&admin, keycard_auth::CERT, &["root"]).await;
+    s
+}
+
+/// A `cert` login as `user` on a new connection presenting `identity`.
+async fn cert_login(s: &TestServer, identity: &ClientTls, user: &str) -> Result<Client, String> {
+    let c = Client::connect_tls(s.addr(), identity)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let m = keycard_auth::NameClient::new(keycard_auth::CERT, user);
+    match c.login(&m).await {
+        Ok(()) => Ok(c),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The `cert` method: a good certificate naming a user with a `cert`
+/// record logs in (its keycard ending no later than the certificate);
+/// an unknown user, an expired certificate, one from another CA and a
+/// revoked one are refused exactly alike, each with one audit event that
+/// says why; a certificate never logs in a name it does not hold, and a
+/// connection without one logs nobody in with `cert`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_logins_need_a_good_certificate_and_a_record() {
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let now = time::OffsetDateTime::now_utc();
+    let soon = now + time::Duration::hours(2);
+    let ids = |(c, k): (std::path::PathBuf, std::path::PathBuf)| {
+        pki.client().with_client_cert(&c, &k).expect("identity")
+    };
+    let pat = ids(pki.client_cert_until("pat", 1, Some(soon)));
+    let zed = ids(pki.client_cert_serial("zed", 2));
+    let old = ids(pki.client_cert_until("old", 3, Some(now - time::Duration::days(1))));
+    let eve = ids(stranger.client_cert_serial("eve", 4));
+    let rev = ids(pki.client_cert_serial("rev", 5));
+    let crl = pki.crl(&[5]);
+    let s = cert_server(
+        &pki,
+        |c| c.tls.client_crl = Some(crl),
+        &["pat", "old", "eve", "rev", "ann"],
+    )
+    .await;
+
+    // The greeting offers it; the good certificate logs pat in.
+    let c = cert_login(&s, &pat, "pat").await.expect("pat logs in");
+    assert!(c.greeting().offers(keycard_auth::CERT));
+    let who = c
+        .request(Msg::new().with("action", "whoami"))
+        .await
+        .expect("whoami");
+    assert_eq!(who.get("user").and_then(Value::as_str), Some("pat"));
+    assert_eq!(
+        who.get("method").and_then(Value::as_str),
+        Some(keycard_auth::CERT)
+    );
+    let expires = who.get("expires_at").and_then(Value::as_u64).expect("exp");
+    let cert_end = (soon.unix_timestamp() as u64) * 1000;
+    assert!(
+        expires <= cert_end && expires + 120_000 > cert_end,
+        "the keycard ends with the certificate: {expires} vs {cert_end}"
+    );
+    c.set(&p("x"), Value::from(1)).await.expect("served");
+
+    // Every refusal, to the client, is the same.
+    let cases = [
+        ("zed", &zed, "no cert record"),
+        ("old", &old, "expired"),
+        // The stranger's CA carries our CA's very name: the chain is
+        // found, and fails on its signature.
+        ("eve", &eve, "BadSignature"),
+        ("rev", &rev, "Revoked"),
+        // pat's certificate does not name ann, who has a record.
+        ("ann", &pat, "does not name this user"),
+        // Without a certificate, nobody.
+        ("pat", &pki.client(), "no client certificate"),
+    ];
+    let mut refusals = Vec::new();
+    for (user, identity, _) in &cases {
+        let e = cert_login(&s, identity, user)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} must be refused"));
+        refusals.push(e);
+    }
+    assert!(
+        refusals.iter().all(|r| r == &refusals[0]),
+        "identical refusals: {refusals:?}"
+    );
+    assert!(refusals[0].contains("login failed"), "{refusals:?}");
+
+    // One audit event each, with the reason the client was not told.
+    let log = audit_log_with(&s, |l| {
+        l.lines().filter(|x| x.contains("\"failure\"")).count() >= cases.len()
+    })
+    .await;
+    let events: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("\"method\":\"{}\"", keycard_auth::CERT)))
+        .collect();
+    assert_eq!(
+        events.iter().filter(|l| l.contains("\"success\"")).count(),
+        1,
+        "{log}"
+    );
+    for (user, _, why) in &cases {
+        let theirs: Vec<&&str> = events
+            .iter()
+            .filter(|l| l.contains(&format!("\"user\":\"{user}\"")) && l.contains("\"failure\""))
+            .filter(|l| l.contains(why))
+            .collect();
+        assert_eq!(theirs.len(), 1, "{user}: one event saying {why:?}:\n{log}");
+    }
+}
+
+/// A certificate's names: the CN by default, or its DNS or URI subject
+/// alternative names when configured; a required client certificate
+/// that fails is refused at the handshake, and a certificate revoked
+/// after its connection was made cannot log in once the new list is
+/// read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_names_come_from_the_configured_field_and_revocation_applies_at_login() {
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+    let pki = Pki::new();
+    // CN "svc", a DNS SAN "svc.example" and a URI SAN (a SPIFFE id).
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["svc.example".to_owned()]).expect("params");
+    params.distinguished_name.push(DnType::CommonName, "svc");
+    params
+        .subject_alt_names
+        .push(SanType::URI("spiffe://acme/svc".try_into().expect("uri")));
+    params.serial_number = Some(rcgen::SerialNumber::from(9u64));
+    let cert = params.signed_by(&key, pki.issuer()).expect("sign");
+    let cert_file = pki.dir.path().join("svc.pem");
+    let key_file = pki.dir.path().join("svc.key");
+    std::fs::write(&cert_file, cert.pem()).expect("cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key");
+    let svc = pki
+        .client()
+        .with_client_cert(&cert_file, &key_file)
+        .expect("identity");
+    let names = ["svc", "svc.example", "spiffe://acme/svc"];
+    for (kind, good) in [
+        (keycard_server::ClientName::Cn, "svc"),
+        (keycard_server::ClientName::Dns, "svc.example"),
+        (keycard_server::ClientName::Uri, "spiffe://acme/svc"),
+    ] {
+        let crl = pki.crl(&[]);
+        let s = tls_server(&pki, |c| {
+            c.tls.client_ca = Some(pki.ca_file.clone());
+            c.tls.client_crl = Some(crl.clone());
+            c.tls.client_cert_name = kind;
+        })
+        .await;
+        let admin = Client::connect_tls(s.addr(), &pki.client())
+            .await
+            .expect("admin");
+        for n in names {
+            let m = keycard_auth::ClientRegistry::make(keycard_auth::CERT, Some(n)).expect("m");
+            admin.set_user(m.as_ref()).await.expect("user");
+        }
+        set_current(&admin, keycard_auth::CERT, &[]).await;
+        for n in names {
+            let got = cert_login(&s, &svc, n).await.map(|_| ());
+            assert_eq!(got.is_ok(), n == good, "{kind:?} logs in {n}: {got:?}");
+        }
+        // Revoked after the connection was made: the login reads the
+        // list in use when it runs.
+        let early = Client::connect_tls(s.addr(), &svc).await.expect("connect");
+        pki.crl(&[9]);
+        s.handle.state.reload_tls(None).await.expect("reload");
+        let m = keycard_auth::NameClient::new(keycard_auth::CERT, good);
+        assert!(early.login(&m).await.is_err(), "{kind:?}: revoked");
+    }
+    // Required: a revoked certificate does not even finish its handshake.
+    let s = tls_server(&pki, |c| {
+        c.tls.client_ca = Some(pki.ca_file.clone());
+        c.tls.client_crl = Some(pki.crl(&[9]));
+        c.tls.require_client_cert = true;
+    })
+    .await;
+    assert!(Client::connect_tls(s.addr(), &svc).await.is_err());
+}
+
+/// `cert` logins are throttled like any other: a certificate that keeps
+/// failing for a user is refused outright, audited as throttled, while
+/// another user is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_cert_logins_are_throttled() {
+    let pki = Pki::new();
+    let (c, k) = pki.client_cert("pat");
+    let pat = pki.client().with_client_cert(&c, &k).expect("identity");
+    let s = cert_server(
+        &pki,
+        |c| {
+            c.throttle = keycard_server::ThrottleConfig {
+                free: 1,
+                escalate: 1,
+                base_delay_secs: 1,
+                max_delay_secs: 1,
+                ..keycard_server::ThrottleConfig::default()
+            };
+        },
+        &["pat", "ann"],
+    )
+    .await;
+    let mut throttled = None;
+    for _ in 0..6 {
+        let c = Client::connect_tls(s.addr(), &pat).await.expect("connect");
+        let m = keycard_auth::NameClient::new(keycard_auth::CERT, "ann");
+        let e = c
+            .login(&m)
+            .await
+            .expect_err("pat's certificate is not ann's");
+        if e.code() == Some(keycard_proto::ErrorCode::Throttled) {
+            throttled = Some(e);
+            break;
+        }
+        assert_eq!(e.code(), Some(keycard_proto::ErrorCode::AuthFailed), "{e}");
+    }
+    assert!(throttled.is_some(), "throttled after repeated failures");
+    cert_login(&s, &pat, "pat")
+        .await
+        .expect("pat is not affected");
+    let log = audit_log_with(&s, |l| l.contains("\"throttled\"")).await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"throttled\"") && l.contains("\"user\":\"ann\"")),
+        "{log}"
+    );
+}
+
+/// Over plaintext a `cert` login can only fail, like any other refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cert_login_over_plaintext_is_refused_like_any_other() {
+    let s = start_with(|_| {}).await;
+    let admin = Client::connect(s.addr()).await.expect("admin");
+    let m = keycard_auth::ClientRegistry::make(keycard_auth::CERT, Some("pat")).expect("m");
+    admin.set_user(m.as_ref()).await.expect("user");
+    set_current(&admin, keycard_auth::CERT, &[]).await;
+    let c = Client::connect(s.addr()).await.expect("connect");
+    let e = c.login(m.as_ref()).await.expect_err("refused");
+    assert_eq!(e.code(), Some(keycard_proto::ErrorCode::AuthFailed), "{e}");
+    let log = audit_log_with(&s, |l| l.contains("no client certificate")).await;
+    assert!(log.contains("\"user\":\"pat\""), "{log}");
 }

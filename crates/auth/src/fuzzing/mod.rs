@@ -9,11 +9,13 @@ mod acl;
 mod bouncer;
 mod scram;
 mod signed;
+mod x509;
 
 pub use acl::fuzz_acl;
 pub use bouncer::fuzz_bouncer;
 pub use scram::fuzz_scram;
 pub use signed::fuzz_signed_header;
+pub use x509::fuzz_x509;
 
 /// Reads the fuzzer's bytes as a stream of small choices; past the end
 /// every choice is 0.

@@ -13,10 +13,13 @@ use rcgen::{
 #[derive(Subcommand, Debug)]
 pub(super) enum CertCmd {
     /// Make a CA and a server certificate it signs, for trying TLS out:
-    /// DIR/ca.pem (the CA, for clients' --tls-ca), DIR/server.pem (the
-    /// server's certificate, then the CA) and DIR/server.key (for
-    /// `keycard serve --tls-cert DIR/server.pem --tls-key DIR/server.key`).
-    /// The CA's key is not kept. Keys are ECDSA P-256 and are written
+    /// DIR/ca.pem (the CA, for clients' --tls-ca, and for the server's
+    /// --tls-client-ca), DIR/server.pem (the server's certificate, then
+    /// the CA) and DIR/server.key (for `keycard serve --tls-cert
+    /// DIR/server.pem --tls-key DIR/server.key`); with --client NAME,
+    /// DIR/client-NAME.pem and DIR/client-NAME.key, a client certificate
+    /// whose subject CN is NAME (for `cert` logins with --tls-cert and
+    /// --tls-key). The CA's key is not kept. Keys are ECDSA P-256 and are written
     /// readable by their owner only. An existing file is never replaced.
     /// For production, use certificates from your own CA.
     Init {
@@ -26,6 +29,9 @@ pub(super) enum CertCmd {
         /// address (repeatable) [default: localhost and 127.0.0.1].
         #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
+        /// Also make a client certificate for user NAME (repeatable).
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
         /// Days the certificates last [default: 90].
         #[arg(long, default_value_t = 90)]
         days: u32,
@@ -34,18 +40,44 @@ pub(super) enum CertCmd {
 
 pub(super) fn cert(cmd: CertCmd) -> anyhow::Result<()> {
     match cmd {
-        CertCmd::Init { dir, names, days } => init(&dir, names, days),
+        CertCmd::Init {
+            dir,
+            names,
+            clients,
+            days,
+        } => init(&dir, names, &clients, days),
     }
 }
 
-fn init(dir: &Path, mut names: Vec<String>, days: u32) -> anyhow::Result<()> {
+fn init(dir: &Path, mut names: Vec<String>, clients: &[String], days: u32) -> anyhow::Result<()> {
     if days == 0 || days > 3650 {
         bail!("--days must be 1 to 3650");
     }
     if names.is_empty() {
         names = vec!["localhost".into(), "127.0.0.1".into()];
     }
-    let files = ["ca.pem", "server.pem", "server.key"].map(|f| dir.join(f));
+    for c in clients {
+        // The name goes into a file name: a user name, and nothing that
+        // could leave DIR or hide.
+        let fine = !c.is_empty()
+            && c.len() <= 64
+            && !c.starts_with('.')
+            && c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-@".contains(ch));
+        if !fine {
+            bail!(
+                "--client {}: use 1 to 64 letters, digits, '.', '_', '-' or '@', not starting with '.'",
+                crate::render::terminal(c)
+            );
+        }
+    }
+    let mut files = ["ca.pem", "server.pem", "server.key"]
+        .map(|f| dir.join(f))
+        .to_vec();
+    for c in clients {
+        files.push(dir.join(format!("client-{c}.pem")));
+        files.push(dir.join(format!("client-{c}.key")));
+    }
     if let Some(there) = files.iter().find(|f| f.exists()) {
         bail!(
             "{} exists: keycard cert init never replaces a file (choose another folder)",
@@ -85,6 +117,25 @@ fn init(dir: &Path, mut names: Vec<String>, days: u32) -> anyhow::Result<()> {
         0o644,
     )?;
     write_new(&files[2], key.serialize_pem().as_bytes(), 0o600)?;
+    for (i, c) in clients.iter().enumerate() {
+        let key = KeyPair::generate()?;
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, c.as_str());
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        client.not_before = now;
+        client.not_after = until;
+        let client = client.signed_by(&key, &ca)?;
+        let (pem, key_file) = (&files[3 + 2 * i], &files[4 + 2 * i]);
+        write_new(
+            pem,
+            format!("{}{}", client.pem(), ca.pem()).as_bytes(),
+            0o644,
+        )?;
+        write_new(key_file, key.serialize_pem().as_bytes(), 0o600)?;
+    }
     let shown = |p: &Path| crate::render::terminal(&p.display().to_string()).into_owned();
     say_err!(
         "made a CA ({}) and a certificate for {} ({}, key {}), valid {days} days",
@@ -99,6 +150,14 @@ fn init(dir: &Path, mut names: Vec<String>, days: u32) -> anyhow::Result<()> {
         shown(&files[2])
     );
     say_err!("connect with: keycard … --tls-ca {}", shown(&files[0]));
+    for (i, c) in clients.iter().enumerate() {
+        say_err!(
+            "{c}'s client certificate: keycard … --tls-cert {} --tls-key {} (serve with --tls-client-ca {})",
+            shown(&files[3 + 2 * i]),
+            shown(&files[4 + 2 * i]),
+            shown(&files[0])
+        );
+    }
     Ok(())
 }
 

@@ -133,6 +133,7 @@ pub(super) async fn auth(msg: &Value, r: &mut Responder) -> ApiResult {
         // Both listeners speak TLS only once it is on.
         secure: state.tls_enabled(),
         binding: conn.binding.clone(),
+        client_chain: conn.client_chain.clone(),
     };
     let request = LoginRequest::from_msgpack(&state, msg, requester)?;
     let progress = Login::begin(&state, request).await;
@@ -229,8 +230,7 @@ pub(super) async fn auth_set(msg: &Value, r: &mut Responder) -> ApiResult {
     let ctx = LoginCtx {
         channel_key: channel_key.as_ref(),
         now_ms: state.now_ms(),
-        channel_binding: None,
-        plus: false,
+        ..LoginCtx::default()
     };
     let step = m.set_record(&ctx, k, &ident, msg);
     let record = drive(r, step).await?;

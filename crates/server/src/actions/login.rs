@@ -135,6 +135,11 @@ pub(crate) struct Login {
     binding: Option<keycard_auth::ChannelBinding>,
     /// The first method runs as its channel-binding variant.
     plus: bool,
+    /// The client certificate the connection presented (TLS only).
+    client_chain: Option<crate::tls::ClientChain>,
+    /// The end of the certificate a `cert` method logged in with (Unix
+    /// ms): the keycard ends no later.
+    cert_until: Option<u64>,
     /// The name the audit log gives the login: the method's, or its
     /// channel-binding variant's when it ran as that.
     audit_name: &'static str,
@@ -257,6 +262,7 @@ impl Login {
             plus,
             ..
         } = req;
+        let client_chain = requester.client_chain;
         let mut login = Box::new(Login {
             state: state.clone(),
             requester: requester.id,
@@ -266,6 +272,8 @@ impl Login {
             channel_key: requester.channel_key,
             binding: requester.binding,
             plus,
+            client_chain,
+            cert_until: None,
             audit_name,
             method: None,
             method_name,
@@ -338,12 +346,28 @@ impl Login {
             tock: entry.as_ref().map(|e| e.tock),
         });
         self.running = m.name();
+        let now_ms = self.state.now_ms();
+        // A method that logs in with the client certificate gets it
+        // judged now: by the CAs and revocation lists in use now, at the
+        // server's time.
+        let checked = match (m.info().client_cert, &self.client_chain) {
+            (true, Some(chain)) => self
+                .state
+                .tls
+                .get()
+                .map(|tls| tls.check_client(chain, now_ms)),
+            _ => None,
+        };
+        if let Some(c) = &checked {
+            self.cert_until = c.not_after_ms;
+        }
         let ctx = LoginCtx {
             channel_key: self.channel_key.as_ref(),
-            now_ms: self.state.now_ms(),
+            now_ms,
             channel_binding: self.binding.as_ref(),
             // Only the first method runs bound (a factor has no variant).
             plus: self.plus && self.passed.is_none(),
+            client_cert: checked.as_ref().map(|c| &c.cert),
         };
         Ok(m.login(&ctx, &user, payload, entry.as_ref().map(|e| &e.value)))
     }
@@ -598,7 +622,10 @@ impl Login {
                     max_lifetime_s: cfg.max_lifetime,
                     domain: domain_says.as_ref(),
                     user: user_says.as_ref(),
-                    token_until: parent.map(|p| p.1),
+                    until: [parent.map(|p| p.1), self.cert_until]
+                        .into_iter()
+                        .flatten()
+                        .min(),
                 },
                 state.now_ms(),
             );

@@ -47,7 +47,10 @@ pub(crate) fn user_name(name: &str) -> ApiResult<&str> {
 /// The error a client gets for a failed exchange.
 pub(crate) fn auth_error(e: AuthError) -> ApiError {
     match e {
-        AuthError::Failed => ApiError::new(ErrorCode::AuthFailed, "login failed"),
+        // A refusal's reason is for the audit log only.
+        AuthError::Failed | AuthError::Refused(_) => {
+            ApiError::new(ErrorCode::AuthFailed, "login failed")
+        }
         AuthError::Malformed(t) => ApiError::bad(t),
         AuthError::Unsupported(t) => ApiError::bad(t),
     }
@@ -242,8 +245,7 @@ pub(crate) async fn set_credential(
     let ctx = LoginCtx {
         channel_key: None,
         now_ms: state.now_ms(),
-        channel_binding: None,
-        plus: false,
+        ..LoginCtx::default()
     };
     let mut step = m.set_record(&ctx, kind, name, &msgs[0]);
     let mut next = 1;

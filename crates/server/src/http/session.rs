@@ -145,7 +145,7 @@ pub(super) fn refusal(r: Refusal) -> Response<Body> {
     match r {
         Refusal::Api(e) => error(&e),
         // Unknown user and wrong password: the same body.
-        Refusal::Failed(keycard_auth::AuthError::Failed) => {
+        Refusal::Failed(keycard_auth::AuthError::Failed | keycard_auth::AuthError::Refused(_)) => {
             error(&ApiError::new(ErrorCode::AuthFailed, "login failed"))
         }
         Refusal::Failed(e) => error(&crate::actions::login::auth_error(e)),
@@ -229,6 +229,8 @@ impl Rest {
                 // Both listeners speak TLS only once it is on.
                 secure: self.state.tls_enabled(),
                 binding: binding.cloned(),
+                // No REST method logs in with a certificate.
+                client_chain: None,
             },
         };
         match spawn_login(&self.state, request).await {

@@ -69,9 +69,24 @@ impl Pki {
 
     /// [`Pki::client_cert`] with serial `serial`.
     pub fn client_cert_serial(&self, name: &str, serial: u64) -> (PathBuf, PathBuf) {
+        self.client_cert_until(name, serial, None)
+    }
+
+    /// [`Pki::client_cert`] with serial `serial`, valid from a year
+    /// before `not_after` until it (rcgen's default validity if `None`).
+    pub fn client_cert_until(
+        &self,
+        name: &str,
+        serial: u64,
+        not_after: Option<time::OffsetDateTime>,
+    ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
         params.serial_number = Some(SerialNumber::from(serial));
+        if let Some(end) = not_after {
+            params.not_before = end - time::Duration::days(365);
+            params.not_after = end;
+        }
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.ca).expect("sign");
@@ -108,6 +123,11 @@ impl Pki {
         let at = self.dir.path().join("crl.pem");
         std::fs::write(&at, crl.pem().expect("pem")).expect("crl");
         at
+    }
+
+    /// The CA, to sign certificates a test shapes itself.
+    pub fn issuer(&self) -> &CertifiedIssuer<'static, KeyPair> {
+        &self.ca
     }
 
     /// A client trusting this CA, expecting `localhost`.

@@ -207,13 +207,15 @@ pub(crate) struct LifetimeInputs<'a> {
     pub domain: Option<&'a Value>,
     /// The user's `(…, "keycard")` → `{duration, max_lifetime}`.
     pub user: Option<&'a Value>,
-    /// A token login's token expiry (Unix ms).
-    pub token_until: Option<u64>,
+    /// When the credential ends (Unix ms): a token login's token's
+    /// expiry, a certificate login's certificate's `notAfter`.
+    pub until: Option<u64>,
 }
 
 /// The lifetime of a login's keycard at `now_ms`: the configured one, the
 /// method's, then the domain's and the user's own, never beyond the
-/// configured maximum, nor beyond the token a token login came with.
+/// configured maximum, nor beyond the token or the certificate the login
+/// came with.
 pub(crate) fn lifetime(i: &LifetimeInputs<'_>, now_ms: u64) -> Lifetime {
     let cap = i.max_lifetime_s.saturating_mul(1000);
     let mut life = i.base;
@@ -230,7 +232,7 @@ pub(crate) fn lifetime(i: &LifetimeInputs<'_>, now_ms: u64) -> Lifetime {
     }
     life.max_lifetime_ms = life.max_lifetime_ms.min(cap);
     life.duration_ms = life.duration_ms.min(life.max_lifetime_ms);
-    if let Some(until) = i.token_until {
+    if let Some(until) = i.until {
         let left = until.saturating_sub(now_ms);
         life.duration_ms = life.duration_ms.min(left);
         life.max_lifetime_ms = life.max_lifetime_ms.min(left);
@@ -370,7 +372,7 @@ mod tests {
             max_lifetime_s: 86_400,
             domain: None,
             user: None,
-            token_until: None,
+            until: None,
         };
         assert_eq!(lifetime(&i, 0), base);
         i.method_duration_s = Some(60);
@@ -392,7 +394,7 @@ mod tests {
             }
         );
         // A token's keycard ends with the token, time passed in.
-        i.token_until = Some(1_000_000 + 5_000);
+        i.until = Some(1_000_000 + 5_000);
         assert_eq!(
             lifetime(&i, 1_000_000),
             Lifetime {

@@ -31,6 +31,9 @@ pub(crate) struct Requester {
     pub secure: bool,
     /// What the connection can be bound to (TLS only).
     pub binding: Option<keycard_auth::ChannelBinding>,
+    /// The client certificate chain its TLS handshake presented, if any
+    /// (a `cert` login verifies it).
+    pub client_chain: Option<crate::tls::ClientChain>,
 }
 
 /// How the client proves who it is.
