@@ -736,9 +736,11 @@ fn sha2_256(der: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(der).to_vec()
 }
 
-/// keycard's REST client over HTTPS: a SCRAM login, a signed write and
-/// read, on one kept-alive TLS connection; a client that does not trust
-/// the server's CA gets nothing.
+/// keycard's REST client over HTTPS: a SCRAM login bound to the
+/// connection (`-plus`, also when each request takes a new connection),
+/// a signed write and read on one kept-alive TLS connection; `y,,` and
+/// another certificate's binding data refused; a client that does not
+/// trust the server's CA gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rest_client_over_https() {
     use keycard_client::rest::{Login, RestClient};
@@ -747,10 +749,36 @@ async fn the_rest_client_over_https() {
     let http = s.handle.http_addr.expect("http").to_string();
     let rest =
         RestClient::new(http.clone()).with_tls(pki.client().for_name("127.0.0.1").expect("n"));
-    let session = rest
-        .login(Login::scram("pat", keycard_auth::Password::new(pw)).expect("first"))
+    let pw = || keycard_auth::Password::new(pw);
+    // The client binds the login to the connection when the index offers
+    // -plus, as it does over HTTPS.
+    let login = rest.scram("pat", pw()).await.expect("a login");
+    assert_eq!(login.method(), keycard_auth::SCRAM_SHA_256_PLUS);
+    let session = rest.login(login).await.expect("a bound login over HTTPS");
+    // Bound by the certificate's hash, so a login whose requests each take
+    // a new connection binds too.
+    let one_shot = RestClient::connection_per_request(http.clone())
+        .with_tls(pki.client().for_name("127.0.0.1").expect("n"));
+    let login = one_shot.scram("pat", pw()).await.expect("a login");
+    one_shot
+        .login(login)
         .await
-        .expect("login over HTTPS");
+        .expect("bound over new connections");
+    // A client that could bind and says so (y,,) to a server offering
+    // -plus: someone hid it, and the login is refused.
+    let hidden = rest
+        .login(Login::scram_unoffered("pat", pw()).expect("first"))
+        .await;
+    assert!(hidden.is_err(), "y,, against a -plus server");
+    // Binding data of another certificate (a man in the middle's) fails.
+    let mitm = keycard_auth::ChannelBinding {
+        tls_server_end_point: Some(sha2_256(&Pki::new().server_cert(2).der)),
+        tls_exporter: None,
+    };
+    let relayed = rest
+        .login(Login::scram_plus("pat", pw(), &mitm).expect("first"))
+        .await;
+    assert!(relayed.is_err(), "another certificate's binding data");
     let at = p("over.https");
     rest.put(
         Some(&session),

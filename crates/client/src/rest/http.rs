@@ -263,6 +263,8 @@ pub struct Connection {
     /// Whether the last request met a connection closed before any byte
     /// of an answer.
     unanswered: bool,
+    /// What the connection can be bound to (HTTPS only).
+    binding: Option<keycard_auth::ChannelBinding>,
 }
 
 impl Connection {
@@ -295,13 +297,16 @@ impl Connection {
         // Requests are small and answered one by one: Nagle would hold
         // each back for the previous one's ACK.
         let _ = socket.set_nodelay(true);
-        let stream: Box<dyn Io> = match tls {
-            Some(tls) => Box::new(
-                tls.connect(socket)
+        let (stream, binding): (Box<dyn Io>, _) = match tls {
+            Some(tls) => {
+                let stream = tls
+                    .connect(socket)
                     .await
-                    .map_err(|e| RestError::Io(e.to_string()))?,
-            ),
-            None => Box::new(socket),
+                    .map_err(|e| RestError::Io(e.to_string()))?;
+                let binding = crate::tls::binding_of(stream.get_ref().1);
+                (Box::new(stream), Some(binding))
+            }
+            None => (Box::new(socket), None),
         };
         Ok(Connection {
             stream,
@@ -311,7 +316,14 @@ impl Connection {
             done: false,
             answered: 0,
             unanswered: false,
+            binding,
         })
+    }
+
+    /// What the connection can be bound to (its TLS channel-binding
+    /// data); `None` over plain HTTP.
+    pub fn channel_binding(&self) -> Option<&keycard_auth::ChannelBinding> {
+        self.binding.as_ref()
     }
 
     /// Whether the connection can carry another request.

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use keycard_auth::{
     client_session_key, method_info, ClientMethod, Exchange, OpaqueLogin, Password, Payload,
-    ScramClient, SecretKey, Step, OPAQUE, SCRAM_SHA_256,
+    ScramClient, SecretKey, Step, OPAQUE, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
 };
 use keycard_proto::{Msg, Value};
 use serde_json::json;
@@ -54,6 +54,10 @@ impl Login {
         match method {
             SCRAM_SHA_256 => Login::scram(user, password),
             OPAQUE => Login::opaque(user, password),
+            SCRAM_SHA_256_PLUS => Err(RestError::Request(format!(
+                "{SCRAM_SHA_256_PLUS} binds to a connection: make it with Login::scram_plus \
+                 (or RestClient::scram)"
+            ))),
             other => Err(RestError::Request(format!(
                 "method {other:?} is not offered over REST"
             ))),
@@ -62,13 +66,56 @@ impl Login {
 
     /// A SCRAM-SHA-256 login: its client-first message is made now.
     pub fn scram(user: &str, password: Password) -> Result<Login, RestError> {
-        let start = ScramClient::new(user, password.clone()).login(None);
+        let client = ScramClient::new(user, password.clone());
+        Login::scram_with(SCRAM_SHA_256, user, password, client)
+    }
+
+    /// A SCRAM-SHA-256-PLUS login (RFC 5802 §6), bound to the TLS
+    /// connection that `binding` describes ([`super::RestClient::channel_binding`]).
+    /// It binds by `tls-server-end-point` (the server certificate's hash)
+    /// when the certificate has one: that holds for every connection to
+    /// the server, so the login's requests may each take a new one. Else
+    /// by `tls-exporter`, which holds for one connection only: the
+    /// login's requests must then all go over the connection `binding`
+    /// came from (a [`super::RestClient`]'s kept connection).
+    pub fn scram_plus(
+        user: &str,
+        password: Password,
+        binding: &keycard_auth::ChannelBinding,
+    ) -> Result<Login, RestError> {
+        let chosen = ["tls-server-end-point", "tls-exporter"]
+            .into_iter()
+            .find_map(|kind| binding.get(kind).map(|d| (kind.to_owned(), d.to_vec())))
+            .ok_or_else(|| {
+                RestError::Request("the connection offers no channel-binding data".into())
+            })?;
+        let mut client = ScramClient::new(user, password.clone());
+        client.channel_binding = Some(chosen);
+        Login::scram_with(SCRAM_SHA_256_PLUS, user, password, client)
+    }
+
+    /// A SCRAM-SHA-256 login from a client that could bind but was not
+    /// offered `-plus`: it says so (`y,,`, RFC 5802 §6), so that a server
+    /// that does offer `-plus` sees that someone hid it and refuses.
+    pub fn scram_unoffered(user: &str, password: Password) -> Result<Login, RestError> {
+        let mut client = ScramClient::new(user, password.clone());
+        client.can_bind = true;
+        Login::scram_with(SCRAM_SHA_256, user, password, client)
+    }
+
+    fn scram_with(
+        method: &'static str,
+        user: &str,
+        password: Password,
+        client: ScramClient,
+    ) -> Result<Login, RestError> {
+        let start = client.login(None);
         let first = data_text(&start.request.into_value(), "client-first")?;
         let exchange = start
             .exchange
             .ok_or_else(|| RestError::Auth("SCRAM's client half has no exchange".into()))?;
         Ok(Login {
-            method: SCRAM_SHA_256,
+            method,
             user: user.to_owned(),
             data: first.clone(),
             state: Started::Scram {

@@ -407,6 +407,48 @@ impl RestClient {
         expect(self.send("GET", "/", &[], b"").await?, 200)?.json()
     }
 
+    /// What this client's connections can be bound to: the TLS
+    /// channel-binding data of its kept connection (opened if there is
+    /// none), or of a new one when it opens one per request; `None` over
+    /// plain HTTP.
+    pub async fn channel_binding(&self) -> Result<Option<keycard_auth::ChannelBinding>, RestError> {
+        if self.tls.is_none() {
+            return Ok(None);
+        }
+        if self.per_request {
+            return Ok(self.connect().await?.channel_binding().cloned());
+        }
+        let mut slot = self.conn.lock().await;
+        if !slot.as_ref().is_some_and(Connection::is_open) {
+            *slot = Some(self.connect().await?);
+        }
+        Ok(slot.as_ref().and_then(|c| c.channel_binding().cloned()))
+    }
+
+    /// The SCRAM login this client should make as `user`: over HTTPS,
+    /// when the server offers `scram-sha-256-plus` (`GET /`), bound to the
+    /// connection ([`Login::scram_plus`]); over HTTPS when it does not,
+    /// saying that it could have bound ([`Login::scram_unoffered`], so a
+    /// server that does offer it refuses a stripped index); over HTTP,
+    /// plain [`Login::scram`].
+    pub async fn scram(&self, user: &str, password: Password) -> Result<Login, RestError> {
+        let Some(binding) = self.channel_binding().await? else {
+            return Login::scram(user, password);
+        };
+        let index = self.index().await?;
+        let offered = index
+            .get("methods")
+            .and_then(|m| m.as_array())
+            .is_some_and(|m| {
+                m.iter()
+                    .any(|m| m.as_str() == Some(keycard_auth::SCRAM_SHA_256_PLUS))
+            });
+        match offered {
+            true => Login::scram_plus(user, password, &binding),
+            false => Login::scram_unoffered(user, password),
+        }
+    }
+
     /// `POST /session/new`: the server's challenge. A throttled login is
     /// [`RestError::Status`] `429` with code `throttled`.
     pub async fn begin(&self, login: Login) -> Result<Challenged, RestError> {
