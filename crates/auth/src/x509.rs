@@ -1,6 +1,6 @@
 //! The few fields of an X.509 certificate (RFC 5280 §4.1) that keycard
-//! reads itself: the subject's common names and the end of the validity
-//! period. The certificate has been verified by rustls-webpki before
+//! reads itself: the subject's common name, the end of the validity
+//! period, and whether an extension is there. The certificate has been verified by rustls-webpki before
 //! these run on it, but they are written for hostile input all the same:
 //! anything that does not have the expected shape gives nothing.
 
@@ -28,14 +28,14 @@ fn validity_and_subject(cert: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((validity, subject))
 }
 
-/// The subject's common names (`CN=`), in the order they appear, those
-/// spelled as UTF8String, PrintableString or IA5String (the others —
-/// BMPString, TeletexString — are left out rather than guessed at).
-pub fn common_names(cert: &[u8]) -> Vec<String> {
-    let Some((_, mut subject)) = validity_and_subject(cert) else {
-        return Vec::new();
-    };
-    let mut names = Vec::new();
+/// The subject's one common name (`CN=`), or why there is none to go
+/// by: a subject with no common name, with several (which of them a CA
+/// checked is anyone's guess), or with one in a string type other than
+/// UTF8String, PrintableString or IA5String (BMPString, TeletexString:
+/// left out rather than guessed at).
+pub fn common_name(cert: &[u8]) -> Result<String, &'static str> {
+    let (_, mut subject) = validity_and_subject(cert).ok_or("the certificate does not parse")?;
+    let mut found: Option<Option<String>> = None;
     // Name ::= SEQUENCE OF RelativeDistinguishedName (SET OF
     // AttributeTypeAndValue ::= SEQUENCE { type OID, value ANY }).
     while let Some((mut rdn, rest)) = der(subject, 0x31) {
@@ -48,15 +48,60 @@ pub fn common_names(cert: &[u8]) -> Vec<String> {
             if oid != COMMON_NAME {
                 continue;
             }
+            if found.is_some() {
+                return Err("the subject has several common names");
+            }
             let text = [0x0c, 0x13, 0x16]
                 .iter()
-                .find_map(|&tag| der(value, tag).map(|(v, _)| v));
-            if let Some(s) = text.and_then(|v| std::str::from_utf8(v).ok()) {
-                names.push(s.to_owned());
-            }
+                .find_map(|&tag| der(value, tag).map(|(v, _)| v))
+                .and_then(|v| std::str::from_utf8(v).ok());
+            found = Some(text.map(str::to_owned));
         }
     }
-    names
+    match found {
+        None => Err("the subject has no common name"),
+        Some(None) => Err("the subject's common name is in a string type keycard does not read"),
+        Some(Some(name)) => Ok(name),
+    }
+}
+
+/// Whether the certificate has the extension `oid` (its contents octets:
+/// e.g. `[0x55, 0x1d, 0x25]`, extKeyUsage).
+pub fn has_extension(cert: &[u8], oid: &[u8]) -> bool {
+    extensions(cert).is_some_and(|mut exts| {
+        while let Some((ext, rest)) = der(exts, 0x30) {
+            exts = rest;
+            if der(ext, 0x06).is_some_and(|(id, _)| id == oid) {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+/// id-ce-extKeyUsage (2.5.29.37).
+pub const EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
+
+/// The contents of the `extensions` SEQUENCE, if the certificate has one.
+fn extensions(cert: &[u8]) -> Option<&[u8]> {
+    let (body, _) = der(cert, 0x30)?;
+    let (tbs, _) = der(body, 0x30)?;
+    let mut rest = match der(tbs, 0xa0) {
+        Some((_, rest)) => rest,
+        None => tbs,
+    };
+    // serial, signature, issuer, validity, subject, subjectPublicKeyInfo.
+    for tag in [0x02, 0x30, 0x30, 0x30, 0x30, 0x30] {
+        rest = der(rest, tag)?.1;
+    }
+    // issuerUniqueID [1] and subjectUniqueID [2] may come first.
+    for tag in [0x81, 0xa1, 0x82, 0xa2] {
+        if let Some((_, after)) = der(rest, tag) {
+            rest = after;
+        }
+    }
+    let (explicit, _) = der(rest, 0xa3)?;
+    der(explicit, 0x30).map(|(exts, _)| exts)
 }
 
 /// The end of the certificate's validity (`notAfter`), Unix ms.
@@ -99,7 +144,7 @@ fn time_ms(input: &[u8]) -> Option<u64> {
         digits(&text[6..8])?,
         digits(&text[8..10])?,
     );
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 59 {
         return None;
     }
     let days = days_from_civil(year, month, day)?;
@@ -153,15 +198,35 @@ mod tests {
     #[test]
     fn reads_the_common_name_and_the_end_of_validity() {
         let der = cert(&["svc-a"], (2031, 3, 1));
-        assert_eq!(common_names(&der), vec!["svc-a".to_owned()]);
+        assert_eq!(common_name(&der), Ok("svc-a".to_owned()));
         // 2031-03-01T00:00:00Z.
         assert_eq!(not_after_ms(&der), Some(1_930_089_600_000));
         // GeneralizedTime from 2050 on.
         let der = cert(&["ünï"], (2051, 1, 1));
-        assert_eq!(common_names(&der), vec!["ünï".to_owned()]);
+        assert_eq!(common_name(&der), Ok("ünï".to_owned()));
         assert_eq!(not_after_ms(&der), Some(2_556_144_000_000));
+        // None, or several: no name to go by.
         let der = cert(&[], (2030, 1, 1));
-        assert!(common_names(&der).is_empty());
+        assert!(common_name(&der)
+            .expect_err("none")
+            .contains("no common name"));
+        // openssl's `-subj "/O=Acme/CN=svc-a/CN=second"` (rcgen keeps one
+        // value per attribute type).
+        let two = include_bytes!("../../../fuzz/inputs/x509/utctime-two-cns");
+        assert!(common_name(two).expect_err("several").contains("several"));
+    }
+
+    #[test]
+    fn finds_extensions() {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["a.example".to_owned()]).expect("params");
+        let plain = p.self_signed(&key).expect("cert").der().to_vec();
+        assert!(!has_extension(&plain, EXT_KEY_USAGE));
+        // The SAN is there (2.5.29.17).
+        assert!(has_extension(&plain, &[0x55, 0x1d, 0x11]));
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let with = p.self_signed(&key).expect("cert").der().to_vec();
+        assert!(has_extension(&with, EXT_KEY_USAGE));
     }
 
     #[test]
@@ -190,10 +255,11 @@ mod tests {
     fn a_broken_certificate_gives_nothing() {
         let der = cert(&["svc-a"], (2031, 3, 1));
         for n in 0..der.len() {
-            let _ = common_names(&der[..n]);
+            assert!(common_name(&der[..n]).is_err(), "{n}");
+            assert!(!has_extension(&der[..n], EXT_KEY_USAGE));
             assert!(not_after_ms(&der[..n]).is_none() || n > 100, "{n}");
         }
-        assert!(common_names(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_empty());
+        assert!(common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
         assert_eq!(not_after_ms(&[0xff; 40]), None);
     }
 }

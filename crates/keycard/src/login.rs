@@ -331,8 +331,9 @@ fn wrong_credentials(e: &ClientError) -> bool {
 }
 
 /// The method to log in with, `None` when the server needs no login. An
-/// explicit --auth is tried as given. Otherwise a user name gets the
-/// method the server says it has (from a server that cannot say, the
+/// explicit --auth is tried as given. A client presenting a certificate
+/// (--tls-cert) logs in with `cert` when the server accepts it. Otherwise
+/// a user name gets the method the server says it has (from a server that cannot say, the
 /// strongest it accepts); with no name, only
 /// `root` needs none, and it is used only when it is the current method
 /// (accepted beside a password method it would quietly make the password
@@ -367,6 +368,15 @@ async fn method_for(c: &Client, args: &ConnArgs) -> anyhow::Result<Option<String
             accepted.join(", ")
         );
     };
+    // A client that presents a certificate logs in by it wherever the
+    // server takes one: the user's first method may be another.
+    let has_cert = args.at.tls_cert.is_some();
+    let by_cert = accepted
+        .iter()
+        .find(|m| ClientRegistry::info(m).is_some_and(|i| i.client_cert));
+    if let (true, Some(m)) = (has_cert, by_cert) {
+        return Ok(Some((*m).to_owned()));
+    }
     let theirs = match c.auth_methods(user).await {
         Ok(methods) => methods,
         // A server without `auth_methods`: what it accepts.
@@ -377,7 +387,6 @@ async fn method_for(c: &Client, args: &ConnArgs) -> anyhow::Result<Option<String
     };
     // A method that logs in with a client certificate only when this
     // client presents one.
-    let has_cert = args.at.tls_cert.is_some();
     let usable = |m: &&str| {
         !is_root(m)
             && theirs.iter().any(|t| t == *m)

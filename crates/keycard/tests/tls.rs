@@ -351,11 +351,20 @@ async fn the_cli_logs_in_with_a_client_certificate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("client-pat.pem"), "{err}");
-    // A client name that could leave the folder is refused.
-    let out = support::bin_command(&["cert", "init", d, "--client", "../x"], &[])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(1));
+    // A client name that could leave the folder, or one named twice, is
+    // refused before anything is written.
+    for args in [
+        &["--client", "../x"][..],
+        &["--client", "x", "--client", "X"][..],
+    ] {
+        let other = tmp.path().join("other");
+        let o = other.to_str().expect("utf-8");
+        let mut all = vec!["cert", "init", o];
+        all.extend_from_slice(args);
+        let out = support::bin_command(&all, &[]).output().expect("runs");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(!other.exists(), "{args:?}: nothing is written");
+    }
     let s = |f: &str| dir.join(f).to_str().expect("utf-8").to_owned();
     let data = tempfile::tempdir().expect("tmp");
     let server = Proc::start_with(

@@ -269,6 +269,30 @@ impl ServerState {
     /// the error says why, and the old certificate stays in use. Both
     /// outcomes are audited. Without TLS there is nothing to reload:
     /// `Ok(None)`.
+    /// Ends the keycards of certificate logins whose certificate the CAs
+    /// and revocation lists read by a reload refuse (a client certificate
+    /// revoked since its login), each audited with the reason. The checks
+    /// (a chain verification each) run off the event loop.
+    async fn recheck_cert_logins(&self, tls: Arc<crate::tls::Tls>, by: Option<&str>) {
+        let now = self.now_ms();
+        let bouncer = self.bouncer.clone();
+        let refused = tokio::task::spawn_blocking(move || {
+            tls.recheck(now, |id| bouncer.table().show(id).is_some())
+        })
+        .await
+        .unwrap_or_default();
+        for (id, why) in refused {
+            if let Some(card) = self.bouncer.revoke(id) {
+                tracing::warn!(
+                    keycard = %id, user = ?card.user, reason = %why,
+                    "a certificate login's keycard revoked: its certificate is refused now"
+                );
+                let event = format!("revoked: client certificate refused: {why}");
+                self.audit.keycard(&event, &card, by).await;
+            }
+        }
+    }
+
     pub async fn reload_tls(&self, by: Option<&str>) -> Result<Option<String>, String> {
         let Some(tls) = self.tls.get() else {
             return Ok(None);
@@ -276,6 +300,7 @@ impl ServerState {
         match tls.reload() {
             Ok(fingerprint) => {
                 self.audit.server("tls reloaded", &fingerprint, by).await;
+                self.recheck_cert_logins(tls.clone(), by).await;
                 Ok(Some(fingerprint))
             }
             Err(e) => {

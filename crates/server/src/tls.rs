@@ -22,10 +22,12 @@
 //! configuration current when it starts: established connections keep
 //! theirs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use keycard_auth::bouncer::KeycardId;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -204,7 +206,22 @@ pub struct Tls {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<Arc<Loaded>>,
+    /// The keycards of certificate logins, with what they logged in
+    /// with: a reload checks them again.
+    cert_logins: std::sync::Mutex<CertLogins>,
 }
+
+/// A certificate login's keycard: the chain and the domain it logged in
+/// to.
+struct CertLogins {
+    by_card: HashMap<KeycardId, (ClientChain, keycard_proto::Path)>,
+    /// When the map holds this many, the entries of keycards that are
+    /// gone are dropped (and the bound doubles from what stays).
+    prune_at: usize,
+}
+
+/// The least `CertLogins::prune_at`.
+const PRUNE_FLOOR: usize = 1024;
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,6 +249,10 @@ impl Tls {
             cert: cert.clone(),
             key: key.clone(),
             current: RwLock::new(Arc::new(loaded)),
+            cert_logins: std::sync::Mutex::new(CertLogins {
+                by_card: HashMap::new(),
+                prune_at: PRUNE_FLOOR,
+            }),
         }))
     }
 
@@ -263,13 +284,21 @@ impl Tls {
         }
     }
 
-    /// Judges a client's certificate `chain` for a `cert` login: against
-    /// the client CAs and revocation lists in use now, at `now_ms` (the
-    /// server's clock), and with the names the configuration says.
+    /// Judges a client's certificate `chain` for a `cert` login to
+    /// `domain` (the server's root when empty): against the client CAs
+    /// and revocation lists in use now, at `now_ms` (the server's clock).
+    /// A certificate must be meant for client authentication (an
+    /// extended key usage that names it: webpki refuses one that names
+    /// others only, and this refuses one without the extension). Its
+    /// names are those the configuration says; for a domain's login only
+    /// those spelled `NAME@DOMAIN` count, as NAME, so that a certificate
+    /// issued for a server user does not log in a domain's user of the
+    /// same name (or the reverse).
     pub(crate) fn check_client(
         &self,
         chain: &[CertificateDer<'static>],
         now_ms: u64,
+        domain: &keycard_proto::Path,
     ) -> ClientCheck {
         let refused = |why: String| ClientCheck {
             cert: keycard_auth::PeerCert::Refused(why),
@@ -286,8 +315,16 @@ impl Tls {
         if let Err(e) = verifier.verify_client_cert(leaf, intermediates, now) {
             return refused(e.to_string());
         }
-        let names = match self.config.client_cert_name {
-            ClientName::Cn => keycard_auth::x509::common_names(leaf),
+        if !keycard_auth::x509::has_extension(leaf, keycard_auth::x509::EXT_KEY_USAGE) {
+            return refused(
+                "the certificate has no extended key usage (clientAuth is required)".into(),
+            );
+        }
+        let names: Vec<String> = match self.config.client_cert_name {
+            ClientName::Cn => match keycard_auth::x509::common_name(leaf) {
+                Ok(cn) => vec![cn],
+                Err(why) => return refused(why.into()),
+            },
             ClientName::Dns | ClientName::Uri => match webpki::EndEntityCert::try_from(leaf) {
                 Ok(ee) if self.config.client_cert_name == ClientName::Dns => {
                     ee.valid_dns_names().map(str::to_owned).collect()
@@ -296,10 +333,75 @@ impl Tls {
                 Err(e) => return refused(format!("the certificate does not parse: {e}")),
             },
         };
+        let names = match domain.is_empty() {
+            true => names,
+            false => {
+                let suffix = format!("@{domain}");
+                names
+                    .iter()
+                    .filter_map(|n| n.strip_suffix(&suffix))
+                    .map(str::to_owned)
+                    .collect()
+            }
+        };
         ClientCheck {
             cert: keycard_auth::PeerCert::Verified { names },
             not_after_ms: keycard_auth::x509::not_after_ms(leaf),
         }
+    }
+
+    /// Remembers that keycard `id` logged in to `domain` with the
+    /// certificate `chain`, for [`Tls::recheck`]; `live` says whether a
+    /// keycard is still in the table (the entries of those gone are
+    /// dropped now and then).
+    pub(crate) fn remember(
+        &self,
+        id: KeycardId,
+        chain: ClientChain,
+        domain: keycard_proto::Path,
+        live: impl Fn(KeycardId) -> bool,
+    ) {
+        let mut logins = self.cert_logins.lock().unwrap_or_else(|e| e.into_inner());
+        logins.by_card.insert(id, (chain, domain));
+        if logins.by_card.len() >= logins.prune_at {
+            logins.by_card.retain(|id, _| live(*id));
+            logins.prune_at = (logins.by_card.len() * 2).max(PRUNE_FLOOR);
+        }
+    }
+
+    /// Checks the certificate of every live certificate login again, with
+    /// the CAs and revocation lists in use now (after a reload): the
+    /// keycards whose certificate is refused now, and why. Entries of
+    /// keycards that are gone (`live` says) are dropped.
+    pub(crate) fn recheck(
+        &self,
+        now_ms: u64,
+        live: impl Fn(KeycardId) -> bool,
+    ) -> Vec<(KeycardId, String)> {
+        let entries: Vec<_> = {
+            let mut logins = self.cert_logins.lock().unwrap_or_else(|e| e.into_inner());
+            logins.by_card.retain(|id, _| live(*id));
+            logins
+                .by_card
+                .iter()
+                .map(|(id, (chain, domain))| (*id, chain.clone(), domain.clone()))
+                .collect()
+        };
+        let mut refused = Vec::new();
+        for (id, chain, domain) in entries {
+            if let keycard_auth::PeerCert::Refused(why) =
+                self.check_client(&chain, now_ms, &domain).cert
+            {
+                refused.push((id, why));
+            }
+        }
+        if !refused.is_empty() {
+            let mut logins = self.cert_logins.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, _) in &refused {
+                logins.by_card.remove(id);
+            }
+        }
+        refused
     }
 
     fn loaded(&self) -> Arc<Loaded> {

@@ -960,13 +960,41 @@ async fn cert_logins_need_a_good_certificate_and_a_record() {
     let old = ids(pki.client_cert_until("old", 3, Some(now - time::Duration::days(1))));
     let eve = ids(stranger.client_cert_serial("eve", 4));
     let rev = ids(pki.client_cert_serial("rev", 5));
+    // A certificate not meant for client authentication: no extended key
+    // usage at all.
+    let any = {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["any".to_owned()]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "any");
+        let cert = params.signed_by(&key, pki.issuer()).expect("sign");
+        let (c, k) = (
+            pki.dir.path().join("any.pem"),
+            pki.dir.path().join("any.key"),
+        );
+        std::fs::write(&c, cert.pem()).expect("cert");
+        std::fs::write(&k, key.serialize_pem()).expect("key");
+        ids((c, k))
+    };
     let crl = pki.crl(&[5]);
     let s = cert_server(
         &pki,
         |c| c.tls.client_crl = Some(crl),
-        &["pat", "old", "eve", "rev", "ann"],
+        &["pat", "old", "eve", "rev", "ann", "any"],
     )
     .await;
+    // auth_methods answers a cert user as it answers a stranger: the
+    // method's refusals say nothing of the name, and neither may this.
+    let probe = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("probe");
+    for stranger in ["nobody", "zed", "x1", "x2"] {
+        assert_eq!(
+            probe.auth_methods(stranger).await.expect("stranger"),
+            probe.auth_methods("pat").await.expect("pat"),
+        );
+    }
 
     // The greeting offers it; the good certificate logs pat in.
     let c = cert_login(&s, &pat, "pat").await.expect("pat logs in");
@@ -996,6 +1024,7 @@ async fn cert_logins_need_a_good_certificate_and_a_record() {
         // found, and fails on its signature.
         ("eve", &eve, "BadSignature"),
         ("rev", &rev, "Revoked"),
+        ("any", &any, "no extended key usage"),
         // pat's certificate does not name ann, who has a record.
         ("ann", &pat, "does not name this user"),
         // Without a certificate, nobody.
@@ -1056,6 +1085,7 @@ async fn cert_names_come_from_the_configured_field_and_revocation_applies_at_log
         .subject_alt_names
         .push(SanType::URI("spiffe://acme/svc".try_into().expect("uri")));
     params.serial_number = Some(rcgen::SerialNumber::from(9u64));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, pki.issuer()).expect("sign");
     let cert_file = pki.dir.path().join("svc.pem");
     let key_file = pki.dir.path().join("svc.key");
@@ -1154,6 +1184,145 @@ async fn failed_cert_logins_are_throttled() {
             .any(|l| l.contains("\"throttled\"") && l.contains("\"user\":\"ann\"")),
         "{log}"
     );
+}
+
+/// A reload that reads a revocation list naming a certificate ends the
+/// keycards logged in with it (audited with the reason), and only those;
+/// a session of a certificate login cannot issue tokens (they would
+/// outlive such a revocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_ends_the_keycards_of_newly_revoked_certificates() {
+    let pki = Pki::new();
+    let ids = |(c, k): (std::path::PathBuf, std::path::PathBuf)| {
+        pki.client().with_client_cert(&c, &k).expect("identity")
+    };
+    let pat = ids(pki.client_cert_serial("pat", 7));
+    let ann = ids(pki.client_cert_serial("ann", 8));
+    let crl = pki.crl(&[]);
+    let s = tls_server(&pki, |c| {
+        c.tls.client_ca = Some(pki.ca_file.clone());
+        c.tls.client_crl = Some(crl);
+    })
+    .await;
+    let admin = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("admin");
+    for name in ["pat", "ann"] {
+        let m = keycard_auth::ClientRegistry::make(keycard_auth::CERT, Some(name)).expect("m");
+        admin.set_user(m.as_ref()).await.expect("cert user");
+    }
+    // ann manages keycards (so only the certificate rule keeps her from
+    // minting tokens).
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_internal")
+                .with_path("path", &p("auth.cert.user.ann.caps"))
+                .with(
+                    "value",
+                    Msg::new()
+                        .with("caps", Value::Array(vec!["manage_keycards".into()]))
+                        .into_value(),
+                ),
+        )
+        .await
+        .expect("caps");
+    set_current(&admin, keycard_auth::CERT, &[]).await;
+    let pat_conn = cert_login(&s, &pat, "pat").await.expect("pat");
+    let ann_conn = cert_login(&s, &ann, "ann").await.expect("ann");
+    pat_conn.set(&p("a"), Value::from(1)).await.expect("served");
+    // pat's certificate is revoked; the reload reads the new list.
+    pki.crl(&[7]);
+    s.handle.state.reload_tls(None).await.expect("reload");
+    let mut ended = false;
+    for _ in 0..100 {
+        if pat_conn.set(&p("a"), Value::from(2)).await.is_err() {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ended, "pat's keycard ends");
+    ann_conn
+        .set(&p("b"), Value::from(1))
+        .await
+        .expect("ann's goes on");
+    let log = audit_log_with(&s, |l| l.contains("client certificate refused")).await;
+    let revoked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("revoked: client certificate refused"))
+        .collect();
+    assert_eq!(revoked.len(), 1, "{log}");
+    assert!(revoked[0].contains("\"user\":\"pat\""), "{log}");
+    // A certificate session may not mint tokens.
+    let e = ann_conn
+        .request(
+            Msg::new()
+                .with("action", "token_create")
+                .with("user", "ann"),
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        e.code(),
+        Some(keycard_proto::ErrorCode::PermissionDenied),
+        "{e}"
+    );
+    assert!(e.to_string().contains("client certificate"), "{e}");
+}
+
+/// A certificate logs in a domain's user only when it names the user
+/// with the domain (`NAME@DOMAIN`): one issued for the server's `deploy`
+/// does not log in the domain's `deploy`, nor the reverse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_login_needs_the_name_with_its_domain() {
+    let pki = Pki::new();
+    let ids = |(c, k): (std::path::PathBuf, std::path::PathBuf)| {
+        pki.client().with_client_cert(&c, &k).expect("identity")
+    };
+    let plain = ids(pki.client_cert_serial("deploy", 1));
+    let scoped = ids(pki.client_cert_serial("deploy@org.acme", 2));
+    let s = tls_server(&pki, |c| c.tls.client_ca = Some(pki.ca_file.clone())).await;
+    let cert_user =
+        || keycard_auth::ClientRegistry::make(keycard_auth::CERT, Some("deploy")).expect("m");
+    // The domain: its own `cert` user deploy, `cert` current.
+    let d = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("d");
+    d.request(
+        Msg::new()
+            .with("action", "root")
+            .with_path("path", &p("org.acme")),
+    )
+    .await
+    .expect("re-rooted");
+    d.set_user(cert_user().as_ref()).await.expect("domain user");
+    set_current(&d, keycard_auth::CERT, &[]).await;
+    // The server's own deploy, `cert` current.
+    let admin = Client::connect_tls(s.addr(), &pki.client())
+        .await
+        .expect("admin");
+    admin.set_user(cert_user().as_ref()).await.expect("user");
+    set_current(&admin, keycard_auth::CERT, &[]).await;
+    let login = |identity: &ClientTls, domain: bool| {
+        let identity = identity.clone();
+        let addr = s.addr();
+        async move {
+            let c = Client::connect_tls(addr, &identity).await.expect("connect");
+            let mut m = Msg::new()
+                .with("action", "auth")
+                .with("typ", keycard_auth::CERT)
+                .with("ident", "deploy");
+            if domain {
+                m = m.with_path("chroot", &p("org.acme"));
+            }
+            c.request(m).await.map(|_| ())
+        }
+    };
+    assert!(login(&plain, false).await.is_ok(), "the server's deploy");
+    assert!(login(&plain, true).await.is_err(), "not the domain's");
+    assert!(login(&scoped, true).await.is_ok(), "the domain's deploy");
+    assert!(login(&scoped, false).await.is_err(), "not the server's");
 }
 
 /// Over plaintext a `cert` login can only fail, like any other refusal.

@@ -71,6 +71,17 @@ fn init(dir: &Path, mut names: Vec<String>, clients: &[String], days: u32) -> an
             );
         }
     }
+    // Two names one file system may take for the same file.
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(c) = clients
+        .iter()
+        .find(|c| !seen.insert(c.to_ascii_lowercase()))
+    {
+        bail!(
+            "--client {}: named twice (file names may not tell case apart)",
+            crate::render::terminal(c)
+        );
+    }
     let mut files = ["ca.pem", "server.pem", "server.key"]
         .map(|f| dir.join(f))
         .to_vec();

@@ -140,6 +140,9 @@ pub(crate) struct Login {
     /// The end of the certificate a `cert` method logged in with (Unix
     /// ms): the keycard ends no later.
     cert_until: Option<u64>,
+    /// A method that logs in with the client certificate ran: on success
+    /// the keycard is remembered with the chain, for a reload's check.
+    by_cert: bool,
     /// The name the audit log gives the login: the method's, or its
     /// channel-binding variant's when it ran as that.
     audit_name: &'static str,
@@ -274,6 +277,7 @@ impl Login {
             plus,
             client_chain,
             cert_until: None,
+            by_cert: false,
             audit_name,
             method: None,
             method_name,
@@ -355,11 +359,12 @@ impl Login {
                 .state
                 .tls
                 .get()
-                .map(|tls| tls.check_client(chain, now_ms)),
+                .map(|tls| tls.check_client(chain, now_ms, &self.base)),
             _ => None,
         };
         if let Some(c) = &checked {
             self.cert_until = c.not_after_ms;
+            self.by_cert = true;
         }
         let ctx = LoginCtx {
             channel_key: self.channel_key.as_ref(),
@@ -706,6 +711,14 @@ impl Login {
                         ApiError::new(ErrorCode::Internal, "login without a keycard").into(),
                     );
                 };
+                if let (true, Some(tls), Some(chain)) =
+                    (self.by_cert, state.tls.get(), &self.client_chain)
+                {
+                    let bouncer = &state.bouncer;
+                    tls.remember(granted.id, chain.clone(), self.base.clone(), |id| {
+                        bouncer.table().show(id).is_some()
+                    });
+                }
                 // The ACL bindings (the user's and its groups'), read now:
                 // a new binding applies at the next login, as in DistKV.
                 let mut acls =

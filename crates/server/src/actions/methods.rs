@@ -7,7 +7,8 @@
 //! has the same shape: one method. A known user gets the first of its
 //! methods in the server's order (the current one, then the accepted
 //! ones). Any other name — unknown, or a user none of whose methods is
-//! accepted — gets one of the accepted password methods, picked by an HMAC
+//! accepted — gets one of the accepted methods whose refusal says nothing
+//! of the name (the password methods, `cert`), picked by an HMAC
 //! of the name under the server's secret (as SCRAM's mock salt is): the
 //! same answer every time, and spread over the password methods as real
 //! users' answers are. Every name costs the same store reads and the same
@@ -41,12 +42,14 @@ pub(super) async fn auth_methods(msg: &Value, r: &mut Responder) -> ApiResult {
         }
     }
     let secret = crate::state::server_secret(state.store.as_ref()).await?;
-    let password_methods: Vec<&'static str> = accepted
+    // The methods whose refusal does not tell a stranger whether the name
+    // exists: a password method's, a client certificate's.
+    let hiding: Vec<&'static str> = accepted
         .iter()
         .copied()
-        .filter(|m| ClientRegistry::needs_password(m))
+        .filter(|m| ClientRegistry::info(m).is_some_and(|i| i.needs_password || i.client_cert))
         .collect();
-    let stranger = stranger_method(secret.expose(), &base, ident, &password_methods);
+    let stranger = stranger_method(secret.expose(), &base, ident, &hiding);
     // One method, whoever asks about whom: a list of a user's several
     // methods would set real users apart from strangers.
     let answer = known.first().copied().or(stranger);

@@ -194,7 +194,8 @@ pub(crate) fn spawn_reaper(state: &Arc<ServerState>) {
 /// Refuses a caller that may not issue tokens: it needs
 /// `manage_keycards`, as one of the server's own users (tokens live in
 /// the server's reserved root), logged in with a credential (a token it
-/// minted would outlive its own token and that token's revocation).
+/// minted would outlive its own token and that token's revocation) other
+/// than a client certificate (likewise).
 /// Checked before the request's fields are read.
 pub(crate) fn check_issuer(state: &ServerState, caller: &Caller) -> ApiResult {
     check_cap(state, caller, Capability::ManageKeycards)?;
@@ -208,6 +209,19 @@ pub(crate) fn check_issuer(state: &ServerState, caller: &Caller) -> ApiResult {
         return Err(ApiError::new(
             ErrorCode::PermissionDenied,
             "a token's session cannot issue tokens; log in with a credential",
+        ));
+    }
+    // Nor a client certificate's: the token would outlive the
+    // certificate's revocation, which only a new check at a login sees.
+    let by_cert = caller
+        .user
+        .as_ref()
+        .is_some_and(|u| keycard_auth::method_info(&u.method).is_some_and(|i| i.client_cert));
+    if by_cert {
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "a client certificate's session cannot issue tokens (they would outlive the \
+             certificate's revocation); log in with a password method",
         ));
     }
     Ok(())
