@@ -183,17 +183,9 @@ pub(crate) async fn user_record(
     }
 }
 
-/// `keycard admin grant --data DIR`: adds `caps` to USER of `method` (the
-/// current one by default) in the store of a stopped server. The store's
-/// lock refuses it while the server runs. Appends an event to the audit
-/// log at its default place (DIR/audit.log) when that exists. Returns
-/// what to tell the operator.
-pub(crate) async fn grant_offline(
-    data: &FsPath,
-    method: Option<&str>,
-    user: &str,
-    caps: &[String],
-) -> anyhow::Result<String> {
+/// The store in the data directory `data` of a stopped server (the
+/// store's lock refuses it while the server runs), opened with `opts`.
+pub(crate) async fn open_offline(data: &FsPath, opts: RedbOptions) -> anyhow::Result<RedbStore> {
     let file = data.join(keycard_server::STORE_FILE);
     // Opening creates a missing store: a mistyped directory must not get
     // an empty one.
@@ -206,21 +198,33 @@ pub(crate) async fn grant_offline(
     }
     let opened = {
         let file = file.clone();
-        tokio::task::spawn_blocking(move || RedbStore::open(&file, RedbOptions::default()))
+        tokio::task::spawn_blocking(move || RedbStore::open(&file, opts))
             .await
             .context("cannot open the store")?
     };
-    let store = match opened {
-        Ok(s) => s,
+    match opened {
+        Ok(s) => Ok(s),
         Err(StoreError::Backend(e)) if e.to_lowercase().contains("already open") => bail!(
             "{} is in use: stop the server first (a running server holds the store's lock; \
-             keycard admin works on a stopped server's data directory)",
+             this command works on a stopped server's data directory)",
             file.display()
         ),
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("cannot open {}", file.display())))
-        }
-    };
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open {}", file.display()))),
+    }
+}
+
+/// `keycard admin grant --data DIR`: adds `caps` to USER of `method` (the
+/// current one by default) in the store of a stopped server. The store's
+/// lock refuses it while the server runs. Appends an event to the audit
+/// log at its default place (DIR/audit.log) when that exists. Returns
+/// what to tell the operator.
+pub(crate) async fn grant_offline(
+    data: &FsPath,
+    method: Option<&str>,
+    user: &str,
+    caps: &[String],
+) -> anyhow::Result<String> {
+    let store = open_offline(data, RedbOptions::default()).await?;
     let auth = Path::new(vec![Elem::Nil, "auth".into()]);
     let method = match method {
         Some(m) => m.to_owned(),

@@ -141,6 +141,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, help_heading = "REST API")]
     http_session_nonces: Option<usize>,
 
+    /// The seal key file: secrets (verifiers, the server's secret, token
+    /// hashes) are sealed at rest with it; KEYCARD_SEAL_KEY may hold the
+    /// key itself instead (docs/SEALING.md) [default: none].
+    #[arg(long, value_name = "FILE", help_heading = "Sealing ([seal])")]
+    seal_key_file: Option<PathBuf>,
+
     /// Take token and `password` logins over plaintext from beyond
     /// loopback (they send a secret that logs in by itself) [default:
     /// false].
@@ -283,7 +289,15 @@ impl ServeArgs {
             }
             None => Config::default(),
         };
-        Ok(self.apply(config))
+        let mut config = self.apply(config);
+        // The key itself never comes from a flag: a command line is seen
+        // by every user of the machine.
+        if let Some(text) = std::env::var_os(SEAL_KEY_VAR) {
+            let key = keycard_server::seal::SealKey::parse(text.as_encoded_bytes())
+                .map_err(|e| anyhow::anyhow!("{SEAL_KEY_VAR}: {e}"))?;
+            config.seal.key = Some(key);
+        }
+        Ok(config)
     }
 
     /// `config` with the given flags applied.
@@ -328,6 +342,9 @@ impl ServeArgs {
             tls_require_client_cert => tls.require_client_cert,
             tls_client_cert_name => tls.client_cert_name,
         });
+        if let Some(v) = a.seal_key_file {
+            config.seal.key_file = Some(v);
+        }
         if let Some(v) = a.tls_client_ca {
             config.tls.client_ca = Some(v);
         }
@@ -355,6 +372,9 @@ impl ServeArgs {
         config
     }
 }
+
+/// Where the seal key itself may be given (base64).
+pub(crate) const SEAL_KEY_VAR: &str = "KEYCARD_SEAL_KEY";
 
 /// Runs the server until SIGINT or SIGTERM.
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {

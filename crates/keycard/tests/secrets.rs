@@ -31,6 +31,10 @@ impl Drop for Server {
 }
 
 fn start(data: &std::path::Path) -> Server {
+    start_with(data, &[])
+}
+
+fn start_with(data: &std::path::Path, extra: &[&str]) -> Server {
     use std::io::BufRead;
     let mut child = Command::new(BIN)
         .args([
@@ -42,6 +46,8 @@ fn start(data: &std::path::Path) -> Server {
             "--data",
         ])
         .arg(data)
+        .args(extra)
+        .env_remove("KEYCARD_SEAL_KEY")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -165,14 +171,9 @@ const USERS: [(&str, &str); 3] = [
     ("carol", "pässwörd ünïcode"),
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_password_or_equivalent_at_rest_on_the_wire_or_in_logs() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = dir.path().join("data");
-    let server = start(&data);
-    let (proxy, wire) = recording_proxy(server.1).await;
-
-    let admin = Client::connect(proxy).await.expect("connect");
+/// The users of [`USERS`] with each of scram-sha-256, password and
+/// opaque.
+async fn create_users(admin: &Client) {
     for (user, pw) in USERS {
         admin
             .set_user(&ScramClient::new(user, Password::new(pw)))
@@ -184,6 +185,17 @@ async fn no_password_or_equivalent_at_rest_on_the_wire_or_in_logs() {
             .await
             .expect("create");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_or_equivalent_at_rest_on_the_wire_or_in_logs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let server = start(&data);
+    let (proxy, wire) = recording_proxy(server.1).await;
+
+    let admin = Client::connect(proxy).await.expect("connect");
+    create_users(&admin).await;
     // `password` and `opaque` logins while the server is open (any method
     // is accepted).
     for (user, pw) in USERS {
@@ -293,5 +305,119 @@ async fn no_password_or_equivalent_at_rest_on_the_wire_or_in_logs() {
             .await
             .expect_err("a stored value is not a password");
         assert_eq!(e.code(), Some(ErrorCode::AuthFailed));
+    }
+}
+
+/// Every byte string of at least 8 bytes in `v` (bytes, and text such
+/// as a PHC string or a verifier), found all the way down.
+fn byte_strings(v: &Value, out: &mut Vec<Vec<u8>>) {
+    match v {
+        Value::Bin(b) if b.len() >= 8 => out.push(b.clone()),
+        Value::Str(s) if s.len() >= 8 => out.push(s.as_bytes().to_vec()),
+        Value::Array(items) => items.iter().for_each(|i| byte_strings(i, out)),
+        Value::Map(entries) => entries.iter().for_each(|(_, i)| byte_strings(i, out)),
+        _ => {}
+    }
+}
+
+/// With a seal key, no secret record's content is anywhere in the data
+/// directory in clear: users of scram-sha-256, password and opaque, a
+/// TOTP secret, a token, the server's secret and the OPAQUE setup. The
+/// records are read back through the seal with the key (the server
+/// stopped), and every byte string of at least 8 bytes they hold —
+/// SCRAM's StoredKey, ServerKey and salt, Argon2id's PHC string, the
+/// OPAQUE envelope, the token's hash — is searched for in every file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_secrets_never_appear_in_clear_in_the_data_directory() {
+    use keycard_store::Store;
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let key_file = dir.path().join("seal.key");
+    let made = Command::new(BIN)
+        .args(["seal", "init"])
+        .arg(&key_file)
+        .output()
+        .expect("seal init");
+    assert!(made.status.success());
+    let k = key_file.to_str().expect("utf-8");
+    let server = start_with(&data, &["--seal-key-file", k]);
+    let admin = Client::connect(server.1).await.expect("connect");
+    create_users(&admin).await;
+    let totp = keycard_auth::ClientRegistry::make(keycard_auth::TOTP, Some("alice")).expect("m");
+    admin.set_user(totp.as_ref()).await.expect("totp");
+    for (user, pw) in USERS {
+        let c = Client::connect(server.1).await.expect("connect");
+        c.login(&opaque_client(user, pw)).await.expect("login");
+    }
+    let token = admin
+        .request(
+            Msg::new()
+                .with("action", "token_create")
+                .with("user", "alice"),
+        )
+        .await;
+    assert!(token.is_ok(), "a token on the open server: {token:?}");
+    drop(admin);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The records in clear, through the seal.
+    let key = keycard_server::seal::SealKey::read_file(&key_file).expect("key");
+    let store = keycard_store::RedbStore::open(&data.join("keycard.redb"), Default::default())
+        .expect("open store");
+    let ring = store
+        .get(&keycard_server::seal::keyring_path())
+        .await
+        .expect("get")
+        .expect("a keyring");
+    let sealer = keycard_server::seal::Sealer::unlock(&key, &ring.value).expect("unlock");
+    let mut needles = Vec::new();
+    let mut records = 0;
+    let mut cursor = None;
+    loop {
+        let after = cursor
+            .as_ref()
+            .map_or(keycard_store::After::Start, keycard_store::After::Cursor);
+        let page = store
+            .scan(&Path::root(), Default::default(), after, 1000)
+            .await
+            .expect("scan");
+        for (path, e) in &page.items {
+            if !keycard_server::seal::is_secret(path) {
+                continue;
+            }
+            records += 1;
+            let clear = sealer
+                .open(path, &e.value)
+                .expect("opens where it was sealed");
+            byte_strings(&clear, &mut needles);
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    drop(store);
+    // Not secrets: the names of methods and users a record mentions (a
+    // token's user and its method), which the paths spell anyway.
+    let names: Vec<Vec<u8>> = keycard_auth::ClientRegistry::all()
+        .map(|i| i.name)
+        .chain(USERS.iter().map(|(u, _)| *u))
+        .map(|n| n.as_bytes().to_vec())
+        .collect();
+    needles.retain(|n| !names.contains(n));
+    // 3 users × 3 methods, TOTP, a token, the secret, the OPAQUE setup.
+    assert!(records >= 13, "{records} secret records");
+    assert!(needles.len() >= 20, "{} byte strings", needles.len());
+    let at_rest = all_bytes(&data, "server.log.copy");
+    assert!(at_rest.len() > 10_000, "{} bytes read", at_rest.len());
+    for needle in &needles {
+        assert!(
+            !contains(&at_rest, needle),
+            "a secret record's {} bytes found in clear at rest: {:?}",
+            needle.len(),
+            String::from_utf8_lossy(needle)
+        );
     }
 }

@@ -158,6 +158,34 @@ pub struct Config {
     /// connection from beyond loopback. Default false: such a login is
     /// refused there (over TLS, or from loopback, it is always taken).
     pub allow_plaintext_secrets: bool,
+    /// Secrets sealed at rest (a `[seal]` table): the seal key.
+    pub seal: SealConfig,
+}
+
+/// The `[seal]` table: where the seal key comes from (docs/SEALING.md).
+/// Without a key the server runs on a data directory whose secrets are
+/// not sealed (and says so at start), and refuses one whose are.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SealConfig {
+    /// A file holding the 32-byte seal key (base64 or raw; `keycard seal
+    /// init FILE` makes one), readable by its owner only.
+    pub key_file: Option<PathBuf>,
+    /// The key itself (`KEYCARD_SEAL_KEY`, or a test's): taken before
+    /// `key_file`. Not read from the config file.
+    #[serde(skip)]
+    pub key: Option<crate::seal::SealKey>,
+}
+
+impl SealConfig {
+    /// The seal key, if one is given: `key`, else `key_file` read.
+    pub fn load(&self) -> Result<Option<crate::seal::SealKey>, String> {
+        match (&self.key, &self.key_file) {
+            (Some(k), _) => Ok(Some(k.clone())),
+            (None, Some(f)) => crate::seal::SealKey::read_file(f).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// Keycard lifetimes and bounds. Times are in seconds.
@@ -251,6 +279,7 @@ impl Default for Config {
             reauth_secs: 300,
             tls: crate::tls::TlsConfig::default(),
             allow_plaintext_secrets: false,
+            seal: SealConfig::default(),
             argon2_m_kib: 19 * 1024,
             argon2_t: 2,
             argon2_p: 1,

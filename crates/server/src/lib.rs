@@ -23,6 +23,7 @@ mod listener;
 pub mod logins;
 mod names;
 mod outbox;
+pub mod seal;
 mod server;
 mod state;
 mod throttle;

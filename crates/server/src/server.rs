@@ -39,6 +39,10 @@ pub enum StartError {
     /// The TLS certificate or key would not load.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The seal key is missing, wrong or unreadable, or the sealed store
+    /// does not open.
+    #[error("{0}")]
+    Seal(String),
 }
 
 /// A bound server, ready to accept.
@@ -92,6 +96,19 @@ impl Server {
 
     /// Binds `config.listen` serving `store`.
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, StartError> {
+        // The seal comes first: nothing reads or writes a secret before it
+        // is decided whether secrets are sealed.
+        let key = config.seal.load().map_err(StartError::Seal)?;
+        let (store, sealer) = crate::seal::attach(store, key)
+            .await
+            .map_err(|e| StartError::Seal(e.to_string()))?;
+        match &sealer {
+            Some(s) => tracing::info!(seal_key = %s.seal_key_id(), "secrets sealed at rest"),
+            None => tracing::warn!(
+                "secrets are not sealed at rest: a copy of the data directory holds every \
+                 verifier and the server's secret (give a seal key: docs/SEALING.md)"
+            ),
+        }
         let tls = crate::tls::Tls::load(&config.tls)
             .map_err(StartError::Tls)?
             .map(Arc::new);

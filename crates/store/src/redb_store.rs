@@ -257,6 +257,15 @@ impl RedbStore {
         Ok(RedbStore { shared, writer })
     }
 
+    /// Compacts the store file at `file` (not open anywhere): what earlier
+    /// transactions freed is given back and the file shrinks. Blocks.
+    pub fn compact(file: &FsPath) -> Result<(), StoreError> {
+        let mut db = Database::builder().open(file).map_err(backend)?;
+        // Until it says nothing is left to move.
+        while db.compact().map_err(backend)? {}
+        Ok(())
+    }
+
     /// How many transactions this store has committed since it was opened
     /// (each covers one or more write requests).
     pub fn commits(&self) -> u64 {

@@ -40,6 +40,7 @@ mod audit;
 mod cert;
 mod data;
 mod keycards;
+mod seal;
 mod users;
 
 use acl::{AclCmd, GroupCmd};
@@ -80,9 +81,10 @@ enum Command {
     ///
     /// Every option below overrides the config file (-c), which overrides
     /// the defaults shown. The file's fields have the same names with '_'
-    /// for '-'; the `--throttle-…`, `--keycards-…` and `--tls-…` ones are
-    /// the fields of its `[throttle]`, `[keycards]` and `[tls]` tables
-    /// (`--throttle-free` is `free` in `[throttle]`).
+    /// for '-'; the `--throttle-…`, `--keycards-…`, `--tls-…` and
+    /// `--seal-…` ones are the fields of its `[throttle]`, `[keycards]`,
+    /// `[tls]` and `[seal]` tables (`--throttle-free` is `free` in
+    /// `[throttle]`).
     Serve(Box<ServeArgs>),
     /// Print the value at PATH.
     Get {
@@ -210,6 +212,11 @@ enum Command {
         #[command(subcommand)]
         cmd: cert::CertCmd,
     },
+    /// The seal key that keeps secrets sealed at rest (docs/SEALING.md).
+    Seal {
+        #[command(subcommand)]
+        cmd: seal::SealCmd,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -269,6 +276,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Keycard { cmd } => keycards::keycard(cmd).await,
         Command::Token { cmd } => keycards::token(cmd).await,
         Command::Cert { cmd } => cert::cert(cmd),
+        Command::Seal { cmd } => seal::seal(cmd).await,
     }
 }
 

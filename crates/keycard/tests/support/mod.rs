@@ -30,6 +30,11 @@ impl Proc {
     }
 
     pub fn start_with(data: &std::path::Path, extra: &[&str]) -> Proc {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    /// [`Proc::start_with`] with these environment variables set.
+    pub fn start_with_env(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -41,6 +46,8 @@ impl Proc {
             ])
             .arg(data)
             .args(extra)
+            .env_remove("KEYCARD_SEAL_KEY")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -1,0 +1,258 @@
+//! Secrets sealed at rest, as an operator runs it: `keycard seal init`,
+//! `keycard serve --seal-key-file` (or KEYCARD_SEAL_KEY), the refusals
+//! of a sealed directory without its key, with another, with a truncated
+//! or world-readable key file, an unsealed directory given a key, and
+//! `keycard seal enable` sealing an existing one.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use keycard_auth::{Password, ScramClient};
+use keycard_client::Client;
+
+mod support;
+
+use support::{bin_command, Proc};
+
+const PW: &str = "correct horse battery staple";
+
+/// `keycard serve` with `extra` flags on `data`, which must refuse to
+/// start: its exit code and what it said.
+fn refused(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data"];
+    let d = data.to_str().expect("utf-8");
+    args.push(d);
+    args.extend_from_slice(extra);
+    let mut child = bin_command(&args, env)
+        .env_remove("KEYCARD_SEAL_KEY")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            use std::io::Read;
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started where it must refuse: {extra:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn seal_init(file: &Path) {
+    let out = bin_command(&["seal", "init", file.to_str().expect("utf-8")], &[])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn add_user(addr: std::net::SocketAddr, user: &str) {
+    let c = Client::connect(addr).await.expect("connect");
+    c.set_user(&ScramClient::new(user, Password::new(PW)))
+        .await
+        .expect("user");
+}
+
+async fn logs_in(addr: std::net::SocketAddr, user: &str) -> bool {
+    let c = Client::connect(addr).await.expect("connect");
+    c.login(&ScramClient::new(user, Password::new(PW)))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_directory_opens_with_its_key_only() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let key = tmp.path().join("seal.key");
+    let k = key.to_str().expect("utf-8");
+    seal_init(&key);
+    // Never replaced.
+    let again = bin_command(&["seal", "init", k], &[])
+        .output()
+        .expect("runs");
+    assert_eq!(again.status.code(), Some(1));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+    {
+        let server = Proc::start_with(&data, &["--seal-key-file", k]);
+        assert!(server.log().contains("secrets sealed"), "{}", server.log());
+        add_user(server.addr, "alice").await;
+        assert!(logs_in(server.addr, "alice").await);
+    }
+    // Without the key: refused, saying how to give it.
+    let (code, err) = refused(&data, &[], &[]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("sealed") && err.contains("--seal-key-file"),
+        "{err}"
+    );
+    // Another key: refused as a wrong key, not a damaged store.
+    let other = tmp.path().join("other.key");
+    seal_init(&other);
+    let (code, err) = refused(&data, &["--seal-key-file", other.to_str().expect("u")], &[]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("not the one") && err.contains("wrong key"),
+        "{err}"
+    );
+    assert!(!err.contains("corrupt"), "{err}");
+    // A truncated key file.
+    let short = tmp.path().join("short.key");
+    let text = std::fs::read_to_string(&key).expect("key");
+    std::fs::write(&short, &text[..20]).expect("write");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let (code, err) = refused(&data, &["--seal-key-file", short.to_str().expect("u")], &[]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("32 bytes"), "{err}");
+    // A key file others may read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let open = tmp.path().join("open.key");
+        std::fs::copy(&key, &open).expect("copy");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (code, err) = refused(&data, &["--seal-key-file", open.to_str().expect("u")], &[]);
+        assert_ne!(code, Some(0));
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+    // The key in KEYCARD_SEAL_KEY opens it, and alice is there.
+    let server = Proc::start_with_env(&data, &[], &[("KEYCARD_SEAL_KEY", text.trim())]);
+    assert!(logs_in(server.addr, "alice").await);
+    // No secret key material in the server's log.
+    assert!(!server.log().contains(text.trim()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_enable_seals_an_existing_directory() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let key = tmp.path().join("seal.key");
+    let k = key.to_str().expect("utf-8");
+    {
+        let server = Proc::start(&data);
+        assert!(server.log().contains("not sealed"), "{}", server.log());
+        add_user(server.addr, "bob").await;
+    }
+    seal_init(&key);
+    // A key for a directory whose secrets are not sealed: refused, with
+    // the way to seal them.
+    let (code, err) = refused(&data, &["--seal-key-file", k], &[]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("keycard seal enable"), "{err}");
+    let d = data.to_str().expect("utf-8");
+    let out = bin_command(&["seal", "enable", "--data", d, "--seal-key-file", k], &[])
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("sealed"), "{said}");
+    // Again: nothing left to seal, nothing broken.
+    let out = bin_command(&["seal", "enable", "--data", d, "--seal-key-file", k], &[])
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("sealed 0 secret records"), "{said}");
+    // Now it needs the key, and bob logs in with it.
+    let (code, _) = refused(&data, &[], &[]);
+    assert_ne!(code, Some(0));
+    let server = Proc::start_with(&data, &["--seal-key-file", k]);
+    assert!(logs_in(server.addr, "bob").await);
+}
+
+/// Someone with the data directory but not the key moves a sealed record
+/// to another user's place, or plants a record in clear: neither opens,
+/// so neither logs anyone in; the user whose record it was still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_or_planted_record_does_not_open() {
+    use keycard_proto::{Elem, Path, Value};
+    use keycard_store::{Op, Store};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let key = tmp.path().join("seal.key");
+    let k = key.to_str().expect("utf-8");
+    seal_init(&key);
+    {
+        let server = Proc::start_with(&data, &["--seal-key-file", k]);
+        add_user(server.addr, "alice").await;
+        add_user(server.addr, "bob").await;
+        add_user(server.addr, "carol").await;
+    }
+    let record = |user: &str| {
+        Path::new(vec![
+            Elem::Nil,
+            "auth".into(),
+            keycard_auth::SCRAM_SHA_256.into(),
+            "user".into(),
+            user.into(),
+        ])
+    };
+    {
+        let store = keycard_store::RedbStore::open(
+            &data.join(keycard_server::STORE_FILE),
+            Default::default(),
+        )
+        .expect("open");
+        let alices = store
+            .get(&record("alice"))
+            .await
+            .expect("get")
+            .expect("alice")
+            .value;
+        assert!(matches!(&alices, Value::Bin(b) if b.starts_with(b"kcs1")));
+        // alice's sealed record where bob's was; a record in clear (a
+        // verifier the planter knows) where carol's was.
+        let v =
+            keycard_auth::Verifier::generate(&Password::new("planted"), 4096).expect("verifier");
+        let clear = keycard_proto::Msg::new()
+            .with("salt", v.salt.clone())
+            .with("iterations", u64::from(v.iterations))
+            .with("stored_key", v.stored_key.to_vec())
+            .with("server_key", v.server_key.to_vec())
+            .into_value();
+        store
+            .write(vec![
+                Op::put(record("bob"), alices),
+                Op::put(record("carol"), clear),
+            ])
+            .await
+            .expect("write");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server = Proc::start_with(&data, &["--seal-key-file", k]);
+    assert!(logs_in(server.addr, "alice").await, "alice's own");
+    assert!(
+        !logs_in(server.addr, "bob").await,
+        "alice's record moved to bob"
+    );
+    let c = Client::connect(server.addr).await.expect("connect");
+    let planted = c
+        .login(&ScramClient::new("carol", Password::new("planted")))
+        .await;
+    assert!(planted.is_err(), "a planted record in clear");
+    assert!(server.log().contains("corrupt"), "{}", server.log());
+}
