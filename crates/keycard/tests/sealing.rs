@@ -256,3 +256,139 @@ async fn a_moved_or_planted_record_does_not_open() {
     assert!(planted.is_err(), "a planted record in clear");
     assert!(server.log().contains("corrupt"), "{}", server.log());
 }
+
+/// Rotation while clients log in all the time: `seal rotate --data`
+/// seals every record again under a new data key and drops the old one,
+/// `seal rotate --new-key-file` wraps the keys with a new seal key; no
+/// login fails meanwhile; afterwards every secret value in the store is
+/// sealed with the new data key, the old seal key opens nothing, and the
+/// server starts with the new key only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_a_login_storm_fails_no_login_and_retires_the_old_keys() {
+    use keycard_store::Store;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let key = tmp.path().join("seal.key");
+    let new_key = tmp.path().join("new.key");
+    let k = key.to_str().expect("utf-8");
+    let nk = new_key.to_str().expect("utf-8");
+    seal_init(&key);
+    seal_init(&new_key);
+    let server = Proc::start_with(&data, &["--seal-key-file", k]);
+    let users: Vec<String> = (0..6).map(|i| format!("user{i}")).collect();
+    for u in &users {
+        add_user(server.addr, u).await;
+    }
+    // Enough records that the re-sealing overlaps the storm.
+    let admin = Client::connect(server.addr).await.expect("connect");
+    for i in 0..300 {
+        let m = keycard_auth::ClientRegistry::make(keycard_auth::ANON, Some(&format!("svc{i}")))
+            .expect("m");
+        admin.set_user(m.as_ref()).await.expect("user");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut storm = Vec::new();
+    for u in users.clone() {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), server.addr);
+        storm.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match logs_in(addr, &u).await {
+                    true => ok.fetch_add(1, Ordering::Relaxed),
+                    false => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = server.addr;
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            support::cli(addr, &args, &[])
+        })
+    };
+    let (code, out, err) = run(vec!["seal".into(), "rotate".into(), "--data".into()])
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("old data keys dropped"), "{err}");
+    let resealed: u64 = err
+        .split(" sealed again")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a count");
+    assert!(resealed >= 306, "{err}");
+    let (code, out, err) = run(vec![
+        "seal".into(),
+        "rotate".into(),
+        "--new-key-file".into(),
+        nk.into(),
+    ])
+    .await
+    .expect("join");
+    assert_eq!(code, Some(0), "{out}{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in storm {
+        t.await.expect("storm task");
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no login failed");
+    assert!(ok.load(Ordering::Relaxed) > 10, "logins went on");
+    let (code, out, err) = run(vec!["seal".into(), "status".into()])
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("keys held: 2\n") || out.contains("keys held: 2 "),
+        "{out}"
+    );
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let store = keycard_store::RedbStore::open(
+            &data.join(keycard_server::STORE_FILE),
+            Default::default(),
+        )
+        .expect("open");
+        let ring = store
+            .get(&keycard_server::seal::keyring_path())
+            .await
+            .expect("get")
+            .expect("keyring")
+            .value;
+        let old = keycard_server::seal::SealKey::read_file(&key).expect("old");
+        let new = keycard_server::seal::SealKey::read_file(&new_key).expect("new");
+        assert!(keycard_server::seal::Sealer::unlock(&old, &ring).is_err());
+        let sealer = keycard_server::seal::Sealer::unlock(&new, &ring).expect("new key");
+        assert_eq!(sealer.data_keys(), (2, vec![2]));
+        let items = store
+            .scan_up_to(&keycard_proto::Path::root(), Default::default(), 100_000)
+            .await
+            .expect("scan");
+        let mut secrets = 0;
+        for (p, e) in items {
+            if keycard_server::seal::is_secret(&p) {
+                secrets += 1;
+                assert_eq!(
+                    keycard_server::seal::Sealer::sealed_with(&e.value),
+                    Some(2),
+                    "{p}"
+                );
+            }
+        }
+        assert!(secrets >= 308, "{secrets}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, err) = refused(&data, &["--seal-key-file", k], &[]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not the one"), "{err}");
+    let server = Proc::start_with(&data, &["--seal-key-file", nk]);
+    for u in &users {
+        assert!(logs_in(server.addr, u).await, "{u}");
+    }
+}

@@ -34,8 +34,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use keycard_proto::{Elem, Msg, Path, Value};
 use keycard_store::{
-    After, Change, Cond, Entry, Op, Outcome, ScanOpts, ScanPage, Store, StoreError, Subscription,
-    Tock,
+    After, Change as StoreChange, Cond, Entry, Op, Outcome, ScanOpts, ScanPage, Store, StoreError,
+    Subscription, Tock,
 };
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -143,6 +143,11 @@ impl SealKey {
         SealKey::parse(&bytes).map_err(|e| format!("the seal key file {shown}: {e}"))
     }
 
+    /// The key's bytes (to hand it to a running server).
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The key in base64, as `keycard seal init` writes it.
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.0.as_slice()))
@@ -202,6 +207,9 @@ pub enum SealError {
     /// The keyring or a sealed value is damaged.
     #[error("the sealed store is corrupt: {0}")]
     Corrupt(String),
+    /// A rotation is running already.
+    #[error("a rotation is running already (keycard seal status)")]
+    Busy,
 }
 
 impl From<SealError> for StoreError {
@@ -211,25 +219,67 @@ impl From<SealError> for StoreError {
 }
 
 /// The data keys, opened.
+#[derive(Clone)]
 struct Keys {
+    /// The seal key that wraps them.
+    kek: SealKey,
     /// The key new seals use.
     active: u32,
-    keys: BTreeMap<u32, LessSafeKey>,
+    /// Each key, ready to use, and its bytes (to wrap it again).
+    keys: BTreeMap<u32, DataKey>,
+}
+
+/// A data key ready to use, and its bytes (to wrap it again).
+type DataKey = (Arc<LessSafeKey>, Arc<Zeroizing<[u8; 32]>>);
+
+impl Keys {
+    /// The keyring record: every data key wrapped by the seal key.
+    fn record(&self) -> Result<Value, SealError> {
+        let wrapper = self.kek.aead()?;
+        let mut entries = Vec::with_capacity(self.keys.len());
+        for (id, (_, raw)) in &self.keys {
+            let wrapped = boxed(&wrapper, &wrap_aad(*id), raw.as_slice())?;
+            entries.push((Value::from(u64::from(*id)), Value::Bin(wrapped)));
+        }
+        Ok(Msg::new()
+            .with("version", KEYRING_VERSION)
+            .with("seal_key", self.kek.id())
+            .with("active", u64::from(self.active))
+            .with("keys", Value::Map(entries))
+            .into_value())
+    }
+}
+
+/// A change to the keyring, made by [`Sealer::propose`] and put in use by
+/// [`Sealer::install`] once the store holds its record.
+pub struct Proposal {
+    keys: Keys,
+    /// The keyring record to store.
+    pub record: Value,
 }
 
 /// Seals and opens values with the data keys.
 pub struct Sealer {
     keys: RwLock<Arc<Keys>>,
-    /// The seal key's id, for logs.
-    kek_id: String,
 }
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sealer")
-            .field("seal_key", &self.kek_id)
+            .field("seal_key", &self.seal_key_id())
             .finish_non_exhaustive()
     }
+}
+
+/// What a keyring change does.
+#[derive(Debug, Clone)]
+pub enum KeyringChange {
+    /// Wrap the data keys with this seal key instead.
+    SealKey(SealKey),
+    /// Add a new data key and seal with it from now on.
+    NewDataKey,
+    /// Drop every data key but the active one.
+    DropOld,
 }
 
 /// The associated data of a value sealed at `path` with data key `id`.
@@ -247,6 +297,12 @@ fn wrap_aad(id: u32) -> Vec<u8> {
     let mut aad = b"keycard data key v1\0".to_vec();
     aad.extend_from_slice(&id.to_be_bytes());
     aad
+}
+
+fn new_data_key() -> Zeroizing<[u8; 32]> {
+    let mut dek = Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, dek.as_mut_slice());
+    dek
 }
 
 fn random_nonce() -> [u8; NONCE_LEN] {
@@ -290,21 +346,71 @@ impl Sealer {
     /// A new keyring with one data key, wrapped by `kek`: the sealer and
     /// the keyring record to store.
     pub fn create(kek: &SealKey) -> Result<(Sealer, Value), SealError> {
-        let mut dek = Zeroizing::new([0u8; 32]);
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, dek.as_mut_slice());
-        let id = 1;
-        let wrapped = boxed(&kek.aead()?, &wrap_aad(id), dek.as_slice())?;
-        let record = Msg::new()
-            .with("version", KEYRING_VERSION)
-            .with("seal_key", kek.id())
-            .with("active", u64::from(id))
-            .with(
-                "keys",
-                Value::Map(vec![(Value::from(u64::from(id)), Value::Bin(wrapped))]),
-            )
-            .into_value();
-        let sealer = Sealer::unlock(kek, &record)?;
+        let mut keys = Keys {
+            kek: kek.clone(),
+            active: 1,
+            keys: BTreeMap::new(),
+        };
+        let dek = new_data_key();
+        keys.keys
+            .insert(1, (Arc::new(aead_key(dek.as_slice())?), Arc::new(dek)));
+        let record = keys.record()?;
+        let sealer = Sealer {
+            keys: RwLock::new(Arc::new(keys)),
+        };
         Ok((sealer, record))
+    }
+
+    /// The keyring as `change` would leave it, and its record; nothing
+    /// changes until [`Sealer::install`].
+    pub fn propose(&self, change: KeyringChange) -> Result<Proposal, SealError> {
+        let mut keys = (*self.keys()).clone();
+        match change {
+            KeyringChange::SealKey(kek) => keys.kek = kek,
+            KeyringChange::NewDataKey => {
+                let id = keys
+                    .keys
+                    .keys()
+                    .next_back()
+                    .copied()
+                    .unwrap_or(0)
+                    .checked_add(1)
+                    .ok_or_else(|| SealError::Corrupt("data key ids are used up".into()))?;
+                let dek = new_data_key();
+                keys.keys
+                    .insert(id, (Arc::new(aead_key(dek.as_slice())?), Arc::new(dek)));
+                keys.active = id;
+            }
+            KeyringChange::DropOld => {
+                let active = keys.active;
+                keys.keys.retain(|id, _| *id == active);
+            }
+        }
+        let record = keys.record()?;
+        Ok(Proposal { keys, record })
+    }
+
+    /// Puts a proposal in use (its record is stored).
+    pub fn install(&self, proposal: Proposal) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(proposal.keys);
+    }
+
+    /// The data key new seals use, and every key the keyring holds.
+    pub fn data_keys(&self) -> (u32, Vec<u32>) {
+        let keys = self.keys();
+        (keys.active, keys.keys.keys().copied().collect())
+    }
+
+    /// The id of the data key that sealed `value`, if it is sealed.
+    pub fn sealed_with(value: &Value) -> Option<u32> {
+        match value {
+            Value::Bin(b) if b.len() >= HEADER + TAG && b.starts_with(MAGIC) => {
+                let mut id = [0u8; 4];
+                id.copy_from_slice(&b[4..8]);
+                Some(u32::from_be_bytes(id))
+            }
+            _ => None,
+        }
     }
 
     /// Opens the keyring `record` with `kek`.
@@ -344,14 +450,22 @@ impl Sealer {
             };
             let dek = unboxed(&wrapper, &wrap_aad(id), wrapped)
                 .ok_or_else(|| corrupt(&format!("data key {id} does not open")))?;
-            keys.insert(id, aead_key(&dek)?);
+            if dek.len() != 32 {
+                return Err(corrupt(&format!("data key {id} is not 32 bytes")));
+            }
+            let mut raw = Zeroizing::new([0u8; 32]);
+            raw.copy_from_slice(&dek);
+            keys.insert(id, (Arc::new(aead_key(&dek)?), Arc::new(raw)));
         }
         if !keys.contains_key(&active) {
             return Err(corrupt("the active data key is missing"));
         }
         Ok(Sealer {
-            keys: RwLock::new(Arc::new(Keys { active, keys })),
-            kek_id: given,
+            keys: RwLock::new(Arc::new(Keys {
+                kek: kek.clone(),
+                active,
+                keys,
+            })),
         })
     }
 
@@ -363,7 +477,7 @@ impl Sealer {
     pub fn seal(&self, path: &Path, value: &Value) -> Result<Value, SealError> {
         let keys = self.keys();
         let id = keys.active;
-        let key = keys
+        let (key, _) = keys
             .keys
             .get(&id)
             .ok_or_else(|| SealError::Corrupt("the active data key is missing".into()))?;
@@ -390,7 +504,7 @@ impl Sealer {
         id.copy_from_slice(&bytes[4..8]);
         let id = u32::from_be_bytes(id);
         let keys = self.keys();
-        let key = keys
+        let (key, _) = keys
             .keys
             .get(&id)
             .ok_or_else(|| corrupt(&format!("a value sealed with unknown data key {id}")))?;
@@ -404,15 +518,16 @@ impl Sealer {
     }
 
     /// The seal key's id.
-    pub fn seal_key_id(&self) -> &str {
-        &self.kek_id
+    pub fn seal_key_id(&self) -> String {
+        self.keys().kek.id()
     }
 }
 
 /// A [`Store`] that seals the values of secret paths ([`is_secret`]) on
-/// the way in and opens them on the way out. The live change feed
-/// ([`Store::subscribe`]) carries the backend's changes as stored: only
-/// watches of data paths read it, and no data path is secret.
+/// the way in and opens them on the way out. The change log and the live
+/// feed ([`Store::changes_since`], [`Store::subscribe`]) carry the
+/// backend's changes as stored: only watches of data paths read them,
+/// and no data path is secret.
 pub struct SealedStore {
     inner: Arc<dyn Store>,
     sealer: Arc<Sealer>,
@@ -538,7 +653,7 @@ impl SealedStore {
 pub async fn attach(
     store: Arc<dyn Store>,
     key: Option<SealKey>,
-) -> Result<(Arc<dyn Store>, Option<Arc<Sealer>>), SealError> {
+) -> Result<(Arc<dyn Store>, Option<Arc<Seal>>), SealError> {
     let backend = |e: StoreError| SealError::Corrupt(e.to_string());
     let ring = store.get(&keyring_path()).await.map_err(backend)?;
     let sealer = match (ring, key) {
@@ -553,10 +668,169 @@ pub async fn attach(
         }
     };
     let sealer = Arc::new(sealer);
-    Ok((
-        Arc::new(SealedStore::new(store, sealer.clone())),
-        Some(sealer),
-    ))
+    let seal = Arc::new(Seal {
+        sealer: sealer.clone(),
+        backend: store.clone(),
+        keyring: tokio::sync::Mutex::new(()),
+        rotation: std::sync::Mutex::new(Rotation::default()),
+    });
+    Ok((Arc::new(SealedStore::new(store, sealer)), Some(seal)))
+}
+
+/// A running server's seal: the sealer, the backend under the seal (for
+/// what must see values as stored), and the state of a rotation.
+pub struct Seal {
+    /// Seals and opens.
+    pub sealer: Arc<Sealer>,
+    /// The store under the seal.
+    pub backend: Arc<dyn Store>,
+    /// Keyring changes take turns.
+    keyring: tokio::sync::Mutex<()>,
+    rotation: std::sync::Mutex<Rotation>,
+}
+
+/// How a re-sealing of every record (`seal rotate --data`) goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// It is running.
+    pub running: bool,
+    /// Secret records looked at in the current pass.
+    pub seen: u64,
+    /// Records sealed again with the new data key.
+    pub resealed: u64,
+    /// Passes over the store (one more after any that found a record
+    /// sealed with an old key).
+    pub passes: u64,
+    /// Why it stopped, if it failed.
+    pub error: Option<String>,
+}
+
+impl Seal {
+    /// Changes the keyring: stored first (conditional on the keyring not
+    /// having changed since it was read), then put in use.
+    pub async fn change_keyring(&self, change: KeyringChange) -> Result<(), SealError> {
+        let _turn = self.keyring.lock().await;
+        let backend = |e: StoreError| SealError::Corrupt(e.to_string());
+        let current = self
+            .backend
+            .get(&keyring_path())
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| SealError::Corrupt("the keyring is gone".into()))?;
+        let proposal = self.sealer.propose(change)?;
+        let op = Op::Put {
+            path: keyring_path(),
+            value: proposal.record.clone(),
+            cond: Cond::TockIs(current.tock),
+            idem: false,
+        };
+        self.backend.write(vec![op]).await.map_err(backend)?;
+        self.sealer.install(proposal);
+        Ok(())
+    }
+
+    /// How the rotation goes (the last one, if none is running).
+    pub fn rotation(&self) -> Rotation {
+        self.rotation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn progress(&self, f: impl FnOnce(&mut Rotation)) {
+        f(&mut self.rotation.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Starts sealing every secret record again under a new data key, in
+    /// the background (`store` is the sealed store the server writes
+    /// through). Refused while one runs.
+    pub fn start_rotation(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        done: impl FnOnce(Rotation) -> futures_util::future::BoxFuture<'static, ()> + Send + 'static,
+    ) -> Result<(), SealError> {
+        {
+            let mut r = self.rotation.lock().unwrap_or_else(|e| e.into_inner());
+            if r.running {
+                return Err(SealError::Busy);
+            }
+            *r = Rotation {
+                running: true,
+                ..Rotation::default()
+            };
+        }
+        let seal = self.clone();
+        tokio::spawn(async move {
+            let result = seal.rotate_data(store.as_ref()).await;
+            seal.progress(|r| {
+                r.running = false;
+                r.error = result.err().map(|e| e.to_string());
+            });
+            done(seal.rotation()).await;
+        });
+        Ok(())
+    }
+
+    /// A new data key, every secret record sealed again with it (passes
+    /// over the store until one finds none sealed with another key: a
+    /// write that sealed with the old key just before the switch is
+    /// caught by the next pass), then the old keys dropped.
+    async fn rotate_data(&self, store: &dyn Store) -> Result<(), SealError> {
+        let backend = |e: StoreError| SealError::Corrupt(e.to_string());
+        self.change_keyring(KeyringChange::NewDataKey).await?;
+        let (active, _) = self.sealer.data_keys();
+        loop {
+            self.progress(|r| {
+                r.passes += 1;
+                r.seen = 0;
+            });
+            let mut stale = 0u64;
+            let root = Path::root();
+            let mut cursor = None;
+            loop {
+                let after = cursor.as_ref().map_or(After::Start, After::Cursor);
+                let page = self
+                    .backend
+                    .scan(&root, ScanOpts::default(), after, 256)
+                    .await
+                    .map_err(backend)?;
+                let mut seen = 0;
+                for (path, e) in &page.items {
+                    if !is_secret(path) {
+                        continue;
+                    }
+                    seen += 1;
+                    if Sealer::sealed_with(&e.value) == Some(active) {
+                        continue;
+                    }
+                    stale += 1;
+                    let plain = self.sealer.open(path, &e.value)?;
+                    let op = Op::Put {
+                        path: path.clone(),
+                        value: plain,
+                        cond: Cond::TockIs(e.tock),
+                        idem: false,
+                    };
+                    match store.write(vec![op]).await {
+                        // Sealed again with the active key.
+                        Ok(_) => self.progress(|r| r.resealed += 1),
+                        // Written meanwhile: the next pass looks again.
+                        Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => return Err(backend(e)),
+                    }
+                }
+                self.progress(|r| r.seen += seen);
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            if stale == 0 {
+                break;
+            }
+        }
+        self.change_keyring(KeyringChange::DropOld).await
+    }
 }
 
 /// Makes the store's keyring (with one data key, wrapped by `key`), if
@@ -729,18 +1003,15 @@ impl Store for SealedStore {
         })
     }
 
-    async fn changes_since(&self, after: Tock, limit: usize) -> Result<Vec<Change>, StoreError> {
-        self.inner
-            .changes_since(after, limit)
-            .await?
-            .into_iter()
-            .map(|mut c| {
-                if let (Some(v), true) = (&c.value, is_secret(&c.path)) {
-                    c.value = Some(self.sealer.open(&c.path, v)?);
-                }
-                Ok(c)
-            })
-            .collect()
+    async fn changes_since(
+        &self,
+        after: Tock,
+        limit: usize,
+    ) -> Result<Vec<StoreChange>, StoreError> {
+        // As stored, as the live feed: only watches of data paths read
+        // the change log, and a secret change in its history may be
+        // sealed with a data key a rotation has since dropped.
+        self.inner.changes_since(after, limit).await
     }
 
     fn tock(&self) -> Tock {
@@ -885,16 +1156,19 @@ mod tests {
         };
         let out = store.write(vec![same]).await.expect("idem");
         assert!(!out[0].changed);
-        // Scans and the change log open what they return.
+        // Scans open what they return; the change log keeps it sealed.
         let found = store
             .scan_up_to(&Path::new(vec![Elem::Nil]), ScanOpts::default(), 10)
             .await
             .expect("scan");
         assert!(found.iter().any(|(p, e)| *p == at && e.value == v2));
         let changes = store.changes_since(Tock(0), 100).await.expect("log");
-        assert!(changes
-            .iter()
-            .any(|c| c.path == at && c.value.as_ref() == Some(&v2)));
+        let mine: Vec<_> = changes.iter().filter(|c| c.path == at).collect();
+        assert!(!mine.is_empty());
+        for c in mine {
+            let sealed = c.value.as_ref().and_then(Sealer::sealed_with);
+            assert!(c.value.is_none() || sealed.is_some(), "{c:?}");
+        }
         // A delete conditional on the plain value.
         let del = Op::Delete {
             path: at.clone(),
@@ -907,6 +1181,38 @@ mod tests {
             attach(inner.clone(), None).await.err(),
             Some(SealError::NoKey)
         ));
+    }
+
+    /// A new data key seals from then on and the old one still opens what
+    /// it sealed until dropped; a new seal key wraps the same data keys.
+    #[test]
+    fn keyring_changes() {
+        let kek = SealKey::generate();
+        let (sealer, _) = Sealer::create(&kek).expect("keyring");
+        let at = reserved(&["server", "secret"]);
+        let v = Value::from("s");
+        let old = sealer.seal(&at, &v).expect("seal");
+        let p = sealer.propose(KeyringChange::NewDataKey).expect("propose");
+        // Nothing changes before install.
+        assert_eq!(sealer.data_keys(), (1, vec![1]));
+        sealer.install(p);
+        assert_eq!(sealer.data_keys(), (2, vec![1, 2]));
+        let new = sealer.seal(&at, &v).expect("seal");
+        assert_eq!(Sealer::sealed_with(&new), Some(2));
+        assert_eq!(sealer.open(&at, &old).expect("old key"), v);
+        let next = SealKey::generate();
+        let p = sealer
+            .propose(KeyringChange::SealKey(next.clone()))
+            .expect("propose");
+        let record = p.record.clone();
+        sealer.install(p);
+        assert!(Sealer::unlock(&kek, &record).is_err());
+        let reopened = Sealer::unlock(&next, &record).expect("new seal key");
+        assert_eq!(reopened.open(&at, &new).expect("opens"), v);
+        sealer.install(sealer.propose(KeyringChange::DropOld).expect("propose"));
+        assert_eq!(sealer.data_keys(), (2, vec![2]));
+        assert!(sealer.open(&at, &old).is_err(), "the dropped key");
+        assert_eq!(sealer.open(&at, &new).expect("opens"), v);
     }
 
     #[test]

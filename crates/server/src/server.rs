@@ -99,11 +99,13 @@ impl Server {
         // The seal comes first: nothing reads or writes a secret before it
         // is decided whether secrets are sealed.
         let key = config.seal.load().map_err(StartError::Seal)?;
-        let (store, sealer) = crate::seal::attach(store, key)
+        let (store, seal) = crate::seal::attach(store, key)
             .await
             .map_err(|e| StartError::Seal(e.to_string()))?;
-        match &sealer {
-            Some(s) => tracing::info!(seal_key = %s.seal_key_id(), "secrets sealed at rest"),
+        match &seal {
+            Some(s) => {
+                tracing::info!(seal_key = %s.sealer.seal_key_id(), "secrets sealed at rest")
+            }
             None => tracing::warn!(
                 "secrets are not sealed at rest: a copy of the data directory holds every \
                  verifier and the server's secret (give a seal key: docs/SEALING.md)"
@@ -172,6 +174,9 @@ impl Server {
                 source,
             })?;
         let state = ServerState::new(config, store, methods, audit).await?;
+        if let Some(seal) = seal {
+            let _ = state.seal.set(seal);
+        }
         match tls {
             Some(tls) => {
                 tracing::info!(fingerprint = %tls.fingerprint(), "TLS on both listeners");

@@ -85,6 +85,8 @@ pub struct ServerState {
     pub throttle: Arc<crate::throttle::Throttle>,
     /// The listeners' TLS, when on (set once, as the server starts).
     pub(crate) tls: std::sync::OnceLock<Arc<crate::tls::Tls>>,
+    /// The seal, when secrets are sealed (set once, as the server starts).
+    pub(crate) seal: std::sync::OnceLock<Arc<crate::seal::Seal>>,
 }
 
 /// `(nil, "auth")`.
@@ -191,6 +193,7 @@ impl ServerState {
             names: Default::default(),
             throttle,
             tls: std::sync::OnceLock::new(),
+            seal: std::sync::OnceLock::new(),
         });
         state.bouncer.spawn_reaper();
         state.throttle.spawn_flusher();

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use keycard_proto::{Msg, Value};
 use keycard_server::seal::SealKey;
+
+use crate::login::{connect, ConnArgs};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum SealCmd {
@@ -31,6 +34,34 @@ pub(super) enum SealCmd {
         #[arg(long, value_name = "FILE")]
         seal_key_file: Option<PathBuf>,
     },
+    /// Rotate, on the running server (needs super_root): with
+    /// --new-key-file, wrap the data keys with that seal key (then start
+    /// the server with it; the old one opens nothing any more); with
+    /// --data, seal every record again under a new data key, in the
+    /// background, while logins go on, following its progress.
+    Rotate {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The new seal key (`keycard seal init FILE`). It is sent to the
+        /// server: over TLS, or from the server's own machine.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "data",
+            required_unless_present = "data"
+        )]
+        new_key_file: Option<PathBuf>,
+        /// Seal every record again under a new data key, and drop the old
+        /// data keys when done.
+        #[arg(long)]
+        data: bool,
+    },
+    /// Show the seal: the seal key's id, the data keys, the last rotation
+    /// (needs super_root).
+    Status {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
 }
 
 pub(super) async fn seal(cmd: SealCmd) -> anyhow::Result<()> {
@@ -40,6 +71,110 @@ pub(super) async fn seal(cmd: SealCmd) -> anyhow::Result<()> {
             data,
             seal_key_file,
         } => enable(&data, seal_key_file.as_deref()).await,
+        SealCmd::Rotate {
+            conn,
+            new_key_file,
+            data,
+        } => rotate(&conn, new_key_file.as_deref(), data).await,
+        SealCmd::Status { conn } => status(&conn).await,
+    }
+}
+
+async fn status(conn: &ConnArgs) -> anyhow::Result<()> {
+    let c = connect(conn).await?;
+    let s = c.request(Msg::new().with("action", "seal_status")).await?;
+    if s.get("sealed").and_then(Value::as_bool) != Some(true) {
+        super::emit("secrets are not sealed\n")?;
+        return Ok(());
+    }
+    let keys: Vec<String> = match s.get("keys") {
+        Some(Value::Array(k)) => k
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|k| k.to_string())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut out = format!(
+        "sealed with seal key {}; data key {} in use; keys held: {}\n",
+        s.get("seal_key").and_then(Value::as_str).unwrap_or("?"),
+        s.get("active").and_then(Value::as_u64).unwrap_or_default(),
+        keys.join(", ")
+    );
+    if let Some(r) = s.get("rotation") {
+        out.push_str(&rotation_line(r));
+        out.push('\n');
+    }
+    super::emit(&out)
+}
+
+/// A rotation's progress in words.
+fn rotation_line(r: &Value) -> String {
+    let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or_default();
+    let running = r.get("running").and_then(Value::as_bool) == Some(true);
+    let state = match (running, r.get("error").and_then(Value::as_str)) {
+        (true, _) => "re-sealing",
+        (false, Some(_)) => "the last re-sealing failed",
+        (false, None) if n("passes") == 0 => "no re-sealing yet",
+        (false, None) => "the last re-sealing finished",
+    };
+    let mut line = format!(
+        "{state}: pass {}, {} records looked at, {} sealed again",
+        n("passes"),
+        n("seen"),
+        n("resealed")
+    );
+    if let Some(e) = r.get("error").and_then(Value::as_str) {
+        line.push_str(&format!(" ({e})"));
+    }
+    line
+}
+
+async fn rotate(conn: &ConnArgs, new_key: Option<&Path>, data: bool) -> anyhow::Result<()> {
+    let c = connect(conn).await?;
+    if let Some(file) = new_key {
+        let key = SealKey::read_file(file).map_err(anyhow::Error::msg)?;
+        let raw = key.expose().to_vec();
+        let r = c
+            .request(
+                Msg::new()
+                    .with("action", "seal_rotate")
+                    .with("key", Value::Bin(raw)),
+            )
+            .await?;
+        say_err!(
+            "the data keys are wrapped by seal key {} now: start the server with {} from now on",
+            r.get("seal_key").and_then(Value::as_str).unwrap_or("?"),
+            shown(file)
+        );
+        return Ok(());
+    }
+    if !data {
+        bail!("give --new-key-file FILE or --data");
+    }
+    c.request(Msg::new().with("action", "seal_rotate").with("data", true))
+        .await?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let s = c.request(Msg::new().with("action", "seal_status")).await?;
+        let Some(r) = s.get("rotation") else {
+            bail!("the server does not report the rotation");
+        };
+        let line = rotation_line(r);
+        if tty {
+            eprint!("\r{line}");
+        }
+        if r.get("running").and_then(Value::as_bool) != Some(true) {
+            if tty {
+                eprintln!();
+            }
+            if let Some(e) = r.get("error").and_then(Value::as_str) {
+                bail!("the re-sealing failed: {}", crate::render::terminal(e));
+            }
+            say_err!("{line}; old data keys dropped");
+            return Ok(());
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Running the server: `reload`.
+//! Running the server: `reload`, the seal (`seal_status`, `seal_rotate`).
 
 use keycard_proto::{Msg, Value};
 
@@ -15,5 +15,65 @@ pub(super) async fn reload(r: &mut Responder) -> ApiResult {
     let done = core::admin::reload(&state, &caller).await?;
     let tls = done.tls.map_or(Value::Nil, Value::from);
     r.reply(Msg::new().with("tls", tls)).await;
+    Ok(())
+}
+
+/// `seal_status`: `{sealed: false}`, or `{sealed: true, seal_key: ID,
+/// active: N, keys: [N…], rotation: {running, seen, resealed, passes,
+/// error?}}` (super-root).
+pub(super) async fn seal_status(r: &mut Responder) -> ApiResult {
+    let state = r.conn().state.clone();
+    let caller = r.conn().caller();
+    let msg = match core::admin::seal_status(&state, &caller)? {
+        None => Msg::new().with("sealed", false),
+        Some(s) => {
+            let mut rotation = Msg::new()
+                .with("running", s.rotation.running)
+                .with("seen", s.rotation.seen)
+                .with("resealed", s.rotation.resealed)
+                .with("passes", s.rotation.passes);
+            if let Some(e) = &s.rotation.error {
+                rotation = rotation.with("error", e.as_str());
+            }
+            Msg::new()
+                .with("sealed", true)
+                .with("seal_key", s.seal_key)
+                .with("active", u64::from(s.active))
+                .with(
+                    "keys",
+                    Value::Array(s.keys.iter().map(|k| Value::from(u64::from(*k))).collect()),
+                )
+                .with("rotation", rotation.into_value())
+        }
+    };
+    r.reply(msg).await;
+    Ok(())
+}
+
+/// `seal_rotate {key: BYTES}`: wraps the data keys with this seal key
+/// (32 bytes; over TLS or from loopback only) → `{seal_key: ID}`.
+/// `seal_rotate {data: true}`: seals every record again under a new data
+/// key in the background → `{started: true}` (`seal_status` follows it).
+/// Super-root.
+pub(super) async fn seal_rotate(msg: &Value, r: &mut Responder) -> ApiResult {
+    let state = r.conn().state.clone();
+    let caller = r.conn().caller();
+    let peer = r.conn().peer.ip();
+    match (msg.get("key"), msg.get("data")) {
+        (Some(Value::Bin(k)), None) => {
+            let key = crate::seal::SealKey::parse(k).map_err(crate::error::ApiError::bad)?;
+            let id = core::admin::seal_rotate_key(&state, &caller, key, peer).await?;
+            r.reply(Msg::new().with("seal_key", id)).await;
+        }
+        (None, Some(Value::Bool(true))) => {
+            core::admin::seal_rotate_data(&state, &caller).await?;
+            r.reply(Msg::new().with("started", true)).await;
+        }
+        _ => {
+            return Err(crate::error::ApiError::bad(
+                "seal_rotate takes 'key' (the new seal key, 32 bytes) or 'data: true'",
+            ))
+        }
+    }
     Ok(())
 }

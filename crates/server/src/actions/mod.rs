@@ -133,6 +133,8 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
         "token_create" => Box::pin(keycards::token_create(msg, r)).await,
         "user_show" => Box::pin(users::user_show(msg, r)).await,
         "reload" => Box::pin(admin::reload(r)).await,
+        "seal_status" => Box::pin(admin::seal_status(r)).await,
+        "seal_rotate" => Box::pin(admin::seal_rotate(msg, r)).await,
         other => Err(ApiError::new(
             ErrorCode::UnknownAction,
             format!("unknown action {other:?}"),
