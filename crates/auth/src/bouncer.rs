@@ -175,6 +175,27 @@ pub struct Keycard {
     pub last_keepalive: u64,
 }
 
+/// An authenticated keycard as it was kept across a restart.
+#[derive(Clone, Debug)]
+pub struct Restored<'a> {
+    /// Its id.
+    pub id: KeycardId,
+    /// The method that logged it in.
+    pub method: &'a str,
+    /// The user.
+    pub user: &'a str,
+    /// The user's domain, as text.
+    pub domain: &'a str,
+    /// When the login succeeded (Unix ms).
+    pub issued_at: u64,
+    /// When it stops working unless kept alive (Unix ms).
+    pub expires_at: u64,
+    /// The latest `expires_at` keep-alives can reach.
+    pub max_until: u64,
+    /// What a keep-alive grants.
+    pub duration_ms: u64,
+}
+
 /// Why the table refused an operation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BouncerError {
@@ -597,6 +618,52 @@ impl Table {
         self.show(id).ok_or(BouncerError::Unknown)
     }
 
+    /// Puts back an authenticated keycard kept across a restart (a REST
+    /// session), with its own id and times, for `requester`. Refused if
+    /// the id is taken, it has expired at `now`, or a bound is full.
+    pub fn restore(
+        &mut self,
+        now: u64,
+        card: &Restored<'_>,
+        requester: u64,
+    ) -> Result<(), BouncerError> {
+        if self.cards.contains_key(&card.id) {
+            return Err(BouncerError::WrongState(State::Authenticated));
+        }
+        if now >= card.expires_at {
+            return Err(BouncerError::Expired);
+        }
+        if self.cards.len() >= self.policy.max_total {
+            return Err(BouncerError::Full(self.policy.max_total));
+        }
+        let uix = self.acquire_user(card.domain, card.user);
+        if self.users.names[uix as usize].authed >= self.policy.max_per_user {
+            self.release_user(uix);
+            return Err(BouncerError::UserFull(self.policy.max_per_user));
+        }
+        self.users.names[uix as usize].authed += 1;
+        let expires_at = card.expires_at.min(card.max_until);
+        let method = self.method_ix(card.method);
+        self.cards.insert(
+            card.id,
+            Entry {
+                requester,
+                expires_at,
+                max_until: card.max_until,
+                addr: addr_bytes(None),
+                issued_at_s: secs(card.issued_at),
+                last_keepalive_s: 0,
+                duration_s: secs(card.duration_ms),
+                user: uix,
+                method,
+                state: State::Authenticated,
+                has_addr: false,
+            },
+        );
+        self.queue_expiry(card.id, expires_at);
+        Ok(())
+    }
+
     /// The attempt failed: its keycard leaves the table.
     pub fn refuse(&mut self, id: KeycardId) -> bool {
         self.drop_card(id).is_some()
@@ -857,6 +924,58 @@ mod tests {
             max_total: 100,
             max_per_user: 3,
         })
+    }
+
+    /// A kept keycard comes back under its id, times and user, expires
+    /// as it would have, counts against the bounds, and is refused when
+    /// it has ended or its id is taken.
+    #[test]
+    fn a_kept_keycard_is_restored_as_it_was() {
+        let mut t = table();
+        let id = KeycardId::random();
+        let card = Restored {
+            id,
+            method: "scram-sha-256",
+            user: "joe",
+            domain: "",
+            issued_at: 1_000,
+            expires_at: 11_000,
+            max_until: 26_000,
+            duration_ms: 10_000,
+        };
+        t.restore(5_000, &card, 7).expect("restored");
+        let shown = t.show(id).expect("there");
+        assert_eq!(shown.state, State::Authenticated);
+        assert_eq!(&*shown.user, "joe");
+        assert_eq!(shown.requester, 7);
+        assert_eq!(shown.expires_at, 11_000);
+        assert_eq!(shown.max_until, 26_000);
+        assert_eq!(t.check(id, 6_000), Ok(11_000));
+        // Kept alive by its new requester, by its duration, capped.
+        assert_eq!(t.keep_alive(id, 7, 9_000, None), Ok(19_000));
+        // The same id again, an ended one: refused.
+        assert!(t.restore(5_000, &card, 8).is_err());
+        let ended = Restored {
+            id: KeycardId::random(),
+            expires_at: 4_000,
+            ..card.clone()
+        };
+        assert_eq!(t.restore(5_000, &ended, 9), Err(BouncerError::Expired));
+        // The per-user bound holds (3).
+        for _ in 0..2 {
+            let more = Restored {
+                id: KeycardId::random(),
+                ..card.clone()
+            };
+            t.restore(5_000, &more, 10).expect("under the bound");
+        }
+        let over = Restored {
+            id: KeycardId::random(),
+            ..card
+        };
+        assert_eq!(t.restore(5_000, &over, 11), Err(BouncerError::UserFull(3)));
+        // It expires as it would have.
+        assert!(t.reap(30_000, 100).iter().any(|c| c.id == id));
     }
 
     #[test]

@@ -397,6 +397,9 @@ impl Authorization {
 pub struct ReplayGuard {
     window: u64,
     max: usize,
+    /// No `ts` before this is admitted (the guard's memory began then:
+    /// a session kept across a restart lost what it had seen).
+    floor: u64,
     seen: HashMap<[u8; NONCE_LEN], u64>,
     order: VecDeque<(u64, [u8; NONCE_LEN])>,
 }
@@ -406,12 +409,21 @@ pub struct ReplayGuard {
 pub const PRUNE_STEP: usize = 4;
 
 impl ReplayGuard {
+    /// This guard admitting no `ts` before `secs`: for a session whose
+    /// seen nonces were lost (kept across a restart), a request signed
+    /// before its memory began could be a replay.
+    pub fn since(mut self, secs: u64) -> ReplayGuard {
+        self.floor = secs;
+        self
+    }
+
     /// A guard with a `window` in seconds (each side of `now`) that
     /// remembers at most `max` nonces.
     pub fn new(window: u64, max: usize) -> ReplayGuard {
         ReplayGuard {
             window,
             max,
+            floor: 0,
             seen: HashMap::new(),
             order: VecDeque::new(),
         }
@@ -441,7 +453,7 @@ impl ReplayGuard {
     /// seconds), or says why not. Call it after [`verify`]: a forged
     /// request must not use up a nonce.
     pub fn admit(&mut self, now: u64, ts: u64, nonce: [u8; NONCE_LEN]) -> Result<(), SignError> {
-        if now.abs_diff(ts) > self.window {
+        if now.abs_diff(ts) > self.window || ts < self.floor {
             return Err(SignError::Stale);
         }
         // What the window no longer admits is forgotten: a nonce
@@ -742,6 +754,15 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// A guard whose memory began at `since` takes nothing signed before.
+    #[test]
+    fn a_guard_since_a_restart_takes_nothing_signed_before_it() {
+        let mut g = ReplayGuard::new(60, 100).since(1_000);
+        assert_eq!(g.admit(1_010, 999, [1; 16]), Err(SignError::Stale));
+        assert_eq!(g.admit(1_010, 1_000, [2; 16]), Ok(()));
+        assert_eq!(g.admit(1_010, 1_000, [2; 16]), Err(SignError::Replayed));
     }
 
     #[test]

@@ -322,11 +322,13 @@ fn byte_strings(v: &Value, out: &mut Vec<Vec<u8>>) {
 
 /// With a seal key, no secret record's content is anywhere in the data
 /// directory in clear: users of scram-sha-256, password and opaque, a
-/// TOTP secret, a token, the server's secret and the OPAQUE setup. The
+/// TOTP secret, a token, a REST session, the server's secret and the
+/// OPAQUE setup. The
 /// records are read back through the seal with the key (the server
 /// stopped), and every byte string of at least 8 bytes they hold —
 /// SCRAM's StoredKey, ServerKey and salt, Argon2id's PHC string, the
-/// OPAQUE envelope, the token's hash — is searched for in every file.
+/// OPAQUE envelope, the token's hash, a REST session's key — is searched
+/// for in every file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_secrets_never_appear_in_clear_in_the_data_directory() {
     use keycard_store::Store;
@@ -340,9 +342,23 @@ async fn sealed_secrets_never_appear_in_clear_in_the_data_directory() {
         .expect("seal init");
     assert!(made.status.success());
     let k = key_file.to_str().expect("utf-8");
-    let server = start_with(&data, &["--seal-key-file", k]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let http = format!("127.0.0.1:{port}");
+    let server = start_with(&data, &["--seal-key-file", k, "--http", &http]);
     let admin = Client::connect(server.1).await.expect("connect");
     create_users(&admin).await;
+    // A REST session, kept (sealed) with its key.
+    let rest = keycard_client::rest::RestClient::new(http.clone());
+    let session = rest
+        .login(
+            keycard_client::rest::Login::scram(USERS[0].0, Password::new(USERS[0].1))
+                .expect("login"),
+        )
+        .await
+        .expect("a REST session");
     let totp = keycard_auth::ClientRegistry::make(keycard_auth::TOTP, Some("alice")).expect("m");
     admin.set_user(totp.as_ref()).await.expect("totp");
     for (user, pw) in USERS {
@@ -407,8 +423,11 @@ async fn sealed_secrets_never_appear_in_clear_in_the_data_directory() {
         .map(|n| n.as_bytes().to_vec())
         .collect();
     needles.retain(|n| !names.contains(n));
-    // 3 users × 3 methods, TOTP, a token, the secret, the OPAQUE setup.
-    assert!(records >= 13, "{records} secret records");
+    // The session key is among them.
+    assert!(needles.iter().any(|n| n.as_slice() == session.key.expose()));
+    // 3 users × 3 methods, TOTP, a token, a REST session, the secret, the
+    // OPAQUE setup.
+    assert!(records >= 14, "{records} secret records");
     assert!(needles.len() >= 20, "{} byte strings", needles.len());
     let at_rest = all_bytes(&data, "server.log.copy");
     assert!(at_rest.len() > 10_000, "{} bytes read", at_rest.len());

@@ -37,6 +37,7 @@ use crate::listener::{Listener, Protocol, Refused, Stream};
 use crate::state::ServerState;
 use keycard_auth::ChannelBinding;
 
+mod durable;
 mod kv;
 mod page;
 mod session;
@@ -71,10 +72,16 @@ struct Session {
     /// The server's final message (SCRAM's signature), for `GET`.
     last: Option<Value>,
     guard: ReplayGuard,
+    /// The session's requester id (the bouncer tells it of the end).
+    requester: u64,
+    /// What a keep-alive grants (Unix ms), kept with the session.
+    duration_ms: u64,
 }
 
 /// The REST front end's own state.
 struct Rest {
+    /// Itself, for the bouncer to hold weakly as its sessions' watcher.
+    me: std::sync::Weak<Rest>,
     state: Arc<ServerState>,
     pending: Mutex<HashMap<KeycardId, Pending>>,
     sessions: Mutex<HashMap<KeycardId, Session>>,
@@ -86,11 +93,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Serves HTTP on `listener` until the task is dropped.
 pub(crate) async fn serve(state: Arc<ServerState>, listener: Listener) {
-    let rest = Arc::new(Rest {
+    let rest = Arc::new_cyclic(|me| Rest {
+        me: me.clone(),
         state: state.clone(),
         pending: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
     });
+    // The sessions kept across a restart come back before any request.
+    match rest.restore().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sessions = n, "REST sessions kept across the restart"),
+        Err(e) => tracing::error!(error = %e.text, "the kept REST sessions could not be read"),
+    }
     // A login nobody answers ends with its challenge window (its
     // reservation then counts as a failed attempt), not whenever the map
     // happens to be tidied.
@@ -461,7 +475,7 @@ impl Rest {
             (Route::SessionAnswer(sid), ..) => Ok(self.session_answer(sid, &body).await),
             (Route::SessionShow(_), Some(id), _) => Ok(self.session_show(id)),
             (Route::SessionDelete(_), Some(id), _) => Ok(self.session_delete(id).await),
-            (Route::KeepAlive(_), Some(id), _) => self.keep_alive(id, &body),
+            (Route::KeepAlive(_), Some(id), _) => self.keep_alive(id, &body).await,
             (Route::Kv(rest), _, Some(s)) => self.kv(s, &parts, pre, rest, &body).await,
             (Route::User(name), _, Some(s)) => self.user(s, &parts.method, name, &body).await,
             _ => Err(ApiError::new(ErrorCode::Internal, "unsigned signed route")),

@@ -327,6 +327,12 @@ impl Rest {
                     .map(data_json)
                     .unwrap_or(serde_json::Value::Null);
                 let window = self.state.config.http_signature_window;
+                let card = self.state.bouncer.table().show(id);
+                let (requester, duration_ms) = card.map_or((0, 0), |c| {
+                    // Durations are whole seconds; issued_at is kept to one.
+                    let d = c.expires_at.saturating_sub(c.issued_at) / 1000 * 1000;
+                    (c.requester, d)
+                });
                 lock(&self.sessions).insert(
                     id,
                     Session {
@@ -334,9 +340,22 @@ impl Rest {
                         key,
                         last,
                         guard: ReplayGuard::new(window, self.state.config.http_session_nonces),
+                        requester,
+                        duration_ms,
                     },
                 );
                 g.card.settle();
+                // The bouncer tells the front end when the keycard ends,
+                // which deletes the kept record.
+                let watcher: std::sync::Weak<dyn crate::bouncer::KeycardWatcher> = self.me.clone();
+                self.state.bouncer.register(requester, watcher);
+                // Kept before the client learns of it: a session it holds
+                // survives a restart.
+                if let Err(e) = self.persist(id).await {
+                    lock(&self.sessions).remove(&id);
+                    self.state.bouncer.revoke(id);
+                    return error(&e);
+                }
                 let mut r = json_response(StatusCode::SEE_OTHER, json!({"data": data}));
                 if let Ok(v) = HeaderValue::from_str(&format!("/session/{id}")) {
                     r.headers_mut().insert(LOCATION, v);
@@ -426,7 +445,7 @@ impl Rest {
     /// `POST /session/{sid}/keepalive {ttl?}`: extends the session's
     /// keycard by its duration (or `ttl` seconds, if shorter), never past
     /// its maximum lifetime.
-    pub(super) fn keep_alive(
+    pub(super) async fn keep_alive(
         &self,
         id: KeycardId,
         body: &[u8],
@@ -454,6 +473,9 @@ impl Rest {
             .map(|c| c.requester)
             .ok_or_else(|| ApiError::new(ErrorCode::AuthRequired, "the session has ended"))?;
         let expires_at = self.state.bouncer.keep_alive(id, requester, ttl)?;
+        // The new expiry is kept too: after a restart the session lasts
+        // as long as it would have.
+        self.persist(id).await?;
         Ok(json_response(
             StatusCode::OK,
             json!({"sid": id.to_string(), "expires_at": expires_at}),
@@ -482,7 +504,14 @@ impl Rest {
     /// `DELETE /session/{sid}`: log out.
     pub(super) async fn session_delete(&self, id: KeycardId) -> Response<Body> {
         let gone = lock(&self.sessions).remove(&id);
+        if let Some(s) = &gone {
+            self.state.bouncer.unregister(s.requester, None);
+        }
         let card = self.state.bouncer.revoke(id);
+        // Durable before the answer: a logout survives a restart.
+        if let Err(e) = self.forget(id).await {
+            return error(&e);
+        }
         if let Some(card) = card {
             let by = gone.as_ref().map(|s| s.user.qualified());
             self.state
