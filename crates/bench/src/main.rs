@@ -60,7 +60,8 @@ struct Args {
     /// bouncer's keycard table with 1M keycards, in process), tokens
     /// (get_value with and without a token login), rest (signed REST
     /// requests next to unsigned ones, REST logins), tls (the same
-    /// workloads over TLS and over plain TCP), or all.
+    /// workloads over TLS and over plain TCP), seal (with secrets sealed
+    /// at rest and without), or all.
     #[arg(long, default_value = "kv")]
     suite: String,
     /// Start the keycard server under this command, split on spaces (e.g.
@@ -443,6 +444,7 @@ mod acltree;
 mod keycards;
 mod logins;
 mod rest;
+mod seal;
 mod tls;
 mod tokens;
 
@@ -649,6 +651,12 @@ async fn main() -> anyhow::Result<()> {
     if args.suite == "tokens" || args.suite == "all" {
         tokens::token_suite(&args).await?;
         if args.suite == "tokens" {
+            return Ok(());
+        }
+    }
+    if args.suite == "seal" || args.suite == "all" {
+        seal::seal_suite(&args).await?;
+        if args.suite == "seal" {
             return Ok(());
         }
     }

@@ -224,10 +224,10 @@ pub(crate) async fn tls_suite(args: &Args) -> anyhow::Result<()> {
 }
 
 /// The bench user's password.
-const PW: &str = "bench password";
+pub(crate) const PW: &str = "bench password";
 
 /// Creates SCRAM user `bench` and makes scram-sha-256 current.
-async fn require_scram(addr: SocketAddr, tls: Option<&ClientTls>) -> anyhow::Result<()> {
+pub(crate) async fn require_scram(addr: SocketAddr, tls: Option<&ClientTls>) -> anyhow::Result<()> {
     use keycard_auth::{Password, ScramClient};
     use keycard_proto::Msg;
     let c = match tls {
@@ -248,7 +248,11 @@ async fn require_scram(addr: SocketAddr, tls: Option<&ClientTls>) -> anyhow::Res
 /// Logins per second: each on a new connection (over TLS: the handshake,
 /// then scram-sha-256-plus bound with tls-exporter, as keycard's CLI
 /// does).
-async fn scram_logins(addr: SocketAddr, tls: Option<&ClientTls>, secs: f64) -> anyhow::Result<f64> {
+pub(crate) async fn scram_logins(
+    addr: SocketAddr,
+    tls: Option<&ClientTls>,
+    secs: f64,
+) -> anyhow::Result<f64> {
     use keycard_auth::{ClientMethod, Password, ScramClient};
     let start = Instant::now();
     let mut n = 0u64;
