@@ -1021,6 +1021,24 @@ impl Store for SealedStore {
     fn subscribe(&self) -> Subscription {
         self.inner.subscribe()
     }
+
+    /// As stored: a dump keeps secret values sealed.
+    async fn export(
+        &self,
+        page: usize,
+        out: tokio::sync::mpsc::Sender<Vec<(Path, Entry)>>,
+    ) -> Result<Tock, StoreError> {
+        self.inner.export(page, out).await
+    }
+
+    /// As given: a restore writes values as they were dumped (sealed).
+    async fn import(
+        &self,
+        items: Vec<(Path, Entry)>,
+        finish: Option<Tock>,
+    ) -> Result<(), StoreError> {
+        self.inner.import(items, finish).await
+    }
 }
 
 #[cfg(test)]

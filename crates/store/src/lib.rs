@@ -96,4 +96,25 @@ pub trait Store: Send + Sync + 'static {
     /// a bounded number of bytes: a subscription that falls behind it gets
     /// [`FeedError::Lagged`] and catches up with [`Store::changes_since`].
     fn subscribe(&self) -> Subscription;
+
+    /// Every valued node as of one moment, in key order, sent to `out` in
+    /// pages of at most `page` nodes; returns that moment's tock. A
+    /// consistent snapshot: nothing committed after it is in it, and
+    /// writes go on meanwhile. Stops with [`StoreError::Closed`] if `out`
+    /// is dropped.
+    async fn export(
+        &self,
+        page: usize,
+        out: tokio::sync::mpsc::Sender<Vec<(Path, Entry)>>,
+    ) -> Result<Tock, StoreError>;
+
+    /// Loads `items`, each with its own tock, into a store that was empty
+    /// before the first call (a restore); with `finish`, the store's tock
+    /// becomes it and its change log starts there (nothing before it is
+    /// history). For a store nothing else uses: reopen it afterwards.
+    async fn import(
+        &self,
+        items: Vec<(Path, Entry)>,
+        finish: Option<Tock>,
+    ) -> Result<(), StoreError>;
 }

@@ -185,4 +185,53 @@ impl Store for MemStore {
     fn subscribe(&self) -> Subscription {
         self.feed.subscribe()
     }
+
+    async fn export(
+        &self,
+        page: usize,
+        out: tokio::sync::mpsc::Sender<Vec<(Path, Entry)>>,
+    ) -> Result<Tock, StoreError> {
+        // A copy under the lock is the snapshot.
+        let (tock, items) = {
+            let state = self.lock();
+            let items: Vec<(Vec<u8>, Entry)> = state
+                .data
+                .iter()
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            (self.tock.load(Ordering::Acquire), items)
+        };
+        let mut batch = Vec::with_capacity(page.max(1));
+        for (k, e) in items {
+            let path = Path::from_key(&k)
+                .map_err(|e| StoreError::Corrupt(format!("a stored key: {e}")))?;
+            batch.push((path, e));
+            if batch.len() >= page.max(1) {
+                out.send(std::mem::take(&mut batch))
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
+            }
+        }
+        if !batch.is_empty() {
+            out.send(batch).await.map_err(|_| StoreError::Closed)?;
+        }
+        Ok(Tock(tock))
+    }
+
+    async fn import(
+        &self,
+        items: Vec<(Path, Entry)>,
+        finish: Option<Tock>,
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        for (path, e) in items {
+            state.data.insert(path.to_key(), e);
+        }
+        if let Some(t) = finish {
+            state.log.clear();
+            state.pruned = t.0;
+            self.tock.store(t.0, Ordering::Release);
+        }
+        Ok(())
+    }
 }

@@ -585,6 +585,73 @@ impl Store for RedbStore {
     fn subscribe(&self) -> Subscription {
         self.shared.feed.subscribe()
     }
+
+    async fn export(
+        &self,
+        page: usize,
+        out: tokio::sync::mpsc::Sender<Vec<(Path, Entry)>>,
+    ) -> Result<Tock, StoreError> {
+        let shared = self.shared.clone();
+        let page = page.max(1);
+        // One read transaction: redb's snapshot of one commit.
+        let run = move || -> Result<Tock, StoreError> {
+            let txn = shared.db()?.begin_read().map_err(backend)?;
+            let tock = txn
+                .open_table(META)
+                .map_err(backend)?
+                .get("tock")
+                .map_err(backend)?
+                .map_or(0, |g| g.value());
+            let data = txn.open_table(DATA).map_err(backend)?;
+            let mut batch = Vec::with_capacity(page);
+            for item in data.iter().map_err(backend)? {
+                let (k, v) = item.map_err(backend)?;
+                let path = Path::from_key(k.value())
+                    .map_err(|e| StoreError::Corrupt(format!("a stored key: {e}")))?;
+                batch.push((path, decode_entry(v.value())?));
+                if batch.len() == page {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(page));
+                    out.blocking_send(full).map_err(|_| StoreError::Closed)?;
+                }
+            }
+            if !batch.is_empty() {
+                out.blocking_send(batch).map_err(|_| StoreError::Closed)?;
+            }
+            Ok(Tock(tock))
+        };
+        tokio::task::spawn_blocking(run).await.map_err(backend)?
+    }
+
+    async fn import(
+        &self,
+        items: Vec<(Path, Entry)>,
+        finish: Option<Tock>,
+    ) -> Result<(), StoreError> {
+        let shared = self.shared.clone();
+        let run = move || -> Result<(), StoreError> {
+            let txn = shared.db()?.begin_write().map_err(backend)?;
+            {
+                let mut data = txn.open_table(DATA).map_err(backend)?;
+                for (path, e) in &items {
+                    let entry = encode_entry(&e.value, e.tock.0);
+                    data.insert(path.to_key().as_slice(), entry.as_slice())
+                        .map_err(backend)?;
+                }
+                if let Some(t) = finish {
+                    let mut meta = txn.open_table(META).map_err(backend)?;
+                    meta.insert("tock", t.0).map_err(backend)?;
+                    meta.insert("pruned", t.0).map_err(backend)?;
+                }
+            }
+            txn.commit().map_err(backend)?;
+            if let Some(t) = finish {
+                shared.tock.store(t.0, Ordering::Release);
+                shared.pruned.store(t.0, Ordering::Release);
+            }
+            Ok(())
+        };
+        tokio::task::spawn_blocking(run).await.map_err(backend)?
+    }
 }
 
 impl RedbStore {

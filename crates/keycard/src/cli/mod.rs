@@ -39,6 +39,7 @@ mod acl;
 mod audit;
 mod cert;
 mod data;
+mod dump;
 mod keycards;
 mod seal;
 mod users;
@@ -217,6 +218,29 @@ enum Command {
         #[command(subcommand)]
         cmd: seal::SealCmd,
     },
+    /// Write a consistent snapshot of the whole tree, from the running
+    /// server, to FILE (needs super_root): data, users and their records
+    /// (still sealed when the store is), tocks; never the seal key.
+    Dump {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The file to write (never replaced).
+        file: std::path::PathBuf,
+    },
+    /// Restore a dump into an empty data directory (the server stopped),
+    /// checking the whole file first: a damaged or truncated one writes
+    /// nothing. A dump whose secrets are sealed needs its seal key
+    /// (--seal-key-file, or KEYCARD_SEAL_KEY).
+    Restore {
+        /// The dump file.
+        file: std::path::PathBuf,
+        /// The data directory to restore into (must hold no store).
+        #[arg(long, default_value = "keycard-data")]
+        data: std::path::PathBuf,
+        /// The seal key file.
+        #[arg(long, value_name = "FILE")]
+        seal_key_file: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -277,6 +301,15 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Token { cmd } => keycards::token(cmd).await,
         Command::Cert { cmd } => cert::cert(cmd),
         Command::Seal { cmd } => seal::seal(cmd).await,
+        Command::Dump { conn, file } => dump::dump(&conn, &file).await,
+        Command::Restore {
+            file,
+            data,
+            seal_key_file,
+        } => {
+            let key = seal::optional_key(seal_key_file.as_deref())?;
+            dump::restore(&file, &data, key).await
+        }
     }
 }
 

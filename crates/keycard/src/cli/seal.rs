@@ -211,6 +211,15 @@ fn init(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The seal key from `file`, else KEYCARD_SEAL_KEY, if either is given.
+pub(super) fn optional_key(file: Option<&Path>) -> anyhow::Result<Option<SealKey>> {
+    let given = file.is_some() || std::env::var_os(crate::serve::SEAL_KEY_VAR).is_some();
+    match given {
+        true => key_from(file).map(Some),
+        false => Ok(None),
+    }
+}
+
 /// The seal key from `file`, else KEYCARD_SEAL_KEY.
 fn key_from(file: Option<&Path>) -> anyhow::Result<SealKey> {
     if let Some(f) = file {

@@ -123,7 +123,10 @@ pub fn free_port() -> u16 {
 }
 
 /// The login variables a test must not inherit from whoever runs it.
-const LOGIN_VARS: [&str; 13] = [
+const LOGIN_VARS: [&str; 16] = [
+    "KEYCARD_SEAL_KEY",
+    "KEYCARD_TLS_CLIENT_CERT",
+    "KEYCARD_TLS_CLIENT_KEY",
     "KEYCARD_TLS_CA",
     "KEYCARD_TLS",
     "KEYCARD_TLS_NAME",

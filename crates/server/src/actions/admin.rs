@@ -77,3 +77,59 @@ pub(super) async fn seal_rotate(msg: &Value, r: &mut Responder) -> ApiResult {
     }
     Ok(())
 }
+
+/// Nodes per page the store hands a dump.
+const DUMP_PAGE: usize = 512;
+/// About how many bytes of values one `dump` stream item carries.
+const DUMP_ITEM_BYTES: usize = 256 * 1024;
+
+/// `dump`: a consistent snapshot of the whole tree (super-root), as a
+/// stream: items `{entries: [[PATH, VALUE, TOCK], …]}` in key order, then
+/// `{done: true, tock: T, count: N}` (the snapshot's tock and how many
+/// nodes). Secret values are as stored — sealed when the store is —
+/// with the keyring; the seal key is never in it.
+pub(super) async fn dump(r: &mut Responder) -> ApiResult {
+    let state = r.conn().state.clone();
+    let caller = r.conn().caller();
+    let store = core::admin::dump_source(&state, &caller)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let exporting = tokio::spawn(async move { store.export(DUMP_PAGE, tx).await });
+    let by = caller.user.as_ref().map(|u| u.qualified());
+    state.audit.server("dump started", "", by.as_deref()).await;
+    r.start().await;
+    let mut count = 0u64;
+    while let Some(batch) = rx.recv().await {
+        count += batch.len() as u64;
+        // Items stay small whatever the values' sizes.
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for (p, e) in batch {
+            bytes += keycard_store::value_weight(&e.value) + p.to_key().len();
+            entries.push(Value::Array(vec![
+                p.to_value(),
+                e.value,
+                Value::from(e.tock.0),
+            ]));
+            if bytes >= DUMP_ITEM_BYTES {
+                let full = std::mem::take(&mut entries);
+                r.item(Msg::new().with("entries", Value::Array(full))).await;
+                bytes = 0;
+            }
+        }
+        if !entries.is_empty() {
+            r.item(Msg::new().with("entries", Value::Array(entries)))
+                .await;
+        }
+    }
+    let tock = exporting.await.map_err(|e| {
+        crate::error::ApiError::new(keycard_proto::ErrorCode::Internal, e.to_string())
+    })??;
+    r.item(
+        Msg::new()
+            .with("done", true)
+            .with("tock", tock.0)
+            .with("count", count),
+    )
+    .await;
+    Ok(())
+}

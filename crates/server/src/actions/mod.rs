@@ -135,6 +135,7 @@ pub(crate) async fn dispatch(action: &str, msg: &Value, r: &mut Responder) -> Ap
         "reload" => Box::pin(admin::reload(r)).await,
         "seal_status" => Box::pin(admin::seal_status(r)).await,
         "seal_rotate" => Box::pin(admin::seal_rotate(msg, r)).await,
+        "dump" => Box::pin(admin::dump(r)).await,
         other => Err(ApiError::new(
             ErrorCode::UnknownAction,
             format!("unknown action {other:?}"),

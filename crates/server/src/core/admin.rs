@@ -130,3 +130,17 @@ pub(crate) async fn seal_rotate_data(
         .await;
     Ok(())
 }
+
+/// The store a dump reads: the backend as stored (secret values sealed,
+/// the keyring with its wrapped data keys, never the seal key). Super-root
+/// only.
+pub(crate) fn dump_source(
+    state: &ServerState,
+    caller: &Caller,
+) -> ApiResult<std::sync::Arc<dyn keycard_store::Store>> {
+    check_cap(state, caller, Capability::SuperRoot)?;
+    Ok(match state.seal.get() {
+        Some(seal) => seal.backend.clone(),
+        None => state.store.clone(),
+    })
+}

@@ -143,7 +143,8 @@ macro_rules! suite {
                 concurrent_writers_get_their_own_tocks,
                 racing_writers_on_one_condition_exactly_one_wins,
                 scan_depth_limits_skip_subtrees,
-                a_scan_page_stops_after_bounded_work_and_resumes
+                a_scan_page_stops_after_bounded_work_and_resumes,
+                export_is_a_snapshot_and_import_restores_it
                 $(, $extra)*
             ]);
 
@@ -1157,5 +1158,101 @@ pub fn batches_match_model(subject: &Subject, batches: Vec<Vec<Op>>) -> Result<(
             .collect();
         prop_assert_eq!(changes, log);
         Ok(())
+    })
+}
+
+/// Everything exported from a store, and the snapshot's tock.
+async fn export_all(s: &Arc<dyn Store>, page: usize) -> (Vec<(Path, Entry)>, Tock) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let s2 = s.clone();
+    let task = tokio::spawn(async move { s2.export(page, tx).await });
+    let mut all = Vec::new();
+    while let Some(batch) = rx.recv().await {
+        assert!(!batch.is_empty() && batch.len() <= page, "{}", batch.len());
+        all.extend(batch);
+    }
+    let tock = task.await.expect("join").expect("export");
+    (all, tock)
+}
+
+/// `export` is a consistent snapshot in key order, also while writers
+/// run; `import` into an empty store gives back the same nodes with the
+/// same tocks, the snapshot's tock, no history before it, and tocks that
+/// go on from there.
+pub fn export_is_a_snapshot_and_import_restores_it(subject: &Subject) {
+    rt().block_on(async {
+        let (_place, s) = subject.fresh(&Opts::default()).await;
+        for i in 0..200 {
+            s.write(vec![Op::put(p(&format!("t.n{:03}", i % 150)), i.into())])
+                .await
+                .expect("put");
+        }
+        s.write(vec![Op::delete(p("t.n007")), Op::delete(p("t.n008"))])
+            .await
+            .expect("delete");
+        let scanned = s
+            .scan_up_to(&Path::root(), ScanOpts::default(), 10_000)
+            .await
+            .expect("scan");
+        let (quiet, tock) = export_all(&s, 7).await;
+        assert_eq!(tock, s.tock());
+        assert_eq!(quiet, scanned, "the whole store, in key order");
+        // While a writer runs: what is exported is the store at one tock.
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..300 {
+                    s.write(vec![Op::put(
+                        p(&format!("t.n{:03}", i % 170)),
+                        (1000 + i).into(),
+                    )])
+                    .await
+                    .expect("put");
+                }
+            })
+        };
+        let (snap, at) = export_all(&s, 5).await;
+        writer.await.expect("writer");
+        let after = s
+            .scan_up_to(&Path::root(), ScanOpts::default(), 10_000)
+            .await
+            .expect("scan");
+        let now: BTreeMap<Path, Entry> = after.into_iter().collect();
+        let taken: BTreeMap<Path, Entry> = snap.iter().cloned().collect();
+        assert_eq!(taken.len(), snap.len(), "no node twice");
+        for (path, e) in &snap {
+            assert!(
+                e.tock <= at,
+                "{path}: {:?} after the snapshot {at:?}",
+                e.tock
+            );
+            let later = &now[path];
+            assert!(later == e || later.tock > at, "{path}");
+        }
+        for (path, e) in &now {
+            if e.tock <= at {
+                assert_eq!(taken.get(path), Some(e), "{path} was there at the snapshot");
+            }
+        }
+        // Into an empty store, in two calls.
+        let (_place2, r) = subject.fresh(&Opts::default()).await;
+        let (first, rest) = snap.split_at(snap.len() / 2);
+        r.import(first.to_vec(), None).await.expect("import");
+        r.import(rest.to_vec(), Some(at)).await.expect("import");
+        assert_eq!(r.tock(), at);
+        let back = r
+            .scan_up_to(&Path::root(), ScanOpts::default(), 10_000)
+            .await
+            .expect("scan");
+        assert_eq!(back, snap);
+        assert!(matches!(
+            r.changes_since(Tock(0), 10).await,
+            Err(StoreError::HistoryGone { .. })
+        ));
+        let out = r
+            .write(vec![Op::put(p("t.new"), 1.into())])
+            .await
+            .expect("write after import");
+        assert_eq!(out[0].tock, Tock(at.0 + 1));
     })
 }
