@@ -101,6 +101,21 @@ impl ServerArgs {
     }
 }
 
+impl ServerArgs {
+    /// Whether the server is reached over TLS, or on this machine
+    /// (loopback): where a secret may be sent to it.
+    pub(crate) fn private_channel(&self) -> anyhow::Result<bool> {
+        if self.client_tls()?.is_some() {
+            return Ok(true);
+        }
+        let host = host_of(&self.server);
+        Ok(host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback()))
+    }
+}
+
 /// The host part of `HOST:PORT` (`[V6]:PORT` without its brackets).
 fn host_of(server: &str) -> &str {
     let host = server.rsplit_once(':').map_or(server, |(h, _)| h);

@@ -178,3 +178,42 @@ async fn rest_sessions_survive_a_restart_and_their_ends_do_too() {
     let got = rest.get(Some(&alice), &at).await.expect("read").expect("v");
     assert_eq!(got.value, serde_json::json!(1));
 }
+
+/// Without a seal key, REST sessions are not kept: a session key logs in
+/// by itself and is not written to the data directory in clear. After a
+/// restart the session is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_seal_key_rest_sessions_are_not_kept() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut server = Proc::start_with(&data, &["--http", &http]);
+    let admin = Client::connect(server.addr).await.expect("admin");
+    admin
+        .set_user(&ScramClient::new("alice", Password::new(PW)))
+        .await
+        .expect("user");
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", keycard_auth::SCRAM_SHA_256),
+        )
+        .await
+        .expect("current");
+    let rest = RestClient::connection_per_request(http.clone());
+    let alice = rest
+        .login(Login::scram("alice", Password::new(PW)).expect("login"))
+        .await
+        .expect("logged in");
+    assert_eq!(status(&rest, &alice).await, 200);
+    drop(admin);
+    server.kill9();
+    let files = std::fs::read(data.join(keycard_server::STORE_FILE)).expect("store");
+    assert!(
+        !files.windows(32).any(|w| w == alice.key.expose()),
+        "the session key is in the store"
+    );
+    let _server = Proc::start_with(&data, &["--http", &http]);
+    assert_eq!(status(&rest, &alice).await, 401);
+}

@@ -392,3 +392,28 @@ async fn rotation_under_a_login_storm_fails_no_login_and_retires_the_old_keys() 
         assert!(logs_in(server.addr, u).await, "{u}");
     }
 }
+
+/// The CLI sends a new seal key only over TLS or to this machine: to a
+/// server elsewhere over plaintext it refuses before connecting.
+#[test]
+fn a_new_seal_key_never_leaves_over_plaintext() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let key = tmp.path().join("new.key");
+    seal_init(&key);
+    let out = bin_command(
+        &[
+            "seal",
+            "rotate",
+            "--new-key-file",
+            key.to_str().expect("utf-8"),
+            "-s",
+            "192.0.2.10:27586",
+        ],
+        &[],
+    )
+    .output()
+    .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("only over TLS"), "{err}");
+}

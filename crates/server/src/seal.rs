@@ -105,9 +105,11 @@ impl SealKey {
             .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
             .ok()
             .map(Zeroizing::new);
+        // Raw bytes that are all printable are a passphrase, not a key.
+        let printable = bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ');
         let raw: Option<&[u8]> = match &b64 {
             Some(d) if d.len() == 32 => Some(d.as_slice()),
-            _ if bytes.len() == 32 => Some(bytes),
+            _ if bytes.len() == 32 && !printable => Some(bytes),
             _ => None,
         };
         let Some(raw) = raw else {
@@ -210,6 +212,12 @@ pub enum SealError {
     /// A rotation is running already.
     #[error("a rotation is running already (keycard seal status)")]
     Busy,
+    /// `keycard seal enable` began and did not finish.
+    #[error(
+        "sealing this data directory (keycard seal enable) did not finish: run it again with \
+         the same key"
+    )]
+    Unfinished,
 }
 
 impl From<SealError> for StoreError {
@@ -531,12 +539,20 @@ impl Sealer {
 pub struct SealedStore {
     inner: Arc<dyn Store>,
     sealer: Arc<Sealer>,
+    /// Held (shared) by each write from its sealing to its commit: a
+    /// rotation takes it whole once, so no value sealed with a data key
+    /// about to be dropped is still on its way.
+    writes: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl SealedStore {
     /// `inner`, sealed by `sealer`.
     pub fn new(inner: Arc<dyn Store>, sealer: Arc<Sealer>) -> SealedStore {
-        SealedStore { inner, sealer }
+        SealedStore {
+            inner,
+            sealer,
+            writes: Arc::new(tokio::sync::RwLock::new(())),
+        }
     }
 
     /// The backend as it is (sealed values as stored): what a dump reads.
@@ -659,6 +675,9 @@ pub async fn attach(
     let sealer = match (ring, key) {
         (None, None) => return Ok((store, None)),
         (Some(_), None) => return Err(SealError::NoKey),
+        (Some(ring), _) if ring.value.get("sealing").and_then(Value::as_bool) == Some(true) => {
+            return Err(SealError::Unfinished)
+        }
         (Some(ring), Some(key)) => Sealer::unlock(&key, &ring.value)?,
         (None, Some(key)) => {
             if holds_secrets(store.as_ref()).await.map_err(backend)? {
@@ -668,13 +687,15 @@ pub async fn attach(
         }
     };
     let sealer = Arc::new(sealer);
+    let sealed = SealedStore::new(store.clone(), sealer.clone());
     let seal = Arc::new(Seal {
-        sealer: sealer.clone(),
-        backend: store.clone(),
+        sealer,
+        backend: store,
+        writes: sealed.writes.clone(),
         keyring: tokio::sync::Mutex::new(()),
         rotation: std::sync::Mutex::new(Rotation::default()),
     });
-    Ok((Arc::new(SealedStore::new(store, sealer)), Some(seal)))
+    Ok((Arc::new(sealed), Some(seal)))
 }
 
 /// A running server's seal: the sealer, the backend under the seal (for
@@ -684,6 +705,8 @@ pub struct Seal {
     pub sealer: Arc<Sealer>,
     /// The store under the seal.
     pub backend: Arc<dyn Store>,
+    /// The sealed store's writes in flight (see [`SealedStore`]).
+    writes: Arc<tokio::sync::RwLock<()>>,
     /// Keyring changes take turns.
     keyring: tokio::sync::Mutex<()>,
     rotation: std::sync::Mutex<Rotation>,
@@ -826,10 +849,40 @@ impl Seal {
                 }
             }
             if stale == 0 {
-                break;
+                // A write that sealed with the old key before the switch
+                // and has not committed yet: wait for every write in
+                // flight, then look once more.
+                drop(self.writes.write().await);
+                if self.stale_left(active).await? == 0 {
+                    break;
+                }
             }
         }
         self.change_keyring(KeyringChange::DropOld).await
+    }
+
+    /// How many secret values are sealed with another key than `active`.
+    async fn stale_left(&self, active: u32) -> Result<u64, SealError> {
+        let backend = |e: StoreError| SealError::Corrupt(e.to_string());
+        let mut n = 0;
+        let mut cursor = None;
+        loop {
+            let after = cursor.as_ref().map_or(After::Start, After::Cursor);
+            let page = self
+                .backend
+                .scan(&Path::root(), ScanOpts::default(), after, 1024)
+                .await
+                .map_err(backend)?;
+            n += page
+                .items
+                .iter()
+                .filter(|(p, e)| is_secret(p) && Sealer::sealed_with(&e.value) != Some(active))
+                .count() as u64;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(n),
+            }
+        }
     }
 }
 
@@ -896,6 +949,9 @@ pub async fn enable(
         Some(ring) => (Sealer::unlock(key, &ring.value)?, false),
         None => (new_keyring(store, key).await?, true),
     };
+    // Marked unfinished until every secret is sealed: a server refuses to
+    // start on a directory half sealed.
+    mark_sealing(store, true).await?;
     let mut done = Enabled {
         created,
         sealed: 0,
@@ -939,7 +995,33 @@ pub async fn enable(
             None => break,
         }
     }
+    mark_sealing(store, false).await?;
     Ok(done)
+}
+
+/// Sets or clears the keyring's mark that `seal enable` is under way.
+async fn mark_sealing(store: &dyn Store, on: bool) -> Result<(), SealError> {
+    let backend = |e: StoreError| SealError::Corrupt(e.to_string());
+    let ring = store
+        .get(&keyring_path())
+        .await
+        .map_err(backend)?
+        .ok_or_else(|| SealError::Corrupt("the keyring is gone".into()))?;
+    let Value::Map(mut fields) = ring.value else {
+        return Err(SealError::Corrupt("the keyring is not a map".into()));
+    };
+    fields.retain(|(k, _)| k.as_str() != Some("sealing"));
+    if on {
+        fields.push((Value::from("sealing"), Value::from(true)));
+    }
+    let op = Op::Put {
+        path: keyring_path(),
+        value: Value::Map(fields),
+        cond: Cond::TockIs(ring.tock),
+        idem: false,
+    };
+    store.write(vec![op]).await.map_err(backend)?;
+    Ok(())
 }
 
 /// How often a batch whose conditions were read through the seal is tried
@@ -956,6 +1038,7 @@ impl Store for SealedStore {
     }
 
     async fn write(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
+        let _sealing = self.writes.read().await;
         let mut tries = 0;
         loop {
             let (translated, read) = self.translate(ops.clone()).await?;
@@ -1199,6 +1282,18 @@ mod tests {
             attach(inner.clone(), None).await.err(),
             Some(SealError::NoKey)
         ));
+        // A `seal enable` that did not finish: refused with or without a
+        // key, until it is run again.
+        mark_sealing(inner.as_ref(), true).await.expect("mark");
+        assert!(matches!(
+            attach(inner.clone(), Some(SealKey::generate())).await.err(),
+            Some(SealError::Unfinished)
+        ));
+        mark_sealing(inner.as_ref(), false).await.expect("clear");
+        assert!(matches!(
+            attach(inner.clone(), None).await.err(),
+            Some(SealError::NoKey)
+        ));
     }
 
     /// A new data key seals from then on and the old one still opens what
@@ -1241,6 +1336,9 @@ mod tests {
         let padded = format!("  {}\n", text.as_str());
         assert_eq!(SealKey::parse(padded.as_bytes()).expect("b64").id(), k.id());
         assert_eq!(SealKey::parse(k.0.as_slice()).expect("raw").id(), k.id());
+        // A passphrase of 32 characters is not a key.
+        let e = SealKey::parse(b"correct horse battery staple 123").expect_err("printable");
+        assert!(e.contains("32 bytes"), "{e}");
         // Truncated, empty, too long: refused, saying how long it was.
         for bad in [&text.as_bytes()[..20], b"", &[7u8; 33][..]] {
             let e = SealKey::parse(bad).expect_err("refused");

@@ -94,6 +94,15 @@ pub fn auth_root() -> Path {
     Path::new(vec![Elem::Nil, "auth".into()])
 }
 
+/// `(nil, "session", SID)`: a REST session kept across restarts.
+pub(crate) fn session_path(id: keycard_auth::bouncer::KeycardId) -> Path {
+    Path::new(vec![
+        Elem::Nil,
+        "session".into(),
+        id.to_string().as_str().into(),
+    ])
+}
+
 /// `(nil, "server", NAME)`: the server's own long-term material.
 pub fn server_path(name: &str) -> Path {
     Path::new(vec![Elem::Nil, "server".into(), name.into()])
@@ -292,6 +301,30 @@ impl ServerState {
                 );
                 let event = format!("revoked: client certificate refused: {why}");
                 self.audit.keycard(&event, &card, by).await;
+            }
+        }
+    }
+
+    /// Whether REST sessions are kept across restarts: only when secrets
+    /// are sealed (a session key logs in by itself, and must not lie in
+    /// the data directory in clear).
+    pub(crate) fn keeps_sessions(&self) -> bool {
+        self.seal.get().is_some()
+    }
+
+    /// A keycard was revoked `by`: audited, and, if it was a kept REST
+    /// session, its record deleted before this returns (so the
+    /// revocation survives a restart that follows at once).
+    pub(crate) async fn keycard_revoked(
+        &self,
+        card: &keycard_auth::bouncer::Keycard,
+        by: Option<&str>,
+    ) {
+        self.audit.keycard("revoked", card, by).await;
+        if self.keeps_sessions() {
+            let op = keycard_store::Op::delete(session_path(card.id));
+            if let Err(e) = self.store.write(vec![op]).await {
+                tracing::error!(keycard = %card.id, error = %e, "a revoked REST session's record was not deleted");
             }
         }
     }

@@ -131,6 +131,14 @@ fn rotation_line(r: &Value) -> String {
 }
 
 async fn rotate(conn: &ConnArgs, new_key: Option<&Path>, data: bool) -> anyhow::Result<()> {
+    // Refused here, before the key goes anywhere: the server would refuse
+    // it too, but only once it had crossed the network in clear.
+    if new_key.is_some() && !conn.at.private_channel()? {
+        bail!(
+            "a seal key is sent only over TLS or to a server on this machine: connect with \
+             --tls-ca (or --tls)"
+        );
+    }
     let c = connect(conn).await?;
     if let Some(file) = new_key {
         let key = SealKey::read_file(file).map_err(anyhow::Error::msg)?;

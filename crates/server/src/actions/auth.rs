@@ -542,7 +542,7 @@ pub(super) async fn methods_withdrawn(
             .collect();
         for id in ids {
             if let Some(card) = state.bouncer.revoke(id) {
-                state.audit.keycard("revoked", &card, by.as_deref()).await;
+                state.keycard_revoked(&card, by.as_deref()).await;
             }
         }
         tracing::warn!(method = m, "logins by a method no longer accepted ended");

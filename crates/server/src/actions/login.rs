@@ -120,6 +120,8 @@ enum Next {
 struct Read {
     at: Path,
     tock: Option<Tock>,
+    /// The record as read (the write-back's condition: unchanged since).
+    value: Option<Value>,
 }
 
 /// A login under way.
@@ -348,6 +350,7 @@ impl Login {
         self.read = Some(Read {
             at,
             tock: entry.as_ref().map(|e| e.tock),
+            value: entry.as_ref().map(|e| e.value.clone()),
         });
         self.running = m.name();
         let now_ms = self.state.now_ms();
@@ -573,13 +576,16 @@ impl Login {
         let mut ops = Vec::with_capacity(self.write_backs.len());
         for (read, value) in self.write_backs.drain(..) {
             // A method vouches only for a record it read.
-            let Some(tock) = read.tock else {
+            let (Some(_), Some(was)) = (read.tock, read.value) else {
                 return Err(Failure::Auth(AuthError::Failed));
             };
+            // Unchanged since it was read, by value: a record sealed again
+            // by a key rotation meanwhile (a new tock, the same record)
+            // still counts as unchanged.
             ops.push(Op::Put {
                 path: read.at,
                 value,
-                cond: Cond::TockIs(tock),
+                cond: Cond::Equals(was),
                 idem: false,
             });
         }

@@ -170,7 +170,7 @@ pub(crate) async fn revoke_matching(
 ) -> ApiResult<usize> {
     let mut n = 0;
     for card in state.bouncer.revoke_where(f) {
-        state.audit.keycard("revoked", &card, by).await;
+        state.keycard_revoked(&card, by).await;
         n += 1;
     }
     for (id, _) in durable(state, f, usize::MAX, |_| true).await? {
@@ -373,7 +373,7 @@ pub(crate) async fn revoke_id(
         .bouncer
         .revoke_if(id, |c| owner(Some(c), None).as_ref() == Some(&whose))
     {
-        state.audit.keycard("revoked", &card, by.as_deref()).await;
+        state.keycard_revoked(&card, by.as_deref()).await;
         n += 1;
     }
     if stored.is_some() {
@@ -439,7 +439,7 @@ pub(crate) async fn revoke_filter(
             .bouncer
             .revoke_if(c.id, |now| owner(Some(now), None) == whose)
         {
-            state.audit.keycard("revoked", &card, by.as_deref()).await;
+            state.keycard_revoked(&card, by.as_deref()).await;
             n += 1;
         }
     }

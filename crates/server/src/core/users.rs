@@ -150,7 +150,7 @@ async fn revoke_user(
     let mut n = 0;
     for id in ids {
         if let Some(card) = state.bouncer.revoke(id) {
-            state.audit.keycard("revoked", &card, by).await;
+            state.keycard_revoked(&card, by).await;
             n += 1;
         }
     }

@@ -29,11 +29,11 @@ fn root() -> Path {
 
 /// `(nil, "session", SID)`.
 fn path(id: KeycardId) -> Path {
-    root().child(id.to_string().as_str())
+    crate::state::session_path(id)
 }
 
 /// A session's record.
-fn record(s: &Session, max_until: u64) -> Value {
+fn record(s: &Session, max_until: u64, user_tock: u64) -> Value {
     let u = &s.user;
     let acls = match &u.acls {
         None => Value::Nil,
@@ -50,6 +50,7 @@ fn record(s: &Session, max_until: u64) -> Value {
         )
         .with("domain", u.domain.to_value())
         .with("record", u.record.to_value())
+        .with("record_tock", user_tock)
         .with("login_at", u.login_at)
         .with("expires_at", u.expires_at)
         .with("max_until", max_until)
@@ -60,7 +61,7 @@ fn record(s: &Session, max_until: u64) -> Value {
 }
 
 /// A record read back: the session, and its keycard's times.
-fn parse(id: KeycardId, v: &Value) -> Option<(Session, u64)> {
+fn parse(id: KeycardId, v: &Value) -> Option<(Session, u64, u64)> {
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let num = |k: &str| v.get(k).and_then(Value::as_u64);
     let key: [u8; 32] = v.get("key")?.as_bin()?.try_into().ok()?;
@@ -108,15 +109,28 @@ fn parse(id: KeycardId, v: &Value) -> Option<(Session, u64)> {
         requester: 0,
         duration_ms: num("duration_ms")?,
     };
-    Some((session, num("max_until")?))
+    Some((session, num("max_until")?, num("record_tock")?))
 }
 
 impl Rest {
     /// Writes session `id`'s record (after its login or a keep-alive).
     pub(super) async fn persist(&self, id: KeycardId) -> Result<(), ApiError> {
+        if !self.state.keeps_sessions() {
+            return Ok(());
+        }
         let card = self.state.bouncer.table().show(id);
         let Some(card) = card else {
             return Ok(());
+        };
+        // The user record as it is now: a session whose user's record has
+        // changed (a new credential, a deletion) does not come back.
+        let record_at = match lock(&self.sessions).get(&id) {
+            Some(s) => s.user.record.clone(),
+            None => return Ok(()),
+        };
+        let user_tock = match self.state.store.get(&record_at).await? {
+            Some(e) => e.tock.0,
+            None => return Ok(()),
         };
         let value = {
             let mut sessions = lock(&self.sessions);
@@ -126,12 +140,17 @@ impl Rest {
             if s.user.expires_at != card.expires_at {
                 Arc::make_mut(&mut s.user).expires_at = card.expires_at;
             }
-            record(s, card.max_until)
+            record(s, card.max_until, user_tock)
         };
         self.state
             .store
             .write(vec![Op::put(path(id), value)])
             .await?;
+        // Ended while the record was being written (a logout, a
+        // revocation): it must not outlive the session.
+        if self.state.bouncer.table().show(id).is_none() {
+            self.forget(id).await?;
+        }
         Ok(())
     }
 
@@ -167,11 +186,17 @@ impl Rest {
                     _ => None,
                 };
                 let parsed = id.and_then(|id| parse(id, &e.value).map(|s| (id, s)));
-                let Some((id, (mut session, max_until))) = parsed else {
+                let Some((id, (mut session, max_until, user_tock))) = parsed else {
                     tracing::warn!(path = %p, "a kept REST session does not read; deleted");
                     stale.push(Op::delete(p.clone()));
                     continue;
                 };
+                // The user's record must be the one the session knew.
+                let now_tock = self.state.store.get(&session.user.record).await?;
+                if now_tock.map(|e| e.tock.0) != Some(user_tock) {
+                    stale.push(Op::delete(p.clone()));
+                    continue;
+                }
                 let requester = self.state.next_conn_id();
                 let u = &session.user;
                 let restored = Restored {
@@ -194,8 +219,9 @@ impl Rest {
                     continue;
                 }
                 session.requester = requester;
-                // Requests signed before now may have been seen.
-                session.guard = ReplayGuard::new(window, nonces).since(now.div_ceil(1000));
+                // Requests signed before now may have been seen (a client
+                // whose clock runs ahead is the limit: docs/REST.md).
+                session.guard = ReplayGuard::new(window, nonces).since(now / 1000 + 1);
                 let watcher: std::sync::Weak<dyn KeycardWatcher> = self.me.clone();
                 self.state.bouncer.register(requester, watcher);
                 lock(&self.sessions).insert(id, session);
@@ -220,6 +246,9 @@ impl KeycardWatcher for Rest {
         let gone = lock(&self.sessions).remove(&id);
         if let Some(s) = &gone {
             self.state.bouncer.unregister(s.requester, None);
+        }
+        if !self.state.keeps_sessions() {
+            return;
         }
         let store = self.state.store.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -408,7 +408,9 @@ impl Rest {
         // The bouncer's table is the authority on the keycard's end (a
         // keep-alive moves it there): the session's user carries that.
         let Ok(expires_at) = self.state.bouncer.table().check(id, now) else {
-            lock(&self.sessions).remove(&id);
+            if let Some(s) = lock(&self.sessions).remove(&id) {
+                self.state.bouncer.unregister(s.requester, None);
+            }
             return Err("the session has ended (expired, revoked or logged out)".into());
         };
         // The HMAC runs outside the sessions' lock (other connections
@@ -509,8 +511,10 @@ impl Rest {
         }
         let card = self.state.bouncer.revoke(id);
         // Durable before the answer: a logout survives a restart.
-        if let Err(e) = self.forget(id).await {
-            return error(&e);
+        if self.state.keeps_sessions() {
+            if let Err(e) = self.forget(id).await {
+                return error(&e);
+            }
         }
         if let Some(card) = card {
             let by = gone.as_ref().map(|s| s.user.qualified());
@@ -552,7 +556,14 @@ impl Rest {
         if sessions.len() > 1024 {
             let now = self.state.now_ms();
             let t = self.state.bouncer.table();
-            sessions.retain(|id, _| t.check(*id, now).is_ok());
+            let bouncer = &self.state.bouncer;
+            sessions.retain(|id, s| {
+                let live = t.check(*id, now).is_ok();
+                if !live {
+                    bouncer.unregister(s.requester, None);
+                }
+                live
+            });
         }
     }
 }
