@@ -49,6 +49,9 @@ struct Args {
     /// Entries for the get_tree measurement.
     #[arg(long, default_value_t = 100_000)]
     tree_entries: u64,
+    /// Entries the seal suite dumps and restores.
+    #[arg(long, default_value_t = 200_000)]
+    dump_entries: u64,
     /// Requests in flight per client when pipelining.
     #[arg(long, default_value_t = 32)]
     depth: usize,
@@ -154,9 +157,10 @@ async fn start_keycard_with(
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("keycard"),
     };
-    let dir = std::env::temp_dir().join(format!("keycard-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     let port = free_port()?;
+    // One directory per server: suites start two side by side.
+    let dir = std::env::temp_dir().join(format!("keycard-bench-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let mut cmd = match &args.keycard_wrapper {
         Some(w) => {

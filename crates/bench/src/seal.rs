@@ -51,6 +51,12 @@ pub(crate) async fn seal_suite(args: &Args) -> anyhow::Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("keycard-bench-seal-{}", std::process::id()));
     let key = key_file(&dir)?;
+    // The key file outlives the servers' start: the restore needs it.
+    let key_copy = std::env::temp_dir()
+        .join(format!("keycard-bench-seal-{}.key", std::process::id()))
+        .to_string_lossy()
+        .into_owned();
+    std::fs::copy(&key, &key_copy)?;
     let sealed_http = format!("127.0.0.1:{}", free_port()?);
     let plain_http = format!("127.0.0.1:{}", free_port()?);
     let sealed = start_keycard_with(
