@@ -2,8 +2,9 @@
 //! signed requests work after `kill -9` and after a clean stop, its
 //! keep-alive's expiry is kept, a revoked session and a logged-out one
 //! stay ended, and a request signed before the restart cannot be played
-//! again after it (the nonces the session had seen are gone, so nothing
-//! signed before the restart is taken).
+//! again after it (the nonces the session had seen are gone: nothing
+//! signed before the restart is taken, nor anything at or before a `ts`
+//! a session admitted ahead of the server's clock).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,7 +52,7 @@ async fn rest_sessions_survive_a_restart_and_their_ends_do_too() {
     let http = format!("127.0.0.1:{}", free_port());
     let mut server = start(&data, k, &http);
     let admin = Client::connect(server.addr).await.expect("admin");
-    for u in ["alice", "bob", "carol", "keeper"] {
+    for u in ["alice", "bob", "carol", "dave", "keeper"] {
         admin
             .set_user(&ScramClient::new(u, Password::new(PW)))
             .await
@@ -92,6 +93,7 @@ async fn rest_sessions_survive_a_restart_and_their_ends_do_too() {
     let alice = login("alice").await;
     let bob = login("bob").await;
     let carol = login("carol").await;
+    let dave = login("dave").await;
     for s in [&alice, &bob, &carol] {
         assert_eq!(status(&rest, s).await, 200);
     }
@@ -104,6 +106,21 @@ async fn rest_sessions_survive_a_restart_and_their_ends_do_too() {
     let header = alice.authorization("GET", &target, b"", "", "", now_secs(), nonce);
     let r = rest
         .send("GET", &target, &[("authorization", header.as_str())], b"")
+        .await
+        .expect("send");
+    assert_eq!(r.status, 200);
+    // dave's clock runs 20 s ahead: his request, signed "in the future",
+    // is kept before it runs, so a restart within the window cannot take
+    // it again.
+    let dave_target = format!("/session/{}", dave.sid);
+    let ahead = dave.authorization("GET", &dave_target, b"", "", "", now_secs() + 20, [7; 16]);
+    let r = rest
+        .send(
+            "GET",
+            &dave_target,
+            &[("authorization", ahead.as_str())],
+            b"",
+        )
         .await
         .expect("send");
     assert_eq!(r.status, 200);
@@ -139,7 +156,7 @@ async fn rest_sessions_survive_a_restart_and_their_ends_do_too() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !server
         .log()
-        .contains("REST sessions kept across the restart sessions=1")
+        .contains("REST sessions kept across the restart sessions=2")
     {
         assert!(std::time::Instant::now() < deadline, "{}", server.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -159,6 +176,31 @@ async fn rest_sessions_survive_a_restart_and_their_ends_do_too() {
         .await
         .expect("send");
     assert_eq!(replay.status, 401, "a request from before the restart");
+    let replay = rest
+        .send(
+            "GET",
+            &dave_target,
+            &[("authorization", ahead.as_str())],
+            b"",
+        )
+        .await
+        .expect("send");
+    assert_eq!(
+        replay.status, 401,
+        "a request signed ahead, from before the restart"
+    );
+    // dave's clock goes on, still ahead: taken.
+    let next = dave.authorization("GET", &dave_target, b"", "", "", now_secs() + 22, [8; 16]);
+    let r = rest
+        .send(
+            "GET",
+            &dave_target,
+            &[("authorization", next.as_str())],
+            b"",
+        )
+        .await
+        .expect("send");
+    assert_eq!(r.status, 200, "dave goes on");
     // A write and a read signed by the kept session.
     let at = Path::parse("after.restart").expect("p");
     rest.put(Some(&alice), &at, &serde_json::json!(1), Default::default())

@@ -55,6 +55,7 @@ fn record(s: &Session, max_until: u64, user_tock: u64) -> Value {
         .with("expires_at", u.expires_at)
         .with("max_until", max_until)
         .with("duration_ms", s.duration_ms)
+        .with("ahead", s.ahead)
         .with("key", s.key.expose().to_vec())
         .with("last", s.last.clone().unwrap_or(Value::Nil))
         .into_value()
@@ -108,6 +109,7 @@ fn parse(id: KeycardId, v: &Value) -> Option<(Session, u64, u64)> {
         guard: ReplayGuard::new(0, 0),
         requester: 0,
         duration_ms: num("duration_ms")?,
+        ahead: num("ahead").unwrap_or(0),
     };
     Some((session, num("max_until")?, num("record_tock")?))
 }
@@ -219,9 +221,11 @@ impl Rest {
                     continue;
                 }
                 session.requester = requester;
-                // Requests signed before now may have been seen (a client
-                // whose clock runs ahead is the limit: docs/REST.md).
-                session.guard = ReplayGuard::new(window, nonces).since(now / 1000 + 1);
+                // Requests signed before now may have been seen.
+                // And nothing at or before a `ts` it admitted ahead of the
+                // clock, which was kept before its request ran.
+                let floor = (now / 1000 + 1).max(session.ahead.saturating_add(1));
+                session.guard = ReplayGuard::new(window, nonces).since(floor);
                 let watcher: std::sync::Weak<dyn KeycardWatcher> = self.me.clone();
                 self.state.bouncer.register(requester, watcher);
                 lock(&self.sessions).insert(id, session);

@@ -76,6 +76,10 @@ struct Session {
     requester: u64,
     /// What a keep-alive grants (Unix ms), kept with the session.
     duration_ms: u64,
+    /// The latest `ts` (Unix s) admitted that was ahead of the server's
+    /// clock, kept with the session before the request runs: after a
+    /// restart nothing at or before it is admitted again.
+    ahead: u64,
 }
 
 /// The REST front end's own state.
@@ -419,7 +423,7 @@ impl Rest {
                 return self.session_waiting(sid);
             }
             Route::SessionShow(sid) | Route::SessionDelete(sid) | Route::KeepAlive(sid) => {
-                match self.verify(&parts, pre, &body) {
+                match self.verify_kept(&parts, pre, &body).await {
                     Ok((id, _)) if id.to_string() == sid => Some(id),
                     Ok(_) => return unauthorized("the signature is for another session"),
                     Err(why) => return refused(&why),
@@ -435,7 +439,7 @@ impl Rest {
                 if !parts.headers.contains_key(AUTHORIZATION) && self.state.is_open() {
                     Some(crate::caller::Caller::default())
                 } else {
-                    match self.verify(&parts, pre, &body) {
+                    match self.verify_kept(&parts, pre, &body).await {
                         Ok((_, user)) => Some(crate::caller::Caller {
                             root: user.domain.clone(),
                             user: Some(user),

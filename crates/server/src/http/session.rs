@@ -342,6 +342,7 @@ impl Rest {
                         guard: ReplayGuard::new(window, self.state.config.http_session_nonces),
                         requester,
                         duration_ms,
+                        ahead: 0,
                     },
                 );
                 g.card.settle();
@@ -390,12 +391,31 @@ impl Rest {
     /// Checks a request's signature (its preconditions included), time
     /// and nonce against its session; the session's keycard must be live.
     /// The error is why (for the `401`).
-    pub(super) fn verify(
+    /// [`Rest::verify`], and a request signed ahead of the server's clock
+    /// is kept with its session before it runs (see `Session::ahead`).
+    pub(super) async fn verify_kept(
         &self,
         parts: &hyper::http::request::Parts,
         pre: super::kv::Preconditions<'_>,
         body: &[u8],
     ) -> Result<(KeycardId, Arc<LoggedIn>), String> {
+        let (id, user, ahead) = self.verify(parts, pre, body)?;
+        if ahead && self.state.keeps_sessions() {
+            self.persist(id)
+                .await
+                .map_err(|e| format!("the session could not be kept: {}", e.text))?;
+        }
+        Ok((id, user))
+    }
+
+    /// Checks the signature; also says whether the request was signed
+    /// ahead of the server's clock (its `ts` then kept in the session).
+    fn verify(
+        &self,
+        parts: &hyper::http::request::Parts,
+        pre: super::kv::Preconditions<'_>,
+        body: &[u8],
+    ) -> Result<(KeycardId, Arc<LoggedIn>, bool), String> {
         let Some(h) = parts.headers.get(AUTHORIZATION) else {
             return Err("this needs a signed request (Authorization: Keycard …)".into());
         };
@@ -433,10 +453,15 @@ impl Rest {
             return Err("no such session".into());
         };
         match s.guard.admit(now / 1000, auth.ts, auth.nonce) {
-            Ok(()) if user.expires_at == expires_at => Ok((id, user)),
             Ok(()) => {
-                Arc::make_mut(&mut s.user).expires_at = expires_at;
-                Ok((id, s.user.clone()))
+                let ahead = auth.ts > now / 1000 && auth.ts > s.ahead;
+                if ahead {
+                    s.ahead = auth.ts;
+                }
+                if user.expires_at != expires_at {
+                    Arc::make_mut(&mut s.user).expires_at = expires_at;
+                }
+                Ok((id, s.user.clone(), ahead))
             }
             // A valid request over the nonce memory: slow down, not 401.
             Err(signed::SignError::Busy) => Err(BUSY.into()),
