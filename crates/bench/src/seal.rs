@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use crate::tls::{require_scram, scram_logins, PW};
+use crate::tls::{scram_logins, PW};
 use crate::{free_port, print_table_with, setup, start_keycard_with, throughput, Args, Op, Row};
 
 /// A seal key file (32 raw random bytes, mode 0600) in `dir`.
@@ -26,6 +26,34 @@ fn key_file(dir: &std::path::Path) -> anyhow::Result<String> {
     let key: [u8; 32] = rand::random();
     f.write_all(&key)?;
     Ok(path.to_string_lossy().into_owned())
+}
+
+/// Creates SCRAM user `bench` holding super_root, then makes
+/// scram-sha-256 current.
+async fn require_scram_admin(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use keycard_proto::{Msg, Value};
+    let c = keycard_client::Client::connect(addr).await?;
+    c.set_user(&keycard_auth::ScramClient::new(
+        "bench",
+        keycard_auth::Password::new(PW),
+    ))
+    .await?;
+    let caps = Msg::new().with("caps", Value::Array(vec!["super_root".into()]));
+    let at = keycard_proto::Path::parse("auth.scram-sha-256.user.bench.caps")?;
+    c.request(
+        Msg::new()
+            .with("action", "set_internal")
+            .with_path("path", &at)
+            .with("value", caps.into_value()),
+    )
+    .await?;
+    c.request(
+        Msg::new()
+            .with("action", "set_auth_typ")
+            .with("typ", keycard_auth::SCRAM_SHA_256),
+    )
+    .await?;
+    Ok(())
 }
 
 /// REST logins per second, one client, each a new session (`POST
@@ -87,8 +115,9 @@ pub(crate) async fn seal_suite(args: &Args) -> anyhow::Result<()> {
             results,
         });
     }
+    // On both, the bench user holds super_root (it dumps the sealed one).
     for p in peers {
-        require_scram(p.addr, None).await?;
+        require_scram_admin(p.addr).await?;
     }
     let mut results = Vec::new();
     for p in peers {
@@ -118,6 +147,86 @@ pub(crate) async fn seal_suite(args: &Args) -> anyhow::Result<()> {
         &["keycard sealed", "keycard not sealed"],
         "sealed / not",
         rows,
+    );
+    let measured = dump_and_restore(args, &sealed, &key_copy).await;
+    let _ = std::fs::remove_file(&key_copy);
+    measured
+}
+
+/// `args.dump_entries` data nodes written into the sealed server, then
+/// `keycard dump` of the whole tree and `keycard restore` of the file into
+/// an empty directory, each timed as a whole command: nodes per second.
+async fn dump_and_restore(args: &Args, sealed: &crate::Peer, key: &str) -> anyhow::Result<()> {
+    let n = args.dump_entries;
+    let writers = 16u64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let addr = sealed.addr;
+        tasks.push(tokio::spawn(async move {
+            let c = keycard_client::Client::connect(addr).await?;
+            // Logins are required by now: the bench user writes.
+            c.login(&keycard_auth::ScramClient::new(
+                "bench",
+                keycard_auth::Password::new(PW),
+            ))
+            .await?;
+            let mut i = w;
+            while i < n {
+                let p = keycard_proto::Path::new(vec!["fill".into(), format!("n{i:08}").into()]);
+                c.set(&p, keycard_proto::Value::from(i)).await?;
+                i += writers;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let bin = match &args.keycard {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("keycard"),
+    };
+    let dir = std::env::temp_dir().join(format!("keycard-bench-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("tree.dump");
+    let run = |args: &[&str]| -> anyhow::Result<(f64, String)> {
+        let start = Instant::now();
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .env("KEYCARD_PASSWORD", PW)
+            .output()?;
+        let secs = start.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        anyhow::ensure!(out.status.success(), "{args:?}: {err}");
+        Ok((secs, err))
+    };
+    let f = file.to_string_lossy().into_owned();
+    let addr = sealed.addr.to_string();
+    let (dump_s, said) = run(&["dump", &f, "-s", &addr, "--user", "bench"])?;
+    let nodes: f64 = said
+        .split("dumped ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0.0);
+    let bytes = std::fs::metadata(&file)?.len();
+    let target = dir.join("restored").to_string_lossy().into_owned();
+    let (restore_s, _) = run(&["restore", &f, "--data", &target, "--seal-key-file", key])?;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "\n### Dump and restore (sealed store, {nodes} nodes, {:.1} MiB file)\n",
+        bytes as f64 / f64::from(1u32 << 20)
+    );
+    println!("| command | seconds | nodes/s |");
+    println!("|---|---:|---:|");
+    println!(
+        "| keycard dump (online, over msgpack) | {dump_s:.2} | {:.0} |",
+        nodes / dump_s
+    );
+    println!(
+        "| keycard restore (offline) | {restore_s:.2} | {:.0} |",
+        nodes / restore_s
     );
     Ok(())
 }
