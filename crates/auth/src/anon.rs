@@ -37,7 +37,7 @@ pub(crate) static ENTRY: crate::Entry = crate::Entry {
     client: |user, _| {
         Ok(Box::new(NameClient::new(
             ANON,
-            crate::info::need_user(ANON, user)?,
+            crate::exchange::need_user(ANON, user)?,
         )))
     },
 };

@@ -10,7 +10,7 @@
 
 use keycard_proto::Value;
 
-use crate::exchange::{AuthError, LoginCtx, Step, Verdict};
+use crate::exchange::{AuthError, LoginCtx, PeerCert, Step, Verdict};
 use crate::root::{empty_record, require_empty_data, NameClient};
 use crate::schema::{Kind, USER};
 use crate::Method;
@@ -49,26 +49,10 @@ pub(crate) static ENTRY: crate::Entry = crate::Entry {
     client: |user, _| {
         Ok(Box::new(NameClient::new(
             CERT,
-            crate::info::need_user(CERT, user)?,
+            crate::exchange::need_user(CERT, user)?,
         )))
     },
 };
-
-/// The connection's TLS client certificate, as the front end judged it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PeerCert {
-    /// It chains to a client CA, is within its validity at the front
-    /// end's time and is not revoked: the names it holds that may be user
-    /// names (the subject CN, or the SANs of a kind, as configured).
-    Verified {
-        /// The names, as the certificate spells them.
-        names: Vec<String>,
-    },
-    /// It was presented and the handshake went through (a client
-    /// certificate is optional), but it is not accepted; why, for the
-    /// audit log.
-    Refused(String),
-}
 
 /// Server half of `cert`.
 pub struct CertMethod;

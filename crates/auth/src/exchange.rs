@@ -95,7 +95,23 @@ pub struct LoginCtx<'a> {
     /// it, for a method that logs in with it
     /// ([`crate::MethodInfo::client_cert`]); `None` when none was
     /// presented (or the method does not use it).
-    pub client_cert: Option<&'a crate::cert::PeerCert>,
+    pub client_cert: Option<&'a PeerCert>,
+}
+
+/// The connection's TLS client certificate, as the front end judged it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerCert {
+    /// It chains to a client CA, is within its validity at the front
+    /// end's time and is not revoked: the names it holds that may be user
+    /// names (the subject CN, or the SANs of a kind, as configured).
+    Verified {
+        /// The names, as the certificate spells them.
+        names: Vec<String>,
+    },
+    /// It was presented and the handshake went through (a client
+    /// certificate is optional), but it is not accepted; why, for the
+    /// audit log.
+    Refused(String),
 }
 
 /// A successful login's outcome.
@@ -135,4 +151,18 @@ pub struct ClientLogin {
     pub request: Msg,
     /// Answers to the server's messages, if the exchange has several steps.
     pub exchange: Option<Box<dyn Exchange<()>>>,
+}
+
+/// The user name a client half needs, or the error saying so.
+pub(crate) fn need_user(method: &str, user: Option<&str>) -> Result<String, AuthError> {
+    user.map(str::to_owned)
+        .ok_or_else(|| AuthError::Unsupported(format!("method {method} needs a user name")))
+}
+
+/// The password a client half needs, or the error saying so.
+pub(crate) fn need_password(
+    method: &str,
+    password: Option<crate::secret::Password>,
+) -> Result<crate::secret::Password, AuthError> {
+    password.ok_or_else(|| AuthError::Unsupported(format!("method {method} needs a password")))
 }

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use crate::exchange::AuthError;
-use crate::registry::MethodSecrets;
+use crate::password::Argon2Params;
 use crate::schema::Kind;
-use crate::secret::Password;
+use crate::secret::{Password, SecretKey};
 use crate::{ClientMethod, Method};
 
 /// How a method's messages' `data` travel where only text can (JSON over
@@ -89,6 +89,20 @@ pub struct MethodInfo {
 pub type MakeClient =
     fn(user: Option<&str>, password: Option<Password>) -> Result<Box<dyn ClientMethod>, AuthError>;
 
+/// What the server gives its methods: a secret to derive the answers for
+/// unknown users from, the iteration count real SCRAM users have, and the
+/// Argon2id cost for new `password` users.
+pub struct MethodSecrets {
+    /// Server secret for mock salts and keys (stable per user name).
+    pub mock_key: SecretKey,
+    /// Iterations announced to unknown SCRAM users.
+    pub scram_iterations: u32,
+    /// Argon2id parameters for new `password` hashes.
+    pub argon2: Argon2Params,
+    /// The serialized OPAQUE server setup (see `new_server_setup`).
+    pub opaque_setup: Vec<u8>,
+}
+
 /// What the server half of a method is made from.
 pub type MakeServer = fn(&MethodSecrets) -> Result<Arc<dyn Method>, AuthError>;
 
@@ -100,18 +114,4 @@ pub struct Entry {
     pub server: MakeServer,
     /// Builds the client half.
     pub client: MakeClient,
-}
-
-/// The user name a client half needs, or the error saying so.
-pub(crate) fn need_user(method: &str, user: Option<&str>) -> Result<String, AuthError> {
-    user.map(str::to_owned)
-        .ok_or_else(|| AuthError::Unsupported(format!("method {method} needs a user name")))
-}
-
-/// The password a client half needs, or the error saying so.
-pub(crate) fn need_password(
-    method: &str,
-    password: Option<Password>,
-) -> Result<Password, AuthError> {
-    password.ok_or_else(|| AuthError::Unsupported(format!("method {method} needs a password")))
 }

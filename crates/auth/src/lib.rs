@@ -38,12 +38,12 @@ pub mod x509;
 
 pub use anon::ANON;
 pub use binding::{tls_exporter, tls_server_end_point, ChannelBinding};
-pub use cert::{CertMethod, PeerCert, CERT};
-pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, Step, Verdict};
-pub use info::{Entry, MakeClient, MakeServer, MethodInfo, Payload, RestSet};
+pub use cert::{CertMethod, CERT};
+pub use exchange::{AuthError, ClientLogin, Exchange, LoginCtx, PeerCert, Step, Verdict};
+pub use info::{Entry, MakeClient, MakeServer, MethodInfo, MethodSecrets, Payload, RestSet};
 pub use opaque::{new_server_setup, Opaque, OpaqueClient, OpaqueLogin, OPAQUE, OPAQUE_SUITE};
 pub use password::{Argon2Params, PasswordClient, PasswordMethod, PASSWORD, PASSWORD_FIELD};
-pub use registry::{method_info, ClientRegistry, MethodSecrets, Registry};
+pub use registry::{method_info, ClientRegistry, Registry};
 pub use root::{NameClient, ROOT, ROOT_USER};
 pub use schema::{Field, FieldType, Kind, GROUP, USER};
 pub use scram::{

@@ -182,8 +182,8 @@ pub(crate) static ENTRY: crate::Entry = crate::Entry {
     server: |s| Ok(std::sync::Arc::new(Opaque::new(&s.opaque_setup)?)),
     client: |user, password| {
         Ok(Box::new(OpaqueClient {
-            user: crate::info::need_user(OPAQUE, user)?,
-            password: crate::info::need_password(OPAQUE, password)?,
+            user: crate::exchange::need_user(OPAQUE, user)?,
+            password: crate::exchange::need_password(OPAQUE, password)?,
         }))
     },
 };

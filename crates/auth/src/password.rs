@@ -153,8 +153,8 @@ pub(crate) static ENTRY: crate::Entry = crate::Entry {
     server: |s| Ok(std::sync::Arc::new(PasswordMethod::new(s.argon2)?)),
     client: |user, password| {
         Ok(Box::new(PasswordClient {
-            user: crate::info::need_user(PASSWORD, user)?,
-            password: crate::info::need_password(PASSWORD, password)?,
+            user: crate::exchange::need_user(PASSWORD, user)?,
+            password: crate::exchange::need_password(PASSWORD, password)?,
         }))
     },
 };

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use crate::exchange::AuthError;
-use crate::info::{Entry, MethodInfo};
-use crate::password::Argon2Params;
-use crate::secret::{Password, SecretKey};
+use crate::info::{Entry, MethodInfo, MethodSecrets};
+use crate::secret::Password;
 use crate::{ClientMethod, Method};
 
 /// Every method keycard knows, one registration line each, in the order
@@ -31,20 +30,6 @@ pub fn method_info(method: &str) -> Option<&'static MethodInfo> {
 #[derive(Clone)]
 pub struct Registry {
     methods: Vec<Arc<dyn Method>>,
-}
-
-/// What the server gives its methods: a secret to derive the answers for
-/// unknown users from, the iteration count real SCRAM users have, and the
-/// Argon2id cost for new `password` users.
-pub struct MethodSecrets {
-    /// Server secret for mock salts and keys (stable per user name).
-    pub mock_key: SecretKey,
-    /// Iterations announced to unknown SCRAM users.
-    pub scram_iterations: u32,
-    /// Argon2id parameters for new `password` hashes.
-    pub argon2: Argon2Params,
-    /// The serialized OPAQUE server setup (see `new_server_setup`).
-    pub opaque_setup: Vec<u8>,
 }
 
 impl Registry {

@@ -440,8 +440,8 @@ pub(crate) static ENTRY: crate::Entry = crate::Entry {
     },
     client: |user, password| {
         let mut c = ScramClient::new(
-            crate::info::need_user(SCRAM_SHA_256, user)?,
-            crate::info::need_password(SCRAM_SHA_256, password)?,
+            crate::exchange::need_user(SCRAM_SHA_256, user)?,
+            crate::exchange::need_password(SCRAM_SHA_256, password)?,
         );
         c.iterations = MIN_ITERATIONS;
         Ok(Box::new(c))

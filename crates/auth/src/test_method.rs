@@ -49,7 +49,7 @@ pub(crate) static ENTRY: crate::Entry = crate::Entry {
     server: |_| Ok(std::sync::Arc::new(Test)),
     client: |user, _| {
         Ok(Box::new(TestClient {
-            name: crate::info::need_user(TEST, user)?,
+            name: crate::exchange::need_user(TEST, user)?,
         }))
     },
 };

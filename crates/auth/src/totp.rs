@@ -91,7 +91,7 @@ pub(crate) static ENTRY: crate::Entry = crate::Entry {
     server: |s| Ok(std::sync::Arc::new(Totp::new(s.mock_key.clone()))),
     client: |user, code| {
         Ok(Box::new(TotpClient {
-            user: crate::info::need_user(TOTP, user)?,
+            user: crate::exchange::need_user(TOTP, user)?,
             code,
         }))
     },
