@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use crate::tls::{scram_logins, PW};
+use crate::tls::{require_scram, scram_logins, PW};
 use crate::{free_port, print_table_with, setup, start_keycard_with, throughput, Args, Op, Row};
 
 /// A seal key file (32 raw random bytes, mode 0600) in `dir`.
@@ -26,34 +26,6 @@ fn key_file(dir: &std::path::Path) -> anyhow::Result<String> {
     let key: [u8; 32] = rand::random();
     f.write_all(&key)?;
     Ok(path.to_string_lossy().into_owned())
-}
-
-/// Creates SCRAM user `bench` holding super_root, then makes
-/// scram-sha-256 current.
-async fn require_scram_admin(addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    use keycard_proto::{Msg, Value};
-    let c = keycard_client::Client::connect(addr).await?;
-    c.set_user(&keycard_auth::ScramClient::new(
-        "bench",
-        keycard_auth::Password::new(PW),
-    ))
-    .await?;
-    let caps = Msg::new().with("caps", Value::Array(vec!["super_root".into()]));
-    let at = keycard_proto::Path::parse("auth.scram-sha-256.user.bench.caps")?;
-    c.request(
-        Msg::new()
-            .with("action", "set_internal")
-            .with_path("path", &at)
-            .with("value", caps.into_value()),
-    )
-    .await?;
-    c.request(
-        Msg::new()
-            .with("action", "set_auth_typ")
-            .with("typ", keycard_auth::SCRAM_SHA_256),
-    )
-    .await?;
-    Ok(())
 }
 
 /// REST logins per second, one client, each a new session (`POST
@@ -117,7 +89,7 @@ pub(crate) async fn seal_suite(args: &Args) -> anyhow::Result<()> {
     }
     // On both, the bench user holds super_root (it dumps the sealed one).
     for p in peers {
-        require_scram_admin(p.addr).await?;
+        require_scram(p.addr, None, &["super_root"]).await?;
     }
     let mut results = Vec::new();
     for p in peers {

@@ -196,7 +196,7 @@ pub(crate) async fn tls_suite(args: &Args) -> anyhow::Result<()> {
     // Logins required from here: a SCRAM user on both, scram-sha-256
     // current. Over TLS the client binds (scram-sha-256-plus).
     for (p, tls) in [(&tls, Some(&client)), (&plain, None)] {
-        require_scram(p.addr, tls).await?;
+        require_scram(p.addr, tls, &[]).await?;
     }
     let mut results = Vec::new();
     for (p, tls) in [(&tls, Some(&client)), (&plain, None)] {
@@ -226,20 +226,41 @@ pub(crate) async fn tls_suite(args: &Args) -> anyhow::Result<()> {
 /// The bench user's password.
 pub(crate) const PW: &str = "bench password";
 
-/// Creates SCRAM user `bench` and makes scram-sha-256 current.
-pub(crate) async fn require_scram(addr: SocketAddr, tls: Option<&ClientTls>) -> anyhow::Result<()> {
-    use keycard_auth::{Password, ScramClient};
-    use keycard_proto::Msg;
+/// Creates SCRAM user `bench`, granted `caps`, and makes scram-sha-256
+/// current.
+pub(crate) async fn require_scram(
+    addr: SocketAddr,
+    tls: Option<&ClientTls>,
+    caps: &[&str],
+) -> anyhow::Result<()> {
+    use keycard_auth::{Password, ScramClient, SCRAM_SHA_256};
+    use keycard_proto::{Elem, Msg, Path, Value};
     let c = match tls {
         Some(tls) => keycard_client::Client::connect_tls(addr, tls).await?,
         None => keycard_client::Client::connect(addr).await?,
     };
     c.set_user(&ScramClient::new("bench", Password::new(PW)))
         .await?;
+    if !caps.is_empty() {
+        let at = Path::new(
+            ["auth", SCRAM_SHA_256, "user", "bench", "caps"]
+                .into_iter()
+                .map(Elem::from)
+                .collect(),
+        );
+        let caps = Value::Array(caps.iter().map(|c| Value::from(*c)).collect());
+        c.request(
+            Msg::new()
+                .with("action", "set_internal")
+                .with_path("path", &at)
+                .with("value", Msg::new().with("caps", caps).into_value()),
+        )
+        .await?;
+    }
     c.request(
         Msg::new()
             .with("action", "set_auth_typ")
-            .with("typ", keycard_auth::SCRAM_SHA_256),
+            .with("typ", SCRAM_SHA_256),
     )
     .await?;
     Ok(())

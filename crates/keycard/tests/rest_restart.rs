@@ -31,6 +31,40 @@ fn start(data: &std::path::Path, key: &str, http: &str) -> Proc {
     Proc::start_with(data, &["--seal-key-file", key, "--http", http])
 }
 
+/// SCRAM users `users` (one of them granted a capability), then
+/// scram-sha-256 current.
+async fn scram_users(admin: &Client, users: &[&str], grant: Option<(&str, &str)>) {
+    for u in users {
+        admin
+            .set_user(&ScramClient::new(*u, Password::new(PW)))
+            .await
+            .expect("user");
+    }
+    if let Some((user, cap)) = grant {
+        let at = Path::parse(&format!("auth.scram-sha-256.user.{user}.caps")).expect("p");
+        admin
+            .request(
+                Msg::new()
+                    .with("action", "set_internal")
+                    .with_path("path", &at)
+                    .with(
+                        "value",
+                        Msg::new().with("caps", Value::Array(vec![cap.into()])),
+                    ),
+            )
+            .await
+            .expect("caps");
+    }
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", keycard_auth::SCRAM_SHA_256),
+        )
+        .await
+        .expect("current");
+}
+
 async fn status(rest: &RestClient, s: &Session) -> u16 {
     let target = format!("/session/{}", s.sid);
     rest.send_signed(s, "GET", &target, &[], b"")
@@ -52,35 +86,8 @@ async fn rest_sessions_survive_a_restart_and_their_ends_do_too() {
     let http = format!("127.0.0.1:{}", free_port());
     let mut server = start(&data, k, &http);
     let admin = Client::connect(server.addr).await.expect("admin");
-    for u in ["alice", "bob", "carol", "dave", "keeper"] {
-        admin
-            .set_user(&ScramClient::new(u, Password::new(PW)))
-            .await
-            .expect("user");
-    }
-    admin
-        .request(
-            Msg::new()
-                .with("action", "set_internal")
-                .with_path(
-                    "path",
-                    &Path::parse("auth.scram-sha-256.user.keeper.caps").expect("p"),
-                )
-                .with(
-                    "value",
-                    Msg::new().with("caps", Value::Array(vec!["manage_keycards".into()])),
-                ),
-        )
-        .await
-        .expect("caps");
-    admin
-        .request(
-            Msg::new()
-                .with("action", "set_auth_typ")
-                .with("typ", keycard_auth::SCRAM_SHA_256),
-        )
-        .await
-        .expect("current");
+    let users = ["alice", "bob", "carol", "dave", "keeper"];
+    scram_users(&admin, &users, Some(("keeper", "manage_keycards"))).await;
     let rest = RestClient::connection_per_request(http.clone());
     let login = |u: &'static str| {
         let rest = &rest;
@@ -231,18 +238,7 @@ async fn without_a_seal_key_rest_sessions_are_not_kept() {
     let http = format!("127.0.0.1:{}", free_port());
     let mut server = Proc::start_with(&data, &["--http", &http]);
     let admin = Client::connect(server.addr).await.expect("admin");
-    admin
-        .set_user(&ScramClient::new("alice", Password::new(PW)))
-        .await
-        .expect("user");
-    admin
-        .request(
-            Msg::new()
-                .with("action", "set_auth_typ")
-                .with("typ", keycard_auth::SCRAM_SHA_256),
-        )
-        .await
-        .expect("current");
+    scram_users(&admin, &["alice"], None).await;
     let rest = RestClient::connection_per_request(http.clone());
     let alice = rest
         .login(Login::scram("alice", Password::new(PW)).expect("login"))

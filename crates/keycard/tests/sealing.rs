@@ -254,7 +254,16 @@ async fn a_moved_or_planted_record_does_not_open() {
         .login(&ScramClient::new("carol", Password::new("planted")))
         .await;
     assert!(planted.is_err(), "a planted record in clear");
-    assert!(server.log().contains("corrupt"), "{}", server.log());
+    // Each refused for what it is, at its own place.
+    let log = server.log();
+    assert!(
+        log.contains("a sealed value that does not open (moved or damaged) at :n.auth.scram-sha-256.user.bob"),
+        "{log}"
+    );
+    assert!(
+        log.contains("a value that is not sealed at :n.auth.scram-sha-256.user.carol"),
+        "{log}"
+    );
 }
 
 /// Rotation while clients log in all the time: `seal rotate --data`

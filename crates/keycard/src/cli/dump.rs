@@ -100,8 +100,16 @@ pub(super) async fn dump(conn: &ConnArgs, file: &FsPath) -> anyhow::Result<()> {
     let result = write_dump(&c, f, sealed).await;
     match result {
         Ok((count, tock)) => {
-            std::fs::rename(&part, file)
-                .with_context(|| format!("cannot rename {} to {}", shown(&part), shown(file)))?;
+            // A link, unlike a rename, never replaces a file that came to
+            // be there meanwhile.
+            let linked = std::fs::hard_link(&part, file);
+            let _ = std::fs::remove_file(&part);
+            linked.with_context(|| {
+                format!(
+                    "cannot write {} (keycard dump never replaces a file)",
+                    shown(file)
+                )
+            })?;
             say_err!(
                 "dumped {count} nodes at tock {tock} to {}{}",
                 shown(file),
@@ -305,6 +313,23 @@ pub(super) async fn restore(
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700));
     }
+    // The store file is claimed first, exclusively: of two restores into
+    // one directory, the second stops here and deletes nothing of the
+    // first's.
+    let mut claim = std::fs::OpenOptions::new();
+    claim.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        claim.mode(0o600);
+    }
+    claim.open(&store_file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+            "{} holds a store already: restore only into an empty data directory",
+            shown(data)
+        ),
+        _ => anyhow::Error::new(e).context(format!("cannot create {}", shown(&store_file))),
+    })?;
     let written = import(&store_file, dump.items, dump.tock).await;
     if let Err(e) = written {
         // Nothing half-restored stays behind.
@@ -335,11 +360,6 @@ async fn import(store_file: &FsPath, items: Vec<(Path, Entry)>, tock: Tock) -> a
         .context("cannot open the new store")?
     };
     let store = opened.context("cannot create the store")?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(store_file, std::fs::Permissions::from_mode(0o600));
-    }
     let progress = Progress::new("restoring");
     let total = items.len();
     let mut done = 0u64;
