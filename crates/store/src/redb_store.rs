@@ -104,6 +104,8 @@ struct Shared {
 pub struct RedbStore {
     shared: Arc<Shared>,
     writer: std_mpsc::Sender<WriteReq>,
+    /// The writer thread, joined when the store is dropped.
+    worker: Option<std::thread::JoinHandle<()>>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -136,6 +138,23 @@ fn open_db(file: &FsPath, opts: &RedbOptions) -> Result<(Database, u64, u64), St
         counters
     };
     Ok((db, tock, pruned))
+}
+
+/// The database once no reader holds it any more (readers hold it only
+/// while they begin a read transaction), so that closing it releases the
+/// file's lock; `None` if one still does after five seconds.
+fn sole(mut db: Arc<Database>) -> Option<Database> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => return Some(db),
+            Err(again) if Instant::now() < deadline => {
+                db = again;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 impl Shared {
@@ -176,21 +195,8 @@ impl Shared {
             return true;
         }
         let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mut old) = old {
-            // Readers hold the database only while they begin a read
-            // transaction; wait them out, so the file's lock is released.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let db = loop {
-                match Arc::try_unwrap(old) {
-                    Ok(db) => break Some(db),
-                    Err(again) if Instant::now() < deadline => {
-                        old = again;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(_) => break None,
-                }
-            };
-            match db {
+        if let Some(old) = old {
+            match sole(old) {
                 Some(db) => {
                     // It was failing: its close may fail too.
                     let _ = db.close();
@@ -250,11 +256,15 @@ impl RedbStore {
         // most one request per outstanding client request.
         let (writer, rx) = std_mpsc::channel();
         let worker = shared.clone();
-        std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name("keycard-store-writer".into())
             .spawn(move || writer_loop(worker, rx, opts))
             .map_err(backend)?;
-        Ok(RedbStore { shared, writer })
+        Ok(RedbStore {
+            shared,
+            writer,
+            worker: Some(worker),
+        })
     }
 
     /// Compacts the store file at `file` (not open anywhere): what earlier
@@ -274,8 +284,26 @@ impl RedbStore {
 }
 
 impl Drop for RedbStore {
+    /// Closes the file before returning, so that the next `open` of it (by
+    /// this process or another) finds it free: the writer finishes what it
+    /// holds and stops, then the database is closed once the last reader
+    /// lets go of it.
     fn drop(&mut self) {
         self.shared.feed.close();
+        let (dead, _) = std_mpsc::channel();
+        drop(std::mem::replace(&mut self.writer, dead));
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+        let db = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(db) = db {
+            drop(sole(db));
+        }
     }
 }
 

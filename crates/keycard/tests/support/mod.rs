@@ -77,11 +77,15 @@ impl Proc {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server reports its address")
-            .parse()
-            .expect("address");
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().expect("address"),
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait();
+                let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                panic!("the server reported no address ({e}; {status:?}); it logged:\n{log}");
+            }
+        };
         Proc { child, addr, log }
     }
 
