@@ -14,14 +14,17 @@
 mod backend;
 mod feed;
 mod mem_store;
+mod pg;
 pub mod plan;
 mod redb_store;
+mod stored;
 mod types;
 pub mod walk;
 
 pub use backend::Backend;
 pub use feed::{value_weight, weight, Feed, FeedError, Subscription};
 pub use mem_store::{MemOptions, MemStore};
+pub use pg::{is_pg_url, PgOptions, PgStore, PgTarget};
 pub use redb_store::{RedbOptions, RedbStore};
 pub use types::{
     After, Change, Cond, Cursor, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock,

@@ -19,12 +19,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use keycard_proto::{decode_one, encode_into, Limits, Path, Value};
+use keycard_proto::{encode_into, Path, Value};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::feed::{Feed, Subscription};
 use crate::plan;
+use crate::stored::decode_value;
 use crate::types::{After, Change, Entry, Op, Outcome, ScanOpts, ScanPage, StoreError, Tock};
 use crate::walk::{Next, Walk};
 use crate::Store;
@@ -36,14 +37,6 @@ const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// Counters: "tock" (last tock), "pruned" (highest tock dropped from LOG).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-/// Stored values were accepted under the wire limits; decode them with
-/// generous ones so a lowered limit never makes old data unreadable.
-const STORED_LIMITS: Limits = Limits {
-    max_message: 1 << 30,
-    max_depth: 128,
-    max_items: usize::MAX,
-};
 
 /// Tuning for [`RedbStore`].
 #[derive(Clone, Debug)]
@@ -312,14 +305,6 @@ fn encode_entry(value: &Value, tock: u64) -> Vec<u8> {
     out.extend_from_slice(&tock.to_be_bytes());
     encode_into(value, &mut out);
     out
-}
-
-fn decode_value(bytes: &[u8]) -> Result<Value, StoreError> {
-    match decode_one(bytes, &STORED_LIMITS) {
-        Ok(Some((v, n))) if n == bytes.len() => Ok(v),
-        Ok(_) => Err(StoreError::Corrupt("truncated stored value".into())),
-        Err(e) => Err(StoreError::Corrupt(e.to_string())),
-    }
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {

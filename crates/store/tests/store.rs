@@ -7,7 +7,9 @@ mod conformance;
 use std::sync::Arc;
 
 use keycard_proto::{Elem, Path};
-use keycard_store::{MemOptions, MemStore, Op, RedbOptions, RedbStore, Store, Tock};
+use keycard_store::{
+    MemOptions, MemStore, Op, PgOptions, PgStore, PgTarget, RedbOptions, RedbStore, Store, Tock,
+};
 
 conformance::suite!(redb, durable, |place, opts| RedbStore::open(
     &place.dir().join("kc.redb"),
@@ -18,6 +20,55 @@ conformance::suite!(redb, durable, |place, opts| RedbStore::open(
         ..RedbOptions::default()
     }
 ));
+
+/// The database the PostgreSQL backend is tested on (each test in a
+/// schema of its own, dropped after it): `KEYCARD_TEST_PG`, by default
+/// the machine's PostgreSQL.
+fn pg_base() -> String {
+    std::env::var("KEYCARD_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Drops `schema` (at the end of a test), on a runtime of its own.
+fn drop_schema(schema: String) {
+    let url = pg_base();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+            else {
+                return;
+            };
+            tokio::spawn(conn);
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await;
+        });
+    })
+    .join();
+}
+
+conformance::suite!(postgres, shared, |place, opts| {
+    let schema = place.name().to_lowercase();
+    let target = PgTarget::parse(&format!("{}?sslmode=disable&schema={schema}", pg_base()))
+        .map_err(keycard_store::StoreError::Backend)?;
+    place.on_drop(move || drop_schema(schema));
+    PgStore::open(
+        &target,
+        PgOptions {
+            history: opts.history,
+            feed_bytes: opts.feed_bytes,
+            feed_len: opts.feed_len,
+            ..PgOptions::default()
+        },
+    )
+    .await
+});
 
 conformance::suite!(memory, volatile, |_place, opts| Ok(MemStore::new(
     MemOptions {

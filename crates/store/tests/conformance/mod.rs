@@ -31,16 +31,36 @@ use proptest::prelude::*;
 /// Where one test keeps its store.
 pub struct Place {
     dir: tempfile::TempDir,
+    /// What to undo once the test is over (a database schema to drop).
+    cleanup: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let jobs = std::mem::take(&mut *self.cleanup.lock().unwrap_or_else(|e| e.into_inner()));
+        for job in jobs {
+            job();
+        }
+    }
 }
 
 impl Place {
+    /// Runs `job` when the place is dropped (after the test's stores).
+    #[allow(dead_code)] // only the database backends need it
+    pub fn on_drop(&self, job: impl FnOnce() + Send + 'static) {
+        self.cleanup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(job));
+    }
+
     /// A directory of its own, removed after the test.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
 
     /// A name no other test's place has (for a database schema, say).
-    #[allow(dead_code)] // none of today's backends needs one
+    #[allow(dead_code)] // only the database backends need one
     pub fn name(&self) -> String {
         let name = self.dir.path().file_name().unwrap_or_default();
         format!("kc_{}", name.to_string_lossy().replace(['.', '-'], "_"))
@@ -85,6 +105,7 @@ impl Subject {
     pub async fn fresh(&self, opts: &Opts) -> (Place, Arc<dyn Store>) {
         let place = Place {
             dir: tempfile::tempdir().expect("tmp"),
+            cleanup: Default::default(),
         };
         let store = (self.open)(&place, opts).await.expect("the store opens");
         (place, store)
@@ -110,6 +131,9 @@ impl Subject {
 macro_rules! suite {
     ($name:ident, durable, |$place:ident, $opts:ident| $open:expr) => {
         $crate::conformance::suite!(@tests $name, [tock_and_data_survive_reopen], |$place, $opts| $open);
+    };
+    ($name:ident, shared, |$place:ident, $opts:ident| $open:expr) => {
+        $crate::conformance::suite!(@tests $name, [tock_and_data_survive_reopen, nodes_sharing_a_store_agree], |$place, $opts| $open);
     };
     ($name:ident, volatile, |$place:ident, $opts:ident| $open:expr) => {
         $crate::conformance::suite!(@tests $name, [], |$place, $opts| $open);
@@ -1255,4 +1279,118 @@ pub fn export_is_a_snapshot_and_import_restores_it(subject: &Subject) {
             .expect("write after import");
         assert_eq!(out[0].tock, Tock(at.0 + 1));
     })
+}
+
+/// Several nodes on one store (a database every node opens): a racing
+/// condition has one winner across nodes, a counter moved by
+/// compare-and-swap from every node loses no update, tocks handed out
+/// anywhere only grow, and every node's feed carries every change, in
+/// the same tock order, with no gap.
+pub fn nodes_sharing_a_store_agree(subject: &Subject) {
+    rt().block_on(async {
+        let opts = Opts::default();
+        let (place, a) = subject.fresh(&opts).await;
+        let b = (subject.open)(&place, &opts).await.expect("a second node");
+        let c = (subject.open)(&place, &opts).await.expect("a third node");
+        let nodes = [a.clone(), b.clone(), c.clone()];
+        let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+
+        // 3 nodes × 8 writers create the same paths: one winner each.
+        for round in 0..5 {
+            let path = p("race").child(Elem::Int(round));
+            let tasks: Vec<_> = (0..24i64)
+                .map(|i| {
+                    let s = nodes[(i % 3) as usize].clone();
+                    let op = Op::Put {
+                        path: path.clone(),
+                        value: i.into(),
+                        cond: Cond::Absent,
+                        idem: false,
+                    };
+                    tokio::spawn(async move { s.write(vec![op]).await })
+                })
+                .collect();
+            let mut won = 0;
+            for t in tasks {
+                match t.await.expect("join") {
+                    Ok(_) => won += 1,
+                    Err(StoreError::Conflict { index: 0, .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(won, 1, "round {round}: {won} winners");
+        }
+
+        // A counter moved by compare-and-swap from every node.
+        a.write(vec![Op::put(p("counter"), 0.into())])
+            .await
+            .expect("counter");
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let s = nodes[i % 3].clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        loop {
+                            let cur = s.get(&p("counter")).await.expect("get").expect("there");
+                            let n = cur.value.as_i64().expect("an int");
+                            let op = put_if("counter", n + 1, Cond::TockIs(cur.tock));
+                            match s.write(vec![op]).await {
+                                Ok(_) => break,
+                                Err(StoreError::Conflict { .. }) => continue,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("join");
+        }
+        for n in &nodes {
+            let e = n.get(&p("counter")).await.expect("get").expect("there");
+            assert_eq!(e.value, Value::from(60));
+        }
+
+        // Writes one after another, through each node in turn: each tock
+        // is above every tock seen before, whichever node gave it.
+        let mut last = Tock(0);
+        for i in 0..30i64 {
+            let out = nodes[(i % 3) as usize]
+                .write(vec![Op::put(p("seq"), i.into())])
+                .await
+                .expect("write");
+            assert!(out[0].tock > last, "{:?} after {last:?}", out[0].tock);
+            last = out[0].tock;
+        }
+
+        // Every node's feed: every change up to the last, in order, the
+        // same on each.
+        let mut seen = Vec::new();
+        for sub in subs.iter_mut() {
+            let mut got = Vec::new();
+            while got.last().is_none_or(|t: &Tock| *t < last) {
+                let c = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+                    .await
+                    .expect("a change within 5 s")
+                    .expect("no lag");
+                got.push(c.tock);
+            }
+            let expected: Vec<Tock> = (1..=last.0).map(Tock).collect();
+            assert_eq!(got, expected, "a node's feed has every tock in order");
+            seen.push(got);
+        }
+        for n in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while n.tock() < last {
+                assert!(Instant::now() < deadline, "a node's tock stays behind");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(
+                n.changes_since(Tock(0), 1000).await.expect("log").len() as u64,
+                last.0
+            );
+        }
+        drop((a, b, c, nodes));
+    });
 }
