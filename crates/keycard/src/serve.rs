@@ -27,14 +27,17 @@ pub(crate) struct ServeArgs {
     /// Data directory holding the embedded store [default: ./keycard-data].
     #[arg(long, env = "KEYCARD_DATA")]
     data: Option<PathBuf>,
-    /// Where the tree is kept: redb (the file DATA/keycard.redb) or
-    /// memory (lost when the server stops; for tests) [default: redb].
+    /// Where the tree is kept: redb (the file DATA/keycard.redb), memory
+    /// (lost when the server stops; for tests) or
+    /// postgres://USER@HOST:PORT/DB?… (several nodes on one database)
+    /// [default: redb].
     #[arg(long, env = "KEYCARD_STORE")]
     store: Option<keycard_store::Backend>,
     /// Address of the msgpack listener [default: 127.0.0.1:27586].
     #[arg(long, env = "KEYCARD_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Node name sent in the greeting [default: keycard].
+    /// This node's name: sent in the greeting, and its connections' name
+    /// in PostgreSQL [default: keycard].
     #[arg(long)]
     node: Option<String>,
     /// The audit log (JSON lines) [default: DATA/audit.log].

@@ -667,3 +667,75 @@ mod tests {
         assert_eq!(last_lines("", 3), "");
     }
 }
+
+/// The machine's own PostgreSQL, which tests share (each in a schema of
+/// its own): `KEYCARD_TEST_PG`, by default
+/// `postgres://postgres@127.0.0.1:5432/test`.
+pub fn shared_url() -> String {
+    std::env::var("KEYCARD_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A schema name no other test uses, on the shared database; dropped
+/// (with everything in it) when this goes.
+pub struct TestSchema {
+    /// Its name: `kc_` and random lower-case letters and digits.
+    pub name: String,
+}
+
+impl TestSchema {
+    /// A fresh name (the schema itself is created by whoever opens it).
+    pub fn new() -> TestSchema {
+        let dir = tempfile::Builder::new()
+            .prefix("kcschema")
+            .tempdir()
+            .map(|d| {
+                d.path()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let tail: String = dir
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        TestSchema {
+            name: format!("kc_{}_{tail}", std::process::id()),
+        }
+    }
+
+    /// The shared database's URL with this schema and `extra` query
+    /// parameters (`a=b&c=d`, may be empty).
+    pub fn url(&self, extra: &str) -> String {
+        let base = shared_url();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!("&{extra}")
+        };
+        format!("{base}{sep}schema={}{extra}", self.name)
+    }
+}
+
+impl Default for TestSchema {
+    fn default() -> Self {
+        TestSchema::new()
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        // psql takes the URL as it is; never fails the test.
+        let _ = Command::new("psql")
+            .arg(shared_url())
+            .args(["-X", "-q", "-c"])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

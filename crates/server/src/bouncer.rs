@@ -14,7 +14,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use keycard_auth::bouncer::{BouncerError, Filter, Keycard, KeycardId, Lifetime, Policy, Table};
+use keycard_auth::bouncer::{
+    BouncerError, Filter, Keycard, KeycardId, Lifetime, Policy, State, Table,
+};
 use keycard_proto::ErrorCode;
 
 use crate::clock::ClockHandle;
@@ -67,6 +69,9 @@ pub struct Bouncer {
     table: Mutex<Table>,
     conns: Mutex<HashMap<u64, Weak<dyn KeycardWatcher>>>,
     clock: ClockHandle,
+    /// Told the id of every authenticated keycard that leaves the table
+    /// (on a store other nodes share, which mirrors live keycards).
+    ended: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<KeycardId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,6 +97,24 @@ impl Bouncer {
             table: Mutex::new(Table::new(policy)),
             conns: Mutex::new(HashMap::new()),
             clock,
+            ended: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From now on, the id of every authenticated keycard that leaves
+    /// the table goes to `to` (set once).
+    pub(crate) fn tell_ended(&self, to: tokio::sync::mpsc::UnboundedSender<KeycardId>) {
+        let _ = self.ended.set(to);
+    }
+
+    /// Passes on the authenticated ones of `cards`, which left the table.
+    fn gone<'a>(&self, cards: impl IntoIterator<Item = &'a Keycard>) {
+        if let Some(to) = self.ended.get() {
+            for c in cards {
+                if c.state == State::Authenticated {
+                    let _ = to.send(c.id);
+                }
+            }
         }
     }
 
@@ -129,7 +152,8 @@ impl Bouncer {
     pub(crate) fn unregister(&self, requester: u64, held: Option<KeycardId>) {
         lock(&self.conns).remove(&requester);
         if let Some(id) = held {
-            self.table().remove(id, requester);
+            let card = self.table().remove(id, requester);
+            self.gone(&card);
         }
     }
 
@@ -203,7 +227,9 @@ impl Bouncer {
 
     /// Removes the requester's own keycard (logout, a new login).
     pub fn remove(&self, id: KeycardId, requester: u64) -> Option<Keycard> {
-        self.table().remove(id, requester)
+        let card = self.table().remove(id, requester);
+        self.gone(&card);
+        card
     }
 
     /// Revokes one keycard and tells its requester.
@@ -257,6 +283,7 @@ impl Bouncer {
         if cards.is_empty() {
             return;
         }
+        self.gone(cards);
         let conns: Vec<(KeycardId, Arc<dyn KeycardWatcher>)> = {
             let map = lock(&self.conns);
             cards

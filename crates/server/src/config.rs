@@ -28,9 +28,9 @@ pub struct Config {
     /// Data directory holding the store file. Default `./keycard-data`.
     pub data: PathBuf,
     /// Which store keeps the tree: `"redb"` (the default: the file
-    /// `DATA/keycard.redb`) or `"memory"` (nothing outlives the process;
-    /// for tests). A backend's name as text, so that one addressed by a
-    /// URL fits the same key.
+    /// `DATA/keycard.redb`), `"memory"` (nothing outlives the process;
+    /// for tests) or a `postgres://USER@HOST:PORT/DB?…` URL (several
+    /// nodes on one database; also as a `[store]` table with `url = …`).
     #[serde(deserialize_with = "store_backend")]
     pub store: keycard_store::Backend,
     /// Where the server reads the time (the system's clock; tests set a
@@ -302,7 +302,22 @@ impl Config {
 fn store_backend<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<keycard_store::Backend, D::Error> {
-    let text = String::deserialize(d)?;
+    /// `store = "…"`, or a `[store]` table with the URL as `url`.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StoreKey {
+        Text(String),
+        Table(StoreTable),
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct StoreTable {
+        url: String,
+    }
+    let text = match StoreKey::deserialize(d)? {
+        StoreKey::Text(t) => t,
+        StoreKey::Table(t) => t.url,
+    };
     text.parse().map_err(serde::de::Error::custom)
 }
 

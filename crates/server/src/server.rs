@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use keycard_auth::{Argon2Params, ClientRegistry, MethodSecrets, Registry};
-use keycard_store::{Backend, MemOptions, MemStore, RedbOptions, RedbStore, Store, StoreError};
+use keycard_store::{
+    Backend, MemOptions, MemStore, PgOptions, PgStore, RedbOptions, RedbStore, Store, StoreError,
+};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -58,7 +60,7 @@ pub const STORE_FILE: &str = "keycard.redb";
 
 /// The store factory: opens the backend `config.store` names.
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
-    match config.store {
+    match &config.store {
         Backend::Redb => {
             let file = config.data.join(STORE_FILE);
             private_file(&file, "the store")?;
@@ -71,6 +73,17 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
                 .await
                 .map_err(|e| StartError::Store(StoreError::Backend(e.to_string())))??;
             Ok(Arc::new(store))
+        }
+        Backend::Postgres(url) => {
+            let target = keycard_store::PgTarget::parse(url)
+                .map_err(StartError::Config)?
+                .named(&format!("keycard {}", config.node));
+            tracing::info!(store = %target, schema = %target.schema, node = %config.node, "the store is in PostgreSQL");
+            let opts = PgOptions {
+                history: config.history,
+                ..PgOptions::default()
+            };
+            Ok(Arc::new(PgStore::open(&target, opts).await?))
         }
         Backend::Memory => {
             tracing::warn!(
@@ -199,6 +212,7 @@ impl Server {
             }
         }
         crate::core::tokens::spawn_reaper(&state);
+        crate::core::cluster::spawn(&state);
         let auth = state.auth();
         match &auth.current {
             None => tracing::warn!(

@@ -87,6 +87,9 @@ pub struct ServerState {
     pub(crate) tls: std::sync::OnceLock<Arc<crate::tls::Tls>>,
     /// The seal, when secrets are sealed (set once, as the server starts).
     pub(crate) seal: std::sync::OnceLock<Arc<crate::seal::Seal>>,
+    /// This process among the nodes of a shared store: random, made at
+    /// start (node names may repeat; this does not).
+    pub(crate) instance: String,
 }
 
 /// `(nil, "auth")`.
@@ -203,6 +206,7 @@ impl ServerState {
             throttle,
             tls: std::sync::OnceLock::new(),
             seal: std::sync::OnceLock::new(),
+            instance: keycard_auth::bouncer::KeycardId::random().to_string()[..16].to_owned(),
         });
         state.bouncer.spawn_reaper();
         state.throttle.spawn_flusher();
@@ -270,6 +274,12 @@ impl ServerState {
 }
 
 impl ServerState {
+    /// Whether other nodes share the store (they may change the tree,
+    /// keycards included, without this node writing).
+    pub fn shared_store(&self) -> bool {
+        self.config.store.shared()
+    }
+
     /// Whether the listeners speak TLS.
     pub fn tls_enabled(&self) -> bool {
         self.tls.get().is_some()

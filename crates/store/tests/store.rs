@@ -21,43 +21,15 @@ conformance::suite!(redb, durable, |place, opts| RedbStore::open(
     }
 ));
 
-/// The database the PostgreSQL backend is tested on (each test in a
-/// schema of its own, dropped after it): `KEYCARD_TEST_PG`, by default
-/// the machine's PostgreSQL.
-fn pg_base() -> String {
-    std::env::var("KEYCARD_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// Drops `schema` (at the end of a test), on a runtime of its own.
-fn drop_schema(schema: String) {
-    let url = pg_base();
-    let _ = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-            else {
-                return;
-            };
-            tokio::spawn(conn);
-            let _ = client
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .await;
-        });
-    })
-    .join();
-}
-
+// Each test in a schema of its own on the machine's PostgreSQL (see
+// keycard_pgtest::shared_url), dropped after it.
 conformance::suite!(postgres, shared, |place, opts| {
-    let schema = place.name().to_lowercase();
-    let target = PgTarget::parse(&format!("{}?sslmode=disable&schema={schema}", pg_base()))
+    let schema = keycard_pgtest::TestSchema {
+        name: place.name().to_lowercase(),
+    };
+    let target = PgTarget::parse(&schema.url("sslmode=disable"))
         .map_err(keycard_store::StoreError::Backend)?;
-    place.on_drop(move || drop_schema(schema));
+    place.on_drop(move || drop(schema));
     PgStore::open(
         &target,
         PgOptions {

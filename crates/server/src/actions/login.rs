@@ -657,7 +657,20 @@ impl Login {
                     };
                     match revoked {
                         true => result = Err(Failure::Auth(AuthError::Failed)),
-                        false => granted = Some(c),
+                        false => {
+                            // Other nodes see it before the client does.
+                            if let Err(e) = crate::core::cluster::mirror(&state, &c).await {
+                                state.bouncer.revoke(c.id);
+                                if let Some(g) = self.abandoned.take() {
+                                    g.disarm();
+                                }
+                                if let Some(r) = self.throttle.take() {
+                                    r.succeed(state.now_ms());
+                                }
+                                return Err(e.into());
+                            }
+                            granted = Some(c)
+                        }
                     }
                 }
                 Err(BouncerError::Expired) => {

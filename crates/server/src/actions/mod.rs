@@ -264,7 +264,11 @@ pub(crate) fn condition(state: &ServerState, msg: &Value) -> ApiResult<Cond> {
             let node = c.get("node").and_then(Value::as_str);
             let tick = c.get("tick").and_then(Value::as_u64);
             match (node, tick) {
-                (Some(n), Some(t)) if n == state.config.node => Ok(Cond::TockIs(Tock(t))),
+                // On a shared store tocks are every node's: a chain read
+                // through one node holds on another.
+                (Some(n), Some(t)) if n == state.config.node || state.shared_store() => {
+                    Ok(Cond::TockIs(Tock(t)))
+                }
                 (Some(_), Some(_)) => Err(ApiError::new(
                     ErrorCode::Conflict,
                     "condition failed: the chain names another node",

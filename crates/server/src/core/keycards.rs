@@ -178,6 +178,9 @@ pub(crate) async fn revoke_matching(
             n += revoke_durable(state, id, by).await?;
         }
     }
+    for card in super::cluster::matching(state, f).await? {
+        n += super::cluster::revoke(state, &card, by).await?;
+    }
     Ok(n)
 }
 
@@ -271,6 +274,15 @@ pub(crate) async fn list(
         .list(&q.filter, q.after, q.limit.min(MAX_LIST));
     let mut out: Vec<Card> = live.into_iter().map(Card::Live).collect();
     if q.after.is_none() {
+        // Other nodes' keycards (on a shared store), on the first page.
+        let elsewhere = super::cluster::matching(state, &q.filter).await?;
+        out.extend(
+            elsewhere
+                .iter()
+                .filter_map(super::cluster::Elsewhere::card)
+                .take(MAX_LIST)
+                .map(Card::Live),
+        );
         for (id, v) in durable(state, &q.filter, MAX_LIST, |_| true).await? {
             out.push(Card::durable(state, id, v));
         }
@@ -307,6 +319,13 @@ pub(crate) async fn show(state: &ServerState, caller: &Caller, id: KeycardId) ->
     if let Some(e) = state.store.get(&durable_path(id)).await? {
         if all || owner(None, Some(&e.value)) == me {
             return Ok(Card::durable(state, id.to_string(), e.value));
+        }
+    }
+    if let Some(c) = super::cluster::find(state, id).await? {
+        if all || c.owner() == me {
+            if let Some(card) = c.card() {
+                return Ok(Card::Live(card));
+            }
         }
     }
     Err(no_such_keycard())
@@ -362,7 +381,15 @@ pub(crate) async fn revoke_id(
     let by = caller.user.as_ref().map(|u| u.qualified());
     let live = state.bouncer.table().show(id);
     let stored = state.store.get(&durable_path(id)).await?;
-    let whose = owner(live.as_ref(), stored.as_ref().map(|e| &e.value));
+    let elsewhere = match (&live, &stored) {
+        (None, None) => super::cluster::find(state, id).await?,
+        _ => None,
+    };
+    let whose = owner(live.as_ref(), stored.as_ref().map(|e| &e.value)).or_else(|| {
+        elsewhere
+            .as_ref()
+            .and_then(super::cluster::Elsewhere::owner)
+    });
     let Some(whose) = whose.filter(|w| all || Some(w) == me(caller).as_ref()) else {
         return Err(no_such_keycard());
     };
@@ -378,6 +405,9 @@ pub(crate) async fn revoke_id(
     }
     if stored.is_some() {
         n += revoke_durable(state, id, by.as_deref()).await?;
+    }
+    if let Some(card) = &elsewhere {
+        n += super::cluster::revoke(state, card, by.as_deref()).await?;
     }
     Ok(n)
 }
@@ -425,10 +455,16 @@ pub(crate) async fn revoke_filter(
     }
     let live = state.bouncer.table().list(f, None, usize::MAX);
     let stored = durable(state, f, usize::MAX, |_| true).await?;
+    let elsewhere = super::cluster::matching(state, f).await?;
     for whose in live
         .iter()
         .filter_map(|c| owner(Some(c), None))
         .chain(stored.iter().filter_map(|(_, v)| owner(None, Some(v))))
+        .chain(
+            elsewhere
+                .iter()
+                .filter_map(super::cluster::Elsewhere::owner),
+        )
     {
         may_revoke(state, caller, &whose, &mut ranks).await?;
     }
@@ -446,6 +482,14 @@ pub(crate) async fn revoke_filter(
     for (id, _) in stored {
         if let Some(id) = KeycardId::parse(&id) {
             n += revoke_durable(state, id, by.as_deref()).await?;
+        }
+    }
+    for card in &elsewhere {
+        let whose = card.owner();
+        // Exactly the keycards checked (the write is conditional on the
+        // record read).
+        if whose.is_some() {
+            n += super::cluster::revoke(state, card, by.as_deref()).await?;
         }
     }
     Ok(n)

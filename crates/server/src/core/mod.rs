@@ -14,6 +14,7 @@ pub(crate) mod access;
 pub(crate) mod acl;
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod cluster;
 pub(crate) mod data;
 pub(crate) mod guard;
 pub(crate) mod keycards;

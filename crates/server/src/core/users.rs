@@ -154,6 +154,15 @@ async fn revoke_user(
             n += 1;
         }
     }
+    // And on every other node (a shared store).
+    for card in super::cluster::matching(state, &filter).await? {
+        if card
+            .owner()
+            .is_some_and(|(_, _, m)| m != super::keycards::TOKEN)
+        {
+            n += super::cluster::revoke(state, &card, by).await?;
+        }
+    }
     Ok(n)
 }
 
