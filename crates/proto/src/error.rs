@@ -42,6 +42,9 @@ pub enum ErrorCode {
     HistoryGone,
     /// The storage backend failed; nothing was changed.
     StoreFailed,
+    /// The store's database cannot be reached now (down, restarting,
+    /// failing over): nothing was done; try again shortly.
+    BackendUnavailable,
     /// The connection's keycard has expired; log in again.
     KeycardExpired,
     /// The connection's keycard was revoked; the connection is closed.
@@ -83,6 +86,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::HistoryGone => "history_gone",
             ErrorCode::StoreFailed => "store_failed",
+            ErrorCode::BackendUnavailable => "backend_unavailable",
             ErrorCode::KeycardExpired => "keycard_expired",
             ErrorCode::KeycardRevoked => "keycard_revoked",
             ErrorCode::TooManyKeycards => "too_many_keycards",
@@ -95,7 +99,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownAction,
         ErrorCode::SeqInUse,
@@ -113,6 +117,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::HistoryGone,
         ErrorCode::StoreFailed,
+        ErrorCode::BackendUnavailable,
         ErrorCode::KeycardExpired,
         ErrorCode::KeycardRevoked,
         ErrorCode::TooManyKeycards,

@@ -57,6 +57,10 @@ impl From<StoreError> for ApiError {
             StoreError::Closed => {
                 ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
             }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store unavailable");
+                ApiError::new(ErrorCode::BackendUnavailable, e.to_string())
+            }
             StoreError::Backend(_) | StoreError::Corrupt(_) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(ErrorCode::StoreFailed, format!("storage failed: {e}"))

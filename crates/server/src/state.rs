@@ -184,10 +184,12 @@ impl ServerState {
         };
         let policy = config.keycards.policy();
         let bouncer = crate::bouncer::Bouncer::new(policy, config.clock.clone());
+        let instance = keycard_auth::bouncer::KeycardId::random().to_string()[..16].to_owned();
         let throttle = crate::throttle::Throttle::load(
             store.clone(),
             config.throttle.clone(),
             config.clock.clone(),
+            config.store.shared().then_some(instance.as_str()),
         )
         .await?;
         let state = Arc::new(ServerState {
@@ -206,7 +208,7 @@ impl ServerState {
             throttle,
             tls: std::sync::OnceLock::new(),
             seal: std::sync::OnceLock::new(),
-            instance: keycard_auth::bouncer::KeycardId::random().to_string()[..16].to_owned(),
+            instance,
         });
         state.bouncer.spawn_reaper();
         state.throttle.spawn_flusher();

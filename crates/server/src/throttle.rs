@@ -337,8 +337,15 @@ impl Key {
     }
 
     /// Where it is stored: `(nil, "throttle", KIND, …)`.
+    #[cfg(test)]
     fn path(&self) -> Path {
-        let base = Path::new(vec![Elem::Nil, "throttle".into()]);
+        self.path_in(&Path::new(vec![Elem::Nil, "throttle".into()]))
+    }
+
+    /// Where it is stored below `base` (a node's own root, see
+    /// [`Throttle::load`]): `base + (KIND, …)`.
+    fn path_in(&self, base: &Path) -> Path {
+        let base = base.clone();
         match self {
             Key::Pair(u, s) => base.child("pair").child(&**u).child(s.to_string().as_str()),
             Key::Source(s) => base.child("source").child(s.to_string().as_str()),
@@ -348,15 +355,28 @@ impl Key {
     }
 
     /// The key stored at `path`, if it is one.
+    #[cfg(test)]
     fn from_path(path: &Path) -> Option<Key> {
+        let e = path.elems();
+        if e.len() < 3 || e[0] != Elem::Nil || e[1] != Elem::Str("throttle".into()) {
+            return None;
+        }
+        Key::from_elems(&e[2..])
+    }
+
+    /// The key whose node is `(KIND, …)` below a counters' root.
+    fn from_elems(e: &[Elem]) -> Option<Key> {
         fn text(e: &Elem) -> Option<&str> {
             match e {
                 Elem::Str(s) => Some(s.as_str()),
                 _ => None,
             }
         }
-        let e = path.elems();
-        if e.len() < 3 || e[0] != Elem::Nil || text(&e[1]) != Some("throttle") {
+        // Offsets as under `(nil, "throttle")`.
+        let mut full = vec![Elem::Nil, Elem::Nil];
+        full.extend_from_slice(e);
+        let e = full.as_slice();
+        if e.len() < 3 {
             return None;
         }
         let user = |i: usize| text(&e[i]).map(Arc::<str>::from);
@@ -489,6 +509,18 @@ pub struct Throttle {
     writing: tokio::sync::Mutex<()>,
     /// Where every window and delay reads the time.
     clock: ClockHandle,
+    /// Where this node writes its counters: `(nil, "throttle")`, or on a
+    /// store other nodes share `(nil, "throttles", INSTANCE)`.
+    base: Path,
+    /// The other nodes' counters (a shared store), by key and node: an
+    /// attempt is decided on the sum of every node's.
+    remote: Mutex<HashMap<Key, HashMap<Arc<str>, Counter>>>,
+}
+
+/// `(nil, "throttles")`: the counters of the nodes of a shared store,
+/// each under its instance.
+pub fn shared_root() -> Path {
+    Path::new(vec![Elem::Nil, "throttles".into()])
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -512,13 +544,24 @@ impl Throttle {
     /// The table over `store`, with the counters stored there, reading
     /// the time from `clock`; expired and malformed nodes are deleted on
     /// the way.
+    ///
+    /// With `instance` (a store other nodes share), this node writes its
+    /// counters below `(nil, "throttles", instance)` and reads every other
+    /// node's, which [`Throttle::remote`] keeps current.
     pub async fn load(
         store: Arc<dyn Store>,
         cfg: ThrottleConfig,
         clock: ClockHandle,
+        instance: Option<&str>,
     ) -> Result<Arc<Throttle>, StoreError> {
         let now = clock.now_ms();
+        let base = match instance {
+            Some(i) => shared_root().child(i),
+            None => Path::new(vec![Elem::Nil, "throttle".into()]),
+        };
         let t = Throttle {
+            base: base.clone(),
+            remote: Mutex::default(),
             cfg,
             store,
             hasher: RandomState::new(),
@@ -529,7 +572,24 @@ impl Throttle {
             writing: tokio::sync::Mutex::new(()),
             clock,
         };
-        let prefix = Path::new(vec![Elem::Nil, "throttle".into()]);
+        if instance.is_some() {
+            let root = shared_root();
+            let mut page = t
+                .store
+                .scan(&root, Default::default(), After::Start, 1024)
+                .await?;
+            loop {
+                for (path, entry) in page.items {
+                    t.remote(&path, Some(&entry.value));
+                }
+                let Some(next) = page.next else { break };
+                page = t
+                    .store
+                    .scan(&root, Default::default(), After::Cursor(&next), 1024)
+                    .await?;
+            }
+        }
+        let prefix = base;
         let mut junk = Vec::new();
         let mut page = t
             .store
@@ -537,7 +597,8 @@ impl Throttle {
             .await?;
         loop {
             for (path, entry) in page.items {
-                match Key::from_path(&path).zip(stored_counter(&entry.value)) {
+                let key = Key::from_elems(&path.elems()[prefix.len()..]);
+                match key.zip(stored_counter(&entry.value)) {
                     Some((key, c)) if !t.expired(&key, &c, now) => {
                         let mut shard = t.lock_one(&key);
                         let slot = shard.slot(&key, t.cap(), &[]);
@@ -582,6 +643,61 @@ impl Throttle {
                 }
             }
         });
+    }
+
+    /// Another node's counter changed (a node below `(nil, "throttles")`
+    /// written or deleted): it counts here from now on. This node's own
+    /// nodes, and nodes that are no counter, are ignored.
+    pub fn remote(&self, path: &Path, value: Option<&Value>) {
+        let root = shared_root();
+        let e = path.elems();
+        if !path.starts_with(&root) || e.len() <= root.len() + 1 || path.starts_with(&self.base) {
+            return;
+        }
+        let Elem::Str(instance) = &e[root.len()] else {
+            return;
+        };
+        let Some(key) = Key::from_elems(&e[root.len() + 1..]) else {
+            return;
+        };
+        let mut remote = lock(&self.remote);
+        match value.and_then(stored_counter) {
+            Some(c) => {
+                remote
+                    .entry(key)
+                    .or_default()
+                    .insert(Arc::from(instance.as_str()), c);
+            }
+            None => {
+                if let Some(by) = remote.get_mut(&key) {
+                    by.remove(instance.as_str());
+                    if by.is_empty() {
+                        remote.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `c` with the other nodes' live counts under `key` added.
+    fn with_remote(&self, key: &Key, mut c: Counter, now: u64) -> Counter {
+        let remote = lock(&self.remote);
+        let Some(by) = remote.get(key) else {
+            return c;
+        };
+        let keep = match key.is_good() {
+            true => self.cfg.good_ms(),
+            false => self.cfg.keep_ms(),
+        };
+        for r in by.values() {
+            if now.saturating_sub(r.last) >= keep {
+                continue;
+            }
+            c.failures = c.failures.saturating_add(r.failures);
+            c.refused = c.refused.saturating_add(r.refused);
+            c.last = c.last.max(r.last);
+        }
+        c
     }
 
     /// Each shard's share of `max_entries`: at least the three counters
@@ -629,11 +745,17 @@ impl Throttle {
     /// Whether `user` logged in successfully from `source` lately.
     fn known_good(&self, user: &Arc<str>, source: Source, now: u64) -> bool {
         let key = Key::Good(user.clone(), source);
-        let shard = self.lock_one(&key);
-        shard
-            .slots
-            .get(&key)
-            .is_some_and(|s| !self.expired(&key, &s.c, now))
+        let here = {
+            let shard = self.lock_one(&key);
+            shard
+                .slots
+                .get(&key)
+                .is_some_and(|s| !self.expired(&key, &s.c, now))
+        };
+        here || {
+            let any = self.with_remote(&key, Counter::default(), now);
+            any.last != 0 && !self.expired(&key, &any, now)
+        }
     }
 
     /// Reserves an attempt by `user` from `ip`: decides on the counters
@@ -687,9 +809,9 @@ impl Throttle {
                 .unwrap_or_default()
         };
         let counters = Counters {
-            pair: read(&keys[0]),
-            source: read(&keys[1]),
-            user: read(&keys[2]),
+            pair: self.with_remote(&keys[0], read(&keys[0]), now),
+            source: self.with_remote(&keys[1], read(&keys[1]), now),
+            user: self.with_remote(&keys[2], read(&keys[2]), now),
         };
         let decision = match decide(&self.cfg, &counters, good, now) {
             Decision::Busy if !last_chance => return None,
@@ -850,9 +972,9 @@ impl Throttle {
                         // Marked stored now: should it go before the write
                         // lands, its deletion is queued.
                         slot.in_store = true;
-                        ops.push(Op::put(k.path(), stored_value(&k, &slot.c)));
+                        ops.push(Op::put(k.path_in(&self.base), stored_value(&k, &slot.c)));
                     }
-                    None => ops.push(Op::delete(k.path())),
+                    None => ops.push(Op::delete(k.path_in(&self.base))),
                 }
                 keys.push(k);
             }

@@ -275,7 +275,7 @@ async fn keycards_are_listed_and_revoked_from_any_node() {
         // Its record goes once it ended there.
         let s = &n[1 + round % 2];
         wait_for("the revoked keycard to leave its node", || {
-            s.handle.state.bouncer.len() == 0
+            s.handle.state.bouncer.is_empty()
         })
         .await;
     }
@@ -329,5 +329,79 @@ async fn keycards_are_listed_and_revoked_from_any_node() {
             Ok(None) => break,
             Err(_) => panic!("joe's connection on node 2 is still open"),
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_holds_when_guesses_are_spread_over_the_nodes() {
+    use keycard_auth::{Password, ScramClient};
+    let schema = TestSchema::new();
+    let url = schema.url("sslmode=disable");
+    let mut n = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let url = url.clone();
+        n.push(
+            common::start_with(move |c| {
+                c.store = url.parse().expect("a postgres URL");
+                c.node = name.into();
+                c.throttle = keycard_server::ThrottleConfig {
+                    free: 100,
+                    source_limit: 6,
+                    cooldown_secs: 600,
+                    window_secs: 600,
+                    ..keycard_server::ThrottleConfig::default()
+                };
+                c.max_auth_attempts = 100;
+            })
+            .await,
+        );
+    }
+    let admin = Client::connect(n[0].addr()).await.expect("connect");
+    admin
+        .set_user(&ScramClient::new("alice", Password::new("alice-pw")))
+        .await
+        .expect("alice");
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "scram-sha-256"),
+        )
+        .await
+        .expect("current");
+    // Six wrong guesses from this address, two through each node: each
+    // one fails as a wrong guess.
+    for i in 0..6usize {
+        let c = Client::connect(n[i % 3].addr()).await.expect("connect");
+        let e = c
+            .login(&ScramClient::new(
+                format!("guess{i}"),
+                Password::new("nope"),
+            ))
+            .await
+            .expect_err("a wrong guess");
+        assert_eq!(
+            e.code(),
+            Some(keycard_proto::ErrorCode::AuthFailed),
+            "guess {i}: {e}"
+        );
+    }
+    // The address is past its limit on every node, not on one only (each
+    // node counted two of the six itself): the next attempt anywhere is
+    // refused, once the counts have crossed (a failure is in the database
+    // before it is answered; the nodes read it within their poll).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, s) in n.iter().enumerate() {
+        let c = Client::connect(s.addr()).await.expect("connect");
+        let e = c
+            .login(&ScramClient::new("alice", Password::new("nope")))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            e.code(),
+            Some(keycard_proto::ErrorCode::Throttled),
+            "node {} lets the guesser in: {e}",
+            i + 1
+        );
     }
 }

@@ -394,7 +394,7 @@ async fn expired_counters_leave_memory_and_the_store() {
         cooldown_secs: 2,
         ..pair_only()
     };
-    let t = keycard_server::Throttle::load(store.clone(), cfg, clock.clone().into())
+    let t = keycard_server::Throttle::load(store.clone(), cfg, clock.clone().into(), None)
         .await
         .expect("load");
     assert_eq!(t.len(), 1);

@@ -166,6 +166,11 @@ pub enum StoreError {
     /// The backend failed (I/O, database error).
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The backend cannot be reached now (its database is down,
+    /// restarting or failing over): nothing was done, or — after a lost
+    /// answer to a commit — the message says the write may have been.
+    #[error("{0}")]
+    Unavailable(String),
     /// Stored bytes did not decode.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -92,7 +92,7 @@ pub(crate) struct Elsewhere {
 
 impl Elsewhere {
     /// Its owner: user, domain and method.
-    pub(crate) fn owner(&self) -> Option<super::keycards::Owner> {
+    pub(crate) fn owner(&self) -> Option<(String, String, String)> {
         let r = &self.record;
         Some((
             r.get("user").and_then(Value::as_str)?.to_owned(),
@@ -251,8 +251,72 @@ pub(crate) async fn revoke(
     }
 }
 
-/// Starts the follower and the deleter of ended keycards' records, on a
-/// shared store.
+/// `(nil, "lease", JOB)` → `{instance, node, until}`: who runs JOB.
+fn lease_path(job: &str) -> Path {
+    Path::new(vec![Elem::Nil, "lease".into(), job.into()])
+}
+
+/// `(nil, "node", INSTANCE)` → `{node, at}`: a node's last sign of life.
+fn beat_path(instance: &str) -> Path {
+    Path::new(vec![Elem::Nil, "node".into(), instance.into()])
+}
+
+/// How often a node says it is alive, and renews the leases it holds.
+const BEAT: Duration = Duration::from_secs(5);
+
+/// A node silent this long is taken for dead: its keycards' records go.
+const DEAD_AFTER_MS: u64 = 30_000;
+
+/// Whether this node may run `job` now, which must run on one node at a
+/// time: it takes (or renews) the lease for `for_ms`, unless another node
+/// holds one that has not run out. On a store no other node shares,
+/// always.
+pub(crate) async fn lease(state: &ServerState, job: &str, for_ms: u64) -> ApiResult<bool> {
+    if !state.shared_store() {
+        return Ok(true);
+    }
+    let path = lease_path(job);
+    let now = state.now_ms();
+    let held = Msg::new()
+        .with("instance", state.instance.as_str())
+        .with("node", state.config.node.as_str())
+        .with("until", now.saturating_add(for_ms))
+        .into_value();
+    let cond = match state.store.get(&path).await? {
+        None => Cond::Absent,
+        Some(e) => {
+            let mine =
+                e.value.get("instance").and_then(Value::as_str) == Some(state.instance.as_str());
+            let over = e
+                .value
+                .get("until")
+                .and_then(Value::as_u64)
+                .is_none_or(|t| t <= now);
+            if !mine && !over {
+                return Ok(false);
+            }
+            Cond::TockIs(e.tock)
+        }
+    };
+    let took = state
+        .store
+        .write(vec![Op::Put {
+            path,
+            value: held,
+            cond,
+            idem: false,
+        }])
+        .await;
+    match took {
+        Ok(_) => Ok(true),
+        // Another node took it first.
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Starts the follower, the deleter of ended keycards' records and the
+/// heartbeat with its housekeeping, on a shared store.
 pub(crate) fn spawn(state: &Arc<ServerState>) {
     if !state.shared_store() {
         return;
@@ -262,6 +326,118 @@ pub(crate) fn spawn(state: &Arc<ServerState>) {
     tokio::spawn(delete_ended(Arc::downgrade(state), rx));
     let sub = state.store.subscribe();
     tokio::spawn(follow(Arc::downgrade(state), sub));
+    tokio::spawn(beat(Arc::downgrade(state)));
+}
+
+/// Says this node is alive every [`BEAT`]; the node holding the `live`
+/// lease also deletes the records of keycards whose node went silent or
+/// whose time is up (a node killed leaves its records behind).
+async fn beat(state: Weak<ServerState>) {
+    let mut tick = tokio::time::interval(BEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(s) = state.upgrade() else { return };
+        let me = Msg::new()
+            .with("node", s.config.node.as_str())
+            .with("at", s.now_ms())
+            .into_value();
+        if let Err(e) = s
+            .store
+            .write(vec![Op::put(beat_path(&s.instance), me)])
+            .await
+        {
+            tracing::warn!(error = %e, "this node's heartbeat was not written");
+            continue;
+        }
+        match lease(&s, "live", 3 * BEAT.as_millis() as u64).await {
+            Ok(true) => {
+                if let Err(e) = sweep(&s).await {
+                    tracing::warn!(error = %e.text, "sweeping other nodes' keycards failed");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e.text, "the housekeeping lease could not be read"),
+        }
+    }
+}
+
+/// Deletes the records of keycards past their latest possible end, or of
+/// nodes silent for [`DEAD_AFTER_MS`], and those nodes' heartbeats and
+/// throttle counters.
+async fn sweep(state: &ServerState) -> ApiResult {
+    let now = state.now_ms();
+    let opts = ScanOpts {
+        min_depth: 1,
+        max_depth: Some(1),
+    };
+    let node_root = Path::new(vec![Elem::Nil, "node".into()]);
+    let mut alive = std::collections::HashSet::new();
+    let mut ops = Vec::new();
+    for (p, e) in state.store.scan_up_to(&node_root, opts, 100_000).await? {
+        let at = e.value.get("at").and_then(Value::as_u64).unwrap_or(0);
+        match (p.elems().last(), now.saturating_sub(at) < DEAD_AFTER_MS) {
+            (Some(Elem::Str(i)), true) => {
+                alive.insert(i.to_string());
+            }
+            (dead, _) => {
+                // A dead node's throttle counters go with it.
+                if let Some(Elem::Str(i)) = dead {
+                    let root = crate::throttle::shared_root().child(i.as_str());
+                    for (q, _) in state
+                        .store
+                        .scan_up_to(&root, Default::default(), 100_000)
+                        .await?
+                    {
+                        ops.push(Op::delete(q));
+                    }
+                }
+                ops.push(Op::Delete {
+                    path: p,
+                    cond: Cond::TockIs(e.tock),
+                })
+            }
+        }
+    }
+    let root = live_root();
+    let mut page = state.store.scan(&root, opts, After::Start, 1024).await?;
+    loop {
+        for (p, e) in page.items {
+            let v = &e.value;
+            let owner_alive = v
+                .get("instance")
+                .and_then(Value::as_str)
+                .is_some_and(|i| alive.contains(i));
+            let over = v
+                .get("max_until")
+                .and_then(Value::as_u64)
+                .is_some_and(|t| t <= now);
+            if !owner_alive || over {
+                ops.push(Op::Delete {
+                    path: p,
+                    cond: Cond::TockIs(e.tock),
+                });
+            }
+        }
+        match page.next {
+            Some(c) => {
+                page = state
+                    .store
+                    .scan(&root, opts, After::Cursor(&c), 1024)
+                    .await?
+            }
+            None => break,
+        }
+    }
+    // One by one: a record changed meanwhile stays (its condition fails
+    // alone).
+    for op in ops {
+        match state.store.write(vec![op]).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the records of keycards that ended here, in batches; a failed
@@ -381,6 +557,8 @@ async fn apply(state: &ServerState, c: &Change) {
     match (kind.as_ref(), nil, e.len() - nil) {
         // Any domain's ACLs too: the cache holds them all.
         ("acl", _, _) => state.acls.invalidate(),
+        // Another node's login throttle counters.
+        ("throttles", 0, _) => state.throttle.remote(&c.path, c.value.as_ref()),
         ("auth", 0, 2) => {
             if let Err(e) = super::auth::refresh_auth(state, || {}).await {
                 tracing::warn!(error = %e.text, "the auth configuration could not be re-read");

@@ -184,6 +184,15 @@ pub(crate) fn spawn_reaper(state: &Arc<ServerState>) {
         loop {
             tick.tick().await;
             let Some(state) = weak.upgrade() else { return };
+            // One node at a time, on a store nodes share.
+            match super::cluster::lease(&state, "tokens", 120_000).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e.text, "the token reaper's lease could not be read");
+                    continue;
+                }
+            }
             if let Err(e) = reap_durable(&state).await {
                 tracing::warn!(error = %e.text, "reaping expired tokens failed");
             }

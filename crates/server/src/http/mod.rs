@@ -237,6 +237,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::TooManyConnections | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StoreFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -247,7 +247,22 @@ impl PgTarget {
 /// unavailable.
 pub(crate) fn unavailable(e: &tokio_postgres::Error) -> StoreError {
     let detail = match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        // The server answered: an error of the request, unless it is
+        // shutting down, starting, read-only (a standby) or out of
+        // connections.
+        Some(db) => {
+            let code = db.code().code();
+            let text = format!("{code}: {}", db.message());
+            let away = code.starts_with("57P") // shutdown, cannot connect now
+                || code.starts_with("08") // connection exceptions
+                || code == "25006" // read-only transaction: a standby
+                || code == "53300" // too many connections
+                || code == "40001"; // serialization failure
+            if !away {
+                return StoreError::Backend(format!("the database refused: {text}"));
+            }
+            text
+        }
         None => {
             // The source (an I/O error, a refused connection) says more
             // than the wrapper.
@@ -260,7 +275,7 @@ pub(crate) fn unavailable(e: &tokio_postgres::Error) -> StoreError {
             text
         }
     };
-    StoreError::Backend(format!("the database is unavailable: {detail}"))
+    StoreError::Unavailable(format!("the database is unavailable: {detail}"))
 }
 
 /// What a TLS connection to the database checks.

@@ -207,7 +207,7 @@ fn db(e: tokio_postgres::Error) -> StoreError {
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => unavailable(&e),
-        other => StoreError::Backend(format!("the database is unavailable: {other}")),
+        other => StoreError::Unavailable(format!("the database is unavailable: {other}")),
     }
 }
 
@@ -419,14 +419,13 @@ async fn commit_group(
         None
     };
     txn.commit().await.map_err(|e| Failed {
-        error: StoreError::Backend(format!(
-            "the database connection failed while committing; the write may have been \
-             applied: {}",
-            match db(e) {
-                StoreError::Backend(m) => m,
-                other => other.to_string(),
-            }
-        )),
+        error: match db(e) {
+            StoreError::Unavailable(m) => StoreError::Unavailable(format!(
+                "the database connection failed while committing; the write may have been \
+                 applied: {m}"
+            )),
+            other => other,
+        },
         sent: true,
     })?;
     Ok(Committed {
@@ -479,7 +478,9 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteReq>, 
                 }
             }
             let Some(c) = client.as_mut() else {
-                break Err(StoreError::Backend("the database is unavailable".into()));
+                break Err(StoreError::Unavailable(
+                    "the database is unavailable".into(),
+                ));
             };
             match commit_group(&shared, c, &group, opts.history).await {
                 Ok(done) => break Ok(done),

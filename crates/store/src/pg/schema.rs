@@ -27,8 +27,6 @@ pub const VERSION: i32 = 1;
 ///   value.
 /// - `log`: the change log, tock → path key and new value (`NULL`: the
 ///   node was deleted); the last `history` changes.
-/// - `lease`: work that must run on one node at a time, a row per job
-///   (`holder`, `until_ms`).
 const CREATE_V1: &str = "
 CREATE TABLE {s}.meta (
     id int PRIMARY KEY CHECK (id = 1),
@@ -45,11 +43,6 @@ CREATE TABLE {s}.log (
     tock bigint PRIMARY KEY,
     key bytea NOT NULL,
     value bytea
-);
-CREATE TABLE {s}.lease (
-    name text PRIMARY KEY,
-    holder text NOT NULL,
-    until_ms bigint NOT NULL
 );
 ";
 
