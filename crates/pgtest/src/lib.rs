@@ -630,44 +630,6 @@ fn last_lines(text: &str, lines: usize) -> &str {
     &text[start + 1..]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commands_time_out_instead_of_hanging() {
-        let mut cmd = Command::new("sleep");
-        cmd.arg("10");
-        let t = Instant::now();
-        let err = run(cmd, None, Duration::from_millis(200)).expect_err("must time out");
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(t.elapsed() < Duration::from_secs(5));
-    }
-
-    #[test]
-    fn failures_carry_stderr() {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo boom >&2; exit 3"]);
-        let err = run(cmd, None, TIMEOUT).expect_err("must fail");
-        let msg = err.to_string();
-        assert!(msg.contains("boom") && msg.contains("sh -c"), "{msg}");
-    }
-
-    #[test]
-    fn stdin_is_fed() -> io::Result<()> {
-        let out = run(Command::new("cat"), Some("select 1;\n"), TIMEOUT)?;
-        assert_eq!(out.stdout, "select 1;\n");
-        Ok(())
-    }
-
-    #[test]
-    fn last_lines_keeps_the_tail() {
-        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(last_lines("a\nb", 5), "a\nb");
-        assert_eq!(last_lines("", 3), "");
-    }
-}
-
 /// The machine's own PostgreSQL, which tests share (each in a schema of
 /// its own): `KEYCARD_TEST_PG`, by default
 /// `postgres://postgres@127.0.0.1:5432/test`.
@@ -737,5 +699,43 @@ impl Drop for TestSchema {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_time_out_instead_of_hanging() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("10");
+        let t = Instant::now();
+        let err = run(cmd, None, Duration::from_millis(200)).expect_err("must time out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn failures_carry_stderr() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo boom >&2; exit 3"]);
+        let err = run(cmd, None, TIMEOUT).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("boom") && msg.contains("sh -c"), "{msg}");
+    }
+
+    #[test]
+    fn stdin_is_fed() -> io::Result<()> {
+        let out = run(Command::new("cat"), Some("select 1;\n"), TIMEOUT)?;
+        assert_eq!(out.stdout, "select 1;\n");
+        Ok(())
+    }
+
+    #[test]
+    fn last_lines_keeps_the_tail() {
+        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("a\nb", 5), "a\nb");
+        assert_eq!(last_lines("", 3), "");
     }
 }
