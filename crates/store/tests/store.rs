@@ -120,3 +120,130 @@ fn redb_drop_releases_the_file() {
         }
     });
 }
+
+/// A node refuses a schema written by a newer keycard, saying so; a
+/// schema of its own version opens.
+#[test]
+fn postgres_refuses_a_newer_schema() {
+    let schema = keycard_pgtest::TestSchema::new();
+    let target = PgTarget::parse(&schema.url("sslmode=disable")).expect("url");
+    runtime().block_on(async {
+        let s = PgStore::open(&target, PgOptions::default())
+            .await
+            .expect("creates the schema");
+        drop(s);
+        let (client, conn) =
+            tokio_postgres::connect(&keycard_pgtest::shared_url(), tokio_postgres::NoTls)
+                .await
+                .expect("psql");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("UPDATE {}.meta SET version = 99", schema.name))
+            .await
+            .expect("bump");
+        let e = PgStore::open(&target, PgOptions::default())
+            .await
+            .err()
+            .expect("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("version 99") && text.contains("newer"),
+            "{text}"
+        );
+        client
+            .batch_execute(&format!("UPDATE {}.meta SET version = 1", schema.name))
+            .await
+            .expect("back");
+        PgStore::open(&target, PgOptions::default())
+            .await
+            .expect("opens again");
+    });
+}
+
+/// TLS to the database: `require` encrypts (the server's view of the
+/// connection says so); `verify-full` checks the certificate's name and
+/// refuses a mismatch, `verify-ca` checks the chain only. The machine's
+/// PostgreSQL serves Debian's self-signed certificate for `localhost`.
+#[test]
+fn postgres_tls_modes() {
+    let cert = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    if !std::path::Path::new(cert).exists() {
+        eprintln!("SKIPPED: no {cert}");
+        return;
+    }
+    let schema = keycard_pgtest::TestSchema::new();
+    runtime().block_on(async {
+        let (client, conn) =
+            tokio_postgres::connect(&keycard_pgtest::shared_url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(conn);
+        let ssl_on: String = client
+            .query_one("SHOW ssl", &[])
+            .await
+            .expect("show")
+            .get(0);
+        if ssl_on != "on" {
+            eprintln!("SKIPPED: the database does not serve TLS");
+            return;
+        }
+        let name = format!("kc-tls-{}", std::process::id());
+        let t = PgTarget::parse(&schema.url("sslmode=require"))
+            .expect("url")
+            .named(&name);
+        let s = PgStore::open(&t, PgOptions::default())
+            .await
+            .expect("require");
+        s.write(vec![Op::put(Path::parse("t").expect("p"), 1.into())])
+            .await
+            .expect("write over TLS");
+        let plain: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = $1 AND NOT s.ssl",
+                &[&name],
+            )
+            .await
+            .expect("stat")
+            .get(0);
+        let tls: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = $1 AND s.ssl",
+                &[&name],
+            )
+            .await
+            .expect("stat")
+            .get(0);
+        assert!(
+            tls >= 1 && plain == 0,
+            "{tls} TLS, {plain} plain connections"
+        );
+        drop(s);
+
+        let url = |mode: &str, host: &str| {
+            schema
+                .url(&format!("sslmode={mode}&sslrootcert={cert}"))
+                .replace("127.0.0.1", host)
+        };
+        // The certificate names localhost, not 127.0.0.1.
+        let t = PgTarget::parse(&url("verify-full", "127.0.0.1")).expect("url");
+        let e = PgStore::open(&t, PgOptions::default())
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(e, keycard_store::StoreError::Unavailable(_)),
+            "{e}"
+        );
+        assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+        let t = PgTarget::parse(&url("verify-ca", "127.0.0.1")).expect("url");
+        PgStore::open(&t, PgOptions::default())
+            .await
+            .expect("verify-ca: the chain holds");
+        let t = PgTarget::parse(&url("verify-full", "localhost")).expect("url");
+        PgStore::open(&t, PgOptions::default())
+            .await
+            .expect("verify-full: the name holds");
+    });
+}

@@ -293,20 +293,7 @@ pub(super) async fn restore(
         );
     }
     let dump = read_dump(file)?;
-    match (&dump.keyring, &key) {
-        (Some(ring), Some(k)) => {
-            keycard_server::seal::Sealer::unlock(k, ring).map_err(anyhow::Error::msg)?;
-        }
-        (Some(_), None) => bail!(
-            "the dump's secrets are sealed: give its seal key (--seal-key-file FILE or \
-             KEYCARD_SEAL_KEY)"
-        ),
-        (None, Some(_)) => bail!(
-            "the dump's secrets are not sealed: restore without a seal key, then seal them \
-             with `keycard seal enable`"
-        ),
-        (None, None) => {}
-    }
+    check_key(&dump, key.as_ref())?;
     std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", shown(data)))?;
     #[cfg(unix)]
     {
@@ -350,6 +337,68 @@ pub(super) async fn restore(
     Ok(())
 }
 
+/// [`restore`] into a PostgreSQL schema (`url`) that holds no keycard
+/// data: the whole file checked first, then written, the store's tock
+/// set to the dump's.
+pub(super) async fn restore_pg(
+    file: &FsPath,
+    url: &str,
+    key: Option<keycard_server::seal::SealKey>,
+) -> anyhow::Result<()> {
+    let target = keycard_store::PgTarget::parse(url).map_err(anyhow::Error::msg)?;
+    let dump = read_dump(file)?;
+    check_key(&dump, key.as_ref())?;
+    let store = keycard_store::PgStore::open(
+        &target.clone().named("keycard restore"),
+        keycard_store::PgOptions::default(),
+    )
+    .await
+    .with_context(|| format!("cannot open {target}"))?;
+    let held = store
+        .scan_up_to(&keycard_proto::Path::root(), Default::default(), 1)
+        .await
+        .context("cannot read the store")?;
+    if !held.is_empty() || store.tock().0 != 0 {
+        bail!(
+            "{target} (schema {}) holds keycard data already: restore only into an empty \
+             schema",
+            target.schema
+        );
+    }
+    load(&store, dump.items, dump.tock).await?;
+    say_err!(
+        "restored {} into {target} (schema {}) at tock {}; start the servers on it{}",
+        shown(file),
+        target.schema,
+        dump.tock.0,
+        if dump.keyring.is_some() {
+            " with the same seal key"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// Refuses a dump whose seal (or its absence) does not match `key`.
+fn check_key(dump: &Dump, key: Option<&keycard_server::seal::SealKey>) -> anyhow::Result<()> {
+    match (&dump.keyring, key) {
+        (Some(ring), Some(k)) => {
+            keycard_server::seal::Sealer::unlock(k, ring).map_err(anyhow::Error::msg)?;
+        }
+        (Some(_), None) => bail!(
+            "the dump's secrets are sealed: give its seal key (--seal-key-file FILE or \
+             KEYCARD_SEAL_KEY)"
+        ),
+        (None, Some(_)) => bail!(
+            "the dump's secrets are not sealed: restore without a seal key, then seal them \
+             with `keycard seal enable`"
+        ),
+        (None, None) => {}
+    }
+    Ok(())
+}
+
 async fn import(store_file: &FsPath, items: Vec<(Path, Entry)>, tock: Tock) -> anyhow::Result<()> {
     let opened = {
         let f = store_file.to_path_buf();
@@ -360,6 +409,16 @@ async fn import(store_file: &FsPath, items: Vec<(Path, Entry)>, tock: Tock) -> a
         .context("cannot open the new store")?
     };
     let store = opened.context("cannot create the store")?;
+    load(&store, items, tock).await
+}
+
+/// Writes a dump's nodes into an empty store, in batches, with a
+/// progress bar; the store's tock becomes the dump's.
+async fn load(
+    store: &dyn keycard_store::Store,
+    items: Vec<(Path, Entry)>,
+    tock: Tock,
+) -> anyhow::Result<()> {
     let progress = Progress::new("restoring");
     let total = items.len();
     let mut done = 0u64;

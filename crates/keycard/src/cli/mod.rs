@@ -228,15 +228,21 @@ enum Command {
         file: std::path::PathBuf,
     },
     /// Restore a dump into an empty data directory (the server stopped),
-    /// checking the whole file first: a damaged or truncated one writes
-    /// nothing. A dump whose secrets are sealed needs its seal key
-    /// (--seal-key-file, or KEYCARD_SEAL_KEY).
+    /// or with --store into an empty PostgreSQL schema, checking the
+    /// whole file first: a damaged or truncated one writes nothing. A
+    /// dump whose secrets are sealed needs its seal key (--seal-key-file,
+    /// or KEYCARD_SEAL_KEY).
     Restore {
         /// The dump file.
         file: std::path::PathBuf,
         /// The data directory to restore into (must hold no store).
         #[arg(long, default_value = "keycard-data")]
         data: std::path::PathBuf,
+        /// Restore into this PostgreSQL store instead
+        /// (postgres://USER@HOST:PORT/DB?schema=…; its schema must hold no
+        /// keycard data).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
         /// The seal key file.
         #[arg(long, value_name = "FILE")]
         seal_key_file: Option<std::path::PathBuf>,
@@ -305,10 +311,14 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Restore {
             file,
             data,
+            store,
             seal_key_file,
         } => {
             let key = seal::optional_key(seal_key_file.as_deref())?;
-            dump::restore(&file, &data, key).await
+            match store {
+                Some(url) => dump::restore_pg(&file, &url, key).await,
+                None => dump::restore(&file, &data, key).await,
+            }
         }
     }
 }
