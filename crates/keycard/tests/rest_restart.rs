@@ -255,3 +255,93 @@ async fn without_a_seal_key_rest_sessions_are_not_kept() {
     let _server = Proc::start_with(&data, &["--http", &http]);
     assert_eq!(status(&rest, &alice).await, 401);
 }
+
+/// Two nodes on PostgreSQL: REST sessions made on node A survive A's
+/// `kill -9` and are listed on B again once A is back; a session revoked
+/// through B while A was down is not brought back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_session_revoked_while_its_node_was_down_stays_ended() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let key = tmp.path().join("seal.key");
+    let out = support::bin_command(&["seal", "init", key.to_str().expect("utf-8")], &[])
+        .output()
+        .expect("seal init");
+    assert!(out.status.success());
+    let k = key.to_str().expect("utf-8");
+    let schema = keycard_pgtest::TestSchema::new();
+    let url = schema.url("sslmode=disable");
+    let http = format!("127.0.0.1:{}", free_port());
+    let node = |dir: &str, name: &str, http: Option<&str>| {
+        let mut args = vec!["--seal-key-file", k, "--store", &url, "--node", name];
+        if let Some(h) = http {
+            args.extend(["--http", h]);
+        }
+        Proc::start_with(&tmp.path().join(dir), &args)
+    };
+    let mut a = node("a", "a", Some(&http));
+    let b = node("b", "b", None);
+    let admin = Client::connect(a.addr).await.expect("admin");
+    scram_users(
+        &admin,
+        &["alice", "bob", "keeper"],
+        Some(("keeper", "manage_keycards")),
+    )
+    .await;
+    drop(admin);
+    let rest = RestClient::connection_per_request(http.clone());
+    let alice = rest
+        .login(Login::scram("alice", Password::new(PW)).expect("login"))
+        .await
+        .expect("alice");
+    let bob = rest
+        .login(Login::scram("bob", Password::new(PW)).expect("login"))
+        .await
+        .expect("bob");
+    a.kill9();
+    let keeper = Client::connect(b.addr).await.expect("keeper");
+    keeper
+        .login(&ScramClient::new("keeper", Password::new(PW)))
+        .await
+        .expect("keeper");
+    let r = keeper
+        .request(
+            Msg::new()
+                .with("action", "keycard_revoke")
+                .with("id", bob.sid.as_str()),
+        )
+        .await
+        .expect("revoke through B while A is down");
+    assert_eq!(r.get("revoked").and_then(Value::as_u64), Some(1), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let a = node("a", "a", Some(&http));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a
+        .log()
+        .contains("REST sessions kept across the restart sessions=1")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(status(&rest, &alice).await, 200, "{}", a.log());
+    assert_eq!(
+        status(&rest, &bob).await,
+        401,
+        "revoked through B stays ended"
+    );
+    // alice's session is listed on B again.
+    let mut st = keeper
+        .stream(
+            Msg::new()
+                .with("action", "keycard_list")
+                .with("user", "alice"),
+        )
+        .await
+        .expect("list");
+    let mut ids = Vec::new();
+    while let Some(v) = st.next_raw().await {
+        let v = v.expect("item");
+        ids.push(v.get("id").and_then(Value::as_str).unwrap_or("").to_owned());
+    }
+    assert!(ids.contains(&alice.sid), "{ids:?} on B");
+}

@@ -82,6 +82,36 @@ pub(crate) async fn mirror(state: &ServerState, card: &Keycard) -> ApiResult {
     Ok(())
 }
 
+/// A keycard kept across this node's restart (a REST session) is live
+/// here again: its record says so, unless another node revoked it while
+/// this one was away — then `false`, and the caller ends it.
+pub(crate) async fn mirror_again(state: &ServerState, card: &Keycard) -> ApiResult<bool> {
+    if !state.shared_store() {
+        return Ok(true);
+    }
+    let path = live_path(card.id);
+    let cond = match state.store.get(&path).await? {
+        Some(e) if e.value.get("revoked_by").is_some() => return Ok(false),
+        Some(e) => Cond::TockIs(e.tock),
+        None => Cond::Absent,
+    };
+    let written = state
+        .store
+        .write(vec![Op::Put {
+            path,
+            value: record(state, card),
+            cond,
+            idem: false,
+        }])
+        .await;
+    match written {
+        Ok(_) => Ok(true),
+        // Changed meanwhile: revoked, most likely.
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A mirrored keycard another node holds.
 #[derive(Clone, Debug)]
 pub(crate) struct Elsewhere {

@@ -220,6 +220,16 @@ impl Rest {
                     stale.push(Op::delete(p.clone()));
                     continue;
                 }
+                // On a shared store: listed on every node again, unless it
+                // was revoked through another node meanwhile.
+                let card = self.state.bouncer.table().show(id);
+                if let Some(card) = card {
+                    if !crate::core::cluster::mirror_again(&self.state, &card).await? {
+                        self.state.bouncer.revoke(id);
+                        stale.push(Op::delete(p.clone()));
+                        continue;
+                    }
+                }
                 session.requester = requester;
                 // Requests signed before now may have been seen.
                 // And nothing at or before a `ts` it admitted ahead of the
