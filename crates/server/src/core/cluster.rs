@@ -272,7 +272,7 @@ pub(crate) async fn revoke(
                 .get("node")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            tracing::info!(target: "keycard::audit", keycard = %card.id, user = ?user, node = ?node, by = by.unwrap_or(""), "keycard revoked on another node");
+            tracing::info!(target: "keycard::audit", keycard = %card.id, user = ?user, node = ?node, by = ?by.unwrap_or(""), "keycard revoked on another node");
             Ok(1)
         }
         // Ended or revoked meanwhile.

@@ -37,7 +37,7 @@
 //!   connections; each is one statement, so a read sees every write
 //!   acknowledged before it started, on any node.
 //! - **Failures.** A request while the database is away fails at once
-//!   with [`StoreError::Backend`] saying so; the writer reconnects with
+//!   with [`StoreError::Unavailable`] saying so; the writer reconnects with
 //!   backoff, and a group that failed before its `COMMIT` was sent is
 //!   tried once more on a fresh connection. A `COMMIT` whose answer is
 //!   lost is reported as possibly applied: the follower publishes it if it

@@ -68,7 +68,8 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(u64, u
         .query_one("SELECT to_regclass($1)::text", &[&meta])
         .await
         .map_err(db)?
-        .get(0);
+        .try_get(0)
+        .map_err(db)?;
     if exists.is_none() {
         txn.batch_execute(&CREATE_V1.replace("{s}", schema))
             .await
@@ -90,7 +91,7 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(u64, u
         .ok_or_else(|| {
             StoreError::Corrupt(format!("{meta} has no row: this schema is not keycard's"))
         })?;
-    let version: i32 = row.get(0);
+    let version: i32 = row.try_get(0).map_err(db)?;
     if version > VERSION {
         return Err(StoreError::Backend(format!(
             "the database's keycard schema {schema:?} is version {version}, newer than this \
@@ -99,7 +100,7 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(u64, u
     }
     // Migrations from older versions go here, in order, each bumping
     // `version` in this transaction.
-    let (tock, pruned): (i64, i64) = (row.get(1), row.get(2));
+    let (tock, pruned): (i64, i64) = (row.try_get(1).map_err(db)?, row.try_get(2).map_err(db)?);
     txn.commit().await.map_err(db)?;
     let tock = u64::try_from(tock).map_err(|_| StoreError::Corrupt("a negative tock".into()))?;
     let pruned =
