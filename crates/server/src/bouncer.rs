@@ -14,9 +14,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use keycard_auth::bouncer::{
-    BouncerError, Filter, Keycard, KeycardId, Lifetime, Policy, State, Table,
-};
+use keycard_auth::bouncer::{BouncerError, Filter, Keycard, KeycardId, Lifetime, Policy, Table};
 use keycard_proto::ErrorCode;
 
 use crate::clock::ClockHandle;
@@ -69,8 +67,8 @@ pub struct Bouncer {
     table: Mutex<Table>,
     conns: Mutex<HashMap<u64, Weak<dyn KeycardWatcher>>>,
     clock: ClockHandle,
-    /// Told the id of every authenticated keycard that leaves the table
-    /// (on a store other nodes share, which mirrors live keycards).
+    /// Told the id of every keycard that leaves the table (on a store
+    /// other nodes share, which mirrors live keycards).
     ended: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<KeycardId>>,
 }
 
@@ -101,19 +99,19 @@ impl Bouncer {
         }
     }
 
-    /// From now on, the id of every authenticated keycard that leaves
-    /// the table goes to `to` (set once).
+    /// From now on, the id of every keycard that leaves the table goes to
+    /// `to` (set once).
     pub(crate) fn tell_ended(&self, to: tokio::sync::mpsc::UnboundedSender<KeycardId>) {
         let _ = self.ended.set(to);
     }
 
-    /// Passes on the authenticated ones of `cards`, which left the table.
+    /// Passes on `cards`, which left the table. (Their state says how
+    /// they left, not whether they had logged in: the receiver knows
+    /// which of them it cares about.)
     fn gone<'a>(&self, cards: impl IntoIterator<Item = &'a Keycard>) {
         if let Some(to) = self.ended.get() {
             for c in cards {
-                if c.state == State::Authenticated {
-                    let _ = to.send(c.id);
-                }
+                let _ = to.send(c.id);
             }
         }
     }

@@ -90,6 +90,9 @@ pub struct ServerState {
     /// This process among the nodes of a shared store: random, made at
     /// start (node names may repeat; this does not).
     pub(crate) instance: String,
+    /// The keycards of this node whose records other nodes see (a shared
+    /// store): each record is deleted once its keycard ends here.
+    pub(crate) mirrored: std::sync::Mutex<std::collections::HashSet<keycard_auth::bouncer::KeycardId>>,
 }
 
 /// `(nil, "auth")`.
@@ -209,6 +212,7 @@ impl ServerState {
             tls: std::sync::OnceLock::new(),
             seal: std::sync::OnceLock::new(),
             instance,
+            mirrored: Default::default(),
         });
         state.bouncer.spawn_reaper();
         state.throttle.spawn_flusher();

@@ -661,7 +661,7 @@ impl Throttle {
             return;
         };
         let mut remote = lock(&self.remote);
-        match value.and_then(stored_counter) {
+        match value.and_then(remote_counter) {
             Some(c) => {
                 remote
                     .entry(key)
@@ -677,6 +677,9 @@ impl Throttle {
                 }
             }
         }
+        drop(remote);
+        // Attempts waiting for others' verdicts decide again.
+        self.settled.notify_waiters();
     }
 
     /// `c` with the other nodes' live counts under `key` added.
@@ -695,6 +698,7 @@ impl Throttle {
             }
             c.failures = c.failures.saturating_add(r.failures);
             c.refused = c.refused.saturating_add(r.refused);
+            c.provisional = c.provisional.saturating_add(r.provisional);
             c.last = c.last.max(r.last);
         }
         c
@@ -1006,13 +1010,30 @@ fn stored_value(key: &Key, c: &Counter) -> Value {
         true => Msg::new().with("at", c.last).into_value(),
         false => Msg::new()
             .with("failures", c.failures.saturating_add(c.under_way()))
+            .with("under_way", c.under_way())
             .with("refused", c.refused)
             .with("last", c.last)
             .into_value(),
     }
 }
 
-/// A stored node's counter, if it is well formed.
+/// Another node's stored counter, if it is well formed: its attempts
+/// under way are under way here too (they make an attempt wait its turn,
+/// never refuse it), not failures as they are in that node's own restart.
+fn remote_counter(v: &Value) -> Option<Counter> {
+    let mut c = stored_counter(v)?;
+    let under_way = v
+        .get("under_way")
+        .and_then(Value::as_u64)
+        .map_or(0, |u| u32::try_from(u).unwrap_or(u32::MAX))
+        .min(c.failures);
+    c.failures -= under_way;
+    c.provisional = under_way;
+    Some(c)
+}
+
+/// A stored node's counter, if it is well formed (attempts that were
+/// under way count as failures: a crash ended them).
 fn stored_counter(v: &Value) -> Option<Counter> {
     let n = |k: &str| v.get(k).and_then(Value::as_u64);
     match n("at") {

@@ -45,6 +45,30 @@ async fn refused(c: &mut Raw) -> bool {
     code(&v) == Some("auth_required")
 }
 
+/// Waits (up to 2 s) until the store holds `want` live keycard records.
+async fn live_records_become(s: &TestServer, want: usize) {
+    let root = Path::new(vec![keycard_proto::Elem::Nil, "live".into()]);
+    let t = Instant::now();
+    loop {
+        let n = s
+            .handle
+            .state
+            .store
+            .scan_up_to(&root, Default::default(), 10_000)
+            .await
+            .expect("scan")
+            .len();
+        if n == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{n} live keycard records, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn pct(sorted: &[Duration], q: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -272,12 +296,14 @@ async fn keycards_are_listed_and_revoked_from_any_node() {
             }
         }
         lat.push(t.elapsed());
-        // Its record goes once it ended there.
+        // It leaves its node, and its record goes: only the admin's is
+        // left.
         let s = &n[1 + round % 2];
         wait_for("the revoked keycard to leave its node", || {
             s.handle.state.bouncer.is_empty()
         })
         .await;
+        live_records_become(&n[0], 1).await;
     }
     lat.sort_unstable();
     eprintln!(
@@ -313,6 +339,12 @@ async fn keycards_are_listed_and_revoked_from_any_node() {
         .call(req(5, "get_value").with("path", path("data.x")))
         .await;
     assert_eq!(v.get("value"), Some(&Value::from(1)), "joe unaffected");
+    // A connection closed takes its record with it: the two admins' and
+    // joe's are left.
+    let gone = raw_login(&n[2], "ann").await;
+    live_records_become(&n[0], 4).await;
+    drop(gone);
+    live_records_become(&n[0], 3).await;
 
     // A user deleted through node 1 loses its sessions on node 2.
     call_ok(
@@ -403,5 +435,56 @@ async fn throttling_holds_when_guesses_are_spread_over_the_nodes() {
             "node {} lets the guesser in: {e}",
             i + 1
         );
+    }
+}
+
+/// Many clients logging in as one user at once, spread over the nodes,
+/// all get in: another node's attempts under way make a login wait its
+/// turn, as the node's own do, and never count as failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_logins_of_one_user_over_the_nodes_all_get_in() {
+    use keycard_auth::{Password, ScramClient};
+    let schema = TestSchema::new();
+    let url = schema.url("sslmode=disable");
+    let mut n = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let url = url.clone();
+        n.push(
+            common::start_with(move |c| {
+                c.store = url.parse().expect("a postgres URL");
+                c.node = name.into();
+            })
+            .await,
+        );
+    }
+    let admin = Client::connect(n[0].addr()).await.expect("connect");
+    admin
+        .set_user(&ScramClient::new("svc", Password::new("svc-pw")))
+        .await
+        .expect("svc");
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", "scram-sha-256"),
+        )
+        .await
+        .expect("current");
+    for round in 0..3 {
+        let tasks: Vec<_> = (0..16usize)
+            .map(|i| {
+                let addr = n[i % 3].addr();
+                tokio::spawn(async move {
+                    let c = Client::connect(addr).await.expect("connect");
+                    c.login(&ScramClient::new("svc", Password::new("svc-pw")))
+                        .await
+                        .map(|_| c)
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.expect("join");
+            assert!(r.is_ok(), "round {round}, login {i}: {:?}", r.err());
+        }
     }
 }

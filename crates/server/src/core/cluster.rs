@@ -70,7 +70,9 @@ pub(crate) async fn mirror(state: &ServerState, card: &Keycard) -> ApiResult {
     if !state.shared_store() {
         return Ok(());
     }
-    state
+    // Known before it is written: an end that comes at once deletes it.
+    mirrored(state).insert(card.id);
+    let written = state
         .store
         .write(vec![Op::Put {
             path: live_path(card.id),
@@ -78,8 +80,18 @@ pub(crate) async fn mirror(state: &ServerState, card: &Keycard) -> ApiResult {
             cond: Cond::Absent,
             idem: false,
         }])
-        .await?;
+        .await;
+    if let Err(e) = written {
+        mirrored(state).remove(&card.id);
+        return Err(e.into());
+    }
     Ok(())
+}
+
+fn mirrored(
+    state: &ServerState,
+) -> std::sync::MutexGuard<'_, std::collections::HashSet<KeycardId>> {
+    state.mirrored.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A keycard kept across this node's restart (a REST session) is live
@@ -95,6 +107,7 @@ pub(crate) async fn mirror_again(state: &ServerState, card: &Keycard) -> ApiResu
         Some(e) => Cond::TockIs(e.tock),
         None => Cond::Absent,
     };
+    mirrored(state).insert(card.id);
     let written = state
         .store
         .write(vec![Op::Put {
@@ -471,26 +484,36 @@ async fn sweep(state: &ServerState) -> ApiResult {
 }
 
 /// Deletes the records of keycards that ended here, in batches; a failed
-/// batch is tried again (the database may be away).
+/// batch is tried again (the database may be away). Of the keycards that
+/// end, only those whose records were written are deleted (an attempt
+/// that never logged in has none).
 async fn delete_ended(
     state: Weak<ServerState>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<KeycardId>,
 ) {
     let mut batch: Vec<KeycardId> = Vec::new();
     loop {
+        let mut ended = Vec::new();
         if batch.is_empty() {
             match rx.recv().await {
-                Some(id) => batch.push(id),
+                Some(id) => ended.push(id),
                 None => return,
             }
         }
-        while batch.len() < DELETE_BATCH {
+        while ended.len() < DELETE_BATCH {
             match rx.try_recv() {
-                Ok(id) => batch.push(id),
+                Ok(id) => ended.push(id),
                 Err(_) => break,
             }
         }
         let Some(s) = state.upgrade() else { return };
+        {
+            let mut known = mirrored(&s);
+            batch.extend(ended.into_iter().filter(|id| known.remove(id)));
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let ops = batch.iter().map(|id| Op::delete(live_path(*id))).collect();
         match s.store.write(ops).await {
             Ok(_) => batch.clear(),
