@@ -92,7 +92,8 @@ pub struct ServerState {
     pub(crate) instance: String,
     /// The keycards of this node whose records other nodes see (a shared
     /// store): each record is deleted once its keycard ends here.
-    pub(crate) mirrored: std::sync::Mutex<std::collections::HashSet<keycard_auth::bouncer::KeycardId>>,
+    pub(crate) mirrored:
+        std::sync::Mutex<std::collections::HashSet<keycard_auth::bouncer::KeycardId>>,
 }
 
 /// `(nil, "auth")`.

@@ -47,15 +47,18 @@ mod connect;
 mod schema;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::{try_join, try_join_all};
 use keycard_proto::Path;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::{Row, Statement};
 
 use connect::unavailable;
 pub use connect::{is_pg_url, PgTarget};
@@ -171,6 +174,64 @@ impl Sql {
         }
     }
 }
+
+/// The writer's statements, prepared once per connection: a statement
+/// sent by text costs a round trip of its own to be parsed first.
+struct Prepared {
+    lock_meta: Statement,
+    get_many: Statement,
+    upsert: Statement,
+    delete: Statement,
+    log: Statement,
+    prune: Statement,
+    set_meta: Statement,
+    notify: Statement,
+    log_range: Statement,
+}
+
+impl Prepared {
+    /// Prepares them all, in one round trip.
+    async fn on(client: &tokio_postgres::Client, sql: &Sql) -> Result<Prepared, StoreError> {
+        let texts = [
+            &sql.lock_meta,
+            &sql.get_many,
+            &sql.upsert,
+            &sql.delete,
+            &sql.log,
+            &sql.prune,
+            &sql.set_meta,
+            &sql.notify,
+            &sql.log_range,
+        ];
+        let all = try_join_all(texts.iter().map(|t| client.prepare(t)))
+            .await
+            .map_err(db)?;
+        let mut it = all.into_iter();
+        let mut next = || {
+            it.next()
+                .ok_or_else(|| StoreError::Backend("a statement was not prepared".into()))
+        };
+        Ok(Prepared {
+            lock_meta: next()?,
+            get_many: next()?,
+            upsert: next()?,
+            delete: next()?,
+            log: next()?,
+            prune: next()?,
+            set_meta: next()?,
+            notify: next()?,
+            log_range: next()?,
+        })
+    }
+}
+
+/// The writer's connection and its statements.
+struct Conn {
+    client: tokio_postgres::Client,
+    st: Prepared,
+}
+
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
 
 struct WriteReq {
     ops: Vec<Op>,
@@ -304,17 +365,18 @@ impl From<StoreError> for Failed {
     }
 }
 
+/// One group in one transaction, its statements pipelined: `BEGIN`; the
+/// `meta` lock and the rows the group reads; every write (and the other
+/// nodes' changes the feed lacks); `COMMIT` — four round trips whatever
+/// the group's size.
 async fn commit_group(
     shared: &Shared,
-    client: &mut tokio_postgres::Client,
+    conn: &mut Conn,
     reqs: &[WriteReq],
     history: u64,
 ) -> Result<Committed, Failed> {
     let sql = &shared.sql;
-    let txn = client.transaction().await?;
-    let meta = txn.query_one(&sql.lock_meta, &[]).await?;
-    let start = tock_of(&meta, 0)?.0;
-    let mut pruned = tock_of(&meta, 1)?.0;
+    let Conn { client, st } = conn;
     let mut keys = Vec::new();
     let mut seen = HashSet::new();
     for req in reqs {
@@ -324,8 +386,18 @@ async fn commit_group(
             }
         }
     }
+    let txn = client.transaction().await?;
+    // Sent together; the server runs them in order, so the rows are read
+    // under the lock.
+    let (meta, rows) = try_join(
+        txn.query_one(&st.lock_meta, &[]),
+        txn.query(&st.get_many, &[&keys]),
+    )
+    .await?;
+    let start = tock_of(&meta, 0)?.0;
+    let mut pruned = tock_of(&meta, 1)?.0;
     let mut current: HashMap<Vec<u8>, Entry> = HashMap::with_capacity(keys.len());
-    for row in txn.query(&sql.get_many, &[&keys]).await? {
+    for row in rows {
         let key: Vec<u8> = row.try_get(0)?;
         let value: &[u8] = row.try_get(2)?;
         current.insert(
@@ -375,48 +447,66 @@ async fn commit_group(
             }
         }
     }
-    if tock != start {
-        let (mut up_keys, mut up_tocks, mut up_values, mut gone) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (k, v) in last {
-            match v {
-                Some((t, b)) => {
-                    up_keys.push(k);
-                    up_tocks.push(t);
-                    up_values.push(b);
-                }
-                None => gone.push(k),
+    let (mut up_keys, mut up_tocks, mut up_values, mut gone) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (k, v) in last {
+        match v {
+            Some((t, b)) => {
+                up_keys.push(k);
+                up_tocks.push(t);
+                up_values.push(b);
             }
+            None => gone.push(k),
         }
+    }
+    let floor = plan::pruned_after(Tock(tock), history, pruned);
+    if let Some(f) = floor {
+        pruned = f;
+    }
+    let (tock_sql, pruned_sql, floor_sql) = (
+        sql_tock(tock)?,
+        sql_tock(pruned)?,
+        sql_tock(floor.unwrap_or(0))?,
+    );
+    let tock_text = tock.to_string();
+    let up: [&(dyn ToSql + Sync); 3] = [&up_keys, &up_tocks, &up_values];
+    let gone_p: [&(dyn ToSql + Sync); 1] = [&gone];
+    let log_p: [&(dyn ToSql + Sync); 3] = [&log_tocks, &log_keys, &log_values];
+    let prune_p: [&(dyn ToSql + Sync); 1] = [&floor_sql];
+    let meta_p: [&(dyn ToSql + Sync); 2] = [&tock_sql, &pruned_sql];
+    let notify_p: [&(dyn ToSql + Sync); 2] = [&sql.channel, &tock_text];
+    let mut writes: Vec<Pending<'_>> = Vec::new();
+    if tock != start {
         if !up_keys.is_empty() {
-            txn.execute(&sql.upsert, &[&up_keys, &up_tocks, &up_values])
-                .await?;
+            writes.push(Box::pin(txn.execute(&st.upsert, &up)));
         }
         if !gone.is_empty() {
-            txn.execute(&sql.delete, &[&gone]).await?;
+            writes.push(Box::pin(txn.execute(&st.delete, &gone_p)));
         }
-        txn.execute(&sql.log, &[&log_tocks, &log_keys, &log_values])
-            .await?;
-        if let Some(floor) = plan::pruned_after(Tock(tock), history, pruned) {
-            txn.execute(&sql.prune, &[&sql_tock(floor)?]).await?;
-            pruned = floor;
+        writes.push(Box::pin(txn.execute(&st.log, &log_p)));
+        if floor.is_some() {
+            writes.push(Box::pin(txn.execute(&st.prune, &prune_p)));
         }
-        txn.execute(&sql.set_meta, &[&sql_tock(tock)?, &sql_tock(pruned)?])
-            .await?;
-        txn.execute(&sql.notify, &[&sql.channel, &tock.to_string()])
-            .await?;
+        writes.push(Box::pin(txn.execute(&st.set_meta, &meta_p)));
+        writes.push(Box::pin(txn.execute(&st.notify, &notify_p)));
     }
     // What other nodes committed since this node last published: it is
     // all committed (this transaction holds the lock they took), so the
-    // feed can go on without a gap.
+    // feed can go on without a gap. Read with the writes.
     let published = *lock(&shared.published);
-    let before = if start > published && start - published <= GAP_IN_TXN {
-        let rows = txn
-            .query(&sql.log_range, &[&sql_tock(published)?, &sql_tock(start)?])
-            .await?;
-        Some(rows.iter().map(change_of).collect::<Result<Vec<_>, _>>()?)
-    } else {
-        None
+    let gap = start > published && start - published <= GAP_IN_TXN;
+    let (from_sql, to_sql) = (sql_tock(published)?, sql_tock(start)?);
+    let range_p: [&(dyn ToSql + Sync); 2] = [&from_sql, &to_sql];
+    let read_gap = async {
+        match gap {
+            true => txn.query(&st.log_range, &range_p).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let (_, gap_rows) = try_join(try_join_all(writes), read_gap).await?;
+    let before = match gap_rows {
+        Some(rows) => Some(rows.iter().map(change_of).collect::<Result<Vec<_>, _>>()?),
+        None => None,
     };
     txn.commit().await.map_err(|e| Failed {
         error: match db(e) {
@@ -440,28 +530,51 @@ async fn commit_group(
 /// The writer task: one connection, one transaction per group of waiting
 /// requests, reconnecting with backoff.
 async fn writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteReq>, opts: PgOptions) {
-    let mut client: Option<tokio_postgres::Client> = None;
+    let mut client: Option<Conn> = None;
     let mut backoff = Duration::from_millis(50);
     let mut retry_at: Option<(tokio::time::Instant, StoreError)> = None;
+    // How many requests the previous transaction carried: as many are
+    // likely to come back for the next one.
+    let mut expect = 1usize;
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
-        while group.len() < opts.max_group {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
+        let mut gather = |group: &mut Vec<WriteReq>| {
+            while group.len() < opts.max_group {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
             }
+        };
+        gather(&mut group);
+        // Fewer than last time: let the others' tasks run once, so that
+        // writers answered by the last commit join this one (a lone
+        // writer does not wait).
+        let mut turns = 0;
+        while group.len() < expect && turns < 4 {
+            tokio::task::yield_now().await;
+            gather(&mut group);
+            turns += 1;
         }
+        expect = group.len();
         let mut tries = 0;
         let outcome = loop {
             tries += 1;
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
+            if client.as_ref().is_none_or(|c| c.client.is_closed()) {
                 client = None;
                 if let Some((at, e)) = &retry_at {
                     if tokio::time::Instant::now() < *at {
                         break Err(e.clone());
                     }
                 }
-                match shared.target.connect(None).await {
+                let connected = match shared.target.connect(None).await {
+                    Ok(c) => match Prepared::on(&c, &shared.sql).await {
+                        Ok(st) => Ok(Conn { client: c, st }),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
+                match connected {
                     Ok(c) => {
                         if retry_at.take().is_some() {
                             tracing::info!("the store's writer reached the database again");
@@ -485,7 +598,7 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteReq>, 
             match commit_group(&shared, c, &group, opts.history).await {
                 Ok(done) => break Ok(done),
                 Err(f) => {
-                    let closed = c.is_closed();
+                    let closed = c.client.is_closed();
                     if closed {
                         client = None;
                     }
@@ -529,16 +642,17 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteReq>, 
 
 /// One poll of the change log; whether it read a full page (more may
 /// wait).
-async fn poll_log(shared: &Shared, client: &tokio_postgres::Client) -> Result<bool, StoreError> {
+async fn poll_log(shared: &Shared, follower: &Follower) -> Result<bool, StoreError> {
     let after = *lock(&shared.published);
-    let rows = client
-        .query(&shared.sql.log_after, &[&sql_tock(after)?, &POLL_ROWS])
-        .await
-        .map_err(db)?;
-    let meta = client
-        .query_one(&shared.sql.read_meta, &[])
-        .await
-        .map_err(db)?;
+    let after_sql = sql_tock(after)?;
+    let (rows, meta) = try_join(
+        follower
+            .client
+            .query(&follower.log_after, &[&after_sql, &POLL_ROWS]),
+        follower.client.query_one(&follower.read_meta, &[]),
+    )
+    .await
+    .map_err(db)?;
     let (tock, pruned) = (tock_of(&meta, 0)?.0, tock_of(&meta, 1)?.0);
     let changes = rows.iter().map(change_of).collect::<Result<Vec<_>, _>>()?;
     let full = changes.len() as i64 >= POLL_ROWS;
@@ -556,36 +670,58 @@ async fn poll_log(shared: &Shared, client: &tokio_postgres::Client) -> Result<bo
     Ok(full)
 }
 
+/// The follower's connection (LISTENing) and its two statements.
+struct Follower {
+    client: tokio_postgres::Client,
+    log_after: Statement,
+    read_meta: Statement,
+}
+
+impl Follower {
+    async fn on(client: tokio_postgres::Client, sql: &Sql) -> Result<Follower, StoreError> {
+        client
+            .batch_execute(&format!("LISTEN {}", sql.channel))
+            .await
+            .map_err(db)?;
+        let (log_after, read_meta) = try_join(
+            client.prepare(&sql.log_after),
+            client.prepare(&sql.read_meta),
+        )
+        .await
+        .map_err(db)?;
+        Ok(Follower {
+            client,
+            log_after,
+            read_meta,
+        })
+    }
+}
+
 /// The follower task: reads the changes other nodes commit, in tock
 /// order, every `poll` or when a notification wakes it.
 async fn follow(shared: Arc<Shared>, poll: Duration) {
     let (ntx, mut nrx) = mpsc::unbounded_channel();
-    let mut client: Option<tokio_postgres::Client> = None;
+    let mut client: Option<Follower> = None;
     let mut backoff = Duration::from_millis(50);
     let mut down = false;
     loop {
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
+        if client.as_ref().is_none_or(|c| c.client.is_closed()) {
             client = None;
             match shared.target.connect(Some(ntx.clone())).await {
-                Ok(c) => {
-                    match c
-                        .batch_execute(&format!("LISTEN {}", shared.sql.channel))
-                        .await
-                    {
-                        Ok(()) => {
-                            if down {
-                                tracing::info!("the store's follower reached the database again");
-                            }
-                            down = false;
-                            backoff = Duration::from_millis(50);
-                            client = Some(c);
+                Ok(c) => match Follower::on(c, &shared.sql).await {
+                    Ok(f) => {
+                        if down {
+                            tracing::info!("the store's follower reached the database again");
                         }
-                        Err(e) => tracing::warn!(error = %db(e), "LISTEN failed"),
+                        down = false;
+                        backoff = Duration::from_millis(50);
+                        client = Some(f);
                     }
-                }
+                    Err(e) => tracing::warn!(error = %e, "the follower's LISTEN failed"),
+                },
                 Err(e) => {
                     if !down {
                         tracing::warn!(error = %e, "the store's follower cannot reach the database");
