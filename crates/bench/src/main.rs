@@ -64,7 +64,9 @@ struct Args {
     /// (get_value with and without a token login), rest (signed REST
     /// requests next to unsigned ones, REST logins), tls (the same
     /// workloads over TLS and over plain TCP), seal (with secrets sealed
-    /// at rest and without), or all.
+    /// at rest and without), cluster (PostgreSQL, one node and three,
+    /// against the embedded store; revocation and watches across nodes),
+    /// or all.
     #[arg(long, default_value = "kv")]
     suite: String,
     /// Start the keycard server under this command, split on spaces (e.g.
@@ -445,6 +447,7 @@ struct Row {
 }
 
 mod acltree;
+mod cluster;
 mod keycards;
 mod logins;
 mod rest;
@@ -667,6 +670,12 @@ async fn main() -> anyhow::Result<()> {
     if args.suite == "tls" || args.suite == "all" {
         tls::tls_suite(&args).await?;
         if args.suite == "tls" {
+            return Ok(());
+        }
+    }
+    if args.suite == "cluster" || args.suite == "all" {
+        cluster::cluster_suite(&args).await?;
+        if args.suite == "cluster" {
             return Ok(());
         }
     }
