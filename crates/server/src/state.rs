@@ -96,6 +96,35 @@ pub struct ServerState {
         std::sync::Mutex<std::collections::HashSet<keycard_auth::bouncer::KeycardId>>,
 }
 
+/// Every child of `root` (the nodes one level below it, in order), page
+/// by page, yielding between pages, until `f` returns `false`.
+pub(crate) async fn each_child(
+    store: &dyn keycard_store::Store,
+    root: &Path,
+    mut f: impl FnMut(Path, keycard_store::Entry) -> bool,
+) -> Result<(), StoreError> {
+    use keycard_store::{After, ScanOpts};
+    let opts = ScanOpts {
+        min_depth: 1,
+        max_depth: Some(1),
+    };
+    let mut page = store.scan(root, opts, After::Start, 1024).await?;
+    loop {
+        for (p, e) in page.items {
+            if !f(p, e) {
+                return Ok(());
+            }
+        }
+        match page.next {
+            Some(c) => {
+                tokio::task::yield_now().await;
+                page = store.scan(root, opts, After::Cursor(&c), 1024).await?;
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
 /// `(nil, "auth")`.
 pub fn auth_root() -> Path {
     Path::new(vec![Elem::Nil, "auth".into()])

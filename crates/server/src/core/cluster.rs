@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use keycard_auth::bouncer::{Filter, Keycard, KeycardId, State};
 use keycard_proto::{Elem, Msg, Path, Value};
-use keycard_store::{After, Change, Cond, FeedError, Op, ScanOpts, StoreError, Subscription, Tock};
+use keycard_store::{Change, Cond, FeedError, Op, ScanOpts, StoreError, Subscription, Tock};
 
 use crate::error::ApiResult;
 use crate::state::ServerState;
@@ -229,30 +229,15 @@ pub(crate) async fn matching(state: &ServerState, f: &Filter) -> ApiResult<Vec<E
     if !state.shared_store() || f.requester.is_some() {
         return Ok(Vec::new());
     }
-    let opts = ScanOpts {
-        min_depth: 1,
-        max_depth: Some(1),
-    };
-    let root = live_root();
     let mut out = Vec::new();
-    let mut page = state.store.scan(&root, opts, After::Start, 1024).await?;
-    loop {
-        for (p, e) in page.items {
-            if let Some(c) = elsewhere_of(state, &p, e).filter(|c| c.matches(f)) {
-                out.push(c);
-            }
+    crate::state::each_child(state.store.as_ref(), &live_root(), |p, e| {
+        if let Some(c) = elsewhere_of(state, &p, e).filter(|c| c.matches(f)) {
+            out.push(c);
         }
-        match page.next {
-            Some(c) => {
-                tokio::task::yield_now().await;
-                page = state
-                    .store
-                    .scan(&root, opts, After::Cursor(&c), 1024)
-                    .await?;
-            }
-            None => return Ok(out),
-        }
-    }
+        true
+    })
+    .await?;
+    Ok(out)
 }
 
 /// Revokes a keycard another node holds: its record says so (if it is
@@ -442,36 +427,25 @@ async fn sweep(state: &ServerState) -> ApiResult {
             }
         }
     }
-    let root = live_root();
-    let mut page = state.store.scan(&root, opts, After::Start, 1024).await?;
-    loop {
-        for (p, e) in page.items {
-            let v = &e.value;
-            let owner_alive = v
-                .get("instance")
-                .and_then(Value::as_str)
-                .is_some_and(|i| alive.contains(i));
-            let over = v
-                .get("max_until")
-                .and_then(Value::as_u64)
-                .is_some_and(|t| t <= now);
-            if !owner_alive || over {
-                ops.push(Op::Delete {
-                    path: p,
-                    cond: Cond::TockIs(e.tock),
-                });
-            }
+    crate::state::each_child(state.store.as_ref(), &live_root(), |p, e| {
+        let v = &e.value;
+        let owner_alive = v
+            .get("instance")
+            .and_then(Value::as_str)
+            .is_some_and(|i| alive.contains(i));
+        let over = v
+            .get("max_until")
+            .and_then(Value::as_u64)
+            .is_some_and(|t| t <= now);
+        if !owner_alive || over {
+            ops.push(Op::Delete {
+                path: p,
+                cond: Cond::TockIs(e.tock),
+            });
         }
-        match page.next {
-            Some(c) => {
-                page = state
-                    .store
-                    .scan(&root, opts, After::Cursor(&c), 1024)
-                    .await?
-            }
-            None => break,
-        }
-    }
+        true
+    })
+    .await?;
     // One by one: a record changed meanwhile stays (its condition fails
     // alone).
     for op in ops {

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use keycard_auth::bouncer::{Filter, Keycard, KeycardId, State};
 use keycard_proto::{Elem, ErrorCode, Path, Value};
-use keycard_store::{After, Cond, Op, ScanOpts};
+use keycard_store::{Cond, Op};
 
 use super::access::check_login;
 use super::rank::{self, Rank};
@@ -77,47 +77,29 @@ pub(crate) async fn durable(
     {
         return Ok(Vec::new());
     }
-    let opts = ScanOpts {
-        min_depth: 1,
-        max_depth: Some(1),
-    };
-    let root = durable_root();
     let mut out = Vec::new();
-    let mut page = state.store.scan(&root, opts, After::Start, 1024).await?;
-    loop {
-        for (p, e) in page.items {
-            let id = match p.elems().last() {
-                Some(Elem::Str(s)) => s.to_string(),
-                _ => continue,
-            };
-            let Some((user, domain, _)) = owner(None, Some(&e.value)) else {
-                continue;
-            };
-            // As in the live table: a user without a domain is one of
-            // the server's own.
-            let in_domain = match (&f.domain, &f.user) {
-                (Some(d), _) => *d == domain,
-                (None, Some(_)) => domain.is_empty(),
-                (None, None) => true,
-            };
-            if in_domain && f.user.as_deref().is_none_or(|u| u == user) && keep(&e.value) {
-                out.push((id, e.value));
-                if out.len() >= max {
-                    return Ok(out);
-                }
-            }
+    crate::state::each_child(state.store.as_ref(), &durable_root(), |p, e| {
+        let id = match p.elems().last() {
+            Some(Elem::Str(s)) => s.to_string(),
+            _ => return true,
+        };
+        let Some((user, domain, _)) = owner(None, Some(&e.value)) else {
+            return true;
+        };
+        // As in the live table: a user without a domain is one of the
+        // server's own.
+        let in_domain = match (&f.domain, &f.user) {
+            (Some(d), _) => *d == domain,
+            (None, Some(_)) => domain.is_empty(),
+            (None, None) => true,
+        };
+        if in_domain && f.user.as_deref().is_none_or(|u| u == user) && keep(&e.value) {
+            out.push((id, e.value));
         }
-        match page.next {
-            Some(c) => {
-                tokio::task::yield_now().await;
-                page = state
-                    .store
-                    .scan(&root, opts, After::Cursor(&c), 1024)
-                    .await?;
-            }
-            None => return Ok(out),
-        }
-    }
+        out.len() < max
+    })
+    .await?;
+    Ok(out)
 }
 
 /// Marks a durable keycard revoked (it never works again, across
@@ -484,13 +466,10 @@ pub(crate) async fn revoke_filter(
             n += revoke_durable(state, id, by.as_deref()).await?;
         }
     }
+    // Exactly the records checked: each write is conditional on the
+    // record read.
     for card in &elsewhere {
-        let whose = card.owner();
-        // Exactly the keycards checked (the write is conditional on the
-        // record read).
-        if whose.is_some() {
-            n += super::cluster::revoke(state, card, by.as_deref()).await?;
-        }
+        n += super::cluster::revoke(state, card, by.as_deref()).await?;
     }
     Ok(n)
 }
