@@ -77,13 +77,15 @@ fn without_password(text: &str) -> String {
         },
         None => auth.to_owned(),
     };
-    // A password may also come as a query parameter.
+    // A password may also come as a query parameter (libpq's for the
+    // user, `sslpassword` for the client key): any parameter whose name
+    // says "pass" is hidden.
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
             let kept: Vec<String> = query
                 .split('&')
                 .map(|kv| match kv.split_once('=') {
-                    Some(("password", _)) => "password=***".to_owned(),
+                    Some((k, _)) if k.to_ascii_lowercase().contains("pass") => format!("{k}=***"),
                     _ => kv.to_owned(),
                 })
                 .collect();
@@ -553,8 +555,12 @@ mod tests {
         let e =
             PgTarget::parse("postgres://h/db?sslmode=require&sslrootcert=/x").expect_err("refused");
         assert!(e.contains("verify-full"), "{e}");
-        let shown = without_password("postgres://h/db?password=hunter2&x=1");
-        assert!(!shown.contains("hunter2"), "{shown}");
+        let shown = without_password("postgres://h/db?password=hunter2&x=1&sslpassword=k3y");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
+        assert!(shown.contains("x=1"), "{shown}");
         assert!(PgTarget::parse("postgres://h1,h2/db?target_session_attrs=read-write").is_ok());
         assert!(PgTarget::parse("redb").is_err());
         assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
