@@ -326,15 +326,8 @@ async fn keycards_are_listed_and_revoked_from_any_node() {
     )
     .await;
     assert_eq!(r.get("revoked").and_then(Value::as_u64), Some(2), "{r:?}");
-    for c in [&mut a1, &mut a2] {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(2), c.recv()).await {
-                Ok(Some(_)) => continue,
-                Ok(None) => break,
-                Err(_) => panic!("ann's connection is still open"),
-            }
-        }
-    }
+    closed(&mut a1, "ann's connection on node 1").await;
+    closed(&mut a2, "ann's connection on node 2").await;
     let v = j
         .call(req(5, "get_value").with("path", path("data.x")))
         .await;
@@ -346,7 +339,16 @@ async fn keycards_are_listed_and_revoked_from_any_node() {
     drop(gone);
     live_records_become(&n[0], 3).await;
 
+    // joe's credential set again through node 1 (a credential change):
+    // his sessions on nodes 2 and 3 end.
+    let mut j3 = raw_login(&n[2], "joe").await;
+    let joe = keycard_auth::ClientRegistry::make("_test", Some("joe")).expect("joe");
+    admin.set_user(joe.as_ref()).await.expect("credential set");
+    closed(&mut j, "joe's connection on node 2").await;
+    closed(&mut j3, "joe's connection on node 3").await;
+
     // A user deleted through node 1 loses its sessions on node 2.
+    let mut j = raw_login(&n[1], "joe").await;
     call_ok(
         &admin,
         Msg::new()
@@ -355,11 +357,16 @@ async fn keycards_are_listed_and_revoked_from_any_node() {
             .with("ident", "joe"),
     )
     .await;
+    closed(&mut j, "joe's connection on node 2, after his deletion").await;
+}
+
+/// Waits (up to 2 s) for the server to close `c`.
+async fn closed(c: &mut Raw, what: &str) {
     loop {
-        match tokio::time::timeout(Duration::from_secs(2), j.recv()).await {
+        match tokio::time::timeout(Duration::from_secs(2), c.recv()).await {
             Ok(Some(_)) => continue,
-            Ok(None) => break,
-            Err(_) => panic!("joe's connection on node 2 is still open"),
+            Ok(None) => return,
+            Err(_) => panic!("{what} is still open"),
         }
     }
 }
