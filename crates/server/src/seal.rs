@@ -1106,6 +1106,10 @@ impl Store for SealedStore {
         self.inner.tock()
     }
 
+    async fn feed_lag(&self) -> Result<u64, StoreError> {
+        self.inner.feed_lag().await
+    }
+
     fn subscribe(&self) -> Subscription {
         self.inner.subscribe()
     }

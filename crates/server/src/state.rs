@@ -71,6 +71,8 @@ pub struct ServerState {
     next_conn: AtomicU64,
     /// Permits for CPU-heavy work (password hashes, key agreement).
     workers: tokio::sync::Semaphore,
+    /// How many there are.
+    hash_workers: usize,
     /// The audit log.
     pub audit: crate::audit::Audit,
     /// Compiled ACLs.
@@ -124,6 +126,12 @@ pub(crate) async fn each_child(
         }
     }
 }
+
+/// How long a readiness check waits for the store.
+pub const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The most changes a ready node may not have seen yet.
+pub const READY_MAX_LAG: u64 = 10_000;
 
 /// `(nil, "auth")`.
 pub fn auth_root() -> Path {
@@ -233,6 +241,7 @@ impl ServerState {
             logins_since: std::sync::Mutex::new(None),
             next_conn: AtomicU64::new(1),
             workers: tokio::sync::Semaphore::new(workers),
+            hash_workers: workers,
             audit,
             acls: crate::acl::AclCache::default(),
             bouncer: Arc::new(bouncer),
@@ -301,6 +310,46 @@ impl ServerState {
     ) -> Option<T> {
         let _permit = self.workers.acquire().await.ok()?;
         tokio::task::spawn_blocking(work).await.ok()
+    }
+
+    /// Whether this node can serve: each check's name, whether it
+    /// passes, and what it found. `store`: a read answers within
+    /// [`READY_DEADLINE`]; `hashing`: the pool for password hashes and key
+    /// agreement has a free worker; `feed`: the node has published every
+    /// change but at most [`READY_MAX_LAG`] (on a store other nodes share).
+    pub async fn readiness(&self) -> Vec<(&'static str, bool, String)> {
+        let mut out = Vec::with_capacity(3);
+        let read = tokio::time::timeout(READY_DEADLINE, self.store.get(&auth_root())).await;
+        out.push(match read {
+            Ok(Ok(_)) => ("store", true, "a read answered".to_owned()),
+            Ok(Err(e)) => ("store", false, e.to_string()),
+            Err(_) => (
+                "store",
+                false,
+                format!("no answer to a read within {READY_DEADLINE:?}"),
+            ),
+        });
+        let free = self.workers.available_permits();
+        out.push((
+            "hashing",
+            free > 0,
+            format!("{free} of {} workers free", self.hash_workers),
+        ));
+        let lag = tokio::time::timeout(READY_DEADLINE, self.store.feed_lag()).await;
+        out.push(match lag {
+            Ok(Ok(n)) => (
+                "feed",
+                n <= READY_MAX_LAG,
+                format!("{n} changes not yet seen here"),
+            ),
+            Ok(Err(e)) => ("feed", false, e.to_string()),
+            Err(_) => (
+                "feed",
+                false,
+                format!("no answer within {READY_DEADLINE:?}"),
+            ),
+        });
+        out
     }
 
     /// A fresh connection id, for logs.

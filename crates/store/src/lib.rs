@@ -95,6 +95,14 @@ pub trait Store: Send + Sync + 'static {
     /// The tock of the last committed change.
     fn tock(&self) -> Tock;
 
+    /// How many committed changes this store's feed has not published
+    /// yet: always 0 where every commit goes through this process; on a
+    /// store other nodes write to, how far its follower is behind (a
+    /// read of the database's last tock).
+    async fn feed_lag(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Live changes after the current tock, as they commit. The feed keeps
     /// a bounded number of bytes: a subscription that falls behind it gets
     /// [`FeedError::Lagged`] and catches up with [`Store::changes_since`].

@@ -307,6 +307,8 @@ enum Route<'a> {
     User(&'a str),
     LoginPage,
     LoginScript,
+    Healthz,
+    Readyz,
 }
 
 fn route_of<'a>(method: &Method, segs: &'a [&'a str]) -> Option<Route<'a>> {
@@ -324,6 +326,8 @@ fn route_of<'a>(method: &Method, segs: &'a [&'a str]) -> Option<Route<'a>> {
         }
         (&Method::GET, ["login"]) => Route::LoginPage,
         (&Method::GET, ["login.js"]) => Route::LoginScript,
+        (&Method::GET, ["healthz"]) => Route::Healthz,
+        (&Method::GET, ["readyz"]) => Route::Readyz,
         _ => return None,
     })
 }
@@ -339,6 +343,28 @@ fn openapi() -> Response<Body> {
 }
 
 impl Rest {
+    /// `GET /readyz`: 200 when every check passes, else 503; each check
+    /// named with what it found.
+    async fn readyz(&self) -> Response<Body> {
+        let checks = self.state.readiness().await;
+        let ready = checks.iter().all(|(_, ok, _)| *ok);
+        let body: serde_json::Map<String, serde_json::Value> = checks
+            .into_iter()
+            .map(|(name, ok, detail)| (name.to_owned(), json!({"ok": ok, "detail": detail})))
+            .collect();
+        let failing: Vec<&String> = body
+            .iter()
+            .filter(|(_, v)| v.get("ok") == Some(&serde_json::Value::Bool(false)))
+            .map(|(k, _)| k)
+            .collect();
+        let answer = json!({"ready": ready, "failing": failing, "checks": body});
+        let status = match ready {
+            true => StatusCode::OK,
+            false => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        json_response(status, answer)
+    }
+
     /// An unsigned `GET /session/{sid}`: `{state: "waiting", expires_at}`
     /// (the challenge's deadline) while a login waits under `sid`; else
     /// `401` (an authenticated session's requests are signed).
@@ -416,6 +442,8 @@ impl Rest {
             | Route::OpenApi
             | Route::LoginPage
             | Route::LoginScript
+            | Route::Healthz
+            | Route::Readyz
             | Route::SessionNew
             | Route::SessionAnswer(_) => None,
             // A login still waiting for its proof has no key to sign with:
@@ -468,6 +496,9 @@ impl Rest {
             (Route::OpenApi, ..) => Ok(openapi()),
             (Route::LoginPage, ..) => Ok(page::login_page()),
             (Route::LoginScript, ..) => Ok(page::login_script()),
+            // The process answers: nothing else is asked.
+            (Route::Healthz, ..) => Ok(json_response(StatusCode::OK, json!({"status": "alive"}))),
+            (Route::Readyz, ..) => Ok(self.readyz().await),
             (Route::SessionNew, ..) => {
                 // Behind a trusted proxy, the client it names.
                 let client = crate::forwarded::client_address(
@@ -494,8 +525,10 @@ mod tests {
     use super::*;
 
     /// Every route: what `route_of` matches, as docs/openapi.json names it.
-    const ROUTES: [(&str, &str); 16] = [
+    const ROUTES: [(&str, &str); 18] = [
         ("GET", "/"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
         ("GET", "/openapi.json"),
         ("POST", "/session/new"),
         ("PUT", "/session/{sid}"),

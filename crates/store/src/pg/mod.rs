@@ -946,6 +946,17 @@ impl Store for PgStore {
         Tock(self.shared.tock.load(Ordering::Acquire))
     }
 
+    async fn feed_lag(&self) -> Result<u64, StoreError> {
+        let client = self.shared.reader().await?;
+        let stmt = client
+            .prepare_cached(&self.shared.sql.read_meta)
+            .await
+            .map_err(db)?;
+        let meta = client.query_one(&stmt, &[]).await.map_err(db)?;
+        let last = tock_of(&meta, 0)?.0;
+        Ok(last.saturating_sub(self.shared.tock.load(Ordering::Acquire)))
+    }
+
     fn subscribe(&self) -> Subscription {
         self.shared.feed.subscribe()
     }
