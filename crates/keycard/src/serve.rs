@@ -393,7 +393,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data = config.data.clone();
     let server = Server::open(config).await?;
     let addr = server.local_addr()?;
-    tracing::info!(%addr, data = %data.display(), version = env!("CARGO_PKG_VERSION"), "keycard listening");
+    tracing::info!(%addr, data = %data.display(), version = env!("CARGO_PKG_VERSION"), commit = env!("KEYCARD_COMMIT"), "keycard listening");
     if let Some(http) = server.http_addr() {
         tracing::info!(%http, "REST API listening");
     }

@@ -949,3 +949,28 @@ fn server_strings_reach_the_terminal_escaped() {
         );
     }
 }
+
+/// `keycard --version` names the release and the git commit it was built
+/// from (at least 7 hex digits), and so does the server's start.
+#[test]
+fn the_version_names_the_git_commit() {
+    let out = support::bin_command(&["--version"], &[])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let commit = text
+        .split("(commit ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .unwrap_or_else(|| panic!("no commit in {text:?}"));
+    let hex = commit.trim_end_matches("-dirty");
+    assert!(
+        hex.len() >= 7 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{text:?}"
+    );
+    assert!(text.starts_with(&format!("keycard {}", env!("CARGO_PKG_VERSION"))), "{text:?}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = Proc::start(dir.path());
+    assert!(server.log().contains(&format!("commit=\"{commit}\"")), "{}", server.log());
+}

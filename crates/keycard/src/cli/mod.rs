@@ -69,8 +69,16 @@ fn emit(text: &str) -> anyhow::Result<()> {
 /// `:12` an int, `:1:.5` a float, `:e` the empty string, `:vab` / `:y00ff`
 /// bytes, `:` alone the root; `::`, `:.` and `:_` write ':', '.' and space
 /// inside a string. Example: `app.users:42.name`.
+/// `keycard --version`: the release and the git commit built from.
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYCARD_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "keycard", version, propagate_version = true)]
+#[command(name = "keycard", version = VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
