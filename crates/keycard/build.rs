@@ -15,8 +15,8 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"])
         .filter(|c| c.len() >= 7 && c.bytes().all(|b| b.is_ascii_hexdigit()));
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let text = match commit {
         Some(c) if dirty => format!("{c}-dirty"),
         Some(c) => c,

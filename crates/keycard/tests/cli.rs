@@ -969,8 +969,64 @@ fn the_version_names_the_git_commit() {
         hex.len() >= 7 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
         "{text:?}"
     );
-    assert!(text.starts_with(&format!("keycard {}", env!("CARGO_PKG_VERSION"))), "{text:?}");
+    assert!(
+        text.starts_with(&format!("keycard {}", env!("CARGO_PKG_VERSION"))),
+        "{text:?}"
+    );
     let dir = tempfile::tempdir().expect("tmp");
     let server = Proc::start(dir.path());
-    assert!(server.log().contains(&format!("commit=\"{commit}\"")), "{}", server.log());
+    assert!(
+        server.log().contains(&format!("commit=\"{commit}\"")),
+        "{}",
+        server.log()
+    );
+}
+
+/// `keycard completions SHELL` prints a script the shell accepts (bash's
+/// syntax check), naming every subcommand; `keycard man` a manual page.
+#[test]
+fn completions_and_the_manual_page() {
+    let run = |args: &[&str]| {
+        let out = support::bin_command(args, &[]).output().expect("runs");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let bash = run(&["completions", "bash"]);
+    for sub in [
+        "serve",
+        "user",
+        "keycard",
+        "token",
+        "seal",
+        "dump",
+        "restore",
+        "completions",
+    ] {
+        assert!(
+            bash.contains(sub),
+            "{sub} missing from the bash completions"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("keycard.bash");
+    std::fs::write(&file, &bash).expect("write");
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&file)
+        .status()
+        .expect("bash");
+    assert!(checked.success(), "bash refuses the completion script");
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef keycard"));
+    assert!(run(&["completions", "fish"]).contains("complete -c keycard"));
+    let man = run(&["man"]);
+    assert!(
+        man.contains(".TH keycard 1"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    assert!(man.contains("serve"));
+    let bad = support::bin_command(&["completions", "tcsh"], &[])
+        .output()
+        .expect("runs");
+    assert!(!bad.status.success());
 }

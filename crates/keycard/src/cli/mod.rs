@@ -221,6 +221,15 @@ enum Command {
         #[command(subcommand)]
         cmd: cert::CertCmd,
     },
+    /// Print a shell completion script for keycard (bash, zsh, fish,
+    /// elvish or powershell), e.g. `keycard completions bash >
+    /// /etc/bash_completion.d/keycard`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print keycard's manual page (roff), e.g. `keycard man | man -l -`.
+    Man,
     /// The seal key that keeps secrets sealed at rest (docs/SEALING.md).
     Seal {
         #[command(subcommand)]
@@ -315,6 +324,22 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Token { cmd } => keycards::token(cmd).await,
         Command::Cert { cmd } => cert::cert(cmd),
         Command::Seal { cmd } => seal::seal(cmd).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut cmd = Cli::command();
+            // Into memory first: the generator panics on a failed write
+            // (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "keycard", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("cannot write the completion script")
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the manual page")
+        }
         Command::Dump { conn, file } => dump::dump(&conn, &file).await,
         Command::Restore {
             file,
