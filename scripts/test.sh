@@ -56,12 +56,12 @@ if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
 fi
 
 venv=${KEYCARD_VENV:-.venv-distkv}
-if ! "$venv/bin/python" -c "import distkv, trio, scramp, pyotp" 2>/dev/null; then
-    echo "== creating $venv (DistKV 0.65 client, scramp and pyotp, used by the compatibility tests)"
+if ! "$venv/bin/python" -c "import distkv, trio, scramp, pyotp, prometheus_client" 2>/dev/null; then
+    echo "== creating $venv (DistKV 0.65 client, scramp, pyotp and prometheus_client, used by the compatibility tests)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
         distkv==0.65.0 moat-util==0.35.0 greenback trio==0.22.2 async_generator scramp==1.5.0 \
-        pyotp==2.9.0
+        pyotp==2.9.0 prometheus_client==0.21.1
 fi
 KEYCARD_DISTKV_PYTHON="$(cd "$venv" && pwd)/bin/python"
 export KEYCARD_DISTKV_PYTHON

@@ -112,6 +112,14 @@ pub(crate) struct ServeArgs {
     /// Also serve the REST API here, e.g. 127.0.0.1:8427 [default: off].
     #[arg(long, env = "KEYCARD_HTTP", help_heading = "REST API")]
     http: Option<SocketAddr>,
+    /// Serve Prometheus metrics at GET /metrics on this address, to
+    /// anyone who reaches it, e.g. 127.0.0.1:9427 [default: off].
+    #[arg(long, env = "KEYCARD_METRICS")]
+    metrics: Option<SocketAddr>,
+    /// Also serve GET /metrics on the REST listener, unauthenticated
+    /// [default: false].
+    #[arg(long)]
+    metrics_on_http: bool,
     /// Largest REST request body, bytes [default: 65536].
     #[arg(long, help_heading = "REST API")]
     http_max_body: Option<usize>,
@@ -366,6 +374,12 @@ impl ServeArgs {
         if let Some(v) = a.http {
             config.http = Some(v);
         }
+        if let Some(v) = a.metrics {
+            config.metrics = Some(v);
+        }
+        if a.metrics_on_http {
+            config.metrics_on_http = true;
+        }
         if !a.trusted_proxies.is_empty() {
             config.trusted_proxies = a.trusted_proxies;
         }
@@ -396,6 +410,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, data = %data.display(), version = env!("CARGO_PKG_VERSION"), commit = env!("KEYCARD_COMMIT"), "keycard listening");
     if let Some(http) = server.http_addr() {
         tracing::info!(%http, "REST API listening");
+    }
+    if let Some(metrics) = server.metrics_addr() {
+        tracing::info!(%metrics, "Prometheus metrics listening at /metrics");
     }
     let state = server.state().clone();
     // Acknowledged writes are already durable; stopping needs no flush.

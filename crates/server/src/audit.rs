@@ -43,6 +43,8 @@ pub struct Audit {
     path: PathBuf,
     /// Where each event's `time` is read.
     clock: ClockHandle,
+    /// Where login outcomes are counted (set once, by the server's state).
+    metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Audit {
@@ -85,11 +87,20 @@ impl Audit {
             tx,
             path: path.to_owned(),
             clock,
+            metrics: std::sync::OnceLock::new(),
         })
     }
 
     /// Records a login event (also as a tracing event).
+    /// From now on, every login's outcome is counted in `metrics`.
+    pub(crate) fn count_in(&self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
     pub async fn login(&self, e: LoginEvent<'_>) {
+        if let Some(m) = self.metrics.get() {
+            m.login(e.method, e.outcome);
+        }
         tracing::info!(
             target: "keycard::audit",
             conn = e.conn, source = ?e.source, method = e.method, user = ?e.user,

@@ -117,6 +117,13 @@ pub struct Config {
     /// Address of the REST (HTTP) listener. Default: none (off);
     /// `keycard serve --http 127.0.0.1:8427` turns it on.
     pub http: Option<SocketAddr>,
+    /// Address of a listener that serves Prometheus metrics at
+    /// `GET /metrics`, to anyone who reaches it (bind it where only the
+    /// scraper can). Default: none (off).
+    pub metrics: Option<SocketAddr>,
+    /// Also serve `GET /metrics` on the REST listener, unauthenticated.
+    /// Default false.
+    pub metrics_on_http: bool,
     /// Largest REST request body, bytes. Default 65536; more is `413`.
     pub http_max_body: usize,
     /// Most REST connections at once. Default 1024; more get `503`.
@@ -268,6 +275,8 @@ impl Default for Config {
             scram_iterations: 4096,
             keycards: KeycardConfig::default(),
             http: None,
+            metrics: None,
+            metrics_on_http: false,
             http_max_body: 64 * 1024,
             http_max_connections: 1024,
             http_max_connections_per_address: 256,

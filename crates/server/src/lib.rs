@@ -21,6 +21,7 @@ pub mod fuzzing;
 mod http;
 mod listener;
 pub mod logins;
+pub mod metrics;
 mod names;
 mod outbox;
 pub mod seal;

@@ -52,6 +52,8 @@ pub struct Server {
     listener: Listener,
     /// The REST listener (`config.http`).
     http: Option<Listener>,
+    /// The metrics listener (`config.metrics`).
+    metrics: Option<tokio::net::TcpListener>,
     state: Arc<ServerState>,
 }
 
@@ -251,11 +253,27 @@ impl Server {
             ),
             None => None,
         };
+        let metrics =
+            match state.config.metrics {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+                    |source| StartError::Io {
+                        what: format!("cannot listen on {addr} (metrics)"),
+                        source,
+                    },
+                )?),
+                None => None,
+            };
         Ok(Server {
             listener,
             http,
+            metrics,
             state,
         })
+    }
+
+    /// The metrics listener's address, if it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The REST listener's address, if it has one.
@@ -275,6 +293,10 @@ impl Server {
 
     /// Accepts connections until the task is dropped or aborted.
     pub async fn run(mut self) {
+        let _metrics = self
+            .metrics
+            .take()
+            .map(|l| AbortOnDrop(tokio::spawn(serve_metrics(self.state.clone(), l))));
         if let Some(http) = self.http.take() {
             let served = crate::http::serve(self.state.clone(), http);
             // Ends with this task: aborting the server stops both.
@@ -295,14 +317,84 @@ impl Server {
     pub fn spawn(self) -> std::io::Result<ServerHandle> {
         let addr = self.local_addr()?;
         let http_addr = self.http_addr();
+        let metrics_addr = self.metrics_addr();
         let state = self.state.clone();
         let task = tokio::spawn(self.run());
         Ok(ServerHandle {
             addr,
             http_addr,
+            metrics_addr,
             state,
             task,
         })
+    }
+}
+
+/// Most scrapes answered at once on the metrics listener.
+const MAX_SCRAPES: usize = 16;
+
+/// Serves `GET /metrics` on `listener` (config `metrics`): one request
+/// per connection, its head within 5 s and 8 KiB; anything else is 404
+/// (405 for another method). Runs until aborted.
+async fn serve_metrics(state: Arc<ServerState>, listener: tokio::net::TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        // Beyond the limit, the connection is closed at once.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut head = Vec::with_capacity(512);
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line);
+            let mut words = line.split_whitespace();
+            let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let path = target.split('?').next().unwrap_or("");
+            let (status, kind, body) = match (method, path) {
+                ("GET", "/metrics") => (
+                    "200 OK",
+                    crate::metrics::CONTENT_TYPE,
+                    state.metrics_text().await,
+                ),
+                (_, "/metrics") => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_owned(),
+                ),
+                _ => (
+                    "404 Not Found",
+                    "text/plain",
+                    "metrics are at /metrics\n".to_owned(),
+                ),
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            use tokio::io::AsyncWriteExt as _;
+            let _ = conn.write_all(answer.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
     }
 }
 
@@ -503,6 +595,8 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     /// Where its REST listener is, if it has one.
     pub http_addr: Option<SocketAddr>,
+    /// The metrics listener's address, if on.
+    pub metrics_addr: Option<SocketAddr>,
     /// Its state.
     pub state: Arc<ServerState>,
     task: JoinHandle<()>,

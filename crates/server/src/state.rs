@@ -73,6 +73,8 @@ pub struct ServerState {
     workers: tokio::sync::Semaphore,
     /// How many there are.
     hash_workers: usize,
+    /// The Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The audit log.
     pub audit: crate::audit::Audit,
     /// Compiled ACLs.
@@ -242,6 +244,7 @@ impl ServerState {
             next_conn: AtomicU64::new(1),
             workers: tokio::sync::Semaphore::new(workers),
             hash_workers: workers,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             audit,
             acls: crate::acl::AclCache::default(),
             bouncer: Arc::new(bouncer),
@@ -253,6 +256,7 @@ impl ServerState {
             instance,
             mirrored: Default::default(),
         });
+        state.audit.count_in(state.metrics.clone());
         state.bouncer.spawn_reaper();
         state.throttle.spawn_flusher();
         state.logins.spawn_flusher();
@@ -350,6 +354,22 @@ impl ServerState {
             ),
         });
         out
+    }
+
+    /// The metrics' text exposition (OpenMetrics), with the gauges read
+    /// now.
+    pub async fn metrics_text(&self) -> String {
+        let lag = tokio::time::timeout(READY_DEADLINE, self.store.feed_lag())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        self.metrics.text(&crate::metrics::Now {
+            keycards: self.bouncer.len(),
+            hash_workers: self.hash_workers,
+            hash_workers_free: self.workers.available_permits(),
+            store_tock: self.store.tock().0,
+            feed_lag: lag,
+        })
     }
 
     /// A fresh connection id, for logs.

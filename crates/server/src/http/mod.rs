@@ -309,6 +309,7 @@ enum Route<'a> {
     LoginScript,
     Healthz,
     Readyz,
+    Metrics,
 }
 
 fn route_of<'a>(method: &Method, segs: &'a [&'a str]) -> Option<Route<'a>> {
@@ -328,6 +329,7 @@ fn route_of<'a>(method: &Method, segs: &'a [&'a str]) -> Option<Route<'a>> {
         (&Method::GET, ["login.js"]) => Route::LoginScript,
         (&Method::GET, ["healthz"]) => Route::Healthz,
         (&Method::GET, ["readyz"]) => Route::Readyz,
+        (&Method::GET, ["metrics"]) => Route::Metrics,
         _ => return None,
     })
 }
@@ -444,6 +446,7 @@ impl Rest {
             | Route::LoginScript
             | Route::Healthz
             | Route::Readyz
+            | Route::Metrics
             | Route::SessionNew
             | Route::SessionAnswer(_) => None,
             // A login still waiting for its proof has no key to sign with:
@@ -499,6 +502,20 @@ impl Rest {
             // The process answers: nothing else is asked.
             (Route::Healthz, ..) => Ok(json_response(StatusCode::OK, json!({"status": "alive"}))),
             (Route::Readyz, ..) => Ok(self.readyz().await),
+            // Only where the configuration allows it (the separate
+            // `metrics` listener is the other way).
+            (Route::Metrics, ..) if self.state.config.metrics_on_http => {
+                let mut r = Response::new(Full::new(Bytes::from(self.state.metrics_text().await)));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                );
+                Ok(r)
+            }
+            (Route::Metrics, ..) => Err(ApiError::new(
+                ErrorCode::NotFound,
+                "no GET /metrics here (metrics_on_http is off; see the metrics listener)",
+            )),
             (Route::SessionNew, ..) => {
                 // Behind a trusted proxy, the client it names.
                 let client = crate::forwarded::client_address(
@@ -525,8 +542,9 @@ mod tests {
     use super::*;
 
     /// Every route: what `route_of` matches, as docs/openapi.json names it.
-    const ROUTES: [(&str, &str); 18] = [
+    const ROUTES: [(&str, &str); 19] = [
         ("GET", "/"),
+        ("GET", "/metrics"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/openapi.json"),
