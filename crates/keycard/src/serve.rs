@@ -118,8 +118,8 @@ pub(crate) struct ServeArgs {
     metrics: Option<SocketAddr>,
     /// Also serve GET /metrics on the REST listener, unauthenticated
     /// [default: false].
-    #[arg(long)]
-    metrics_on_http: bool,
+    #[arg(long, value_name = "BOOL")]
+    metrics_on_http: Option<bool>,
     /// Largest REST request body, bytes [default: 65536].
     #[arg(long, help_heading = "REST API")]
     http_max_body: Option<usize>,
@@ -377,8 +377,8 @@ impl ServeArgs {
         if let Some(v) = a.metrics {
             config.metrics = Some(v);
         }
-        if a.metrics_on_http {
-            config.metrics_on_http = true;
+        if let Some(v) = a.metrics_on_http {
+            config.metrics_on_http = v;
         }
         if !a.trusted_proxies.is_empty() {
             config.trusted_proxies = a.trusted_proxies;
