@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use keycard_auth::{ClientRegistry, Password, ScramClient};
+use keycard_auth::{Password, ScramClient};
 use keycard_client::{Client, Event};
 use keycard_proto::{encode_into, Elem, Msg, Path, Value};
 use tokio::io::AsyncWriteExt;
@@ -702,22 +702,7 @@ struct Tokens {
 /// on nodes 2 and 3.
 async fn tokens(addrs: &[SocketAddr], secs: f64) -> anyhow::Result<Tokens> {
     let admin = Client::connect(addrs[0]).await?;
-    admin
-        .set_user(ClientRegistry::make(keycard_auth::TEST, Some("benchjoe"))?.as_ref())
-        .await?;
-    let made = admin
-        .request(
-            Msg::new()
-                .with("action", "token_create")
-                .with("user", "benchjoe")
-                .with("ttl", 3600),
-        )
-        .await?;
-    let token = made
-        .get("token")
-        .and_then(Value::as_str)
-        .context("no token in the reply")?
-        .to_owned();
+    let token = crate::tokens::user_token(&admin).await?;
     let others = &addrs[1..];
     // The login's time: 48 logins, alternating nodes 2 and 3.
     let mut times = Vec::new();

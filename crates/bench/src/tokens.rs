@@ -16,6 +16,27 @@ use tokio::io::AsyncWriteExt;
 use crate::{start_keycard, Args, Conn};
 
 /// A raw connection logged in with `token`.
+/// A `_test` user `benchjoe` made through `admin` (on an open server),
+/// and a token for it (an hour).
+pub(crate) async fn user_token(admin: &Client) -> anyhow::Result<String> {
+    admin
+        .set_user(ClientRegistry::make(keycard_auth::TEST, Some("benchjoe"))?.as_ref())
+        .await?;
+    let made = admin
+        .request(
+            Msg::new()
+                .with("action", "token_create")
+                .with("user", "benchjoe")
+                .with("ttl", 3600),
+        )
+        .await?;
+    Ok(made
+        .get("token")
+        .and_then(Value::as_str)
+        .context("no token in the reply")?
+        .to_owned())
+}
+
 async fn token_conn(addr: SocketAddr, token: &str) -> anyhow::Result<Conn> {
     let mut c = Conn::connect(addr).await?;
     let m = Msg::seq(1)
@@ -114,22 +135,7 @@ pub async fn token_suite(args: &Args) -> anyhow::Result<()> {
     admin
         .set(&Path::new(vec!["bench".into(), "g".into()]), Value::from(1))
         .await?;
-    admin
-        .set_user(ClientRegistry::make(keycard_auth::TEST, Some("benchjoe"))?.as_ref())
-        .await?;
-    let made = admin
-        .request(
-            Msg::new()
-                .with("action", "token_create")
-                .with("user", "benchjoe")
-                .with("ttl", 3600),
-        )
-        .await?;
-    let token = made
-        .get("token")
-        .and_then(Value::as_str)
-        .context("no token in the reply")?
-        .to_owned();
+    let token = user_token(&admin).await?;
     let mut anon = Conn::connect(addr).await?;
     let mut tok = token_conn(addr, &token).await?;
     let (mut sa, mut st) = (100i64, 100i64);

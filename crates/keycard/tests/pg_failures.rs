@@ -248,6 +248,33 @@ type Writes = Arc<Mutex<Vec<Write>>>;
 /// Sets `base.{tag}NNNNNN = NNNNNN` for N = 1, 2, … until `stop`,
 /// recording every outcome; pauses `pause` between writes (and a little
 /// longer after a failure). Stops early when the connection is gone.
+/// One writer every 2 ms on `node` below `base`, until `stop`; returns
+/// once a write has been acknowledged (`what` says which failure it is
+/// if none is).
+async fn storm(
+    node: &Node,
+    base: &Path,
+    what: &str,
+) -> (Writes, Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let writes: Writes = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_loop(
+        connect(node.addr).await,
+        base.clone(),
+        "k".into(),
+        Duration::from_millis(2),
+        stop.clone(),
+        writes.clone(),
+    ));
+    assert!(
+        some_acked(&writes, RECOVERY).await,
+        "{what}: {}\n{}",
+        failure_summary(&lock(&writes)),
+        store_lines(node, 30)
+    );
+    (writes, stop, writer)
+}
+
 async fn write_loop(
     c: Client,
     base: Path,
@@ -631,6 +658,25 @@ fn preview(list: &[String]) -> String {
     }
 }
 
+/// The writes that failed other than with `backend_unavailable`, as a
+/// problem to report, if any.
+fn wrong_failures(writes: &[Write]) -> Option<String> {
+    let wrong: Vec<String> = writes
+        .iter()
+        .filter_map(|w| match &w.result {
+            Err(f) if !f.is_unavailable() => Some(format!("{}: {}", w.key, f.describe())),
+            _ => None,
+        })
+        .collect();
+    (!wrong.is_empty()).then(|| {
+        format!(
+            "{} writes failed other than with backend_unavailable: {}",
+            wrong.len(),
+            preview(&wrong)
+        )
+    })
+}
+
 fn acked(writes: &[Write]) -> usize {
     writes.iter().filter(|w| w.result.is_ok()).count()
 }
@@ -683,22 +729,7 @@ async fn database_restart_mid_run_loses_nothing_acknowledged() {
 
     let (seen, watcher) = watch(node.addr, base.clone()).await;
     let (seen2, watcher2) = watch(observer.addr, base.clone()).await;
-    let writes: Writes = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_loop(
-        connect(node.addr).await,
-        base.clone(),
-        "k".into(),
-        Duration::from_millis(2),
-        stop.clone(),
-        writes.clone(),
-    ));
-    assert!(
-        some_acked(&writes, RECOVERY).await,
-        "no write succeeded before the outage: {}\n{}",
-        failure_summary(&lock(&writes)),
-        store_lines(&node, 30)
-    );
+    let (writes, stop, writer) = storm(&node, &base, "no write succeeded before the outage").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     // What happens to the database, and how long it stays down.
@@ -773,20 +804,7 @@ async fn database_restart_mid_run_loses_nothing_acknowledged() {
         failure_summary(&writes)
     );
     let mut problems = Vec::new();
-    let wrong: Vec<String> = writes
-        .iter()
-        .filter_map(|w| match &w.result {
-            Err(f) if !f.is_unavailable() => Some(format!("{}: {}", w.key, f.describe())),
-            _ => None,
-        })
-        .collect();
-    if !wrong.is_empty() {
-        problems.push(format!(
-            "{} writes failed other than with backend_unavailable: {}",
-            wrong.len(),
-            preview(&wrong)
-        ));
-    }
+    problems.extend(wrong_failures(&writes));
     step(t0, "reading every acknowledged write back");
     let bad = unreadable(node.addr, &base, &writes).await;
     if !bad.is_empty() {
@@ -1020,22 +1038,7 @@ async fn failover_to_a_promoted_standby_with_a_multi_host_url() {
     step(t0, "the standby and the node started");
     let base = p("f");
 
-    let writes: Writes = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_loop(
-        connect(node.addr).await,
-        base.clone(),
-        "k".into(),
-        Duration::from_millis(2),
-        stop.clone(),
-        writes.clone(),
-    ));
-    assert!(
-        some_acked(&writes, RECOVERY).await,
-        "no write succeeded on the primary: {}\n{}",
-        failure_summary(&lock(&writes)),
-        store_lines(&node, 30)
-    );
+    let (writes, stop, writer) = storm(&node, &base, "no write succeeded on the primary").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     step(t0, "stopping the primary");
@@ -1085,20 +1088,7 @@ async fn failover_to_a_promoted_standby_with_a_multi_host_url() {
     );
 
     let mut problems = Vec::new();
-    let wrong: Vec<String> = writes
-        .iter()
-        .filter_map(|w| match &w.result {
-            Err(f) if !f.is_unavailable() => Some(format!("{}: {}", w.key, f.describe())),
-            _ => None,
-        })
-        .collect();
-    if !wrong.is_empty() {
-        problems.push(format!(
-            "{} writes failed other than with backend_unavailable: {}",
-            wrong.len(),
-            preview(&wrong)
-        ));
-    }
+    problems.extend(wrong_failures(&writes));
     step(t0, "reading the writes acknowledged before the failover");
     let bad = unreadable(node.addr, &base, &before).await;
     if !bad.is_empty() {

@@ -37,6 +37,44 @@ async fn root(s: &TestServer) -> Client {
     common::login(s, "root", None).await
 }
 
+/// Three nodes on `schema` (each `tweak`ed), a SCRAM-SHA-256 user `user`
+/// with password `pw` made through the first, and that method current.
+async fn scram_nodes(
+    schema: &TestSchema,
+    user: &str,
+    pw: &str,
+    tweak: impl Fn(&mut keycard_server::Config) + Clone + Send + 'static,
+) -> Vec<TestServer> {
+    use keycard_auth::{Password, ScramClient};
+    let url = schema.url("sslmode=disable");
+    let mut n = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let (url, tweak) = (url.clone(), tweak.clone());
+        n.push(
+            common::start_with(move |c| {
+                c.store = url.parse().expect("a postgres URL");
+                c.node = name.into();
+                tweak(c);
+            })
+            .await,
+        );
+    }
+    let admin = Client::connect(n[0].addr()).await.expect("connect");
+    admin
+        .set_user(&ScramClient::new(user, Password::new(pw)))
+        .await
+        .expect("user");
+    admin
+        .request(
+            Msg::new()
+                .with("action", "set_auth_typ")
+                .with("typ", keycard_auth::SCRAM_SHA_256),
+        )
+        .await
+        .expect("current");
+    n
+}
+
 /// Whether `c`'s `get_value` of `data.x` is refused for want of a login.
 async fn refused(c: &mut Raw) -> bool {
     let v = c
@@ -375,39 +413,17 @@ async fn closed(c: &mut Raw, what: &str) {
 async fn throttling_holds_when_guesses_are_spread_over_the_nodes() {
     use keycard_auth::{Password, ScramClient};
     let schema = TestSchema::new();
-    let url = schema.url("sslmode=disable");
-    let mut n = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        let url = url.clone();
-        n.push(
-            common::start_with(move |c| {
-                c.store = url.parse().expect("a postgres URL");
-                c.node = name.into();
-                c.throttle = keycard_server::ThrottleConfig {
-                    free: 100,
-                    source_limit: 6,
-                    cooldown_secs: 600,
-                    window_secs: 600,
-                    ..keycard_server::ThrottleConfig::default()
-                };
-                c.max_auth_attempts = 100;
-            })
-            .await,
-        );
-    }
-    let admin = Client::connect(n[0].addr()).await.expect("connect");
-    admin
-        .set_user(&ScramClient::new("alice", Password::new("alice-pw")))
-        .await
-        .expect("alice");
-    admin
-        .request(
-            Msg::new()
-                .with("action", "set_auth_typ")
-                .with("typ", "scram-sha-256"),
-        )
-        .await
-        .expect("current");
+    let n = scram_nodes(&schema, "alice", "alice-pw", |c| {
+        c.throttle = keycard_server::ThrottleConfig {
+            free: 100,
+            source_limit: 6,
+            cooldown_secs: 600,
+            window_secs: 600,
+            ..keycard_server::ThrottleConfig::default()
+        };
+        c.max_auth_attempts = 100;
+    })
+    .await;
     // Six wrong guesses from this address, two through each node: each
     // one fails as a wrong guess.
     for i in 0..6usize {
@@ -452,31 +468,7 @@ async fn throttling_holds_when_guesses_are_spread_over_the_nodes() {
 async fn parallel_logins_of_one_user_over_the_nodes_all_get_in() {
     use keycard_auth::{Password, ScramClient};
     let schema = TestSchema::new();
-    let url = schema.url("sslmode=disable");
-    let mut n = Vec::new();
-    for name in ["n1", "n2", "n3"] {
-        let url = url.clone();
-        n.push(
-            common::start_with(move |c| {
-                c.store = url.parse().expect("a postgres URL");
-                c.node = name.into();
-            })
-            .await,
-        );
-    }
-    let admin = Client::connect(n[0].addr()).await.expect("connect");
-    admin
-        .set_user(&ScramClient::new("svc", Password::new("svc-pw")))
-        .await
-        .expect("svc");
-    admin
-        .request(
-            Msg::new()
-                .with("action", "set_auth_typ")
-                .with("typ", "scram-sha-256"),
-        )
-        .await
-        .expect("current");
+    let n = scram_nodes(&schema, "svc", "svc-pw", |_| {}).await;
     for round in 0..3 {
         let tasks: Vec<_> = (0..16usize)
             .map(|i| {

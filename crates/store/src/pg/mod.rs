@@ -797,11 +797,6 @@ impl PgStore {
             tasks,
         })
     }
-
-    /// Where this store is (the URL without its password).
-    pub fn target(&self) -> &PgTarget {
-        &self.shared.target
-    }
 }
 
 impl Drop for PgStore {

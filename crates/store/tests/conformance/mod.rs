@@ -751,31 +751,40 @@ pub fn racing_writers_on_one_condition_exactly_one_wins(subject: &Subject) {
         s.write(vec![Op::put(p("counter"), 0.into())])
             .await
             .expect("counter");
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    for _ in 0..10 {
-                        loop {
-                            let cur = s.get(&p("counter")).await.expect("get").expect("there");
-                            let n = cur.value.as_i64().expect("an int");
-                            let op = put_if("counter", n + 1, Cond::Equals(cur.value));
-                            match s.write(vec![op]).await {
-                                Ok(_) => break,
-                                Err(StoreError::Conflict { .. }) => continue,
-                                Err(e) => panic!("{e}"),
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("join");
-        }
+        let writers: Vec<Arc<dyn Store>> = (0..8).map(|_| s.clone()).collect();
+        bump_counter(&writers, 10, |e| Cond::Equals(e.value.clone())).await;
         let e = s.get(&p("counter")).await.expect("get").expect("there");
         assert_eq!(e.value, Value::from(80));
     });
+}
+
+/// Each of `writers` (a task each) adds 1 to the int at `counter`
+/// `times` times by compare-and-swap on `cond` of the entry it read,
+/// trying again after a conflict.
+async fn bump_counter(writers: &[Arc<dyn Store>], times: usize, cond: fn(&Entry) -> Cond) {
+    let tasks: Vec<_> = writers
+        .iter()
+        .cloned()
+        .map(|s| {
+            tokio::spawn(async move {
+                for _ in 0..times {
+                    loop {
+                        let cur = s.get(&p("counter")).await.expect("get").expect("there");
+                        let n = cur.value.as_i64().expect("an int");
+                        let op = put_if("counter", n + 1, cond(&cur));
+                        match s.write(vec![op]).await {
+                            Ok(_) => break,
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("join");
+    }
 }
 
 /// Scans in path order, within depth bounds, skipping subtrees, paging
@@ -1325,28 +1334,8 @@ pub fn nodes_sharing_a_store_agree(subject: &Subject) {
         a.write(vec![Op::put(p("counter"), 0.into())])
             .await
             .expect("counter");
-        let tasks: Vec<_> = (0..6)
-            .map(|i| {
-                let s = nodes[i % 3].clone();
-                tokio::spawn(async move {
-                    for _ in 0..10 {
-                        loop {
-                            let cur = s.get(&p("counter")).await.expect("get").expect("there");
-                            let n = cur.value.as_i64().expect("an int");
-                            let op = put_if("counter", n + 1, Cond::TockIs(cur.tock));
-                            match s.write(vec![op]).await {
-                                Ok(_) => break,
-                                Err(StoreError::Conflict { .. }) => continue,
-                                Err(e) => panic!("{e}"),
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("join");
-        }
+        let writers: Vec<Arc<dyn Store>> = (0..6).map(|i| nodes[i % 3].clone()).collect();
+        bump_counter(&writers, 10, |e| Cond::TockIs(e.tock)).await;
         for n in &nodes {
             let e = n.get(&p("counter")).await.expect("get").expect("there");
             assert_eq!(e.value, Value::from(60));
