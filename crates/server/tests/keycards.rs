@@ -240,7 +240,23 @@ async fn revocation_closes_connections_at_once() {
     // By id: the holder's stream ends with keycard_revoked, and the
     // connection is closed well within 100 ms.
     let mut joe = raw_login(&s, "joe").await;
-    joe.send(req(2, "watch").with("path", path("data"))).await;
+    joe.send(
+        req(2, "watch")
+            .with("path", path("data"))
+            .with("fetch", true),
+    )
+    .await;
+    // The watch runs (it has sent the subtree and said so) before the
+    // revocation: a revocation racing its start would find no stream.
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(2), joe.recv())
+            .await
+            .expect("the watch starts")
+            .expect("open");
+        if m.get("state").and_then(Value::as_str) == Some("uptodate") {
+            break;
+        }
+    }
     let card = list(&admin, Msg::new().with("user", "joe")).await;
     let id = card[0]
         .get("id")
